@@ -1,0 +1,90 @@
+//! weft's wire protocol: the generated gRPC services (`Meta`, `Master`, `Chunk`)
+//! and the few types every side shares — the errno carried in `MetaReply`, the
+//! mapping from chunk-daemon status codes to errno, and message-size limits.
+
+#![allow(clippy::large_enum_variant)]
+
+pub mod pb {
+    tonic::include_proto!("weft");
+}
+
+pub use pb::*;
+
+/// Largest gRPC message any weft service sends or accepts: a 4 MiB data block
+/// plus headroom for the envelope.
+pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
+
+/// Largest data payload a client puts in one `WriteReq` or asks for in one `ReadReq`.
+pub const MAX_IO: usize = 4 * 1024 * 1024;
+
+/// A Linux errno, as a kernel file system would return it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    pub const EPERM: Errno = Errno(libc::EPERM);
+    pub const ENOENT: Errno = Errno(libc::ENOENT);
+    pub const EIO: Errno = Errno(libc::EIO);
+    pub const EBADF: Errno = Errno(libc::EBADF);
+    pub const EACCES: Errno = Errno(libc::EACCES);
+    pub const EEXIST: Errno = Errno(libc::EEXIST);
+    pub const EXDEV: Errno = Errno(libc::EXDEV);
+    pub const ENOTDIR: Errno = Errno(libc::ENOTDIR);
+    pub const EISDIR: Errno = Errno(libc::EISDIR);
+    pub const EINVAL: Errno = Errno(libc::EINVAL);
+    pub const EFBIG: Errno = Errno(libc::EFBIG);
+    pub const ENOSPC: Errno = Errno(libc::ENOSPC);
+    pub const EROFS: Errno = Errno(libc::EROFS);
+    pub const EMLINK: Errno = Errno(libc::EMLINK);
+    pub const ERANGE: Errno = Errno(libc::ERANGE);
+    pub const ENAMETOOLONG: Errno = Errno(libc::ENAMETOOLONG);
+    pub const ENOTEMPTY: Errno = Errno(libc::ENOTEMPTY);
+    pub const ENODATA: Errno = Errno(libc::ENODATA);
+    pub const ELOOP: Errno = Errno(libc::ELOOP);
+    pub const ENOTSUP: Errno = Errno(libc::ENOTSUP);
+    pub const E2BIG: Errno = Errno(libc::E2BIG);
+    pub const ETIMEDOUT: Errno = Errno(libc::ETIMEDOUT);
+    pub const ESTALE: Errno = Errno(libc::ESTALE);
+    pub const EAGAIN: Errno = Errno(libc::EAGAIN);
+
+    pub fn code(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Errno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", std::io::Error::from_raw_os_error(self.0))
+    }
+}
+
+impl std::error::Error for Errno {}
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Self {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+/// The errno a client reports when a chunk daemon answers with `status`.
+/// The table is the one in weft.proto's Chunk service comment.
+pub fn chunk_status_errno(status: &tonic::Status) -> Errno {
+    use tonic::Code;
+    match status.code() {
+        Code::ResourceExhausted => Errno::ENOSPC,
+        Code::InvalidArgument => Errno::EINVAL,
+        Code::FailedPrecondition => Errno::ESTALE,
+        _ => Errno::EIO,
+    }
+}
+
+/// Nanosecond wall-clock time as a `Timespec`.
+pub fn now() -> Timespec {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Timespec {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
