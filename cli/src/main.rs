@@ -1,1 +1,156 @@
-fn main() {}
+//! weft: run a one-machine cluster (`up`), and inspect a cluster (`status`, `fsck`).
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+use weft_cli::admin;
+use weft_cli::cluster::{ClusterSpec, LocalCluster};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "weft distributed file system: admin tool")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start an MDS and chunk daemons on free loopback ports, mount at MOUNTPOINT,
+    /// and run until Ctrl-C; all state lives under --dir, so a second run finds every file.
+    Up {
+        /// Directory holding all state (MDS log, chunk replicas, logs).
+        #[arg(long, default_value = "./.weft")]
+        dir: PathBuf,
+        /// Number of chunk daemons.
+        #[arg(long, default_value_t = 3)]
+        chunkds: usize,
+        /// Chunk size in bytes for a new file system [default: 64 MiB].
+        #[arg(long)]
+        chunk_size: Option<u64>,
+        /// Copies of each chunk [default: min(3, chunkds)].
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Extra mount options for weftfs (comma-separated).
+        #[arg(short = 'o', long)]
+        options: Option<String>,
+        mountpoint: PathBuf,
+    },
+    /// Chunk daemons, files, chunks, and replication health.
+    Status {
+        #[arg(long)]
+        mds: String,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that every chunk of every file has its full replica count at its
+    /// current version; exit 0 only if so.
+    Fsck {
+        #[arg(long)]
+        mds: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("weft: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match cli.cmd {
+        Cmd::Status { mds, json } => {
+            let s = admin::block_on(admin::status(&mds))?;
+            if json {
+                println!("{}", admin::status_json(&s));
+            } else {
+                print!("{}", admin::status_text(&s));
+            }
+            Ok(0)
+        }
+        Cmd::Fsck { mds } => {
+            let f = admin::block_on(admin::fsck(&mds))?;
+            for p in &f.problems {
+                let what = if p.good_replicas == 0 { "MISSING" } else { "under-replicated" };
+                println!(
+                    "{what}: {} chunk {} (id {:016x} v{}): {} of {} replicas",
+                    p.path, p.index, p.chunk_id, p.version, p.good_replicas, p.want
+                );
+            }
+            println!("{} files, {} chunks, {} problems", f.files, f.chunks, f.problems.len());
+            Ok(if f.problems.is_empty() { 0 } else { 1 })
+        }
+        Cmd::Up {
+            dir,
+            chunkds,
+            chunk_size,
+            replicas,
+            options,
+            mountpoint,
+        } => up(dir, chunkds, chunk_size, replicas, options, mountpoint),
+    }
+}
+
+fn up(dir: PathBuf, chunkds: usize, chunk_size: Option<u64>, replicas: Option<u32>, options: Option<String>, mountpoint: PathBuf) -> Result<i32> {
+    if chunkds == 0 {
+        bail!("--chunkds must be at least 1");
+    }
+    if !mountpoint.is_dir() {
+        bail!("mount point {} does not exist or is not a directory", mountpoint.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir)?;
+    let mut spec = ClusterSpec::new(&dir, chunkds);
+    spec.chunk_size = chunk_size;
+    spec.replicas = replicas;
+    let mut cluster = LocalCluster::start(spec)?;
+    let opts: Vec<&str> = options.as_deref().map(|o| o.split(',').collect()).unwrap_or_default();
+    cluster.mount(&mountpoint, &opts)?;
+
+    println!("weft is up; state in {}", dir.display());
+    println!("  weft-mds     {}  pid {}  data {}", cluster.mds.addr, cluster.mds.pid().unwrap_or(0), cluster.mds.data.display());
+    for c in &cluster.chunkds {
+        println!("  {:<12} {}  pid {}  data {}", c.name, c.addr, c.pid().unwrap_or(0), c.data.display());
+    }
+    let m = &cluster.mounts[0];
+    println!("  weftfs       {}  pid {}", m.path.display(), m.proc.pid().unwrap_or(0));
+    println!("logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop", dir.display(), cluster.mds.addr);
+
+    let reason = admin::block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok::<_, anyhow::Error>(None),
+                _ = term.recv() => return Ok(None),
+                _ = tick.tick() => {
+                    if !cluster.mds.running() {
+                        return Ok(Some(format!("weft-mds exited:\n{}", cluster.mds.log_tail())));
+                    }
+                    if !cluster.mounts[0].proc.running() {
+                        return Ok(Some("the mount ended (unmounted from outside?)".to_string()));
+                    }
+                }
+            }
+        }
+    })?;
+    println!("\nstopping: unmounting {} and stopping the daemons", cluster.mounts[0].path.display());
+    cluster.stop();
+    match reason {
+        None => {
+            println!("stopped");
+            Ok(0)
+        }
+        Some(why) => {
+            eprintln!("weft: {why}");
+            Ok(1)
+        }
+    }
+}

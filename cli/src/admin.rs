@@ -1,0 +1,93 @@
+//! Admin calls to the MDS (status, fsck) and how `weft` prints them.
+
+use anyhow::{Context, Result};
+use std::time::Duration;
+use weft_proto::pb;
+
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
+}
+
+async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::transport::Channel>> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let ch = tonic::transport::Endpoint::from_shared(uri.clone())
+        .with_context(|| format!("bad MDS address {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
+    Ok(pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE))
+}
+
+pub async fn status(addr: &str) -> Result<pb::StatusReply> {
+    Ok(master(addr).await?.status(pb::StatusReq {}).await.context("status")?.into_inner())
+}
+
+pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
+    Ok(master(addr).await?.fsck(pb::FsckReq {}).await.context("fsck")?.into_inner())
+}
+
+pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
+    serde_json::json!({
+        "chunkds": s.chunkds.iter().map(|d| serde_json::json!({
+            "id": format!("{:016x}", d.id),
+            "address": d.addr,
+            "rack": d.rack,
+            "alive": d.alive,
+            "capacity": d.capacity,
+            "used": d.used,
+            "chunks": d.chunks,
+        })).collect::<Vec<_>>(),
+        "files": s.files,
+        "directories": s.directories,
+        "chunks": s.chunks,
+        "under_replicated": s.under_replicated,
+        "missing": s.missing,
+        "replicas": s.replicas,
+        "chunk_size": s.chunk_size,
+    })
+}
+
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+pub fn status_text(s: &pb::StatusReply) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n", "CHUNKD", "ADDRESS", "RACK", "ALIVE", "CAPACITY", "USED", "CHUNKS"));
+    for d in &s.chunkds {
+        out.push_str(&format!(
+            "{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n",
+            format!("{:016x}", d.id),
+            d.addr,
+            if d.rack.is_empty() { "-" } else { &d.rack },
+            if d.alive { "yes" } else { "NO" },
+            human(d.capacity),
+            human(d.used),
+            d.chunks
+        ));
+    }
+    out.push_str(&format!(
+        "files: {}  directories: {}  chunks: {}  replicas: {}  chunk size: {}\nunder-replicated: {}  missing: {}\n",
+        s.files,
+        s.directories,
+        s.chunks,
+        s.replicas,
+        human(s.chunk_size),
+        s.under_replicated,
+        s.missing
+    ));
+    out
+}

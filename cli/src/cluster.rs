@@ -1,0 +1,399 @@
+//! A whole weft cluster on one machine, as child processes: one weft-mds,
+//! N weft-chunkd and any number of weftfs mounts, each with its own
+//! directory under one root, each on a free loopback port. `weft up` runs
+//! one for a user; the tests run many side by side.
+//!
+//! Every process is started here and stopped here by its PID (SIGTERM, then
+//! SIGKILL if it lingers), never by name, so parallel clusters never touch
+//! each other's processes.
+
+use anyhow::{anyhow, bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use weft_proto::pb;
+
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// Root for all state: `mds/`, `chunkd-N/`, `run/` (addresses), `logs/`.
+    pub dir: PathBuf,
+    pub chunkds: usize,
+    pub chunk_size: Option<u64>,
+    /// Replica target; default min(3, chunkds).
+    pub replicas: Option<u32>,
+    /// Where weft-mds, weft-chunkd and weftfs live.
+    pub bin_dir: PathBuf,
+    pub heartbeat_ms: Option<u64>,
+    pub dead_after_ms: Option<u64>,
+    /// Per-daemon `--capacity`, if set.
+    pub capacity: Option<u64>,
+    /// Racks by daemon index (cycled); empty for none.
+    pub racks: Vec<String>,
+    pub log_level: String,
+}
+
+impl ClusterSpec {
+    pub fn new(dir: impl Into<PathBuf>, chunkds: usize) -> Self {
+        ClusterSpec {
+            dir: dir.into(),
+            chunkds,
+            chunk_size: None,
+            replicas: None,
+            bin_dir: default_bin_dir(),
+            heartbeat_ms: None,
+            dead_after_ms: None,
+            capacity: None,
+            racks: Vec::new(),
+            log_level: "info".into(),
+        }
+    }
+}
+
+/// The directory of the running executable: the binaries are built side by side.
+pub fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub struct Proc {
+    pub name: String,
+    pub child: Option<Child>,
+    pub addr: String,
+    pub data: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Sends `sig` to this process only.
+    pub fn signal(&self, sig: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL; reaps the child.
+    pub fn stop(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let t = Instant::now();
+        while t.elapsed() < grace {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+pub struct Mount {
+    pub proc: Proc,
+    pub path: PathBuf,
+}
+
+pub struct LocalCluster {
+    pub spec: ClusterSpec,
+    pub mds: Proc,
+    pub chunkds: Vec<Proc>,
+    pub mounts: Vec<Mount>,
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = probe()? {
+            return Ok(v);
+        }
+        if t.elapsed() > timeout {
+            bail!("timed out after {:?} waiting for {what}", timeout);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Waits for a daemon to write the address it listens on.
+fn wait_addr_file(proc: &mut Proc, path: &Path) -> Result<String> {
+    let t = Instant::now();
+    loop {
+        if let Ok(s) = fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return Ok(s.trim().to_string());
+            }
+        }
+        if !proc.running() {
+            bail!("{} exited during startup:\n{}", proc.name, proc.log_tail());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("{} did not start listening within 30 s", proc.name);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl LocalCluster {
+    /// Starts the MDS and chunk daemons and waits until every daemon has registered.
+    pub fn start(spec: ClusterSpec) -> Result<Self> {
+        for d in ["run", "logs"] {
+            fs::create_dir_all(spec.dir.join(d)).with_context(|| format!("cannot create {}", spec.dir.join(d).display()))?;
+        }
+        let mut c = LocalCluster {
+            mds: Proc {
+                name: "weft-mds".into(),
+                child: None,
+                addr: String::new(),
+                data: spec.dir.join("mds"),
+                log: spec.dir.join("logs/mds.log"),
+            },
+            chunkds: Vec::new(),
+            mounts: Vec::new(),
+            spec,
+        };
+        c.start_mds(None)?;
+        for i in 0..c.spec.chunkds {
+            let p = Proc {
+                name: format!("weft-chunkd-{}", i + 1),
+                child: None,
+                addr: String::new(),
+                data: c.spec.dir.join(format!("chunkd-{}", i + 1)),
+                log: c.spec.dir.join(format!("logs/chunkd-{}.log", i + 1)),
+            };
+            c.chunkds.push(p);
+            c.start_chunkd(i)?;
+        }
+        c.wait_alive(c.spec.chunkds, Duration::from_secs(30))?;
+        Ok(c)
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        let p = self.spec.bin_dir.join(name);
+        if p.exists() {
+            p
+        } else {
+            PathBuf::from(name)
+        }
+    }
+
+    fn spawn(&self, bin: &str, args: &[String], log: &Path) -> Result<Child> {
+        let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
+        Command::new(self.bin(bin))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("cannot start {} (looked in {})", bin, self.spec.bin_dir.display()))
+    }
+
+    /// Starts (or restarts) the MDS; `listen` pins the address, else a free port.
+    pub fn start_mds(&mut self, listen: Option<&str>) -> Result<()> {
+        let addr_file = self.spec.dir.join("run/mds.addr");
+        let _ = fs::remove_file(&addr_file);
+        let mut args = vec![
+            "--listen".into(),
+            listen.unwrap_or("127.0.0.1:0").to_string(),
+            "--data".into(),
+            self.mds.data.display().to_string(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
+            "--log-level".into(),
+            self.spec.log_level.clone(),
+            "--replicas".into(),
+            self.spec.replicas.unwrap_or(3.min(self.spec.chunkds.max(1) as u32)).to_string(),
+        ];
+        if let Some(cs) = self.spec.chunk_size {
+            args.extend(["--chunk-size".into(), cs.to_string()]);
+        }
+        if let Some(h) = self.spec.heartbeat_ms {
+            args.extend(["--heartbeat-ms".into(), h.to_string()]);
+        }
+        if let Some(d) = self.spec.dead_after_ms {
+            args.extend(["--dead-after-ms".into(), d.to_string()]);
+        }
+        let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
+        self.mds.child = Some(child);
+        self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;
+        Ok(())
+    }
+
+    /// Starts (or restarts) chunk daemon `i` on a fresh port with its same data dir.
+    pub fn start_chunkd(&mut self, i: usize) -> Result<()> {
+        let addr_file = self.spec.dir.join(format!("run/chunkd-{}.addr", i + 1));
+        let _ = fs::remove_file(&addr_file);
+        let mut args = vec![
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--data".into(),
+            self.chunkds[i].data.display().to_string(),
+            "--mds".into(),
+            self.mds.addr.clone(),
+            "--addr-file".into(),
+            addr_file.display().to_string(),
+            "--log-level".into(),
+            self.spec.log_level.clone(),
+        ];
+        if !self.spec.racks.is_empty() {
+            args.extend(["--rack".into(), self.spec.racks[i % self.spec.racks.len()].clone()]);
+        }
+        if let Some(cap) = self.spec.capacity {
+            args.extend(["--capacity".into(), cap.to_string()]);
+        }
+        if let Some(h) = self.spec.heartbeat_ms {
+            args.extend(["--heartbeat-ms".into(), h.to_string()]);
+        }
+        let log = self.chunkds[i].log.clone();
+        let child = self.spawn("weft-chunkd", &args, &log)?;
+        self.chunkds[i].child = Some(child);
+        self.chunkds[i].addr = wait_addr_file(&mut self.chunkds[i], &addr_file)?;
+        Ok(())
+    }
+
+    pub fn mds_addr(&self) -> &str {
+        &self.mds.addr
+    }
+
+    pub fn status(&self) -> Result<pb::StatusReply> {
+        crate::admin::block_on(crate::admin::status(&self.mds.addr))
+    }
+
+    pub fn fsck(&self) -> Result<pb::FsckReply> {
+        crate::admin::block_on(crate::admin::fsck(&self.mds.addr))
+    }
+
+    /// Waits until `n` chunk daemons are registered and alive.
+    pub fn wait_alive(&self, n: usize, timeout: Duration) -> Result<()> {
+        wait_for(&format!("{n} live chunk daemons"), timeout, || {
+            Ok(self
+                .status()
+                .ok()
+                .filter(|s| s.chunkds.iter().filter(|d| d.alive).count() >= n)
+                .map(|_| ()))
+        })
+    }
+
+    /// Waits until fsck reports every chunk fully replicated.
+    pub fn wait_replicated(&self, timeout: Duration) -> Result<pb::FsckReply> {
+        wait_for("full replication", timeout, || Ok(self.fsck().ok().filter(|f| f.problems.is_empty())))
+    }
+
+    /// Mounts the cluster at `path` with weftfs in the foreground (so its PID is ours)
+    /// and waits until the kernel shows the mount.
+    pub fn mount(&mut self, path: &Path, options: &[&str]) -> Result<()> {
+        if !Path::new("/dev/fuse").exists() {
+            bail!("/dev/fuse does not exist: weft needs FUSE (load the fuse module, or run where /dev/fuse is available)");
+        }
+        fs::create_dir_all(path)?;
+        let n = self.mounts.len() + 1;
+        let log = self.spec.dir.join(format!("logs/weftfs-{n}.log"));
+        let mut args = vec![self.mds.addr.clone(), path.display().to_string(), "-f".into()];
+        let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
+        opts.push(format!("log={}", log.display()));
+        args.extend(["-o".into(), opts.join(",")]);
+        let child = self.spawn("weftfs", &args, &log)?;
+        let mut proc = Proc {
+            name: format!("weftfs-{n}"),
+            child: Some(child),
+            addr: self.mds.addr.clone(),
+            data: path.to_path_buf(),
+            log,
+        };
+        let canon = fs::canonicalize(path)?;
+        let t = Instant::now();
+        while !is_mounted(&canon) {
+            if !proc.running() {
+                bail!("weftfs exited before the mount was ready:\n{}", proc.log_tail());
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                proc.stop(Duration::from_secs(2));
+                bail!("weftfs did not mount {} within 30 s", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.mounts.push(Mount {
+            proc,
+            path: canon,
+        });
+        Ok(())
+    }
+
+    /// Unmounts mount `i` (like `umount`) and waits for its weftfs to exit.
+    pub fn unmount(&mut self, i: usize) -> Result<()> {
+        let mut m = self.mounts.remove(i);
+        unmount_path(&m.path)?;
+        let t = Instant::now();
+        while m.proc.running() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m.proc.stop(Duration::from_secs(2));
+        Ok(())
+    }
+
+    /// Stops everything this cluster started: mounts first, then daemons.
+    pub fn stop(&mut self) {
+        for mut m in self.mounts.drain(..) {
+            if is_mounted(&m.path) {
+                let _ = unmount_path(&m.path);
+            }
+            m.proc.stop(Duration::from_secs(5));
+            if is_mounted(&m.path) {
+                let _ = nix::mount::umount2(&m.path, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        for c in &mut self.chunkds {
+            c.stop(Duration::from_secs(5));
+        }
+        self.mds.stop(Duration::from_secs(5));
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Whether `path` (canonical) is a mount point, per /proc/self/mountinfo.
+pub fn is_mounted(path: &Path) -> bool {
+    let want = path.to_string_lossy();
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|s| s.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want)))
+        .unwrap_or(false)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+pub fn unmount_path(path: &Path) -> Result<()> {
+    nix::mount::umount(path).map_err(|e| anyhow!("umount {}: {e}", path.display()))
+}
