@@ -1,1 +1,156 @@
-//! Test harness.
+//! Test harness: real weft daemons on loopback, each cluster in its own temp
+//! directory, stopped by PID when the test ends (see `weft_cli::cluster`).
+//!
+//! Tests need the binaries built first (`cargo build --workspace`; the README's
+//! test command does it) and, for mounts, /dev/fuse and root.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+pub use weft_cli::cluster::{is_mounted, ClusterSpec, LocalCluster};
+
+/// target/<profile>/, where cargo puts the workspace's binaries; test
+/// executables live one level down in deps/.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    for bin in ["weft-mds", "weft-chunkd", "weftfs", "weft"] {
+        assert!(
+            dir.join(bin).exists(),
+            "{} is missing from {}: build the workspace first (cargo build --workspace)",
+            bin,
+            dir.display()
+        );
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    bin_dir().join(name)
+}
+
+/// Fails (never skips) when FUSE is unavailable: a passing mount test must mean a real mount.
+pub fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: the mount tests need FUSE (modprobe fuse, or a machine/container with /dev/fuse)"
+    );
+    assert!(nix::unistd::geteuid().is_root(), "the mount tests must run as root (they mount with mount(2))");
+}
+
+/// A cluster in a temp dir, removed (after every process is stopped) on drop.
+pub struct TestCluster {
+    pub cluster: LocalCluster,
+    pub tmp: tempfile::TempDir,
+}
+
+impl TestCluster {
+    pub fn start(chunkds: usize, chunk_size: u64) -> TestCluster {
+        Self::start_with(chunkds, |s| s.chunk_size = Some(chunk_size))
+    }
+
+    pub fn start_with(chunkds: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        let tmp = tempfile::Builder::new().prefix("weft-test-").tempdir().expect("tempdir");
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"), chunkds);
+        spec.bin_dir = bin_dir();
+        spec.heartbeat_ms = Some(200);
+        spec.dead_after_ms = Some(1500);
+        spec.log_level = "info".into();
+        tweak(&mut spec);
+        let cluster = LocalCluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
+        TestCluster { cluster, tmp }
+    }
+
+    /// Mounts at <tmp>/mnt<N> and returns the mount point.
+    pub fn mount(&mut self) -> PathBuf {
+        self.mount_with(&[])
+    }
+
+    pub fn mount_with(&mut self, options: &[&str]) -> PathBuf {
+        require_fuse();
+        let path = self.tmp.path().join(format!("mnt{}", self.cluster.mounts.len() + 1));
+        self.cluster.mount(&path, options).unwrap_or_else(|e| panic!("mount: {e:#}"));
+        self.cluster.mounts.last().unwrap().path.clone()
+    }
+
+    pub fn mds_addr(&self) -> String {
+        self.cluster.mds_addr().to_string()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.cluster.stop();
+    }
+}
+
+/// Polls `cond` every 50 ms until true or `timeout`; panics with `what` on timeout.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Bytes of all regular files under `dir` whose name ends with `suffix`.
+pub fn bytes_under(dir: &Path, suffix: &str) -> u64 {
+    let mut total = 0;
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        if md.is_dir() {
+            total += bytes_under(&p, suffix);
+        } else if p.to_string_lossy().ends_with(suffix) {
+            total += md.len();
+        }
+    }
+    total
+}
+
+/// Deterministic pseudo-random bytes (a fixed seed, so a failure reproduces).
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn read_all(path: &Path) -> Vec<u8> {
+    let mut v = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut v))
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    v
+}
+
+/// Runs a shell command; panics with its output if it fails.
+pub fn sh(dir: &Path, script: &str) -> String {
+    let out = std::process::Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "`{script}` failed in {}:\nstdout: {stdout}\nstderr: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
