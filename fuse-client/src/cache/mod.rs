@@ -1,0 +1,12 @@
+//! Client-side caches: inode attributes (for read clipping and access checks)
+//! and chunk locations (so reads don't ask the MDS for every chunk).
+//!
+//! Invariant: both are hints. Anything cached may be stale; every user either
+//! tolerates staleness bounded by a TTL (attributes) or detects it through a
+//! chunk daemon's answer and refreshes (locations).
+
+pub mod attr;
+pub mod chunks;
+
+pub use attr::AttrCache;
+pub use chunks::ChunkLocCache;

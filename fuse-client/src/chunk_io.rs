@@ -1,0 +1,370 @@
+//! Talking to chunk daemons: one lazily connected channel per daemon address,
+//! and the data RPCs (Write down a replica pipeline, Read from one replica with
+//! fail-over, Sync, Truncate). Also the pure arithmetic that cuts a file byte
+//! range into per-chunk pieces.
+//!
+//! Invariants: no request carries more than `weft_proto::MAX_IO` bytes of data
+//! (or asks for more); every RPC is bounded by `op_timeout` so a hung daemon
+//! fails the call instead of hanging the file system; a pipeline's head is
+//! `replicas[0]` and the `chain` is the remaining replicas in order.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::Channel;
+use tonic::Status;
+use weft_proto::chunk_client::ChunkClient;
+use weft_proto::*;
+
+use crate::errno::read_should_try_next_replica;
+use crate::mds_client::endpoint;
+
+/// A piece of a file range that falls within one chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub index: u64,
+    /// Offset within the chunk.
+    pub off: u64,
+    pub len: u64,
+    /// Offset of this piece within the caller's buffer.
+    pub buf_off: u64,
+}
+
+/// Cuts [offset, offset+len) into pieces that neither cross a chunk boundary
+/// nor exceed `max_io` bytes, in file order.
+pub fn split_range(offset: u64, len: u64, chunk_size: u64, max_io: u64) -> Vec<Piece> {
+    assert!(chunk_size > 0 && max_io > 0);
+    let mut out = Vec::new();
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        let index = pos / chunk_size;
+        let off = pos % chunk_size;
+        let n = (chunk_size - off).min(end - pos).min(max_io);
+        out.push(Piece {
+            index,
+            off,
+            len: n,
+            buf_off: pos - offset,
+        });
+        pos += n;
+    }
+    out
+}
+
+/// Clips a read of `size` bytes at `offset` to a file of `file_size` bytes.
+pub fn clip_read(offset: u64, size: u64, file_size: u64) -> u64 {
+    if offset >= file_size {
+        0
+    } else {
+        size.min(file_size - offset)
+    }
+}
+
+pub struct ChunkIo {
+    clients: Mutex<HashMap<String, ChunkClient<Channel>>>,
+    op_timeout: Duration,
+}
+
+/// Why no replica could serve a read.
+#[derive(Debug)]
+pub struct ReadFailure {
+    /// Every replica failed with a "try another" status; a location refresh may help.
+    pub all_retryable: bool,
+    pub last: Option<Status>,
+}
+
+impl ChunkIo {
+    pub fn new(op_timeout: Duration) -> ChunkIo {
+        ChunkIo {
+            clients: Mutex::new(HashMap::new()),
+            op_timeout,
+        }
+    }
+
+    fn client(&self, addr: &str) -> Result<ChunkClient<Channel>, Status> {
+        let mut map = self.clients.lock();
+        if let Some(c) = map.get(addr) {
+            return Ok(c.clone());
+        }
+        let ch = endpoint(addr)
+            .map_err(Status::invalid_argument)?
+            .connect_lazy();
+        let c = ChunkClient::new(ch)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        map.insert(addr.to_string(), c.clone());
+        Ok(c)
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    ) -> Result<T, Status> {
+        match tokio::time::timeout(self.op_timeout, fut).await {
+            Ok(r) => r.map(|r| r.into_inner()),
+            Err(_) => Err(Status::deadline_exceeded(
+                "chunk daemon did not answer in time",
+            )),
+        }
+    }
+
+    /// Writes `data` at `offset` within the chunk `w` names, down its pipeline.
+    pub async fn write(
+        &self,
+        w: &ChunkWrite,
+        offset: u64,
+        data: bytes::Bytes,
+    ) -> Result<(), Status> {
+        let loc = w
+            .chunk
+            .as_ref()
+            .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
+        let (head, chain) = pipeline(loc)?;
+        debug_assert!(data.len() <= MAX_IO);
+        let mut c = self.client(&head)?;
+        let req = WriteReq {
+            chunk_id: loc.chunk_id,
+            version: loc.version,
+            lease_epoch: w.lease_epoch,
+            offset,
+            data,
+            chain,
+            sync: false,
+        };
+        self.bounded(c.write(req)).await.map(|_| ())
+    }
+
+    /// Reads from one replica.
+    pub async fn read_from(
+        &self,
+        addr: &str,
+        chunk_id: u64,
+        version: u64,
+        offset: u64,
+        length: u32,
+    ) -> Result<bytes::Bytes, Status> {
+        let mut c = self.client(addr)?;
+        let req = ReadReq {
+            chunk_id,
+            version,
+            offset,
+            length,
+        };
+        let reply = self.bounded(c.read(req)).await?;
+        if reply.data.len() != length as usize {
+            return Err(Status::data_loss(format!(
+                "short read: {} of {length} bytes",
+                reply.data.len()
+            )));
+        }
+        Ok(reply.data)
+    }
+
+    /// Reads from the replicas of `loc` in order until one answers. Returns the
+    /// data and the address that served it.
+    pub async fn read_any(
+        &self,
+        loc: &ChunkLoc,
+        offset: u64,
+        length: u32,
+    ) -> Result<(bytes::Bytes, String), ReadFailure> {
+        let mut last = None;
+        for r in &loc.replicas {
+            match self
+                .read_from(&r.addr, loc.chunk_id, loc.version, offset, length)
+                .await
+            {
+                Ok(d) => return Ok((d, r.addr.clone())),
+                Err(s) if read_should_try_next_replica(&s) => {
+                    tracing::info!(addr = %r.addr, chunk = loc.chunk_id, status = %s, "replica read failed, trying next");
+                    last = Some(s);
+                }
+                Err(s) => {
+                    return Err(ReadFailure {
+                        all_retryable: false,
+                        last: Some(s),
+                    })
+                }
+            }
+        }
+        Err(ReadFailure {
+            all_retryable: true,
+            last,
+        })
+    }
+
+    /// Makes the named chunks durable on every replica of a pipeline.
+    pub async fn sync(&self, replicas: &[String], chunk_ids: Vec<u64>) -> Result<(), Status> {
+        let (head, chain) = replicas
+            .split_first()
+            .ok_or_else(|| Status::unavailable("chunk has no replicas"))?;
+        let mut c = self.client(head)?;
+        let req = SyncReq {
+            chunk_ids,
+            chain: chain.to_vec(),
+        };
+        self.bounded(c.sync(req)).await.map(|_| ())
+    }
+
+    /// Cuts a chunk at `length` on every replica: bytes past it read as zeros.
+    pub async fn truncate(&self, loc: &ChunkLoc, length: u64) -> Result<(), Status> {
+        let (head, chain) = pipeline(loc)?;
+        let mut c = self.client(&head)?;
+        let req = TruncateReq {
+            chunk_id: loc.chunk_id,
+            version: loc.version,
+            length,
+            chain,
+        };
+        self.bounded(c.truncate(req)).await.map(|_| ())
+    }
+}
+
+/// (head address, chain of the rest) for a chunk's replicas.
+pub fn pipeline(loc: &ChunkLoc) -> Result<(String, Vec<String>), Status> {
+    let (head, rest) = loc.replicas.split_first().ok_or_else(|| {
+        Status::unavailable(format!("chunk {} has no live replica", loc.chunk_id))
+    })?;
+    Ok((
+        head.addr.clone(),
+        rest.iter().map(|r| r.addr.clone()).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_within_one_chunk() {
+        assert_eq!(
+            split_range(10, 20, 100, 1000),
+            vec![Piece {
+                index: 0,
+                off: 10,
+                len: 20,
+                buf_off: 0
+            }]
+        );
+        assert!(split_range(10, 0, 100, 1000).is_empty());
+    }
+
+    #[test]
+    fn split_across_chunks_and_max_io() {
+        let p = split_range(90, 130, 100, 1000);
+        assert_eq!(
+            p,
+            vec![
+                Piece {
+                    index: 0,
+                    off: 90,
+                    len: 10,
+                    buf_off: 0
+                },
+                Piece {
+                    index: 1,
+                    off: 0,
+                    len: 100,
+                    buf_off: 10
+                },
+                Piece {
+                    index: 2,
+                    off: 0,
+                    len: 20,
+                    buf_off: 110
+                },
+            ]
+        );
+        let p = split_range(0, 250, 100, 40);
+        assert_eq!(p.len(), 8); // 40+40+20 | 40+40+20 | 40+10
+        assert_eq!(
+            p[2],
+            Piece {
+                index: 0,
+                off: 80,
+                len: 20,
+                buf_off: 80
+            }
+        );
+        assert_eq!(
+            p[3],
+            Piece {
+                index: 1,
+                off: 0,
+                len: 40,
+                buf_off: 100
+            }
+        );
+        assert_eq!(p.iter().map(|x| x.len).sum::<u64>(), 250);
+        // Contiguous coverage.
+        let mut pos = 0;
+        for x in &p {
+            assert_eq!(x.buf_off, pos);
+            assert_eq!(x.index * 100 + x.off, pos);
+            pos += x.len;
+        }
+    }
+
+    #[test]
+    fn split_exact_chunk_boundaries() {
+        let p = split_range(1 << 20, 2 << 20, 1 << 20, MAX_IO as u64);
+        assert_eq!(
+            p,
+            vec![
+                Piece {
+                    index: 1,
+                    off: 0,
+                    len: 1 << 20,
+                    buf_off: 0
+                },
+                Piece {
+                    index: 2,
+                    off: 0,
+                    len: 1 << 20,
+                    buf_off: 1 << 20
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn clipping() {
+        assert_eq!(clip_read(0, 4096, 100), 100);
+        assert_eq!(clip_read(100, 4096, 100), 0);
+        assert_eq!(clip_read(200, 10, 100), 0);
+        assert_eq!(clip_read(10, 20, 100), 20);
+    }
+
+    #[test]
+    fn pipeline_head_and_chain() {
+        let loc = ChunkLoc {
+            index: 0,
+            chunk_id: 9,
+            version: 1,
+            replicas: ["a:1", "b:2", "c:3"]
+                .iter()
+                .map(|a| Replica {
+                    chunkd_id: 0,
+                    addr: a.to_string(),
+                })
+                .collect(),
+        };
+        assert_eq!(
+            pipeline(&loc).unwrap(),
+            (
+                "a:1".to_string(),
+                vec!["b:2".to_string(), "c:3".to_string()]
+            )
+        );
+        let empty = ChunkLoc {
+            replicas: vec![],
+            ..loc
+        };
+        assert_eq!(
+            pipeline(&empty).unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+    }
+}

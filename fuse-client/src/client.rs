@@ -1,0 +1,553 @@
+//! `Weft`: the mounted file system's state and its metadata operations, as
+//! plain async functions returning `Result<_, Errno>` (fs.rs only decodes the
+//! kernel request, spawns one of these and replies).
+//!
+//! The read path lives in read_path.rs and the write path (buffering, flush,
+//! fsync, truncate) in write_path.rs, as further `impl Weft` blocks.
+//!
+//! Invariants: every `Attr` the MDS returns goes through `fattr`, which caches
+//! it and applies the local size override, so the kernel never sees a size
+//! smaller than data this client has accepted; names longer than 255 bytes are
+//! refused locally with ENAMETOOLONG, as ext4 does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::FileAttr;
+use weft_proto::meta_request::Op;
+use weft_proto::*;
+
+use crate::cache::{AttrCache, ChunkLocCache};
+use crate::caller::GroupCache;
+use crate::chunk_io::ChunkIo;
+use crate::convert::{file_attr, file_type, time_set};
+use crate::mds_client::{CallError, MdsClient};
+use crate::open_files::OpenFiles;
+use crate::options::MountOpts;
+
+pub const NAME_MAX: usize = 255;
+/// Directory entries asked of the MDS per ReadDir page.
+const READDIR_PAGE: u32 = 256;
+
+pub struct Weft {
+    pub mds: MdsClient,
+    pub chunks: ChunkIo,
+    pub attrs: AttrCache,
+    pub locs: ChunkLocCache,
+    pub files: OpenFiles,
+    pub groups: GroupCache,
+    pub chunk_size: u64,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+/// Arguments of setattr that map onto SetAttrReq.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttrArgs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<fuser::TimeOrNow>,
+    pub mtime: Option<fuser::TimeOrNow>,
+}
+
+impl Weft {
+    /// Connects to the MDS and proves it answers: GetAttr of the root and
+    /// StatFs (for the chunk size) within `probe_budget`. Must run inside the
+    /// runtime. The error names the address.
+    pub async fn connect(
+        mds_addr: &str,
+        opts: &MountOpts,
+        probe_budget: Duration,
+    ) -> Result<Arc<Weft>, String> {
+        let mds = MdsClient::new(mds_addr, opts.mds_timeout)?;
+        let me = Caller {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: vec![],
+            pid: std::process::id(),
+        };
+        let unreachable = |e: CallError| match e {
+            CallError::Unreachable(s) => format!(
+                "cannot reach the MDS at {mds_addr}: no answer within {} s ({})",
+                probe_budget.as_secs(),
+                s.message()
+            ),
+            CallError::Errno(e) => {
+                format!("the MDS at {mds_addr} refused GetAttr of the root: {e}")
+            }
+        };
+        let root = mds
+            .call_within(&me, Op::Getattr(GetAttrReq { ino: 1 }), probe_budget)
+            .await
+            .map_err(unreachable)?;
+        if !matches!(root, meta_reply::Result::Attr(_)) {
+            return Err(format!(
+                "the MDS at {mds_addr} answered GetAttr with a malformed reply"
+            ));
+        }
+        let chunk_size = match mds
+            .call_within(&me, Op::Statfs(StatFsReq {}), probe_budget)
+            .await
+            .map_err(unreachable)?
+        {
+            meta_reply::Result::Statfs(s) if s.chunk_size > 0 => s.chunk_size,
+            _ => return Err(format!("the MDS at {mds_addr} did not report a chunk size")),
+        };
+        tracing::info!(
+            addr = mds_addr,
+            chunk_size,
+            session = mds.session(),
+            "connected to the MDS"
+        );
+        Ok(Arc::new(Weft {
+            mds,
+            chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
+            attrs: AttrCache::new(opts.attr_timeout, 65536),
+            locs: ChunkLocCache::new(65536),
+            files: OpenFiles::new(chunk_size),
+            groups: GroupCache::default(),
+            chunk_size,
+            attr_ttl: opts.attr_timeout,
+            entry_ttl: opts.entry_timeout,
+        }))
+    }
+
+    pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
+        self.groups.caller(uid, gid, pid)
+    }
+
+    /// Caches `a` and converts it for the kernel, with the local size override.
+    pub fn fattr(&self, a: &Attr) -> FileAttr {
+        self.attrs.put(a);
+        file_attr(a, self.files.size_override(a.ino))
+    }
+
+    pub async fn lookup(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {
+        check_name(&name)?;
+        let a = self
+            .mds
+            .attr(c, Op::Lookup(LookupReq { parent, name }))
+            .await?;
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn getattr(&self, c: &Caller, ino: u64) -> Result<FileAttr, Errno> {
+        let a = self.mds.getattr(c, ino).await?;
+        Ok(self.fattr(&a))
+    }
+
+    /// Attributes from the cache when fresh, else from the MDS.
+    pub async fn cached_attr(&self, c: &Caller, ino: u64) -> Result<Attr, Errno> {
+        if let Some(a) = self.attrs.get(ino) {
+            return Ok(a);
+        }
+        let a = self.mds.getattr(c, ino).await?;
+        self.attrs.put(&a);
+        Ok(a)
+    }
+
+    pub async fn setattr(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        args: SetAttrArgs,
+    ) -> Result<FileAttr, Errno> {
+        let req = SetAttrReq {
+            ino,
+            mode: args.mode.map(|m| m & 0o7777),
+            uid: args.uid,
+            gid: args.gid,
+            size: args.size,
+            atime: args.atime.map(time_set),
+            mtime: args.mtime.map(time_set),
+        };
+        let a = match args.size {
+            Some(size) => self.truncate(c, ino, size, req).await?,
+            None if req.mode.is_none()
+                && req.uid.is_none()
+                && req.gid.is_none()
+                && req.atime.is_none()
+                && req.mtime.is_none() =>
+            {
+                // Nothing the MDS stores (e.g. only ctime): just report.
+                self.mds.getattr(c, ino).await?
+            }
+            None => self.mds.attr(c, Op::Setattr(req)).await?,
+        };
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn mknod(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+    ) -> Result<FileAttr, Errno> {
+        check_name(&name)?;
+        let op = Op::Mknod(MknodReq {
+            parent,
+            name,
+            mode,
+            rdev,
+            umask,
+        });
+        let a = self.mds.attr(c, op).await?;
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn mkdir(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+    ) -> Result<FileAttr, Errno> {
+        check_name(&name)?;
+        let op = Op::Mkdir(MkdirReq {
+            parent,
+            name,
+            mode,
+            umask,
+        });
+        let a = self.mds.attr(c, op).await?;
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn unlink(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<(), Errno> {
+        check_name(&name)?;
+        self.mds
+            .empty(c, Op::Unlink(UnlinkReq { parent, name }))
+            .await
+    }
+
+    pub async fn rmdir(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<(), Errno> {
+        check_name(&name)?;
+        self.mds
+            .empty(c, Op::Rmdir(RmdirReq { parent, name }))
+            .await
+    }
+
+    pub async fn symlink(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    ) -> Result<FileAttr, Errno> {
+        check_name(&name)?;
+        if target.len() >= 4096 {
+            return Err(Errno::ENAMETOOLONG);
+        }
+        let op = Op::Symlink(SymlinkReq {
+            parent,
+            name,
+            target,
+        });
+        let a = self.mds.attr(c, op).await?;
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn readlink(&self, c: &Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.mds.data(c, Op::Readlink(ReadlinkReq { ino })).await
+    }
+
+    pub async fn rename(
+        &self,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        check_name(&name)?;
+        check_name(&new_name)?;
+        let op = Op::Rename(RenameReq {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        });
+        self.mds.empty(c, op).await
+    }
+
+    pub async fn link(
+        &self,
+        c: &Caller,
+        ino: u64,
+        new_parent: u64,
+        new_name: Vec<u8>,
+    ) -> Result<FileAttr, Errno> {
+        check_name(&new_name)?;
+        let op = Op::Link(LinkReq {
+            ino,
+            new_parent,
+            new_name,
+        });
+        let a = self.mds.attr(c, op).await?;
+        Ok(self.fattr(&a))
+    }
+
+    pub async fn statfs(&self, c: &Caller) -> Result<StatFs, Errno> {
+        self.mds.statfs(c).await
+    }
+
+    pub async fn setxattr(
+        &self,
+        c: &Caller,
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    ) -> Result<(), Errno> {
+        check_xattr_name(&name)?;
+        if value.len() > 65536 {
+            return Err(Errno::E2BIG);
+        }
+        let op = Op::Setxattr(SetXattrReq {
+            ino,
+            name,
+            value,
+            flags,
+        });
+        self.mds.empty(c, op).await
+    }
+
+    pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
+        check_xattr_name(&name)?;
+        self.mds
+            .data(c, Op::Getxattr(GetXattrReq { ino, name }))
+            .await
+    }
+
+    /// The names as listxattr(2) returns them: each followed by a NUL.
+    pub async fn listxattr(&self, c: &Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+        let names = self.mds.names(c, ino).await?;
+        Ok(join_names(&names))
+    }
+
+    pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<(), Errno> {
+        check_xattr_name(&name)?;
+        self.mds
+            .empty(c, Op::Removexattr(RemoveXattrReq { ino, name }))
+            .await
+    }
+
+    pub async fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
+        let a = self.cached_attr(c, ino).await?;
+        if access_ok(&a, c, mask) {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+
+    /// Fills one readdir reply through `add` (which returns true when the
+    /// kernel's buffer is full). Entries come from the handle's buffered page
+    /// when the kernel continues where it left off, else from a fresh ReadDir.
+    pub async fn readdir(
+        &self,
+        c: &Caller,
+        ino: u64,
+        fh: u64,
+        mut offset: u64,
+        plus: bool,
+        mut add: impl FnMut(&DirEntry, Option<FileAttr>) -> bool + Send,
+    ) -> Result<(), Errno> {
+        let handle = match self.files.dir(fh) {
+            Some(h) => h,
+            None => {
+                // No opendir seen (should not happen): serve statelessly.
+                let fh = self.files.open_dir();
+                let h = self.files.dir(fh).unwrap();
+                self.files.close_dir(fh);
+                h
+            }
+        };
+        let mut h = handle.lock().await;
+        let mut empty_pages = 0;
+        loop {
+            let usable =
+                h.valid && h.after == offset && h.plus == plus && (!h.buf.is_empty() || h.eof);
+            if !usable {
+                let mut page = self
+                    .mds
+                    .readdir(
+                        c,
+                        ReadDirReq {
+                            ino,
+                            offset,
+                            limit: READDIR_PAGE,
+                            plus,
+                        },
+                    )
+                    .await?;
+                if plus {
+                    self.fill_missing_attrs(c, &mut page.entries).await?;
+                }
+                h.buf = page.entries.into();
+                h.eof = page.eof;
+                h.after = offset;
+                h.plus = plus;
+                h.valid = true;
+            }
+            let mut added = false;
+            while let Some(e) = h.buf.front() {
+                let attr = e.attr.as_ref().map(|a| self.fattr(a));
+                let attr = if plus && attr.is_none() {
+                    Some(dot_attr(e))
+                } else {
+                    attr
+                };
+                if add(e, attr) {
+                    return Ok(());
+                }
+                offset = e.cookie;
+                h.after = e.cookie;
+                h.buf.pop_front();
+                added = true;
+            }
+            if added || h.eof {
+                return Ok(());
+            }
+            // An empty page that is not the end: ask again, but never spin.
+            empty_pages += 1;
+            if empty_pages > 2 {
+                tracing::warn!(ino, offset, "MDS keeps returning empty readdir pages");
+                return Ok(());
+            }
+            h.valid = false;
+        }
+    }
+
+    async fn fill_missing_attrs(&self, c: &Caller, entries: &mut [DirEntry]) -> Result<(), Errno> {
+        for e in entries.iter_mut() {
+            if e.attr.is_none() && e.name != b"." && e.name != b".." {
+                match self.mds.getattr(c, e.ino).await {
+                    Ok(a) => e.attr = Some(a),
+                    // Removed meanwhile: the synthetic attr keeps the listing going.
+                    Err(err) if err == Errno::ENOENT => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Minimal attributes for an entry the MDS sent without any ("." and "..");
+/// the kernel does not instantiate inodes for those.
+fn dot_attr(e: &DirEntry) -> FileAttr {
+    file_attr(
+        &Attr {
+            ino: e.ino,
+            kind: e.kind,
+            mode: 0o755,
+            nlink: 1,
+            ..Default::default()
+        },
+        None,
+    )
+}
+
+pub fn check_name(name: &[u8]) -> Result<(), Errno> {
+    if name.len() > NAME_MAX {
+        Err(Errno::ENAMETOOLONG)
+    } else {
+        Ok(())
+    }
+}
+
+fn check_xattr_name(name: &[u8]) -> Result<(), Errno> {
+    if name.is_empty() || name.len() > 255 {
+        Err(Errno::ERANGE)
+    } else {
+        Ok(())
+    }
+}
+
+pub fn join_names(names: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for n in names {
+        out.extend_from_slice(n);
+        out.push(0);
+    }
+    out
+}
+
+/// POSIX permission check of `mask` (R_OK|W_OK|X_OK bits, 0 = existence) for
+/// `c` against `a`. Root may read and write anything and execute anything
+/// with some x bit (or a directory).
+pub fn access_ok(a: &Attr, c: &Caller, mask: i32) -> bool {
+    let mask = (mask & 7) as u32;
+    if mask == 0 {
+        return true;
+    }
+    if c.uid == 0 {
+        let is_dir = file_type(a.kind) == fuser::FileType::Directory;
+        return mask & 1 == 0 || is_dir || a.mode & 0o111 != 0;
+    }
+    let bits = if c.uid == a.uid {
+        (a.mode >> 6) & 7
+    } else if c.gid == a.gid || c.groups.contains(&a.gid) {
+        (a.mode >> 3) & 7
+    } else {
+        a.mode & 7
+    };
+    bits & mask == mask
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name(&[b'a'; 255]).is_ok());
+        assert_eq!(check_name(&[b'a'; 256]), Err(Errno::ENAMETOOLONG));
+        assert_eq!(
+            join_names(&[b"user.a".to_vec(), b"user.bb".to_vec()]),
+            b"user.a\0user.bb\0".to_vec()
+        );
+        assert!(join_names(&[]).is_empty());
+    }
+
+    #[test]
+    fn access_checks() {
+        let a = Attr {
+            uid: 10,
+            gid: 20,
+            mode: 0o640,
+            kind: FileKind::Regular as i32,
+            ..Default::default()
+        };
+        let who = |uid, gid, groups: Vec<u32>| Caller {
+            uid,
+            gid,
+            groups,
+            pid: 1,
+        };
+        assert!(access_ok(&a, &who(10, 1, vec![]), libc::R_OK | libc::W_OK));
+        assert!(!access_ok(&a, &who(10, 1, vec![]), libc::X_OK));
+        assert!(access_ok(&a, &who(11, 20, vec![]), libc::R_OK));
+        assert!(!access_ok(&a, &who(11, 20, vec![]), libc::W_OK));
+        assert!(access_ok(&a, &who(11, 1, vec![20]), libc::R_OK));
+        assert!(!access_ok(&a, &who(11, 1, vec![]), libc::R_OK));
+        assert!(access_ok(&a, &who(11, 1, vec![]), libc::F_OK));
+        assert!(access_ok(&a, &who(0, 0, vec![]), libc::R_OK | libc::W_OK));
+        assert!(!access_ok(&a, &who(0, 0, vec![]), libc::X_OK));
+        let d = Attr {
+            kind: FileKind::Directory as i32,
+            mode: 0o700,
+            ..a
+        };
+        assert!(access_ok(&d, &who(0, 0, vec![]), libc::X_OK));
+    }
+}

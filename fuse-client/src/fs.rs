@@ -1,0 +1,569 @@
+//! The fuser `Filesystem` implementation: decode each kernel request into owned
+//! values, spawn the matching `Weft` operation onto the tokio runtime, and send
+//! the reply from that task (fuser 0.18 replies are `Send`), so a slow
+//! operation never blocks the others.
+//!
+//! Invariants: every request gets exactly one reply (a dropped reply would be
+//! answered EIO by fuser); errors reach the kernel only through
+//! `errno::to_fuse`; the session loop thread never waits on the network,
+//! except in `destroy`, which flushes everything before the process exits.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fuser::*;
+use tokio::runtime::Handle as Rt;
+
+use crate::client::{SetAttrArgs, Weft};
+use crate::errno::to_fuse;
+
+pub struct WeftFs {
+    w: Arc<Weft>,
+    rt: Rt,
+}
+
+impl WeftFs {
+    pub fn new(w: Arc<Weft>, rt: Rt) -> WeftFs {
+        WeftFs { w, rt }
+    }
+
+    /// Runs `f(weft, caller)` on the runtime.
+    fn spawn<F, Fut>(&self, req: &Request, f: F)
+    where
+        F: FnOnce(Arc<Weft>, weft_proto::Caller) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let w = self.w.clone();
+        let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
+        self.rt.spawn(async move {
+            let caller = w.caller(uid, gid, pid);
+            f(w, caller).await
+        });
+    }
+}
+
+fn bytes(s: &OsStr) -> Vec<u8> {
+    s.as_bytes().to_vec()
+}
+
+fn entry(w: &Weft, reply: ReplyEntry, r: Result<FileAttr, weft_proto::Errno>) {
+    match r {
+        Ok(a) => reply.entry_with_ttls(&w.attr_ttl, &w.entry_ttl, &a, Generation(0)),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+fn empty(reply: ReplyEmpty, r: Result<(), weft_proto::Errno>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+/// Answers getxattr/listxattr per the size protocol: 0 asks for the size;
+/// a buffer too small is ERANGE.
+fn xattr_reply(reply: ReplyXattr, size: u32, r: Result<Vec<u8>, weft_proto::Errno>) {
+    match r {
+        Ok(v) if size == 0 => reply.size(v.len() as u32),
+        Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(v) => reply.data(&v),
+        Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+impl Filesystem for WeftFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // 1 MiB requests: fewer round trips per chunk.
+        if let Err(max) = config.set_max_write(1 << 20) {
+            let _ = config.set_max_write(max);
+        }
+        if let Err(max) = config.set_max_readahead(1 << 20) {
+            let _ = config.set_max_readahead(max);
+        }
+        let _ = config.set_max_background(64);
+        for cap in [
+            InitFlags::FUSE_ASYNC_READ,
+            InitFlags::FUSE_BIG_WRITES,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_DIO,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                tracing::debug!(?cap, "kernel lacks capability");
+            }
+        }
+        tracing::info!("FUSE session initialised");
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        let w = self.w.clone();
+        let r = self.rt.block_on(async move { w.flush_all().await });
+        if let Err(e) = r {
+            tracing::error!(error = %e, "data could not be stored at unmount");
+        }
+    }
+
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            let r = w.lookup(&c, parent.0, name).await;
+            entry(&w, reply, r)
+        });
+    }
+
+    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
+        // Inode numbers are the MDS's; nothing is pinned per lookup here.
+    }
+
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(req, move |w, c| async move {
+            match w.getattr(&c, ino.0).await {
+                Ok(a) => reply.attr(&w.attr_ttl, &a),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let args = SetAttrArgs {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+        };
+        self.spawn(req, move |w, c| async move {
+            match w.setattr(&c, ino.0, args).await {
+                Ok(a) => reply.attr(&w.attr_ttl, &a),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(req, move |w, c| async move {
+            match w.readlink(&c, ino.0).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            let r = w.mknod(&c, parent.0, name, mode, umask, rdev).await;
+            entry(&w, reply, r)
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            let r = w.mkdir(&c, parent.0, name, mode, umask).await;
+            entry(&w, reply, r)
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.unlink(&c, parent.0, name).await)
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.rmdir(&c, parent.0, name).await)
+        });
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let name = bytes(link_name);
+        let target = target.as_os_str().as_bytes().to_vec();
+        self.spawn(req, move |w, c| async move {
+            let r = w.symlink(&c, parent.0, name, target).await;
+            entry(&w, reply, r)
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (bytes(name), bytes(newname));
+        self.spawn(req, move |w, c| async move {
+            let r = w
+                .rename(&c, parent.0, name, newparent.0, newname, flags.bits())
+                .await;
+            empty(reply, r)
+        });
+    }
+
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = bytes(newname);
+        self.spawn(req, move |w, c| async move {
+            let r = w.link(&c, ino.0, newparent.0, newname).await;
+            entry(&w, reply, r)
+        });
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(req, move |w, c| async move {
+            match w.open(&c, ino.0, flags.0).await {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            match w.create(&c, parent.0, name, mode, umask, flags).await {
+                Ok((a, fh)) => reply.created(
+                    &w.entry_ttl,
+                    &a,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            match w.read(&c, ino.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn(req, move |w, c| async move {
+            match w.write(c, ino.0, offset, data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |w, _c| async move {
+            empty(reply, w.flush_handle(ino.0, fh.0).await)
+        });
+    }
+
+    fn release(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.release(&c, ino.0, fh.0).await)
+        });
+    }
+
+    fn fsync(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |w, _c| async move {
+            empty(reply, w.fsync(ino.0, fh.0).await)
+        });
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // Permission to read the directory is checked by the kernel
+        // (default_permissions) and again by the MDS on ReadDir.
+        let fh = self.w.files.open_dir();
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            let r = w
+                .readdir(&c, ino.0, fh.0, offset, false, |e, _| {
+                    reply.add(
+                        INodeNo(e.ino),
+                        e.cookie,
+                        crate::convert::file_type(e.kind),
+                        OsStr::from_bytes(&e.name),
+                    )
+                })
+                .await;
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            let (attr_ttl, entry_ttl) = (w.attr_ttl, w.entry_ttl);
+            let ttl: Duration = attr_ttl.min(entry_ttl);
+            let r = w
+                .readdir(&c, ino.0, fh.0, offset, true, |e, attr| {
+                    let Some(attr) = attr else { return false };
+                    reply.add(
+                        INodeNo(e.ino),
+                        e.cookie,
+                        OsStr::from_bytes(&e.name),
+                        &ttl,
+                        &attr,
+                        Generation(0),
+                    )
+                })
+                .await;
+            match r {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.w.files.close_dir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Directory changes are journaled by the MDS before it answers.
+        reply.ok();
+    }
+
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(req, move |w, c| async move {
+            match w.statfs(&c).await {
+                Ok(s) => {
+                    let bsize = if s.block_size > 0 { s.block_size } else { 4096 };
+                    let b = u64::from(bsize);
+                    let namelen = if s.name_max > 0 { s.name_max } else { 255 };
+                    // Inodes are not preallocated: report plenty free.
+                    let ffree = u64::from(u32::MAX);
+                    reply.statfs(
+                        s.total_bytes / b,
+                        s.free_bytes / b,
+                        s.free_bytes / b,
+                        s.files + ffree,
+                        ffree,
+                        bsize,
+                        namelen,
+                        bsize,
+                    )
+                }
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn setxattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if position != 0 {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let (name, value) = (bytes(name), value.to_vec());
+        self.spawn(req, move |w, c| async move {
+            empty(
+                reply,
+                w.setxattr(&c, ino.0, name, value, flags as u32).await,
+            )
+        });
+    }
+
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            let r = w.getxattr(&c, ino.0, name).await;
+            xattr_reply(reply, size, r)
+        });
+    }
+
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(req, move |w, c| async move {
+            let r = w.listxattr(&c, ino.0).await;
+            xattr_reply(reply, size, r)
+        });
+    }
+
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = bytes(name);
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.removexattr(&c, ino.0, name).await)
+        });
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let mask = mask.bits();
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.access(&c, ino.0, mask).await)
+        });
+    }
+
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.fallocate(&c, ino.0, offset, length, mode).await)
+        });
+    }
+}

@@ -1,0 +1,323 @@
+//! The client side of the MDS's `Meta` service.
+//!
+//! Every request carries this mount's random session id; every mutating request
+//! also carries a fresh, strictly increasing `seq`, so that a retry of the SAME
+//! request (same seq) after a transport failure is answered exactly once by the
+//! MDS. Read-only requests carry seq 0 (nothing to deduplicate).
+//!
+//! Transport failures (connection refused, reset, HTTP/2 errors) are retried
+//! with capped exponential backoff until `mds_timeout` has passed since the
+//! operation began; then the operation fails with EIO. A non-zero
+//! `MetaReply.errno` is the MDS's verdict and is returned as is.
+//!
+//! Invariant: a request whose result variant does not match what the op
+//! returns is a protocol error and becomes EIO (never a panic).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tonic::transport::{Channel, Endpoint};
+use weft_proto::meta_client::MetaClient;
+use weft_proto::meta_reply::Result as R;
+use weft_proto::meta_request::Op;
+use weft_proto::*;
+
+use crate::errno::{mds_status_is_transient, meta_errno};
+
+pub struct MdsClient {
+    client: MetaClient<Channel>,
+    addr: String,
+    session: u64,
+    seq: AtomicU64,
+    timeout: Duration,
+}
+
+/// Why an MDS call produced no answer.
+#[derive(Debug)]
+pub enum CallError {
+    /// The MDS answered with this errno (or with a malformed reply: EIO).
+    Errno(Errno),
+    /// Nothing usable came back before the deadline; the last transport status.
+    Unreachable(tonic::Status),
+}
+
+impl From<CallError> for Errno {
+    fn from(e: CallError) -> Errno {
+        match e {
+            CallError::Errno(e) => e,
+            CallError::Unreachable(_) => Errno::EIO,
+        }
+    }
+}
+
+/// Requests that change MDS state and so need a sequence number.
+pub fn is_mutation(op: &Op) -> bool {
+    !matches!(
+        op,
+        Op::Lookup(_)
+            | Op::Getattr(_)
+            | Op::Readlink(_)
+            | Op::Readdir(_)
+            | Op::Getxattr(_)
+            | Op::Listxattr(_)
+            | Op::Statfs(_)
+            | Op::GetChunks(_)
+    )
+}
+
+/// A channel with the settings every weft client connection uses: lazy connect
+/// (so a down server is a per-call error, not a startup one), HTTP/2 keepalive
+/// (so a hung peer is noticed and the call retried), large messages.
+pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    let uri = if addr.starts_with("http://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Ok(Endpoint::from_shared(uri)
+        .map_err(|e| format!("bad address '{addr}': {e}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+impl MdsClient {
+    /// Must be called inside the tokio runtime (the channel spawns its worker).
+    pub fn new(addr: &str, timeout: Duration) -> Result<MdsClient, String> {
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = MetaClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok(MdsClient {
+            client,
+            addr: addr.to_string(),
+            session: rand::random::<u64>() | 1,
+            seq: AtomicU64::new(1),
+            timeout,
+        })
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
+    /// One operation, retried on transport failure until `mds_timeout`.
+    pub async fn call(&self, caller: &Caller, op: Op) -> Result<R, Errno> {
+        self.call_within(caller, op, self.timeout)
+            .await
+            .map_err(Errno::from)
+    }
+
+    /// Like `call`, with an explicit retry budget.
+    pub async fn call_within(
+        &self,
+        caller: &Caller,
+        op: Op,
+        budget: Duration,
+    ) -> Result<R, CallError> {
+        let seq = if is_mutation(&op) {
+            self.seq.fetch_add(1, Ordering::Relaxed)
+        } else {
+            0
+        };
+        let req = MetaRequest {
+            session: self.session,
+            seq,
+            caller: Some(caller.clone()),
+            op: Some(op),
+        };
+        let deadline = Instant::now() + budget;
+        let mut backoff = Duration::from_millis(50);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let mut client = self.client.clone();
+            let status = match tokio::time::timeout(
+                remaining.max(Duration::from_millis(1)),
+                client.call(req.clone()),
+            )
+            .await
+            {
+                Ok(Ok(reply)) => return decode(reply.into_inner()),
+                Ok(Err(status)) if mds_status_is_transient(&status) => status,
+                Ok(Err(status)) => {
+                    tracing::warn!(addr = %self.addr, %status, "MDS call failed");
+                    return Err(CallError::Errno(Errno::EIO));
+                }
+                Err(_) => tonic::Status::deadline_exceeded("no answer from the MDS in time"),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::warn!(addr = %self.addr, %status, attempt, seq, "MDS unreachable, giving up");
+                return Err(CallError::Unreachable(status));
+            }
+            if attempt == 1 {
+                tracing::info!(addr = %self.addr, %status, seq, "MDS call failed in transport, retrying");
+            }
+            tokio::time::sleep(backoff.min(deadline - now)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    pub async fn attr(&self, caller: &Caller, op: Op) -> Result<Attr, Errno> {
+        match self.call(caller, op).await? {
+            R::Attr(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn empty(&self, caller: &Caller, op: Op) -> Result<(), Errno> {
+        match self.call(caller, op).await? {
+            R::Empty(_) => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn data(&self, caller: &Caller, op: Op) -> Result<Vec<u8>, Errno> {
+        match self.call(caller, op).await? {
+            R::Data(d) => Ok(d),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn getattr(&self, caller: &Caller, ino: u64) -> Result<Attr, Errno> {
+        self.attr(caller, Op::Getattr(GetAttrReq { ino })).await
+    }
+
+    pub async fn readdir(&self, caller: &Caller, req: ReadDirReq) -> Result<DirEntries, Errno> {
+        match self.call(caller, Op::Readdir(req)).await? {
+            R::Entries(e) => Ok(e),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn names(&self, caller: &Caller, ino: u64) -> Result<Vec<Vec<u8>>, Errno> {
+        match self
+            .call(caller, Op::Listxattr(ListXattrReq { ino }))
+            .await?
+        {
+            R::Names(n) => Ok(n.names),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn statfs(&self, caller: &Caller) -> Result<StatFs, Errno> {
+        match self.call(caller, Op::Statfs(StatFsReq {})).await? {
+            R::Statfs(s) => Ok(s),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn get_chunks(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        first_index: u64,
+        count: u32,
+    ) -> Result<ChunkList, Errno> {
+        let op = Op::GetChunks(GetChunksReq {
+            ino,
+            first_index,
+            count,
+        });
+        match self.call(caller, op).await? {
+            R::Chunks(c) => Ok(c),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn alloc_chunk(
+        &self,
+        caller: &Caller,
+        ino: u64,
+        index: u64,
+    ) -> Result<ChunkWrite, Errno> {
+        match self
+            .call(caller, Op::AllocChunk(AllocChunkReq { ino, index }))
+            .await?
+        {
+            R::ChunkWrite(w) if w.chunk.is_some() => Ok(w),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn decode(reply: MetaReply) -> Result<R, CallError> {
+    if reply.errno != 0 {
+        return Err(CallError::Errno(meta_errno(reply.errno)));
+    }
+    reply.result.ok_or_else(|| {
+        tracing::warn!("MDS reply with errno 0 and no result");
+        CallError::Errno(Errno::EIO)
+    })
+}
+
+fn unexpected(r: &R) -> Errno {
+    let kind = match r {
+        R::Attr(_) => "attr",
+        R::Data(_) => "data",
+        R::Entries(_) => "entries",
+        R::Names(_) => "names",
+        R::Statfs(_) => "statfs",
+        R::Chunks(_) => "chunks",
+        R::ChunkWrite(_) => "chunk_write",
+        R::Empty(_) => "empty",
+    };
+    tracing::warn!(kind, "MDS reply of an unexpected kind");
+    Errno::EIO
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mutations_are_classified() {
+        assert!(!is_mutation(&Op::Getattr(GetAttrReq { ino: 1 })));
+        assert!(!is_mutation(&Op::GetChunks(GetChunksReq::default())));
+        assert!(!is_mutation(&Op::Statfs(StatFsReq {})));
+        assert!(is_mutation(&Op::Mkdir(MkdirReq::default())));
+        assert!(is_mutation(&Op::Open(OpenReq::default())));
+        assert!(is_mutation(&Op::Release(ReleaseReq::default())));
+        assert!(is_mutation(&Op::AllocChunk(AllocChunkReq::default())));
+        assert!(is_mutation(&Op::CommitWrite(CommitWriteReq::default())));
+    }
+
+    #[test]
+    fn decode_maps_errno_and_missing_result() {
+        let r = decode(MetaReply {
+            errno: libc::ENOTEMPTY,
+            result: None,
+        });
+        assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::ENOTEMPTY));
+        let r = decode(MetaReply {
+            errno: 0,
+            result: None,
+        });
+        assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::EIO));
+        let r = decode(MetaReply {
+            errno: 0,
+            result: Some(R::Empty(Empty {})),
+        });
+        assert!(matches!(r, Ok(R::Empty(_))));
+    }
+
+    #[tokio::test]
+    async fn unreachable_mds_gives_eio_after_the_budget() {
+        // A port nobody listens on: bind, learn the port, close.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = MdsClient::new(&format!("127.0.0.1:{port}"), Duration::from_millis(300)).unwrap();
+        let t0 = Instant::now();
+        let r = c.getattr(&Caller::default(), 1).await;
+        assert_eq!(r.unwrap_err(), Errno::EIO);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(250), "{took:?}");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+}

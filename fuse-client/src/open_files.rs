@@ -1,0 +1,297 @@
+//! Per-inode client state for files with open handles or unstored data, the
+//! handle tables (files and directories), and global dirty-memory accounting.
+//!
+//! A `FileState` exists while an inode has open handles, dirty or in-flight
+//! data, or chunks written since its last fsync (so an fsync through a later
+//! handle still syncs them). It holds:
+//! - the dirty buffer (`writeback::DirtyBuffer`) and the end of data taken by a
+//!   flush but not yet committed (`inflight_end`) — together the local size
+//!   override the kernel must see;
+//! - the write-back error sequence: each failed store bumps `err_seq`; a handle
+//!   remembers the `err_seq` it has seen, so every handle open at the time of a
+//!   failure reports it exactly once on its next flush/fsync (the kernel's
+//!   errseq semantics);
+//! - cached `AllocChunk` answers per chunk index (valid while the file is open
+//!   and the lease lasts) and the chunks to sync on fsync.
+//!
+//! `flush_lock` serialises flushes and truncations of one inode, so data is
+//! stored in write order and a truncate never races a flush.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use weft_proto::{Caller, ChunkWrite, DirEntry, Errno};
+
+use crate::writeback::DirtyBuffer;
+
+pub struct FileInner {
+    pub dirty: DirtyBuffer,
+    /// When the oldest byte in `dirty` was written (for the periodic flusher).
+    pub dirty_since: Option<Instant>,
+    /// End of data handed to a flush that has not committed yet (0: none).
+    pub inflight_end: u64,
+    /// The last writer: background flushes act on its behalf.
+    pub writer: Caller,
+    pub opens: u32,
+    pub err_seq: u64,
+    pub err: Option<Errno>,
+    /// A background flush is queued or running (avoid piling up more).
+    pub flush_queued: bool,
+    pub allocs: HashMap<u64, ChunkWrite>,
+    /// chunk_id → (chunk index, replica pipeline) written since the last fsync.
+    pub unsynced: HashMap<u64, (u64, Vec<String>)>,
+}
+
+pub struct FileState {
+    pub ino: u64,
+    pub inner: Mutex<FileInner>,
+    pub flush_lock: tokio::sync::Mutex<()>,
+}
+
+impl FileState {
+    fn new(ino: u64, chunk_size: u64) -> FileState {
+        FileState {
+            ino,
+            inner: Mutex::new(FileInner {
+                dirty: DirtyBuffer::new(chunk_size),
+                dirty_since: None,
+                inflight_end: 0,
+                writer: Caller::default(),
+                opens: 0,
+                err_seq: 0,
+                err: None,
+                flush_queued: false,
+                allocs: HashMap::new(),
+                unsynced: HashMap::new(),
+            }),
+            flush_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Whether there is data not yet committed to the MDS (buffered or in flight).
+    pub fn has_pending(&self) -> bool {
+        let g = self.inner.lock();
+        !g.dirty.is_empty() || g.inflight_end > 0
+    }
+
+    /// The size the kernel must see at least, if data is pending.
+    pub fn size_override(&self) -> Option<u64> {
+        let g = self.inner.lock();
+        let end = g.dirty.end().max(g.inflight_end);
+        (!g.dirty.is_empty() || g.inflight_end > 0).then_some(end)
+    }
+
+    pub fn record_error(&self, e: Errno) {
+        let mut g = self.inner.lock();
+        g.err_seq += 1;
+        g.err = Some(e);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    pub ino: u64,
+    pub seen_err: u64,
+}
+
+/// An open directory stream: a page of entries from the MDS not yet handed to
+/// the kernel, and the cookie just before the first of them.
+#[derive(Default)]
+pub struct DirHandle {
+    pub buf: std::collections::VecDeque<DirEntry>,
+    pub after: u64,
+    pub eof: bool,
+    pub plus: bool,
+    pub valid: bool,
+}
+
+pub struct OpenFiles {
+    chunk_size: u64,
+    files: Mutex<HashMap<u64, Arc<FileState>>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    next_fh: AtomicU64,
+    dirty_total: AtomicU64,
+    /// Signalled whenever dirty memory is released.
+    pub dirty_released: Notify,
+}
+
+impl OpenFiles {
+    pub fn new(chunk_size: u64) -> OpenFiles {
+        OpenFiles {
+            chunk_size,
+            files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            dirty_total: AtomicU64::new(0),
+            dirty_released: Notify::new(),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<FileState>> {
+        self.files.lock().get(&ino).cloned()
+    }
+
+    pub fn get_or_create(&self, ino: u64) -> Arc<FileState> {
+        self.files
+            .lock()
+            .entry(ino)
+            .or_insert_with(|| Arc::new(FileState::new(ino, self.chunk_size)))
+            .clone()
+    }
+
+    pub fn all(&self) -> Vec<Arc<FileState>> {
+        self.files.lock().values().cloned().collect()
+    }
+
+    pub fn size_override(&self, ino: u64) -> Option<u64> {
+        self.get(ino).and_then(|f| f.size_override())
+    }
+
+    /// Registers an open handle of `ino`; returns the fh.
+    pub fn open(&self, ino: u64) -> u64 {
+        let st = self.get_or_create(ino);
+        let seen_err = {
+            let mut g = st.inner.lock();
+            g.opens += 1;
+            g.err_seq
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, Handle { ino, seen_err });
+        fh
+    }
+
+    /// The write-back error this handle has not seen yet, marking it seen.
+    pub fn take_unseen_error(&self, fh: u64, st: &FileState) -> Option<Errno> {
+        let (seq, err) = {
+            let g = st.inner.lock();
+            (g.err_seq, g.err)
+        };
+        let mut handles = self.handles.lock();
+        let h = handles.get_mut(&fh)?;
+        if h.seen_err < seq {
+            h.seen_err = seq;
+            err
+        } else {
+            None
+        }
+    }
+
+    /// Forgets a handle; returns it if it existed.
+    pub fn close(&self, fh: u64) -> Option<Handle> {
+        let h = self.handles.lock().remove(&fh)?;
+        if let Some(st) = self.get(h.ino) {
+            let mut g = st.inner.lock();
+            g.opens = g.opens.saturating_sub(1);
+            if g.opens == 0 {
+                // Leases are only trusted while the file is open.
+                g.allocs.clear();
+            }
+        }
+        self.maybe_drop(h.ino);
+        Some(h)
+    }
+
+    /// Drops the state of `ino` if nothing needs it any more.
+    pub fn maybe_drop(&self, ino: u64) {
+        let mut files = self.files.lock();
+        let idle = files.get(&ino).is_some_and(|st| {
+            let g = st.inner.lock();
+            g.opens == 0
+                && g.dirty.is_empty()
+                && g.inflight_end == 0
+                && g.unsynced.is_empty()
+                && !g.flush_queued
+        });
+        if idle {
+            files.remove(&ino);
+        }
+    }
+
+    pub fn add_dirty(&self, n: u64) {
+        self.dirty_total.fetch_add(n, Ordering::AcqRel);
+    }
+
+    pub fn release_dirty(&self, n: u64) {
+        if n > 0 {
+            self.dirty_total.fetch_sub(n, Ordering::AcqRel);
+            self.dirty_released.notify_waiters();
+        }
+    }
+
+    pub fn dirty_total(&self) -> u64 {
+        self.dirty_total.load(Ordering::Acquire)
+    }
+
+    pub fn open_dir(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs
+            .lock()
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(DirHandle::default())));
+        fh
+    }
+
+    pub fn dir(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<DirHandle>>> {
+        self.dirs.lock().get(&fh).cloned()
+    }
+
+    pub fn close_dir(&self, fh: u64) {
+        self.dirs.lock().remove(&fh);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errseq_reports_once_per_handle() {
+        let of = OpenFiles::new(1 << 20);
+        let a = of.open(5);
+        let b = of.open(5);
+        let st = of.get(5).unwrap();
+        assert_eq!(of.take_unseen_error(a, &st), None);
+        st.record_error(Errno::ENOSPC);
+        assert_eq!(of.take_unseen_error(a, &st), Some(Errno::ENOSPC));
+        assert_eq!(of.take_unseen_error(a, &st), None, "seen once");
+        // A handle opened after the failure does not see it.
+        let c = of.open(5);
+        assert_eq!(of.take_unseen_error(c, &st), None);
+        assert_eq!(of.take_unseen_error(b, &st), Some(Errno::ENOSPC));
+    }
+
+    #[test]
+    fn state_lives_while_needed() {
+        let of = OpenFiles::new(1 << 20);
+        let fh = of.open(9);
+        let st = of.get(9).unwrap();
+        st.inner.lock().dirty.write(0, b"x");
+        assert_eq!(st.size_override(), Some(1));
+        assert!(of.close(fh).is_some());
+        assert!(of.get(9).is_some(), "dirty data keeps the state");
+        st.inner.lock().dirty.take();
+        st.inner.lock().unsynced.insert(77, (0, vec!["a".into()]));
+        of.maybe_drop(9);
+        assert!(of.get(9).is_some(), "unsynced chunks keep the state");
+        st.inner.lock().unsynced.clear();
+        of.maybe_drop(9);
+        assert!(of.get(9).is_none());
+        assert!(of.close(fh).is_none());
+    }
+
+    #[test]
+    fn size_override_covers_inflight() {
+        let of = OpenFiles::new(10);
+        let st = of.get_or_create(3);
+        assert_eq!(st.size_override(), None);
+        st.inner.lock().inflight_end = 25;
+        st.inner.lock().dirty.write(5, b"abc");
+        assert_eq!(st.size_override(), Some(25));
+        assert!(st.has_pending());
+    }
+}

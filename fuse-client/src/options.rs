@@ -1,0 +1,518 @@
+//! Command line and `-o` mount options of `weftfs`.
+//!
+//! Owns the argv contract `weftfs MDS_ADDR MOUNTPOINT [-o OPTIONS] [-f]`, which is
+//! the form mount.fuse3 uses (`weftfs SOURCE MOUNTPOINT -o rw,opts,dev,suid`), so
+//! mount(8) and /etc/fstab work. Parsing is pure: it never touches the file
+//! system or the network; main.rs validates the mount point and the MDS.
+//!
+//! Invariants: every option is either honoured, deliberately ignored (the generic
+//! mount(8) options listed in [`IGNORED`]), or rejected with an error naming it
+//! (exit code 2). Later occurrences of an option override earlier ones.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Generic mount(8)/fstab options that mean nothing to a FUSE file system (or
+/// that the kernel already applied) and are accepted silently.
+pub const IGNORED: &[&str] = &[
+    "rw",
+    "relatime",
+    "norelatime",
+    "strictatime",
+    "nostrictatime",
+    "lazytime",
+    "nolazytime",
+    "atime",
+    "diratime",
+    "nodiratime",
+    "dev",
+    "nodev",
+    "suid",
+    "nosuid",
+    "exec",
+    "noexec",
+    "defaults",
+    "nofail",
+    "_netdev",
+    "auto",
+    "noauto",
+    "user",
+    "nouser",
+    "users",
+    "owner",
+    "group",
+    "async",
+    "sync",
+    "dirsync",
+    "loud",
+    "silent",
+    "mand",
+    "nomand",
+    "noiversion",
+    "iversion",
+];
+
+/// Everything `weftfs` was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cli {
+    /// The source exactly as given, less an fstab-style `weftfs#` prefix. It is
+    /// the mount's source (fsname) unless `fsname=` says otherwise.
+    pub source: String,
+    /// host:port to dial (source without an `http://` prefix or trailing `/`).
+    pub mds_addr: String,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub opts: MountOpts,
+}
+
+/// The `-o` options weftfs honours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MountOpts {
+    pub ro: bool,
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub noatime: bool,
+    pub fsname: Option<String>,
+    pub subtype: Option<String>,
+    /// Mount as plain `fuse` instead of `fuse.<subtype>`.
+    pub nosubtype: bool,
+    /// How long one operation keeps retrying an unreachable MDS before EIO.
+    pub mds_timeout: Duration,
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    pub log: Option<PathBuf>,
+    pub log_level: Option<String>,
+}
+
+impl Default for MountOpts {
+    fn default() -> Self {
+        MountOpts {
+            ro: false,
+            allow_other: false,
+            allow_root: false,
+            noatime: false,
+            fsname: None,
+            subtype: None,
+            nosubtype: false,
+            mds_timeout: Duration::from_secs(60),
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            log: None,
+            log_level: None,
+        }
+    }
+}
+
+impl MountOpts {
+    /// The subtype the kernel should show (`fuse.<subtype>`), or None for plain `fuse`.
+    pub fn effective_subtype(&self) -> Option<&str> {
+        if self.nosubtype {
+            None
+        } else {
+            Some(self.subtype.as_deref().unwrap_or("weftfs"))
+        }
+    }
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parsed {
+    Run(Cli),
+    Help,
+    Version,
+}
+
+/// A command line weftfs refuses; main prints it and exits with code 2.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArgError {
+    #[error("unknown mount option '{0}'")]
+    UnknownOption(String),
+    #[error("unknown flag '{0}'")]
+    UnknownFlag(String),
+    #[error("bad value for option '{option}': {why}")]
+    BadValue { option: String, why: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub const USAGE: &str = "usage: weftfs MDS_ADDR MOUNTPOINT [-o OPTION[,OPTION...]]... [-f]";
+
+pub const HELP: &str = "\
+weftfs: mount a weft file system
+
+usage: weftfs MDS_ADDR MOUNTPOINT [-o OPTION[,OPTION...]]... [-f]
+       mount -t fuse.weftfs MDS_ADDR MOUNTPOINT [-o OPTIONS]
+
+MDS_ADDR is the metadata server's host:port (a 'weftfs#' or 'http://' prefix is
+accepted). Without -f, weftfs returns once the mount is live and keeps serving it
+in the background; `umount MOUNTPOINT`, SIGTERM or SIGINT end it.
+
+flags:
+  -f, --foreground     stay in the foreground, log to stderr unless log= is given
+  -d, --debug          like -f with log_level=debug
+  -o OPTIONS           comma-separated mount options (may repeat)
+  -h, --help           this text
+  -V, --version        print the version
+
+options honoured:
+  ro                   read-only mount
+  allow_other          let users other than the mounter use the mount
+  allow_root           let root (and the mounter) use the mount
+  default_permissions  kernel permission checks (always on)
+  noatime              do not update access times
+  fsname=NAME          mount source shown in /proc/mounts (default: MDS_ADDR)
+  subtype=NAME         file system type fuse.NAME (default: weftfs)
+  nosubtype            file system type plain 'fuse'
+  mds_timeout=SECS     how long an operation waits for an unreachable MDS
+                       before failing with EIO (default 60)
+  attr_timeout=SECS    how long the kernel caches attributes (default 1)
+  entry_timeout=SECS   how long the kernel caches names (default 1)
+  log=PATH             append logs to PATH
+  log_level=LEVEL      error, warn, info (default), debug, trace, or a
+                       tracing filter such as weftfs=debug
+
+options ignored (generic mount options): rw relatime norelatime strictatime
+  lazytime atime diratime nodiratime dev nodev suid nosuid exec noexec defaults
+  nofail _netdev auto noauto user nouser users owner group async sync dirsync,
+  and comment= / x-* annotations. Any other option is an error (exit code 2).
+";
+
+/// Parses argv (without the program name).
+pub fn parse_args<I, S>(args: I) -> Result<Parsed, ArgError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut positional: Vec<String> = Vec::new();
+    let mut foreground = false;
+    let mut opts = MountOpts::default();
+    let mut it = args.into_iter().map(Into::into);
+    let mut only_positional = false;
+    while let Some(arg) = it.next() {
+        if only_positional || !arg.starts_with('-') || arg == "-" {
+            positional.push(arg);
+            continue;
+        }
+        match arg.as_str() {
+            "--" => only_positional = true,
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "-V" | "--version" => return Ok(Parsed::Version),
+            "-f" | "--foreground" => foreground = true,
+            "-d" | "--debug" => {
+                foreground = true;
+                opts.log_level.get_or_insert_with(|| "debug".to_string());
+            }
+            // libfuse's single-threaded flag: accepted for compatibility.
+            "-s" => {}
+            "-o" => {
+                let list = it
+                    .next()
+                    .ok_or_else(|| ArgError::Usage("-o needs an argument".into()))?;
+                apply_option_list(&mut opts, &list)?;
+            }
+            a if a.starts_with("-o") => apply_option_list(&mut opts, &a[2..])?,
+            a => return Err(ArgError::UnknownFlag(a.to_string())),
+        }
+    }
+    if positional.len() < 2 {
+        return Err(ArgError::Usage(format!(
+            "missing {}\n{USAGE}",
+            if positional.is_empty() {
+                "MDS_ADDR and MOUNTPOINT"
+            } else {
+                "MOUNTPOINT"
+            }
+        )));
+    }
+    if positional.len() > 2 {
+        return Err(ArgError::Usage(format!(
+            "unexpected argument '{}'\n{USAGE}",
+            positional[2]
+        )));
+    }
+    let mountpoint = PathBuf::from(positional.pop().unwrap());
+    let raw = positional.pop().unwrap();
+    let source = raw.strip_prefix("weftfs#").unwrap_or(&raw).to_string();
+    let mds_addr = parse_mds_addr(&source)?;
+    Ok(Parsed::Run(Cli {
+        source,
+        mds_addr,
+        mountpoint,
+        foreground,
+        opts,
+    }))
+}
+
+/// `[http://]host:port[/]` → `host:port`, checking that the port is a number.
+pub fn parse_mds_addr(source: &str) -> Result<String, ArgError> {
+    let bad = |why: &str| ArgError::Usage(format!("bad MDS_ADDR '{source}': {why}"));
+    let s = source.strip_prefix("http://").unwrap_or(source);
+    let s = s.strip_suffix('/').unwrap_or(s);
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| bad("expected host:port"))?;
+    if host.is_empty() {
+        return Err(bad("empty host"));
+    }
+    if host.contains('/') || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']')))
+    {
+        return Err(bad("expected host:port"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| bad("port is not a number from 0 to 65535"))?;
+    Ok(s.to_string())
+}
+
+/// Applies one comma-separated `-o` list.
+pub fn apply_option_list(opts: &mut MountOpts, list: &str) -> Result<(), ArgError> {
+    for item in list.split(',').filter(|s| !s.is_empty()) {
+        apply_option(opts, item)?;
+    }
+    Ok(())
+}
+
+fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
+    let (key, value) = match item.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (item, None),
+    };
+    let need = |v: Option<&str>| -> Result<String, ArgError> {
+        match v {
+            Some(v) if !v.is_empty() => Ok(v.to_string()),
+            _ => Err(ArgError::BadValue {
+                option: key.to_string(),
+                why: "needs a value".into(),
+            }),
+        }
+    };
+    let flag = |v: Option<&str>| -> Result<(), ArgError> {
+        match v {
+            None => Ok(()),
+            Some(_) => Err(ArgError::BadValue {
+                option: key.to_string(),
+                why: "takes no value".into(),
+            }),
+        }
+    };
+    match key {
+        "ro" => {
+            flag(value)?;
+            opts.ro = true
+        }
+        "allow_other" => {
+            flag(value)?;
+            opts.allow_other = true
+        }
+        "allow_root" => {
+            flag(value)?;
+            opts.allow_root = true
+        }
+        // Always on: the kernel enforces mode bits (and the MDS checks again).
+        "default_permissions" => flag(value)?,
+        "noatime" => {
+            flag(value)?;
+            opts.noatime = true
+        }
+        "nosubtype" => {
+            flag(value)?;
+            opts.nosubtype = true
+        }
+        "fsname" => opts.fsname = Some(need(value)?),
+        "subtype" => opts.subtype = Some(need(value)?),
+        "mds_timeout" => opts.mds_timeout = seconds(key, &need(value)?)?,
+        "attr_timeout" => opts.attr_timeout = seconds(key, &need(value)?)?,
+        "entry_timeout" => opts.entry_timeout = seconds(key, &need(value)?)?,
+        "log" => opts.log = Some(PathBuf::from(need(value)?)),
+        "log_level" => opts.log_level = Some(need(value)?),
+        // fstab annotations for other tools (systemd, mount(8) comments).
+        k if k == "comment" || k.starts_with("x-") => {}
+        k if value.is_none() && IGNORED.contains(&k) => {}
+        _ => return Err(ArgError::UnknownOption(key.to_string())),
+    }
+    Ok(())
+}
+
+/// Non-negative seconds, fractions allowed ("0.5").
+fn seconds(option: &str, v: &str) -> Result<Duration, ArgError> {
+    let bad = |why: &str| ArgError::BadValue {
+        option: option.to_string(),
+        why: format!("'{v}' {why}"),
+    };
+    let secs: f64 = v.parse().map_err(|_| bad("is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad("must be a non-negative number of seconds"));
+    }
+    if secs > 1e9 {
+        return Err(bad("is too large"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Cli {
+        match parse_args(args.iter().copied()) {
+            Ok(Parsed::Run(c)) => c,
+            other => panic!("expected Run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_form() {
+        let c = run(&["127.0.0.1:7000", "/mnt/w"]);
+        assert_eq!(c.source, "127.0.0.1:7000");
+        assert_eq!(c.mds_addr, "127.0.0.1:7000");
+        assert_eq!(c.mountpoint, PathBuf::from("/mnt/w"));
+        assert!(!c.foreground);
+        assert_eq!(c.opts, MountOpts::default());
+        assert_eq!(c.opts.effective_subtype(), Some("weftfs"));
+    }
+
+    #[test]
+    fn mount_fuse3_form_ignores_generic_options() {
+        let c = run(&[
+            "weftfs#127.0.0.1:7000",
+            "/mnt/w",
+            "-o",
+            "rw,relatime,dev,suid,nodev,nosuid,exec,noexec,defaults,nofail,_netdev,auto,noauto,user,nouser,users,async,sync,atime,diratime,nodiratime,x-systemd.automount,comment=foo",
+        ]);
+        assert_eq!(c.source, "127.0.0.1:7000");
+        assert_eq!(c.opts, MountOpts::default());
+    }
+
+    #[test]
+    fn honoured_options() {
+        let c = run(&[
+            "http://localhost:9/",
+            "mnt",
+            "-o",
+            "ro,allow_other",
+            "-odefault_permissions,noatime,fsname=weft-a,subtype=wf",
+            "-f",
+            "-o",
+            "mds_timeout=2.5,attr_timeout=0,entry_timeout=3,log=/tmp/w.log,log_level=debug",
+        ]);
+        assert_eq!(c.source, "http://localhost:9/");
+        assert_eq!(c.mds_addr, "localhost:9");
+        assert!(c.foreground);
+        let o = &c.opts;
+        assert!(o.ro && o.allow_other && o.noatime && !o.allow_root);
+        assert_eq!(o.fsname.as_deref(), Some("weft-a"));
+        assert_eq!(o.effective_subtype(), Some("wf"));
+        assert_eq!(o.mds_timeout, Duration::from_millis(2500));
+        assert_eq!(o.attr_timeout, Duration::ZERO);
+        assert_eq!(o.entry_timeout, Duration::from_secs(3));
+        assert_eq!(o.log, Some(PathBuf::from("/tmp/w.log")));
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn nosubtype_gives_plain_fuse() {
+        let c = run(&["h:1", "m", "-o", "nosubtype"]);
+        assert_eq!(c.opts.effective_subtype(), None);
+    }
+
+    #[test]
+    fn unknown_option_is_named() {
+        let e = parse_args(["h:1", "m", "-o", "rw,bogus_opt=3,ro"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("bogus_opt".into()));
+        assert!(e.to_string().contains("bogus_opt"));
+        let e = parse_args(["h:1", "m", "-o", "frobnicate"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("frobnicate".into()));
+        // A generic flag given a value is not the generic flag.
+        let e = parse_args(["h:1", "m", "-o", "rw=1"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("rw".into()));
+    }
+
+    #[test]
+    fn mds_timeout_parsing() {
+        let c = run(&["h:1", "m", "-o", "mds_timeout=7"]);
+        assert_eq!(c.opts.mds_timeout, Duration::from_secs(7));
+        let c = run(&["h:1", "m", "-o", "mds_timeout=0.25"]);
+        assert_eq!(c.opts.mds_timeout, Duration::from_millis(250));
+        for bad in [
+            "mds_timeout=abc",
+            "mds_timeout=-1",
+            "mds_timeout=",
+            "mds_timeout=nan",
+        ] {
+            match parse_args(["h:1", "m", "-o", bad]) {
+                Err(ArgError::BadValue { option, .. }) => assert_eq!(option, "mds_timeout"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        // Last one wins.
+        let c = run(&["h:1", "m", "-o", "mds_timeout=1", "-o", "mds_timeout=9"]);
+        assert_eq!(c.opts.mds_timeout, Duration::from_secs(9));
+    }
+
+    #[test]
+    fn flags_take_no_values() {
+        assert!(matches!(
+            parse_args(["h:1", "m", "-o", "ro=yes"]),
+            Err(ArgError::BadValue { .. })
+        ));
+    }
+
+    #[test]
+    fn usage_errors() {
+        assert!(matches!(parse_args(["h:1"]), Err(ArgError::Usage(_))));
+        assert!(matches!(
+            parse_args(Vec::<String>::new()),
+            Err(ArgError::Usage(_))
+        ));
+        assert!(matches!(
+            parse_args(["h:1", "m", "x"]),
+            Err(ArgError::Usage(_))
+        ));
+        assert!(matches!(
+            parse_args(["h:1", "m", "-o"]),
+            Err(ArgError::Usage(_))
+        ));
+        assert_eq!(
+            parse_args(["h:1", "m", "--frob"]).unwrap_err(),
+            ArgError::UnknownFlag("--frob".into())
+        );
+        assert!(matches!(
+            parse_args(["nohostport", "m"]),
+            Err(ArgError::Usage(_))
+        ));
+        assert!(matches!(
+            parse_args(["h:99999", "m"]),
+            Err(ArgError::Usage(_))
+        ));
+        assert!(matches!(parse_args([":80", "m"]), Err(ArgError::Usage(_))));
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse_args(["--help"]).unwrap(), Parsed::Help);
+        assert_eq!(parse_args(["h:1", "m", "-h"]).unwrap(), Parsed::Help);
+        assert_eq!(parse_args(["-V"]).unwrap(), Parsed::Version);
+        for opt in [
+            "mds_timeout",
+            "attr_timeout",
+            "entry_timeout",
+            "log=",
+            "log_level",
+            "allow_other",
+            "fsname",
+            "subtype",
+            "nosubtype",
+            "noatime",
+            "default_permissions",
+            " ro ",
+        ] {
+            assert!(HELP.contains(opt), "help lacks {opt}");
+        }
+    }
+
+    #[test]
+    fn ipv6_and_dash_dash() {
+        let c = run(&["[::1]:7000", "--", "-odd-dir"]);
+        assert_eq!(c.mds_addr, "[::1]:7000");
+        assert_eq!(c.mountpoint, PathBuf::from("-odd-dir"));
+    }
+}

@@ -1,0 +1,160 @@
+//! The read path: clip to the file size, cut the range into per-chunk pieces,
+//! find each chunk's replicas (location cache, filled by batched `GetChunks`),
+//! and read the pieces in parallel from one replica each, failing over.
+//!
+//! Invariants: a read of an inode with data not yet stored first flushes it (so
+//! a read never returns older bytes than this client wrote); holes read as
+//! zeros; the reply is exactly `min(size, file_size - offset)` bytes, or an
+//! error — never a short buffer with garbage; when every replica fails, the
+//! locations are refreshed once and the replicas tried again before EIO.
+
+use std::sync::Arc;
+
+use futures::stream::{self, StreamExt};
+use weft_proto::*;
+
+use crate::chunk_io::{clip_read, split_range, Piece};
+use crate::client::Weft;
+use crate::errno::chunk_errno;
+
+/// Chunk locations fetched beyond those a read needs (sequential readers
+/// then find the next chunks cached).
+const LOC_PREFETCH: u64 = 16;
+/// Pieces read in parallel per read request.
+const READ_PARALLELISM: usize = 8;
+
+impl Weft {
+    pub async fn read(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        if let Some(st) = self.files.get(ino) {
+            if st.has_pending() {
+                // A failure is recorded for flush/fsync; the read goes on with
+                // what is stored.
+                let _ = self.flush_file(&st).await;
+            }
+        }
+        let a = self.cached_attr(c, ino).await?;
+        let file_size = self
+            .files
+            .size_override(ino)
+            .map_or(a.size, |s| s.max(a.size));
+        let len = clip_read(offset, u64::from(size), file_size);
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let pieces = split_range(offset, len, self.chunk_size, MAX_IO as u64);
+        self.ensure_locations(c, ino, pieces[0].index, pieces[pieces.len() - 1].index)
+            .await?;
+        let mut buf = vec![0u8; len as usize];
+        let mut reads = Vec::with_capacity(pieces.len());
+        for p in pieces {
+            reads.push(async move { (p, self.read_piece(c, ino, p).await) });
+        }
+        let results: Vec<(Piece, Result<Option<bytes::Bytes>, Errno>)> = stream::iter(reads)
+            .buffer_unordered(READ_PARALLELISM)
+            .collect()
+            .await;
+        for (p, r) in results {
+            // None: a hole, already zeros.
+            if let Some(d) = r? {
+                let at = p.buf_off as usize;
+                buf[at..at + d.len()].copy_from_slice(&d);
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Makes sure chunk indexes [first, last] are in the location cache,
+    /// fetching every missing stretch (plus some read-ahead) in one call.
+    async fn ensure_locations(
+        &self,
+        c: &Caller,
+        ino: u64,
+        first: u64,
+        last: u64,
+    ) -> Result<(), Errno> {
+        let Some(missing) = (first..=last).find(|i| self.locs.get(ino, *i).is_none()) else {
+            return Ok(());
+        };
+        let count = (last - missing + 1 + LOC_PREFETCH).min(u64::from(u32::MAX)) as u32;
+        self.fetch_locations(c, ino, missing, count).await
+    }
+
+    async fn fetch_locations(
+        &self,
+        c: &Caller,
+        ino: u64,
+        first: u64,
+        count: u32,
+    ) -> Result<(), Errno> {
+        let list = self.mds.get_chunks(c, ino, first, count).await?;
+        for loc in list.chunks {
+            self.locs.put(ino, loc);
+        }
+        Ok(())
+    }
+
+    async fn location(
+        &self,
+        c: &Caller,
+        ino: u64,
+        index: u64,
+        refresh: bool,
+    ) -> Result<ChunkLoc, Errno> {
+        if !refresh {
+            if let Some(l) = self.locs.get(ino, index) {
+                return Ok(l);
+            }
+        }
+        self.locs.invalidate(ino, index);
+        self.fetch_locations(c, ino, index, 1).await?;
+        // Absent from the MDS answer: past the end of the chunk map, a hole.
+        Ok(self.locs.get(ino, index).unwrap_or(ChunkLoc {
+            index,
+            ..Default::default()
+        }))
+    }
+
+    /// One piece: Some(bytes), or None for a hole.
+    async fn read_piece(
+        &self,
+        c: &Caller,
+        ino: u64,
+        p: Piece,
+    ) -> Result<Option<bytes::Bytes>, Errno> {
+        let mut refreshed = false;
+        loop {
+            let loc = self.location(c, ino, p.index, refreshed).await?;
+            if loc.chunk_id == 0 {
+                return Ok(None);
+            }
+            match self.chunks.read_any(&loc, p.off, p.len as u32).await {
+                Ok((d, addr)) => {
+                    self.locs.prefer(ino, p.index, &addr);
+                    return Ok(Some(d));
+                }
+                Err(f) if f.all_retryable && !refreshed => {
+                    tracing::info!(
+                        ino,
+                        index = p.index,
+                        chunk = loc.chunk_id,
+                        "no replica served the read, refreshing locations"
+                    );
+                    refreshed = true;
+                }
+                Err(f) => {
+                    tracing::warn!(ino, index = p.index, chunk = loc.chunk_id, status = ?f.last, "chunk read failed on every replica");
+                    return Err(match (f.all_retryable, f.last) {
+                        (false, Some(s)) => chunk_errno(&s),
+                        _ => Errno::EIO,
+                    });
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,535 @@
+//! The write path: buffering writes, storing them on chunk daemons, committing
+//! the new size to the MDS, fsync, truncation, O_TRUNC opens, and the open /
+//! flush / release life cycle of file handles.
+//!
+//! Flow of a flush of one inode (under its `flush_lock`): take every dirty
+//! extent → per chunk index, `AllocChunk` (cached per (ino, index) while the
+//! file is open and the lease lasts) → `Chunk.Write` of each extent (≤ MAX_IO
+//! per message) to replicas[0] with the rest as the chain, several in parallel
+//! → one `CommitWrite{ino, end}` with the largest end written.
+//!
+//! Invariants: success is reported only for data every replica in the pipeline
+//! acknowledged and the MDS committed; any failure is recorded in the file's
+//! errseq (reported once to every handle open at the time, on its next
+//! flush/fsync) and returned to the caller that triggered the flush. Dirty
+//! memory is bounded: a file's buffer is flushed in the background past
+//! `FILE_DIRTY_LIMIT`, and writers wait while all buffers exceed
+//! `TOTAL_DIRTY_LIMIT`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use weft_proto::meta_request::Op;
+use weft_proto::*;
+
+use crate::client::Weft;
+use crate::errno::{chunk_errno, write_should_realloc};
+use crate::open_files::FileState;
+use crate::writeback::ChunkExtents;
+
+pub const FILE_DIRTY_LIMIT: u64 = 8 << 20;
+pub const TOTAL_DIRTY_LIMIT: u64 = 64 << 20;
+/// Data older than this is flushed by the periodic flusher.
+pub const DIRTY_MAX_AGE: Duration = Duration::from_secs(5);
+/// Chunk writes in flight per flush.
+const WRITE_PARALLELISM: usize = 8;
+const WRITE_ATTEMPTS: u32 = 4;
+/// A cached lease this close to expiry is renewed before use.
+const LEASE_MARGIN_MS: u64 = 2000;
+
+impl Weft {
+    /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
+    /// truncates, so local dirty data and cached chunk state are dropped first.
+    pub async fn open(self: &Arc<Self>, c: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
+        let req = Op::Open(OpenReq {
+            ino,
+            flags: flags as u32,
+        });
+        let a = if flags & libc::O_TRUNC != 0 {
+            let st = self.files.get_or_create(ino);
+            let _g = st.flush_lock.lock().await;
+            self.discard_from(&st, 0);
+            let r = self.mds.attr(c, req).await;
+            self.files.maybe_drop(ino);
+            r?
+        } else {
+            self.mds.attr(c, req).await?
+        };
+        // Close-to-open consistency: another client may have written since.
+        self.locs.invalidate_file(ino);
+        self.attrs.put(&a);
+        Ok(self.files.open(ino))
+    }
+
+    /// create(2): returns the new file's attributes and an open handle.
+    pub async fn create(
+        self: &Arc<Self>,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+    ) -> Result<(fuser::FileAttr, u64), Errno> {
+        crate::client::check_name(&name)?;
+        let op = Op::Create(CreateReq {
+            parent,
+            name,
+            mode,
+            umask,
+            flags: flags as u32,
+        });
+        let a = self.mds.attr(c, op).await?;
+        if flags & libc::O_TRUNC != 0 {
+            // The name may have existed (a race with another creator) and been truncated.
+            if let Some(st) = self.files.get(a.ino) {
+                let _g = st.flush_lock.lock().await;
+                self.discard_from(&st, 0);
+            }
+        }
+        self.locs.invalidate_file(a.ino);
+        let fh = self.files.open(a.ino);
+        Ok((self.fattr(&a), fh))
+    }
+
+    /// Buffers a write. Waits (backpressure) while total dirty memory is over
+    /// the limit; kicks a background flush when this file's buffer is large.
+    pub async fn write(
+        self: &Arc<Self>,
+        c: Caller,
+        ino: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Result<u32, Errno> {
+        if offset.checked_add(data.len() as u64).is_none() || offset > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        loop {
+            let released = self.files.dirty_released.notified();
+            if self.files.dirty_total() < TOTAL_DIRTY_LIMIT {
+                break;
+            }
+            self.flush_all_in_background();
+            released.await;
+        }
+        let st = self.files.get_or_create(ino);
+        let (added, kick) = {
+            let mut g = st.inner.lock();
+            let added = g.dirty.write(offset, &data);
+            g.dirty_since.get_or_insert_with(Instant::now);
+            g.writer = c;
+            let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
+            if kick {
+                g.flush_queued = true;
+            }
+            (added, kick)
+        };
+        self.files.add_dirty(added);
+        if kick {
+            self.flush_in_background(st);
+        }
+        Ok(data.len() as u32)
+    }
+
+    fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
+        let w = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = w.flush_file(&st).await {
+                tracing::warn!(ino = st.ino, error = %e, "background flush failed");
+            }
+        });
+    }
+
+    fn flush_all_in_background(self: &Arc<Self>) {
+        for st in self.files.all() {
+            let queue = {
+                let mut g = st.inner.lock();
+                let q = !g.dirty.is_empty() && !g.flush_queued;
+                if q {
+                    g.flush_queued = true;
+                }
+                q
+            };
+            if queue {
+                self.flush_in_background(st);
+            }
+        }
+    }
+
+    /// Periodically flushes data that has sat in a buffer for `DIRTY_MAX_AGE`
+    /// (as the kernel's writeback does for page-cache file systems).
+    pub fn start_periodic_flusher(self: &Arc<Self>) {
+        let w = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(w) = w.upgrade() else { return };
+                for st in w.files.all() {
+                    let old = {
+                        let mut g = st.inner.lock();
+                        let old = !g.flush_queued
+                            && g.dirty_since.is_some_and(|t| t.elapsed() >= DIRTY_MAX_AGE);
+                        if old {
+                            g.flush_queued = true;
+                        }
+                        old
+                    };
+                    if old {
+                        w.flush_in_background(st);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Stores everything buffered for `st` (waiting for any flush in progress).
+    pub async fn flush_file(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
+        let _g = st.flush_lock.lock().await;
+        let r = self.flush_locked(st).await;
+        self.files.maybe_drop(st.ino);
+        r
+    }
+
+    /// Flushes every file (unmount, destroy). Returns the first error.
+    pub async fn flush_all(self: &Arc<Self>) -> Result<(), Errno> {
+        let mut first = Ok(());
+        for st in self.files.all() {
+            if let Err(e) = self.flush_file(&st).await {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+
+    /// The flush itself; the caller holds `st.flush_lock`.
+    async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
+        let (chunks, caller, end, bytes) = {
+            let mut g = st.inner.lock();
+            g.flush_queued = false;
+            if g.dirty.is_empty() {
+                return Ok(());
+            }
+            let end = g.dirty.end();
+            let bytes = g.dirty.bytes();
+            g.dirty_since = None;
+            g.inflight_end = g.inflight_end.max(end);
+            (g.dirty.take(), g.writer.clone(), end, bytes)
+        };
+        let mut stores = Vec::with_capacity(chunks.len());
+        for ce in chunks {
+            stores.push(self.store_chunk(st, &caller, ce));
+        }
+        let stored = stream::iter(stores)
+            .buffer_unordered(WRITE_PARALLELISM)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, Errno>>();
+        let result = match stored {
+            Ok(_) => self
+                .mds
+                .attr(
+                    &caller,
+                    Op::CommitWrite(CommitWriteReq { ino: st.ino, end }),
+                )
+                .await
+                .map(|a| self.attrs.put(&a)),
+            Err(e) => Err(e),
+        };
+        {
+            let mut g = st.inner.lock();
+            g.inflight_end = 0;
+        }
+        if let Err(e) = result {
+            tracing::warn!(ino = st.ino, error = %e, "storing written data failed");
+            st.record_error(e);
+            // The size the kernel saw included data that is now lost.
+            self.attrs.invalidate(st.ino);
+        }
+        self.files.release_dirty(bytes);
+        result
+    }
+
+    /// Writes one chunk's dirty extents, re-allocating the pipeline and
+    /// retrying when the lease/version went stale or a replica is missing.
+    async fn store_chunk(
+        &self,
+        st: &FileState,
+        caller: &Caller,
+        ce: ChunkExtents,
+    ) -> Result<(), Errno> {
+        // Bytes: pieces and retries share the buffers instead of copying.
+        let extents: Vec<(u64, bytes::Bytes)> = ce
+            .extents
+            .into_iter()
+            .map(|(off, d)| (off, bytes::Bytes::from(d)))
+            .collect();
+        let mut backoff = Duration::from_millis(100);
+        for attempt in 1..=WRITE_ATTEMPTS {
+            let w = self.chunk_alloc(st, caller, ce.index).await?;
+            let loc = w.chunk.clone().unwrap_or_default();
+            let mut writes = Vec::new();
+            for (off, data) in &extents {
+                for at in (0..data.len()).step_by(MAX_IO) {
+                    let piece = data.slice(at..(at + MAX_IO).min(data.len()));
+                    writes.push(self.chunks.write(&w, off + at as u64, piece));
+                }
+            }
+            let results: Vec<Result<(), tonic::Status>> = stream::iter(writes)
+                .buffer_unordered(WRITE_PARALLELISM)
+                .collect()
+                .await;
+            let Some(status) = results.into_iter().find_map(|r| r.err()) else {
+                let addrs = loc.replicas.iter().map(|r| r.addr.clone()).collect();
+                st.inner
+                    .lock()
+                    .unsynced
+                    .insert(loc.chunk_id, (ce.index, addrs));
+                return Ok(());
+            };
+            st.inner.lock().allocs.remove(&ce.index);
+            if attempt < WRITE_ATTEMPTS && write_should_realloc(&status) {
+                tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed, re-allocating");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+            tracing::warn!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, "chunk write failed");
+            return Err(chunk_errno(&status));
+        }
+        unreachable!("the last attempt always returns")
+    }
+
+    /// The write pipeline for chunk `index`: the cached lease if still good,
+    /// else a fresh `AllocChunk`.
+    async fn chunk_alloc(
+        &self,
+        st: &FileState,
+        caller: &Caller,
+        index: u64,
+    ) -> Result<ChunkWrite, Errno> {
+        let now_ms = unix_ms();
+        if let Some(w) = st.inner.lock().allocs.get(&index) {
+            if w.lease_expires_ms == 0 || w.lease_expires_ms > now_ms + LEASE_MARGIN_MS {
+                return Ok(w.clone());
+            }
+        }
+        let w = self.mds.alloc_chunk(caller, st.ino, index).await?;
+        if w.chunk_size != 0 && w.chunk_size != self.chunk_size {
+            tracing::warn!(
+                ino = st.ino,
+                mds = w.chunk_size,
+                ours = self.chunk_size,
+                "chunk size changed under us"
+            );
+        }
+        if w.chunk.as_ref().is_none_or(|l| l.replicas.is_empty()) {
+            tracing::warn!(ino = st.ino, index, "AllocChunk named no replica");
+            return Err(Errno::EIO);
+        }
+        // Readers must see the (possibly new) chunk, not a cached hole.
+        self.locs.invalidate(st.ino, index);
+        let mut g = st.inner.lock();
+        if g.opens > 0 {
+            g.allocs.insert(index, w.clone());
+        }
+        Ok(w)
+    }
+
+    /// flush(2) on close of a descriptor: store the data, report any
+    /// write-back error this handle has not seen.
+    pub async fn flush_handle(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
+        let Some(st) = self.files.get(ino) else {
+            return Ok(());
+        };
+        let r = self.flush_file(&st).await;
+        let unseen = self.files.take_unseen_error(fh, &st);
+        r?;
+        unseen.map_or(Ok(()), Err)
+    }
+
+    /// fsync(2): store the data, then make every chunk written since the last
+    /// fsync durable on all its replicas; only then report success.
+    pub async fn fsync(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
+        let Some(st) = self.files.get(ino) else {
+            return Ok(());
+        };
+        // A failed flush has recorded its error already; a failed sync does here.
+        let r = match self.flush_file(&st).await {
+            Ok(()) => {
+                let r = self.sync_chunks(&st).await;
+                if let Err(e) = r {
+                    st.record_error(e);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let unseen = self.files.take_unseen_error(fh, &st);
+        self.files.maybe_drop(ino);
+        r?;
+        unseen.map_or(Ok(()), Err)
+    }
+
+    async fn sync_chunks(&self, st: &FileState) -> Result<(), Errno> {
+        let pending: HashMap<u64, (u64, Vec<String>)> =
+            std::mem::take(&mut st.inner.lock().unsynced);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut by_pipeline: HashMap<Vec<String>, Vec<u64>> = HashMap::new();
+        for (id, (_, addrs)) in &pending {
+            by_pipeline.entry(addrs.clone()).or_default().push(*id);
+        }
+        let mut syncs = Vec::with_capacity(by_pipeline.len());
+        for (addrs, ids) in by_pipeline {
+            syncs.push(async move {
+                let r = self.chunks.sync(&addrs, ids.clone()).await;
+                (ids, r)
+            });
+        }
+        let results: Vec<(Vec<u64>, Result<(), tonic::Status>)> = stream::iter(syncs)
+            .buffer_unordered(WRITE_PARALLELISM)
+            .collect()
+            .await;
+        let mut first_err = None;
+        let mut g = st.inner.lock();
+        for (ids, r) in results {
+            if let Err(s) = r {
+                tracing::warn!(ino = st.ino, status = %s, "chunk sync failed");
+                first_err.get_or_insert(chunk_errno(&s));
+                // Keep them for the next fsync.
+                for id in ids {
+                    if let Some(v) = pending.get(&id) {
+                        g.unsynced.insert(id, v.clone());
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// release: the last close of a handle. Stores remaining data (errors
+    /// stay recorded for other handles; close(2) already got flush's verdict)
+    /// and tells the MDS.
+    pub async fn release(self: &Arc<Self>, c: &Caller, ino: u64, fh: u64) -> Result<(), Errno> {
+        if let Some(st) = self.files.get(ino) {
+            let _ = self.flush_file(&st).await;
+        }
+        self.files.close(fh);
+        self.mds.empty(c, Op::Release(ReleaseReq { ino })).await
+    }
+
+    /// Drops dirty data at or beyond `size` (accounting for the memory).
+    fn discard_from(&self, st: &FileState, size: u64) {
+        let freed = {
+            let mut g = st.inner.lock();
+            let freed = g.dirty.truncate(size);
+            if g.dirty.is_empty() {
+                g.dirty_since = None;
+            }
+            let first_gone = size.div_ceil(self.chunk_size);
+            g.unsynced.retain(|_, (index, _)| *index < first_gone);
+            g.allocs.clear();
+            freed
+        };
+        self.files.release_dirty(freed);
+        self.locs.invalidate_file(st.ino);
+    }
+
+    /// setattr with a size: store what stays, change the size at the MDS, and
+    /// cut the boundary chunk on its replicas so a later extension reads zeros.
+    pub async fn truncate(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        size: u64,
+        req: SetAttrReq,
+    ) -> Result<Attr, Errno> {
+        if size > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let st = self.files.get_or_create(ino);
+        let r = async {
+            let _g = st.flush_lock.lock().await;
+            self.discard_from(&st, size);
+            // A failed store is recorded for fsync/close; the truncate proceeds.
+            let _ = self.flush_locked(&st).await;
+            let old = self.mds.getattr(c, ino).await?.size;
+            let cs = self.chunk_size;
+            if size > old && old % cs != 0 {
+                // Bytes past the old end (e.g. from a write whose commit failed)
+                // must read as zeros once the file grows over them.
+                self.cut_chunk(c, ino, old).await?;
+            }
+            let a = self.mds.attr(c, Op::Setattr(req)).await?;
+            if size < old && size % cs != 0 {
+                self.cut_chunk(c, ino, size).await?;
+            }
+            self.locs.invalidate_file(ino);
+            st.inner.lock().allocs.clear();
+            Ok(a)
+        }
+        .await;
+        self.files.maybe_drop(ino);
+        r
+    }
+
+    /// Chunk.Truncate of the chunk holding file offset `at`, at that offset.
+    async fn cut_chunk(&self, c: &Caller, ino: u64, at: u64) -> Result<(), Errno> {
+        let index = at / self.chunk_size;
+        let list = self.mds.get_chunks(c, ino, index, 1).await?;
+        let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
+            return Ok(());
+        };
+        if loc.chunk_id == 0 {
+            return Ok(());
+        }
+        self.chunks
+            .truncate(&loc, at % self.chunk_size)
+            .await
+            .map_err(|s| {
+                tracing::warn!(ino, index, chunk = loc.chunk_id, status = %s, "chunk truncate failed");
+                chunk_errno(&s)
+            })
+    }
+
+    /// fallocate mode 0 (allocate, extend the size): weft allocates chunks on
+    /// write, so extending the size is all there is to do. Other modes
+    /// (punch hole, keep size, zero range, ...) are not supported.
+    pub async fn fallocate(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        if mode != 0 {
+            return Err(Errno::ENOTSUP);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        let cur = self.mds.getattr(c, ino).await?.size;
+        let local = self.files.size_override(ino).unwrap_or(0);
+        if end > cur.max(local) {
+            let req = SetAttrReq {
+                ino,
+                size: Some(end),
+                ..Default::default()
+            };
+            let a = self.truncate(c, ino, end, req).await?;
+            self.attrs.put(&a);
+        }
+        Ok(())
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
