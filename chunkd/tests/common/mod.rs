@@ -1,0 +1,178 @@
+//! Helpers shared by the in-process tests: daemons on 127.0.0.1:0 with temp
+//! data dirs, Chunk clients, and a fake MDS `Master` service that records what
+//! the daemons tell it and answers as scripted.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+use tonic::{Request, Response, Status};
+use weft_chunkd::{Config, Daemon};
+use weft_proto::chunk_client::ChunkClient;
+use weft_proto::master_server::{Master, MasterServer};
+use weft_proto::*;
+
+/// An address where nothing listens (a port that was just free).
+pub fn dead_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+pub async fn start_chunkd(dir: &Path, mds: &str, tweak: impl FnOnce(&mut Config)) -> Daemon {
+    let mut cfg = Config::new("127.0.0.1:0".parse().unwrap(), dir, mds);
+    cfg.scrub_interval = 0;
+    tweak(&mut cfg);
+    weft_chunkd::start(&cfg).await.expect("chunkd starts")
+}
+
+pub fn client(addr: impl ToString) -> ChunkClient<Channel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{}", addr.to_string()))
+        .unwrap()
+        .connect_lazy();
+    ChunkClient::new(ch)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE)
+}
+
+pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 0x80)
+        .collect()
+}
+
+pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[String]) -> WriteReq {
+    WriteReq {
+        chunk_id: id,
+        version,
+        lease_epoch: 1,
+        offset,
+        data: data.to_vec().into(),
+        chain: chain.to_vec(),
+        sync: false,
+    }
+}
+
+pub async fn read(
+    c: &mut ChunkClient<Channel>,
+    id: u64,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, Status> {
+    c.read(ReadReq {
+        chunk_id: id,
+        version: 0,
+        offset,
+        length: len,
+    })
+    .await
+    .map(|r| r.into_inner().data.to_vec())
+}
+
+/// Polls `f` every 20 ms until it is true or `secs` pass.
+pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    f()
+}
+
+/// Flips one byte of a file.
+pub fn flip(path: &Path, pos: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, pos).unwrap();
+    b[0] ^= 0xff;
+    f.write_all_at(&b, pos).unwrap();
+}
+
+#[derive(Default)]
+pub struct MdsLog {
+    pub registers: Vec<RegisterReq>,
+    pub beats: Vec<HeartbeatReq>,
+    pub corrupt: Vec<CorruptReq>,
+    /// Scripted answers for the next beat.
+    pub delete_next: Vec<u64>,
+    pub reregister_next: bool,
+    /// While set, heartbeats fail with UNAVAILABLE.
+    pub fail_beats: bool,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeMds {
+    pub log: Arc<Mutex<MdsLog>>,
+    pub chunk_size: u64,
+    pub heartbeat_ms: u64,
+}
+
+#[tonic::async_trait]
+impl Master for FakeMds {
+    async fn register(&self, r: Request<RegisterReq>) -> Result<Response<RegisterReply>, Status> {
+        self.log.lock().registers.push(r.into_inner());
+        Ok(Response::new(RegisterReply {
+            chunk_size: self.chunk_size,
+            heartbeat_ms: self.heartbeat_ms,
+        }))
+    }
+    async fn heartbeat(
+        &self,
+        r: Request<HeartbeatReq>,
+    ) -> Result<Response<HeartbeatReply>, Status> {
+        let mut log = self.log.lock();
+        if log.fail_beats {
+            return Err(Status::unavailable("scripted failure"));
+        }
+        log.beats.push(r.into_inner());
+        Ok(Response::new(HeartbeatReply {
+            reregister: std::mem::take(&mut log.reregister_next),
+            delete_chunks: std::mem::take(&mut log.delete_next),
+        }))
+    }
+    async fn report_corrupt(&self, r: Request<CorruptReq>) -> Result<Response<Empty>, Status> {
+        self.log.lock().corrupt.push(r.into_inner());
+        Ok(Response::new(Empty {}))
+    }
+    async fn status(&self, _: Request<StatusReq>) -> Result<Response<StatusReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+    async fn fsck(&self, _: Request<FsckReq>) -> Result<Response<FsckReply>, Status> {
+        Err(Status::unimplemented("not in the fake"))
+    }
+}
+
+impl FakeMds {
+    pub fn new(chunk_size: u64, heartbeat_ms: u64) -> FakeMds {
+        FakeMds {
+            log: Default::default(),
+            chunk_size,
+            heartbeat_ms,
+        }
+    }
+
+    /// Serves on `addr` (e.g. "127.0.0.1:0"); returns the bound address.
+    pub async fn serve(&self, addr: &str) -> SocketAddr {
+        let l = TcpListener::bind(addr).await.unwrap();
+        let bound = l.local_addr().unwrap();
+        let svc = MasterServer::new(self.clone());
+        tokio::spawn(
+            Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(TcpIncoming::from(l)),
+        );
+        bound
+    }
+}

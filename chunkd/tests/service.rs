@@ -1,0 +1,266 @@
+//! The Chunk service end to end: three in-process daemons (no MDS — the
+//! heartbeat loop keeps retrying an address where nothing listens).
+
+mod common;
+
+use common::*;
+use tonic::Code;
+use weft_chunkd::pipeline::failed_addr;
+use weft_proto::{SyncReq, TruncateReq, MAX_IO};
+
+const BS: usize = 65536;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_write_lands_on_all_replicas() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mds = dead_addr();
+    let mut ds = Vec::new();
+    for d in &dirs {
+        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
+    }
+    let addrs: Vec<String> = ds.iter().map(|d| d.addr.to_string()).collect();
+    let mut first = client(&addrs[0]);
+
+    let data = pattern(3 * BS + 123, 5);
+    let mut req = write_req(0xc0ffee, 1, 1000, &data, &addrs[1..]);
+    req.sync = true;
+    first.write(req).await.expect("pipelined write");
+    let big = pattern(MAX_IO, 9);
+    first
+        .write(write_req(0xc0ffee, 1, 4 << 20, &big, &addrs[1..]))
+        .await
+        .expect("MAX_IO write through the pipeline");
+
+    for a in &addrs {
+        let mut c = client(a);
+        let got = read(&mut c, 0xc0ffee, 0, (3 * BS + 2000) as u32)
+            .await
+            .unwrap();
+        assert!(got[..1000].iter().all(|&b| b == 0), "{a}: leading zeros");
+        assert_eq!(&got[1000..1000 + data.len()], &data[..], "{a}: data");
+        assert!(
+            got[1000 + data.len()..].iter().all(|&b| b == 0),
+            "{a}: trailing zeros"
+        );
+        assert_eq!(
+            read(&mut c, 0xc0ffee, 4 << 20, MAX_IO as u32)
+                .await
+                .unwrap(),
+            big,
+            "{a}: big"
+        );
+    }
+
+    // Sync and Truncate travel the same chain.
+    first
+        .sync(SyncReq {
+            chunk_ids: vec![0xc0ffee],
+            chain: addrs[1..].to_vec(),
+        })
+        .await
+        .unwrap();
+    first
+        .truncate(TruncateReq {
+            chunk_id: 0xc0ffee,
+            version: 1,
+            length: 1010,
+            chain: addrs[1..].to_vec(),
+        })
+        .await
+        .unwrap();
+    for a in &addrs {
+        let mut c = client(a);
+        let got = read(&mut c, 0xc0ffee, 1000, 20).await.unwrap();
+        assert_eq!(&got[..10], &data[..10], "{a}");
+        assert_eq!(&got[10..], &[0u8; 10], "{a}");
+        assert!(read(&mut c, 0xc0ffee, 4 << 20, 4096)
+            .await
+            .unwrap()
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(
+            ds.iter()
+                .find(|d| d.addr.to_string() == *a)
+                .unwrap()
+                .store
+                .summary(0xc0ffee)
+                .unwrap()
+                .size,
+            1010
+        );
+    }
+    // Sync of a chunk a replica does not hold is an error, not a silent success.
+    let e = first
+        .sync(SyncReq {
+            chunk_ids: vec![absent_id()],
+            chain: addrs[1..].to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}
+
+const fn absent_id() -> u64 {
+    0x5eed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_replica_in_chain_is_unavailable() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mds = dead_addr();
+    let a = start_chunkd(d1.path(), &mds, |_| {}).await;
+    let b = start_chunkd(d2.path(), &mds, |_| {}).await;
+    let dead = dead_addr();
+    let mut c = client(a.addr);
+
+    // The dead replica right after the first...
+    let e = c
+        .write(write_req(1, 1, 0, b"hello", std::slice::from_ref(&dead)))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(
+        e.message().contains(&dead),
+        "message names the dead replica: {}",
+        e.message()
+    );
+    assert_eq!(failed_addr(&e).as_deref(), Some(dead.as_str()));
+
+    // ...and one hop further down: still UNAVAILABLE naming the dead one.
+    let e = c
+        .write(write_req(
+            2,
+            1,
+            0,
+            b"hello",
+            &[b.addr.to_string(), dead.clone()],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+    assert!(e.message().contains(&dead), "{}", e.message());
+    assert_eq!(failed_addr(&e).as_deref(), Some(dead.as_str()));
+    // The live replicas did apply it (the client retries or re-replicates).
+    assert_eq!(read(&mut client(b.addr), 2, 0, 5).await.unwrap(), b"hello");
+
+    let e = c
+        .truncate(TruncateReq {
+            chunk_id: 2,
+            version: 1,
+            length: 0,
+            chain: vec![dead.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+    let e = c
+        .sync(SyncReq {
+            chunk_ids: vec![2],
+            chain: vec![dead.clone()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_version_and_epoch_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let daemon = start_chunkd(d.path(), &dead_addr(), |_| {}).await;
+    let mut c = client(daemon.addr);
+    c.write(write_req(7, 3, 0, b"v3", &[])).await.unwrap();
+    let e = c.write(write_req(7, 2, 0, b"v2", &[])).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    let e = c
+        .read(weft_proto::ReadReq {
+            chunk_id: 7,
+            version: 2,
+            offset: 0,
+            length: 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    let mut older_epoch = write_req(7, 3, 0, b"xx", &[]);
+    older_epoch.lease_epoch = 0;
+    assert_eq!(
+        c.write(older_epoch).await.unwrap_err().code(),
+        Code::FailedPrecondition
+    );
+    // A newer version is adopted.
+    c.write(write_req(7, 4, 0, b"v4", &[])).await.unwrap();
+    let r = c
+        .read(weft_proto::ReadReq {
+            chunk_id: 7,
+            version: 4,
+            offset: 0,
+            length: 2,
+        })
+        .await
+        .unwrap();
+    assert_eq!(&r.into_inner().data[..], b"v4");
+    assert_eq!(daemon.store.summary(7).unwrap().version, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_codes() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mds = dead_addr();
+    let a = start_chunkd(d1.path(), &mds, |_| {}).await;
+    let small = start_chunkd(d2.path(), &mds, |c| c.capacity = Some(256 << 10)).await;
+    let mut c = client(a.addr);
+
+    assert_eq!(
+        read(&mut c, 404, 0, 1).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    c.write(write_req(1, 1, 0, b"x", &[])).await.unwrap();
+    // Before registration the chunk size is provisional (1 GiB).
+    assert_eq!(
+        read(&mut c, 1, 1 << 30, 1).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        c.write(write_req(1, 1, (1 << 30) - 1, b"xy", &[]))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        read(&mut c, 1, 0, MAX_IO as u32 + 1)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+
+    // A full replica downstream: its RESOURCE_EXHAUSTED comes back up, naming it.
+    let e = c
+        .write(write_req(
+            2,
+            1,
+            0,
+            &pattern(512 << 10, 1),
+            &[small.addr.to_string()],
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains(&small.addr.to_string()));
+    assert_eq!(
+        read(&mut client(small.addr), 2, 0, 1)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+
+    // A flipped byte is DATA_LOSS, never data.
+    let path = a.store.chunk_path(1);
+    flip(&path, weft_chunkd::store::format::header_len(1 << 30)); // data byte 0
+    assert_eq!(
+        read(&mut c, 1, 0, 1).await.unwrap_err().code(),
+        Code::DataLoss
+    );
+}
