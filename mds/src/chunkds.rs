@@ -1,0 +1,337 @@
+//! The chunk daemons the MDS knows and which replicas each holds.
+//!
+//! None of this is journaled: as in GFS, replica locations are rebuilt from
+//! the daemons' own reports (Register sends everything a daemon holds,
+//! heartbeats send changes), so the daemons' disks stay the one truth about
+//! where data is. A replica counts as good when its daemon is alive (heard
+//! from within `dead_after`) and it reported the chunk's current version.
+//! Replicas the MDS placed but has not yet heard about are "planned": clients
+//! may use them (a write lands there before the next heartbeat) but fsck does
+//! not count them.
+
+use crate::placement::{self, Candidate};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+use weft_proto::pb;
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub id: u64,
+    pub addr: String,
+    pub rack: String,
+    pub capacity: u64,
+    pub used: u64,
+    last_beat: Instant,
+    chunks: BTreeSet<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Replica {
+    version: u64,
+    confirmed: bool,
+}
+
+/// What the namespace says about a reported chunk.
+pub enum Known {
+    /// Owned by a file at this version.
+    Current(u64),
+    /// No file references it.
+    Unreferenced,
+}
+
+pub struct Registry {
+    daemons: BTreeMap<u64, Daemon>,
+    replicas: HashMap<u64, BTreeMap<u64, Replica>>,
+    deletes: HashMap<u64, BTreeSet<u64>>,
+    /// Chunks daemons hold that no file references (left by a crash between a
+    /// chunk write and its commit, or by a file removed while a daemon was away).
+    orphans: BTreeMap<u64, BTreeSet<u64>>,
+    dead_after: Duration,
+    started: Instant,
+}
+
+impl Registry {
+    pub fn new(dead_after: Duration) -> Self {
+        Registry {
+            daemons: BTreeMap::new(),
+            replicas: HashMap::new(),
+            deletes: HashMap::new(),
+            orphans: BTreeMap::new(),
+            dead_after,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn alive(&self, id: u64) -> bool {
+        self.daemons.get(&id).is_some_and(|d| d.last_beat.elapsed() < self.dead_after)
+    }
+
+    /// True for the first `dead_after` after the MDS started: daemons may not
+    /// have re-registered yet, so a chunk with no known replica may still have some.
+    pub fn in_startup_grace(&self) -> bool {
+        self.started.elapsed() < self.dead_after
+    }
+
+    /// A daemon's full report. `known` classifies each chunk against the namespace.
+    pub fn register(&mut self, req: &pb::RegisterReq, known: impl Fn(u64) -> Known) {
+        let previous = self.daemons.remove(&req.chunkd_id).map(|d| d.chunks).unwrap_or_default();
+        for chunk in previous {
+            self.drop_replica(chunk, req.chunkd_id, true);
+        }
+        self.daemons.insert(
+            req.chunkd_id,
+            Daemon {
+                id: req.chunkd_id,
+                addr: req.addr.clone(),
+                rack: req.rack.clone(),
+                capacity: req.capacity,
+                used: req.used,
+                last_beat: Instant::now(),
+                chunks: BTreeSet::new(),
+            },
+        );
+        self.deletes.remove(&req.chunkd_id);
+        for r in &req.chunks {
+            self.add_report(req.chunkd_id, r, &known);
+        }
+    }
+
+    /// A heartbeat; false if the daemon is unknown and must register.
+    pub fn heartbeat(&mut self, req: &pb::HeartbeatReq, known: impl Fn(u64) -> Known) -> Option<Vec<u64>> {
+        let d = self.daemons.get_mut(&req.chunkd_id)?;
+        d.last_beat = Instant::now();
+        d.capacity = req.capacity;
+        d.used = req.used;
+        for chunk in &req.removed {
+            self.drop_replica(*chunk, req.chunkd_id, false);
+        }
+        for r in &req.added {
+            self.add_report(req.chunkd_id, r, &known);
+        }
+        Some(self.deletes.remove(&req.chunkd_id).map(|s| s.into_iter().collect()).unwrap_or_default())
+    }
+
+    fn add_report(&mut self, daemon: u64, r: &pb::ChunkReport, known: &impl Fn(u64) -> Known) {
+        match known(r.chunk_id) {
+            Known::Current(version) if r.version < version => {
+                // Stale: it missed writes while away. Never serve it.
+                tracing::info!(chunk = r.chunk_id, daemon, have = r.version, want = version, "stale replica, deleting");
+                self.deletes.entry(daemon).or_default().insert(r.chunk_id);
+            }
+            Known::Current(_) => {
+                self.replicas.entry(r.chunk_id).or_default().insert(
+                    daemon,
+                    Replica {
+                        version: r.version,
+                        confirmed: true,
+                    },
+                );
+                if let Some(d) = self.daemons.get_mut(&daemon) {
+                    d.chunks.insert(r.chunk_id);
+                }
+            }
+            Known::Unreferenced => {
+                self.orphans.entry(r.chunk_id).or_default().insert(daemon);
+            }
+        }
+    }
+
+    fn drop_replica(&mut self, chunk: u64, daemon: u64, keep_planned: bool) {
+        if let Some(m) = self.replicas.get_mut(&chunk) {
+            if !(keep_planned && m.get(&daemon).is_some_and(|r| !r.confirmed)) {
+                m.remove(&daemon);
+            }
+            if m.is_empty() {
+                self.replicas.remove(&chunk);
+            }
+        }
+        if let Some(s) = self.orphans.get_mut(&chunk) {
+            s.remove(&daemon);
+            if s.is_empty() {
+                self.orphans.remove(&chunk);
+            }
+        }
+        if let Some(d) = self.daemons.get_mut(&daemon) {
+            d.chunks.remove(&chunk);
+        }
+    }
+
+    /// Chunks no file references any more: every daemon holding one deletes it
+    /// at its next heartbeat.
+    pub fn forget_chunks(&mut self, chunks: &[u64]) {
+        for chunk in chunks {
+            if let Some(m) = self.replicas.remove(chunk) {
+                for daemon in m.keys() {
+                    self.deletes.entry(*daemon).or_default().insert(*chunk);
+                    if let Some(d) = self.daemons.get_mut(daemon) {
+                        d.chunks.remove(chunk);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A daemon found its replica corrupt: stop handing it out.
+    pub fn corrupt(&mut self, daemon: u64, chunk: u64) {
+        self.drop_replica(chunk, daemon, false);
+        self.deletes.entry(daemon).or_default().insert(chunk);
+    }
+
+    /// Records where a chunk's replicas are being written.
+    pub fn plan(&mut self, chunk: u64, version: u64, daemons: &[u64]) {
+        let m = self.replicas.entry(chunk).or_default();
+        for d in daemons {
+            m.entry(*d).or_insert(Replica { version, confirmed: false });
+        }
+    }
+
+    /// Live replicas of `chunk` at `version`, confirmed ones first, then by daemon id.
+    pub fn locations(&self, chunk: u64, version: u64) -> Vec<pb::Replica> {
+        let mut out: Vec<(bool, u64, &Daemon)> = self
+            .replicas
+            .get(&chunk)
+            .into_iter()
+            .flatten()
+            .filter(|(d, r)| r.version == version && self.alive(**d))
+            .filter_map(|(d, r)| self.daemons.get(d).map(|dm| (!r.confirmed, *d, dm)))
+            .collect();
+        out.sort_by_key(|(unconfirmed, id, _)| (*unconfirmed, *id));
+        out.into_iter()
+            .map(|(_, id, d)| pb::Replica {
+                chunkd_id: id,
+                addr: d.addr.clone(),
+            })
+            .collect()
+    }
+
+    /// Replicas that count for redundancy: confirmed, current, on a live daemon.
+    pub fn good_replicas(&self, chunk: u64, version: u64) -> u32 {
+        self.replicas
+            .get(&chunk)
+            .map(|m| m.iter().filter(|(d, r)| r.confirmed && r.version == version && self.alive(**d)).count() as u32)
+            .unwrap_or(0)
+    }
+
+    /// Chooses daemons for a new replica set of `want` copies.
+    pub fn place(&self, want: usize, chunk_size: u64, exclude: &[u64]) -> Vec<u64> {
+        let candidates: Vec<Candidate> = self
+            .daemons
+            .values()
+            .filter(|d| self.alive(d.id))
+            .map(|d| Candidate {
+                id: d.id,
+                rack: d.rack.clone(),
+                free: d.capacity.saturating_sub(d.used),
+            })
+            .collect();
+        let salt: u64 = rand::random();
+        placement::place(&candidates, want, chunk_size, exclude, |id| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt)
+    }
+
+    pub fn addr(&self, daemon: u64) -> Option<&str> {
+        self.daemons.get(&daemon).map(|d| d.addr.as_str())
+    }
+
+    /// (capacity, free) over live daemons.
+    pub fn space(&self) -> (u64, u64) {
+        self.daemons
+            .values()
+            .filter(|d| self.alive(d.id))
+            .fold((0, 0), |(c, f), d| (c + d.capacity, f + d.capacity.saturating_sub(d.used)))
+    }
+
+    pub fn status(&self) -> Vec<pb::ChunkdStatus> {
+        self.daemons
+            .values()
+            .map(|d| pb::ChunkdStatus {
+                id: d.id,
+                addr: d.addr.clone(),
+                rack: d.rack.clone(),
+                alive: self.alive(d.id),
+                capacity: d.capacity,
+                used: d.used,
+                chunks: d.chunks.len() as u64,
+            })
+            .collect()
+    }
+
+    pub fn orphans(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
+        self.orphans.iter().map(|(c, ds)| (*c, ds.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(id: u64, chunks: &[(u64, u64)]) -> pb::RegisterReq {
+        pb::RegisterReq {
+            chunkd_id: id,
+            addr: format!("127.0.0.1:{id}"),
+            rack: String::new(),
+            capacity: 1 << 30,
+            used: 0,
+            chunks: chunks
+                .iter()
+                .map(|(c, v)| pb::ChunkReport {
+                    chunk_id: *c,
+                    version: *v,
+                    size: 0,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reports_count_planned_do_not() {
+        let mut r = Registry::new(Duration::from_secs(60));
+        r.register(&reg(1, &[]), |_| Known::Current(1));
+        r.register(&reg(2, &[(7, 1)]), |_| Known::Current(1));
+        r.plan(7, 1, &[1, 2]);
+        assert_eq!(r.locations(7, 1).len(), 2);
+        assert_eq!(r.locations(7, 1)[0].chunkd_id, 2, "confirmed first");
+        assert_eq!(r.good_replicas(7, 1), 1);
+        let del = r
+            .heartbeat(
+                &pb::HeartbeatReq {
+                    chunkd_id: 1,
+                    added: vec![pb::ChunkReport { chunk_id: 7, version: 1, size: 1 }],
+                    ..Default::default()
+                },
+                |_| Known::Current(1),
+            )
+            .unwrap();
+        assert!(del.is_empty());
+        assert_eq!(r.good_replicas(7, 1), 2);
+    }
+
+    #[test]
+    fn stale_replicas_are_deleted_never_served() {
+        let mut r = Registry::new(Duration::from_secs(60));
+        r.register(&reg(1, &[(7, 1)]), |_| Known::Current(2));
+        assert!(r.locations(7, 2).is_empty());
+        let del = r.heartbeat(&pb::HeartbeatReq { chunkd_id: 1, ..Default::default() }, |_| Known::Current(2));
+        assert_eq!(del, Some(vec![7]));
+    }
+
+    #[test]
+    fn forgotten_chunks_go_to_their_daemons_and_unknown_daemons_reregister() {
+        let mut r = Registry::new(Duration::from_secs(60));
+        r.register(&reg(1, &[(7, 1), (8, 1)]), |_| Known::Current(1));
+        r.forget_chunks(&[7]);
+        let del = r.heartbeat(&pb::HeartbeatReq { chunkd_id: 1, ..Default::default() }, |_| Known::Current(1));
+        assert_eq!(del, Some(vec![7]));
+        assert_eq!(r.status()[0].chunks, 1);
+        assert!(r.heartbeat(&pb::HeartbeatReq { chunkd_id: 9, ..Default::default() }, |_| Known::Current(1)).is_none());
+    }
+
+    #[test]
+    fn dead_daemons_hold_no_good_replicas() {
+        let mut r = Registry::new(Duration::from_millis(1));
+        r.register(&reg(1, &[(7, 1)]), |_| Known::Current(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(r.good_replicas(7, 1), 0);
+        assert!(r.locations(7, 1).is_empty());
+        assert!(!r.status()[0].alive);
+    }
+}

@@ -1,0 +1,143 @@
+//! Group commit: the one thread that changes MDS state.
+//!
+//! It takes every proposal waiting, and for each one decides (`prepare`),
+//! frames the record and applies it, all under the state's write lock; then it
+//! appends the whole batch to the log with a single fsync, and only then
+//! releases the lock and answers. So concurrent mutations share one fsync, no
+//! reader ever sees a change that is not yet on disk, and log order is apply
+//! order. A failed append leaves memory ahead of the disk, which cannot be
+//! undone: the MDS aborts and a restart replays exactly what is durable.
+
+use crate::chunkds::Registry;
+use crate::ns::{Ctx, Prepared, Record};
+use crate::state::{encode_entry, LogEntry, State};
+use crate::wal::{codec, LogWriter};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, RwLock};
+use weft_proto::{pb, Errno};
+
+pub type Outcome = Result<pb::meta_reply::Result, Errno>;
+
+pub enum Proposal {
+    /// A client's mutation, exactly-once per (session, seq).
+    Mutate {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::meta_request::Op,
+        done: oneshot::Sender<Outcome>,
+    },
+    /// A client closed a file: may purge an unlinked inode.
+    Release { ino: u64, done: oneshot::Sender<Outcome> },
+    /// A record the MDS decided itself (e.g. purging orphans at startup).
+    Internal { record: Record, done: oneshot::Sender<Outcome> },
+}
+
+/// Most proposals folded into one fsync.
+const MAX_BATCH: usize = 1024;
+
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Committer {
+    pub fn start(state: Arc<RwLock<State>>, log: LogWriter, registry: Arc<Mutex<Registry>>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("wal-commit".into())
+            .spawn(move || run(rx, state, log, registry))
+            .expect("spawn the commit thread");
+        Committer { tx }
+    }
+
+    pub async fn propose(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Proposal) -> Outcome {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(make(done)).is_err() {
+            return Err(Errno::EIO);
+        }
+        rx.await.unwrap_or(Err(Errno::EIO))
+    }
+}
+
+fn run(mut rx: mpsc::UnboundedReceiver<Proposal>, state: Arc<RwLock<State>>, mut log: LogWriter, registry: Arc<Mutex<Registry>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut frames = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut st = state.blocking_write();
+        let first_index = st.applied_index + 1;
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut freed = Vec::new();
+        frames.clear();
+        for p in batch.drain(..) {
+            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed);
+            answers.push((done, outcome));
+        }
+        if !frames.is_empty() {
+            if let Err(e) = log.append_sync(first_index, &frames) {
+                tracing::error!("write-ahead log append failed, aborting so a restart replays what is durable: {e}");
+                std::process::abort();
+            }
+        }
+        drop(st);
+        if !freed.is_empty() {
+            registry.lock().forget_chunks(&freed);
+        }
+        for (done, outcome) in answers {
+            let _ = done.send(outcome);
+        }
+    }
+}
+
+/// Decides one proposal against the (already locked) state; a mutation is
+/// applied and its frame appended to `frames`.
+fn decide(st: &mut State, p: Proposal, frames: &mut Vec<u8>, freed: &mut Vec<u64>) -> (Outcome, oneshot::Sender<Outcome>) {
+    match p {
+        Proposal::Mutate {
+            session,
+            seq,
+            ctx,
+            op,
+            done,
+        } => {
+            if session != 0 {
+                if let Some(reply) = st.sessions.answered(session, seq) {
+                    return (Ok(reply), done);
+                }
+            }
+            let outcome = match st.ns.prepare(&ctx, &op) {
+                Err(e) => Err(e),
+                Ok(Prepared::Reply(r)) => Ok(r),
+                Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record, frames, freed)),
+            };
+            if let (Ok(pb::meta_reply::Result::Attr(a)), pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_)) = (&outcome, &op) {
+                st.ns.opened(a.ino);
+            }
+            (outcome, done)
+        }
+        Proposal::Release { ino, done } => {
+            if let Some(record) = st.ns.released(ino) {
+                commit(st, 0, 0, record, frames, freed);
+            }
+            (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
+        }
+        Proposal::Internal { record, done } => (Ok(commit(st, 0, 0, record, frames, freed)), done),
+    }
+}
+
+fn commit(st: &mut State, session: u64, seq: u64, record: Record, frames: &mut Vec<u8>, freed: &mut Vec<u64>) -> pb::meta_reply::Result {
+    let index = st.applied_index + 1;
+    let entry = LogEntry { session, seq, record };
+    codec::encode_frame(index, 0, &encode_entry(&entry), frames);
+    let applied = st.apply_entry(index, &entry);
+    freed.extend(applied.freed_chunks);
+    applied.reply
+}

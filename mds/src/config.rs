@@ -1,0 +1,63 @@
+//! weft-mds settings: the command line, validated in one place.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
+pub const MIN_CHUNK_SIZE: u64 = 1 << 20;
+pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
+
+/// weft metadata server: owns the namespace and the file -> chunk map, and
+/// journals every change to a write-ahead log in --data before answering.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "weft-mds", version)]
+pub struct Config {
+    /// Address to serve on (127.0.0.1:0 picks a free port; see --addr-file).
+    #[arg(long, default_value = "127.0.0.1:9700")]
+    pub listen: SocketAddr,
+    /// Directory for the write-ahead log and format file (created if missing).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Chunk size in bytes for a new file system (a power of two, 1 MiB..1 GiB).
+    /// An existing file system keeps the size it was created with. [default: 64 MiB]
+    #[arg(long)]
+    pub chunk_size: Option<u64>,
+    /// Copies of each chunk to keep.
+    #[arg(long, default_value_t = 3)]
+    pub replicas: u32,
+    /// Write the address actually listened on to this file once serving.
+    #[arg(long)]
+    pub addr_file: Option<PathBuf>,
+    /// How often chunk daemons heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub heartbeat_ms: u64,
+    /// A chunk daemon not heard from for this long is dead, in milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    pub dead_after_ms: u64,
+    /// Log filter (error, warn, info, debug, trace or a tracing directive).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(cs) = self.chunk_size {
+            if !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) || !cs.is_power_of_two() {
+                return Err(format!("--chunk-size {cs}: must be a power of two between {MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}"));
+            }
+        }
+        if self.replicas == 0 || self.replicas > 16 {
+            return Err(format!("--replicas {}: must be between 1 and 16", self.replicas));
+        }
+        if self.heartbeat_ms == 0 || self.dead_after_ms < 2 * self.heartbeat_ms {
+            return Err("--dead-after-ms must be at least twice --heartbeat-ms (one missed beat is not death)".into());
+        }
+        Ok(())
+    }
+
+    pub fn dead_after(&self) -> Duration {
+        Duration::from_millis(self.dead_after_ms)
+    }
+}

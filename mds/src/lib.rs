@@ -1,0 +1,21 @@
+//! weft-mds, the metadata server.
+//!
+//! Layout:
+//! - `ns`         the namespace as a pure state machine (prepare → record → apply)
+//! - `state`      ns plus the per-session reply table; `apply_entry` is the only mutator
+//! - `wal`        the write-ahead log: frame codec and segment files, replay
+//! - `committer`  group commit: decide, journal with one fsync per batch, apply, answer
+//! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
+//! - `placement`  where new replicas go (pure)
+//! - `service`    the gRPC glue for `Meta` and `Master`
+//! - `server`     startup: data dir, lock, replay, serve
+
+pub mod chunkds;
+pub mod committer;
+pub mod config;
+pub mod ns;
+pub mod placement;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod wal;

@@ -1,0 +1,152 @@
+//! Startup and serving: lock the data directory, read the format file,
+//! replay the log into memory, purge inodes left unlinked-but-open by the
+//! previous run, then serve until SIGTERM/SIGINT.
+
+use crate::chunkds::Registry;
+use crate::committer::{Committer, Proposal};
+use crate::config::{Config, DEFAULT_CHUNK_SIZE};
+use crate::service::Mds;
+use crate::state::{decode_entry, State};
+use crate::wal::{log, LogWriter};
+use anyhow::{bail, Context};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::RwLock;
+
+const FORMAT_FILE: &str = "format.json";
+
+/// What never changes for a file system once made.
+#[derive(Serialize, Deserialize)]
+struct Format {
+    format: u32,
+    fs_id: u64,
+    chunk_size: u64,
+}
+
+/// Holds the data directory for this process (released on exit).
+pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
+
+pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let path = dir.join("LOCK");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => Ok(DirLock(l)),
+        Err((_, e)) => bail!("{} is in use by another weft-mds ({e})", dir.display()),
+    }
+}
+
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, dir.join(name))?;
+    log::sync_dir(dir)?;
+    Ok(())
+}
+
+fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
+    let path = cfg.data.join(FORMAT_FILE);
+    if path.exists() {
+        let f: Format = serde_json::from_slice(&fs::read(&path)?).with_context(|| format!("{} is not a weft format file", path.display()))?;
+        if let Some(cs) = cfg.chunk_size {
+            if cs != f.chunk_size {
+                bail!("--chunk-size {cs} differs from this file system's chunk size {} (set when it was created)", f.chunk_size);
+            }
+        }
+        return Ok(f);
+    }
+    let f = Format {
+        format: 1,
+        fs_id: rand::random(),
+        chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
+    };
+    write_durably(&cfg.data, FORMAT_FILE, &serde_json::to_vec_pretty(&f)?)?;
+    Ok(f)
+}
+
+/// Rebuilds the state from the log in `wal_dir`, cutting off a torn tail.
+pub fn recover(wal_dir: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<State> {
+    let t = Instant::now();
+    let replayed = log::replay(wal_dir, 0, repair)?;
+    if let Some((path, offset, bytes)) = &replayed.truncated_tail {
+        tracing::warn!("{}: cut {bytes} bytes of a torn record at offset {offset} (a crash mid-append; never acknowledged)", path.display());
+    }
+    let mut st = State::new(chunk_size);
+    for frame in &replayed.frames {
+        let entry = decode_entry(&frame.payload).with_context(|| format!("log entry {} does not decode", frame.index))?;
+        st.apply_entry(frame.index, &entry);
+    }
+    tracing::info!(entries = replayed.frames.len(), ms = t.elapsed().as_millis() as u64, "replayed the log");
+    Ok(st)
+}
+
+pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&cfg.data)?;
+    let format = read_or_create_format(&cfg)?;
+    let wal_dir = cfg.data.join("wal");
+    fs::create_dir_all(&wal_dir)?;
+    let state = recover(&wal_dir, format.chunk_size, true)?;
+    let writer = LogWriter::open(&wal_dir, state.applied_index + 1)?;
+    let orphans = state.ns.orphans();
+    let state = Arc::new(RwLock::new(state));
+    let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
+    let committer = Committer::start(state.clone(), writer, registry.clone());
+
+    // Nothing is open after a restart: inodes unlinked while open are freed now.
+    for ino in orphans {
+        let record = state.read().await.ns.purge_record(ino);
+        if let Some(record) = record {
+            let _ = committer.propose(|done| Proposal::Internal { record, done }).await;
+        }
+    }
+
+    let mds = Mds {
+        state,
+        registry,
+        committer,
+        replicas: cfg.replicas,
+        heartbeat_ms: cfg.heartbeat_ms,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    if let Some(path) = &cfg.addr_file {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        write_durably(dir, &path.file_name().context("--addr-file needs a file name")?.to_string_lossy(), addr.to_string().as_bytes())?;
+    }
+    tracing::info!(%addr, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
+
+    let max = weft_proto::MAX_MESSAGE;
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(
+            weft_proto::pb::meta_server::MetaServer::new(mds.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            weft_proto::pb::master_server::MasterServer::new(mds)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    tracing::info!("weft-mds stopped");
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! gRPC glue: decodes requests, routes reads to the state and mutations to the
+//! committer, and fills in what only the registry knows (replica locations).
+//! No file-system decisions are made here.
+
+use crate::chunkds::{Known, Registry};
+use crate::committer::{Committer, Outcome, Proposal};
+use crate::ns::{Caller, Ctx};
+use crate::state::State;
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::RwLock;
+use tonic::{Request, Response, Status};
+use weft_proto::pb::meta_reply::Result as Reply;
+use weft_proto::pb::meta_request::Op;
+use weft_proto::{pb, Errno};
+
+/// Lease handed with a chunk write; leases are enforced by a later layer,
+/// the duration is what the client is told.
+const LEASE: Duration = Duration::from_secs(60);
+const MAX_CHUNKS_PER_CALL: u32 = 1024;
+
+#[derive(Clone)]
+pub struct Mds {
+    pub state: Arc<RwLock<State>>,
+    pub registry: Arc<Mutex<Registry>>,
+    pub committer: Committer,
+    pub replicas: u32,
+    pub heartbeat_ms: u64,
+}
+
+impl Mds {
+    pub async fn dispatch(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
+        match op {
+            Op::Lookup(_) | Op::Getattr(_) | Op::Readlink(_) | Op::Readdir(_) | Op::Getxattr(_) | Op::Listxattr(_) => {
+                self.state.read().await.ns.read(&caller, &op)
+            }
+            Op::Statfs(_) => Ok(self.statfs().await),
+            Op::GetChunks(g) => self.get_chunks(g).await,
+            Op::Release(r) => self.committer.propose(|done| Proposal::Release { ino: r.ino, done }).await,
+            Op::AllocChunk(_) => {
+                if self.registry.lock().place(1, 0, &[]).is_empty() {
+                    return Err(Errno::ENOSPC);
+                }
+                let reply = self.mutate(session, seq, caller, op).await?;
+                self.fill_chunk_write(reply).await
+            }
+            _ => self.mutate(session, seq, caller, op).await,
+        }
+    }
+
+    async fn mutate(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
+        let ctx = Ctx {
+            now: weft_proto::now().into(),
+            caller,
+        };
+        self.committer
+            .propose(|done| Proposal::Mutate {
+                session,
+                seq,
+                ctx,
+                op,
+                done,
+            })
+            .await
+    }
+
+    async fn statfs(&self) -> Reply {
+        let counts = self.state.read().await.ns.counts();
+        let chunk_size = self.state.read().await.ns.chunk_size();
+        let (capacity, free) = self.registry.lock().space();
+        let r = self.replicas.max(1) as u64;
+        Reply::Statfs(pb::StatFs {
+            total_bytes: capacity / r,
+            free_bytes: free / r,
+            files: counts.inodes,
+            chunk_size,
+            block_size: 4096,
+            name_max: 255,
+        })
+    }
+
+    /// Locations of a chunk; just after an MDS restart the daemons may not have
+    /// reported yet, so wait for them (up to the dead-after time) rather than
+    /// tell a reader the data is gone.
+    async fn wait_locations(&self, chunk_id: u64, version: u64) -> Vec<pb::Replica> {
+        loop {
+            let (locs, grace) = {
+                let reg = self.registry.lock();
+                (reg.locations(chunk_id, version), reg.in_startup_grace())
+            };
+            if !locs.is_empty() || !grace {
+                return locs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn get_chunks(&self, g: pb::GetChunksReq) -> Outcome {
+        let count = g.count.clamp(1, MAX_CHUNKS_PER_CALL);
+        let (file_size, chunk_size, list) = {
+            let st = self.state.read().await;
+            let (size, list) = st.ns.file_chunks(g.ino, g.first_index, count)?;
+            (size, st.ns.chunk_size(), list)
+        };
+        let mut chunks = Vec::with_capacity(list.len());
+        for (index, chunk_id, version) in list {
+            let replicas = if chunk_id == 0 { Vec::new() } else { self.wait_locations(chunk_id, version).await };
+            chunks.push(pb::ChunkLoc {
+                index,
+                chunk_id,
+                version,
+                replicas,
+            });
+        }
+        Ok(Reply::Chunks(pb::ChunkList {
+            chunk_size,
+            file_size,
+            chunks,
+        }))
+    }
+
+    /// Adds the pipeline to an AllocChunk answer: the live replicas of an
+    /// existing chunk, or a fresh placement for a chunk no daemon holds.
+    async fn fill_chunk_write(&self, reply: Reply) -> Outcome {
+        let Reply::ChunkWrite(mut cw) = reply else {
+            return Ok(reply);
+        };
+        let chunk_size = cw.chunk_size;
+        let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
+        let mut replicas = self.wait_locations(loc.chunk_id, loc.version).await;
+        if replicas.is_empty() {
+            let mut reg = self.registry.lock();
+            let picked = reg.place(self.replicas as usize, chunk_size, &[]);
+            if picked.is_empty() {
+                return Err(Errno::ENOSPC);
+            }
+            reg.plan(loc.chunk_id, loc.version, &picked);
+            replicas = picked
+                .iter()
+                .filter_map(|d| {
+                    reg.addr(*d).map(|a| pb::Replica {
+                        chunkd_id: *d,
+                        addr: a.to_string(),
+                    })
+                })
+                .collect();
+        }
+        loc.replicas = replicas;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        cw.lease_expires_ms = now_ms + LEASE.as_millis() as u64;
+        Ok(Reply::ChunkWrite(cw))
+    }
+
+    fn classify(st: &State) -> impl Fn(u64) -> Known + '_ {
+        |chunk| match st.ns.chunk_owner(chunk) {
+            Some((_, _, version)) => Known::Current(version),
+            None => Known::Unreferenced,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::meta_server::Meta for Mds {
+    async fn call(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
+        let req = req.into_inner();
+        let op = req.op.ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
+        let caller = Caller::from(&req.caller.unwrap_or_default());
+        let reply = match self.dispatch(req.session, req.seq, caller, op).await {
+            Ok(result) => pb::MetaReply {
+                errno: 0,
+                result: Some(result),
+            },
+            Err(e) => pb::MetaReply {
+                errno: e.code(),
+                result: None,
+            },
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::master_server::Master for Mds {
+    async fn register(&self, req: Request<pb::RegisterReq>) -> Result<Response<pb::RegisterReply>, Status> {
+        let req = req.into_inner();
+        let st = self.state.read().await;
+        self.registry.lock().register(&req, Self::classify(&st));
+        tracing::info!(chunkd = req.chunkd_id, addr = %req.addr, rack = %req.rack, chunks = req.chunks.len(), "chunk daemon registered");
+        Ok(Response::new(pb::RegisterReply {
+            chunk_size: st.ns.chunk_size(),
+            heartbeat_ms: self.heartbeat_ms,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<pb::HeartbeatReq>) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let req = req.into_inner();
+        let st = self.state.read().await;
+        let reply = match self.registry.lock().heartbeat(&req, Self::classify(&st)) {
+            Some(delete_chunks) => pb::HeartbeatReply {
+                reregister: false,
+                delete_chunks,
+            },
+            None => pb::HeartbeatReply {
+                reregister: true,
+                delete_chunks: vec![],
+            },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn report_corrupt(&self, req: Request<pb::CorruptReq>) -> Result<Response<pb::Empty>, Status> {
+        let req = req.into_inner();
+        tracing::warn!(chunkd = req.chunkd_id, chunk = req.chunk_id, "corrupt replica reported");
+        self.registry.lock().corrupt(req.chunkd_id, req.chunk_id);
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn status(&self, _req: Request<pb::StatusReq>) -> Result<Response<pb::StatusReply>, Status> {
+        let st = self.state.read().await;
+        let counts = st.ns.counts();
+        let reg = self.registry.lock();
+        let (mut under, mut missing, mut chunks) = (0, 0, 0);
+        for (_, _, chunk, version) in st.ns.all_chunks() {
+            chunks += 1;
+            let good = reg.good_replicas(chunk, version);
+            if good == 0 {
+                missing += 1;
+            } else if good < self.replicas {
+                under += 1;
+            }
+        }
+        Ok(Response::new(pb::StatusReply {
+            chunkds: reg.status(),
+            files: counts.files,
+            directories: counts.directories,
+            chunks,
+            under_replicated: under,
+            missing,
+            replicas: self.replicas,
+            chunk_size: st.ns.chunk_size(),
+        }))
+    }
+
+    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+        let st = self.state.read().await;
+        let reg = self.registry.lock();
+        let mut problems = Vec::new();
+        let mut chunks = 0;
+        for (ino, index, chunk, version) in st.ns.all_chunks() {
+            chunks += 1;
+            let good = reg.good_replicas(chunk, version);
+            if good < self.replicas {
+                problems.push(pb::FsckProblem {
+                    ino,
+                    path: st.ns.path_of(ino),
+                    index,
+                    chunk_id: chunk,
+                    version,
+                    good_replicas: good,
+                    want: self.replicas,
+                });
+            }
+        }
+        Ok(Response::new(pb::FsckReply {
+            files: st.ns.counts().files,
+            chunks,
+            problems,
+        }))
+    }
+}

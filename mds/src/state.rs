@@ -1,0 +1,93 @@
+//! Everything the log rebuilds: the namespace plus the per-session table of
+//! recent replies that makes retried mutations exactly-once.
+//!
+//! `apply_entry` is the only way state changes, on the live path and on replay
+//! alike, so both produce the same state and the same replies.
+
+use crate::ns::{Applied, Namespace, Record};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use weft_proto::pb;
+
+/// Replies remembered per session. A client has at most a few hundred requests
+/// in flight (FUSE's max_background), so a retry always finds its answer.
+const REPLIES_PER_SESSION: usize = 4096;
+
+/// One journaled mutation: who asked (session 0 = the MDS itself) and what changed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogEntry {
+    pub session: u64,
+    pub seq: u64,
+    pub record: Record,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Sessions {
+    replies: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
+}
+
+impl Sessions {
+    /// The reply already given to (session, seq), if any.
+    pub fn answered(&self, session: u64, seq: u64) -> Option<pb::meta_reply::Result> {
+        let bytes = self.replies.get(&session)?.get(&seq)?;
+        pb::MetaReply::decode(bytes.as_slice()).ok()?.result
+    }
+
+    fn remember(&mut self, session: u64, seq: u64, reply: &pb::meta_reply::Result) {
+        if session == 0 {
+            return;
+        }
+        let log = self.replies.entry(session).or_default();
+        let msg = pb::MetaReply {
+            errno: 0,
+            result: Some(reply.clone()),
+        };
+        log.insert(seq, msg.encode_to_vec());
+        while log.len() > REPLIES_PER_SESSION {
+            log.pop_first();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.replies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty()
+    }
+}
+
+pub struct State {
+    pub ns: Namespace,
+    pub sessions: Sessions,
+    /// Index of the last entry applied.
+    pub applied_index: u64,
+}
+
+impl State {
+    pub fn new(chunk_size: u64) -> Self {
+        State {
+            ns: Namespace::new(chunk_size),
+            sessions: Sessions::default(),
+            applied_index: 0,
+        }
+    }
+
+    /// Applies the entry at `index` (the next one) and remembers its reply.
+    pub fn apply_entry(&mut self, index: u64, entry: &LogEntry) -> Applied {
+        debug_assert!(self.applied_index == 0 || index == self.applied_index + 1);
+        let applied = self.ns.apply(&entry.record);
+        self.sessions.remember(entry.session, entry.seq, &applied.reply);
+        self.applied_index = index;
+        applied
+    }
+}
+
+pub fn encode_entry(e: &LogEntry) -> Vec<u8> {
+    postcard::to_allocvec(e).expect("log entries always serialize")
+}
+
+pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, postcard::Error> {
+    postcard::from_bytes(bytes)
+}
