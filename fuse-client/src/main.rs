@@ -15,11 +15,15 @@ mod cache;
 mod caller;
 mod chunk_io;
 mod client;
+#[cfg(test)]
+mod client_tests;
 mod convert;
 mod daemon;
 mod errno;
 mod fs;
 mod mds_client;
+#[cfg(test)]
+mod mock_cluster;
 mod mount;
 mod open_files;
 mod options;
@@ -97,11 +101,17 @@ fn main() {
             std::process::exit(0);
         }
         Err(e) => {
-            tracing::error!("{e}");
             match ready.take() {
-                Some(pipe) => pipe.fail(&e),
-                None if cli.foreground => eprintln!("weftfs: {e}"),
-                None => {}
+                Some(pipe) => {
+                    tracing::error!("{e}");
+                    pipe.fail(&e)
+                }
+                // Foreground logging without log= already goes to stderr.
+                None if cli.opts.log.is_none() => eprintln!("weftfs: {e}"),
+                None => {
+                    tracing::error!("{e}");
+                    eprintln!("weftfs: {e}")
+                }
             }
             std::process::exit(1);
         }
