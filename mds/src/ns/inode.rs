@@ -1,0 +1,252 @@
+//! Inodes: what one file-system object is, and how it is shown as a `pb::Attr`.
+//!
+//! Invariants (kept by the ops, checked by the tests):
+//! - `kind` and `body` agree: `Directory` ⇔ `Body::Dir`, `Regular` ⇔ `Body::File`,
+//!   `Symlink` ⇔ `Body::Symlink`, every other kind ⇔ `Body::Special`.
+//! - `mode` holds permission bits only (07777); the type lives in `kind`.
+//! - A directory's `parent` is the directory holding it (the root is its own
+//!   parent) and `nlink` is 2 + its subdirectories, 0 once removed.
+//! - For other kinds `parent`/`name` remember one link for `path_of` (best
+//!   effort with hard links); `parent == 0` means "unknown".
+
+use super::dir::Dir;
+use super::pb;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub const S_IFMT: u32 = libc::S_IFMT;
+pub const S_ISUID: u32 = libc::S_ISUID;
+pub const S_ISGID: u32 = libc::S_ISGID;
+pub const S_ISVTX: u32 = libc::S_ISVTX;
+pub const S_IXGRP: u32 = libc::S_IXGRP;
+/// Permission bits plus setuid/setgid/sticky.
+pub const MODE_MASK: u32 = 0o7777;
+/// What `stat` shows as a directory's size, as ext4 does for a one-block directory.
+pub const DIR_SIZE: u64 = 4096;
+
+/// A point in time, nanosecond resolution, as journaled in records.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl From<pb::Timespec> for Time {
+    fn from(t: pb::Timespec) -> Self {
+        // Clamp a malformed nanosecond field rather than store an impossible time.
+        Time {
+            sec: t.sec,
+            nsec: t.nsec.min(999_999_999),
+        }
+    }
+}
+
+impl From<&pb::Timespec> for Time {
+    fn from(t: &pb::Timespec) -> Self {
+        Time::from(*t)
+    }
+}
+
+impl From<Time> for pb::Timespec {
+    fn from(t: Time) -> Self {
+        pb::Timespec {
+            sec: t.sec,
+            nsec: t.nsec,
+        }
+    }
+}
+
+/// The type of a file-system object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Kind {
+    Regular,
+    Directory,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl Kind {
+    /// The kind named by the S_IFMT bits of a mode; 0 means a regular file, as
+    /// mknod(2) says.
+    pub fn from_mode(mode: u32) -> Option<Kind> {
+        match mode & S_IFMT {
+            0 | libc::S_IFREG => Some(Kind::Regular),
+            libc::S_IFDIR => Some(Kind::Directory),
+            libc::S_IFLNK => Some(Kind::Symlink),
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDevice),
+            libc::S_IFBLK => Some(Kind::BlockDevice),
+            _ => None,
+        }
+    }
+
+    pub fn to_pb(self) -> pb::FileKind {
+        match self {
+            Kind::Regular => pb::FileKind::Regular,
+            Kind::Directory => pb::FileKind::Directory,
+            Kind::Symlink => pb::FileKind::Symlink,
+            Kind::Fifo => pb::FileKind::Fifo,
+            Kind::Socket => pb::FileKind::Socket,
+            Kind::CharDevice => pb::FileKind::CharDevice,
+            Kind::BlockDevice => pb::FileKind::BlockDevice,
+        }
+    }
+}
+
+/// One chunk of a regular file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRef {
+    pub id: u64,
+    pub version: u64,
+}
+
+/// Kind-specific contents.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    Dir(Dir),
+    /// chunk index (byte offset / chunk size) → chunk; absent indexes are holes.
+    File {
+        chunks: BTreeMap<u64, ChunkRef>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    /// FIFOs, sockets and devices: nothing beyond `rdev`.
+    Special,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: u64,
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    pub atime: Time,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub crtime: Time,
+    pub rdev: u32,
+    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub parent: u64,
+    pub name: Vec<u8>,
+    pub body: Body,
+}
+
+impl Inode {
+    /// A fresh inode of `kind` with every time set to `now` and no links yet
+    /// (the caller sets `nlink`, `parent`, `name`).
+    pub fn new(ino: u64, kind: Kind, mode: u32, uid: u32, gid: u32, now: Time) -> Inode {
+        let body = match kind {
+            Kind::Directory => Body::Dir(Dir::new()),
+            Kind::Regular => Body::File {
+                chunks: BTreeMap::new(),
+            },
+            Kind::Symlink => Body::Symlink { target: Vec::new() },
+            _ => Body::Special,
+        };
+        Inode {
+            ino,
+            kind,
+            mode: mode & MODE_MASK,
+            uid,
+            gid,
+            nlink: 0,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            crtime: now,
+            rdev: 0,
+            xattrs: BTreeMap::new(),
+            parent: 0,
+            name: Vec::new(),
+            body,
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Directory
+    }
+
+    pub fn dir(&self) -> Option<&Dir> {
+        match &self.body {
+            Body::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn dir_mut(&mut self) -> Option<&mut Dir> {
+        match &mut self.body {
+            Body::Dir(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn chunks(&self) -> Option<&BTreeMap<u64, ChunkRef>> {
+        match &self.body {
+            Body::File { chunks } => Some(chunks),
+            _ => None,
+        }
+    }
+
+    pub fn chunks_mut(&mut self) -> Option<&mut BTreeMap<u64, ChunkRef>> {
+        match &mut self.body {
+            Body::File { chunks } => Some(chunks),
+            _ => None,
+        }
+    }
+
+    /// Bytes actually backed by chunks: every chunk counts for the part of it
+    /// below the file size (a chunk allocated past EOF but not yet committed
+    /// counts nothing). Chunk replicas are sparse on the daemons too, so this is
+    /// an upper bound of the real usage, which is what `du` users expect.
+    fn allocated_bytes(&self, chunk_size: u64) -> u64 {
+        let Some(chunks) = self.chunks() else {
+            return 0;
+        };
+        chunks
+            .keys()
+            .map(|&index| {
+                let start = index.saturating_mul(chunk_size);
+                self.size
+                    .saturating_sub(start)
+                    .min(chunk_size)
+                    .div_ceil(512)
+                    * 512
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// What `stat` shows.
+    pub fn attr(&self, chunk_size: u64) -> pb::Attr {
+        let (size, blocks) = match self.kind {
+            Kind::Directory => (DIR_SIZE, DIR_SIZE / 512),
+            Kind::Regular => (self.size, self.allocated_bytes(chunk_size) / 512),
+            _ => (self.size, 0),
+        };
+        pb::Attr {
+            ino: self.ino,
+            kind: self.kind.to_pb() as i32,
+            mode: self.mode & MODE_MASK,
+            nlink: self.nlink,
+            uid: self.uid,
+            gid: self.gid,
+            size,
+            atime: Some(self.atime.into()),
+            mtime: Some(self.mtime.into()),
+            ctime: Some(self.ctime.into()),
+            crtime: Some(self.crtime.into()),
+            rdev: self.rdev,
+            blocks,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! The file → chunk map: AllocChunk (a hole gets a new chunk, version 1, id
+//! from the namespace's counter) and CommitWrite (extend the size after the
+//! data is on every replica, stamp mtime/ctime, drop setuid/setgid as a write
+//! by a caller without CAP_FSETID does).
+//!
+//! Neither rechecks write permission: the client holds an fd opened for
+//! writing, which is where the check happened (a file may be chmod'ed 0444
+//! while open for writing and stay writable through that fd).
+
+use crate::ns::inode::{ChunkRef, Time};
+use crate::ns::perm::{killed_privs, write_kills_privs};
+use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
+use pb::meta_reply::Result as ReplyResult;
+
+/// The version a new chunk starts at.
+pub const FIRST_VERSION: u64 = 1;
+
+impl Namespace {
+    fn chunk_write(&self, index: u64, chunk_id: u64, version: u64) -> ReplyResult {
+        ReplyResult::ChunkWrite(pb::ChunkWrite {
+            chunk: Some(pb::ChunkLoc {
+                index,
+                chunk_id,
+                version,
+                replicas: vec![],
+            }),
+            chunk_size: self.chunk_size,
+            lease_epoch: 0,
+            lease_expires_ms: 0,
+        })
+    }
+
+    pub(crate) fn prepare_alloc_chunk(&self, r: &pb::AllocChunkReq) -> Result<Prepared, Errno> {
+        let i = self.inode(r.ino)?;
+        let chunks = self.file_body(i)?;
+        match r.index.checked_mul(self.chunk_size) {
+            Some(start) if start < MAX_FILE_SIZE => {}
+            _ => return Err(Errno::EFBIG),
+        }
+        if let Some(c) = chunks.get(&r.index) {
+            return Ok(Prepared::Reply(self.chunk_write(r.index, c.id, c.version)));
+        }
+        Ok(Prepared::Record(Record::AllocChunk {
+            ino: r.ino,
+            index: r.index,
+            chunk_id: self.next_chunk,
+            version: FIRST_VERSION,
+        }))
+    }
+
+    pub(crate) fn prepare_commit_write(
+        &self,
+        ctx: &Ctx,
+        r: &pb::CommitWriteReq,
+    ) -> Result<Prepared, Errno> {
+        let i = self.inode(r.ino)?;
+        self.file_body(i)?;
+        if r.end > MAX_FILE_SIZE {
+            return Err(Errno::EFBIG);
+        }
+        Ok(Prepared::Record(Record::CommitWrite {
+            ino: r.ino,
+            end: r.end,
+            kill_privs: write_kills_privs(i, &ctx.caller),
+            now: ctx.now,
+        }))
+    }
+
+    pub(crate) fn apply_alloc_chunk(
+        &mut self,
+        ino: u64,
+        index: u64,
+        chunk_id: u64,
+        version: u64,
+    ) -> Result<ReplyResult, Errno> {
+        if self.chunk_owners.contains_key(&chunk_id) {
+            return Err(Errno::EIO);
+        }
+        let chunks = self
+            .inodes
+            .get_mut(&ino)
+            .and_then(|i| i.chunks_mut())
+            .ok_or(Errno::EIO)?;
+        if chunks.contains_key(&index) {
+            return Err(Errno::EIO);
+        }
+        chunks.insert(
+            index,
+            ChunkRef {
+                id: chunk_id,
+                version,
+            },
+        );
+        self.chunk_owners.insert(chunk_id, (ino, index));
+        self.next_chunk = self.next_chunk.max(chunk_id + 1);
+        Ok(self.chunk_write(index, chunk_id, version))
+    }
+
+    pub(crate) fn apply_commit_write(
+        &mut self,
+        ino: u64,
+        end: u64,
+        kill_privs: bool,
+        now: Time,
+    ) -> Result<ReplyResult, Errno> {
+        let i = self
+            .inodes
+            .get_mut(&ino)
+            .filter(|i| i.chunks().is_some())
+            .ok_or(Errno::EIO)?;
+        if end > i.size {
+            self.bytes += end - i.size;
+            i.size = end;
+        }
+        i.mtime = now;
+        i.ctime = now;
+        if kill_privs {
+            i.mode = killed_privs(i.mode);
+        }
+        let attr = i.attr(self.chunk_size);
+        Ok(ReplyResult::Attr(attr))
+    }
+}

@@ -1,0 +1,121 @@
+//! Journal records: one variant per kind of mutation, fully resolved by
+//! `prepare` (inode and chunk numbers, times, owners, final modes, whether an
+//! inode that loses its last link is purged now or kept for its open files).
+//!
+//! `apply` of a record is a pure function of (state, record), so replaying the
+//! log onto `Namespace::new` rebuilds the same state. Records are serialized
+//! with postcard into the WAL: only ever ADD variants at the end and never
+//! change an existing variant's fields, or old logs stop decoding.
+
+use super::inode::{Kind, Time};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// mknod, mkdir, create, symlink: a new inode linked at `parent/name`.
+    Create {
+        parent: u64,
+        name: Vec<u8>,
+        ino: u64,
+        kind: Kind,
+        /// Final permission bits (umask, setgid inheritance applied).
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        /// Symlink target; empty for other kinds.
+        target: Vec<u8>,
+        now: Time,
+    },
+    /// link: another name for an existing non-directory.
+    Link {
+        ino: u64,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        now: Time,
+    },
+    /// unlink or rmdir of `parent/name` (which names `ino`). When that was
+    /// the last link, `purge` says whether the inode goes now (true) or stays
+    /// as an orphan because it is open (false; a later `Purge` removes it).
+    Remove {
+        parent: u64,
+        name: Vec<u8>,
+        ino: u64,
+        purge: bool,
+        now: Time,
+    },
+    /// rename/renameat2. `replaced` is the inode `new_parent/new_name` named
+    /// before (None if absent); with `exchange` the two entries swap inodes.
+    /// `purge` is as for `Remove`, about `replaced`.
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        ino: u64,
+        replaced: Option<u64>,
+        exchange: bool,
+        purge: bool,
+        now: Time,
+    },
+    /// setattr, and open/create with O_TRUNC. Present fields are final values;
+    /// a smaller `size` drops the chunks wholly past it.
+    SetAttr {
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<Time>,
+        mtime: Option<Time>,
+        ctime: Time,
+    },
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        now: Time,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+        now: Time,
+    },
+    /// A new chunk fills the hole at `index`.
+    AllocChunk {
+        ino: u64,
+        index: u64,
+        chunk_id: u64,
+        version: u64,
+    },
+    /// Data up to `end` is on every replica: size = max(size, end), mtime =
+    /// ctime = now, and setuid/setgid cleared when `kill_privs`.
+    CommitWrite {
+        ino: u64,
+        end: u64,
+        kill_privs: bool,
+        now: Time,
+    },
+    /// An inode with no links left and no opens: gone, with its chunks.
+    Purge {
+        ino: u64,
+    },
+}
+
+impl Record {
+    /// The inode the record is mainly about (for logs).
+    pub fn ino(&self) -> u64 {
+        match self {
+            Record::Create { ino, .. }
+            | Record::Link { ino, .. }
+            | Record::Remove { ino, .. }
+            | Record::Rename { ino, .. }
+            | Record::SetAttr { ino, .. }
+            | Record::SetXattr { ino, .. }
+            | Record::RemoveXattr { ino, .. }
+            | Record::AllocChunk { ino, .. }
+            | Record::CommitWrite { ino, .. }
+            | Record::Purge { ino } => *ino,
+        }
+    }
+}
