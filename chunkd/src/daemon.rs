@@ -88,6 +88,7 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
+        std::fs::create_dir_all(dir)?;
         let mut f = File::create(&tmp)?;
         f.write_all(contents)?;
         f.sync_all()?;

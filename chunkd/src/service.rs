@@ -2,7 +2,8 @@
 //! blocking pool, forwards pipeline operations to the next replica at the same
 //! time, and maps store errors to the status codes weft.proto defines:
 //!
-//!   NOT_FOUND            no replica of that chunk here
+//!   NOT_FOUND            no replica of that chunk here (Write creates one;
+//!                        Truncate of an absent chunk is a no-op success)
 //!   FAILED_PRECONDITION  stale version or lease epoch
 //!   DATA_LOSS            checksum/header mismatch (reported to the MDS), or
 //!                        a quarantined replica

@@ -271,6 +271,11 @@ impl ChunkFile {
     /// fallocate fall back to plain writes.
     fn preallocate(&self, pos: u64, len: u64) -> Result<()> {
         use nix::fcntl::{fallocate, FallocateFlags};
+        let old_len = self
+            .file
+            .metadata()
+            .map_err(|e| self.io_err("stat", e))?
+            .len();
         match fallocate(
             self.file.as_fd(),
             FallocateFlags::empty(),
@@ -279,7 +284,15 @@ impl ChunkFile {
         ) {
             Ok(()) => Ok(()),
             Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOSYS) => Ok(()),
-            Err(e) => Err(self.io_err("fallocate", std::io::Error::from(e))),
+            Err(e) => {
+                // A failed fallocate may keep part of what it allocated; cut
+                // the file back so the space past the old end is returned
+                // (everything there was zeros, so nothing readable changes).
+                if pos + len > old_len {
+                    let _ = self.file.set_len(old_len);
+                }
+                Err(self.io_err("fallocate", std::io::Error::from(e)))
+            }
         }
     }
 
