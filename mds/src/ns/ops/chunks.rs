@@ -92,7 +92,7 @@ impl Namespace {
             },
         );
         self.chunk_owners.insert(chunk_id, (ino, index));
-        self.next_chunk = self.next_chunk.max(chunk_id + 1);
+        self.next_chunk = self.next_chunk.max(chunk_id.saturating_add(1));
         Ok(self.chunk_write(index, chunk_id, version))
     }
 

@@ -176,7 +176,7 @@ impl Namespace {
             self.dirs += 1;
         }
         touch_dir(p, now);
-        self.next_ino = self.next_ino.max(ino + 1);
+        self.next_ino = self.next_ino.max(ino.saturating_add(1));
         Ok(ReplyResult::Attr(attr))
     }
 

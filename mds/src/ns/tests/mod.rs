@@ -479,3 +479,125 @@ fn caller_from_pb() {
     );
     assert!(c.in_group(6) && c.in_group(8) && !c.in_group(9));
 }
+
+#[test]
+fn time_conversions() {
+    let t = Time::from(pb::Timespec {
+        sec: -5,
+        nsec: 2_000_000_000,
+    });
+    assert_eq!(
+        t,
+        Time {
+            sec: -5,
+            nsec: 999_999_999
+        }
+    );
+    assert_eq!(
+        pb::Timespec::from(Time { sec: 9, nsec: 8 }),
+        pb::Timespec { sec: 9, nsec: 8 }
+    );
+}
+
+#[test]
+fn a_record_that_does_not_fit_changes_nothing() {
+    let mut h = Harness::new();
+    let d = h.mkdir(1, "d");
+    let f = h.create(d, "f");
+    let before = h.ns.clone();
+    let now = t(5);
+    for rec in [
+        Record::Remove {
+            parent: d,
+            name: b"nope".to_vec(),
+            ino: f,
+            purge: true,
+            now,
+        },
+        Record::Remove {
+            parent: d,
+            name: b"f".to_vec(),
+            ino: f + 1,
+            purge: true,
+            now,
+        },
+        Record::Create {
+            parent: d,
+            name: b"f".to_vec(),
+            ino: 99,
+            kind: Kind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+            now,
+        },
+        Record::Create {
+            parent: f,
+            name: b"x".to_vec(),
+            ino: 99,
+            kind: Kind::Regular,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: vec![],
+            now,
+        },
+        Record::Link {
+            ino: d,
+            new_parent: 1,
+            new_name: b"x".to_vec(),
+            now,
+        },
+        Record::Rename {
+            parent: d,
+            name: b"f".to_vec(),
+            new_parent: 1,
+            new_name: b"d".to_vec(),
+            ino: f,
+            replaced: None,
+            exchange: false,
+            purge: true,
+            now,
+        },
+        Record::SetAttr {
+            ino: d,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: Some(0),
+            atime: None,
+            mtime: None,
+            ctime: now,
+        },
+        Record::AllocChunk {
+            ino: d,
+            index: 0,
+            chunk_id: 50,
+            version: 1,
+        },
+        Record::CommitWrite {
+            ino: 77,
+            end: 5,
+            kill_privs: false,
+            now,
+        },
+        Record::RemoveXattr {
+            ino: f,
+            name: b"user.x".to_vec(),
+            now,
+        },
+        Record::Purge { ino: f },
+    ] {
+        let a = h.ns.apply(&rec);
+        assert_eq!(a.reply, R::Empty(pb::Empty {}), "{rec:?}");
+        assert!(a.freed_chunks.is_empty());
+        assert_eq!(h.ns, before, "{rec:?}");
+    }
+}
+
+pub fn t(sec: i64) -> Time {
+    Time { sec, nsec: 7 }
+}
