@@ -39,6 +39,10 @@ pub struct Weft {
     pub chunk_size: u64,
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
+    /// How long a chunk write keeps re-allocating its pipeline after replica
+    /// failures (the MDS drops a dead daemon from pipelines only once it has
+    /// missed heartbeats for a while).
+    pub write_retry_budget: Duration,
 }
 
 /// Arguments of setattr that map onto SetAttrReq.
@@ -111,6 +115,7 @@ impl Weft {
             chunk_size,
             attr_ttl: opts.attr_timeout,
             entry_ttl: opts.entry_timeout,
+            write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
         }))
     }
 

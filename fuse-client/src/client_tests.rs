@@ -173,6 +173,25 @@ async fn write_errors_reach_every_open_handle_once() {
 }
 
 #[tokio::test]
+async fn a_failed_pipeline_is_reallocated_and_retried() {
+    let (mc, w) = setup(2).await;
+    let (ino, fh) = create(&w, "retry").await;
+    mc.chunkds[0].fail_next_writes.store(2, Ordering::Relaxed);
+    w.write(me(), ino, 0, vec![5; 4000]).await.unwrap();
+    w.fsync(ino, fh).await.unwrap();
+    assert_eq!(
+        mc.mds.allocs.load(Ordering::Relaxed),
+        3,
+        "one AllocChunk per attempt"
+    );
+    assert_eq!(w.read(&me(), ino, 0, 4000).await.unwrap(), vec![5; 4000]);
+    // While the lease is cached a second flush of the same chunk needs no AllocChunk.
+    w.write(me(), ino, 4000, vec![6; 10]).await.unwrap();
+    w.flush_handle(ino, fh).await.unwrap();
+    assert_eq!(mc.mds.allocs.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
 async fn truncate_down_then_up_reads_zeros() {
     let (_mc, w) = setup(2).await;
     let (ino, fh) = create(&w, "t").await;

@@ -38,6 +38,7 @@ pub struct MockMds {
     replicas: Vec<String>,
     state: Mutex<MdsState>,
     pub commits: AtomicU64,
+    pub allocs: AtomicU64,
 }
 
 fn reply(r: R) -> Result<Response<MetaReply>, Status> {
@@ -149,6 +150,7 @@ impl Meta for MdsSvc {
                 reply(R::Attr(f.attr))
             }
             Op::AllocChunk(a) => {
+                self.allocs.fetch_add(1, Ordering::Relaxed);
                 st.next_chunk += 1;
                 let fresh = st.next_chunk;
                 let Some(f) = st.files.get_mut(&a.ino) else {
@@ -217,6 +219,8 @@ impl MockMds {
 pub struct MockChunkd {
     pub data: Mutex<HashMap<u64, Vec<u8>>>,
     pub fail_writes: Mutex<Option<tonic::Code>>,
+    /// Fail this many more writes with UNAVAILABLE (a pipeline member down).
+    pub fail_next_writes: AtomicU64,
     pub fail_reads: AtomicBool,
     pub reads: AtomicU64,
     pub syncs: AtomicU64,
@@ -240,6 +244,12 @@ impl Chunk for ChunkSvc {
         let w = req.into_inner();
         if let Some(code) = *self.fail_writes.lock() {
             return Err(Status::new(code, "told to fail"));
+        }
+        let fail_next =
+            self.fail_next_writes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if fail_next.is_ok() {
+            return Err(Status::unavailable("downstream replica did not answer"));
         }
         {
             let mut data = self.data.lock();
@@ -330,6 +340,7 @@ impl MockCluster {
             replicas: addrs,
             state: Mutex::new(MdsState::default()),
             commits: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
         });
         let (mds_addr, incoming) = listen().await;
         tokio::spawn(

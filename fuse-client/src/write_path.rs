@@ -35,7 +35,6 @@ pub const TOTAL_DIRTY_LIMIT: u64 = 64 << 20;
 pub const DIRTY_MAX_AGE: Duration = Duration::from_secs(5);
 /// Chunk writes in flight per flush.
 const WRITE_PARALLELISM: usize = 8;
-const WRITE_ATTEMPTS: u32 = 4;
 /// A cached lease this close to expiry is renewed before use.
 const LEASE_MARGIN_MS: u64 = 2000;
 
@@ -267,8 +266,9 @@ impl Weft {
             .into_iter()
             .map(|(off, d)| (off, bytes::Bytes::from(d)))
             .collect();
+        let deadline = Instant::now() + self.write_retry_budget;
         let mut backoff = Duration::from_millis(100);
-        for attempt in 1..=WRITE_ATTEMPTS {
+        for attempt in 1.. {
             let w = self.chunk_alloc(st, caller, ce.index).await?;
             let loc = w.chunk.clone().unwrap_or_default();
             let mut writes = Vec::new();
@@ -291,16 +291,16 @@ impl Weft {
                 return Ok(());
             };
             st.inner.lock().allocs.remove(&ce.index);
-            if attempt < WRITE_ATTEMPTS && write_should_realloc(&status) {
+            if write_should_realloc(&status) && Instant::now() + backoff < deadline {
                 tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed, re-allocating");
                 tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
-            tracing::warn!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, "chunk write failed");
+            tracing::warn!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed");
             return Err(chunk_errno(&status));
         }
-        unreachable!("the last attempt always returns")
+        unreachable!("the retry loop only ends by returning")
     }
 
     /// The write pipeline for chunk `index`: the cached lease if still good,
