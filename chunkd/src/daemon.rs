@@ -168,6 +168,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
             .tcp_nodelay(true)
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
+            .max_frame_size(Some(1 << 20))
             .add_service(service.into_server())
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
                 let _ = stop_rx.await;

@@ -41,6 +41,7 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true)
         .initial_stream_window_size(8 << 20)
         .initial_connection_window_size(16 << 20)
+        .max_frame_size(Some(1 << 20))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10)))
 }
