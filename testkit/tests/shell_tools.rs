@@ -7,7 +7,7 @@ use weft_testkit::{sh, TestCluster};
 
 const SCRIPT: &str = r#"
 mkdir -p src/deep/er tree
-head -c 3000000 /dev/urandom > src/blob
+seq -f 'line %g of the blob, padded out to be a little longer' 1 50000 > src/blob
 seq 1 20000 > src/deep/numbers
 printf 'hello\n' > src/deep/er/greeting
 cp -a src copy
