@@ -470,9 +470,16 @@ pub fn check_name(name: &[u8]) -> Result<(), Errno> {
     }
 }
 
+/// POSIX ACLs are not supported (as on ext4 mounted `noacl`): their xattrs
+/// are refused rather than stored opaquely, because a stored ACL would not
+/// change the mode bits and tools such as `cp -a` set modes through them.
+const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
+
 fn check_xattr_name(name: &[u8]) -> Result<(), Errno> {
     if name.is_empty() || name.len() > 255 {
         Err(Errno::ERANGE)
+    } else if ACL_XATTRS.contains(&name) {
+        Err(Errno::ENOTSUP)
     } else {
         Ok(())
     }
@@ -522,6 +529,16 @@ mod tests {
             b"user.a\0user.bb\0".to_vec()
         );
         assert!(join_names(&[]).is_empty());
+        assert_eq!(check_xattr_name(b"user.x"), Ok(()));
+        assert_eq!(check_xattr_name(b""), Err(Errno::ERANGE));
+        assert_eq!(
+            check_xattr_name(b"system.posix_acl_access"),
+            Err(Errno::ENOTSUP)
+        );
+        assert_eq!(
+            check_xattr_name(b"system.posix_acl_default"),
+            Err(Errno::ENOTSUP)
+        );
     }
 
     #[test]
