@@ -552,6 +552,21 @@ impl Filesystem for WeftFs {
         });
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // No file ioctls (cp tries FICLONE first and falls back on ENOTTY).
+        reply.error(Errno::ENOTTY);
+    }
+
     fn fallocate(
         &self,
         req: &Request,
