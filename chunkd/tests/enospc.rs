@@ -4,11 +4,15 @@
 
 use weft_chunkd::store::{Store, StoreError};
 
-struct Tmpfs(std::path::PathBuf, tempfile::TempDir);
+/// Unmounts on drop, before the temp dir holding the mount point goes.
+struct Tmpfs {
+    mnt: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
@@ -26,7 +30,10 @@ fn disk_full_is_no_space_and_the_chunk_reads_as_before() {
         Some("size=2m"),
     )
     .expect("mount tmpfs (root needed)");
-    let _guard = Tmpfs(mnt.clone(), t);
+    let _guard = Tmpfs {
+        mnt: mnt.clone(),
+        _dir: t,
+    };
 
     // Capacity unlimited: only the disk can say no.
     let s = Store::open(&mnt, u64::MAX).unwrap();
