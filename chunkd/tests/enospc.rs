@@ -1,6 +1,5 @@
 //! A real ENOSPC from the disk (not --capacity): a 2 MiB tmpfs. Needs root to
-//! mount, hence ignored by default; run with
-//! `cargo test -p weft-chunkd --test enospc -- --ignored`.
+//! mount, as the whole suite does (scripts/test runs as root).
 
 use weft_chunkd::store::{Store, StoreError};
 
@@ -17,7 +16,6 @@ impl Drop for Tmpfs {
 }
 
 #[test]
-#[ignore = "mounts a tmpfs: needs root"]
 fn disk_full_is_no_space_and_the_chunk_reads_as_before() {
     let t = tempfile::tempdir().unwrap();
     let mnt = t.path().join("fs");
