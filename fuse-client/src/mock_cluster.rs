@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_server::{Chunk, ChunkServer};
@@ -310,10 +310,13 @@ pub struct MockCluster {
     pub chunkds: Vec<Arc<MockChunkd>>,
 }
 
-async fn listen() -> (String, TcpListenerStream) {
+/// A loopback listener. TCP_NODELAY matters: `serve_with_incoming` ignores the
+/// builder's `tcp_nodelay`, and with Nagle on, small replies wait ~40 ms for
+/// the client's delayed ACK.
+async fn listen() -> (String, TcpIncoming) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    (addr, TcpListenerStream::new(l))
+    (addr, TcpIncoming::from(l).with_nodelay(Some(true)))
 }
 
 impl MockCluster {

@@ -31,6 +31,25 @@ impl Weft {
         offset: u64,
         size: u32,
     ) -> Result<Vec<u8>, Errno> {
+        let t0 = std::time::Instant::now();
+        let r = self.read_inner(c, ino, offset, size).await;
+        tracing::debug!(
+            ino,
+            offset,
+            size,
+            elapsed_us = t0.elapsed().as_micros() as u64,
+            "read"
+        );
+        r
+    }
+
+    async fn read_inner(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
         if let Some(st) = self.files.get(ino) {
             if st.has_pending() {
                 // A failure is recorded for flush/fsync; the read goes on with
