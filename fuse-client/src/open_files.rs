@@ -145,6 +145,19 @@ impl OpenFiles {
             .clone()
     }
 
+    /// Runs `f` on the state of `ino` (created if needed) while the table is
+    /// locked, so `maybe_drop` cannot detach the state between lookup and
+    /// update (data written into a detached state would never be stored).
+    pub fn update<R>(&self, ino: u64, f: impl FnOnce(&mut FileInner) -> R) -> (Arc<FileState>, R) {
+        let mut files = self.files.lock();
+        let st = files
+            .entry(ino)
+            .or_insert_with(|| Arc::new(FileState::new(ino, self.chunk_size)))
+            .clone();
+        let r = f(&mut st.inner.lock());
+        (st, r)
+    }
+
     pub fn all(&self) -> Vec<Arc<FileState>> {
         self.files.lock().values().cloned().collect()
     }

@@ -113,9 +113,7 @@ impl Weft {
             self.flush_all_in_background();
             released.await;
         }
-        let st = self.files.get_or_create(ino);
-        let (added, kick) = {
-            let mut g = st.inner.lock();
+        let (st, (added, kick)) = self.files.update(ino, |g| {
             let added = g.dirty.write(offset, &data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.writer = c;
@@ -124,7 +122,7 @@ impl Weft {
                 g.flush_queued = true;
             }
             (added, kick)
-        };
+        });
         self.files.add_dirty(added);
         if kick {
             self.flush_in_background(st);
