@@ -38,7 +38,7 @@ async fn setup(replicas: usize) -> (MockCluster, Arc<Weft>) {
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u64 * 2654435761 >> 7) as u8 ^ seed)
+        .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ seed)
         .collect()
 }
 

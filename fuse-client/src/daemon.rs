@@ -12,7 +12,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -65,7 +65,7 @@ pub fn daemonize(log: Option<&File>) -> Result<ReadyPipe, String> {
             let _ = nix::unistd::setsid();
             let _ = std::env::set_current_dir("/");
             redirect_stdio(log);
-            Ok(ReadyPipe(File::from(OwnedFd::from(w))))
+            Ok(ReadyPipe(File::from(w)))
         }
     }
 }

@@ -51,7 +51,7 @@ fn main() {
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     let cli = match parse_args(args) {
-        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Run(cli)) => *cli,
         Ok(Parsed::Help) => {
             print!("{HELP}");
             return;

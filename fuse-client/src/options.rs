@@ -117,7 +117,7 @@ impl MountOpts {
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parsed {
-    Run(Cli),
+    Run(Box<Cli>),
     Help,
     Version,
 }
@@ -234,13 +234,13 @@ where
     let raw = positional.pop().unwrap();
     let source = raw.strip_prefix("weftfs#").unwrap_or(&raw).to_string();
     let mds_addr = parse_mds_addr(&source)?;
-    Ok(Parsed::Run(Cli {
+    Ok(Parsed::Run(Box::new(Cli {
         source,
         mds_addr,
         mountpoint,
         foreground,
         opts,
-    }))
+    })))
 }
 
 /// `[http://]host:port[/]` → `host:port`, checking that the port is a number.
@@ -354,7 +354,7 @@ mod tests {
 
     fn run(args: &[&str]) -> Cli {
         match parse_args(args.iter().copied()) {
-            Ok(Parsed::Run(c)) => c,
+            Ok(Parsed::Run(c)) => *c,
             other => panic!("expected Run, got {other:?}"),
         }
     }

@@ -458,13 +458,13 @@ impl Weft {
             let _ = self.flush_locked(&st).await;
             let old = self.mds.getattr(c, ino).await?.size;
             let cs = self.chunk_size;
-            if size > old && old % cs != 0 {
+            if size > old && !old.is_multiple_of(cs) {
                 // Bytes past the old end (e.g. from a write whose commit failed)
                 // must read as zeros once the file grows over them.
                 self.cut_chunk(c, ino, old).await?;
             }
             let a = self.mds.attr(c, Op::Setattr(req)).await?;
-            if size < old && size % cs != 0 {
+            if size < old && !size.is_multiple_of(cs) {
                 self.cut_chunk(c, ino, size).await?;
             }
             self.locs.invalidate_file(ino);

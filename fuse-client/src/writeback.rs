@@ -94,7 +94,7 @@ impl DirtyBuffer {
             let m = self.chunks.remove(&k).unwrap();
             self.bytes -= sum(&m);
         }
-        if size % self.chunk_size != 0 {
+        if !size.is_multiple_of(self.chunk_size) {
             let index = size / self.chunk_size;
             let cut = size % self.chunk_size;
             if let Some(m) = self.chunks.get_mut(&index) {
