@@ -170,9 +170,12 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
             .initial_connection_window_size(16 << 20)
             .max_frame_size(Some(1 << 20))
             .add_service(service.into_server())
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), async {
-                let _ = stop_rx.await;
-            }),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(listener).with_nodelay(Some(true)),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
     );
 
     let mut tasks = vec![report_task];

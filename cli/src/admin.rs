@@ -5,11 +5,19 @@ use std::time::Duration;
 use weft_proto::pb;
 
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(f)
 }
 
 async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::transport::Channel>> {
-    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
     let ch = tonic::transport::Endpoint::from_shared(uri.clone())
         .with_context(|| format!("bad MDS address {addr}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -21,11 +29,21 @@ async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::tra
 }
 
 pub async fn status(addr: &str) -> Result<pb::StatusReply> {
-    Ok(master(addr).await?.status(pb::StatusReq {}).await.context("status")?.into_inner())
+    Ok(master(addr)
+        .await?
+        .status(pb::StatusReq {})
+        .await
+        .context("status")?
+        .into_inner())
 }
 
 pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
-    Ok(master(addr).await?.fsck(pb::FsckReq {}).await.context("fsck")?.into_inner())
+    Ok(master(addr)
+        .await?
+        .fsck(pb::FsckReq {})
+        .await
+        .context("fsck")?
+        .into_inner())
 }
 
 pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
@@ -66,7 +84,10 @@ pub fn human(bytes: u64) -> String {
 
 pub fn status_text(s: &pb::StatusReply) -> String {
     let mut out = String::new();
-    out.push_str(&format!("{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n", "CHUNKD", "ADDRESS", "RACK", "ALIVE", "CAPACITY", "USED", "CHUNKS"));
+    out.push_str(&format!(
+        "{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n",
+        "CHUNKD", "ADDRESS", "RACK", "ALIVE", "CAPACITY", "USED", "CHUNKS"
+    ));
     for d in &s.chunkds {
         out.push_str(&format!(
             "{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n",

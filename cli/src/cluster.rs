@@ -89,7 +89,9 @@ impl Proc {
 
     /// SIGTERM, wait up to `grace`, then SIGKILL; reaps the child.
     pub fn stop(&mut self, grace: Duration) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let t = Instant::now();
         while t.elapsed() < grace {
@@ -129,7 +131,11 @@ pub struct LocalCluster {
     pub mounts: Vec<Mount>,
 }
 
-fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let t = Instant::now();
     loop {
         if let Some(v) = probe()? {
@@ -165,7 +171,8 @@ impl LocalCluster {
     /// Starts the MDS and chunk daemons and waits until every daemon has registered.
     pub fn start(spec: ClusterSpec) -> Result<Self> {
         for d in ["run", "logs"] {
-            fs::create_dir_all(spec.dir.join(d)).with_context(|| format!("cannot create {}", spec.dir.join(d).display()))?;
+            fs::create_dir_all(spec.dir.join(d))
+                .with_context(|| format!("cannot create {}", spec.dir.join(d).display()))?;
         }
         let mut c = LocalCluster {
             mds: Proc {
@@ -212,7 +219,13 @@ impl LocalCluster {
             .stdout(out.try_clone()?)
             .stderr(out)
             .spawn()
-            .with_context(|| format!("cannot start {} (looked in {})", bin, self.spec.bin_dir.display()))
+            .with_context(|| {
+                format!(
+                    "cannot start {} (looked in {})",
+                    bin,
+                    self.spec.bin_dir.display()
+                )
+            })
     }
 
     /// Starts (or restarts) the MDS; `listen` pins the address, else a free port.
@@ -229,7 +242,10 @@ impl LocalCluster {
             "--log-level".into(),
             self.spec.log_level.clone(),
             "--replicas".into(),
-            self.spec.replicas.unwrap_or(3.min(self.spec.chunkds.max(1) as u32)).to_string(),
+            self.spec
+                .replicas
+                .unwrap_or(3.min(self.spec.chunkds.max(1) as u32))
+                .to_string(),
         ];
         if let Some(cs) = self.spec.chunk_size {
             args.extend(["--chunk-size".into(), cs.to_string()]);
@@ -263,7 +279,10 @@ impl LocalCluster {
             self.spec.log_level.clone(),
         ];
         if !self.spec.racks.is_empty() {
-            args.extend(["--rack".into(), self.spec.racks[i % self.spec.racks.len()].clone()]);
+            args.extend([
+                "--rack".into(),
+                self.spec.racks[i % self.spec.racks.len()].clone(),
+            ]);
         }
         if let Some(cap) = self.spec.capacity {
             args.extend(["--capacity".into(), cap.to_string()]);
@@ -303,7 +322,9 @@ impl LocalCluster {
 
     /// Waits until fsck reports every chunk fully replicated.
     pub fn wait_replicated(&self, timeout: Duration) -> Result<pb::FsckReply> {
-        wait_for("full replication", timeout, || Ok(self.fsck().ok().filter(|f| f.problems.is_empty())))
+        wait_for("full replication", timeout, || {
+            Ok(self.fsck().ok().filter(|f| f.problems.is_empty()))
+        })
     }
 
     /// Mounts the cluster at `path` with weftfs in the foreground (so its PID is ours)
@@ -315,7 +336,11 @@ impl LocalCluster {
         fs::create_dir_all(path)?;
         let n = self.mounts.len() + 1;
         let log = self.spec.dir.join(format!("logs/weftfs-{n}.log"));
-        let mut args = vec![self.mds.addr.clone(), path.display().to_string(), "-f".into()];
+        let mut args = vec![
+            self.mds.addr.clone(),
+            path.display().to_string(),
+            "-f".into(),
+        ];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
         args.extend(["-o".into(), opts.join(",")]);
@@ -331,7 +356,10 @@ impl LocalCluster {
         let t = Instant::now();
         while !is_mounted(&canon) {
             if !proc.running() {
-                bail!("weftfs exited before the mount was ready:\n{}", proc.log_tail());
+                bail!(
+                    "weftfs exited before the mount was ready:\n{}",
+                    proc.log_tail()
+                );
             }
             if t.elapsed() > Duration::from_secs(30) {
                 proc.stop(Duration::from_secs(2));
@@ -339,10 +367,7 @@ impl LocalCluster {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.mounts.push(Mount {
-            proc,
-            path: canon,
-        });
+        self.mounts.push(Mount { proc, path: canon });
         Ok(())
     }
 
@@ -386,12 +411,18 @@ impl Drop for LocalCluster {
 pub fn is_mounted(path: &Path) -> bool {
     let want = path.to_string_lossy();
     fs::read_to_string("/proc/self/mountinfo")
-        .map(|s| s.lines().any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want)))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split(' ').nth(4).map(unescape_mountinfo).as_deref() == Some(&*want))
+        })
         .unwrap_or(false)
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 pub fn unmount_path(path: &Path) -> Result<()> {

@@ -8,7 +8,11 @@ use weft_cli::admin;
 use weft_cli::cluster::{ClusterSpec, LocalCluster};
 
 #[derive(Parser)]
-#[command(name = "weft", version, about = "weft distributed file system: admin tool")]
+#[command(
+    name = "weft",
+    version,
+    about = "weft distributed file system: admin tool"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -78,13 +82,22 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Fsck { mds } => {
             let f = admin::block_on(admin::fsck(&mds))?;
             for p in &f.problems {
-                let what = if p.good_replicas == 0 { "MISSING" } else { "under-replicated" };
+                let what = if p.good_replicas == 0 {
+                    "MISSING"
+                } else {
+                    "under-replicated"
+                };
                 println!(
                     "{what}: {} chunk {} (id {:016x} v{}): {} of {} replicas",
                     p.path, p.index, p.chunk_id, p.version, p.good_replicas, p.want
                 );
             }
-            println!("{} files, {} chunks, {} problems", f.files, f.chunks, f.problems.len());
+            println!(
+                "{} files, {} chunks, {} problems",
+                f.files,
+                f.chunks,
+                f.problems.len()
+            );
             Ok(if f.problems.is_empty() { 0 } else { 1 })
         }
         Cmd::Up {
@@ -98,12 +111,22 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-fn up(dir: PathBuf, chunkds: usize, chunk_size: Option<u64>, replicas: Option<u32>, options: Option<String>, mountpoint: PathBuf) -> Result<i32> {
+fn up(
+    dir: PathBuf,
+    chunkds: usize,
+    chunk_size: Option<u64>,
+    replicas: Option<u32>,
+    options: Option<String>,
+    mountpoint: PathBuf,
+) -> Result<i32> {
     if chunkds == 0 {
         bail!("--chunkds must be at least 1");
     }
     if !mountpoint.is_dir() {
-        bail!("mount point {} does not exist or is not a directory", mountpoint.display());
+        bail!(
+            "mount point {} does not exist or is not a directory",
+            mountpoint.display()
+        );
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = std::fs::canonicalize(&dir)?;
@@ -111,17 +134,39 @@ fn up(dir: PathBuf, chunkds: usize, chunk_size: Option<u64>, replicas: Option<u3
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
     let mut cluster = LocalCluster::start(spec)?;
-    let opts: Vec<&str> = options.as_deref().map(|o| o.split(',').collect()).unwrap_or_default();
+    let opts: Vec<&str> = options
+        .as_deref()
+        .map(|o| o.split(',').collect())
+        .unwrap_or_default();
     cluster.mount(&mountpoint, &opts)?;
 
     println!("weft is up; state in {}", dir.display());
-    println!("  weft-mds     {}  pid {}  data {}", cluster.mds.addr, cluster.mds.pid().unwrap_or(0), cluster.mds.data.display());
+    println!(
+        "  weft-mds     {}  pid {}  data {}",
+        cluster.mds.addr,
+        cluster.mds.pid().unwrap_or(0),
+        cluster.mds.data.display()
+    );
     for c in &cluster.chunkds {
-        println!("  {:<12} {}  pid {}  data {}", c.name, c.addr, c.pid().unwrap_or(0), c.data.display());
+        println!(
+            "  {:<12} {}  pid {}  data {}",
+            c.name,
+            c.addr,
+            c.pid().unwrap_or(0),
+            c.data.display()
+        );
     }
     let m = &cluster.mounts[0];
-    println!("  weftfs       {}  pid {}", m.path.display(), m.proc.pid().unwrap_or(0));
-    println!("logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop", dir.display(), cluster.mds.addr);
+    println!(
+        "  weftfs       {}  pid {}",
+        m.path.display(),
+        m.proc.pid().unwrap_or(0)
+    );
+    println!(
+        "logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop",
+        dir.display(),
+        cluster.mds.addr
+    );
 
     let reason = admin::block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -141,7 +186,10 @@ fn up(dir: PathBuf, chunkds: usize, chunk_size: Option<u64>, replicas: Option<u3
             }
         }
     })?;
-    println!("\nstopping: unmounting {} and stopping the daemons", cluster.mounts[0].path.display());
+    println!(
+        "\nstopping: unmounting {} and stopping the daemons",
+        cluster.mounts[0].path.display()
+    );
     cluster.stop();
     match reason {
         None => {

@@ -63,7 +63,9 @@ impl Registry {
     }
 
     pub fn alive(&self, id: u64) -> bool {
-        self.daemons.get(&id).is_some_and(|d| d.last_beat.elapsed() < self.dead_after)
+        self.daemons
+            .get(&id)
+            .is_some_and(|d| d.last_beat.elapsed() < self.dead_after)
     }
 
     /// True for the first `dead_after` after the MDS started: daemons may not
@@ -74,7 +76,11 @@ impl Registry {
 
     /// A daemon's full report. `known` classifies each chunk against the namespace.
     pub fn register(&mut self, req: &pb::RegisterReq, known: impl Fn(u64) -> Known) {
-        let previous = self.daemons.remove(&req.chunkd_id).map(|d| d.chunks).unwrap_or_default();
+        let previous = self
+            .daemons
+            .remove(&req.chunkd_id)
+            .map(|d| d.chunks)
+            .unwrap_or_default();
         for chunk in previous {
             self.drop_replica(chunk, req.chunkd_id, true);
         }
@@ -97,7 +103,11 @@ impl Registry {
     }
 
     /// A heartbeat; false if the daemon is unknown and must register.
-    pub fn heartbeat(&mut self, req: &pb::HeartbeatReq, known: impl Fn(u64) -> Known) -> Option<Vec<u64>> {
+    pub fn heartbeat(
+        &mut self,
+        req: &pb::HeartbeatReq,
+        known: impl Fn(u64) -> Known,
+    ) -> Option<Vec<u64>> {
         let d = self.daemons.get_mut(&req.chunkd_id)?;
         d.last_beat = Instant::now();
         d.capacity = req.capacity;
@@ -108,14 +118,25 @@ impl Registry {
         for r in &req.added {
             self.add_report(req.chunkd_id, r, &known);
         }
-        Some(self.deletes.remove(&req.chunkd_id).map(|s| s.into_iter().collect()).unwrap_or_default())
+        Some(
+            self.deletes
+                .remove(&req.chunkd_id)
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default(),
+        )
     }
 
     fn add_report(&mut self, daemon: u64, r: &pb::ChunkReport, known: &impl Fn(u64) -> Known) {
         match known(r.chunk_id) {
             Known::Current(version) if r.version < version => {
                 // Stale: it missed writes while away. Never serve it.
-                tracing::info!(chunk = r.chunk_id, daemon, have = r.version, want = version, "stale replica, deleting");
+                tracing::info!(
+                    chunk = r.chunk_id,
+                    daemon,
+                    have = r.version,
+                    want = version,
+                    "stale replica, deleting"
+                );
                 self.deletes.entry(daemon).or_default().insert(r.chunk_id);
             }
             Known::Current(_) => {
@@ -181,7 +202,10 @@ impl Registry {
     pub fn plan(&mut self, chunk: u64, version: u64, daemons: &[u64]) {
         let m = self.replicas.entry(chunk).or_default();
         for d in daemons {
-            m.entry(*d).or_insert(Replica { version, confirmed: false });
+            m.entry(*d).or_insert(Replica {
+                version,
+                confirmed: false,
+            });
         }
     }
 
@@ -208,7 +232,11 @@ impl Registry {
     pub fn good_replicas(&self, chunk: u64, version: u64) -> u32 {
         self.replicas
             .get(&chunk)
-            .map(|m| m.iter().filter(|(d, r)| r.confirmed && r.version == version && self.alive(**d)).count() as u32)
+            .map(|m| {
+                m.iter()
+                    .filter(|(d, r)| r.confirmed && r.version == version && self.alive(**d))
+                    .count() as u32
+            })
             .unwrap_or(0)
     }
 
@@ -225,7 +253,9 @@ impl Registry {
             })
             .collect();
         let salt: u64 = rand::random();
-        placement::place(&candidates, want, chunk_size, exclude, |id| id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt)
+        placement::place(&candidates, want, chunk_size, exclude, |id| {
+            id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt
+        })
     }
 
     pub fn addr(&self, daemon: u64) -> Option<&str> {
@@ -237,7 +267,9 @@ impl Registry {
         self.daemons
             .values()
             .filter(|d| self.alive(d.id))
-            .fold((0, 0), |(c, f), d| (c + d.capacity, f + d.capacity.saturating_sub(d.used)))
+            .fold((0, 0), |(c, f), d| {
+                (c + d.capacity, f + d.capacity.saturating_sub(d.used))
+            })
     }
 
     pub fn status(&self) -> Vec<pb::ChunkdStatus> {
@@ -295,7 +327,11 @@ mod tests {
             .heartbeat(
                 &pb::HeartbeatReq {
                     chunkd_id: 1,
-                    added: vec![pb::ChunkReport { chunk_id: 7, version: 1, size: 1 }],
+                    added: vec![pb::ChunkReport {
+                        chunk_id: 7,
+                        version: 1,
+                        size: 1,
+                    }],
                     ..Default::default()
                 },
                 |_| Known::Current(1),
@@ -310,7 +346,13 @@ mod tests {
         let mut r = Registry::new(Duration::from_secs(60));
         r.register(&reg(1, &[(7, 1)]), |_| Known::Current(2));
         assert!(r.locations(7, 2).is_empty());
-        let del = r.heartbeat(&pb::HeartbeatReq { chunkd_id: 1, ..Default::default() }, |_| Known::Current(2));
+        let del = r.heartbeat(
+            &pb::HeartbeatReq {
+                chunkd_id: 1,
+                ..Default::default()
+            },
+            |_| Known::Current(2),
+        );
         assert_eq!(del, Some(vec![7]));
     }
 
@@ -319,10 +361,24 @@ mod tests {
         let mut r = Registry::new(Duration::from_secs(60));
         r.register(&reg(1, &[(7, 1), (8, 1)]), |_| Known::Current(1));
         r.forget_chunks(&[7]);
-        let del = r.heartbeat(&pb::HeartbeatReq { chunkd_id: 1, ..Default::default() }, |_| Known::Current(1));
+        let del = r.heartbeat(
+            &pb::HeartbeatReq {
+                chunkd_id: 1,
+                ..Default::default()
+            },
+            |_| Known::Current(1),
+        );
         assert_eq!(del, Some(vec![7]));
         assert_eq!(r.status()[0].chunks, 1);
-        assert!(r.heartbeat(&pb::HeartbeatReq { chunkd_id: 9, ..Default::default() }, |_| Known::Current(1)).is_none());
+        assert!(r
+            .heartbeat(
+                &pb::HeartbeatReq {
+                    chunkd_id: 9,
+                    ..Default::default()
+                },
+                |_| Known::Current(1)
+            )
+            .is_none());
     }
 
     #[test]

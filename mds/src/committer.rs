@@ -29,9 +29,15 @@ pub enum Proposal {
         done: oneshot::Sender<Outcome>,
     },
     /// A client closed a file: may purge an unlinked inode.
-    Release { ino: u64, done: oneshot::Sender<Outcome> },
+    Release {
+        ino: u64,
+        done: oneshot::Sender<Outcome>,
+    },
     /// A record the MDS decided itself (e.g. purging orphans at startup).
-    Internal { record: Record, done: oneshot::Sender<Outcome> },
+    Internal {
+        record: Record,
+        done: oneshot::Sender<Outcome>,
+    },
 }
 
 /// Most proposals folded into one fsync.
@@ -43,7 +49,11 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub fn start(state: Arc<RwLock<State>>, log: LogWriter, registry: Arc<Mutex<Registry>>) -> Self {
+    pub fn start(
+        state: Arc<RwLock<State>>,
+        log: LogWriter,
+        registry: Arc<Mutex<Registry>>,
+    ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("wal-commit".into())
@@ -52,7 +62,10 @@ impl Committer {
         Committer { tx }
     }
 
-    pub async fn propose(&self, make: impl FnOnce(oneshot::Sender<Outcome>) -> Proposal) -> Outcome {
+    pub async fn propose(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Outcome>) -> Proposal,
+    ) -> Outcome {
         let (done, rx) = oneshot::channel();
         if self.tx.send(make(done)).is_err() {
             return Err(Errno::EIO);
@@ -61,7 +74,12 @@ impl Committer {
     }
 }
 
-fn run(mut rx: mpsc::UnboundedReceiver<Proposal>, state: Arc<RwLock<State>>, mut log: LogWriter, registry: Arc<Mutex<Registry>>) {
+fn run(
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    state: Arc<RwLock<State>>,
+    mut log: LogWriter,
+    registry: Arc<Mutex<Registry>>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut frames = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -99,7 +117,12 @@ fn run(mut rx: mpsc::UnboundedReceiver<Proposal>, state: Arc<RwLock<State>>, mut
 
 /// Decides one proposal against the (already locked) state; a mutation is
 /// applied and its frame appended to `frames`.
-fn decide(st: &mut State, p: Proposal, frames: &mut Vec<u8>, freed: &mut Vec<u64>) -> (Outcome, oneshot::Sender<Outcome>) {
+fn decide(
+    st: &mut State,
+    p: Proposal,
+    frames: &mut Vec<u8>,
+    freed: &mut Vec<u64>,
+) -> (Outcome, oneshot::Sender<Outcome>) {
     match p {
         Proposal::Mutate {
             session,
@@ -118,7 +141,11 @@ fn decide(st: &mut State, p: Proposal, frames: &mut Vec<u8>, freed: &mut Vec<u64
                 Ok(Prepared::Reply(r)) => Ok(r),
                 Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record, frames, freed)),
             };
-            if let (Ok(pb::meta_reply::Result::Attr(a)), pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_)) = (&outcome, &op) {
+            if let (
+                Ok(pb::meta_reply::Result::Attr(a)),
+                pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_),
+            ) = (&outcome, &op)
+            {
                 st.ns.opened(a.ino);
             }
             (outcome, done)
@@ -133,9 +160,20 @@ fn decide(st: &mut State, p: Proposal, frames: &mut Vec<u8>, freed: &mut Vec<u64
     }
 }
 
-fn commit(st: &mut State, session: u64, seq: u64, record: Record, frames: &mut Vec<u8>, freed: &mut Vec<u64>) -> pb::meta_reply::Result {
+fn commit(
+    st: &mut State,
+    session: u64,
+    seq: u64,
+    record: Record,
+    frames: &mut Vec<u8>,
+    freed: &mut Vec<u64>,
+) -> pb::meta_reply::Result {
     let index = st.applied_index + 1;
-    let entry = LogEntry { session, seq, record };
+    let entry = LogEntry {
+        session,
+        seq,
+        record,
+    };
     codec::encode_frame(index, 0, &encode_entry(&entry), frames);
     let applied = st.apply_entry(index, &entry);
     freed.extend(applied.freed_chunks);

@@ -49,7 +49,10 @@ impl Config {
             }
         }
         if self.replicas == 0 || self.replicas > 16 {
-            return Err(format!("--replicas {}: must be between 1 and 16", self.replicas));
+            return Err(format!(
+                "--replicas {}: must be between 1 and 16",
+                self.replicas
+            ));
         }
         if self.heartbeat_ms == 0 || self.dead_after_ms < 2 * self.heartbeat_ms {
             return Err("--dead-after-ms must be at least twice --heartbeat-ms (one missed beat is not death)".into());

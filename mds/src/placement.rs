@@ -17,12 +17,21 @@ pub struct Candidate {
 /// Picks up to `want` daemons for a chunk of `chunk_size` bytes, excluding
 /// `exclude` (daemons that already hold a replica). `jitter` gives each
 /// candidate a tie-break value (a random source in production, fixed in tests).
-pub fn place(candidates: &[Candidate], want: usize, chunk_size: u64, exclude: &[u64], mut jitter: impl FnMut(u64) -> u64) -> Vec<u64> {
+pub fn place(
+    candidates: &[Candidate],
+    want: usize,
+    chunk_size: u64,
+    exclude: &[u64],
+    mut jitter: impl FnMut(u64) -> u64,
+) -> Vec<u64> {
     // Racks already used by existing replicas count as taken first.
     let mut by_rack: BTreeMap<&str, Vec<(&Candidate, u64)>> = BTreeMap::new();
     for c in candidates {
         if c.free >= chunk_size && !exclude.contains(&c.id) {
-            by_rack.entry(c.rack.as_str()).or_default().push((c, jitter(c.id)));
+            by_rack
+                .entry(c.rack.as_str())
+                .or_default()
+                .push((c, jitter(c.id)));
         }
     }
     for list in by_rack.values_mut() {
@@ -37,7 +46,10 @@ pub fn place(candidates: &[Candidate], want: usize, chunk_size: u64, exclude: &[
     // Rack order: racks without a replica yet, then by best free space.
     let mut racks: Vec<&str> = by_rack.keys().copied().collect();
     racks.sort_by_key(|r| {
-        let best = by_rack[r].first().map(|(c, _)| c.free / chunk_size.max(1)).unwrap_or(0);
+        let best = by_rack[r]
+            .first()
+            .map(|(c, _)| c.free / chunk_size.max(1))
+            .unwrap_or(0);
         (used_racks.contains(r), std::cmp::Reverse(best))
     });
     let mut picked = Vec::new();
@@ -65,7 +77,11 @@ mod tests {
     use super::*;
 
     fn c(id: u64, rack: &str, free: u64) -> Candidate {
-        Candidate { id, rack: rack.into(), free }
+        Candidate {
+            id,
+            rack: rack.into(),
+            free,
+        }
     }
 
     #[test]
@@ -78,7 +94,12 @@ mod tests {
 
     #[test]
     fn spreads_over_racks_first() {
-        let cs = [c(1, "a", 500), c(2, "a", 400), c(3, "a", 300), c(4, "b", 10)];
+        let cs = [
+            c(1, "a", 500),
+            c(2, "a", 400),
+            c(3, "a", 300),
+            c(4, "b", 10),
+        ];
         let p = place(&cs, 2, 10, &[], |id| id);
         assert!(p.contains(&4), "{p:?} should use rack b");
         assert!(p.contains(&1), "{p:?} should use the freest in rack a");
@@ -92,7 +113,13 @@ mod tests {
         let p = place(&cs, 2, 10, &[2], |id| id);
         assert!(!p.contains(&1) && !p.contains(&2));
         assert_eq!(p.len(), 2);
-        let only_new_rack = place(&[c(2, "a", 100), c(5, "a", 100), c(6, "b", 100)], 1, 10, &[2], |id| id);
+        let only_new_rack = place(
+            &[c(2, "a", 100), c(5, "a", 100), c(6, "b", 100)],
+            1,
+            10,
+            &[2],
+            |id| id,
+        );
         assert_eq!(only_new_rack, vec![6]);
     }
 

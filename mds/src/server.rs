@@ -31,7 +31,8 @@ struct Format {
 pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
 pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     if !dir.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
@@ -62,7 +63,8 @@ fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
 fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
     let path = cfg.data.join(FORMAT_FILE);
     if path.exists() {
-        let f: Format = serde_json::from_slice(&fs::read(&path)?).with_context(|| format!("{} is not a weft format file", path.display()))?;
+        let f: Format = serde_json::from_slice(&fs::read(&path)?)
+            .with_context(|| format!("{} is not a weft format file", path.display()))?;
         if let Some(cs) = cfg.chunk_size {
             if cs != f.chunk_size {
                 bail!("--chunk-size {cs} differs from this file system's chunk size {} (set when it was created)", f.chunk_size);
@@ -88,14 +90,22 @@ pub fn recover(wal_dir: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<
     }
     let mut st = State::new(chunk_size);
     for frame in &replayed.frames {
-        let entry = decode_entry(&frame.payload).with_context(|| format!("log entry {} does not decode", frame.index))?;
+        let entry = decode_entry(&frame.payload)
+            .with_context(|| format!("log entry {} does not decode", frame.index))?;
         st.apply_entry(frame.index, &entry);
     }
-    tracing::info!(entries = replayed.frames.len(), ms = t.elapsed().as_millis() as u64, "replayed the log");
+    tracing::info!(
+        entries = replayed.frames.len(),
+        ms = t.elapsed().as_millis() as u64,
+        "replayed the log"
+    );
     Ok(st)
 }
 
-pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
     let format = read_or_create_format(&cfg)?;
     let wal_dir = cfg.data.join("wal");
@@ -111,7 +121,9 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
     for ino in orphans {
         let record = state.read().await.ns.purge_record(ino);
         if let Some(record) = record {
-            let _ = committer.propose(|done| Proposal::Internal { record, done }).await;
+            let _ = committer
+                .propose(|done| Proposal::Internal { record, done })
+                .await;
         }
     }
 
@@ -127,8 +139,18 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     if let Some(path) = &cfg.addr_file {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        write_durably(dir, &path.file_name().context("--addr-file needs a file name")?.to_string_lossy(), addr.to_string().as_bytes())?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        write_durably(
+            dir,
+            &path
+                .file_name()
+                .context("--addr-file needs a file name")?
+                .to_string_lossy(),
+            addr.to_string().as_bytes(),
+        )?;
     }
     tracing::info!(%addr, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
 
@@ -145,7 +167,11 @@ pub async fn run(cfg: Config, shutdown: impl std::future::Future<Output = ()> + 
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        // tcp_nodelay() on the builder does not apply to an incoming stream: set it here, or small replies wait for delayed ACKs.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     tracing::info!("weft-mds stopped");
     Ok(())

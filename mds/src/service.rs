@@ -32,12 +32,19 @@ pub struct Mds {
 impl Mds {
     pub async fn dispatch(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
         match op {
-            Op::Lookup(_) | Op::Getattr(_) | Op::Readlink(_) | Op::Readdir(_) | Op::Getxattr(_) | Op::Listxattr(_) => {
-                self.state.read().await.ns.read(&caller, &op)
-            }
+            Op::Lookup(_)
+            | Op::Getattr(_)
+            | Op::Readlink(_)
+            | Op::Readdir(_)
+            | Op::Getxattr(_)
+            | Op::Listxattr(_) => self.state.read().await.ns.read(&caller, &op),
             Op::Statfs(_) => Ok(self.statfs().await),
             Op::GetChunks(g) => self.get_chunks(g).await,
-            Op::Release(r) => self.committer.propose(|done| Proposal::Release { ino: r.ino, done }).await,
+            Op::Release(r) => {
+                self.committer
+                    .propose(|done| Proposal::Release { ino: r.ino, done })
+                    .await
+            }
             Op::AllocChunk(_) => {
                 if self.registry.lock().place(1, 0, &[]).is_empty() {
                     return Err(Errno::ENOSPC);
@@ -105,7 +112,11 @@ impl Mds {
         };
         let mut chunks = Vec::with_capacity(list.len());
         for (index, chunk_id, version) in list {
-            let replicas = if chunk_id == 0 { Vec::new() } else { self.wait_locations(chunk_id, version).await };
+            let replicas = if chunk_id == 0 {
+                Vec::new()
+            } else {
+                self.wait_locations(chunk_id, version).await
+            };
             chunks.push(pb::ChunkLoc {
                 index,
                 chunk_id,
@@ -167,7 +178,9 @@ impl Mds {
 impl pb::meta_server::Meta for Mds {
     async fn call(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
         let req = req.into_inner();
-        let op = req.op.ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
+        let op = req
+            .op
+            .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
         let reply = match self.dispatch(req.session, req.seq, caller, op).await {
             Ok(result) => pb::MetaReply {
@@ -185,7 +198,10 @@ impl pb::meta_server::Meta for Mds {
 
 #[tonic::async_trait]
 impl pb::master_server::Master for Mds {
-    async fn register(&self, req: Request<pb::RegisterReq>) -> Result<Response<pb::RegisterReply>, Status> {
+    async fn register(
+        &self,
+        req: Request<pb::RegisterReq>,
+    ) -> Result<Response<pb::RegisterReply>, Status> {
         let req = req.into_inner();
         let st = self.state.read().await;
         self.registry.lock().register(&req, Self::classify(&st));
@@ -196,7 +212,10 @@ impl pb::master_server::Master for Mds {
         }))
     }
 
-    async fn heartbeat(&self, req: Request<pb::HeartbeatReq>) -> Result<Response<pb::HeartbeatReply>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatReq>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let req = req.into_inner();
         let st = self.state.read().await;
         let reply = match self.registry.lock().heartbeat(&req, Self::classify(&st)) {
@@ -212,14 +231,24 @@ impl pb::master_server::Master for Mds {
         Ok(Response::new(reply))
     }
 
-    async fn report_corrupt(&self, req: Request<pb::CorruptReq>) -> Result<Response<pb::Empty>, Status> {
+    async fn report_corrupt(
+        &self,
+        req: Request<pb::CorruptReq>,
+    ) -> Result<Response<pb::Empty>, Status> {
         let req = req.into_inner();
-        tracing::warn!(chunkd = req.chunkd_id, chunk = req.chunk_id, "corrupt replica reported");
+        tracing::warn!(
+            chunkd = req.chunkd_id,
+            chunk = req.chunk_id,
+            "corrupt replica reported"
+        );
         self.registry.lock().corrupt(req.chunkd_id, req.chunk_id);
         Ok(Response::new(pb::Empty {}))
     }
 
-    async fn status(&self, _req: Request<pb::StatusReq>) -> Result<Response<pb::StatusReply>, Status> {
+    async fn status(
+        &self,
+        _req: Request<pb::StatusReq>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
         let st = self.state.read().await;
         let counts = st.ns.counts();
         let reg = self.registry.lock();

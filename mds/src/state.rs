@@ -78,7 +78,8 @@ impl State {
     pub fn apply_entry(&mut self, index: u64, entry: &LogEntry) -> Applied {
         debug_assert!(self.applied_index == 0 || index == self.applied_index + 1);
         let applied = self.ns.apply(&entry.record);
-        self.sessions.remember(entry.session, entry.seq, &applied.reply);
+        self.sessions
+            .remember(entry.session, entry.seq, &applied.reply);
         self.applied_index = index;
         applied
     }

@@ -39,7 +39,10 @@ pub fn require_fuse() {
         Path::new("/dev/fuse").exists(),
         "/dev/fuse is missing: the mount tests need FUSE (modprobe fuse, or a machine/container with /dev/fuse)"
     );
-    assert!(nix::unistd::geteuid().is_root(), "the mount tests must run as root (they mount with mount(2))");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the mount tests must run as root (they mount with mount(2))"
+    );
 }
 
 /// A cluster in a temp dir, removed (after every process is stopped) on drop.
@@ -54,7 +57,10 @@ impl TestCluster {
     }
 
     pub fn start_with(chunkds: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
-        let tmp = tempfile::Builder::new().prefix("weft-test-").tempdir().expect("tempdir");
+        let tmp = tempfile::Builder::new()
+            .prefix("weft-test-")
+            .tempdir()
+            .expect("tempdir");
         let mut spec = ClusterSpec::new(tmp.path().join("cluster"), chunkds);
         spec.bin_dir = bin_dir();
         spec.heartbeat_ms = Some(200);
@@ -72,8 +78,13 @@ impl TestCluster {
 
     pub fn mount_with(&mut self, options: &[&str]) -> PathBuf {
         require_fuse();
-        let path = self.tmp.path().join(format!("mnt{}", self.cluster.mounts.len() + 1));
-        self.cluster.mount(&path, options).unwrap_or_else(|e| panic!("mount: {e:#}"));
+        let path = self
+            .tmp
+            .path()
+            .join(format!("mnt{}", self.cluster.mounts.len() + 1));
+        self.cluster
+            .mount(&path, options)
+            .unwrap_or_else(|e| panic!("mount: {e:#}"));
         self.cluster.mounts.last().unwrap().path.clone()
     }
 
@@ -92,7 +103,10 @@ impl Drop for TestCluster {
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {
-        assert!(t.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -100,10 +114,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 /// Bytes of all regular files under `dir` whose name ends with `suffix`.
 pub fn bytes_under(dir: &Path, suffix: &str) -> u64 {
     let mut total = 0;
-    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     for e in rd.flatten() {
         let p = e.path();
-        let Ok(md) = std::fs::symlink_metadata(&p) else { continue };
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
         if md.is_dir() {
             total += bytes_under(&p, suffix);
         } else if p.to_string_lossy().ends_with(suffix) {

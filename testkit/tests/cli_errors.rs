@@ -8,7 +8,11 @@ fn run(cmd: &mut Command) -> (i32, String) {
     let out = cmd.output().expect("spawn");
     (
         out.status.code().unwrap_or(-1),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -17,16 +21,27 @@ fn chunkd_refuses_a_data_dir_that_is_a_file() {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("not-a-dir");
     std::fs::write(&file, b"x").unwrap();
-    let (code, msg) = run(Command::new(bin("weft-chunkd")).args(["--listen", "127.0.0.1:0", "--mds", "127.0.0.1:1", "--data"]).arg(&file));
+    let (code, msg) = run(Command::new(bin("weft-chunkd"))
+        .args(["--listen", "127.0.0.1:0", "--mds", "127.0.0.1:1", "--data"])
+        .arg(&file));
     assert_ne!(code, 0, "{msg}");
-    assert!(msg.contains("not-a-dir"), "message should name the path: {msg}");
-    assert_eq!(std::fs::read(&file).unwrap(), b"x", "the file must be left alone");
+    assert!(
+        msg.contains("not-a-dir"),
+        "message should name the path: {msg}"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"x",
+        "the file must be left alone"
+    );
 }
 
 #[test]
 fn mds_rejects_a_bad_chunk_size() {
     let tmp = tempfile::tempdir().unwrap();
-    let (code, msg) = run(Command::new(bin("weft-mds")).args(["--listen", "127.0.0.1:0", "--chunk-size", "1000", "--data"]).arg(tmp.path()));
+    let (code, msg) = run(Command::new(bin("weft-mds"))
+        .args(["--listen", "127.0.0.1:0", "--chunk-size", "1000", "--data"])
+        .arg(tmp.path()));
     assert_ne!(code, 0);
     assert!(msg.contains("chunk-size"), "{msg}");
 }
@@ -52,9 +67,18 @@ fn weftfs_gives_up_on_an_mds_that_does_not_answer() {
         let t = Instant::now();
         let (code, msg) = run(&mut cmd);
         assert_ne!(code, 0, "{msg}");
-        assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
-        assert!(msg.to_lowercase().contains("mds") || msg.contains("127.0.0.1"), "message should say what it could not reach: {msg}");
-        assert!(!weft_testkit::is_mounted(&std::fs::canonicalize(tmp.path()).unwrap()));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert!(
+            msg.to_lowercase().contains("mds") || msg.contains("127.0.0.1"),
+            "message should say what it could not reach: {msg}"
+        );
+        assert!(!weft_testkit::is_mounted(
+            &std::fs::canonicalize(tmp.path()).unwrap()
+        ));
     }
 }
 
@@ -62,7 +86,10 @@ fn weftfs_gives_up_on_an_mds_that_does_not_answer() {
 fn weftfs_reports_a_missing_mount_point() {
     let tmp = tempfile::tempdir().unwrap();
     let missing = tmp.path().join("nope");
-    let (code, msg) = run(Command::new(bin("weftfs")).arg("127.0.0.1:1").arg(&missing).arg("-f"));
+    let (code, msg) = run(Command::new(bin("weftfs"))
+        .arg("127.0.0.1:1")
+        .arg(&missing)
+        .arg("-f"));
     assert_ne!(code, 0);
     assert!(msg.contains("nope"), "{msg}");
 }
@@ -70,7 +97,10 @@ fn weftfs_reports_a_missing_mount_point() {
 #[test]
 fn weftfs_names_an_unknown_option() {
     let tmp = tempfile::tempdir().unwrap();
-    let (code, msg) = run(Command::new(bin("weftfs")).arg("127.0.0.1:1").arg(tmp.path()).args(["-o", "rw,frobnicate=3"]));
+    let (code, msg) = run(Command::new(bin("weftfs"))
+        .arg("127.0.0.1:1")
+        .arg(tmp.path())
+        .args(["-o", "rw,frobnicate=3"]));
     assert_ne!(code, 0);
     assert!(msg.contains("frobnicate"), "{msg}");
 }

@@ -9,7 +9,10 @@ const MIB: u64 = 1 << 20;
 
 fn weft(args: &[&str]) -> (i32, String) {
     let out = Command::new(bin("weft")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+    )
 }
 
 #[test]
@@ -35,7 +38,10 @@ fn fsck_clean_then_reports_a_dead_daemon() {
     let mut tc = TestCluster::start(3, MIB);
     let mnt = tc.mount();
     std::fs::write(mnt.join("f"), pattern(3 * MIB as usize + 5, 1)).unwrap();
-    let f = tc.cluster.wait_replicated(Duration::from_secs(20)).expect("replicated");
+    let f = tc
+        .cluster
+        .wait_replicated(Duration::from_secs(20))
+        .expect("replicated");
     assert_eq!(f.chunks, 4);
     let (code, out) = weft(&["fsck", "--mds", &tc.mds_addr()]);
     assert_eq!(code, 0, "{out}");
@@ -45,17 +51,34 @@ fn fsck_clean_then_reports_a_dead_daemon() {
     assert!(s.chunkds.iter().all(|d| d.chunks == 4), "{:?}", s.chunkds);
     for c in &tc.cluster.chunkds {
         let stored = bytes_under(&c.data, ".chunk");
-        assert!(stored >= 3 * MIB, "{} holds only {stored} bytes", c.data.display());
+        assert!(
+            stored >= 3 * MIB,
+            "{} holds only {stored} bytes",
+            c.data.display()
+        );
     }
-    assert!(bytes_under(&tc.cluster.mds.data, "") < MIB, "the MDS must hold no file data");
+    assert!(
+        bytes_under(&tc.cluster.mds.data, "") < MIB,
+        "the MDS must hold no file data"
+    );
 
     tc.cluster.chunkds[0].crash();
-    weft_testkit::wait_until("the daemon to be declared dead", Duration::from_secs(10), || {
-        tc.cluster.status().map(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2).unwrap_or(false)
-    });
+    weft_testkit::wait_until(
+        "the daemon to be declared dead",
+        Duration::from_secs(10),
+        || {
+            tc.cluster
+                .status()
+                .map(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
+                .unwrap_or(false)
+        },
+    );
     let (code, out) = weft(&["fsck", "--mds", &tc.mds_addr()]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("/f chunk 0") && out.contains("2 of 3"), "{out}");
+    assert!(
+        out.contains("/f chunk 0") && out.contains("2 of 3"),
+        "{out}"
+    );
     let s = tc.cluster.status().unwrap();
     assert_eq!(s.under_replicated, 4);
     assert_eq!(s.missing, 0);
@@ -70,7 +93,9 @@ fn replicas_spread_over_racks() {
     });
     let mnt = tc.mount();
     std::fs::write(mnt.join("f"), pattern(6 * MIB as usize, 2)).unwrap();
-    tc.cluster.wait_replicated(Duration::from_secs(20)).expect("replicated");
+    tc.cluster
+        .wait_replicated(Duration::from_secs(20))
+        .expect("replicated");
     // Rack r2 has one daemon: with two racks, every chunk has a copy there.
     let s = tc.cluster.status().unwrap();
     let r2 = s.chunkds.iter().find(|d| d.rack == "r2").unwrap();

@@ -32,21 +32,28 @@ fn mds_kill9_and_restart_loses_nothing_closed() {
 
     let addr = tc.mds_addr();
     tc.cluster.mds.crash();
-    tc.cluster.start_mds(Some(&addr)).expect("restart the MDS on the same port and directory");
+    tc.cluster
+        .start_mds(Some(&addr))
+        .expect("restart the MDS on the same port and directory");
     tc.cluster.wait_alive(3, Duration::from_secs(20)).unwrap();
 
     // The same mount keeps working across the restart.
     for (p, h) in &want {
         assert_eq!(&sha(&read_all(p)), h, "{}", p.display());
     }
-    assert_eq!(fs::read_link(m.join("dir/link")).unwrap().to_str(), Some("renamed"));
+    assert_eq!(
+        fs::read_link(m.join("dir/link")).unwrap().to_str(),
+        Some("renamed")
+    );
     // And a fresh mount sees the same.
     let m2 = tc.mount();
     for (p, h) in &want {
         let p2 = m2.join(p.strip_prefix(&m).unwrap());
         assert_eq!(&sha(&read_all(&p2)), h, "{}", p2.display());
     }
-    tc.cluster.wait_replicated(Duration::from_secs(20)).expect("all chunks replicated after restart");
+    tc.cluster
+        .wait_replicated(Duration::from_secs(20))
+        .expect("all chunks replicated after restart");
 }
 
 #[test]
@@ -68,14 +75,20 @@ fn weft_up_twice_on_one_dir_keeps_files() {
             .spawn()
             .unwrap();
         let canon = fs::canonicalize(&mnt).unwrap();
-        wait_until("weft up to mount", Duration::from_secs(60), || is_mounted(&canon) || matches!(up.try_wait(), Ok(Some(_))));
+        wait_until("weft up to mount", Duration::from_secs(60), || {
+            is_mounted(&canon) || matches!(up.try_wait(), Ok(Some(_)))
+        });
         assert!(is_mounted(&canon), "weft up did not mount");
         if round == 0 {
             fs::write(mnt.join("kept"), &data).unwrap();
         } else {
             assert_eq!(sha(&read_all(&mnt.join("kept"))), sha(&data));
         }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(up.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(up.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
         let status = up.wait().unwrap();
         assert!(status.success(), "weft up exited with {status}");
         assert!(!is_mounted(&canon), "weft up left the mount behind");

@@ -25,11 +25,17 @@ fn a_200_mib_file_spans_chunks_and_reads_back_identical() {
         }
         f.sync_all().unwrap();
     }
-    assert_eq!(fs::metadata(mnt.join("big")).unwrap().len(), data.len() as u64);
+    assert_eq!(
+        fs::metadata(mnt.join("big")).unwrap().len(),
+        data.len() as u64
+    );
     assert_eq!(sha(&read_all(&mnt.join("big"))), sha(&data));
 
     // 13 chunks, each on all 3 daemons; the MDS directory holds none of the data.
-    let f = tc.cluster.wait_replicated(Duration::from_secs(30)).expect("replicated");
+    let f = tc
+        .cluster
+        .wait_replicated(Duration::from_secs(30))
+        .expect("replicated");
     assert_eq!(f.chunks, 13);
     let s = tc.cluster.status().unwrap();
     assert!(s.chunkds.iter().all(|d| d.chunks == 13), "{:?}", s.chunkds);
@@ -49,10 +55,18 @@ fn random_overwrites_and_reads_match_a_model() {
     let mnt = tc.mount();
     let path = mnt.join("model");
     let mut model = vec![0u8; 0];
-    let mut f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
     let mut x: u64 = 7;
     for round in 0..300 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let off = (x >> 20) % (5 * MIB);
         let len = 1 + (x >> 8) % (300 * 1024);
         let data = pattern(len as usize, x);
@@ -72,7 +86,10 @@ fn random_overwrites_and_reads_match_a_model() {
             let mut buf = vec![0u8; rlen as usize];
             f.seek(SeekFrom::Start(roff)).unwrap();
             f.read_exact(&mut buf).unwrap();
-            assert!(buf == model[roff as usize..(roff + rlen) as usize], "round {round}: read at {roff}+{rlen} differs");
+            assert!(
+                buf == model[roff as usize..(roff + rlen) as usize],
+                "round {round}: read at {roff}+{rlen} differs"
+            );
         }
     }
     drop(f);
@@ -94,7 +111,10 @@ fn sparse_files_read_zeros_and_store_nothing_for_holes() {
     assert_eq!(&data[(10 * MIB + 100) as usize..], b"tail");
     let f = tc.cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     assert_eq!(f.chunks, 1, "only the chunk holding data exists");
-    assert!(fs::metadata(&path).unwrap().blocks() * 512 < 4 * MIB, "a sparse file allocates little");
+    assert!(
+        fs::metadata(&path).unwrap().blocks() * 512 < 4 * MIB,
+        "a sparse file allocates little"
+    );
 }
 
 #[test]
@@ -111,7 +131,10 @@ fn truncate_down_and_up_reads_zeros_past_the_cut() {
     let orig = pattern(3 * MIB as usize, 9);
     assert_eq!(data.len() as u64, 3 * MIB);
     assert!(data[..(MIB + 1000) as usize] == orig[..(MIB + 1000) as usize]);
-    assert!(data[(MIB + 1000) as usize..].iter().all(|&b| b == 0), "bytes past the cut must read as zeros");
+    assert!(
+        data[(MIB + 1000) as usize..].iter().all(|&b| b == 0),
+        "bytes past the cut must read as zeros"
+    );
 }
 
 #[test]
@@ -120,7 +143,11 @@ fn append_mode_appends() {
     let mnt = tc.mount();
     let path = mnt.join("log");
     for i in 0..50 {
-        let mut f = OpenOptions::new().append(true).create(true).open(&path).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
         writeln!(f, "line {i}").unwrap();
     }
     let text = fs::read_to_string(&path).unwrap();
@@ -138,7 +165,11 @@ fn many_files_written_at_once() {
             std::thread::spawn(move || {
                 fs::create_dir(&dir).unwrap();
                 for i in 0..40 {
-                    fs::write(dir.join(format!("f{i}")), pattern(1000 + i * 3000, (t * 1000 + i) as u64)).unwrap();
+                    fs::write(
+                        dir.join(format!("f{i}")),
+                        pattern(1000 + i * 3000, (t * 1000 + i) as u64),
+                    )
+                    .unwrap();
                 }
             })
         })
@@ -149,7 +180,10 @@ fn many_files_written_at_once() {
     for t in 0..8 {
         for i in 0..40 {
             let got = read_all(&mnt.join(format!("d{t}/f{i}")));
-            assert!(got == pattern(1000 + i * 3000, (t * 1000 + i) as u64), "d{t}/f{i}");
+            assert!(
+                got == pattern(1000 + i * 3000, (t * 1000 + i) as u64),
+                "d{t}/f{i}"
+            );
         }
     }
 }

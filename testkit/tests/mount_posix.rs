@@ -15,11 +15,21 @@ fn c(p: &Path) -> CString {
 }
 
 fn errno_of<T>(r: std::io::Result<T>) -> i32 {
-    r.err().and_then(|e| e.raw_os_error()).expect("expected an error")
+    r.err()
+        .and_then(|e| e.raw_os_error())
+        .expect("expected an error")
 }
 
 fn rename2(a: &Path, b: &Path, flags: u32) -> i32 {
-    let r = unsafe { libc::renameat2(libc::AT_FDCWD, c(a).as_ptr(), libc::AT_FDCWD, c(b).as_ptr(), flags) };
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(a).as_ptr(),
+            libc::AT_FDCWD,
+            c(b).as_ptr(),
+            flags,
+        )
+    };
     if r == 0 {
         0
     } else {
@@ -50,10 +60,16 @@ fn namespace_operations_and_errnos() {
 
     // Hard links share an inode; the count follows.
     fs::hard_link(m.join("a/f"), m.join("a/g")).unwrap();
-    let (f, g) = (fs::metadata(m.join("a/f")).unwrap(), fs::metadata(m.join("a/g")).unwrap());
+    let (f, g) = (
+        fs::metadata(m.join("a/f")).unwrap(),
+        fs::metadata(m.join("a/g")).unwrap(),
+    );
     assert_eq!(f.ino(), g.ino());
     assert_eq!(f.nlink(), 2);
-    assert_eq!(errno_of(fs::hard_link(m.join("a/sub"), m.join("a/sublink"))), libc::EPERM);
+    assert_eq!(
+        errno_of(fs::hard_link(m.join("a/sub"), m.join("a/sublink"))),
+        libc::EPERM
+    );
     fs::remove_file(m.join("a/g")).unwrap();
     assert_eq!(fs::metadata(m.join("a/f")).unwrap().nlink(), 1);
 
@@ -61,7 +77,10 @@ fn namespace_operations_and_errnos() {
     std::os::unix::fs::symlink("f", m.join("a/s")).unwrap();
     assert_eq!(fs::read_link(m.join("a/s")).unwrap(), Path::new("f"));
     assert_eq!(fs::read(m.join("a/s")).unwrap(), b"hello");
-    assert!(fs::symlink_metadata(m.join("a/s")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(m.join("a/s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 
     // Rename: over an existing file, across directories, and the flags.
     fs::write(m.join("a/t"), b"target").unwrap();
@@ -72,19 +91,37 @@ fn namespace_operations_and_errnos() {
     fs::rename(m.join("a/sub"), m.join("b/sub")).unwrap();
     assert_eq!(fs::metadata(m.join("a")).unwrap().nlink(), 2);
     assert_eq!(fs::metadata(m.join("b")).unwrap().nlink(), 3);
-    assert_eq!(errno_of(fs::rename(m.join("b"), m.join("b/sub/inside"))), libc::EINVAL);
+    assert_eq!(
+        errno_of(fs::rename(m.join("b"), m.join("b/sub/inside"))),
+        libc::EINVAL
+    );
     fs::write(m.join("b/x"), b"x").unwrap();
-    assert_eq!(rename2(&m.join("a/t"), &m.join("b/x"), libc::RENAME_NOREPLACE), libc::EEXIST);
-    assert_eq!(rename2(&m.join("a/t"), &m.join("b/x"), libc::RENAME_EXCHANGE), 0);
+    assert_eq!(
+        rename2(&m.join("a/t"), &m.join("b/x"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
+    assert_eq!(
+        rename2(&m.join("a/t"), &m.join("b/x"), libc::RENAME_EXCHANGE),
+        0
+    );
     assert_eq!(fs::read(m.join("a/t")).unwrap(), b"x");
     assert_eq!(fs::read(m.join("b/x")).unwrap(), b"hello");
-    assert_eq!(rename2(&m.join("a/t"), &m.join("a/none"), libc::RENAME_EXCHANGE), libc::ENOENT);
+    assert_eq!(
+        rename2(&m.join("a/t"), &m.join("a/none"), libc::RENAME_EXCHANGE),
+        libc::ENOENT
+    );
     fs::write(m.join("b/sub/y"), b"").unwrap();
     fs::create_dir(m.join("a/d2")).unwrap();
-    assert_eq!(errno_of(fs::rename(m.join("a/d2"), m.join("b/sub"))), libc::ENOTEMPTY);
+    assert_eq!(
+        errno_of(fs::rename(m.join("a/d2"), m.join("b/sub"))),
+        libc::ENOTEMPTY
+    );
 
     // readdir lists exactly what is there.
-    let mut names: Vec<String> = fs::read_dir(m.join("b")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(m.join("b"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, ["sub", "x"]);
 
@@ -110,10 +147,19 @@ fn attributes_permissions_and_times() {
 
     // utimens with explicit nanosecond times.
     let times = [
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 123_456_789 },
-        libc::timespec { tv_sec: 1_100_000_000, tv_nsec: 987_654_321 },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 123_456_789,
+        },
+        libc::timespec {
+            tv_sec: 1_100_000_000,
+            tv_nsec: 987_654_321,
+        },
     ];
-    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, c(&f).as_ptr(), times.as_ptr(), 0) }, 0);
+    assert_eq!(
+        unsafe { libc::utimensat(libc::AT_FDCWD, c(&f).as_ptr(), times.as_ptr(), 0) },
+        0
+    );
     let md = fs::metadata(&f).unwrap();
     assert_eq!((md.atime(), md.atime_nsec()), (1_000_000_000, 123_456_789));
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_100_000_000, 987_654_321));
@@ -121,7 +167,11 @@ fn attributes_permissions_and_times() {
     // A write moves mtime forward and clears setuid.
     fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(20));
-    fs::OpenOptions::new().append(true).open(&f).and_then(|mut h| std::io::Write::write_all(&mut h, b"more")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut h| std::io::Write::write_all(&mut h, b"more"))
+        .unwrap();
     let md = fs::metadata(&f).unwrap();
     assert!(md.mtime() > 1_100_000_000);
     assert_eq!(md.len(), 8);
@@ -145,28 +195,82 @@ fn xattrs_fifos_sockets_and_statfs() {
     fs::write(&f, b"").unwrap();
     let cf = c(&f);
     let name = CString::new("user.color").unwrap();
-    assert_eq!(unsafe { libc::setxattr(cf.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::setxattr(cf.as_ptr(), name.as_ptr(), b"blue".as_ptr().cast(), 4, 0) },
+        0
+    );
     let mut buf = [0u8; 64];
-    let n = unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let n = unsafe {
+        libc::getxattr(
+            cf.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
     assert_eq!(&buf[..n as usize], b"blue");
-    assert_eq!(unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) }, 4, "size query");
+    assert_eq!(
+        unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) },
+        4,
+        "size query"
+    );
     let mut small = [0u8; 2];
-    assert_eq!(unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), small.as_mut_ptr().cast(), 2) }, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ERANGE));
-    assert_eq!(unsafe { libc::setxattr(cf.as_ptr(), name.as_ptr(), b"red".as_ptr().cast(), 3, libc::XATTR_CREATE) }, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), small.as_mut_ptr().cast(), 2) },
+        -1
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ERANGE)
+    );
+    assert_eq!(
+        unsafe {
+            libc::setxattr(
+                cf.as_ptr(),
+                name.as_ptr(),
+                b"red".as_ptr().cast(),
+                3,
+                libc::XATTR_CREATE,
+            )
+        },
+        -1
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
     let n = unsafe { libc::listxattr(cf.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     assert_eq!(&buf[..n as usize], b"user.color\0");
     assert_eq!(unsafe { libc::removexattr(cf.as_ptr(), name.as_ptr()) }, 0);
-    assert_eq!(unsafe { libc::getxattr(cf.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    assert_eq!(
+        unsafe {
+            libc::getxattr(
+                cf.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        },
+        -1
+    );
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
 
     let fifo = m.join("fifo");
     assert_eq!(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o644) }, 0);
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::metadata(&fifo).unwrap().file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(&fifo).unwrap().file_type()
+    ));
     let sock = m.join("sock");
-    assert_eq!(unsafe { libc::mknod(c(&sock).as_ptr(), libc::S_IFSOCK | 0o644, 0) }, 0);
-    assert!(std::os::unix::fs::FileTypeExt::is_socket(&fs::metadata(&sock).unwrap().file_type()));
+    assert_eq!(
+        unsafe { libc::mknod(c(&sock).as_ptr(), libc::S_IFSOCK | 0o644, 0) },
+        0
+    );
+    assert!(std::os::unix::fs::FileTypeExt::is_socket(
+        &fs::metadata(&sock).unwrap().file_type()
+    ));
 
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c(&m).as_ptr(), &mut st) }, 0);
@@ -179,6 +283,9 @@ fn xattrs_fifos_sockets_and_statfs() {
 fn unlinked_file_with_missing_parent_errors_cleanly() {
     let mut tc = TestCluster::start(3, MIB);
     let m = tc.mount();
-    assert_eq!(fs::write(m.join("no/such/dir/f"), b"").unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        fs::write(m.join("no/such/dir/f"), b"").unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     assert_eq!(errno_of(fs::read_link(m.join("no"))), libc::ENOENT);
 }

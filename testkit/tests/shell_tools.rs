@@ -26,9 +26,13 @@ tar -cf archive.tar src
 mkdir untar && tar -xf archive.tar -C untar
 rm -rf copy/deep
 find . -name '*.moved' -exec cp {} found.copy \;
+tar -tvf archive.tar | awk '{print $1, $2, $3, $6}' | LC_ALL=C sort > archive.list
+rm archive.tar
 "#;
 
-/// A canonical listing: path, type, mode, size, uid, gid, nlink>1, hash, user xattrs.
+/// A canonical listing: path, type, mode, size, uid, gid, hash, symlink targets,
+/// user xattrs, apparent size. (The tar archive itself holds mtimes and
+/// directory order, so the script compares its listing instead.)
 const LISTING: &str = r#"
 find . -path ./lost+found -prune -o -printf '%p %y %m %s %U %G\n' | LC_ALL=C sort
 find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
@@ -46,7 +50,13 @@ fn run_in(dir: &Path) -> String {
 fn shell_tools_match_a_local_disk() {
     for tool in ["setfattr", "getfattr", "tar", "truncate"] {
         assert!(
-            std::process::Command::new("sh").arg("-c").arg(format!("command -v {tool}")).output().unwrap().status.success(),
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .unwrap()
+                .status
+                .success(),
             "{tool} is not installed: scripts/test installs Debian's attr package"
         );
     }
@@ -64,7 +74,12 @@ fn shell_tools_match_a_local_disk() {
             .map(|(a, b)| format!("local: {a}\nweft:  {b}"))
             .take(20)
             .collect();
-        panic!("weft differs from the local disk:\n{}\n(local {} lines, weft {} lines)", diff.join("\n"), want.lines().count(), got.lines().count());
+        panic!(
+            "weft differs from the local disk:\n{}\n(local {} lines, weft {} lines)",
+            diff.join("\n"),
+            want.lines().count(),
+            got.lines().count()
+        );
     }
     // And rm -rf empties it.
     sh(&mnt, "rm -rf ./*");

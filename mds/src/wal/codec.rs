@@ -28,14 +28,19 @@ pub fn encode_segment_header() -> [u8; SEGMENT_HEADER_LEN] {
 
 pub fn check_segment_header(h: &[u8]) -> Result<(), String> {
     if h.len() < SEGMENT_HEADER_LEN {
-        return Err(format!("segment header is {} bytes, want {SEGMENT_HEADER_LEN}", h.len()));
+        return Err(format!(
+            "segment header is {} bytes, want {SEGMENT_HEADER_LEN}",
+            h.len()
+        ));
     }
     if &h[..8] != SEGMENT_MAGIC {
         return Err("bad segment magic (not a weft log segment)".into());
     }
     let v = u32::from_le_bytes(h[8..12].try_into().unwrap());
     if v != FORMAT_VERSION {
-        return Err(format!("segment format version {v}, this MDS reads {FORMAT_VERSION}"));
+        return Err(format!(
+            "segment format version {v}, this MDS reads {FORMAT_VERSION}"
+        ));
     }
     Ok(())
 }
@@ -97,7 +102,9 @@ pub fn decode_frame(buf: &[u8]) -> Decoded {
     let crc = u32::from_le_bytes(buf[4..8].try_into().unwrap());
     let actual = crc32c::crc32c(&buf[8..total]);
     if crc != actual {
-        return Decoded::Corrupt(format!("checksum mismatch (stored {crc:08x}, computed {actual:08x})"));
+        return Decoded::Corrupt(format!(
+            "checksum mismatch (stored {crc:08x}, computed {actual:08x})"
+        ));
     }
     let index = u64::from_le_bytes(buf[8..16].try_into().unwrap());
     let term = u64::from_le_bytes(buf[16..24].try_into().unwrap());
@@ -135,12 +142,23 @@ mod tests {
         match decode_frame(&out) {
             Decoded::Frame(f, n) => {
                 assert_eq!(n, out.len());
-                assert_eq!(f, Frame { index: 7, term: 3, payload: b"payload bytes".to_vec() });
+                assert_eq!(
+                    f,
+                    Frame {
+                        index: 7,
+                        term: 3,
+                        payload: b"payload bytes".to_vec()
+                    }
+                );
             }
             other => panic!("{other:?}"),
         }
         for cut in 1..out.len() {
-            assert_eq!(decode_frame(&out[..cut]), Decoded::Truncated, "cut at {cut}");
+            assert_eq!(
+                decode_frame(&out[..cut]),
+                Decoded::Truncated,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -151,7 +169,10 @@ mod tests {
         for i in 4..out.len() {
             let mut bad = out.clone();
             bad[i] ^= 0x10;
-            assert!(matches!(decode_frame(&bad), Decoded::Corrupt(_)), "flip at {i}");
+            assert!(
+                matches!(decode_frame(&bad), Decoded::Corrupt(_)),
+                "flip at {i}"
+            );
         }
     }
 }

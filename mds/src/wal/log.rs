@@ -23,7 +23,9 @@ pub enum WalError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path} at offset {offset}: {what}; refusing to start (the log is damaged before its tail)")]
+    #[error(
+        "{path} at offset {offset}: {what}; refusing to start (the log is damaged before its tail)"
+    )]
     Corrupt {
         path: PathBuf,
         offset: u64,
@@ -101,11 +103,20 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
                 Decoded::End => break,
                 Decoded::Frame(frame, len) => {
                     if first_in_segment && frame.index != *first {
-                        return Err(corrupt(off, format!("first entry is {} but the file is named for {first}", frame.index)));
+                        return Err(corrupt(
+                            off,
+                            format!(
+                                "first entry is {} but the file is named for {first}",
+                                frame.index
+                            ),
+                        ));
                     }
                     if let Some(e) = expect {
                         if frame.index != e {
-                            return Err(corrupt(off, format!("entry {} where {e} was expected", frame.index)));
+                            return Err(corrupt(
+                                off,
+                                format!("entry {} where {e} was expected", frame.index),
+                            ));
                         }
                     }
                     first_in_segment = false;
@@ -119,13 +130,18 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
                     let dropped = (buf.len() - off) as u64;
                     truncated_tail = Some((path.clone(), off as u64, dropped));
                     if repair {
-                        let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                        let f = OpenOptions::new()
+                            .write(true)
+                            .open(path)
+                            .map_err(io_err(path))?;
                         f.set_len(off as u64).map_err(io_err(path))?;
                         f.sync_all().map_err(io_err(path))?;
                     }
                     break;
                 }
-                Decoded::Truncated => return Err(corrupt(off, "the segment ends inside a record".into())),
+                Decoded::Truncated => {
+                    return Err(corrupt(off, "the segment ends inside a record".into()))
+                }
                 Decoded::Corrupt(what) => {
                     // A bad checksum on the last frame of the last segment is a
                     // torn write too (the length landed, the payload did not).
@@ -136,7 +152,10 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
                         let dropped = (buf.len() - off) as u64;
                         truncated_tail = Some((path.clone(), off as u64, dropped));
                         if repair {
-                            let f = OpenOptions::new().write(true).open(path).map_err(io_err(path))?;
+                            let f = OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .map_err(io_err(path))?;
                             f.set_len(off as u64).map_err(io_err(path))?;
                             f.sync_all().map_err(io_err(path))?;
                         }
@@ -174,7 +193,11 @@ impl LogWriter {
         let segs = list_segments(dir)?;
         match segs.last() {
             Some((_, path)) => {
-                let mut file = OpenOptions::new().read(true).write(true).open(path).map_err(io_err(path))?;
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(io_err(path))?;
                 let size = file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
                 Ok(LogWriter {
                     dir: dir.to_path_buf(),
@@ -195,7 +218,8 @@ impl LogWriter {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        file.write_all(&codec::encode_segment_header()).map_err(io_err(&path))?;
+        file.write_all(&codec::encode_segment_header())
+            .map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         sync_dir(dir)?;
         Ok(LogWriter {
@@ -238,7 +262,9 @@ impl LogWriter {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 #[cfg(test)]
@@ -277,7 +303,11 @@ mod tests {
             for (i, f) in r.frames.iter().enumerate() {
                 assert_eq!(f.payload, format!("entry {}", i + 1).into_bytes());
             }
-            assert_eq!(r.truncated_tail.is_some(), !ends.contains(&cut), "cut at {cut}");
+            assert_eq!(
+                r.truncated_tail.is_some(),
+                !ends.contains(&cut),
+                "cut at {cut}"
+            );
             // After repair the file ends on a frame boundary, and a second replay agrees.
             let again = replay(dir.path(), 0, false).unwrap();
             assert_eq!(again.frames.len(), whole);
@@ -306,7 +336,10 @@ mod tests {
                 assert_eq!(path, seg);
                 assert_eq!(offset, codec::SEGMENT_HEADER_LEN as u64);
             }
-            other => panic!("expected corruption, got {:?}", other.map(|r| r.frames.len())),
+            other => panic!(
+                "expected corruption, got {:?}",
+                other.map(|r| r.frames.len())
+            ),
         }
     }
 
@@ -318,7 +351,10 @@ mod tests {
         let mut bytes = fs::read(&seg).unwrap();
         bytes[codec::SEGMENT_HEADER_LEN + 30] ^= 1; // inside entry 1, not the tail
         fs::write(&seg, &bytes).unwrap();
-        assert!(matches!(replay(dir.path(), 0, true), Err(WalError::Corrupt { .. })));
+        assert!(matches!(
+            replay(dir.path(), 0, true),
+            Err(WalError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -336,6 +372,9 @@ mod tests {
         assert_eq!(list_segments(dir.path()).unwrap().len(), 3); // 1-2, 3-4, 5-6
         assert_eq!(w.drop_covered(4).unwrap(), 2);
         let r = replay(dir.path(), 4, false).unwrap();
-        assert_eq!(r.frames.iter().map(|f| f.index).collect::<Vec<_>>(), vec![5, 6]);
+        assert_eq!(
+            r.frames.iter().map(|f| f.index).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
     }
 }
