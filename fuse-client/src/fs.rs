@@ -333,11 +333,18 @@ impl Filesystem for WeftFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        // The kernel holds the inode lock across a buffered write, so no
+        // other write of this inode is in between.
+        let offset = if flags.0 & libc::O_APPEND != 0 {
+            self.w.append_offset(ino.0, offset)
+        } else {
+            offset
+        };
         self.spawn(req, move |w, c| async move {
             match w.write(c, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
