@@ -232,6 +232,13 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
     let fs = fs::WeftFs::new(w.clone(), rt.handle().clone());
     let (session, unmounter) = mount::mount(fs, &spec)
         .map_err(|e| format!("cannot mount at {}: {e}", cli.mountpoint.display()))?;
+    // Other mounts' changes, pushed by the MDS, invalidate our caches.
+    cache::coherence::start(
+        w.clone(),
+        cli.mds_addr.clone(),
+        session.notifier(),
+        rt.handle(),
+    );
     tracing::info!(
         source = %spec.source,
         mountpoint = %cli.mountpoint.display(),

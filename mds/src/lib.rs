@@ -9,6 +9,7 @@
 //! - `placement`  where new replicas go (pure)
 //! - `service`    the gRPC glue for `Meta` and `Master`
 //! - `server`     startup: data dir, lock, replay, serve
+//! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
 
 pub mod chunkds;
 pub mod committer;
@@ -19,3 +20,4 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod wal;
+pub mod watch;

@@ -115,7 +115,8 @@ pub async fn run(
     let orphans = state.ns.orphans();
     let state = Arc::new(RwLock::new(state));
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
-    let committer = Committer::start(state.clone(), writer, registry.clone());
+    let hub = Arc::new(crate::watch::Hub::default());
+    let committer = Committer::start(state.clone(), writer, registry.clone(), hub.clone());
 
     // Nothing is open after a restart: inodes unlinked while open are freed now.
     for ino in orphans {
@@ -162,6 +163,9 @@ pub async fn run(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
+            crate::watch::Service(hub),
+        ))
         .add_service(
             weft_proto::pb::master_server::MasterServer::new(mds)
                 .max_decoding_message_size(max)

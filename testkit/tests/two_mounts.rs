@@ -115,9 +115,20 @@ fn an_open_reader_sees_the_new_version_on_its_next_open() {
 
 #[test]
 fn namespace_changes_on_one_mount_reach_the_other_within_the_bound() {
+    namespace_changes_reach_the_other_mount(&[]);
+}
+
+/// With kernel TTLs of 60 s only the MDS's pushes (Coherence.Watch →
+/// notify_inval_entry/inode) can make the changes visible within the bound.
+#[test]
+fn with_long_kernel_ttls_the_mds_pushes_keep_mounts_coherent() {
+    namespace_changes_reach_the_other_mount(&["attr_timeout=60", "entry_timeout=60"]);
+}
+
+fn namespace_changes_reach_the_other_mount(opts: &[&str]) {
     let mut tc = TestCluster::start(3, MIB);
-    let a = tc.mount();
-    let b = tc.mount();
+    let a = tc.mount_with(opts);
+    let b = tc.mount_with(opts);
     fs::create_dir(a.join("d")).unwrap();
     visible_within("mkdir", || b.join("d").is_dir());
 
