@@ -266,8 +266,23 @@ impl Weft {
             .collect();
         let deadline = Instant::now() + self.write_retry_budget;
         let mut backoff = Duration::from_millis(100);
+        // Replicas seen failing: the MDS leaves them out of the next lease
+        // (with a new version, so they can never take a late write).
+        let mut failed: Vec<String> = Vec::new();
         for attempt in 1.. {
-            let w = self.chunk_alloc(st, caller, ce.index).await?;
+            let w = match self.chunk_alloc(st, caller, ce.index, &failed).await {
+                Ok(w) => w,
+                // Too few replicas right now (re-replication is on it), or
+                // none reachable: wait within the retry budget.
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
+                    tracing::info!(ino = st.ino, index = ce.index, attempt, "no write lease yet, retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
+                Err(e) => return Err(e),
+            };
             let loc = w.chunk.clone().unwrap_or_default();
             let mut writes = Vec::new();
             for (off, data) in &extents {
@@ -289,8 +304,14 @@ impl Weft {
                 return Ok(());
             };
             st.inner.lock().allocs.remove(&ce.index);
-            if write_should_realloc(&status) && Instant::now() + backoff < deadline {
-                tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed, re-allocating");
+            let full = status.code() == tonic::Code::ResourceExhausted;
+            if let Some(addr) = failed_replica(&status, &loc) {
+                if !failed.contains(&addr) {
+                    failed.push(addr);
+                }
+            }
+            if (write_should_realloc(&status) || full) && Instant::now() + backoff < deadline {
+                tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, ?failed, "chunk write failed, re-allocating");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -308,6 +329,7 @@ impl Weft {
         st: &FileState,
         caller: &Caller,
         index: u64,
+        failed: &[String],
     ) -> Result<ChunkWrite, Errno> {
         let now_ms = unix_ms();
         if let Some(w) = st.inner.lock().allocs.get(&index) {
@@ -315,7 +337,10 @@ impl Weft {
                 return Ok(w.clone());
             }
         }
-        let w = self.mds.alloc_chunk(caller, st.ino, index).await?;
+        let w = self
+            .mds
+            .alloc_chunk(caller, st.ino, index, failed.to_vec())
+            .await?;
         if w.chunk_size != 0 && w.chunk_size != self.chunk_size {
             tracing::warn!(
                 ino = st.ino,
@@ -522,6 +547,28 @@ impl Weft {
             self.attrs.put(&a);
         }
         Ok(())
+    }
+}
+
+/// The replica a failed chunk write names (deepest in the pipeline), or the
+/// head when the head itself could not be reached. None when the failure says
+/// nothing about a replica's health (a stale version: just a newer lease).
+fn failed_replica(status: &tonic::Status, loc: &ChunkLoc) -> Option<String> {
+    use tonic::Code;
+    if status.code() == Code::FailedPrecondition {
+        return None;
+    }
+    if let Some(addr) = status
+        .metadata()
+        .get("weft-failed-addr")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(addr.to_string());
+    }
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        | Code::ResourceExhausted => loc.replicas.first().map(|r| r.addr.clone()),
+        _ => None,
     }
 }
 

@@ -7,14 +7,18 @@
 //! - `committer`  group commit: decide, journal with one fsync per batch, apply, answer
 //! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
 //! - `placement`  where new replicas go (pure)
+//! - `leases`     write leases and version bumps that fence stale writers
+//! - `repair`     re-replication, trimming, draining (background loop)
 //! - `service`    the gRPC glue for `Meta` and `Master`
 //! - `server`     startup: data dir, lock, replay, serve
 
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod leases;
 pub mod ns;
 pub mod placement;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod state;

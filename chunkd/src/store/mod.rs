@@ -23,6 +23,7 @@
 pub mod chunkfile;
 pub mod error;
 pub mod format;
+mod install;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
