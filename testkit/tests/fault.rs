@@ -343,25 +343,48 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
 
 #[test]
 fn a_full_daemon_is_avoided_and_writes_carry_on() {
-    let cap = 6 * MIB;
-    let mut tc = TestCluster::start_with(4, |s| {
+    // Three daemons, three replicas: every chunk wants the small one too,
+    // until it is full; then writes carry on with the two others.
+    let cap = 4 * MIB;
+    let mut tc = TestCluster::start_with(3, |s| {
         s.chunk_size = Some(MIB);
         s.replicas = Some(3);
         s.lease_ms = Some(1500);
-        s.capacities = vec![None, None, None, Some(cap)];
+        s.capacities = vec![None, None, Some(cap)];
     });
     let mnt = tc.mount();
-    let data = pattern(40 * MIB as usize, 12);
+    let data = pattern(16 * MIB as usize, 12);
     fs::write(mnt.join("f"), &data).expect("writes carry on elsewhere");
     drop_caches();
     assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
-    tc.cluster
-        .wait_replicated(Duration::from_secs(60))
-        .expect("replicated");
+    let small_id = tc
+        .cluster
+        .status()
+        .unwrap()
+        .chunkds
+        .iter()
+        .find(|d| d.capacity == cap)
+        .unwrap()
+        .id;
+    // Once the heartbeats are in: the small daemon is full and within its
+    // capacity, every chunk has its two other copies, none is missing.
+    wait_until("the counts to settle", Duration::from_secs(20), || {
+        tc.cluster.status().is_ok_and(|s| {
+            let small = s.chunkds.iter().find(|d| d.id == small_id).unwrap();
+            s.chunks == 16 && s.missing == 0 && s.under_replicated == 16 - small.chunks
+        })
+    });
     let s = tc.cluster.status().unwrap();
-    let small = s.chunkds.iter().find(|d| d.capacity == cap).unwrap();
+    let small = s.chunkds.iter().find(|d| d.id == small_id).unwrap();
     assert!(small.used <= cap, "{small:?}");
-    assert!(small.chunks >= 1, "the small daemon took some chunks: {small:?}");
+    assert!(
+        (1..=4).contains(&small.chunks),
+        "the small daemon filled up: {small:?}"
+    );
+    for d in s.chunkds.iter().filter(|d| d.id != small_id) {
+        assert_eq!(d.chunks, 16, "{d:?}");
+    }
     let (code, out) = fsck_exit(&tc.mds_addr());
-    assert_eq!(code, 0, "{out}");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("2 of 3") && !out.contains("MISSING"), "{out}");
 }
