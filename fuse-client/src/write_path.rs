@@ -418,21 +418,63 @@ impl Weft {
             .buffer_unordered(WRITE_PARALLELISM)
             .collect()
             .await;
-        let mut first_err = None;
-        let mut g = st.inner.lock();
+        let mut failed = Vec::new();
         for (ids, r) in results {
             if let Err(s) = r {
-                tracing::warn!(ino = st.ino, status = %s, "chunk sync failed");
-                first_err.get_or_insert(chunk_errno(&s));
-                // Keep them for the next fsync.
-                for id in ids {
-                    if let Some(v) = pending.get(&id) {
-                        g.unsynced.insert(id, v.clone());
-                    }
+                tracing::info!(ino = st.ino, status = %s, "chunk sync failed; syncing the chunks' current replicas");
+                failed.extend(ids.into_iter().map(|id| (id, s.clone())));
+            }
+        }
+        let mut first_err = None;
+        for (id, status) in failed {
+            let Some((index, _)) = pending.get(&id).cloned() else {
+                continue;
+            };
+            if let Err(e) = self.resync_chunk(st, id, index, status).await {
+                first_err.get_or_insert(e);
+                // Keep it for the next fsync.
+                if let Some(v) = pending.get(&id) {
+                    st.inner.lock().unsynced.insert(id, v.clone());
                 }
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// A replica of the pipeline a chunk was written down failed before the
+    /// sync: sync the replicas the MDS lists now (the failed one drops out
+    /// once it is declared dead; a newer lease names its own set). Retried
+    /// within the write retry budget.
+    async fn resync_chunk(
+        &self,
+        st: &FileState,
+        id: u64,
+        index: u64,
+        mut status: tonic::Status,
+    ) -> Result<(), Errno> {
+        let caller = st.inner.lock().writer.clone();
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if Instant::now() + backoff >= deadline {
+                tracing::warn!(ino = st.ino, chunk = id, %status, "chunk sync failed");
+                return Err(chunk_errno(&status));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let list = self.mds.get_chunks(&caller, st.ino, index, 1).await?;
+            let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
+                return Ok(()); // truncated away: nothing left to sync
+            };
+            if loc.chunk_id != id {
+                return Ok(());
+            }
+            let addrs: Vec<String> = loc.replicas.iter().map(|r| r.addr.clone()).collect();
+            match self.chunks.sync(&addrs, vec![id]).await {
+                Ok(()) => return Ok(()),
+                Err(s) => status = s,
+            }
+        }
     }
 
     /// release: the last close of a handle. Stores remaining data (errors

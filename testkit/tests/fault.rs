@@ -102,10 +102,22 @@ fn kill9_of_a_daemon_mid_write_loses_nothing_and_heals() {
         fs::metadata(&path).map(|m| m.len()).unwrap_or(0) >= 100 * MIB
     });
     tc.cluster.chunkds[0].crash();
-    writer
-        .join()
-        .unwrap()
-        .expect("the write completes without an error");
+    if let Err(e) = writer.join().unwrap() {
+        let log = fs::read_to_string(&tc.cluster.mounts[0].proc.log).unwrap_or_default();
+        let mds = fs::read_to_string(&tc.cluster.mds.log).unwrap_or_default();
+        let pick = |t: &str| {
+            t.lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("lease"))
+                .take(40)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        panic!(
+            "the write failed: {e}\nweftfs:\n{}\nmds:\n{}",
+            pick(&log),
+            pick(&mds)
+        );
+    }
     drop_caches();
     assert_eq!(sha(&read_all(&path)), want, "bytes read back differ");
 
