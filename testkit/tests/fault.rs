@@ -400,3 +400,37 @@ fn a_full_daemon_is_avoided_and_writes_carry_on() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("2 of 3") && !out.contains("MISSING"), "{out}");
 }
+
+#[test]
+fn drain_moves_every_replica_off_a_daemon() {
+    let mut tc = TestCluster::start_with(4, |s| {
+        s.chunk_size = Some(MIB);
+        s.replicas = Some(3);
+        s.lease_ms = Some(1500);
+    });
+    let mnt = tc.mount();
+    let data = pattern(12 * MIB as usize, 21);
+    fs::write(mnt.join("f"), &data).unwrap();
+    tc.cluster
+        .wait_replicated(Duration::from_secs(30))
+        .expect("replicated");
+    let victim = tc.cluster.chunkds[0].addr.clone();
+    let out = Command::new(bin("weft"))
+        .args(["drain", "--mds", &tc.mds_addr(), &victim, "--wait"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("empty, safe to retire"), "{text}");
+    let s = tc.cluster.status().unwrap();
+    let d = s.chunkds.iter().find(|d| d.addr == victim).unwrap();
+    assert!(d.draining && d.chunks == 0, "{d:?}");
+    wait_until("the drained daemon's files deleted", Duration::from_secs(10), || {
+        chunk_files(&tc.cluster.chunkds[0].data).is_empty()
+    });
+    // Everything is still at three copies on the other three daemons.
+    let f = tc.cluster.fsck().unwrap();
+    assert!(f.problems.is_empty(), "{:?}", f.problems);
+    drop_caches();
+    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+}
