@@ -676,3 +676,5 @@ fn corrupt_version(path: &Path) -> Option<u64> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod install_tests;
