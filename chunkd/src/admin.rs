@@ -59,7 +59,12 @@ impl ChunkAdmin for AdminService {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u64, Vec<u8>), String>>(2);
         let store = self.store.clone();
         let writer = tokio::task::spawn_blocking(move || {
-            store.install(id, version, length, std::iter::from_fn(|| rx.blocking_recv()))
+            store.install(
+                id,
+                version,
+                length,
+                std::iter::from_fn(|| rx.blocking_recv()),
+            )
         });
         let mut off = 0u64;
         while off < length {

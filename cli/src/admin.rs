@@ -158,7 +158,11 @@ pub fn status_text(s: &pb::StatusReply) -> String {
             "draining {}: {} replicas left{}\n",
             d.addr,
             d.chunks,
-            if d.chunks == 0 { " (empty: safe to retire)" } else { "" }
+            if d.chunks == 0 {
+                " (empty: safe to retire)"
+            } else {
+                ""
+            }
         ));
     }
     out

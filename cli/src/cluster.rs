@@ -296,7 +296,14 @@ impl LocalCluster {
                 self.spec.racks[i % self.spec.racks.len()].clone(),
             ]);
         }
-        if let Some(cap) = self.spec.capacities.get(i).copied().flatten().or(self.spec.capacity) {
+        if let Some(cap) = self
+            .spec
+            .capacities
+            .get(i)
+            .copied()
+            .flatten()
+            .or(self.spec.capacity)
+        {
             args.extend(["--capacity".into(), cap.to_string()]);
         }
         if let Some(s) = self.spec.scrub_interval {

@@ -102,7 +102,10 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let r = admin::block_on(admin::drain(&mds, &chunkd, cancel))?;
             if cancel {
-                println!("{chunkd}: draining stopped ({} replicas on it)", r.remaining);
+                println!(
+                    "{chunkd}: draining stopped ({} replicas on it)",
+                    r.remaining
+                );
                 return Ok(0);
             }
             println!("{chunkd}: draining, {} replicas to move", r.remaining);

@@ -241,10 +241,7 @@ impl MdsClient {
         failed: Vec<String>,
     ) -> Result<ChunkWrite, Errno> {
         match self
-            .call(
-                caller,
-                Op::AllocChunk(AllocChunkReq { ino, index, failed }),
-            )
+            .call(caller, Op::AllocChunk(AllocChunkReq { ino, index, failed }))
             .await?
         {
             R::ChunkWrite(w) if w.chunk.is_some() => Ok(w),

@@ -275,7 +275,12 @@ impl Weft {
                 // Too few replicas right now (re-replication is on it), or
                 // none reachable: wait within the retry budget.
                 Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
-                    tracing::info!(ino = st.ino, index = ce.index, attempt, "no write lease yet, retrying");
+                    tracing::info!(
+                        ino = st.ino,
+                        index = ce.index,
+                        attempt,
+                        "no write lease yet, retrying"
+                    );
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
@@ -608,7 +613,10 @@ fn failed_replica(status: &tonic::Status, loc: &ChunkLoc) -> Option<String> {
         return Some(addr.to_string());
     }
     match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
         | Code::ResourceExhausted => loc.replicas.first().map(|r| r.addr.clone()),
         _ => None,
     }

@@ -136,7 +136,9 @@ impl Registry {
 
     fn add_report(&mut self, daemon: u64, r: &pb::ChunkReport, known: &impl Fn(u64) -> Known) {
         match known(r.chunk_id) {
-            Known::Current(version) if r.version < version && self.good_replicas(r.chunk_id, version) > 0 => {
+            Known::Current(version)
+                if r.version < version && self.good_replicas(r.chunk_id, version) > 0 =>
+            {
                 // Stale: it missed writes while away. Never serve it; a good
                 // copy exists, so it can go. (With no good copy it is kept,
                 // unserved, in case it holds the newest data there is: a
@@ -381,7 +383,9 @@ impl Registry {
 
     /// Deletes not yet sent to `daemon` include `chunk`.
     pub fn delete_pending(&self, daemon: u64, chunk: u64) -> bool {
-        self.deletes.get(&daemon).is_some_and(|s| s.contains(&chunk))
+        self.deletes
+            .get(&daemon)
+            .is_some_and(|s| s.contains(&chunk))
     }
 
     pub fn orphans(&self) -> impl Iterator<Item = (u64, usize)> + '_ {

@@ -107,7 +107,11 @@ fn replicas(reg: &Registry, ids: &[u64]) -> Vec<pb::Replica> {
 impl Mds {
     /// Fills an AllocChunk answer with the lease: pipeline, version, epoch
     /// (= version) and expiry. `failed` are replica addresses the writer saw fail.
-    pub async fn grant(&self, mut cw: pb::ChunkWrite, failed: &[String]) -> Result<pb::ChunkWrite, Errno> {
+    pub async fn grant(
+        &self,
+        mut cw: pb::ChunkWrite,
+        failed: &[String],
+    ) -> Result<pb::ChunkWrite, Errno> {
         let chunk_size = cw.chunk_size;
         let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
         let chunk = loc.chunk_id;
@@ -123,7 +127,10 @@ impl Mds {
             .ok_or(Errno::ENOENT)?;
         let failed_ids: Vec<u64> = {
             let reg = self.registry.lock();
-            failed.iter().filter_map(|a| reg.daemon_by_addr(a)).collect()
+            failed
+                .iter()
+                .filter_map(|a| reg.daemon_by_addr(a))
+                .collect()
         };
         // Just after an MDS restart daemons may not have reported yet: wait
         // for them rather than place a chunk that has replicas somewhere.
@@ -144,12 +151,20 @@ impl Mds {
         if let Some(l) = self.leases.live(chunk) {
             let reg = self.registry.lock();
             let intact = l.version == version
-                && l.holders.iter().all(|d| reg.alive(*d) && !failed_ids.contains(d));
+                && l.holders
+                    .iter()
+                    .all(|d| reg.alive(*d) && !failed_ids.contains(d));
             if intact {
                 loc.version = l.version;
                 loc.replicas = replicas(&reg, &l.holders);
                 drop(reg);
-                self.leases.set(chunk, Lease { expires, ..l.clone() });
+                self.leases.set(
+                    chunk,
+                    Lease {
+                        expires,
+                        ..l.clone()
+                    },
+                );
                 cw.lease_epoch = l.version;
                 cw.lease_expires_ms = unix_ms_in(self.leases.duration);
                 return Ok(cw);
@@ -166,11 +181,17 @@ impl Mds {
                 .filter(|(d, _)| reg.alive(*d) && !failed_ids.contains(d))
                 .copied()
                 .collect();
-            let mut at: Vec<(u64, crate::chunkds::Replica)> =
-                live.iter().filter(|(_, r)| r.version == version).copied().collect();
+            let mut at: Vec<(u64, crate::chunkds::Replica)> = live
+                .iter()
+                .filter(|(_, r)| r.version == version)
+                .copied()
+                .collect();
             if at.is_empty() {
                 let best = all.iter().map(|(_, r)| r.version).max().unwrap_or(0);
-                at = live.into_iter().filter(|(_, r)| r.version == best).collect();
+                at = live
+                    .into_iter()
+                    .filter(|(_, r)| r.version == best)
+                    .collect();
             }
             // Confirmed replicas first: they surely hold the data.
             at.sort_by_key(|(d, r)| (!r.confirmed, *d));
@@ -211,7 +232,12 @@ impl Mds {
             // Too few copies to write safely: let re-replication (which
             // skips chunks under a live lease) restore them first.
             self.leases.drop_lease(chunk);
-            tracing::info!(chunk, have = holders.len(), want, "too few replicas to grant a lease; repairing first");
+            tracing::info!(
+                chunk,
+                have = holders.len(),
+                want,
+                "too few replicas to grant a lease; repairing first"
+            );
             return Err(Errno::EAGAIN);
         }
 
@@ -263,7 +289,12 @@ impl Mds {
         loc.version = new_version;
         loc.replicas = replicas(&reg, &acked);
         drop(reg);
-        tracing::info!(chunk, version = new_version, replicas = acked.len(), "write lease granted with a new version");
+        tracing::info!(
+            chunk,
+            version = new_version,
+            replicas = acked.len(),
+            "write lease granted with a new version"
+        );
         self.leases.set(
             chunk,
             Lease {

@@ -132,11 +132,7 @@ pub fn spawn(mds: Mds, cfg: RepairConfig) {
 
 /// Looks at every chunk: deletes stale and surplus replicas now, returns the
 /// copies wanted.
-async fn plan_round(
-    mds: &Mds,
-    busy: &HashSet<u64>,
-    retry_at: &HashMap<u64, Instant>,
-) -> Vec<Copy> {
+async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Instant>) -> Vec<Copy> {
     let (chunks, chunk_size): (Vec<(u64, u64)>, u64) = {
         let st = mds.state.read().await;
         (
@@ -148,7 +144,10 @@ async fn plan_round(
     let mut out = Vec::new();
     let mut reg = mds.registry.lock();
     for (chunk, version) in chunks {
-        if busy.contains(&chunk) || retry_at.contains_key(&chunk) || mds.leases.live(chunk).is_some() {
+        if busy.contains(&chunk)
+            || retry_at.contains_key(&chunk)
+            || mds.leases.live(chunk).is_some()
+        {
             continue;
         }
         let reps = reg.replicas_of(chunk);
@@ -162,12 +161,22 @@ async fn plan_round(
         }
         for (d, r) in &reps {
             if r.version < version {
-                tracing::info!(chunk, daemon = d, have = r.version, want = version, "deleting stale replica");
+                tracing::info!(
+                    chunk,
+                    daemon = d,
+                    have = r.version,
+                    want = version,
+                    "deleting stale replica"
+                );
                 reg.remove_replica(chunk, *d);
             }
         }
         let draining = |d: u64| reg.daemon(d).is_some_and(|x| x.draining);
-        let kept: Vec<u64> = good.iter().map(|(d, _)| *d).filter(|d| !draining(*d)).collect();
+        let kept: Vec<u64> = good
+            .iter()
+            .map(|(d, _)| *d)
+            .filter(|d| !draining(*d))
+            .collect();
         if kept.len() < target {
             let mut exclude: Vec<u64> = reps.iter().map(|(d, _)| *d).collect();
             exclude.extend(
@@ -225,10 +234,21 @@ async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: 
     };
     match r {
         Ok(()) => {
-            mds.registry.lock().add_copy(c.chunk, target, c.version, c.size);
+            mds.registry
+                .lock()
+                .add_copy(c.chunk, target, c.version, c.size);
             mds.repair.done.fetch_add(1, Ordering::Relaxed);
             mds.repair.bytes.fetch_add(c.size, Ordering::Relaxed);
-            tracing::info!(chunk = c.chunk, version = c.version, from = source_addr, to = target_addr, bytes = c.size, ms = t.elapsed().as_millis() as u64, good_before = c.good, "re-replicated");
+            tracing::info!(
+                chunk = c.chunk,
+                version = c.version,
+                from = source_addr,
+                to = target_addr,
+                bytes = c.size,
+                ms = t.elapsed().as_millis() as u64,
+                good_before = c.good,
+                "re-replicated"
+            );
             true
         }
         Err(s) => {

@@ -158,7 +158,11 @@ fn a_flipped_byte_is_never_served_and_the_replica_is_replaced() {
         .expect("daemon 2 holds a replica");
     let (chunk_id, _) = header(&victim);
     {
-        let f = fs::OpenOptions::new().read(true).write(true).open(&victim).unwrap();
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&victim)
+            .unwrap();
         let mut b = [0u8; 1];
         f.read_exact_at(&mut b, 4096 + 1000).unwrap();
         b[0] ^= 0x40;
@@ -167,7 +171,11 @@ fn a_flipped_byte_is_never_served_and_the_replica_is_replaced() {
     }
     for _ in 0..5 {
         drop_caches();
-        assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data), "bad bytes served");
+        assert_eq!(
+            sha(&read_all(&mnt.join("f"))),
+            sha(&data),
+            "bad bytes served"
+        );
     }
     // The scrubber (or a read) finds it; the MDS drops it and copies a good one.
     wait_until(
@@ -226,10 +234,13 @@ fn a_stale_daemon_is_never_served_and_its_replicas_go() {
             .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
     });
     std::thread::sleep(Duration::from_millis(1600)); // the first write's leases end
-    // Rewrite in place (same chunks): the two live replicas take a new version.
+                                                     // Rewrite in place (same chunks): the two live replicas take a new version.
     let new = pattern(4 * MIB as usize, 6);
     {
-        let f = fs::OpenOptions::new().write(true).open(mnt.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("f"))
+            .unwrap();
         f.write_all_at(&new, 0).unwrap();
         f.sync_all().unwrap();
     }
@@ -237,7 +248,11 @@ fn a_stale_daemon_is_never_served_and_its_replicas_go() {
     tc.cluster.wait_alive(3, Duration::from_secs(20)).unwrap();
     for _ in 0..5 {
         drop_caches();
-        assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&new), "stale bytes served");
+        assert_eq!(
+            sha(&read_all(&mnt.join("f"))),
+            sha(&new),
+            "stale bytes served"
+        );
     }
     // Its old replicas are deleted (and fresh copies made at the new version).
     wait_until(
@@ -297,16 +312,23 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
             })
             .await
     });
-    wait_until("the paused daemon declared dead", Duration::from_secs(10), || {
-        tc.cluster
-            .status()
-            .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
-    });
+    wait_until(
+        "the paused daemon declared dead",
+        Duration::from_secs(10),
+        || {
+            tc.cluster
+                .status()
+                .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
+        },
+    );
     std::thread::sleep(Duration::from_millis(1600)); // past any lease it held
-    // Another client writes through a new primary.
+                                                     // Another client writes through a new primary.
     let second = pattern(MIB as usize, 9);
     {
-        let f = fs::OpenOptions::new().write(true).open(mnt.join("f")).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(mnt.join("f"))
+            .unwrap();
         f.write_all_at(&second, 0).unwrap();
         f.sync_all().unwrap();
     }
@@ -321,12 +343,16 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
     tc.cluster
         .wait_replicated(Duration::from_secs(60))
         .expect("replicated again");
-    wait_until("the zombie's stale replica replaced", Duration::from_secs(30), || {
-        tc.cluster
-            .chunkds
-            .iter()
-            .all(|c| chunk_files(&c.data).iter().all(|p| header(p).1 > version))
-    });
+    wait_until(
+        "the zombie's stale replica replaced",
+        Duration::from_secs(30),
+        || {
+            tc.cluster
+                .chunkds
+                .iter()
+                .all(|c| chunk_files(&c.data).iter().all(|p| header(p).1 > version))
+        },
+    );
     let mut hashes = Vec::new();
     for c in &tc.cluster.chunkds {
         for p in chunk_files(&c.data) {
@@ -425,9 +451,11 @@ fn drain_moves_every_replica_off_a_daemon() {
     let s = tc.cluster.status().unwrap();
     let d = s.chunkds.iter().find(|d| d.addr == victim).unwrap();
     assert!(d.draining && d.chunks == 0, "{d:?}");
-    wait_until("the drained daemon's files deleted", Duration::from_secs(10), || {
-        chunk_files(&tc.cluster.chunkds[0].data).is_empty()
-    });
+    wait_until(
+        "the drained daemon's files deleted",
+        Duration::from_secs(10),
+        || chunk_files(&tc.cluster.chunkds[0].data).is_empty(),
+    );
     // Everything is still at three copies on the other three daemons.
     let f = tc.cluster.fsck().unwrap();
     assert!(f.problems.is_empty(), "{:?}", f.problems);

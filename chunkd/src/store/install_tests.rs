@@ -29,7 +29,13 @@ fn install_is_whole_and_reads_back() {
     // No temp file left behind.
     let leftovers = std::fs::read_dir(s.chunk_path(7).parent().unwrap())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        })
         .count();
     assert_eq!(leftovers, 0);
 }
@@ -38,7 +44,10 @@ fn install_is_whole_and_reads_back() {
 fn a_failed_copy_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let broken = vec![Ok((0, vec![1u8; 1000])), Err("source went away".to_string())];
+    let broken = vec![
+        Ok((0, vec![1u8; 1000])),
+        Err("source went away".to_string()),
+    ];
     assert!(s.install(9, 1, 2000, broken.into_iter()).is_err());
     assert!(s.summary(9).is_none());
     assert!(!s.chunk_path(9).exists());

@@ -675,6 +675,6 @@ fn corrupt_version(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod install_tests;
+#[cfg(test)]
+mod tests;
