@@ -11,6 +11,7 @@
 //!   spread, and never one that already has a replica of it at any version
 //!   or a delete pending for it — a quarantined replica's tombstone);
 //! * more than the target: the extras go, draining daemons' first.
+//!
 //! Copies run fewest-good-replicas first, at most `parallel` at a time and
 //! within `bytes_per_sec`, so client I/O keeps most of the bandwidth. A chunk
 //! under a live write lease is left alone (its data is still moving; a copy
