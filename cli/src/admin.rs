@@ -71,6 +71,27 @@ pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainRe
     Ok(r.into_inner())
 }
 
+/// Starts (or stops) evening out usage across daemons.
+pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ch = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("bad MDS address {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
+    let r = pb::admin_client::AdminClient::new(ch)
+        .rebalance(pb::RebalanceReq { stop })
+        .await
+        .map_err(|s| anyhow::anyhow!("rebalance: {}", s.message()))?;
+    Ok(r.into_inner())
+}
+
 pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
     serde_json::json!({
         "chunkds": s.chunkds.iter().map(|d| serde_json::json!({
@@ -86,6 +107,7 @@ pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "copies_in_flight": s.copies_in_flight,
         "copies_done": s.copies_done,
         "copied_bytes": s.copied_bytes,
+        "rebalancing": s.rebalancing,
         "files": s.files,
         "directories": s.directories,
         "chunks": s.chunks,
@@ -152,6 +174,9 @@ pub fn status_text(s: &pb::StatusReply) -> String {
             s.copies_done,
             human(s.copied_bytes)
         ));
+    }
+    if s.rebalancing {
+        out.push_str("rebalancing: moving replicas from the fullest daemons to the emptiest\n");
     }
     for d in s.chunkds.iter().filter(|d| d.draining) {
         out.push_str(&format!(

@@ -63,6 +63,18 @@ enum Cmd {
         #[arg(long)]
         cancel: bool,
     },
+    /// Even out usage across the live chunk daemons, in the MDS's background
+    /// (it stops by itself once balanced); progress shows in `weft status`.
+    Rebalance {
+        #[arg(long)]
+        mds: String,
+        /// Wait until it is balanced.
+        #[arg(long)]
+        wait: bool,
+        /// Stop rebalancing.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Check that every chunk of every file has its full replica count at its
     /// current version; exit 0 only if so.
     Fsck {
@@ -126,6 +138,21 @@ fn run(cli: Cli) -> Result<i32> {
             }
             if wait || r.remaining == 0 {
                 println!("{chunkd}: empty, safe to retire");
+            }
+            Ok(0)
+        }
+        Cmd::Rebalance { mds, wait, stop } => {
+            admin::block_on(admin::rebalance(&mds, stop))?;
+            if stop {
+                println!("rebalancing stopped");
+                return Ok(0);
+            }
+            println!("rebalancing");
+            while wait && admin::block_on(admin::status(&mds))?.rebalancing {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            if wait {
+                println!("balanced");
             }
             Ok(0)
         }

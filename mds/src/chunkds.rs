@@ -340,6 +340,14 @@ impl Registry {
             .collect()
     }
 
+    /// Chunk ids daemon `id` holds, as the registry knows them.
+    pub fn chunks_held(&self, id: u64) -> Vec<u64> {
+        self.daemons
+            .get(&id)
+            .map(|d| d.chunks.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Replicas held by daemon `id`, as the registry knows them.
     pub fn chunks_on(&self, id: u64) -> usize {
         self.daemons.get(&id).map_or(0, |d| d.chunks.len())

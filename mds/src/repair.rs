@@ -24,7 +24,7 @@
 use crate::leases::chunk_admin;
 use crate::service::Mds;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
@@ -37,9 +37,13 @@ pub struct RepairStats {
     in_flight: AtomicU64,
     done: AtomicU64,
     bytes: AtomicU64,
+    rebalancing: AtomicBool,
 }
 
 impl RepairStats {
+    pub fn rebalancing(&self) -> bool {
+        self.rebalancing.load(Ordering::Relaxed)
+    }
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -214,7 +218,73 @@ async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Inst
             reg.remove_replica(chunk, d);
         }
     }
+    if out.is_empty() && mds.repair.rebalancing() {
+        rebalance_moves(mds, &mut reg, chunk_size, busy, &mut out);
+    }
     out
+}
+
+/// Rebalancing: while the fullest live daemon holds more than two chunks'
+/// worth above the emptiest, copy some of its chunks (that the emptiest
+/// lacks) to the emptiest; the surplus rule then deletes the copy on the
+/// fullest daemon. Stops itself once balanced.
+fn rebalance_moves(
+    mds: &Mds,
+    reg: &mut crate::chunkds::Registry,
+    chunk_size: u64,
+    busy: &HashSet<u64>,
+    out: &mut Vec<Copy>,
+) {
+    let live: Vec<(u64, u64)> = reg
+        .status()
+        .iter()
+        .filter(|d| d.alive && !d.draining)
+        .map(|d| (d.id, d.used))
+        .collect();
+    let (Some(&(full, full_used)), Some(&(empty, empty_used))) = (
+        live.iter().max_by_key(|(_, u)| *u),
+        live.iter().min_by_key(|(_, u)| *u),
+    ) else {
+        return;
+    };
+    let gap = full_used.saturating_sub(empty_used);
+    if gap <= 2 * chunk_size.max(1) {
+        tracing::info!("rebalance finished");
+        mds.repair.rebalancing.store(false, Ordering::Relaxed);
+        return;
+    }
+    // A quarter of the gap per round: usage figures lag a heartbeat or two.
+    let moves = ((gap / 4) / chunk_size.max(1)).max(1) as usize;
+    let candidates: Vec<u64> = reg.chunks_held(full);
+    for chunk in candidates {
+        if out.len() >= moves.min(8) {
+            break;
+        }
+        if busy.contains(&chunk) || mds.leases.live(chunk).is_some() {
+            continue;
+        }
+        let reps = reg.replicas_of(chunk);
+        if reps.iter().any(|(d, _)| *d == empty) {
+            continue;
+        }
+        let Some((_, r)) = reps.iter().find(|(d, r)| *d == full && r.confirmed) else {
+            continue;
+        };
+        let exclude: Vec<u64> = live
+            .iter()
+            .map(|(d, _)| *d)
+            .filter(|d| *d != empty)
+            .collect();
+        out.push(Copy {
+            good: usize::MAX,
+            chunk_size,
+            chunk,
+            version: r.version,
+            size: r.size,
+            sources: vec![full],
+            exclude,
+        });
+    }
 }
 
 async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: &str) -> bool {
@@ -275,5 +345,15 @@ impl pb::admin_server::Admin for Mds {
             chunkd_id: id,
             remaining: reg.chunks_on(id) as u64,
         }))
+    }
+
+    async fn rebalance(
+        &self,
+        req: Request<pb::RebalanceReq>,
+    ) -> Result<Response<pb::RebalanceReply>, Status> {
+        let running = !req.into_inner().stop;
+        self.repair.rebalancing.store(running, Ordering::Relaxed);
+        tracing::info!(running, "rebalance requested");
+        Ok(Response::new(pb::RebalanceReply { running }))
     }
 }

@@ -244,6 +244,7 @@ impl pb::master_server::Master for Mds {
             copies_in_flight: self.repair.in_flight(),
             copies_done: self.repair.done(),
             copied_bytes: self.repair.bytes(),
+            rebalancing: self.repair.rebalancing(),
         }))
     }
 

@@ -462,3 +462,44 @@ fn drain_moves_every_replica_off_a_daemon() {
     drop_caches();
     assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
 }
+
+#[test]
+fn rebalance_evens_out_a_new_empty_daemon() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.chunk_size = Some(MIB);
+        s.replicas = Some(2);
+        s.lease_ms = Some(1500);
+    });
+    // Daemon 3 is away while the data is written: it ends up empty.
+    tc.cluster.chunkds[2].stop(Duration::from_secs(5));
+    wait_until("daemon 3 declared dead", Duration::from_secs(10), || {
+        tc.cluster
+            .status()
+            .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
+    });
+    let mnt = tc.mount();
+    let data = pattern(24 * MIB as usize, 31);
+    fs::write(mnt.join("f"), &data).unwrap();
+    tc.cluster
+        .wait_replicated(Duration::from_secs(30))
+        .expect("replicated");
+    tc.cluster.start_chunkd(2).unwrap();
+    tc.cluster.wait_alive(3, Duration::from_secs(20)).unwrap();
+    std::thread::sleep(Duration::from_millis(1600)); // leases end
+    let out = Command::new(bin("weft"))
+        .args(["rebalance", "--mds", &tc.mds_addr(), "--wait"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("balanced"), "{text}");
+    wait_until("counts to settle", Duration::from_secs(20), || {
+        tc.cluster.status().is_ok_and(|s| {
+            s.chunkds.iter().map(|d| d.chunks).sum::<u64>() == 48
+                && s.chunkds.iter().all(|d| (13..=19).contains(&d.chunks))
+        })
+    });
+    let f = tc.cluster.fsck().unwrap();
+    assert!(f.problems.is_empty(), "{:?}", f.problems);
+    drop_caches();
+    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+}
