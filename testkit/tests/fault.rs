@@ -492,7 +492,8 @@ fn rebalance_evens_out_a_new_empty_daemon() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("balanced"), "{text}");
-    wait_until("counts to settle", Duration::from_secs(20), || {
+    // Generous: under load (other clusters on the machine) beats lag.
+    wait_until("counts to settle", Duration::from_secs(60), || {
         tc.cluster.status().is_ok_and(|s| {
             s.chunkds.iter().map(|d| d.chunks).sum::<u64>() == 48
                 && s.chunkds.iter().all(|d| (13..=19).contains(&d.chunks))
