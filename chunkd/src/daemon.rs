@@ -161,7 +161,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
 
     let master = heartbeat::master_client(&cfg.mds)?;
     let (reporter, report_task) = CorruptReporter::spawn(master.clone(), chunkd_id);
-    let service = ChunkService::new(store.clone(), Arc::new(Peers::new()), reporter.clone());
+    let peers = Arc::new(Peers::new());
+    let service = ChunkService::new(store.clone(), peers.clone(), reporter.clone());
+    let admin = crate::admin::AdminService::new(store.clone(), peers);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()
@@ -170,6 +172,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
             .initial_connection_window_size(16 << 20)
             .max_frame_size(Some(1 << 20))
             .add_service(service.into_server())
+            .add_service(admin.into_server())
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(listener).with_nodelay(Some(true)),
                 async {

@@ -6,6 +6,7 @@
 //! next replica), `heartbeat` (Register/Heartbeat/ReportCorrupt with the MDS),
 //! `scrub` (background verification), `daemon` (startup and shutdown).
 
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod heartbeat;

@@ -46,6 +46,52 @@ pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
         .into_inner())
 }
 
+/// Starts (or with `cancel` stops) draining the daemon at `chunkd`; returns
+/// the replicas still on it.
+pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainReply> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ch = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("bad MDS address {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
+    let r = pb::admin_client::AdminClient::new(ch)
+        .drain(pb::DrainReq {
+            addr: chunkd.to_string(),
+            cancel,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("drain {chunkd}: {}", s.message()))?;
+    Ok(r.into_inner())
+}
+
+/// Starts (or stops) evening out usage across daemons.
+pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
+    let uri = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ch = tonic::transport::Endpoint::from_shared(uri)
+        .with_context(|| format!("bad MDS address {addr}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
+    let r = pb::admin_client::AdminClient::new(ch)
+        .rebalance(pb::RebalanceReq { stop })
+        .await
+        .map_err(|s| anyhow::anyhow!("rebalance: {}", s.message()))?;
+    Ok(r.into_inner())
+}
+
 pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
     serde_json::json!({
         "chunkds": s.chunkds.iter().map(|d| serde_json::json!({
@@ -56,7 +102,12 @@ pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
             "capacity": d.capacity,
             "used": d.used,
             "chunks": d.chunks,
+            "draining": d.draining,
         })).collect::<Vec<_>>(),
+        "copies_in_flight": s.copies_in_flight,
+        "copies_done": s.copies_done,
+        "copied_bytes": s.copied_bytes,
+        "rebalancing": s.rebalancing,
         "files": s.files,
         "directories": s.directories,
         "chunks": s.chunks,
@@ -94,7 +145,13 @@ pub fn status_text(s: &pb::StatusReply) -> String {
             format!("{:016x}", d.id),
             d.addr,
             if d.rack.is_empty() { "-" } else { &d.rack },
-            if d.alive { "yes" } else { "NO" },
+            if d.draining {
+                "drain"
+            } else if d.alive {
+                "yes"
+            } else {
+                "NO"
+            },
             human(d.capacity),
             human(d.used),
             d.chunks
@@ -110,5 +167,28 @@ pub fn status_text(s: &pb::StatusReply) -> String {
         s.under_replicated,
         s.missing
     ));
+    if s.copies_in_flight > 0 || s.copies_done > 0 {
+        out.push_str(&format!(
+            "re-replication: {} copies running, {} done ({})\n",
+            s.copies_in_flight,
+            s.copies_done,
+            human(s.copied_bytes)
+        ));
+    }
+    if s.rebalancing {
+        out.push_str("rebalancing: moving replicas from the fullest daemons to the emptiest\n");
+    }
+    for d in s.chunkds.iter().filter(|d| d.draining) {
+        out.push_str(&format!(
+            "draining {}: {} replicas left{}\n",
+            d.addr,
+            d.chunks,
+            if d.chunks == 0 {
+                " (empty: safe to retire)"
+            } else {
+                ""
+            }
+        ));
+    }
     out
 }

@@ -33,6 +33,12 @@ pub struct ClusterSpec {
     /// Racks by daemon index (cycled); empty for none.
     pub racks: Vec<String>,
     pub log_level: String,
+    /// Per-daemon `--capacity` by index, winning over `capacity`.
+    pub capacities: Vec<Option<u64>>,
+    /// MDS `--lease-ms`.
+    pub lease_ms: Option<u64>,
+    /// Chunk daemons' `--scrub-interval` (seconds).
+    pub scrub_interval: Option<u64>,
 }
 
 impl ClusterSpec {
@@ -48,6 +54,9 @@ impl ClusterSpec {
             capacity: None,
             racks: Vec::new(),
             log_level: "info".into(),
+            capacities: Vec::new(),
+            lease_ms: None,
+            scrub_interval: None,
         }
     }
 }
@@ -256,6 +265,9 @@ impl LocalCluster {
         if let Some(d) = self.spec.dead_after_ms {
             args.extend(["--dead-after-ms".into(), d.to_string()]);
         }
+        if let Some(l) = self.spec.lease_ms {
+            args.extend(["--lease-ms".into(), l.to_string()]);
+        }
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;
@@ -284,8 +296,18 @@ impl LocalCluster {
                 self.spec.racks[i % self.spec.racks.len()].clone(),
             ]);
         }
-        if let Some(cap) = self.spec.capacity {
+        if let Some(cap) = self
+            .spec
+            .capacities
+            .get(i)
+            .copied()
+            .flatten()
+            .or(self.spec.capacity)
+        {
             args.extend(["--capacity".into(), cap.to_string()]);
+        }
+        if let Some(s) = self.spec.scrub_interval {
+            args.extend(["--scrub-interval".into(), s.to_string()]);
         }
         if let Some(h) = self.spec.heartbeat_ms {
             args.extend(["--heartbeat-ms".into(), h.to_string()]);

@@ -48,6 +48,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move every replica off a chunk daemon before retiring it. Runs in the
+    /// MDS's background; progress shows in `weft status`. With --wait, returns
+    /// once the daemon holds nothing.
+    Drain {
+        #[arg(long)]
+        mds: String,
+        /// The daemon's address, as `weft status` shows it.
+        chunkd: String,
+        /// Wait until it is empty, printing progress.
+        #[arg(long)]
+        wait: bool,
+        /// Stop draining it (it takes new replicas again).
+        #[arg(long)]
+        cancel: bool,
+    },
+    /// Even out usage across the live chunk daemons, in the MDS's background
+    /// (it stops by itself once balanced); progress shows in `weft status`.
+    Rebalance {
+        #[arg(long)]
+        mds: String,
+        /// Wait until it is balanced.
+        #[arg(long)]
+        wait: bool,
+        /// Stop rebalancing.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Check that every chunk of every file has its full replica count at its
     /// current version; exit 0 only if so.
     Fsck {
@@ -76,6 +103,56 @@ fn run(cli: Cli) -> Result<i32> {
                 println!("{}", admin::status_json(&s));
             } else {
                 print!("{}", admin::status_text(&s));
+            }
+            Ok(0)
+        }
+        Cmd::Drain {
+            mds,
+            chunkd,
+            wait,
+            cancel,
+        } => {
+            let r = admin::block_on(admin::drain(&mds, &chunkd, cancel))?;
+            if cancel {
+                println!(
+                    "{chunkd}: draining stopped ({} replicas on it)",
+                    r.remaining
+                );
+                return Ok(0);
+            }
+            println!("{chunkd}: draining, {} replicas to move", r.remaining);
+            if wait {
+                loop {
+                    let s = admin::block_on(admin::status(&mds))?;
+                    let left = s
+                        .chunkds
+                        .iter()
+                        .find(|d| d.id == r.chunkd_id)
+                        .map_or(0, |d| d.chunks);
+                    if left == 0 {
+                        break;
+                    }
+                    println!("{chunkd}: {left} replicas left");
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+            if wait || r.remaining == 0 {
+                println!("{chunkd}: empty, safe to retire");
+            }
+            Ok(0)
+        }
+        Cmd::Rebalance { mds, wait, stop } => {
+            admin::block_on(admin::rebalance(&mds, stop))?;
+            if stop {
+                println!("rebalancing stopped");
+                return Ok(0);
+            }
+            println!("rebalancing");
+            while wait && admin::block_on(admin::status(&mds))?.rebalancing {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            if wait {
+                println!("balanced");
             }
             Ok(0)
         }

@@ -238,9 +238,10 @@ impl MdsClient {
         caller: &Caller,
         ino: u64,
         index: u64,
+        failed: Vec<String>,
     ) -> Result<ChunkWrite, Errno> {
         match self
-            .call(caller, Op::AllocChunk(AllocChunkReq { ino, index }))
+            .call(caller, Op::AllocChunk(AllocChunkReq { ino, index, failed }))
             .await?
         {
             R::ChunkWrite(w) if w.chunk.is_some() => Ok(w),

@@ -276,8 +276,28 @@ impl Weft {
             .collect();
         let deadline = Instant::now() + self.write_retry_budget;
         let mut backoff = Duration::from_millis(100);
+        // Replicas seen failing: the MDS leaves them out of the next lease
+        // (with a new version, so they can never take a late write).
+        let mut failed: Vec<String> = Vec::new();
         for attempt in 1.. {
-            let w = self.chunk_alloc(st, caller, ce.index).await?;
+            let w = match self.chunk_alloc(st, caller, ce.index, &failed).await {
+                Ok(w) => w,
+                // Too few replicas right now (re-replication is on it), or
+                // none reachable: wait within the retry budget.
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
+                    tracing::info!(
+                        ino = st.ino,
+                        index = ce.index,
+                        attempt,
+                        "no write lease yet, retrying"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
+                Err(e) => return Err(e),
+            };
             let loc = w.chunk.clone().unwrap_or_default();
             let mut writes = Vec::new();
             for (off, data) in &extents {
@@ -299,8 +319,14 @@ impl Weft {
                 return Ok(());
             };
             st.inner.lock().allocs.remove(&ce.index);
-            if write_should_realloc(&status) && Instant::now() + backoff < deadline {
-                tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed, re-allocating");
+            let full = status.code() == tonic::Code::ResourceExhausted;
+            if let Some(addr) = failed_replica(&status, &loc) {
+                if !failed.contains(&addr) {
+                    failed.push(addr);
+                }
+            }
+            if (write_should_realloc(&status) || full) && Instant::now() + backoff < deadline {
+                tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, ?failed, "chunk write failed, re-allocating");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
@@ -318,6 +344,7 @@ impl Weft {
         st: &FileState,
         caller: &Caller,
         index: u64,
+        failed: &[String],
     ) -> Result<ChunkWrite, Errno> {
         let now_ms = unix_ms();
         if let Some(w) = st.inner.lock().allocs.get(&index) {
@@ -325,7 +352,10 @@ impl Weft {
                 return Ok(w.clone());
             }
         }
-        let w = self.mds.alloc_chunk(caller, st.ino, index).await?;
+        let w = self
+            .mds
+            .alloc_chunk(caller, st.ino, index, failed.to_vec())
+            .await?;
         if w.chunk_size != 0 && w.chunk_size != self.chunk_size {
             tracing::warn!(
                 ino = st.ino,
@@ -403,21 +433,63 @@ impl Weft {
             .buffer_unordered(WRITE_PARALLELISM)
             .collect()
             .await;
-        let mut first_err = None;
-        let mut g = st.inner.lock();
+        let mut failed = Vec::new();
         for (ids, r) in results {
             if let Err(s) = r {
-                tracing::warn!(ino = st.ino, status = %s, "chunk sync failed");
-                first_err.get_or_insert(chunk_errno(&s));
-                // Keep them for the next fsync.
-                for id in ids {
-                    if let Some(v) = pending.get(&id) {
-                        g.unsynced.insert(id, v.clone());
-                    }
+                tracing::info!(ino = st.ino, status = %s, "chunk sync failed; syncing the chunks' current replicas");
+                failed.extend(ids.into_iter().map(|id| (id, s.clone())));
+            }
+        }
+        let mut first_err = None;
+        for (id, status) in failed {
+            let Some((index, _)) = pending.get(&id).cloned() else {
+                continue;
+            };
+            if let Err(e) = self.resync_chunk(st, id, index, status).await {
+                first_err.get_or_insert(e);
+                // Keep it for the next fsync.
+                if let Some(v) = pending.get(&id) {
+                    st.inner.lock().unsynced.insert(id, v.clone());
                 }
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// A replica of the pipeline a chunk was written down failed before the
+    /// sync: sync the replicas the MDS lists now (the failed one drops out
+    /// once it is declared dead; a newer lease names its own set). Retried
+    /// within the write retry budget.
+    async fn resync_chunk(
+        &self,
+        st: &FileState,
+        id: u64,
+        index: u64,
+        mut status: tonic::Status,
+    ) -> Result<(), Errno> {
+        let caller = st.inner.lock().writer.clone();
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if Instant::now() + backoff >= deadline {
+                tracing::warn!(ino = st.ino, chunk = id, %status, "chunk sync failed");
+                return Err(chunk_errno(&status));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let list = self.mds.get_chunks(&caller, st.ino, index, 1).await?;
+            let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
+                return Ok(()); // truncated away: nothing left to sync
+            };
+            if loc.chunk_id != id {
+                return Ok(());
+            }
+            let addrs: Vec<String> = loc.replicas.iter().map(|r| r.addr.clone()).collect();
+            match self.chunks.sync(&addrs, vec![id]).await {
+                Ok(()) => return Ok(()),
+                Err(s) => status = s,
+            }
+        }
     }
 
     /// release: the last close of a handle. Stores remaining data (errors
@@ -532,6 +604,31 @@ impl Weft {
             self.attrs.put(&a);
         }
         Ok(())
+    }
+}
+
+/// The replica a failed chunk write names (deepest in the pipeline), or the
+/// head when the head itself could not be reached. None when the failure says
+/// nothing about a replica's health (a stale version: just a newer lease).
+fn failed_replica(status: &tonic::Status, loc: &ChunkLoc) -> Option<String> {
+    use tonic::Code;
+    if status.code() == Code::FailedPrecondition {
+        return None;
+    }
+    if let Some(addr) = status
+        .metadata()
+        .get("weft-failed-addr")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(addr.to_string());
+    }
+    match status.code() {
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::ResourceExhausted => loc.replicas.first().map(|r| r.addr.clone()),
+        _ => None,
     }
 }
 

@@ -23,12 +23,16 @@ pub struct Daemon {
     pub used: u64,
     last_beat: Instant,
     chunks: BTreeSet<u64>,
+    /// `weft drain`: placement avoids it and repair moves its replicas off.
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Replica {
-    version: u64,
-    confirmed: bool,
+pub struct Replica {
+    pub version: u64,
+    pub confirmed: bool,
+    /// Bytes of data the daemon reported (0 until confirmed).
+    pub size: u64,
 }
 
 /// What the namespace says about a reported chunk.
@@ -76,10 +80,10 @@ impl Registry {
 
     /// A daemon's full report. `known` classifies each chunk against the namespace.
     pub fn register(&mut self, req: &pb::RegisterReq, known: impl Fn(u64) -> Known) {
-        let previous = self
+        let (previous, draining) = self
             .daemons
             .remove(&req.chunkd_id)
-            .map(|d| d.chunks)
+            .map(|d| (d.chunks, d.draining))
             .unwrap_or_default();
         for chunk in previous {
             self.drop_replica(chunk, req.chunkd_id, true);
@@ -94,8 +98,12 @@ impl Registry {
                 used: req.used,
                 last_beat: Instant::now(),
                 chunks: BTreeSet::new(),
+                draining: false,
             },
         );
+        if let Some(d) = self.daemons.get_mut(&req.chunkd_id) {
+            d.draining = draining;
+        }
         self.deletes.remove(&req.chunkd_id);
         for r in &req.chunks {
             self.add_report(req.chunkd_id, r, &known);
@@ -128,8 +136,13 @@ impl Registry {
 
     fn add_report(&mut self, daemon: u64, r: &pb::ChunkReport, known: &impl Fn(u64) -> Known) {
         match known(r.chunk_id) {
-            Known::Current(version) if r.version < version => {
-                // Stale: it missed writes while away. Never serve it.
+            Known::Current(version)
+                if r.version < version && self.good_replicas(r.chunk_id, version) > 0 =>
+            {
+                // Stale: it missed writes while away. Never serve it; a good
+                // copy exists, so it can go. (With no good copy it is kept,
+                // unserved, in case it holds the newest data there is: a
+                // lease grant whose version bump reached no replica.)
                 tracing::info!(
                     chunk = r.chunk_id,
                     daemon,
@@ -137,6 +150,7 @@ impl Registry {
                     want = version,
                     "stale replica, deleting"
                 );
+                self.drop_replica(r.chunk_id, daemon, false);
                 self.deletes.entry(daemon).or_default().insert(r.chunk_id);
             }
             Known::Current(_) => {
@@ -145,6 +159,7 @@ impl Registry {
                     Replica {
                         version: r.version,
                         confirmed: true,
+                        size: r.size,
                     },
                 );
                 if let Some(d) = self.daemons.get_mut(&daemon) {
@@ -198,14 +213,20 @@ impl Registry {
         self.deletes.entry(daemon).or_default().insert(chunk);
     }
 
-    /// Records where a chunk's replicas are being written.
-    pub fn plan(&mut self, chunk: u64, version: u64, daemons: &[u64]) {
+    /// Records where a chunk's replicas are being written. Each daemon's
+    /// usage is raised by a chunk until its next heartbeat reports the truth,
+    /// so a burst of allocations does not overfill a small daemon.
+    pub fn plan(&mut self, chunk: u64, version: u64, daemons: &[u64], chunk_size: u64) {
         let m = self.replicas.entry(chunk).or_default();
         for d in daemons {
             m.entry(*d).or_insert(Replica {
                 version,
                 confirmed: false,
+                size: 0,
             });
+            if let Some(dm) = self.daemons.get_mut(d) {
+                dm.used = dm.used.saturating_add(chunk_size);
+            }
         }
     }
 
@@ -245,7 +266,7 @@ impl Registry {
         let candidates: Vec<Candidate> = self
             .daemons
             .values()
-            .filter(|d| self.alive(d.id))
+            .filter(|d| self.alive(d.id) && !d.draining)
             .map(|d| Candidate {
                 id: d.id,
                 rack: d.rack.clone(),
@@ -283,8 +304,96 @@ impl Registry {
                 capacity: d.capacity,
                 used: d.used,
                 chunks: d.chunks.len() as u64,
+                draining: d.draining,
             })
             .collect()
+    }
+
+    /// Every replica the registry knows of `chunk`, on any daemon, at any version.
+    pub fn replicas_of(&self, chunk: u64) -> Vec<(u64, Replica)> {
+        self.replicas
+            .get(&chunk)
+            .map(|m| m.iter().map(|(d, r)| (*d, *r)).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn daemon(&self, id: u64) -> Option<&Daemon> {
+        self.daemons.get(&id)
+    }
+
+    pub fn daemon_by_addr(&self, addr: &str) -> Option<u64> {
+        self.daemons.values().find(|d| d.addr == addr).map(|d| d.id)
+    }
+
+    pub fn set_draining(&mut self, id: u64, draining: bool) {
+        if let Some(d) = self.daemons.get_mut(&id) {
+            d.draining = draining;
+        }
+    }
+
+    /// Daemons being drained.
+    pub fn draining(&self) -> Vec<u64> {
+        self.daemons
+            .values()
+            .filter(|d| d.draining)
+            .map(|d| d.id)
+            .collect()
+    }
+
+    /// Chunk ids daemon `id` holds, as the registry knows them.
+    pub fn chunks_held(&self, id: u64) -> Vec<u64> {
+        self.daemons
+            .get(&id)
+            .map(|d| d.chunks.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Replicas held by daemon `id`, as the registry knows them.
+    pub fn chunks_on(&self, id: u64) -> usize {
+        self.daemons.get(&id).map_or(0, |d| d.chunks.len())
+    }
+
+    /// A copy finished on `daemon`: count it now rather than at its next beat.
+    pub fn add_copy(&mut self, chunk: u64, daemon: u64, version: u64, size: u64) {
+        if !self.daemons.contains_key(&daemon) {
+            return;
+        }
+        self.replicas.entry(chunk).or_default().insert(
+            daemon,
+            Replica {
+                version,
+                confirmed: true,
+                size,
+            },
+        );
+        if let Some(d) = self.daemons.get_mut(&daemon) {
+            d.chunks.insert(chunk);
+        }
+    }
+
+    /// The replica of `chunk` on `daemon` goes (trimmed, moved, stale): it is
+    /// no longer counted and the daemon deletes it at its next heartbeat.
+    pub fn remove_replica(&mut self, chunk: u64, daemon: u64) {
+        self.drop_replica(chunk, daemon, false);
+        self.deletes.entry(daemon).or_default().insert(chunk);
+    }
+
+    /// A lease fenced `daemons`' replicas of `chunk` at `version`.
+    pub fn set_version(&mut self, chunk: u64, daemons: &[u64], version: u64) {
+        if let Some(m) = self.replicas.get_mut(&chunk) {
+            for d in daemons {
+                if let Some(r) = m.get_mut(d) {
+                    r.version = version;
+                }
+            }
+        }
+    }
+
+    /// Deletes not yet sent to `daemon` include `chunk`.
+    pub fn delete_pending(&self, daemon: u64, chunk: u64) -> bool {
+        self.deletes
+            .get(&daemon)
+            .is_some_and(|s| s.contains(&chunk))
     }
 
     pub fn orphans(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
@@ -319,7 +428,7 @@ mod tests {
         let mut r = Registry::new(Duration::from_secs(60));
         r.register(&reg(1, &[]), |_| Known::Current(1));
         r.register(&reg(2, &[(7, 1)]), |_| Known::Current(1));
-        r.plan(7, 1, &[1, 2]);
+        r.plan(7, 1, &[1, 2], 0);
         assert_eq!(r.locations(7, 1).len(), 2);
         assert_eq!(r.locations(7, 1)[0].chunkd_id, 2, "confirmed first");
         assert_eq!(r.good_replicas(7, 1), 1);
@@ -344,8 +453,14 @@ mod tests {
     #[test]
     fn stale_replicas_are_deleted_never_served() {
         let mut r = Registry::new(Duration::from_secs(60));
+        // Alone, a stale replica is kept (unserved): it may be the newest data.
         r.register(&reg(1, &[(7, 1)]), |_| Known::Current(2));
         assert!(r.locations(7, 2).is_empty());
+        assert_eq!(r.replicas_of(7).len(), 1);
+        // Once a current copy exists, a stale one reported is deleted.
+        r.register(&reg(2, &[(7, 2)]), |_| Known::Current(2));
+        r.register(&reg(1, &[(7, 1)]), |_| Known::Current(2));
+        assert_eq!(r.locations(7, 2).len(), 1);
         let del = r.heartbeat(
             &pb::HeartbeatReq {
                 chunkd_id: 1,

@@ -36,6 +36,20 @@ pub struct Config {
     /// A chunk daemon not heard from for this long is dead, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub dead_after_ms: u64,
+    /// How long a write lease on a chunk lasts, in milliseconds (renewed while
+    /// writes continue). A primary paused longer than this is fenced off.
+    #[arg(long, default_value_t = 60_000)]
+    pub lease_ms: u64,
+    /// A write carries on, without error, while at least this many replicas of
+    /// a chunk take it; re-replication brings it back to --replicas later.
+    #[arg(long, default_value_t = 2)]
+    pub min_replicas: u32,
+    /// Re-replication bandwidth cap, in MiB/s over the whole cluster (0: no cap).
+    #[arg(long, default_value_t = 200)]
+    pub repair_mib_per_sec: u64,
+    /// Re-replication copies in flight at once over the whole cluster.
+    #[arg(long, default_value_t = 8)]
+    pub repair_parallel: usize,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -53,6 +67,15 @@ impl Config {
                 "--replicas {}: must be between 1 and 16",
                 self.replicas
             ));
+        }
+        if self.min_replicas == 0 {
+            return Err("--min-replicas must be at least 1".into());
+        }
+        if self.lease_ms < 1000 {
+            return Err("--lease-ms must be at least 1000".into());
+        }
+        if self.repair_parallel == 0 {
+            return Err("--repair-parallel must be at least 1".into());
         }
         if self.heartbeat_ms == 0 || self.dead_after_ms < 2 * self.heartbeat_ms {
             return Err("--dead-after-ms must be at least twice --heartbeat-ms (one missed beat is not death)".into());

@@ -7,6 +7,8 @@
 //! - `committer`  group commit: decide, journal with one fsync per batch, apply, answer
 //! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
 //! - `placement`  where new replicas go (pure)
+//! - `leases`     write leases and version bumps that fence stale writers
+//! - `repair`     re-replication, trimming, draining (background loop)
 //! - `service`    the gRPC glue for `Meta` and `Master`
 //! - `server`     startup: data dir, lock, replay, serve
 //! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
@@ -14,8 +16,10 @@
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod leases;
 pub mod ns;
 pub mod placement;
+pub mod repair;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -134,7 +134,20 @@ pub async fn run(
         committer,
         replicas: cfg.replicas,
         heartbeat_ms: cfg.heartbeat_ms,
+        leases: Arc::new(crate::leases::Leases::new(
+            std::time::Duration::from_millis(cfg.lease_ms),
+            cfg.min_replicas,
+        )),
+        repair: Default::default(),
     };
+    crate::repair::spawn(
+        mds.clone(),
+        crate::repair::RepairConfig {
+            interval: std::time::Duration::from_millis(cfg.heartbeat_ms),
+            bytes_per_sec: cfg.repair_mib_per_sec << 20,
+            parallel: cfg.repair_parallel,
+        },
+    );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -166,6 +179,7 @@ pub async fn run(
         .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
             crate::watch::Service(hub),
         ))
+        .add_service(weft_proto::pb::admin_server::AdminServer::new(mds.clone()))
         .add_service(
             weft_proto::pb::master_server::MasterServer::new(mds)
                 .max_decoding_message_size(max)

@@ -15,9 +15,6 @@ use weft_proto::pb::meta_reply::Result as Reply;
 use weft_proto::pb::meta_request::Op;
 use weft_proto::{pb, Errno};
 
-/// Lease handed with a chunk write; leases are enforced by a later layer,
-/// the duration is what the client is told.
-const LEASE: Duration = Duration::from_secs(60);
 const MAX_CHUNKS_PER_CALL: u32 = 1024;
 
 #[derive(Clone)]
@@ -27,6 +24,10 @@ pub struct Mds {
     pub committer: Committer,
     pub replicas: u32,
     pub heartbeat_ms: u64,
+    /// Write leases and version bumps (leases.rs).
+    pub leases: Arc<crate::leases::Leases>,
+    /// Re-replication progress (repair.rs).
+    pub repair: Arc<crate::repair::RepairStats>,
 }
 
 impl Mds {
@@ -45,12 +46,16 @@ impl Mds {
                     .propose(|done| Proposal::Release { ino: r.ino, done })
                     .await
             }
-            Op::AllocChunk(_) => {
+            Op::AllocChunk(ref a) => {
                 if self.registry.lock().place(1, 0, &[]).is_empty() {
                     return Err(Errno::ENOSPC);
                 }
+                let failed = a.failed.clone();
                 let reply = self.mutate(session, seq, caller, op).await?;
-                self.fill_chunk_write(reply).await
+                match reply {
+                    Reply::ChunkWrite(cw) => self.grant(cw, &failed).await.map(Reply::ChunkWrite),
+                    other => Ok(other),
+                }
             }
             _ => self.mutate(session, seq, caller, op).await,
         }
@@ -129,41 +134,6 @@ impl Mds {
             file_size,
             chunks,
         }))
-    }
-
-    /// Adds the pipeline to an AllocChunk answer: the live replicas of an
-    /// existing chunk, or a fresh placement for a chunk no daemon holds.
-    async fn fill_chunk_write(&self, reply: Reply) -> Outcome {
-        let Reply::ChunkWrite(mut cw) = reply else {
-            return Ok(reply);
-        };
-        let chunk_size = cw.chunk_size;
-        let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
-        let mut replicas = self.wait_locations(loc.chunk_id, loc.version).await;
-        if replicas.is_empty() {
-            let mut reg = self.registry.lock();
-            let picked = reg.place(self.replicas as usize, chunk_size, &[]);
-            if picked.is_empty() {
-                return Err(Errno::ENOSPC);
-            }
-            reg.plan(loc.chunk_id, loc.version, &picked);
-            replicas = picked
-                .iter()
-                .filter_map(|d| {
-                    reg.addr(*d).map(|a| pb::Replica {
-                        chunkd_id: *d,
-                        addr: a.to_string(),
-                    })
-                })
-                .collect();
-        }
-        loc.replicas = replicas;
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
-        cw.lease_expires_ms = now_ms + LEASE.as_millis() as u64;
-        Ok(Reply::ChunkWrite(cw))
     }
 
     fn classify(st: &State) -> impl Fn(u64) -> Known + '_ {
@@ -271,6 +241,10 @@ impl pb::master_server::Master for Mds {
             missing,
             replicas: self.replicas,
             chunk_size: st.ns.chunk_size(),
+            copies_in_flight: self.repair.in_flight(),
+            copies_done: self.repair.done(),
+            copied_bytes: self.repair.bytes(),
+            rebalancing: self.repair.rebalancing(),
         }))
     }
 

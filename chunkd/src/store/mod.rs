@@ -23,6 +23,7 @@
 pub mod chunkfile;
 pub mod error;
 pub mod format;
+mod install;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -673,5 +674,7 @@ fn corrupt_version(path: &Path) -> Option<u64> {
     Header::decode_fixed(&buf).ok().map(|(_, v, _, _)| v)
 }
 
+#[cfg(test)]
+mod install_tests;
 #[cfg(test)]
 mod tests;

@@ -243,6 +243,12 @@ impl Namespace {
                 }
                 Ok(ReplyResult::Empty(pb::Empty {}))
             }
+            Record::BumpVersion {
+                ino,
+                index,
+                chunk_id,
+                version,
+            } => self.apply_bump_version(*ino, *index, *chunk_id, *version),
         };
         let reply = reply.unwrap_or_else(|e| {
             tracing::error!(?rec, errno = %e, "record does not fit the namespace; nothing changed");

@@ -100,6 +100,15 @@ pub enum Record {
     Purge {
         ino: u64,
     },
+    /// issue5: a new write lease on chunk `chunk_id` (at `index` of `ino`)
+    /// raises its version, so replicas that miss the writes under it are
+    /// recognisably stale. Ignored if the chunk is no longer there.
+    BumpVersion {
+        ino: u64,
+        index: u64,
+        chunk_id: u64,
+        version: u64,
+    },
 }
 
 impl Record {
@@ -115,7 +124,8 @@ impl Record {
             | Record::RemoveXattr { ino, .. }
             | Record::AllocChunk { ino, .. }
             | Record::CommitWrite { ino, .. }
-            | Record::Purge { ino } => *ino,
+            | Record::Purge { ino }
+            | Record::BumpVersion { ino, .. } => *ino,
         }
     }
 }

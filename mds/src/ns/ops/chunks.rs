@@ -120,4 +120,23 @@ impl Namespace {
         let attr = i.attr(self.chunk_size);
         Ok(ReplyResult::Attr(attr))
     }
+
+    /// A lease raised the chunk's version (see `Record::BumpVersion`).
+    pub(crate) fn apply_bump_version(
+        &mut self,
+        ino: u64,
+        index: u64,
+        chunk_id: u64,
+        version: u64,
+    ) -> Result<ReplyResult, Errno> {
+        let c = self
+            .inodes
+            .get_mut(&ino)
+            .and_then(|i| i.chunks_mut())
+            .and_then(|m| m.get_mut(&index))
+            .filter(|c| c.id == chunk_id && c.version < version)
+            .ok_or(Errno::ENOENT)?;
+        c.version = version;
+        Ok(self.chunk_write(index, chunk_id, version))
+    }
 }

@@ -3,7 +3,14 @@
 use super::*;
 
 fn alloc(h: &mut Harness, ino: u64, index: u64) -> Result<pb::ChunkWrite, Errno> {
-    match h.op(&root(), Op::AllocChunk(pb::AllocChunkReq { ino, index }))? {
+    match h.op(
+        &root(),
+        Op::AllocChunk(pb::AllocChunkReq {
+            ino,
+            index,
+            ..Default::default()
+        }),
+    )? {
         R::ChunkWrite(cw) => Ok(cw),
         r => panic!("{r:?}"),
     }
@@ -99,7 +106,11 @@ fn alloc_does_not_recheck_write_permission() {
     assert!(matches!(
         h.ns.prepare(
             &ctx,
-            &Op::AllocChunk(pb::AllocChunkReq { ino: f, index: 0 })
+            &Op::AllocChunk(pb::AllocChunkReq {
+                ino: f,
+                index: 0,
+                ..Default::default()
+            })
         ),
         Ok(Prepared::Record(_))
     ));

@@ -137,6 +137,7 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
         16 | 17 => Op::AllocChunk(pb::AllocChunkReq {
             ino,
             index: rng.below(5),
+            ..Default::default()
         }),
         18 => Op::CommitWrite(pb::CommitWriteReq {
             ino,

@@ -294,7 +294,14 @@ impl Harness {
     /// Allocates chunk `index` and commits a write ending at `end`.
     pub fn write(&mut self, ino: u64, index: u64, end: u64) -> u64 {
         let r = self
-            .op(&root(), Op::AllocChunk(pb::AllocChunkReq { ino, index }))
+            .op(
+                &root(),
+                Op::AllocChunk(pb::AllocChunkReq {
+                    ino,
+                    index,
+                    ..Default::default()
+                }),
+            )
             .unwrap();
         let R::ChunkWrite(cw) = r else {
             panic!("not a ChunkWrite: {r:?}")

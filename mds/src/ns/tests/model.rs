@@ -266,7 +266,14 @@ fn run_op(h: &mut Harness, op: &MOp) -> Result<(), Errno> {
             let ino = h.lookup(d, &n)?.ino;
             if *end > 0 {
                 let index = (end - 1) / SMALL_CHUNK;
-                h.op(&c, Op::AllocChunk(pb::AllocChunkReq { ino, index }))?;
+                h.op(
+                    &c,
+                    Op::AllocChunk(pb::AllocChunkReq {
+                        ino,
+                        index,
+                        ..Default::default()
+                    }),
+                )?;
             }
             h.op(&c, Op::CommitWrite(pb::CommitWriteReq { ino, end: *end }))
                 .map(drop)

@@ -1,0 +1,359 @@
+//! Re-replication: the MDS's background loop that keeps every chunk at its
+//! replica target, and the `Admin.Drain` service that empties a daemon.
+//!
+//! Each round (every heartbeat period) it looks at every chunk of every file:
+//! * good replicas = confirmed, at the chunk's current version, on a live
+//!   daemon; those on a draining daemon don't count toward the target;
+//! * replicas at an older version are deleted once a good one exists (a
+//!   returning daemon's stale copies, copies that missed a lease's bump);
+//! * fewer good than the target: one copy is scheduled from a good source to a
+//!   daemon placement picks (live, not draining, room for a chunk, racks
+//!   spread, and never one that already has a replica of it at any version
+//!   or a delete pending for it — a quarantined replica's tombstone);
+//! * more than the target: the extras go, draining daemons' first.
+//!
+//! Copies run fewest-good-replicas first, at most `parallel` at a time and
+//! within `bytes_per_sec`, so client I/O keeps most of the bandwidth. A chunk
+//! under a live write lease is left alone (its data is still moving; a copy
+//! would miss writes); a failed copy is retried after a pause.
+//!
+//! Copies are `ChunkAdmin.Replicate` on the target, which pulls the data from
+//! the source with crc-checked reads and installs it whole. A copy that
+//! finishes after the chunk's version moved on is simply a stale replica.
+
+use crate::leases::chunk_admin;
+use crate::service::Mds;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+use weft_proto::pb;
+
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+#[derive(Default)]
+pub struct RepairStats {
+    in_flight: AtomicU64,
+    done: AtomicU64,
+    bytes: AtomicU64,
+    rebalancing: AtomicBool,
+}
+
+impl RepairStats {
+    pub fn rebalancing(&self) -> bool {
+        self.rebalancing.load(Ordering::Relaxed)
+    }
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Clone, Copy)]
+pub struct RepairConfig {
+    pub interval: Duration,
+    /// 0: no cap.
+    pub bytes_per_sec: u64,
+    pub parallel: usize,
+}
+
+struct Copy {
+    good: usize,
+    chunk_size: u64,
+    chunk: u64,
+    version: u64,
+    size: u64,
+    sources: Vec<u64>,
+    exclude: Vec<u64>,
+}
+
+/// Runs the repair loop until the process ends.
+pub fn spawn(mds: Mds, cfg: RepairConfig) {
+    tokio::spawn(async move {
+        let busy: Arc<parking_lot::Mutex<HashSet<u64>>> = Default::default();
+        let mut retry_at: HashMap<u64, Instant> = HashMap::new();
+        // Token bucket: the earliest time the next copy may start.
+        let mut next_start = Instant::now();
+        let mut rr = 0usize;
+        let failed: Arc<parking_lot::Mutex<Vec<u64>>> = Default::default();
+        loop {
+            tokio::time::sleep(cfg.interval).await;
+            for c in failed.lock().drain(..) {
+                retry_at.insert(c, Instant::now() + RETRY_AFTER);
+            }
+            retry_at.retain(|_, t| *t > Instant::now());
+            if mds.registry.lock().in_startup_grace() {
+                continue; // daemons are still reporting what they hold
+            }
+            let busy_now = busy.lock().clone();
+            let mut copies = plan_round(&mds, &busy_now, &retry_at).await;
+            copies.sort_by_key(|c| (c.good, c.chunk));
+            for c in copies {
+                if busy.lock().len() >= cfg.parallel {
+                    break;
+                }
+                let now = Instant::now();
+                if next_start > now + cfg.interval {
+                    break; // over the rate: the rest waits for later rounds
+                }
+                let (target, source) = {
+                    let reg = mds.registry.lock();
+                    let target = reg.place(1, c.chunk_size, &c.exclude).first().copied();
+                    rr = rr.wrapping_add(1);
+                    let source = c.sources[rr % c.sources.len()];
+                    (
+                        target.and_then(|t| reg.addr(t).map(|a| (t, a.to_string()))),
+                        reg.addr(source).map(str::to_string),
+                    )
+                };
+                let (Some((target, target_addr)), Some(source_addr)) = (target, source) else {
+                    continue;
+                };
+                if cfg.bytes_per_sec > 0 {
+                    let cost = Duration::from_secs_f64(c.size as f64 / cfg.bytes_per_sec as f64);
+                    next_start = next_start.max(now) + cost;
+                }
+                busy.lock().insert(c.chunk);
+                mds.repair.in_flight.fetch_add(1, Ordering::Relaxed);
+                let (mds2, busy2, failed2) = (mds.clone(), busy.clone(), failed.clone());
+                tokio::spawn(async move {
+                    let ok = copy(&mds2, &c, target, &target_addr, &source_addr).await;
+                    if !ok {
+                        failed2.lock().push(c.chunk);
+                    }
+                    busy2.lock().remove(&c.chunk);
+                    mds2.repair.in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    });
+}
+
+/// Looks at every chunk: deletes stale and surplus replicas now, returns the
+/// copies wanted.
+async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Instant>) -> Vec<Copy> {
+    let (chunks, chunk_size): (Vec<(u64, u64)>, u64) = {
+        let st = mds.state.read().await;
+        (
+            st.ns.all_chunks().map(|(_, _, c, v)| (c, v)).collect(),
+            st.ns.chunk_size(),
+        )
+    };
+    let target = mds.replicas as usize;
+    let mut out = Vec::new();
+    let mut reg = mds.registry.lock();
+    for (chunk, version) in chunks {
+        if busy.contains(&chunk)
+            || retry_at.contains_key(&chunk)
+            || mds.leases.live(chunk).is_some()
+        {
+            continue;
+        }
+        let reps = reg.replicas_of(chunk);
+        let good: Vec<(u64, u64)> = reps
+            .iter()
+            .filter(|(d, r)| r.confirmed && r.version == version && reg.alive(*d))
+            .map(|(d, r)| (*d, r.size))
+            .collect();
+        if good.is_empty() {
+            continue; // missing: nothing to copy from (fsck reports it)
+        }
+        for (d, r) in &reps {
+            if r.version < version {
+                tracing::info!(
+                    chunk,
+                    daemon = d,
+                    have = r.version,
+                    want = version,
+                    "deleting stale replica"
+                );
+                reg.remove_replica(chunk, *d);
+            }
+        }
+        let draining = |d: u64| reg.daemon(d).is_some_and(|x| x.draining);
+        let kept: Vec<u64> = good
+            .iter()
+            .map(|(d, _)| *d)
+            .filter(|d| !draining(*d))
+            .collect();
+        if kept.len() < target {
+            let mut exclude: Vec<u64> = reps.iter().map(|(d, _)| *d).collect();
+            exclude.extend(
+                reg.status()
+                    .iter()
+                    .map(|d| d.id)
+                    .filter(|d| reg.delete_pending(*d, chunk)),
+            );
+            out.push(Copy {
+                good: kept.len(),
+                chunk_size,
+                chunk,
+                version,
+                size: good.iter().map(|(_, s)| *s).max().unwrap_or(0),
+                sources: good.iter().map(|(d, _)| *d).collect(),
+                exclude,
+            });
+            continue;
+        }
+        // At or above target without the draining ones: drop the surplus,
+        // draining daemons' copies first, then those on the fullest daemons.
+        let mut extra: Vec<(bool, u64, u64)> = good
+            .iter()
+            .map(|(d, _)| {
+                let dm = reg.daemon(*d);
+                let free = dm.map_or(0, |x| x.capacity.saturating_sub(x.used));
+                (!draining(*d), free, *d)
+            })
+            .collect();
+        extra.sort();
+        let surplus = good.len() - target;
+        for (_, _, d) in extra.into_iter().take(surplus) {
+            tracing::info!(chunk, daemon = d, "removing surplus replica");
+            reg.remove_replica(chunk, d);
+        }
+    }
+    if out.is_empty() && mds.repair.rebalancing() {
+        rebalance_moves(mds, &mut reg, chunk_size, busy, &mut out);
+    }
+    out
+}
+
+/// Rebalancing: while the fullest live daemon holds more than two chunks'
+/// worth above the emptiest, copy some of its chunks (that the emptiest
+/// lacks) to the emptiest; the surplus rule then deletes the copy on the
+/// fullest daemon. Stops itself once balanced.
+fn rebalance_moves(
+    mds: &Mds,
+    reg: &mut crate::chunkds::Registry,
+    chunk_size: u64,
+    busy: &HashSet<u64>,
+    out: &mut Vec<Copy>,
+) {
+    let live: Vec<(u64, u64)> = reg
+        .status()
+        .iter()
+        .filter(|d| d.alive && !d.draining)
+        .map(|d| (d.id, d.used))
+        .collect();
+    let (Some(&(full, full_used)), Some(&(empty, empty_used))) = (
+        live.iter().max_by_key(|(_, u)| *u),
+        live.iter().min_by_key(|(_, u)| *u),
+    ) else {
+        return;
+    };
+    let gap = full_used.saturating_sub(empty_used);
+    if gap <= 2 * chunk_size.max(1) {
+        tracing::info!("rebalance finished");
+        mds.repair.rebalancing.store(false, Ordering::Relaxed);
+        return;
+    }
+    // A quarter of the gap per round: usage figures lag a heartbeat or two.
+    let moves = ((gap / 4) / chunk_size.max(1)).max(1) as usize;
+    let candidates: Vec<u64> = reg.chunks_held(full);
+    for chunk in candidates {
+        if out.len() >= moves.min(8) {
+            break;
+        }
+        if busy.contains(&chunk) || mds.leases.live(chunk).is_some() {
+            continue;
+        }
+        let reps = reg.replicas_of(chunk);
+        if reps.iter().any(|(d, _)| *d == empty) {
+            continue;
+        }
+        let Some((_, r)) = reps.iter().find(|(d, r)| *d == full && r.confirmed) else {
+            continue;
+        };
+        let exclude: Vec<u64> = live
+            .iter()
+            .map(|(d, _)| *d)
+            .filter(|d| *d != empty)
+            .collect();
+        out.push(Copy {
+            good: usize::MAX,
+            chunk_size,
+            chunk,
+            version: r.version,
+            size: r.size,
+            sources: vec![full],
+            exclude,
+        });
+    }
+}
+
+async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: &str) -> bool {
+    let t = Instant::now();
+    // Generous: a chunk at 1 MiB/s plus setup.
+    let timeout = Duration::from_secs(30 + c.size / (1 << 20));
+    let r = match chunk_admin(target_addr, timeout).await {
+        Ok(mut client) => client
+            .replicate(pb::ReplicateReq {
+                chunk_id: c.chunk,
+                version: c.version,
+                source: source_addr.to_string(),
+                length: c.size,
+            })
+            .await
+            .map(drop),
+        Err(e) => Err(e),
+    };
+    match r {
+        Ok(()) => {
+            mds.registry
+                .lock()
+                .add_copy(c.chunk, target, c.version, c.size);
+            mds.repair.done.fetch_add(1, Ordering::Relaxed);
+            mds.repair.bytes.fetch_add(c.size, Ordering::Relaxed);
+            tracing::info!(
+                chunk = c.chunk,
+                version = c.version,
+                from = source_addr,
+                to = target_addr,
+                bytes = c.size,
+                ms = t.elapsed().as_millis() as u64,
+                good_before = c.good,
+                "re-replicated"
+            );
+            true
+        }
+        Err(s) => {
+            tracing::warn!(chunk = c.chunk, from = source_addr, to = target_addr, code = ?s.code(), error = %s.message(), "re-replication copy failed");
+            false
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Mds {
+    async fn drain(&self, req: Request<pb::DrainReq>) -> Result<Response<pb::DrainReply>, Status> {
+        let req = req.into_inner();
+        let mut reg = self.registry.lock();
+        let id = reg
+            .daemon_by_addr(&req.addr)
+            .ok_or_else(|| Status::not_found(format!("no chunk daemon at {}", req.addr)))?;
+        reg.set_draining(id, !req.cancel);
+        if !req.cancel {
+            tracing::info!(chunkd = id, addr = %req.addr, "draining");
+        }
+        Ok(Response::new(pb::DrainReply {
+            chunkd_id: id,
+            remaining: reg.chunks_on(id) as u64,
+        }))
+    }
+
+    async fn rebalance(
+        &self,
+        req: Request<pb::RebalanceReq>,
+    ) -> Result<Response<pb::RebalanceReply>, Status> {
+        let running = !req.into_inner().stop;
+        self.repair.rebalancing.store(running, Ordering::Relaxed);
+        tracing::info!(running, "rebalance requested");
+        Ok(Response::new(pb::RebalanceReply { running }))
+    }
+}
