@@ -16,13 +16,10 @@ use std::time::Duration;
 /// that the kernel already applied) and are accepted silently.
 pub const IGNORED: &[&str] = &[
     "rw",
-    "relatime",
     "norelatime",
-    "strictatime",
     "nostrictatime",
     "lazytime",
     "nolazytime",
-    "atime",
     "diratime",
     "nodiratime",
     "dev",
@@ -72,6 +69,8 @@ pub struct MountOpts {
     pub allow_other: bool,
     pub allow_root: bool,
     pub noatime: bool,
+    /// When reads update atime: relatime (default), strictatime or noatime.
+    pub atime: crate::atime::AtimeMode,
     pub fsname: Option<String>,
     pub subtype: Option<String>,
     /// Mount as plain `fuse` instead of `fuse.<subtype>`.
@@ -91,6 +90,7 @@ impl Default for MountOpts {
             allow_other: false,
             allow_root: false,
             noatime: false,
+            atime: crate::atime::AtimeMode::Relatime,
             fsname: None,
             subtype: None,
             nosubtype: false,
@@ -159,6 +159,9 @@ options honoured:
   allow_other          let users other than the mounter use the mount
   allow_root           let root (and the mounter) use the mount
   default_permissions  kernel permission checks (always on)
+  relatime             update access times on read when they are older than
+                       the last change, or a day old (the default)
+  strictatime          update access times on every read
   noatime              do not update access times
   fsname=NAME          mount source shown in /proc/mounts (default: MDS_ADDR)
   subtype=NAME         file system type fuse.NAME (default: weftfs)
@@ -171,8 +174,8 @@ options honoured:
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
 
-options ignored (generic mount options): rw relatime norelatime strictatime
-  lazytime atime diratime nodiratime dev nodev suid nosuid exec noexec defaults
+options ignored (generic mount options): rw norelatime nostrictatime
+  lazytime diratime nodiratime dev nodev suid nosuid exec noexec defaults
   nofail _netdev auto noauto user nouser users owner group async sync dirsync,
   and comment= / x-* annotations. Any other option is an error (exit code 2).
 ";
@@ -311,7 +314,18 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "default_permissions" => flag(value)?,
         "noatime" => {
             flag(value)?;
-            opts.noatime = true
+            opts.noatime = true;
+            opts.atime = crate::atime::AtimeMode::Never;
+        }
+        "relatime" | "atime" => {
+            flag(value)?;
+            opts.noatime = false;
+            opts.atime = crate::atime::AtimeMode::Relatime;
+        }
+        "strictatime" => {
+            flag(value)?;
+            opts.noatime = false;
+            opts.atime = crate::atime::AtimeMode::Strict;
         }
         "nosubtype" => {
             flag(value)?;

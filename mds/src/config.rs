@@ -36,6 +36,10 @@ pub struct Config {
     /// A chunk daemon not heard from for this long is dead, in milliseconds.
     #[arg(long, default_value_t = 5000)]
     pub dead_after_ms: u64,
+    /// A client session silent for this long (weftfs sends a keepalive every
+    /// few seconds) loses its advisory locks, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub lock_expiry_secs: u64,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

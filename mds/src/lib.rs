@@ -12,6 +12,7 @@
 
 pub mod chunkds;
 pub mod committer;
+pub mod locks;
 pub mod config;
 pub mod ns;
 pub mod placement;

@@ -133,6 +133,9 @@ pub async fn run(
         committer,
         replicas: cfg.replicas,
         heartbeat_ms: cfg.heartbeat_ms,
+        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
+            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
+        ))),
     };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -100,6 +100,15 @@ pub enum Record {
     Purge {
         ino: u64,
     },
+    /// issue3: setxattr/removexattr of system.posix_acl_access. The ACL is
+    /// stored (Some) or dropped (None: the mode says it all), and the mode's
+    /// permission bits (and a setgid the caller may not keep) become `mode`.
+    SetAcl {
+        ino: u64,
+        value: Option<Vec<u8>>,
+        mode: u32,
+        now: Time,
+    },
 }
 
 impl Record {
@@ -115,7 +124,8 @@ impl Record {
             | Record::RemoveXattr { ino, .. }
             | Record::AllocChunk { ino, .. }
             | Record::CommitWrite { ino, .. }
-            | Record::Purge { ino } => *ino,
+            | Record::Purge { ino }
+            | Record::SetAcl { ino, .. } => *ino,
         }
     }
 }
