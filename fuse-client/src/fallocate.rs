@@ -70,9 +70,12 @@ impl Weft {
         }
         // Plain allocation: space comes with the writes, so only the size moves.
         if !keep && end > size {
+            // fallocate comes through an open descriptor: its open checked
+            // write access (the file's mode may have changed since).
             let req = SetAttrReq {
                 ino,
                 size: Some(end),
+                has_fh: true,
                 ..Default::default()
             };
             let a = self.truncate(c, ino, end, req).await?;
