@@ -69,8 +69,13 @@ fn access_and_default_acls() {
 
     // Removing every ACL leaves the mode alone and no ACL xattrs.
     sh(&m, "setfacl -b d/inherited && setfacl -k d");
-    let names = sh(&m, "getfattr -d -m - d/inherited d || true");
+    let names = sh(&m, "getfattr -d -m - d/inherited || true");
     assert!(!names.contains("posix_acl"), "{names}");
+    // The base entries stay: the group entry (r--), not the old mask (rw-).
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o777, 0o644);
+    let names = sh(&m, "getfattr -d -m - d || true");
+    assert!(!names.contains("posix_acl_default"), "{names}");
+    assert!(names.contains("posix_acl_access"), "{names}");
     // An ACL with a bad entry is refused.
     let bad = Command::new("setfattr")
         .args(["-n", "system.posix_acl_access", "-v", "0x02000000", "plain"])

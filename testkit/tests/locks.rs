@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use weft_testkit::TestCluster;
+use weft_testkit::{wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -109,7 +109,11 @@ fn two_mounts_exclude_each_other() {
         libc::EAGAIN
     );
     drop(o1);
-    lock(&o2, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).unwrap();
+    // FUSE sends the release of a closed file asynchronously: the lock goes
+    // a moment after close(2) returns.
+    wait_until("OFD lock released by the last close", Duration::from_secs(5), || {
+        lock(&o2, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).is_ok()
+    });
     drop(o2);
 
     // flock, whole file, on another file.
@@ -128,7 +132,9 @@ fn two_mounts_exclude_each_other() {
         libc::EWOULDBLOCK
     );
     drop(f2);
-    flock(&f1, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    wait_until("flock released by the last close", Duration::from_secs(5), || {
+        flock(&f1, libc::LOCK_EX | libc::LOCK_NB).is_ok()
+    });
 }
 
 #[test]

@@ -3,30 +3,51 @@
 //! `_netdev`, an unknown option refused by name, and umount of a busy mount
 //! refused as busy.
 //!
+//! mount(8) runs its helpers with no PATH (sh's default applies), so for the
+//! length of each test /usr/local/sbin/weftfs is a symlink to the weftfs
+//! under test (the tests take turns; a regular file there is never touched).
 //! weftfs started by mount(8) daemonizes; each test finds it by its mount
 //! point in /proc and stops only that PID if the unmount did not end it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use weft_testkit::{bin_dir, is_mounted, require_fuse, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
-/// PATH with the built weftfs first, so mount.fuse3 finds this build's.
-fn path_env() -> String {
-    format!(
-        "{}:{}",
-        bin_dir().display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
+const HELPER_LINK: &str = "/usr/local/sbin/weftfs";
+static TURN: Mutex<()> = Mutex::new(());
+
+/// Puts this build's weftfs where mount.fuse3's shell finds it; removed on drop.
+struct Installed(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+fn install_weftfs() -> Installed {
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let link = Path::new(HELPER_LINK);
+    if let Ok(md) = std::fs::symlink_metadata(link) {
+        assert!(
+            md.file_type().is_symlink(),
+            "{HELPER_LINK} is a real file: not replacing it"
+        );
+        std::fs::remove_file(link).unwrap();
+    }
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(bin_dir().join("weftfs"), link).unwrap();
+    Installed(turn)
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER_LINK);
+    }
 }
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
         .args(args)
-        .env("PATH", path_env())
         .output()
         .unwrap_or_else(|e| panic!("{cmd}: {e}"))
 }
@@ -88,6 +109,7 @@ fn mount_point(tc: &TestCluster, name: &str) -> PathBuf {
 #[test]
 fn mount_t_fuse_weftfs_and_busy_umount() {
     require_fuse();
+    let _helper = install_weftfs();
     let tc = TestCluster::start(1, MIB);
     let addr = tc.mds_addr();
     let mnt = mount_point(&tc, "m");
@@ -136,6 +158,7 @@ fn mount_t_fuse_weftfs_and_busy_umount() {
 #[test]
 fn fstab_line_with_netdev() {
     require_fuse();
+    let _helper = install_weftfs();
     let tc = TestCluster::start(1, MIB);
     let addr = tc.mds_addr();
     let mnt = mount_point(&tc, "fstab-mnt");
