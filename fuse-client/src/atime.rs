@@ -112,10 +112,7 @@ mod tests {
             ..Default::default()
         };
         assert!(relatime_due(&a, 30));
-        let a = Attr {
-            atime: ts(30),
-            ..a
-        };
+        let a = Attr { atime: ts(30), ..a };
         assert!(!relatime_due(&a, 40));
         assert!(relatime_due(&a, 30 + DAY_SECS));
     }

@@ -12,8 +12,8 @@
 
 pub mod chunkds;
 pub mod committer;
-pub mod locks;
 pub mod config;
+pub mod locks;
 pub mod ns;
 pub mod placement;
 pub mod server;

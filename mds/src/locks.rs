@@ -248,7 +248,10 @@ mod tests {
         let (mut lt, now) = t();
         lt.set(now, 7, 1, 10, 0, E, F_RDLCK, 100).unwrap();
         lt.set(now, 7, 2, 20, 0, 99, F_RDLCK, 200).unwrap();
-        assert_eq!(lt.set(now, 7, 2, 20, 50, 60, F_WRLCK, 200), Err(Errno::EAGAIN));
+        assert_eq!(
+            lt.set(now, 7, 2, 20, 50, 60, F_WRLCK, 200),
+            Err(Errno::EAGAIN)
+        );
         let c = lt.test(now, 7, 3, 30, 0, 0, F_WRLCK).unwrap().unwrap();
         assert_eq!((c.session, c.pid), (1, 100));
         // Another file is independent; the same owner converts freely.
@@ -285,9 +288,6 @@ mod tests {
         lt.set(later, 3, 3, 1, 0, E, F_WRLCK, 1).unwrap();
         assert_eq!(lt.held(), 1);
         // A live session keeps its lock.
-        assert_eq!(
-            lt.set(later, 3, 4, 1, 0, E, F_RDLCK, 1),
-            Err(Errno::EAGAIN)
-        );
+        assert_eq!(lt.set(later, 3, 4, 1, 0, E, F_RDLCK, 1), Err(Errno::EAGAIN));
     }
 }

@@ -17,7 +17,14 @@ const MIB: u64 = 1 << 20;
 /// true if it succeeded.
 fn as_tests(dir: &Path, cmd: &str) -> bool {
     Command::new("setpriv")
-        .args(["--reuid=tests", "--regid=tests", "--clear-groups", "sh", "-c", cmd])
+        .args([
+            "--reuid=tests",
+            "--regid=tests",
+            "--clear-groups",
+            "sh",
+            "-c",
+            cmd,
+        ])
         .current_dir(dir)
         .status()
         .expect("setpriv")

@@ -82,7 +82,10 @@ fn two_mounts_exclude_each_other() {
         tx.send(()).unwrap();
         (r, t.elapsed(), b)
     });
-    assert!(rx.recv_timeout(Duration::from_millis(700)).is_err(), "F_SETLKW did not wait");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(700)).is_err(),
+        "F_SETLKW did not wait"
+    );
     drop(a);
     rx.recv_timeout(Duration::from_secs(10))
         .expect("F_SETLKW still waiting after the holder closed");
@@ -111,9 +114,11 @@ fn two_mounts_exclude_each_other() {
     drop(o1);
     // FUSE sends the release of a closed file asynchronously: the lock goes
     // a moment after close(2) returns.
-    wait_until("OFD lock released by the last close", Duration::from_secs(5), || {
-        lock(&o2, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).is_ok()
-    });
+    wait_until(
+        "OFD lock released by the last close",
+        Duration::from_secs(5),
+        || lock(&o2, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 0).is_ok(),
+    );
     drop(o2);
 
     // flock, whole file, on another file.
@@ -132,16 +137,19 @@ fn two_mounts_exclude_each_other() {
         libc::EWOULDBLOCK
     );
     drop(f2);
-    wait_until("flock released by the last close", Duration::from_secs(5), || {
-        flock(&f1, libc::LOCK_EX | libc::LOCK_NB).is_ok()
-    });
+    wait_until(
+        "flock released by the last close",
+        Duration::from_secs(5),
+        || flock(&f1, libc::LOCK_EX | libc::LOCK_NB).is_ok(),
+    );
 }
 
 #[test]
 fn a_dead_mounts_locks_expire() {
     let mut tc = TestCluster::start_with(1, |s| {
         s.chunk_size = Some(MIB);
-        s.mds_args.extend(["--lock-expiry-secs".to_string(), "2".to_string()]);
+        s.mds_args
+            .extend(["--lock-expiry-secs".to_string(), "2".to_string()]);
     });
     let m1 = tc.mount();
     let m2 = tc.mount();
@@ -162,7 +170,10 @@ fn a_dead_mounts_locks_expire() {
             Ok(_) => break,
             Err(e) => assert_eq!(e, libc::EAGAIN),
         }
-        assert!(t.elapsed() < Duration::from_secs(15), "the dead mount's lock never expired");
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the dead mount's lock never expired"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }

@@ -75,8 +75,7 @@ fn weftfs_pids(mnt: &Path) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        if args.first().is_some_and(|a| a.ends_with("weftfs")) && args.iter().any(|a| *a == want)
-        {
+        if args.first().is_some_and(|a| a.ends_with("weftfs")) && args.iter().any(|a| *a == want) {
             pids.push(pid);
         }
     }
@@ -117,20 +116,34 @@ fn mount_t_fuse_weftfs_and_busy_umount() {
     let m = mnt.to_str().unwrap();
 
     // An unknown option is refused, by name, and nothing is mounted.
-    let o = run("mount", &["-t", "fuse.weftfs", "-o", "no_such_opt", &addr, m]);
+    let o = run(
+        "mount",
+        &["-t", "fuse.weftfs", "-o", "no_such_opt", &addr, m],
+    );
     assert!(!o.status.success(), "mount with a bogus option succeeded");
-    assert!(text(&o).contains("no_such_opt"), "error does not name the option: {}", text(&o));
+    assert!(
+        text(&o).contains("no_such_opt"),
+        "error does not name the option: {}",
+        text(&o)
+    );
     assert!(!is_mounted(&mnt));
 
     let o = run("mount", &["-t", "fuse.weftfs", "-o", "noatime", &addr, m]);
-    assert!(o.status.success(), "mount -t fuse.weftfs failed: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "mount -t fuse.weftfs failed: {}",
+        text(&o)
+    );
     assert!(is_mounted(&mnt));
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     let line = mounts
         .lines()
         .find(|l| l.split(' ').nth(1) == Some(m))
         .expect("mount in /proc/self/mounts");
-    assert!(line.starts_with(&format!("{addr} {m} fuse.weftfs ")), "{line}");
+    assert!(
+        line.starts_with(&format!("{addr} {m} fuse.weftfs ")),
+        "{line}"
+    );
     std::fs::write(mnt.join("f"), b"through mount(8)").unwrap();
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
 
@@ -142,7 +155,11 @@ fn mount_t_fuse_weftfs_and_busy_umount() {
         .unwrap();
     let o = run("umount", &[m]);
     assert!(!o.status.success(), "umount of a busy mount succeeded");
-    assert!(text(&o).contains("busy"), "umount did not say busy: {}", text(&o));
+    assert!(
+        text(&o).contains("busy"),
+        "umount did not say busy: {}",
+        text(&o)
+    );
     assert!(is_mounted(&mnt));
     busy.kill().unwrap();
     busy.wait().unwrap();
@@ -150,9 +167,11 @@ fn mount_t_fuse_weftfs_and_busy_umount() {
     let o = run("umount", &[m]);
     assert!(o.status.success(), "umount failed: {}", text(&o));
     assert!(!is_mounted(&mnt));
-    wait_until("weftfs to exit after umount", Duration::from_secs(10), || {
-        weftfs_pids(&mnt).is_empty()
-    });
+    wait_until(
+        "weftfs to exit after umount",
+        Duration::from_secs(10),
+        || weftfs_pids(&mnt).is_empty(),
+    );
 }
 
 #[test]
@@ -178,7 +197,9 @@ fn fstab_line_with_netdev() {
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
     let o = run("umount", &[m]);
     assert!(o.status.success(), "umount failed: {}", text(&o));
-    wait_until("weftfs to exit after umount", Duration::from_secs(10), || {
-        weftfs_pids(&mnt).is_empty()
-    });
+    wait_until(
+        "weftfs to exit after umount",
+        Duration::from_secs(10),
+        || weftfs_pids(&mnt).is_empty(),
+    );
 }

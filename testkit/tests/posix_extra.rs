@@ -36,10 +36,22 @@ fn fallocate_modes_and_copy_file_range() {
     let mut want = data.clone();
 
     // Punch a hole across the first chunk boundary: zeros there, size kept.
-    falloc(&f, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, 1_000_000, 100_000).unwrap();
+    falloc(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        1_000_000,
+        100_000,
+    )
+    .unwrap();
     want[1_000_000..1_100_000].fill(0);
     // Zero a range with keep-size, then past the end without it (grows).
-    falloc(&f, libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, 5, 10).unwrap();
+    falloc(
+        &f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        5,
+        10,
+    )
+    .unwrap();
     want[5..15].fill(0);
     falloc(&f, libc::FALLOC_FL_ZERO_RANGE, 3 * MIB as i64 - 10, 20).unwrap();
     want[(3 * MIB - 10) as usize..].fill(0);
@@ -53,24 +65,46 @@ fn fallocate_modes_and_copy_file_range() {
         falloc(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
         Err(libc::EOPNOTSUPP)
     );
-    assert_eq!(falloc(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 10), Err(libc::EOPNOTSUPP));
+    assert_eq!(
+        falloc(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 10),
+        Err(libc::EOPNOTSUPP)
+    );
     drop(f);
     assert_eq!(fs::read(&p).unwrap(), want);
 
     // copy_file_range within the mount (and within one file).
     let src = File::open(&p).unwrap();
-    let dst = OpenOptions::new().write(true).create(true).truncate(true).open(m.join("g")).unwrap();
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join("g"))
+        .unwrap();
     let (mut off_in, mut off_out) = (100i64, 0i64);
     let mut left = 2 * MIB as usize;
     while left > 0 {
         let n = unsafe {
-            libc::copy_file_range(src.as_raw_fd(), &mut off_in, dst.as_raw_fd(), &mut off_out, left, 0)
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                left,
+                0,
+            )
         };
-        assert!(n > 0, "copy_file_range: {}", std::io::Error::last_os_error());
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
         left -= n as usize;
     }
     drop(dst);
-    assert_eq!(fs::read(m.join("g")).unwrap(), want[100..100 + 2 * MIB as usize]);
+    assert_eq!(
+        fs::read(m.join("g")).unwrap(),
+        want[100..100 + 2 * MIB as usize]
+    );
 }
 
 #[test]
@@ -100,9 +134,11 @@ fn unlinked_while_open_lives_until_last_close() {
     assert_eq!(back, want);
     drop(f);
     // Last close: the chunks are freed on the daemons.
-    wait_until("chunks freed after the last close", Duration::from_secs(20), || {
-        bytes_under(&chunks_dir, ".chunk") < MIB / 2
-    });
+    wait_until(
+        "chunks freed after the last close",
+        Duration::from_secs(20),
+        || bytes_under(&chunks_dir, ".chunk") < MIB / 2,
+    );
 }
 
 fn atime(p: &Path) -> (i64, i64) {
@@ -133,16 +169,24 @@ fn atime_relatime_noatime_strictatime() {
 
     // relatime: the first read after a write moves atime, the next does not.
     read(&rel.join("f"));
-    wait_until("relatime update", Duration::from_secs(5), || atime(&rel.join("f")) > t0);
+    wait_until("relatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t0
+    });
     let t1 = atime(&rel.join("f"));
     let ctime = fs::metadata(rel.join("f")).unwrap().ctime_nsec();
     std::thread::sleep(Duration::from_millis(50));
     read(&rel.join("f"));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(atime(&rel.join("f")), t1);
-    assert_eq!(fs::metadata(rel.join("f")).unwrap().ctime_nsec(), ctime, "atime moved ctime");
+    assert_eq!(
+        fs::metadata(rel.join("f")).unwrap().ctime_nsec(),
+        ctime,
+        "atime moved ctime"
+    );
 
     // strictatime: every read.
     read(&strict.join("f"));
-    wait_until("strictatime update", Duration::from_secs(5), || atime(&rel.join("f")) > t1);
+    wait_until("strictatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t1
+    });
 }

@@ -68,6 +68,9 @@ mod tests {
         assert!(relatime_due(t(10), t(20), t(20), t(30)));
         assert!(!relatime_due(t(30), t(20), t(20), t(40)));
         assert!(relatime_due(t(30), t(20), t(20), t(30 + DAY_SECS)));
-        assert!(relatime_due(t(20), t(20), t(10), t(21)), "equal to mtime is due");
+        assert!(
+            relatime_due(t(20), t(20), t(10), t(21)),
+            "equal to mtime is due"
+        );
     }
 }
