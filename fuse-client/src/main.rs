@@ -31,6 +31,7 @@ mod mount;
 mod open_files;
 mod options;
 mod read_path;
+mod remount;
 mod write_path;
 mod writeback;
 
@@ -85,6 +86,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cli.opts.remount {
+        if let Err(e) = remount::remount(&cli.mountpoint, &cli.opts) {
+            eprintln!("weftfs: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let ready = if cli.foreground {
         None
     } else {

@@ -15,7 +15,6 @@ use std::time::Duration;
 /// Generic mount(8)/fstab options that mean nothing to a FUSE file system (or
 /// that the kernel already applied) and are accepted silently.
 pub const IGNORED: &[&str] = &[
-    "rw",
     "norelatime",
     "nostrictatime",
     "lazytime",
@@ -69,6 +68,8 @@ pub struct MountOpts {
     pub allow_other: bool,
     pub allow_root: bool,
     pub noatime: bool,
+    /// Change an existing mount's flags (mount -o remount,ro|rw) and exit.
+    pub remount: bool,
     /// When reads update atime: relatime (default), strictatime or noatime.
     pub atime: crate::atime::AtimeMode,
     pub fsname: Option<String>,
@@ -91,6 +92,7 @@ impl Default for MountOpts {
             allow_root: false,
             noatime: false,
             atime: crate::atime::AtimeMode::Relatime,
+            remount: false,
             fsname: None,
             subtype: None,
             nosubtype: false,
@@ -156,6 +158,8 @@ flags:
 
 options honoured:
   ro                   read-only mount
+  remount              with ro or rw: change the existing mount at MOUNTPOINT
+                       (mount -o remount,ro) instead of mounting
   allow_other          let users other than the mounter use the mount
   allow_root           let root (and the mounter) use the mount
   default_permissions  kernel permission checks (always on)
@@ -174,10 +178,11 @@ options honoured:
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
 
-options ignored (generic mount options): rw norelatime nostrictatime
+options ignored (generic mount options): norelatime nostrictatime
   lazytime diratime nodiratime dev nodev suid nosuid exec noexec defaults
   nofail _netdev auto noauto user nouser users owner group async sync dirsync,
-  and comment= / x-* annotations. Any other option is an error (exit code 2).
+  the FUSE kernel options user_id= group_id= rootmode= max_read= blksize=
+  (weftfs sets them), and comment= / x-* annotations. Any other option is an error (exit code 2).
 ";
 
 /// Parses argv (without the program name).
@@ -321,6 +326,19 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             flag(value)?;
             opts.noatime = false;
             opts.atime = crate::atime::AtimeMode::Relatime;
+        }
+        // The FUSE kernel options weftfs sets itself; mount(8) passes them
+        // back from /proc/self/mountinfo on a remount.
+        "user_id" | "group_id" | "rootmode" | "max_read" | "blksize" => {
+            need(value)?;
+        }
+        "remount" => {
+            flag(value)?;
+            opts.remount = true;
+        }
+        "rw" => {
+            flag(value)?;
+            opts.ro = false;
         }
         "strictatime" => {
             flag(value)?;

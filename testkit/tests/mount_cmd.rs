@@ -11,39 +11,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use weft_testkit::{bin_dir, is_mounted, require_fuse, wait_until, TestCluster};
+use weft_testkit::{install_weftfs, is_mounted, require_fuse, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-const HELPER_LINK: &str = "/usr/local/sbin/weftfs";
-static TURN: Mutex<()> = Mutex::new(());
-
-/// Puts this build's weftfs where mount.fuse3's shell finds it; removed on drop.
-struct Installed(#[allow(dead_code)] MutexGuard<'static, ()>);
-
-fn install_weftfs() -> Installed {
-    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
-    let link = Path::new(HELPER_LINK);
-    if let Ok(md) = std::fs::symlink_metadata(link) {
-        assert!(
-            md.file_type().is_symlink(),
-            "{HELPER_LINK} is a real file: not replacing it"
-        );
-        std::fs::remove_file(link).unwrap();
-    }
-    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
-    std::os::unix::fs::symlink(bin_dir().join("weftfs"), link).unwrap();
-    Installed(turn)
-}
-
-impl Drop for Installed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(HELPER_LINK);
-    }
-}
 
 fn run(cmd: &str, args: &[&str]) -> Output {
     Command::new(cmd)
@@ -146,6 +118,17 @@ fn mount_t_fuse_weftfs_and_busy_umount() {
     );
     std::fs::write(mnt.join("f"), b"through mount(8)").unwrap();
     assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
+
+    // Remount read-only and back, through the same helper.
+    let o = run("mount", &["-o", "remount,ro", m]);
+    assert!(o.status.success(), "remount,ro failed: {}", text(&o));
+    let e = std::fs::write(mnt.join("g"), b"no").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::read(mnt.join("f")).unwrap(), b"through mount(8)");
+    let o = run("mount", &["-o", "remount,rw", m]);
+    assert!(o.status.success(), "remount,rw failed: {}", text(&o));
+    std::fs::write(mnt.join("g"), b"yes").unwrap();
+    assert_eq!(weftfs_pids(&mnt).len(), 1, "remount started another weftfs");
 
     // Busy: a process has its working directory in the mount.
     let mut busy = Command::new("sleep")
