@@ -22,6 +22,18 @@ use weft_testkit::{install_weftfs, require_fuse, TestCluster};
 const MIB: u64 = 1 << 20;
 const FSX_FIXED_SEED: u64 = 20261122;
 
+/// A cluster for the suites: failure detection is not what they test, so a
+/// chunk daemon is declared dead only after 10 s of silence (the harness's
+/// 1.5 s is too short on a loaded 2-core machine, where a late heartbeat
+/// would make a replica vanish and an mmap read fail with SIGBUS).
+fn cluster() -> TestCluster {
+    TestCluster::start_with(3, |s| {
+        s.chunk_size = Some(MIB);
+        s.heartbeat_ms = Some(500);
+        s.dead_after_ms = Some(10_000);
+    })
+}
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -125,7 +137,7 @@ fn pjdfstest_suite() {
     let pjd = tool("pjdfstest");
     // The erofs cases remount read-only with `mount -o remount,ro`.
     let _helper = install_weftfs();
-    let mut tc = TestCluster::start(3, MIB);
+    let mut tc = cluster();
     open_up(tc.tmp.path());
     let m = tc.mount_with(&["allow_other"]);
     // A second, distinct file system for the cross-device (EXDEV) cases.
@@ -267,7 +279,7 @@ fn fsx_fixed_and_random_seed() {
         .unwrap_or_else(|| rand::random::<u32>() as u64);
     println!("fsx: {ops} operations, fixed seed {FSX_FIXED_SEED}, random seed {random_seed} (replay with WEFT_FSX_SEED={random_seed})");
 
-    let mut tc = TestCluster::start(3, MIB);
+    let mut tc = cluster();
     let m = tc.mount();
     let art = tc.tmp.path().join("fsx-artifacts");
     let t = Instant::now();
