@@ -454,8 +454,20 @@ mod tests {
         let e = parse_args(["h:1", "m", "-o", "frobnicate"]).unwrap_err();
         assert_eq!(e, ArgError::UnknownOption("frobnicate".into()));
         // A generic flag given a value is not the generic flag.
+        let e = parse_args(["h:1", "m", "-o", "dev=1"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("dev".into()));
+        // rw is honoured (it undoes an earlier ro) and takes no value.
         let e = parse_args(["h:1", "m", "-o", "rw=1"]).unwrap_err();
-        assert_eq!(e, ArgError::UnknownOption("rw".into()));
+        assert!(e.to_string().contains("'rw'"), "{e}");
+        assert!(!run(&["h:1", "m", "-o", "ro,rw"]).opts.ro);
+        // remount, and the FUSE kernel options mount(8) passes back with it.
+        let c = run(&[
+            "h:1",
+            "m",
+            "-o",
+            "remount,ro,user_id=0,group_id=0,rootmode=40000",
+        ]);
+        assert!(c.opts.remount && c.opts.ro);
     }
 
     #[test]
