@@ -81,6 +81,7 @@ const WAIT_MIN: Duration = Duration::from_millis(5);
 const WAIT_MAX: Duration = Duration::from_millis(200);
 
 impl Weft {
+    #[allow(clippy::too_many_arguments)]
     pub async fn getlk(
         &self,
         c: &Caller,
@@ -128,7 +129,7 @@ impl Weft {
         };
         let mut wait = WAIT_MIN;
         loop {
-            match self.mds.empty(c, Op::Setlk(req.clone())).await {
+            match self.mds.empty(c, Op::Setlk(req)).await {
                 Err(e) if e == Errno::EAGAIN && sleep => {
                     if signal_pending(c.pid) {
                         return Err(Errno(libc::EINTR));
@@ -137,7 +138,7 @@ impl Weft {
                     wait = (wait * 2).min(WAIT_MAX);
                 }
                 Ok(()) => {
-                    if typ != libc::F_UNLCK as i32 {
+                    if typ != libc::F_UNLCK {
                         self.held_locks.took(ino, fh, owner);
                     }
                     return Ok(());

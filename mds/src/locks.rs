@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 
 use weft_proto::Errno;
 
-pub const F_RDLCK: i32 = libc::F_RDLCK as i32;
-pub const F_WRLCK: i32 = libc::F_WRLCK as i32;
-pub const F_UNLCK: i32 = libc::F_UNLCK as i32;
+pub const F_RDLCK: i32 = libc::F_RDLCK;
+pub const F_WRLCK: i32 = libc::F_WRLCK;
+pub const F_UNLCK: i32 = libc::F_UNLCK;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lock {
@@ -87,6 +87,7 @@ impl LockTable {
 
     /// F_GETLK: the first lock that would block (session, owner) from taking
     /// `typ` over [start, end], if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn test(
         &mut self,
         now: Instant,

@@ -47,7 +47,7 @@ fn weftfs_pids(mnt: &Path) -> Vec<i32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        if args.first().is_some_and(|a| a.ends_with("weftfs")) && args.iter().any(|a| *a == want) {
+        if args.first().is_some_and(|a| a.ends_with("weftfs")) && args.contains(&want) {
             pids.push(pid);
         }
     }

@@ -42,7 +42,7 @@ pub fn is_acl_name(name: &[u8]) -> bool {
 /// Decodes and validates (`posix_acl_from_xattr` + `posix_acl_valid`); EINVAL
 /// for anything malformed.
 pub fn parse(v: &[u8]) -> Result<Vec<Entry>, Errno> {
-    if v.len() < 4 || (v.len() - 4) % 8 != 0 {
+    if v.len() < 4 || !(v.len() - 4).is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     if u32::from_le_bytes(v[0..4].try_into().unwrap()) != VERSION {
