@@ -86,9 +86,11 @@ impl Weft {
                 atime_update: how,
                 ..Default::default()
             };
-            match w.mds.attr(&c, Op::Setattr(req)).await {
-                Ok(a) => w.attrs.put(&a),
-                Err(e) => tracing::debug!(ino, error = %e, "atime update failed"),
+            // The reply is not cached: it may predate a write this client
+            // committed meanwhile, and a stale (smaller) size in the cache
+            // would make a read short, which the kernel takes as EOF.
+            if let Err(e) = w.mds.attr(&c, Op::Setattr(req)).await {
+                tracing::debug!(ino, error = %e, "atime update failed");
             }
             w.atime.in_flight.lock().remove(&ino);
         });
