@@ -39,6 +39,8 @@ pub struct ClusterSpec {
     pub lease_ms: Option<u64>,
     /// Chunk daemons' `--scrub-interval` (seconds).
     pub scrub_interval: Option<u64>,
+    /// Further weft-mds flags (e.g. `--lock-expiry-secs 2` in tests).
+    pub mds_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -57,6 +59,7 @@ impl ClusterSpec {
             capacities: Vec::new(),
             lease_ms: None,
             scrub_interval: None,
+            mds_args: Vec::new(),
         }
     }
 }
@@ -268,6 +271,7 @@ impl LocalCluster {
         if let Some(l) = self.spec.lease_ms {
             args.extend(["--lease-ms".into(), l.to_string()]);
         }
+        args.extend(self.spec.mds_args.iter().cloned());
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;

@@ -43,6 +43,10 @@ pub struct Weft {
     /// failures (the MDS drops a dead daemon from pipelines only once it has
     /// missed heartbeats for a while).
     pub write_retry_budget: Duration,
+    /// Which lock owners hold advisory locks through this mount (locks.rs).
+    pub held_locks: crate::locks::HeldLocks,
+    /// The mount's atime policy (atime.rs).
+    pub atime: crate::atime::Atime,
 }
 
 /// Arguments of setattr that map onto SetAttrReq.
@@ -54,6 +58,8 @@ pub struct SetAttrArgs {
     pub size: Option<u64>,
     pub atime: Option<fuser::TimeOrNow>,
     pub mtime: Option<fuser::TimeOrNow>,
+    /// Through an open descriptor (ftruncate, futimens): see SetAttrReq.has_fh.
+    pub has_fh: bool,
 }
 
 impl Weft {
@@ -116,6 +122,8 @@ impl Weft {
             attr_ttl: opts.attr_timeout,
             entry_ttl: opts.entry_timeout,
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
+            held_locks: Default::default(),
+            atime: crate::atime::Atime::new(opts.atime),
         }))
     }
 
@@ -174,6 +182,8 @@ impl Weft {
             size: args.size,
             atime: args.atime.map(time_set),
             mtime: args.mtime.map(time_set),
+            has_fh: args.has_fh,
+            atime_update: 0,
         };
         let a = match args.size {
             Some(size) => self.truncate(c, ino, size, req).await?,
@@ -329,7 +339,10 @@ impl Weft {
             value,
             flags,
         });
-        self.mds.empty(c, op).await
+        let r = self.mds.empty(c, op).await;
+        // An access ACL moves the mode bits; xattr changes move ctime.
+        self.attrs.invalidate(ino);
+        r
     }
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
@@ -477,16 +490,12 @@ pub fn check_name(name: &[u8]) -> Result<(), Errno> {
     }
 }
 
-/// POSIX ACLs are not supported (as on ext4 mounted `noacl`): their xattrs
-/// are refused rather than stored opaquely, because a stored ACL would not
-/// change the mode bits and tools such as `cp -a` set modes through them.
-const ACL_XATTRS: [&[u8]; 2] = [b"system.posix_acl_access", b"system.posix_acl_default"];
-
+/// POSIX ACLs (system.posix_acl_*) pass through: the MDS validates and
+/// stores them, keeps the mode in step, and enforces them (the kernel too,
+/// with FUSE_POSIX_ACL).
 fn check_xattr_name(name: &[u8]) -> Result<(), Errno> {
     if name.is_empty() || name.len() > 255 {
         Err(Errno::ERANGE)
-    } else if ACL_XATTRS.contains(&name) {
-        Err(Errno::ENOTSUP)
     } else {
         Ok(())
     }
@@ -538,14 +547,7 @@ mod tests {
         assert!(join_names(&[]).is_empty());
         assert_eq!(check_xattr_name(b"user.x"), Ok(()));
         assert_eq!(check_xattr_name(b""), Err(Errno::ERANGE));
-        assert_eq!(
-            check_xattr_name(b"system.posix_acl_access"),
-            Err(Errno::ENOTSUP)
-        );
-        assert_eq!(
-            check_xattr_name(b"system.posix_acl_default"),
-            Err(Errno::ENOTSUP)
-        );
+        assert_eq!(check_xattr_name(b"system.posix_acl_access"), Ok(()));
     }
 
     #[test]

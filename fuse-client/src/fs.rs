@@ -94,6 +94,13 @@ impl Filesystem for WeftFs {
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_ASYNC_DIO,
+            // Locks go to the MDS (locks.rs), so mounts exclude each other.
+            InitFlags::FUSE_POSIX_LOCKS,
+            // ACLs: the kernel enforces them and leaves the umask to us (the
+            // MDS applies it only where no default ACL is inherited).
+            InitFlags::FUSE_POSIX_ACL,
+            InitFlags::FUSE_DONT_MASK,
+            InitFlags::FUSE_FLOCK_LOCKS,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");
@@ -153,7 +160,7 @@ impl Filesystem for WeftFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
@@ -167,6 +174,7 @@ impl Filesystem for WeftFs {
             size,
             atime,
             mtime,
+            has_fh: fh.is_some(),
         };
         self.spawn(req, move |w, c| async move {
             match w.setattr(&c, ino.0, args).await {
@@ -329,7 +337,10 @@ impl Filesystem for WeftFs {
     ) {
         self.spawn(req, move |w, c| async move {
             match w.read(&c, ino.0, offset, size).await {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    reply.data(&d);
+                    w.touch_atime(&c, ino.0);
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -368,10 +379,14 @@ impl Filesystem for WeftFs {
         req: &Request,
         ino: INodeNo,
         fh: FileHandle,
-        _lock_owner: LockOwner,
+        lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |w, _c| async move {
+        self.spawn(req, move |w, c| async move {
+            // POSIX: closing any descriptor drops the process's locks on the file.
+            if let Err(e) = w.unlock_on_flush(&c, ino.0, lock_owner.0).await {
+                tracing::warn!(ino = ino.0, error = %e, "releasing locks at close failed");
+            }
             empty(reply, w.flush_handle(ino.0, fh.0).await)
         });
     }
@@ -382,11 +397,16 @@ impl Filesystem for WeftFs {
         ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         self.spawn(req, move |w, c| async move {
+            // The kernel names the owner when the file held a flock.
+            let owner = lock_owner.map(|o| o.0);
+            if let Err(e) = w.unlock_on_release(&c, ino.0, fh.0, owner).await {
+                tracing::warn!(ino = ino.0, error = %e, "releasing locks failed");
+            }
             empty(reply, w.release(&c, ino.0, fh.0).await)
         });
     }
@@ -431,7 +451,12 @@ impl Filesystem for WeftFs {
                 })
                 .await;
             match r {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    reply.ok();
+                    if offset == 0 {
+                        w.touch_atime(&c, ino.0);
+                    }
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -462,7 +487,12 @@ impl Filesystem for WeftFs {
                 })
                 .await;
             match r {
-                Ok(()) => reply.ok(),
+                Ok(()) => {
+                    reply.ok();
+                    if offset == 0 {
+                        w.touch_atime(&c, ino.0);
+                    }
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -596,6 +626,71 @@ impl Filesystem for WeftFs {
     ) {
         self.spawn(req, move |w, c| async move {
             empty(reply, w.fallocate(&c, ino.0, offset, length, mode).await)
+        });
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        ino_in: INodeNo,
+        _fh_in: FileHandle,
+        offset_in: u64,
+        ino_out: INodeNo,
+        _fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            let r = w
+                .copy_file_range(&c, ino_in.0, offset_in, ino_out.0, offset_out, len)
+                .await;
+            match r {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn getlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            match w.getlk(&c, ino.0, lock_owner.0, start, end, typ, pid).await {
+                Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(req, move |w, c| async move {
+            let r = w
+                .setlk(&c, ino.0, lock_owner.0, start, end, typ, pid, sleep, fh.0)
+                .await;
+            empty(reply, r)
         });
     }
 }

@@ -11,6 +11,7 @@
 //! 6. serve until unmounted (`umount`, `fusermount3 -u`, SIGTERM/SIGINT),
 //!    store all buffered data, exit 0.
 
+mod atime;
 mod cache;
 mod caller;
 mod chunk_io;
@@ -20,7 +21,9 @@ mod client_tests;
 mod convert;
 mod daemon;
 mod errno;
+mod fallocate;
 mod fs;
+mod locks;
 mod mds_client;
 #[cfg(test)]
 mod mock_cluster;
@@ -28,6 +31,7 @@ mod mount;
 mod open_files;
 mod options;
 mod read_path;
+mod remount;
 mod tuning;
 mod write_path;
 mod writeback;
@@ -83,6 +87,13 @@ fn main() {
             std::process::exit(1);
         }
     };
+    if cli.opts.remount {
+        if let Err(e) = remount::remount(&cli.mountpoint, &cli.opts) {
+            eprintln!("weftfs: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let ready = if cli.foreground {
         None
     } else {
@@ -224,6 +235,7 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
     let w = rt.block_on(async {
         let w = client::Weft::connect(&cli.mds_addr, &cli.opts, PROBE_BUDGET).await?;
         w.start_periodic_flusher();
+        w.start_keepalive();
         Ok::<_, String>(w)
     })?;
     if stopper.lock().requested {
@@ -267,6 +279,9 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
         let _ = nix::mount::umount2(&cli.mountpoint, nix::mount::MntFlags::MNT_DETACH);
     }
     let flushed = rt.block_on(w.flush_all());
+    if let Err(e) = rt.block_on(w.release_all_locks()) {
+        tracing::warn!(error = %e, "could not release this mount's locks (they expire at the MDS)");
+    }
     rt.shutdown_timeout(Duration::from_secs(2));
     r.map_err(|e| format!("FUSE session failed: {e}"))?;
     flushed.map_err(|e| format!("some written data could not be stored: {e}"))

@@ -62,6 +62,11 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::Listxattr(_)
             | Op::Statfs(_)
             | Op::GetChunks(_)
+            // Locks live outside the journal; retrying one is harmless.
+            | Op::Setlk(_)
+            | Op::Getlk(_)
+            | Op::ReleaseLocks(_)
+            | Op::Keepalive(_)
     )
 }
 
@@ -270,6 +275,7 @@ fn unexpected(r: &R) -> Errno {
         R::Chunks(_) => "chunks",
         R::ChunkWrite(_) => "chunk_write",
         R::Empty(_) => "empty",
+        R::Lock(_) => "lock",
     };
     tracing::warn!(kind, "MDS reply of an unexpected kind");
     Errno::EIO

@@ -15,14 +15,10 @@ use std::time::Duration;
 /// Generic mount(8)/fstab options that mean nothing to a FUSE file system (or
 /// that the kernel already applied) and are accepted silently.
 pub const IGNORED: &[&str] = &[
-    "rw",
-    "relatime",
     "norelatime",
-    "strictatime",
     "nostrictatime",
     "lazytime",
     "nolazytime",
-    "atime",
     "diratime",
     "nodiratime",
     "dev",
@@ -72,6 +68,10 @@ pub struct MountOpts {
     pub allow_other: bool,
     pub allow_root: bool,
     pub noatime: bool,
+    /// Change an existing mount's flags (mount -o remount,ro|rw) and exit.
+    pub remount: bool,
+    /// When reads update atime: relatime (default), strictatime or noatime.
+    pub atime: crate::atime::AtimeMode,
     pub fsname: Option<String>,
     pub subtype: Option<String>,
     /// Mount as plain `fuse` instead of `fuse.<subtype>`.
@@ -93,6 +93,8 @@ impl Default for MountOpts {
             allow_other: false,
             allow_root: false,
             noatime: false,
+            atime: crate::atime::AtimeMode::Relatime,
+            remount: false,
             fsname: None,
             subtype: None,
             nosubtype: false,
@@ -159,9 +161,14 @@ flags:
 
 options honoured:
   ro                   read-only mount
+  remount              with ro or rw: change the existing mount at MOUNTPOINT
+                       (mount -o remount,ro) instead of mounting
   allow_other          let users other than the mounter use the mount
   allow_root           let root (and the mounter) use the mount
   default_permissions  kernel permission checks (always on)
+  relatime             update access times on read when they are older than
+                       the last change, or a day old (the default)
+  strictatime          update access times on every read
   noatime              do not update access times
   fsname=NAME          mount source shown in /proc/mounts (default: MDS_ADDR)
   subtype=NAME         file system type fuse.NAME (default: weftfs)
@@ -175,10 +182,11 @@ options honoured:
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
 
-options ignored (generic mount options): rw relatime norelatime strictatime
-  lazytime atime diratime nodiratime dev nodev suid nosuid exec noexec defaults
+options ignored (generic mount options): norelatime nostrictatime
+  lazytime diratime nodiratime dev nodev suid nosuid exec noexec defaults
   nofail _netdev auto noauto user nouser users owner group async sync dirsync,
-  and comment= / x-* annotations. Any other option is an error (exit code 2).
+  the FUSE kernel options user_id= group_id= rootmode= max_read= blksize=
+  (weftfs sets them), and comment= / x-* annotations. Any other option is an error (exit code 2).
 ";
 
 /// Parses argv (without the program name).
@@ -315,7 +323,31 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "default_permissions" => flag(value)?,
         "noatime" => {
             flag(value)?;
-            opts.noatime = true
+            opts.noatime = true;
+            opts.atime = crate::atime::AtimeMode::Never;
+        }
+        "relatime" | "atime" => {
+            flag(value)?;
+            opts.noatime = false;
+            opts.atime = crate::atime::AtimeMode::Relatime;
+        }
+        // The FUSE kernel options weftfs sets itself; mount(8) passes them
+        // back from /proc/self/mountinfo on a remount.
+        "user_id" | "group_id" | "rootmode" | "max_read" | "blksize" => {
+            need(value)?;
+        }
+        "remount" => {
+            flag(value)?;
+            opts.remount = true;
+        }
+        "rw" => {
+            flag(value)?;
+            opts.ro = false;
+        }
+        "strictatime" => {
+            flag(value)?;
+            opts.noatime = false;
+            opts.atime = crate::atime::AtimeMode::Strict;
         }
         "nosubtype" => {
             flag(value)?;
@@ -433,8 +465,20 @@ mod tests {
         let e = parse_args(["h:1", "m", "-o", "frobnicate"]).unwrap_err();
         assert_eq!(e, ArgError::UnknownOption("frobnicate".into()));
         // A generic flag given a value is not the generic flag.
+        let e = parse_args(["h:1", "m", "-o", "dev=1"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("dev".into()));
+        // rw is honoured (it undoes an earlier ro) and takes no value.
         let e = parse_args(["h:1", "m", "-o", "rw=1"]).unwrap_err();
-        assert_eq!(e, ArgError::UnknownOption("rw".into()));
+        assert!(e.to_string().contains("'rw'"), "{e}");
+        assert!(!run(&["h:1", "m", "-o", "ro,rw"]).opts.ro);
+        // remount, and the FUSE kernel options mount(8) passes back with it.
+        let c = run(&[
+            "h:1",
+            "m",
+            "-o",
+            "remount,ro,user_id=0,group_id=0,rootmode=40000",
+        ]);
+        assert!(c.opts.remount && c.opts.ro);
     }
 
     #[test]

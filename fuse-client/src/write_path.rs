@@ -576,35 +576,6 @@ impl Weft {
                 chunk_errno(&s)
             })
     }
-
-    /// fallocate mode 0 (allocate, extend the size): weft allocates chunks on
-    /// write, so extending the size is all there is to do. Other modes
-    /// (punch hole, keep size, zero range, ...) are not supported.
-    pub async fn fallocate(
-        self: &Arc<Self>,
-        c: &Caller,
-        ino: u64,
-        offset: u64,
-        length: u64,
-        mode: i32,
-    ) -> Result<(), Errno> {
-        if mode != 0 {
-            return Err(Errno::ENOTSUP);
-        }
-        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
-        let cur = self.mds.getattr(c, ino).await?.size;
-        let local = self.files.size_override(ino).unwrap_or(0);
-        if end > cur.max(local) {
-            let req = SetAttrReq {
-                ino,
-                size: Some(end),
-                ..Default::default()
-            };
-            let a = self.truncate(c, ino, end, req).await?;
-            self.attrs.put(&a);
-        }
-        Ok(())
-    }
 }
 
 /// The replica a failed chunk write names (deepest in the pipeline), or the

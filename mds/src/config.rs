@@ -50,6 +50,10 @@ pub struct Config {
     /// Re-replication copies in flight at once over the whole cluster.
     #[arg(long, default_value_t = 8)]
     pub repair_parallel: usize,
+    /// A client session silent for this long (weftfs sends a keepalive every
+    /// few seconds) loses its advisory locks, in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub lock_expiry_secs: u64,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -17,6 +17,7 @@ pub mod chunkds;
 pub mod committer;
 pub mod config;
 pub mod leases;
+pub mod locks;
 pub mod ns;
 pub mod placement;
 pub mod repair;

@@ -139,6 +139,9 @@ pub async fn run(
             cfg.min_replicas,
         )),
         repair: Default::default(),
+        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
+            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
+        ))),
     };
     crate::repair::spawn(
         mds.clone(),

@@ -28,6 +28,8 @@ pub struct Mds {
     pub leases: Arc<crate::leases::Leases>,
     /// Re-replication progress (repair.rs).
     pub repair: Arc<crate::repair::RepairStats>,
+    /// Advisory locks (issue3): in memory only, see locks.rs.
+    pub locks: Arc<Mutex<crate::locks::LockTable>>,
 }
 
 impl Mds {
@@ -40,6 +42,9 @@ impl Mds {
             | Op::Getxattr(_)
             | Op::Listxattr(_) => self.state.read().await.ns.read(&caller, &op),
             Op::Statfs(_) => Ok(self.statfs().await),
+            Op::Setlk(_) | Op::Getlk(_) | Op::ReleaseLocks(_) | Op::Keepalive(_) => {
+                self.lock_op(session, op)
+            }
             Op::GetChunks(g) => self.get_chunks(g).await,
             Op::Release(r) => {
                 self.committer
@@ -75,6 +80,49 @@ impl Mds {
                 done,
             })
             .await
+    }
+
+    /// Advisory locks: answered from the in-memory table, never journaled.
+    fn lock_op(&self, session: u64, op: Op) -> Outcome {
+        let now = std::time::Instant::now();
+        let mut t = self.locks.lock();
+        match op {
+            Op::Setlk(l) => {
+                t.set(now, l.ino, session, l.owner, l.start, l.end, l.typ, l.pid)?;
+                Ok(Reply::Empty(pb::Empty {}))
+            }
+            Op::Getlk(l) => {
+                let c = t.test(now, l.ino, session, l.owner, l.start, l.end, l.typ)?;
+                Ok(Reply::Lock(match c {
+                    Some(c) => pb::LockInfo {
+                        typ: if c.write {
+                            crate::locks::F_WRLCK
+                        } else {
+                            crate::locks::F_RDLCK
+                        },
+                        start: c.start,
+                        end: c.end,
+                        pid: c.pid,
+                    },
+                    None => pb::LockInfo {
+                        typ: crate::locks::F_UNLCK,
+                        ..Default::default()
+                    },
+                }))
+            }
+            Op::ReleaseLocks(r) => {
+                if r.all {
+                    t.release(session, None, None);
+                } else {
+                    t.release(session, Some(r.ino), Some(r.owner));
+                }
+                Ok(Reply::Empty(pb::Empty {}))
+            }
+            _ => {
+                t.touch(session, now);
+                Ok(Reply::Empty(pb::Empty {}))
+            }
+        }
     }
 
     async fn statfs(&self) -> Reply {

@@ -172,3 +172,36 @@ pub fn sh(dir: &Path, script: &str) -> String {
     );
     stdout
 }
+
+/// Where mount(8)'s helpers find `weftfs`: mount.fuse3 runs it through
+/// /bin/sh with no PATH, so sh's default path applies.
+const HELPER_LINK: &str = "/usr/local/sbin/weftfs";
+static HELPER_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// While alive, /usr/local/sbin/weftfs is a symlink to the weftfs under test,
+/// so `mount -t fuse.weftfs` and `mount -o remount` run this build. Tests in
+/// one process take turns; a regular file at that path is never replaced.
+pub struct WeftfsInstalled {
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+pub fn install_weftfs() -> WeftfsInstalled {
+    let turn = HELPER_TURN.lock().unwrap_or_else(|e| e.into_inner());
+    let link = Path::new(HELPER_LINK);
+    if let Ok(md) = std::fs::symlink_metadata(link) {
+        assert!(
+            md.file_type().is_symlink(),
+            "{HELPER_LINK} is a real file: not replacing it"
+        );
+        std::fs::remove_file(link).unwrap();
+    }
+    std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(bin("weftfs"), link).unwrap();
+    WeftfsInstalled { _turn: turn }
+}
+
+impl Drop for WeftfsInstalled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(HELPER_LINK);
+    }
+}

@@ -18,6 +18,7 @@
 //!
 //! Semantics follow ext4 on Linux; the ops live in `ops/`, one file per family.
 
+mod acl;
 mod dir;
 mod inode;
 mod ops;
@@ -235,6 +236,12 @@ impl Namespace {
                 kill_privs,
                 now,
             } => self.apply_commit_write(*ino, *end, *kill_privs, *now),
+            Record::SetAcl {
+                ino,
+                value,
+                mode,
+                now,
+            } => self.apply_set_acl(*ino, value.as_deref(), *mode, *now),
             Record::Purge { ino } => {
                 match self.inodes.get(ino) {
                     Some(i) if i.nlink == 0 => freed = self.purge_inode(*ino),

@@ -34,12 +34,20 @@ impl Caller {
     }
 }
 
-/// `generic_permission`: owner bits if the caller owns the inode, else group
-/// bits if in its group, else other bits. Root passes everything except
+/// `generic_permission`: the access ACL if there is one (acl.rs), else owner
+/// bits if the caller owns the inode, else group bits if in its group, else
+/// other bits. Root passes everything except
 /// execute on a non-directory with no x bit at all.
 pub fn may_access(inode: &Inode, caller: &Caller, mask: u32) -> bool {
     if caller.is_root() {
         return mask & MAY_EXEC == 0 || inode.is_dir() || inode.mode & 0o111 != 0;
+    }
+    if let Some(acl) = inode
+        .xattrs
+        .get(super::acl::ACCESS)
+        .and_then(|v| super::acl::parse(v).ok())
+    {
+        return super::acl::permits(&acl, inode, caller, mask);
     }
     let bits = if caller.uid == inode.uid {
         inode.mode >> 6

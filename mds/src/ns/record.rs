@@ -109,6 +109,15 @@ pub enum Record {
         chunk_id: u64,
         version: u64,
     },
+    /// issue3: setxattr/removexattr of system.posix_acl_access. The ACL is
+    /// stored (Some) or dropped (None: the mode says it all), and the mode's
+    /// permission bits (and a setgid the caller may not keep) become `mode`.
+    SetAcl {
+        ino: u64,
+        value: Option<Vec<u8>>,
+        mode: u32,
+        now: Time,
+    },
 }
 
 impl Record {
@@ -126,6 +135,7 @@ impl Record {
             | Record::CommitWrite { ino, .. }
             | Record::Purge { ino }
             | Record::BumpVersion { ino, .. } => *ino,
+            Record::SetAcl { ino, .. } => *ino,
         }
     }
 }

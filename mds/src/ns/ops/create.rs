@@ -4,6 +4,7 @@
 //! permission on the parent, then EEXIST, then write permission (EACCES) — so
 //! `mkdir` of an existing name in an unwritable directory says EEXIST.
 
+use crate::ns::acl;
 use crate::ns::inode::{Body, Inode, Kind, Time, MODE_MASK, S_IFMT};
 use crate::ns::perm::{
     check_access, check_name, is_dot_or_dotdot, new_owner, LINK_MAX, MAY_EXEC, MAY_WRITE,
@@ -66,7 +67,7 @@ impl Namespace {
         if device && !ctx.caller.is_root() {
             return Err(Errno::EPERM); // CAP_MKNOD
         }
-        let mode = r.mode & MODE_MASK & !r.umask;
+        let mode = acl_mode(p, r.mode & MODE_MASK, r.umask);
         let rdev = if device { r.rdev } else { 0 };
         Ok(self.create_record(ctx, p, &r.name, kind, mode, rdev, &[]))
     }
@@ -74,7 +75,7 @@ impl Namespace {
     pub(crate) fn prepare_mkdir(&self, ctx: &Ctx, r: &pb::MkdirReq) -> Result<Prepared, Errno> {
         let p = self.new_entry_parent(&ctx.caller, r.parent, &r.name)?;
         // vfs_mkdir keeps only rwx and sticky from the request; setgid comes from the parent.
-        let mode = r.mode & 0o1777 & !r.umask;
+        let mode = acl_mode(p, r.mode & 0o1777, r.umask);
         Ok(self.create_record(ctx, p, &r.name, Kind::Directory, mode, 0, &[]))
     }
 
@@ -108,7 +109,7 @@ impl Namespace {
             return self.open_inode(ctx, existing, r.flags);
         }
         check_access(p, &ctx.caller, MAY_WRITE | MAY_EXEC)?;
-        let mode = (r.mode & MODE_MASK) & !r.umask & !S_IFMT;
+        let mode = acl_mode(p, r.mode & MODE_MASK & !S_IFMT, r.umask);
         Ok(self.create_record(ctx, p, &r.name, Kind::Regular, mode, 0, &[]))
     }
 
@@ -167,6 +168,9 @@ impl Namespace {
             }
             _ => {}
         }
+        if kind != Kind::Symlink {
+            inherit_acls(&self.inodes[&parent], &mut inode);
+        }
         let attr = self.attr_of(&inode);
         self.inodes.insert(ino, inode);
         let p = self.inodes.get_mut(&parent).expect("checked above");
@@ -214,4 +218,40 @@ impl Namespace {
 pub(crate) fn touch_dir(dir: &mut Inode, now: Time) {
     dir.mtime = now;
     dir.ctime = now;
+}
+
+/// The mode of a new inode: with a default ACL on the parent the ACL masks
+/// the requested mode and the umask does not apply (`posix_acl_create`),
+/// else the umask does.
+fn acl_mode(parent: &Inode, mode: u32, umask: u32) -> u32 {
+    match parent
+        .xattrs
+        .get(acl::DEFAULT)
+        .and_then(|v| acl::parse(v).ok())
+    {
+        Some(default) => acl::inherit(&default, mode).1,
+        None => mode & !umask,
+    }
+}
+
+/// A new inode under a directory with a default ACL gets it as its access
+/// ACL (masked by its mode, unless that says no more than the mode), and a
+/// new directory also inherits it as its own default. Deterministic: the
+/// mode in the record is already masked, and masking again changes nothing.
+fn inherit_acls(parent: &Inode, inode: &mut Inode) {
+    let Some(raw) = parent.xattrs.get(acl::DEFAULT) else {
+        return;
+    };
+    let Ok(default) = acl::parse(raw) else {
+        return;
+    };
+    let (access, _) = acl::inherit(&default, inode.mode);
+    if !acl::equiv_mode(&access).1 {
+        inode
+            .xattrs
+            .insert(acl::ACCESS.to_vec(), acl::encode(&access));
+    }
+    if inode.kind == Kind::Directory {
+        inode.xattrs.insert(acl::DEFAULT.to_vec(), raw.clone());
+    }
 }

@@ -2,6 +2,7 @@
 //! the order Linux checks, so the first failing check gives ext4's errno) and
 //! `apply_*` (the deterministic change) methods to `Namespace`.
 
+mod atime;
 mod chunks;
 mod create;
 mod read;

@@ -3,7 +3,8 @@
 //!
 //! Rules (Linux `setattr_prepare`/`notify_change`, `do_truncate`, `may_open`):
 //! - truncate: regular files only (EISDIR / EINVAL), write permission (the
-//!   request carries no file handle, so it is always checked; root passes),
+//!   checked unless the request comes through an open descriptor, `has_fh`,
+//!   whose open already checked it, as Linux skips it for ftruncate; root passes),
 //!   EFBIG past MAX_FILE_SIZE; sets mtime+ctime and, for a non-root caller,
 //!   clears setuid (and setgid with group-exec). Shrinking drops the chunks
 //!   wholly past the new size; the boundary chunk stays (the client zeroes
@@ -18,6 +19,7 @@
 //!   root or write permission (EACCES).
 //! - every change sets ctime.
 
+use crate::ns::acl;
 use crate::ns::inode::{Inode, Kind, Time, MODE_MASK, S_ISGID, S_ISUID, S_IXGRP};
 use crate::ns::perm::{
     check_access, killed_privs, may_access, write_kills_privs, MAY_READ, MAY_WRITE,
@@ -28,6 +30,9 @@ use pb::meta_reply::Result as ReplyResult;
 impl Namespace {
     pub(crate) fn prepare_setattr(&self, ctx: &Ctx, r: &pb::SetAttrReq) -> Result<Prepared, Errno> {
         let i = self.inode(r.ino)?;
+        if r.atime_update != 0 {
+            return self.prepare_access_time(ctx, i, r.atime_update);
+        }
         let caller = &ctx.caller;
         let mut mode = i.mode;
         let mut mtime = None;
@@ -37,7 +42,9 @@ impl Namespace {
                 Kind::Directory => return Err(Errno::EISDIR),
                 _ => return Err(Errno::EINVAL),
             }
-            check_access(i, caller, MAY_WRITE)?;
+            if !r.has_fh {
+                check_access(i, caller, MAY_WRITE)?;
+            }
             if size > MAX_FILE_SIZE {
                 return Err(Errno::EFBIG);
             }
@@ -187,6 +194,12 @@ impl Namespace {
         let i = self.inodes.get_mut(ino).expect("checked above");
         if let Some(m) = mode {
             i.mode = m & MODE_MASK;
+            // chmod rewrites the access ACL's owner, group-class and other
+            // entries to match (`posix_acl_chmod`).
+            if let Some(mut entries) = i.xattrs.get(acl::ACCESS).and_then(|v| acl::parse(v).ok()) {
+                acl::chmod(&mut entries, i.mode);
+                i.xattrs.insert(acl::ACCESS.to_vec(), acl::encode(&entries));
+            }
         }
         if let Some(u) = uid {
             i.uid = *u;

@@ -10,7 +10,8 @@
 //! inode's xattrs together up to 1 MiB (ENOSPC) to keep the in-memory
 //! namespace bounded. set/remove stamp ctime.
 
-use crate::ns::inode::{Inode, Kind, Time, S_ISVTX};
+use crate::ns::acl;
+use crate::ns::inode::{Inode, Kind, Time, S_ISGID, S_ISVTX};
 use crate::ns::perm::{check_access, MAY_READ, MAY_WRITE};
 use crate::ns::{pb, Caller, Ctx, Errno, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
@@ -104,6 +105,9 @@ impl Namespace {
         if r.flags & XATTR_REPLACE != 0 && old.is_none() {
             return Err(Errno::ENODATA);
         }
+        if acl::is_acl_name(&r.name) {
+            return self.prepare_set_acl(ctx, i, r);
+        }
         let total: usize = i.xattrs.iter().map(|(n, v)| n.len() + v.len()).sum();
         let after =
             total - old.map_or(0, |v| r.name.len() + v.len()) + r.name.len() + r.value.len();
@@ -116,6 +120,71 @@ impl Namespace {
             value: r.value.clone(),
             now: ctx.now,
         }))
+    }
+
+    /// system.posix_acl_access / _default (`set_posix_acl`): validated; a
+    /// default ACL only on directories (an empty one removes it); an access
+    /// ACL sets the mode's permission bits and is dropped when the mode
+    /// says it all (`posix_acl_update_mode`, which also drops setgid for a
+    /// caller outside the file's group).
+    fn prepare_set_acl(
+        &self,
+        ctx: &Ctx,
+        i: &Inode,
+        r: &pb::SetXattrReq,
+    ) -> Result<Prepared, Errno> {
+        if r.name == acl::DEFAULT {
+            if !i.is_dir() {
+                return Err(if r.value.is_empty() {
+                    Errno::ENODATA
+                } else {
+                    Errno::EACCES
+                });
+            }
+            if r.value.is_empty() {
+                return Ok(Prepared::Record(Record::RemoveXattr {
+                    ino: r.ino,
+                    name: r.name.clone(),
+                    now: ctx.now,
+                }));
+            }
+            acl::parse(&r.value)?;
+            return Ok(Prepared::Record(Record::SetXattr {
+                ino: r.ino,
+                name: r.name.clone(),
+                value: r.value.clone(),
+                now: ctx.now,
+            }));
+        }
+        let entries = acl::parse(&r.value)?;
+        let (bits, equiv) = acl::equiv_mode(&entries);
+        let mut mode = (i.mode & !0o777) | bits;
+        if !ctx.caller.is_root() && !ctx.caller.in_group(i.gid) {
+            mode &= !S_ISGID;
+        }
+        Ok(Prepared::Record(Record::SetAcl {
+            ino: r.ino,
+            value: (!equiv).then(|| acl::encode(&entries)),
+            mode,
+            now: ctx.now,
+        }))
+    }
+
+    pub(crate) fn apply_set_acl(
+        &mut self,
+        ino: u64,
+        value: Option<&[u8]>,
+        mode: u32,
+        now: Time,
+    ) -> Result<ReplyResult, Errno> {
+        let i = self.inodes.get_mut(&ino).ok_or(Errno::EIO)?;
+        match value {
+            Some(v) => i.xattrs.insert(acl::ACCESS.to_vec(), v.to_vec()),
+            None => i.xattrs.remove(acl::ACCESS),
+        };
+        i.mode = mode;
+        i.ctime = now;
+        Ok(ReplyResult::Empty(pb::Empty {}))
     }
 
     pub(crate) fn prepare_removexattr(

@@ -118,6 +118,7 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
             size: rng.chance(30).then(|| rng.below(5 * CHUNK)),
             atime: time(rng),
             mtime: time(rng),
+            ..Default::default()
         }),
         13 => Op::Open(pb::OpenReq {
             ino,

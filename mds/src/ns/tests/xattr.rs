@@ -161,7 +161,19 @@ fn namespaces_and_permissions() {
         set(&mut h, &bob, f, b"system.posix_acl_access", b"x", 0),
         Err(Errno::EPERM)
     );
-    set(&mut h, &alice, f, b"system.posix_acl_access", b"x", 0).unwrap();
+    // The owner may set one, but it must be a valid ACL (acl.rs).
+    assert_eq!(
+        set(&mut h, &alice, f, b"system.posix_acl_access", b"x", 0),
+        Err(Errno::EINVAL)
+    );
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm) in [(1u16, 6u16), (2, 6), (4, 4), (0x10, 6), (0x20, 4)] {
+        acl.extend_from_slice(&tag.to_le_bytes());
+        acl.extend_from_slice(&perm.to_le_bytes());
+        let id: u32 = if tag == 2 { 1234 } else { u32::MAX };
+        acl.extend_from_slice(&id.to_le_bytes());
+    }
+    set(&mut h, &alice, f, b"system.posix_acl_access", &acl, 0).unwrap();
     set(&mut h, &bob, f, b"security.x", b"x", 0).unwrap();
     // user.* only on files and directories.
     let l = h

@@ -1,0 +1,121 @@
+//! Access-time updates after reads and directory listings (issue3).
+//!
+//! FUSE leaves atime to the file system (the kernel marks FUSE inodes
+//! S_NOATIME), and weftfs reads data from the chunk daemons, so the MDS only
+//! learns of a read when weftfs tells it. Policy by mount option: relatime
+//! (default: update when atime is not after mtime/ctime or a day old, as
+//! Linux does), strictatime (every read), noatime (never).
+//!
+//! Updates run in the background (a read never waits for one) and at most
+//! one per inode is in flight; under relatime the cached attributes filter
+//! out reads that need no update, so a file read many times costs at most
+//! one MDS call per attribute-cache period.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use weft_proto::meta_request::Op;
+use weft_proto::{Attr, Caller, SetAttrReq, Timespec};
+
+use crate::client::Weft;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AtimeMode {
+    #[default]
+    Relatime,
+    Strict,
+    Never,
+}
+
+const RELATIME: u32 = 1;
+const STRICT: u32 = 2;
+const DAY_SECS: i64 = 24 * 60 * 60;
+
+#[derive(Default)]
+pub struct Atime {
+    pub mode: AtimeMode,
+    in_flight: Mutex<HashSet<u64>>,
+}
+
+impl Atime {
+    pub fn new(mode: AtimeMode) -> Atime {
+        Atime {
+            mode,
+            in_flight: Mutex::default(),
+        }
+    }
+}
+
+fn key(t: Option<&Timespec>) -> (i64, u32) {
+    t.map_or((0, 0), |t| (t.sec, t.nsec))
+}
+
+/// `relatime_need_update` on cached attributes.
+fn relatime_due(a: &Attr, now_sec: i64) -> bool {
+    let at = key(a.atime.as_ref());
+    at <= key(a.mtime.as_ref()) || at <= key(a.ctime.as_ref()) || now_sec - at.0 >= DAY_SECS
+}
+
+impl Weft {
+    /// Called after a successful read or readdir of `ino`.
+    pub fn touch_atime(self: &Arc<Self>, c: &Caller, ino: u64) {
+        let how = match self.atime.mode {
+            AtimeMode::Never => return,
+            AtimeMode::Strict => STRICT,
+            AtimeMode::Relatime => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                if let Some(a) = self.attrs.get(ino) {
+                    if !relatime_due(&a, now) {
+                        return;
+                    }
+                }
+                RELATIME
+            }
+        };
+        if !self.atime.in_flight.lock().insert(ino) {
+            return;
+        }
+        let (w, c) = (self.clone(), c.clone());
+        tokio::spawn(async move {
+            let req = SetAttrReq {
+                ino,
+                atime_update: how,
+                ..Default::default()
+            };
+            // The reply is not cached: it may predate a write this client
+            // committed meanwhile, and a stale (smaller) size in the cache
+            // would make a read short, which the kernel takes as EOF.
+            if let Err(e) = w.mds.attr(&c, Op::Setattr(req)).await {
+                tracing::debug!(ino, error = %e, "atime update failed");
+            }
+            w.atime.in_flight.lock().remove(&ino);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(sec: i64) -> Option<Timespec> {
+        Some(Timespec { sec, nsec: 0 })
+    }
+
+    #[test]
+    fn relatime_filter() {
+        let a = Attr {
+            atime: ts(10),
+            mtime: ts(20),
+            ctime: ts(20),
+            ..Default::default()
+        };
+        assert!(relatime_due(&a, 30));
+        let a = Attr { atime: ts(30), ..a };
+        assert!(!relatime_due(&a, 40));
+        assert!(relatime_due(&a, 30 + DAY_SECS));
+    }
+}

@@ -1,0 +1,137 @@
+//! fallocate(2) and copy_file_range(2) for weftfs, built on the write path.
+//!
+//! weft allocates chunk space when data is written, so plain allocation only
+//! has to move the size. Punching a hole and zeroing a range write zeros
+//! through the ordinary write path: slower than dropping chunks, but every
+//! later read sees zeros whichever replica serves it, and the write path's
+//! guarantees (flush on close, fsync durability, setuid/setgid cleared at
+//! commit) hold unchanged. copy_file_range reads and writes through the same
+//! paths, so it sees this client's unflushed writes and its result is
+//! buffered like any write.
+//!
+//! Invariants: punch and zero never change bytes outside [offset, offset+len);
+//! with FALLOC_FL_KEEP_SIZE the size never changes; modes weft cannot honour
+//! (collapse, insert, unshare) fail with EOPNOTSUPP, as on a file system
+//! without them, never with a silent success.
+
+use std::sync::Arc;
+
+use weft_proto::{Caller, Errno, SetAttrReq};
+
+use crate::client::Weft;
+
+const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
+/// Zeros and copies move in pieces of this size (one FUSE write's worth).
+const PIECE: u64 = 1 << 20;
+/// One copy_file_range call copies at most this much; callers loop on short
+/// counts, as they must for any file system.
+const COPY_MAX: u64 = 64 << 20;
+
+impl Weft {
+    /// The size as this client sees it: the MDS's, or larger if this client
+    /// holds unflushed writes past it.
+    async fn visible_size(&self, c: &Caller, ino: u64) -> Result<u64, Errno> {
+        let cur = self.mds.getattr(c, ino).await?.size;
+        Ok(cur.max(self.files.size_override(ino).unwrap_or(0)))
+    }
+
+    pub async fn fallocate(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+    ) -> Result<(), Errno> {
+        if mode & !(KEEP_SIZE | PUNCH_HOLE | ZERO_RANGE) != 0 {
+            return Err(Errno::ENOTSUP);
+        }
+        if length == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+        if end > i64::MAX as u64 {
+            return Err(Errno::EFBIG);
+        }
+        let keep = mode & KEEP_SIZE != 0;
+        let size = self.visible_size(c, ino).await?;
+        if mode & PUNCH_HOLE != 0 {
+            // The kernel only passes punch together with keep-size.
+            if mode & ZERO_RANGE != 0 || !keep {
+                return Err(Errno::ENOTSUP);
+            }
+            return self.write_zeros(c, ino, offset, end.min(size)).await;
+        }
+        if mode & ZERO_RANGE != 0 {
+            let zero_end = if keep { end.min(size) } else { end };
+            return self.write_zeros(c, ino, offset, zero_end).await;
+        }
+        // Plain allocation: space comes with the writes, so only the size moves.
+        if !keep && end > size {
+            // fallocate comes through an open descriptor: its open checked
+            // write access (the file's mode may have changed since).
+            let req = SetAttrReq {
+                ino,
+                size: Some(end),
+                has_fh: true,
+                ..Default::default()
+            };
+            let a = self.truncate(c, ino, end, req).await?;
+            self.attrs.put(&a);
+        }
+        Ok(())
+    }
+
+    /// Writes zeros over [from, to) (nothing if empty); a range that ends past
+    /// the size extends it, as a write does.
+    async fn write_zeros(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<(), Errno> {
+        let mut at = from;
+        while at < to {
+            let n = (to - at).min(PIECE);
+            self.write(c.clone(), ino, at, vec![0u8; n as usize])
+                .await?;
+            at += n;
+        }
+        Ok(())
+    }
+
+    /// copy_file_range: copies up to `len` bytes (fewer at the source's end or
+    /// past COPY_MAX) and returns the count, like a read followed by a write.
+    pub async fn copy_file_range(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32, Errno> {
+        let len = len.min(COPY_MAX);
+        if off_out.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(Errno::EFBIG);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE) as u32;
+            let data = self.read(c, ino_in, off_in + done, n).await?;
+            if data.is_empty() {
+                break;
+            }
+            let got = data.len() as u64;
+            self.write(c.clone(), ino_out, off_out + done, data).await?;
+            done += got;
+            if got < n as u64 {
+                break;
+            }
+        }
+        Ok(done as u32)
+    }
+}

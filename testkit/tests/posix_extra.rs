@@ -1,0 +1,192 @@
+//! POSIX surface beyond the basics, through a real mount: fallocate modes,
+//! copy_file_range, a file unlinked while open, and atime policies
+//! (relatime by default, noatime, strictatime).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use weft_testkit::{bytes_under, pattern, wait_until, TestCluster};
+
+const MIB: u64 = 1 << 20;
+
+fn falloc(f: &File, mode: i32, off: i64, len: i64) -> Result<(), i32> {
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, off, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+fn rw(p: &Path) -> File {
+    OpenOptions::new().read(true).write(true).open(p).unwrap()
+}
+
+#[test]
+fn fallocate_modes_and_copy_file_range() {
+    let mut tc = TestCluster::start(3, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    let data = pattern((3 * MIB) as usize, 7);
+    fs::write(&p, &data).unwrap();
+    let f = rw(&p);
+    let mut want = data.clone();
+
+    // Punch a hole across the first chunk boundary: zeros there, size kept.
+    falloc(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        1_000_000,
+        100_000,
+    )
+    .unwrap();
+    want[1_000_000..1_100_000].fill(0);
+    // Zero a range with keep-size, then past the end without it (grows).
+    falloc(
+        &f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        5,
+        10,
+    )
+    .unwrap();
+    want[5..15].fill(0);
+    falloc(&f, libc::FALLOC_FL_ZERO_RANGE, 3 * MIB as i64 - 10, 20).unwrap();
+    want[(3 * MIB - 10) as usize..].fill(0);
+    want.resize((3 * MIB + 10) as usize, 0);
+    // Plain allocation grows the size; keep-size past the end does not.
+    falloc(&f, 0, 0, 3 * MIB as i64 + 100).unwrap();
+    want.resize((3 * MIB + 100) as usize, 0);
+    falloc(&f, libc::FALLOC_FL_KEEP_SIZE, 0, 5 * MIB as i64).unwrap();
+    // What weft cannot do is refused, not faked; punch needs keep-size.
+    assert_eq!(
+        falloc(&f, libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        falloc(&f, libc::FALLOC_FL_PUNCH_HOLE, 0, 10),
+        Err(libc::EOPNOTSUPP)
+    );
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), want);
+
+    // copy_file_range within the mount (and within one file).
+    let src = File::open(&p).unwrap();
+    let dst = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join("g"))
+        .unwrap();
+    let (mut off_in, mut off_out) = (100i64, 0i64);
+    let mut left = 2 * MIB as usize;
+    while left > 0 {
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+    drop(dst);
+    assert_eq!(
+        fs::read(m.join("g")).unwrap(),
+        want[100..100 + 2 * MIB as usize]
+    );
+}
+
+#[test]
+fn unlinked_while_open_lives_until_last_close() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    let data = pattern((2 * MIB) as usize, 9);
+    fs::write(&p, &data).unwrap();
+    let chunks_dir = tc.tmp.path().join("cluster");
+    wait_until("chunks on disk", Duration::from_secs(10), || {
+        bytes_under(&chunks_dir, ".chunk") >= 2 * MIB
+    });
+    let mut f = rw(&p);
+    fs::remove_file(&p).unwrap();
+    assert!(fs::metadata(&p).is_err());
+    assert_eq!(f.metadata().unwrap().nlink(), 0);
+    // Still readable and writable through the handle.
+    f.seek(SeekFrom::Start(MIB)).unwrap();
+    f.write_all(b"after unlink").unwrap();
+    f.sync_all().unwrap();
+    let mut back = Vec::new();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    f.read_to_end(&mut back).unwrap();
+    let mut want = data.clone();
+    want[MIB as usize..MIB as usize + 12].copy_from_slice(b"after unlink");
+    assert_eq!(back, want);
+    drop(f);
+    // Last close: the chunks are freed on the daemons.
+    wait_until(
+        "chunks freed after the last close",
+        Duration::from_secs(20),
+        || bytes_under(&chunks_dir, ".chunk") < MIB / 2,
+    );
+}
+
+fn atime(p: &Path) -> (i64, i64) {
+    let md = fs::metadata(p).unwrap();
+    (md.atime(), md.atime_nsec())
+}
+
+fn read(p: &Path) {
+    let mut v = Vec::new();
+    File::open(p).unwrap().read_to_end(&mut v).unwrap();
+}
+
+#[test]
+fn atime_relatime_noatime_strictatime() {
+    let mut tc = TestCluster::start(1, MIB);
+    // No kernel attribute caching, so stat shows the MDS's atime.
+    let rel = tc.mount_with(&["attr_timeout=0", "entry_timeout=0"]);
+    let no = tc.mount_with(&["attr_timeout=0", "entry_timeout=0", "noatime"]);
+    let strict = tc.mount_with(&["attr_timeout=0", "entry_timeout=0", "strictatime"]);
+    fs::write(rel.join("f"), b"x").unwrap();
+    let t0 = atime(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(50));
+
+    // noatime: a read changes nothing.
+    read(&no.join("f"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(atime(&rel.join("f")), t0);
+
+    // relatime: the first read after a write moves atime, the next does not.
+    read(&rel.join("f"));
+    wait_until("relatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t0
+    });
+    let t1 = atime(&rel.join("f"));
+    let ctime = fs::metadata(rel.join("f")).unwrap().ctime_nsec();
+    std::thread::sleep(Duration::from_millis(50));
+    read(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(atime(&rel.join("f")), t1);
+    assert_eq!(
+        fs::metadata(rel.join("f")).unwrap().ctime_nsec(),
+        ctime,
+        "atime moved ctime"
+    );
+
+    // strictatime: every read.
+    read(&strict.join("f"));
+    wait_until("strictatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t1
+    });
+}
