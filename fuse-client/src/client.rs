@@ -56,6 +56,27 @@ pub struct SetAttrArgs {
     pub mtime: Option<fuser::TimeOrNow>,
 }
 
+/// How often an idle mount tells the MDS it is alive; far below the MDS's
+/// session timeout (default 300 s), so only a mount that is really gone (or cut
+/// off for that long) loses its session: its remembered replies and its opens.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+
+/// Sends `Keepalive` every KEEPALIVE_EVERY for as long as the file system lives.
+fn spawn_keepalive(weft: &Arc<Weft>, me: Caller) {
+    let weak = Arc::downgrade(weft);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(KEEPALIVE_EVERY).await;
+            let Some(w) = weak.upgrade() else { return };
+            // Failures are fine: the next one, or any real request, is contact too.
+            let _ = w
+                .mds
+                .call_within(&me, Op::Keepalive(KeepaliveReq {}), KEEPALIVE_EVERY)
+                .await;
+        }
+    });
+}
+
 impl Weft {
     /// Connects to the MDS and proves it answers: GetAttr of the root and
     /// StatFs (for the chunk size) within `probe_budget`. Must run inside the
@@ -105,7 +126,7 @@ impl Weft {
             session = mds.session(),
             "connected to the MDS"
         );
-        Ok(Arc::new(Weft {
+        let weft = Arc::new(Weft {
             mds,
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
@@ -116,7 +137,9 @@ impl Weft {
             attr_ttl: opts.attr_timeout,
             entry_ttl: opts.entry_timeout,
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
-        }))
+        });
+        spawn_keepalive(&weft, me);
+        Ok(weft)
     }
 
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {

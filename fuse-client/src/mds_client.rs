@@ -62,6 +62,7 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::Listxattr(_)
             | Op::Statfs(_)
             | Op::GetChunks(_)
+            | Op::Keepalive(_)
     )
 }
 

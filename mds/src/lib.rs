@@ -8,14 +8,20 @@
 //! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
 //! - `placement`  where new replicas go (pure)
 //! - `service`    the gRPC glue for `Meta` and `Master`
-//! - `server`     startup: data dir, lock, replay, serve
+//! - `snapshot`   checkpoints: the whole state at one log index, durably
+//! - `sessions`   session contact times and expiry
+//! - `inspect`    `--check` and `--dump`: offline views of a data directory
+//! - `server`     startup: data dir, lock, snapshot + replay, serve
 
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod inspect;
 pub mod ns;
 pub mod placement;
 pub mod server;
 pub mod service;
+pub mod sessions;
+pub mod snapshot;
 pub mod state;
 pub mod wal;

@@ -1,4 +1,6 @@
-//! weft-mds: parse arguments, set up logging, run the server until a signal.
+//! weft-mds: parse arguments, set up logging, then either run the server
+//! until a signal or, with `--check` / `--dump`, inspect the data directory
+//! offline and exit.
 
 use clap::Parser;
 use weft_mds::config::Config;
@@ -8,6 +10,27 @@ fn main() {
     if let Err(e) = cfg.validate() {
         eprintln!("weft-mds: {e}");
         std::process::exit(2);
+    }
+    if cfg.check {
+        match weft_mds::inspect::check(&cfg.data) {
+            Ok(summary) => {
+                print!("{summary}");
+                println!("{}: ok", cfg.data.display());
+                std::process::exit(0);
+            }
+            Err(e) => {
+                eprintln!("weft-mds: check of {} failed: {e:#}", cfg.data.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    if cfg.dump {
+        let stdout = std::io::stdout();
+        if let Err(e) = weft_mds::inspect::dump(&cfg.data, &mut stdout.lock()) {
+            eprintln!("weft-mds: dump of {} failed: {e:#}", cfg.data.display());
+            std::process::exit(1);
+        }
+        std::process::exit(0);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -27,6 +27,8 @@ pub struct Mds {
     pub committer: Committer,
     pub replicas: u32,
     pub heartbeat_ms: u64,
+    /// When each client session was last heard from (see `sessions`).
+    pub contacts: crate::sessions::Contacts,
 }
 
 impl Mds {
@@ -42,9 +44,15 @@ impl Mds {
             Op::GetChunks(g) => self.get_chunks(g).await,
             Op::Release(r) => {
                 self.committer
-                    .propose(|done| Proposal::Release { ino: r.ino, done })
+                    .propose(|done| Proposal::Release {
+                        session,
+                        ino: r.ino,
+                        done,
+                    })
                     .await
             }
+            // Contact was noted in `call`; nothing else to do.
+            Op::Keepalive(_) => Ok(Reply::Empty(pb::Empty {})),
             Op::AllocChunk(_) => {
                 if self.registry.lock().place(1, 0, &[]).is_empty() {
                     return Err(Errno::ENOSPC);
@@ -182,6 +190,7 @@ impl pb::meta_server::Meta for Mds {
             .op
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
+        self.contacts.touch(req.session);
         let reply = match self.dispatch(req.session, req.seq, caller, op).await {
             Ok(result) => pb::MetaReply {
                 errno: 0,

@@ -243,6 +243,8 @@ impl Namespace {
                 }
                 Ok(ReplyResult::Empty(pb::Empty {}))
             }
+            // Session bookkeeping lives in `State`; nothing here.
+            Record::ExpireSession { .. } => Ok(ReplyResult::Empty(pb::Empty {})),
         };
         let reply = reply.unwrap_or_else(|e| {
             tracing::error!(?rec, errno = %e, "record does not fit the namespace; nothing changed");

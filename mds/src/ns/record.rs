@@ -100,6 +100,12 @@ pub enum Record {
     Purge {
         ino: u64,
     },
+    /// A client session was silent past the session timeout: its remembered
+    /// replies go (in `State`; the namespace itself does not change). Its open
+    /// files are released by the `Purge` records that follow it.
+    ExpireSession {
+        session: u64,
+    },
 }
 
 impl Record {
@@ -116,6 +122,7 @@ impl Record {
             | Record::AllocChunk { ino, .. }
             | Record::CommitWrite { ino, .. }
             | Record::Purge { ino } => *ino,
+            Record::ExpireSession { .. } => 0,
         }
     }
 }
