@@ -33,6 +33,8 @@ pub struct ClusterSpec {
     /// Racks by daemon index (cycled); empty for none.
     pub racks: Vec<String>,
     pub log_level: String,
+    /// Extra weft-mds flags (e.g. `--orphan-grace-secs 2`).
+    pub mds_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -48,6 +50,7 @@ impl ClusterSpec {
             capacity: None,
             racks: Vec::new(),
             log_level: "info".into(),
+            mds_args: Vec::new(),
         }
     }
 }
@@ -256,6 +259,7 @@ impl LocalCluster {
         if let Some(d) = self.spec.dead_after_ms {
             args.extend(["--dead-after-ms".into(), d.to_string()]);
         }
+        args.extend(self.spec.mds_args.iter().cloned());
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;

@@ -44,6 +44,10 @@ pub struct Config {
     /// remembered replies and its open files are dropped.
     #[arg(long, default_value_t = 300)]
     pub session_timeout_secs: u64,
+    /// A replica no file references is deleted from its daemon once it has
+    /// been reported for this many seconds (so nothing in flight is lost).
+    #[arg(long, default_value_t = 300)]
+    pub orphan_grace_secs: u64,
     /// Verify the data directory offline (format, snapshot, every log record)
     /// and exit: 0 if sound, 1 with what is wrong.
     #[arg(long)]

@@ -166,6 +166,7 @@ pub async fn run(
         replicas: cfg.replicas,
         heartbeat_ms: cfg.heartbeat_ms,
         contacts: Default::default(),
+        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
     };
     // Sessions known from the log get a full timeout from now to come back.
     crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());

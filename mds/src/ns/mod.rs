@@ -157,6 +157,12 @@ impl Namespace {
         self.chunk_size
     }
 
+    /// The next chunk id `prepare` will hand out: every id below it was
+    /// journaled (AllocChunk) before any replica of it could exist.
+    pub fn next_chunk_id(&self) -> u64 {
+        self.next_chunk
+    }
+
     /// Read-only ops: Lookup, GetAttr, Readlink, ReadDir, GetXattr, ListXattr.
     pub fn read(&self, caller: &Caller, op: &Op) -> Result<ReplyResult, Errno> {
         match op {
