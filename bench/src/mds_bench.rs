@@ -4,7 +4,7 @@
 //! file at N files with one chunk each; restart time to serving (clean stop,
 //! and after kill -9); log and snapshot size after N creates and N deletes.
 //!
-//! Usage: mds-bench [--files N] [--ops M] [--clients C] [--dir DIR]
+//! Usage: mds-bench [--files N] [--ops M] [--clients C] [--dir DIR] [--keep]
 //!   (defaults 1000000, 200000, 128, a temp dir under /var/tmp)
 //! Needs the workspace binaries built in the same profile
 //! (`cargo build --release --workspace --bins`). A fake chunk daemon is
@@ -25,6 +25,7 @@ struct Args {
     ops: u64,
     clients: u64,
     dir: Option<String>,
+    keep: bool,
 }
 
 fn args() -> Args {
@@ -33,6 +34,7 @@ fn args() -> Args {
         ops: 200_000,
         clients: 128,
         dir: None,
+        keep: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -43,6 +45,11 @@ fn args() -> Args {
             "--ops" => a.ops = val.parse().expect("--ops M"),
             "--clients" => a.clients = val.parse().expect("--clients C"),
             "--dir" => a.dir = Some(val),
+            "--keep" => {
+                a.keep = true;
+                i += 1;
+                continue;
+            }
             other => panic!("unknown argument {other} (see the file's header)"),
         }
         i += 2;
@@ -187,7 +194,7 @@ fn main() {
         .tempdir_in(a.dir.clone().unwrap_or_else(|| "/var/tmp".into()))
         .expect("temp dir");
     let data = tmp.path().join("mds");
-    let mut mds = MdsProc::start(&data, &["--log-level", "warn"]);
+    let mut mds = MdsProc::start(&data, &["--log-level", "info"]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -398,4 +405,8 @@ fn main() {
         mib(du(&wal)),
         mib(du(&snap))
     );
+    if a.keep {
+        println!("kept {} (MDS log: {})", tmp.path().display(), mds.log.display());
+        std::mem::forget(tmp);
+    }
 }
