@@ -406,7 +406,11 @@ fn main() {
         mib(du(&snap))
     );
     if a.keep {
-        println!("kept {} (MDS log: {})", tmp.path().display(), mds.log.display());
+        println!(
+            "kept {} (MDS log: {})",
+            tmp.path().display(),
+            mds.log.display()
+        );
         std::mem::forget(tmp);
     }
 }

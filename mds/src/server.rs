@@ -1,6 +1,8 @@
 //! Startup and serving: lock the data directory, read the format file,
-//! replay the log into memory, purge inodes left unlinked-but-open by the
-//! previous run, then serve until SIGTERM/SIGINT.
+//! load the newest snapshot and replay the log after it, schedule the purge
+//! of inodes left unlinked-but-open by the previous run (after a session
+//! timeout, so clients riding through the restart keep them), then serve
+//! until SIGTERM/SIGINT, and checkpoint on the way out.
 
 use crate::chunkds::Registry;
 use crate::committer::{Committer, Proposal};
@@ -149,14 +151,29 @@ pub async fn run(
         Some((checkpointer.clone(), cfg.checkpoint_bytes)),
     );
 
-    // Nothing is open after a restart: inodes unlinked while open are freed now.
-    for ino in orphans {
-        let record = state.read().await.ns.purge_record(ino);
-        if let Some(record) = record {
-            let _ = committer
-                .propose(|done| Proposal::Internal { record, done })
-                .await;
-        }
+    // Inodes unlinked while open are kept for a session timeout: a client that
+    // rode through the restart may still read or write them through its open
+    // handle (its Release purges them, as before the restart). Whatever is
+    // left by then belongs to clients that are gone.
+    if !orphans.is_empty() {
+        let (state, committer) = (state.clone(), committer.clone());
+        let wait = cfg.session_timeout();
+        tracing::info!(
+            inodes = orphans.len(),
+            secs = wait.as_secs(),
+            "unlinked-but-open inodes from before the restart are kept for a session timeout"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            for ino in orphans {
+                let record = state.read().await.ns.purge_record(ino);
+                if let Some(record) = record {
+                    let _ = committer
+                        .propose(|done| Proposal::Internal { record, done })
+                        .await;
+                }
+            }
+        });
     }
 
     let mds = Mds {

@@ -23,6 +23,11 @@ fn mount_rides_through_an_mds_restart() {
     let mut writer = fs::File::create(m.join("growing")).unwrap();
     writer.write_all(&pattern(100_000, 2)).unwrap();
     writer.sync_all().unwrap();
+    // An open file unlinked before the restart stays readable through its handle.
+    let ghost_data = pattern(250_000, 5);
+    fs::write(m.join("ghost"), &ghost_data).unwrap();
+    let mut ghost = fs::File::open(m.join("ghost")).unwrap();
+    fs::remove_file(m.join("ghost")).unwrap();
 
     let addr = tc.mds_addr();
     tc.cluster.mds.crash();
@@ -53,6 +58,14 @@ fn mount_rides_through_an_mds_restart() {
     reader.seek(SeekFrom::Start(0)).unwrap();
     reader.read_to_end(&mut got).unwrap();
     assert_eq!(Sha256::digest(&got), Sha256::digest(&before));
+    let mut g = Vec::new();
+    ghost.read_to_end(&mut g).unwrap();
+    assert_eq!(
+        Sha256::digest(&g),
+        Sha256::digest(&ghost_data),
+        "unlinked open file"
+    );
+    drop(ghost);
     writer.write_all(&pattern(300_000, 4)).unwrap();
     writer.sync_all().unwrap();
     drop(writer);
