@@ -142,6 +142,13 @@ impl Weft {
         Ok(weft)
     }
 
+    /// Forgets every cached attribute and location (coherence pushes were
+    /// possibly missed).
+    pub fn drop_all_caches(&self) {
+        self.attrs.clear();
+        self.locs.clear();
+    }
+
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
         self.groups.caller(uid, gid, pid)
     }

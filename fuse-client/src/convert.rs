@@ -158,3 +158,25 @@ mod tests {
         assert_eq!(set.time, Some(Timespec { sec: 9, nsec: 1 }));
     }
 }
+
+/// The attributes of a negative lookup reply: node id 0 tells the kernel the
+/// name does not exist (cached for the entry TTL).
+pub fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

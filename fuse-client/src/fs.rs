@@ -114,8 +114,18 @@ impl Filesystem for WeftFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = bytes(name);
         self.spawn(req, move |w, c| async move {
-            let r = w.lookup(&c, parent.0, name).await;
-            entry(&w, reply, r)
+            match w.lookup(&c, parent.0, name).await {
+                // A negative entry: the kernel remembers the name is absent
+                // for entry_timeout; another mount's create of it is pushed
+                // by the MDS and invalidates it (cache/coherence.rs).
+                Err(weft_proto::Errno::ENOENT) if !w.entry_ttl.is_zero() => reply.entry_with_ttls(
+                    &Duration::ZERO,
+                    &w.entry_ttl,
+                    &crate::convert::negative_entry(),
+                    Generation(0),
+                ),
+                r => entry(&w, reply, r),
+            }
         });
     }
 
@@ -333,11 +343,18 @@ impl Filesystem for WeftFs {
         offset: u64,
         data: &[u8],
         _write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
+        // The kernel holds the inode lock across a buffered write, so no
+        // other write of this inode is in between.
+        let offset = if flags.0 & libc::O_APPEND != 0 {
+            self.w.append_offset(ino.0, offset)
+        } else {
+            offset
+        };
         self.spawn(req, move |w, c| async move {
             match w.write(c, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),

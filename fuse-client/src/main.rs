@@ -28,6 +28,7 @@ mod mount;
 mod open_files;
 mod options;
 mod read_path;
+mod tuning;
 mod write_path;
 mod writeback;
 
@@ -232,6 +233,16 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
     let fs = fs::WeftFs::new(w.clone(), rt.handle().clone());
     let (session, unmounter) = mount::mount(fs, &spec)
         .map_err(|e| format!("cannot mount at {}: {e}", cli.mountpoint.display()))?;
+    if let Err(e) = tuning::set_readahead(&cli.mountpoint, cli.opts.readahead_kb) {
+        tracing::warn!(error = %e, "cannot set the mount's readahead window");
+    }
+    // Other mounts' changes, pushed by the MDS, invalidate our caches.
+    cache::coherence::start(
+        w.clone(),
+        cli.mds_addr.clone(),
+        session.notifier(),
+        rt.handle(),
+    );
     tracing::info!(
         source = %spec.source,
         mountpoint = %cli.mountpoint.display(),

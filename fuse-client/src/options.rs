@@ -82,6 +82,8 @@ pub struct MountOpts {
     pub entry_timeout: Duration,
     pub log: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// The kernel's readahead window for this mount, KiB (tuning.rs).
+    pub readahead_kb: u32,
 }
 
 impl Default for MountOpts {
@@ -97,6 +99,7 @@ impl Default for MountOpts {
             mds_timeout: Duration::from_secs(60),
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            readahead_kb: 8192,
             log: None,
             log_level: None,
         }
@@ -167,6 +170,7 @@ options honoured:
                        before failing with EIO (default 60)
   attr_timeout=SECS    how long the kernel caches attributes (default 1)
   entry_timeout=SECS   how long the kernel caches names (default 1)
+  readahead=KIB        kernel readahead window for sequential reads (default 8192)
   log=PATH             append logs to PATH
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
@@ -322,6 +326,13 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "mds_timeout" => opts.mds_timeout = seconds(key, &need(value)?)?,
         "attr_timeout" => opts.attr_timeout = seconds(key, &need(value)?)?,
         "entry_timeout" => opts.entry_timeout = seconds(key, &need(value)?)?,
+        "readahead" => {
+            let v = need(value)?;
+            opts.readahead_kb = v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not a number of KiB"),
+            })?
+        }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),
         "log_level" => opts.log_level = Some(need(value)?),
         // fstab annotations for other tools (systemd, mount(8) comments).

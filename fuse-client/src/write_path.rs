@@ -95,6 +95,16 @@ impl Weft {
 
     /// Buffers a write. Waits (backpressure) while total dirty memory is over
     /// the limit; kicks a background flush when this file's buffer is large.
+    /// Where an O_APPEND write lands. The kernel (without its writeback
+    /// cache) puts it at its own cached i_size, which lags another mount's
+    /// appends for up to `attr_timeout`; open() fetched the MDS's size, and
+    /// this client's unflushed writes extend it, so the end is the largest.
+    pub fn append_offset(&self, ino: u64, kernel_offset: u64) -> u64 {
+        let known = self.attrs.get(ino).map_or(0, |a| a.size);
+        let pending = self.files.size_override(ino).unwrap_or(0);
+        kernel_offset.max(known).max(pending)
+    }
+
     pub async fn write(
         self: &Arc<Self>,
         c: Caller,

@@ -18,6 +18,7 @@ use crate::ns::{Ctx, Prepared, Record};
 use crate::snapshot::Checkpointer;
 use crate::state::{encode_entry, LogEntry, State};
 use crate::wal::{codec, LogWriter};
+use crate::watch::{self, Hub};
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -67,12 +68,13 @@ impl Committer {
         state: Arc<RwLock<State>>,
         log: LogWriter,
         registry: Arc<Mutex<Registry>>,
+        hub: Arc<Hub>,
         checkpoints: Option<(Arc<Checkpointer>, u64)>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("wal-commit".into())
-            .spawn(move || run(rx, state, log, registry, checkpoints))
+            .spawn(move || run(rx, state, log, registry, hub, checkpoints))
             .expect("spawn the commit thread");
         Committer { tx }
     }
@@ -94,6 +96,7 @@ fn run(
     state: Arc<RwLock<State>>,
     mut log: LogWriter,
     registry: Arc<Mutex<Registry>>,
+    hub: Arc<Hub>,
     checkpoints: Option<(Arc<Checkpointer>, u64)>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -112,9 +115,10 @@ fn run(
         let first_index = st.applied_index + 1;
         let mut answers = Vec::with_capacity(batch.len());
         let mut freed = Vec::new();
+        let mut events = Vec::new();
         frames.clear();
         for p in batch.drain(..) {
-            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed);
+            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events);
             answers.push((done, outcome));
         }
         if !frames.is_empty() {
@@ -124,6 +128,8 @@ fn run(
             }
         }
         drop(st);
+        // Durable now: other mounts may drop what these changes made stale.
+        hub.publish(events);
         if !freed.is_empty() {
             registry.lock().forget_chunks(&freed);
         }
@@ -193,6 +199,7 @@ fn decide(
     p: Proposal,
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
+    events: &mut Vec<watch::Event>,
 ) -> (Outcome, oneshot::Sender<Outcome>) {
     match p {
         Proposal::Mutate {
@@ -210,7 +217,9 @@ fn decide(
             let outcome = match st.ns.prepare(&ctx, &op) {
                 Err(e) => Err(e),
                 Ok(Prepared::Reply(r)) => Ok(r),
-                Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record, frames, freed)),
+                Ok(Prepared::Record(record)) => {
+                    Ok(commit(st, session, seq, record, frames, freed, events))
+                }
             };
             if let (
                 Ok(pb::meta_reply::Result::Attr(a)),
@@ -223,25 +232,35 @@ fn decide(
         }
         Proposal::Release { session, ino, done } => {
             if let Some(record) = st.released(session, ino) {
-                commit(st, 0, 0, record, frames, freed);
+                commit(st, 0, 0, record, frames, freed, events);
             }
             (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
         }
         Proposal::Expire { session, done } => {
             let opens = st.take_opens(session);
             if st.sessions.contains(session) {
-                commit(st, 0, 0, Record::ExpireSession { session }, frames, freed);
+                commit(
+                    st,
+                    0,
+                    0,
+                    Record::ExpireSession { session },
+                    frames,
+                    freed,
+                    events,
+                );
             }
             for (ino, n) in opens {
                 for _ in 0..n {
                     if let Some(record) = st.ns.released(ino) {
-                        commit(st, 0, 0, record, frames, freed);
+                        commit(st, 0, 0, record, frames, freed, events);
                     }
                 }
             }
             (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
         }
-        Proposal::Internal { record, done } => (Ok(commit(st, 0, 0, record, frames, freed)), done),
+        Proposal::Internal { record, done } => {
+            (Ok(commit(st, 0, 0, record, frames, freed, events)), done)
+        }
     }
 }
 
@@ -252,7 +271,12 @@ fn commit(
     record: Record,
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
+    events: &mut Vec<watch::Event>,
 ) -> pb::meta_reply::Result {
+    events.push(watch::Event {
+        origin: session,
+        items: watch::invalidations(&record),
+    });
     let index = st.applied_index + 1;
     let entry = LogEntry {
         session,

@@ -12,6 +12,7 @@
 //! - `sessions`   session contact times and expiry
 //! - `inspect`    `--check` and `--dump`: offline views of a data directory
 //! - `server`     startup: data dir, lock, snapshot + replay, serve
+//! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
 
 pub mod chunkds;
 pub mod committer;
@@ -25,3 +26,4 @@ pub mod sessions;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
+pub mod watch;

@@ -143,11 +143,13 @@ pub async fn run(
     let sessions: Vec<u64> = state.sessions.ids().collect();
     let state = Arc::new(RwLock::new(state));
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
+    let hub = Arc::new(crate::watch::Hub::default());
     let checkpointer = Checkpointer::new(&cfg.data);
     let committer = Committer::start(
         state.clone(),
         writer,
         registry.clone(),
+        hub.clone(),
         Some((checkpointer.clone(), cfg.checkpoint_bytes)),
     );
 
@@ -215,6 +217,9 @@ pub async fn run(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
+        .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
+            crate::watch::Service(hub),
+        ))
         .add_service(
             weft_proto::pb::master_server::MasterServer::new(mds)
                 .max_decoding_message_size(max)

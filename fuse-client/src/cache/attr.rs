@@ -45,6 +45,10 @@ impl AttrCache {
         self.map.lock().put(attr.ino, (Instant::now(), *attr));
     }
 
+    pub fn clear(&self) {
+        self.map.lock().clear();
+    }
+
     pub fn invalidate(&self, ino: u64) {
         self.map.lock().pop(&ino);
     }

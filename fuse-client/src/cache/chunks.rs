@@ -32,6 +32,10 @@ impl ChunkLocCache {
         self.map.lock().put((ino, loc.index), loc);
     }
 
+    pub fn clear(&self) {
+        self.map.lock().clear();
+    }
+
     pub fn invalidate(&self, ino: u64, index: u64) {
         self.map.lock().pop(&(ino, index));
     }

@@ -1,0 +1,193 @@
+//! Two mounts of one cluster (two weftfs processes, as two workstations would
+//! have): close-to-open is exact, namespace changes on one mount reach the
+//! other within the documented bound, and no cache (kernel page cache, weftfs
+//! location cache) serves an old version after the other mount's write+close.
+//!
+//! The bound is the kernel's entry/attribute TTL (`entry_timeout`,
+//! `attr_timeout`, default 1 s): weftfs answers every lookup and getattr the
+//! kernel sends from the MDS. The tests poll every 10 ms and allow 1 s plus
+//! 250 ms for the poll and the FUSE round trips.
+
+use sha2::{Digest, Sha256};
+use std::fs::{self, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use weft_testkit::{pattern, read_all, TestCluster};
+
+const MIB: u64 = 1 << 20;
+const BOUND: Duration = Duration::from_millis(1250);
+
+fn sha(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// Polls `cond` every 10 ms; returns how long it took, panics past BOUND.
+fn visible_within(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    loop {
+        if cond() {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < BOUND,
+            "{what}: not visible on the other mount after {:?}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn write_file(path: &Path, data: &[u8]) {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.write_all(data).unwrap();
+    // close() is the point close-to-open promises from.
+}
+
+#[test]
+fn close_to_open_is_exact_over_many_rounds() {
+    // 1 MiB chunks so a file spans several chunks and versions change often.
+    let mut tc = TestCluster::start(3, MIB);
+    let a = tc.mount();
+    let b = tc.mount();
+    let (pa, pb) = (a.join("ping"), b.join("ping"));
+    for round in 0..40u64 {
+        // Sizes grow, shrink and repeat so neither a cached size nor a cached
+        // length-equal page can hide an old version.
+        let len = match round % 4 {
+            0 => 3 * MIB as usize + 123,
+            1 => 4096,
+            2 => 3 * MIB as usize + 123,
+            _ => 1 + (round as usize * 7919) % 200_000,
+        };
+        let data = pattern(len, round);
+        let (w, r) = if round % 2 == 0 {
+            (&pa, &pb)
+        } else {
+            (&pb, &pa)
+        };
+        write_file(w, &data);
+        let got = read_all(r);
+        assert_eq!(got.len(), data.len(), "round {round}: size");
+        assert_eq!(sha(&got), sha(&data), "round {round}: bytes");
+    }
+}
+
+#[test]
+fn an_open_reader_sees_the_new_version_on_its_next_open() {
+    let mut tc = TestCluster::start(3, MIB);
+    let a = tc.mount();
+    let b = tc.mount();
+    let v1 = pattern(2 * MIB as usize, 1);
+    write_file(&a.join("f"), &v1);
+    // B reads v1 twice (page cache, location cache warm).
+    assert_eq!(sha(&read_all(&b.join("f"))), sha(&v1));
+    assert_eq!(sha(&read_all(&b.join("f"))), sha(&v1));
+    let mut v = v1.clone();
+    for round in 2..12u64 {
+        // Same size, new bytes in the middle of the second chunk: only the
+        // data differs, so only a real revalidation catches it.
+        let at = MIB as usize + 4096 * round as usize;
+        v[at..at + 4096].copy_from_slice(&pattern(4096, round));
+        {
+            let mut f = OpenOptions::new().write(true).open(a.join("f")).unwrap();
+            std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(at as u64)).unwrap();
+            f.write_all(&v[at..at + 4096]).unwrap();
+        }
+        let mut got = Vec::new();
+        fs::File::open(b.join("f"))
+            .unwrap()
+            .read_to_end(&mut got)
+            .unwrap();
+        assert_eq!(
+            sha(&got),
+            sha(&v),
+            "round {round}: B served a stale version"
+        );
+    }
+}
+
+#[test]
+fn namespace_changes_on_one_mount_reach_the_other_within_the_bound() {
+    namespace_changes_reach_the_other_mount(&[]);
+}
+
+/// With kernel TTLs of 60 s only the MDS's pushes (Coherence.Watch →
+/// notify_inval_entry/inode) can make the changes visible within the bound.
+#[test]
+fn with_long_kernel_ttls_the_mds_pushes_keep_mounts_coherent() {
+    namespace_changes_reach_the_other_mount(&["attr_timeout=60", "entry_timeout=60"]);
+}
+
+fn namespace_changes_reach_the_other_mount(opts: &[&str]) {
+    let mut tc = TestCluster::start(3, MIB);
+    let a = tc.mount_with(opts);
+    let b = tc.mount_with(opts);
+    fs::create_dir(a.join("d")).unwrap();
+    visible_within("mkdir", || b.join("d").is_dir());
+
+    // A new file: B looked the name up first (a negative answer it could cache).
+    assert_eq!(
+        fs::metadata(b.join("d/new")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    write_file(&a.join("d/new"), b"hello");
+    visible_within("new file", || {
+        fs::read(b.join("d/new")).map_or(false, |d| d == b"hello")
+    });
+
+    // chmod: B has the attributes cached.
+    assert_eq!(
+        fs::metadata(b.join("d/new")).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    fs::set_permissions(a.join("d/new"), fs::Permissions::from_mode(0o600)).unwrap();
+    visible_within("chmod", || {
+        fs::metadata(b.join("d/new")).unwrap().permissions().mode() & 0o777 == 0o600
+    });
+
+    // rename: the old name goes, the new one comes, with the same bytes.
+    fs::rename(a.join("d/new"), a.join("d/renamed")).unwrap();
+    visible_within("rename (old name gone)", || !b.join("d/new").exists());
+    visible_within("rename (new name)", || {
+        fs::read(b.join("d/renamed")).map_or(false, |d| d == b"hello")
+    });
+
+    // unlink, then a directory listing without it.
+    fs::remove_file(a.join("d/renamed")).unwrap();
+    visible_within("unlink", || {
+        !b.join("d/renamed").exists() && fs::read_dir(b.join("d")).unwrap().count() == 0
+    });
+
+    // rmdir.
+    fs::remove_dir(a.join("d")).unwrap();
+    visible_within("rmdir", || !b.join("d").exists());
+}
+
+#[test]
+fn appends_from_two_mounts_in_turn_keep_every_byte() {
+    let mut tc = TestCluster::start(3, MIB);
+    let a = tc.mount();
+    let b = tc.mount();
+    let mut model = Vec::new();
+    for round in 0..20u64 {
+        let piece = pattern(1000 + round as usize * 37, 100 + round);
+        let dir = if round % 2 == 0 { &a } else { &b };
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dir.join("log"))
+            .unwrap();
+        f.write_all(&piece).unwrap();
+        drop(f);
+        model.extend_from_slice(&piece);
+    }
+    assert_eq!(sha(&read_all(&a.join("log"))), sha(&model));
+    assert_eq!(sha(&read_all(&b.join("log"))), sha(&model));
+}
