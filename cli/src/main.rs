@@ -169,11 +169,19 @@ fn run(cli: Cli) -> Result<i32> {
                     p.path, p.index, p.chunk_id, p.version, p.good_replicas, p.want
                 );
             }
+            if f.orphan_chunks > 0 {
+                println!(
+                    "orphans: {} chunks ({} replicas) no file references, deleted after the MDS's --orphan-grace-secs",
+                    f.orphan_chunks, f.orphan_replicas
+                );
+            }
             println!(
-                "{} files, {} chunks, {} problems",
+                "{} files, {} chunks, {} problems ({} missing), {} orphan chunks",
                 f.files,
                 f.chunks,
-                f.problems.len()
+                f.problems.len(),
+                f.missing_chunks,
+                f.orphan_chunks
             );
             Ok(if f.problems.is_empty() { 0 } else { 1 })
         }

@@ -111,7 +111,7 @@ impl Weft {
             session = mds.session(),
             "connected to the MDS"
         );
-        Ok(Arc::new(Weft {
+        let weft = Arc::new(Weft {
             mds,
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
@@ -124,7 +124,8 @@ impl Weft {
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
-        }))
+        });
+        Ok(weft)
     }
 
     /// Forgets every cached attribute and location (coherence pushes were

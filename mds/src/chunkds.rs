@@ -50,6 +50,8 @@ pub struct Registry {
     /// Chunks daemons hold that no file references (left by a crash between a
     /// chunk write and its commit, or by a file removed while a daemon was away).
     orphans: BTreeMap<u64, BTreeSet<u64>>,
+    /// When each orphan was first reported (for the GC grace period).
+    orphan_seen: HashMap<u64, Instant>,
     dead_after: Duration,
     started: Instant,
 }
@@ -61,6 +63,7 @@ impl Registry {
             replicas: HashMap::new(),
             deletes: HashMap::new(),
             orphans: BTreeMap::new(),
+            orphan_seen: HashMap::new(),
             dead_after,
             started: Instant::now(),
         }
@@ -168,6 +171,9 @@ impl Registry {
             }
             Known::Unreferenced => {
                 self.orphans.entry(r.chunk_id).or_default().insert(daemon);
+                self.orphan_seen
+                    .entry(r.chunk_id)
+                    .or_insert_with(Instant::now);
             }
         }
     }
@@ -185,6 +191,7 @@ impl Registry {
             s.remove(&daemon);
             if s.is_empty() {
                 self.orphans.remove(&chunk);
+                self.orphan_seen.remove(&chunk);
             }
         }
         if let Some(d) = self.daemons.get_mut(&daemon) {
@@ -398,6 +405,33 @@ impl Registry {
 
     pub fn orphans(&self) -> impl Iterator<Item = (u64, usize)> + '_ {
         self.orphans.iter().map(|(c, ds)| (*c, ds.len()))
+    }
+
+    /// Orphan GC: every orphan first reported more than `grace` ago whose id
+    /// is below `below` (ids this namespace handed out; a higher one belongs to
+    /// a file system this MDS never knew, so it is kept) goes on its daemons'
+    /// delete lists, sent in their next heartbeat replies. Returns the number
+    /// of replicas scheduled for deletion.
+    pub fn collect_orphans(&mut self, grace: Duration, below: u64) -> usize {
+        let due: Vec<u64> = self
+            .orphans
+            .keys()
+            .filter(|c| **c < below)
+            .filter(|c| self.orphan_seen.get(c).is_none_or(|t| t.elapsed() >= grace))
+            .copied()
+            .collect();
+        let mut n = 0;
+        for chunk in due {
+            self.orphan_seen.remove(&chunk);
+            for daemon in self.orphans.remove(&chunk).unwrap_or_default() {
+                if let Some(d) = self.daemons.get_mut(&daemon) {
+                    d.chunks.remove(&chunk);
+                }
+                self.deletes.entry(daemon).or_default().insert(chunk);
+                n += 1;
+            }
+        }
+        n
     }
 }
 

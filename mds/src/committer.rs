@@ -7,14 +7,22 @@
 //! reader ever sees a change that is not yet on disk, and log order is apply
 //! order. A failed append leaves memory ahead of the disk, which cannot be
 //! undone: the MDS aborts and a restart replays exactly what is durable.
+//!
+//! Checkpoints start here too, between batches, once `checkpoint_bytes` of
+//! log were written since the last one: roll the log to a fresh segment, copy
+//! the state under the read lock (readers go on; mutations wait only for the
+//! copy), and write the copy on another thread.
 
 use crate::chunkds::Registry;
 use crate::ns::{Ctx, Prepared, Record};
+use crate::snapshot::Checkpointer;
 use crate::state::{encode_entry, LogEntry, State};
 use crate::wal::{codec, LogWriter};
 use crate::watch::{self, Hub};
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, RwLock};
 use weft_proto::{pb, Errno};
 
@@ -31,7 +39,13 @@ pub enum Proposal {
     },
     /// A client closed a file: may purge an unlinked inode.
     Release {
+        session: u64,
         ino: u64,
+        done: oneshot::Sender<Outcome>,
+    },
+    /// A session was silent too long: journal its expiry, release its opens.
+    Expire {
+        session: u64,
         done: oneshot::Sender<Outcome>,
     },
     /// A record the MDS decided itself (e.g. purging orphans at startup).
@@ -55,11 +69,12 @@ impl Committer {
         log: LogWriter,
         registry: Arc<Mutex<Registry>>,
         hub: Arc<Hub>,
+        checkpoints: Option<(Arc<Checkpointer>, u64)>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("wal-commit".into())
-            .spawn(move || run(rx, state, log, registry, hub))
+            .spawn(move || run(rx, state, log, registry, hub, checkpoints))
             .expect("spawn the commit thread");
         Committer { tx }
     }
@@ -82,9 +97,12 @@ fn run(
     mut log: LogWriter,
     registry: Arc<Mutex<Registry>>,
     hub: Arc<Hub>,
+    checkpoints: Option<(Arc<Checkpointer>, u64)>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut frames = Vec::new();
+    let mut since_checkpoint = 0u64;
+    let busy = Arc::new(AtomicBool::new(false));
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -118,6 +136,59 @@ fn run(
         for (done, outcome) in answers {
             let _ = done.send(outcome);
         }
+        since_checkpoint += frames.len() as u64;
+        if let Some((cp, every)) = &checkpoints {
+            if since_checkpoint >= *every && !busy.load(Ordering::Acquire) {
+                since_checkpoint = 0;
+                start_checkpoint(&state, &mut log, cp.clone(), busy.clone());
+            }
+        }
+    }
+}
+
+/// Rolls the log and hands a copy of the state to a checkpoint thread. Runs
+/// on the commit thread, so no mutation happens between the roll and the copy.
+fn start_checkpoint(
+    state: &Arc<RwLock<State>>,
+    log: &mut LogWriter,
+    cp: Arc<Checkpointer>,
+    busy: Arc<AtomicBool>,
+) {
+    let t = Instant::now();
+    let copy = {
+        let st = state.blocking_read();
+        if let Err(e) = log.roll(st.applied_index + 1) {
+            tracing::error!(
+                "write-ahead log roll failed, aborting so a restart replays what is durable: {e}"
+            );
+            std::process::abort();
+        }
+        st.clone()
+    };
+    let pause_ms = t.elapsed().as_millis() as u64;
+    busy.store(true, Ordering::Release);
+    let flag = busy.clone();
+    let spawned = std::thread::Builder::new()
+        .name("checkpoint".into())
+        .spawn(move || {
+            match cp.checkpoint(&copy) {
+                Ok(d) => tracing::info!(
+                    index = d.index,
+                    bytes = d.bytes,
+                    segments_dropped = d.segments_dropped,
+                    write_ms = d.ms,
+                    pause_ms,
+                    "checkpoint written"
+                ),
+                // The log still holds everything: a failed checkpoint costs disk, not data.
+                Err(e) => tracing::error!("checkpoint failed (the log is kept): {e:#}"),
+            }
+            drop(copy);
+            flag.store(false, Ordering::Release);
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start a checkpoint thread: {e}");
+        busy.store(false, Ordering::Release);
     }
 }
 
@@ -155,13 +226,35 @@ fn decide(
                 pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_),
             ) = (&outcome, &op)
             {
-                st.ns.opened(a.ino);
+                st.opened(session, a.ino);
             }
             (outcome, done)
         }
-        Proposal::Release { ino, done } => {
-            if let Some(record) = st.ns.released(ino) {
+        Proposal::Release { session, ino, done } => {
+            if let Some(record) = st.released(session, ino) {
                 commit(st, 0, 0, record, frames, freed, events);
+            }
+            (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
+        }
+        Proposal::Expire { session, done } => {
+            let opens = st.take_opens(session);
+            if st.sessions.contains(session) {
+                commit(
+                    st,
+                    0,
+                    0,
+                    Record::ExpireSession { session },
+                    frames,
+                    freed,
+                    events,
+                );
+            }
+            for (ino, n) in opens {
+                for _ in 0..n {
+                    if let Some(record) = st.ns.released(ino) {
+                        commit(st, 0, 0, record, frames, freed, events);
+                    }
+                }
             }
             (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
         }

@@ -54,6 +54,25 @@ pub struct Config {
     /// few seconds) loses its advisory locks, in seconds.
     #[arg(long, default_value_t = 30)]
     pub lock_expiry_secs: u64,
+    /// Write a checkpoint (snapshot of the whole state) after this many bytes
+    /// of log, then drop the log it covers. One is also written at clean shutdown.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub checkpoint_bytes: u64,
+    /// A client session not heard from for this many seconds expires: its
+    /// remembered replies and its open files are dropped.
+    #[arg(long, default_value_t = 300)]
+    pub session_timeout_secs: u64,
+    /// A replica no file references is deleted from its daemon once it has
+    /// been reported for this many seconds (so nothing in flight is lost).
+    #[arg(long, default_value_t = 300)]
+    pub orphan_grace_secs: u64,
+    /// Verify the data directory offline (format, snapshot, every log record)
+    /// and exit: 0 if sound, 1 with what is wrong.
+    #[arg(long)]
+    pub check: bool,
+    /// Print every log record after the newest snapshot readably and exit.
+    #[arg(long)]
+    pub dump: bool,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -84,7 +103,17 @@ impl Config {
         if self.heartbeat_ms == 0 || self.dead_after_ms < 2 * self.heartbeat_ms {
             return Err("--dead-after-ms must be at least twice --heartbeat-ms (one missed beat is not death)".into());
         }
+        if self.checkpoint_bytes < 4096 {
+            return Err("--checkpoint-bytes must be at least 4096".into());
+        }
+        if self.session_timeout_secs == 0 {
+            return Err("--session-timeout-secs must be positive".into());
+        }
         Ok(())
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_timeout_secs)
     }
 
     pub fn dead_after(&self) -> Duration {

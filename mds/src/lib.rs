@@ -10,12 +10,16 @@
 //! - `leases`     write leases and version bumps that fence stale writers
 //! - `repair`     re-replication, trimming, draining (background loop)
 //! - `service`    the gRPC glue for `Meta` and `Master`
-//! - `server`     startup: data dir, lock, replay, serve
+//! - `snapshot`   checkpoints: the whole state at one log index, durably
+//! - `sessions`   session contact times and expiry
+//! - `inspect`    `--check` and `--dump`: offline views of a data directory
+//! - `server`     startup: data dir, lock, snapshot + replay, serve
 //! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
 
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod inspect;
 pub mod leases;
 pub mod locks;
 pub mod ns;
@@ -23,6 +27,8 @@ pub mod placement;
 pub mod repair;
 pub mod server;
 pub mod service;
+pub mod sessions;
+pub mod snapshot;
 pub mod state;
 pub mod wal;
 pub mod watch;

@@ -1,11 +1,14 @@
 //! Startup and serving: lock the data directory, read the format file,
-//! replay the log into memory, purge inodes left unlinked-but-open by the
-//! previous run, then serve until SIGTERM/SIGINT.
+//! load the newest snapshot and replay the log after it, schedule the purge
+//! of inodes left unlinked-but-open by the previous run (after a session
+//! timeout, so clients riding through the restart keep them), then serve
+//! until SIGTERM/SIGINT, and checkpoint on the way out.
 
 use crate::chunkds::Registry;
 use crate::committer::{Committer, Proposal};
 use crate::config::{Config, DEFAULT_CHUNK_SIZE};
 use crate::service::Mds;
+use crate::snapshot::{self, Checkpointer};
 use crate::state::{decode_entry, State};
 use crate::wal::{log, LogWriter};
 use anyhow::{bail, Context};
@@ -81,23 +84,47 @@ fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
     Ok(f)
 }
 
-/// Rebuilds the state from the log in `wal_dir`, cutting off a torn tail.
-pub fn recover(wal_dir: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<State> {
+/// Rebuilds the state: the newest snapshot in `data/snapshot`, then the log in
+/// `data/wal` after it, cutting off a torn tail when `repair` is set.
+pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<State> {
     let t = Instant::now();
-    let replayed = log::replay(wal_dir, 0, repair)?;
+    let mut st = snapshot::load_newest(&data.join(snapshot::DIR), chunk_size)?
+        .unwrap_or_else(|| State::new(chunk_size));
+    let from_snapshot = st.applied_index;
+    let snap_ms = t.elapsed().as_millis() as u64;
+    let wal_dir = data.join("wal");
+    let replayed = log::replay(&wal_dir, st.applied_index, repair)?;
     if let Some((path, offset, bytes)) = &replayed.truncated_tail {
         tracing::warn!("{}: cut {bytes} bytes of a torn record at offset {offset} (a crash mid-append; never acknowledged)", path.display());
     }
-    let mut st = State::new(chunk_size);
+    if let Some(first) = replayed.frames.first() {
+        if first.index != st.applied_index + 1 {
+            bail!(
+                "{}: the log resumes at entry {} but the state (snapshot at {}) needs {} next: \
+                 log segments or the newest snapshot are missing; refusing to start",
+                wal_dir.display(),
+                first.index,
+                st.applied_index,
+                st.applied_index + 1
+            );
+        }
+    }
     for frame in &replayed.frames {
-        let entry = decode_entry(&frame.payload)
-            .with_context(|| format!("log entry {} does not decode", frame.index))?;
+        let entry = decode_entry(&frame.payload).with_context(|| {
+            format!(
+                "{}: log entry {} does not decode",
+                wal_dir.display(),
+                frame.index
+            )
+        })?;
         st.apply_entry(frame.index, &entry);
     }
     tracing::info!(
+        snapshot_index = from_snapshot,
+        snapshot_ms = snap_ms,
         entries = replayed.frames.len(),
         ms = t.elapsed().as_millis() as u64,
-        "replayed the log"
+        "recovered state"
     );
     Ok(st)
 }
@@ -110,26 +137,49 @@ pub async fn run(
     let format = read_or_create_format(&cfg)?;
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;
-    let state = recover(&wal_dir, format.chunk_size, true)?;
+    let state = recover(&cfg.data, format.chunk_size, true)?;
     let writer = LogWriter::open(&wal_dir, state.applied_index + 1)?;
     let orphans = state.ns.orphans();
+    let sessions: Vec<u64> = state.sessions.ids().collect();
     let state = Arc::new(RwLock::new(state));
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
     let hub = Arc::new(crate::watch::Hub::default());
-    let committer = Committer::start(state.clone(), writer, registry.clone(), hub.clone());
+    let checkpointer = Checkpointer::new(&cfg.data);
+    let committer = Committer::start(
+        state.clone(),
+        writer,
+        registry.clone(),
+        hub.clone(),
+        Some((checkpointer.clone(), cfg.checkpoint_bytes)),
+    );
 
-    // Nothing is open after a restart: inodes unlinked while open are freed now.
-    for ino in orphans {
-        let record = state.read().await.ns.purge_record(ino);
-        if let Some(record) = record {
-            let _ = committer
-                .propose(|done| Proposal::Internal { record, done })
-                .await;
-        }
+    // Inodes unlinked while open are kept for a session timeout: a client that
+    // rode through the restart may still read or write them through its open
+    // handle (its Release purges them, as before the restart). Whatever is
+    // left by then belongs to clients that are gone.
+    if !orphans.is_empty() {
+        let (state, committer) = (state.clone(), committer.clone());
+        let wait = cfg.session_timeout();
+        tracing::info!(
+            inodes = orphans.len(),
+            secs = wait.as_secs(),
+            "unlinked-but-open inodes from before the restart are kept for a session timeout"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            for ino in orphans {
+                let record = state.read().await.ns.purge_record(ino);
+                if let Some(record) = record {
+                    let _ = committer
+                        .propose(|done| Proposal::Internal { record, done })
+                        .await;
+                }
+            }
+        });
     }
 
     let mds = Mds {
-        state,
+        state: state.clone(),
         registry,
         committer,
         replicas: cfg.replicas,
@@ -142,7 +192,11 @@ pub async fn run(
         locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
             std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
         ))),
+        contacts: Default::default(),
+        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
     };
+    // Sessions known from the log get a full timeout from now to come back.
+    crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
     crate::repair::spawn(
         mds.clone(),
         crate::repair::RepairConfig {
@@ -194,6 +248,18 @@ pub async fn run(
             shutdown,
         )
         .await?;
+    // A clean stop leaves a snapshot, so the next start replays (almost) nothing.
+    let st = state.read().await;
+    let t = Instant::now();
+    match tokio::task::block_in_place(|| checkpointer.checkpoint(&st)) {
+        Ok(d) => tracing::info!(
+            index = d.index,
+            bytes = d.bytes,
+            ms = t.elapsed().as_millis() as u64,
+            "checkpoint at shutdown"
+        ),
+        Err(e) => tracing::error!("checkpoint at shutdown failed (the log is kept): {e:#}"),
+    }
     tracing::info!("weft-mds stopped");
     Ok(())
 }

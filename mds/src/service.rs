@@ -30,6 +30,10 @@ pub struct Mds {
     pub repair: Arc<crate::repair::RepairStats>,
     /// Advisory locks (issue3): in memory only, see locks.rs.
     pub locks: Arc<Mutex<crate::locks::LockTable>>,
+    /// When each client session was last heard from (see `sessions`).
+    pub contacts: crate::sessions::Contacts,
+    /// How long an unreferenced replica is left alone before it is deleted.
+    pub orphan_grace: Duration,
 }
 
 impl Mds {
@@ -48,7 +52,11 @@ impl Mds {
             Op::GetChunks(g) => self.get_chunks(g).await,
             Op::Release(r) => {
                 self.committer
-                    .propose(|done| Proposal::Release { ino: r.ino, done })
+                    .propose(|done| Proposal::Release {
+                        session,
+                        ino: r.ino,
+                        done,
+                    })
                     .await
             }
             Op::AllocChunk(ref a) => {
@@ -200,6 +208,7 @@ impl pb::meta_server::Meta for Mds {
             .op
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
+        self.contacts.touch(req.session);
         let reply = match self.dispatch(req.session, req.seq, caller, op).await {
             Ok(result) => pb::MetaReply {
                 errno: 0,
@@ -236,7 +245,15 @@ impl pb::master_server::Master for Mds {
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
         let req = req.into_inner();
         let st = self.state.read().await;
-        let reply = match self.registry.lock().heartbeat(&req, Self::classify(&st)) {
+        let mut reg = self.registry.lock();
+        let collected = reg.collect_orphans(self.orphan_grace, st.ns.next_chunk_id());
+        if collected > 0 {
+            tracing::info!(
+                replicas = collected,
+                "deleting orphan replicas (no file references them)"
+            );
+        }
+        let reply = match reg.heartbeat(&req, Self::classify(&st)) {
             Some(delete_chunks) => pb::HeartbeatReply {
                 reregister: false,
                 delete_chunks,
@@ -316,10 +333,19 @@ impl pb::master_server::Master for Mds {
                 });
             }
         }
+        let (mut orphan_chunks, mut orphan_replicas) = (0, 0);
+        for (_, n) in reg.orphans() {
+            orphan_chunks += 1;
+            orphan_replicas += n as u64;
+        }
+        let missing_chunks = problems.iter().filter(|p| p.good_replicas == 0).count() as u64;
         Ok(Response::new(pb::FsckReply {
             files: st.ns.counts().files,
             chunks,
             problems,
+            orphan_chunks,
+            orphan_replicas,
+            missing_chunks,
         }))
     }
 }

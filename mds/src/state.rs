@@ -3,6 +3,10 @@
 //!
 //! `apply_entry` is the only way state changes, on the live path and on replay
 //! alike, so both produce the same state and the same replies.
+//!
+//! Which session holds which inode open is memory only (like the namespace's
+//! open counts): after a restart nothing is open. It exists so that an expired
+//! session's opens can be released — purging inodes it kept alive unlinked.
 
 use crate::ns::{Applied, Namespace, Record};
 use prost::Message;
@@ -22,7 +26,7 @@ pub struct LogEntry {
     pub record: Record,
 }
 
-#[derive(Default, Serialize, Deserialize)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 pub struct Sessions {
     replies: HashMap<u64, BTreeMap<u64, Vec<u8>>>,
 }
@@ -53,16 +57,33 @@ impl Sessions {
         self.replies.len()
     }
 
+    /// Sessions with remembered replies.
+    pub fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        self.replies.keys().copied()
+    }
+
+    pub fn contains(&self, session: u64) -> bool {
+        self.replies.contains_key(&session)
+    }
+
+    /// Replies remembered in all sessions (for benchmarks and status).
+    pub fn replies(&self) -> usize {
+        self.replies.values().map(|r| r.len()).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.replies.is_empty()
     }
 }
 
+#[derive(Clone)]
 pub struct State {
     pub ns: Namespace,
     pub sessions: Sessions,
     /// Index of the last entry applied.
     pub applied_index: u64,
+    /// session → ino → opens by that session. Memory only.
+    pub opens: HashMap<u64, HashMap<u64, u32>>,
 }
 
 impl State {
@@ -71,13 +92,55 @@ impl State {
             ns: Namespace::new(chunk_size),
             sessions: Sessions::default(),
             applied_index: 0,
+            opens: HashMap::new(),
         }
+    }
+
+    /// `session` opened `ino` (the namespace's count is raised too).
+    pub fn opened(&mut self, session: u64, ino: u64) {
+        self.ns.opened(ino);
+        if session != 0 {
+            *self
+                .opens
+                .entry(session)
+                .or_default()
+                .entry(ino)
+                .or_insert(0) += 1;
+        }
+    }
+
+    /// `session` closed `ino`: the purge record if that was the last open of
+    /// an unlinked inode.
+    pub fn released(&mut self, session: u64, ino: u64) -> Option<Record> {
+        if let Some(m) = self.opens.get_mut(&session) {
+            if let Some(n) = m.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ino);
+                }
+            }
+            if m.is_empty() {
+                self.opens.remove(&session);
+            }
+        }
+        self.ns.released(ino)
+    }
+
+    /// Everything `session` still holds open, forgotten; each (ino, count).
+    pub fn take_opens(&mut self, session: u64) -> Vec<(u64, u32)> {
+        self.opens
+            .remove(&session)
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// Applies the entry at `index` (the next one) and remembers its reply.
     pub fn apply_entry(&mut self, index: u64, entry: &LogEntry) -> Applied {
         debug_assert!(self.applied_index == 0 || index == self.applied_index + 1);
         let applied = self.ns.apply(&entry.record);
+        if let Record::ExpireSession { session } = entry.record {
+            self.sessions.replies.remove(&session);
+        }
         self.sessions
             .remember(entry.session, entry.seq, &applied.reply);
         self.applied_index = index;

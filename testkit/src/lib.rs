@@ -8,6 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod mds;
+
 pub use weft_cli::cluster::{is_mounted, ClusterSpec, LocalCluster};
 
 /// target/<profile>/, where cargo puts the workspace's binaries; test

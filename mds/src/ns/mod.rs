@@ -158,6 +158,12 @@ impl Namespace {
         self.chunk_size
     }
 
+    /// The next chunk id `prepare` will hand out: every id below it was
+    /// journaled (AllocChunk) before any replica of it could exist.
+    pub fn next_chunk_id(&self) -> u64 {
+        self.next_chunk
+    }
+
     /// Read-only ops: Lookup, GetAttr, Readlink, ReadDir, GetXattr, ListXattr.
     pub fn read(&self, caller: &Caller, op: &Op) -> Result<ReplyResult, Errno> {
         match op {
@@ -256,6 +262,8 @@ impl Namespace {
                 chunk_id,
                 version,
             } => self.apply_bump_version(*ino, *index, *chunk_id, *version),
+            // Session bookkeeping lives in `State`; nothing here.
+            Record::ExpireSession { .. } => Ok(ReplyResult::Empty(pb::Empty {})),
         };
         let reply = reply.unwrap_or_else(|e| {
             tracing::error!(?rec, errno = %e, "record does not fit the namespace; nothing changed");

@@ -118,6 +118,12 @@ pub enum Record {
         mode: u32,
         now: Time,
     },
+    /// A client session was silent past the session timeout: its remembered
+    /// replies go (in `State`; the namespace itself does not change). Its open
+    /// files are released by the `Purge` records that follow it.
+    ExpireSession {
+        session: u64,
+    },
 }
 
 impl Record {
@@ -136,6 +142,7 @@ impl Record {
             | Record::Purge { ino }
             | Record::BumpVersion { ino, .. } => *ino,
             Record::SetAcl { ino, .. } => *ino,
+            Record::ExpireSession { .. } => 0,
         }
     }
 }

@@ -245,20 +245,36 @@ impl LogWriter {
 
     /// Removes segments whose every entry is at or below `upto` (covered by a snapshot).
     pub fn drop_covered(&self, upto: u64) -> Result<usize, WalError> {
-        let segs = list_segments(&self.dir)?;
-        let mut dropped = 0;
-        for w in segs.windows(2) {
-            // A segment's entries end just before the next segment's first.
-            if w[1].0 <= upto + 1 && w[0].1 != self.path {
-                fs::remove_file(&w[0].1).map_err(io_err(&w[0].1))?;
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            sync_dir(&self.dir)?;
-        }
-        Ok(dropped)
+        drop_covered_in(&self.dir, upto)
     }
+
+    /// Starts a new segment for `next_index` if the current one holds entries,
+    /// so a checkpoint at `next_index - 1` covers every older segment whole.
+    pub fn roll(&mut self, next_index: u64) -> Result<(), WalError> {
+        if self.size > codec::SEGMENT_HEADER_LEN as u64 {
+            *self = Self::create_segment(&self.dir, next_index)?;
+        }
+        Ok(())
+    }
+}
+
+/// Removes segments of `dir` whose every entry is at or below `upto`. The last
+/// segment is never removed (it may be the one being appended to), so this is
+/// safe to run beside the writer.
+pub fn drop_covered_in(dir: &Path, upto: u64) -> Result<usize, WalError> {
+    let segs = list_segments(dir)?;
+    let mut dropped = 0;
+    for w in segs.windows(2) {
+        // A segment's entries end just before the next segment's first.
+        if w[1].0 <= upto + 1 {
+            fs::remove_file(&w[0].1).map_err(io_err(&w[0].1))?;
+            dropped += 1;
+        }
+    }
+    if dropped > 0 {
+        sync_dir(dir)?;
+    }
+    Ok(dropped)
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), WalError> {

@@ -3,7 +3,10 @@
 //! mkdir, create, unlink, rmdir, rename (with flags), link, truncate and
 //! write, plus "restart" (postcard round trip of the state) and "replay" (all
 //! records onto a fresh namespace), must give the model's errno or success,
-//! and afterwards the same tree.
+//! and afterwards the same tree. "checkpoint" and "disk restart" go through
+//! the real files: a snapshot written by `snapshot::write` at that point, and
+//! on restart every record framed into real log segments (those the newest
+//! snapshot covers dropped), then `server::recover` rebuilds the state.
 
 use super::*;
 use proptest::prelude::*;
@@ -36,6 +39,8 @@ enum MOp {
     Write(P, u64),
     Restart,
     Replay,
+    Checkpoint,
+    DiskRestart,
 }
 
 const SMALL_CHUNK: u64 = 4096;
@@ -201,7 +206,7 @@ impl Model {
                 let s = self.take_subtree(a);
                 self.put_subtree(b, s);
             }
-            MOp::Restart | MOp::Replay => {}
+            MOp::Restart | MOp::Replay | MOp::Checkpoint | MOp::DiskRestart => {}
         }
         Ok(())
     }
@@ -285,6 +290,7 @@ fn run_op(h: &mut Harness, op: &MOp) -> Result<(), Errno> {
             h.ns = ns;
             Ok(())
         }
+        MOp::Checkpoint | MOp::DiskRestart => unreachable!("run by disk_op"),
         MOp::Replay => {
             let mut ns = Namespace::new(SMALL_CHUNK);
             for (rec, reply) in h.log.iter().zip(&h.replies) {
@@ -295,6 +301,59 @@ fn run_op(h: &mut Harness, op: &MOp) -> Result<(), Errno> {
             Ok(())
         }
     }
+}
+
+/// Checkpoint: the state as of the last record, written as a real snapshot.
+/// DiskRestart: every record framed into real log segments (rolled at each
+/// checkpoint, covered ones dropped, as the MDS does), then recovery from
+/// snapshot + log must rebuild exactly the live state.
+fn disk_op(h: &mut Harness, op: &MOp, dir: &std::path::Path) -> Result<(), Errno> {
+    use crate::state::{encode_entry, LogEntry, State};
+    use crate::wal::{codec, log};
+    let snap_dir = dir.join(crate::snapshot::DIR);
+    match op {
+        MOp::Checkpoint => {
+            let st = State {
+                ns: h.ns.clone(),
+                applied_index: h.log.len() as u64,
+                ..State::new(SMALL_CHUNK)
+            };
+            crate::snapshot::write(&snap_dir, &st).unwrap();
+        }
+        _ => {
+            let wal = dir.join("wal");
+            let _ = std::fs::remove_dir_all(&wal);
+            std::fs::create_dir_all(&wal).unwrap();
+            let cuts: Vec<u64> = crate::snapshot::list(&snap_dir)
+                .unwrap()
+                .iter()
+                .map(|(i, _)| *i)
+                .collect();
+            let mut w = log::LogWriter::open(&wal, 1).unwrap();
+            for (i, rec) in h.log.iter().enumerate() {
+                let index = i as u64 + 1;
+                if cuts.contains(&(index - 1)) {
+                    w.roll(index).unwrap();
+                }
+                let mut buf = Vec::new();
+                let e = LogEntry {
+                    session: 0,
+                    seq: 0,
+                    record: rec.clone(),
+                };
+                codec::encode_frame(index, 0, &encode_entry(&e), &mut buf);
+                w.append_sync(index, &buf).unwrap();
+            }
+            if let Some(last) = cuts.last() {
+                w.drop_covered(*last).unwrap();
+            }
+            let st = crate::server::recover(dir, SMALL_CHUNK, true).unwrap();
+            assert_eq!(st.applied_index, h.log.len() as u64);
+            assert_eq!(st.ns, h.ns);
+            h.ns = st.ns;
+        }
+    }
+    Ok(())
 }
 
 /// The namespace's tree as (path → (is dir, size, nlink, ino)), by readdir.
@@ -383,6 +442,8 @@ fn mop() -> impl Strategy<Value = MOp> {
         2 => (path(), 0..5 * SMALL_CHUNK).prop_map(|(p, s)| MOp::Write(p, s)),
         1 => Just(MOp::Restart),
         1 => Just(MOp::Replay),
+        1 => Just(MOp::Checkpoint),
+        1 => Just(MOp::DiskRestart),
     ]
 }
 
@@ -394,9 +455,13 @@ proptest! {
         let mut h = Harness::new();
         h.ns = Namespace::new(SMALL_CHUNK);
         let mut m = Model::default();
+        let disk = tempfile::tempdir().unwrap();
         for op in &ops {
             let want = m.apply(op);
-            let got = run_op(&mut h, op);
+            let got = match op {
+                MOp::Checkpoint | MOp::DiskRestart => disk_op(&mut h, op, disk.path()),
+                _ => run_op(&mut h, op),
+            };
             prop_assert_eq!(got, want, "{:?}", op);
             compare(&h, &m);
         }

@@ -1,0 +1,69 @@
+//! Session liveness: when each client session was last heard from, and the
+//! task that expires sessions silent for longer than `--session-timeout-secs`.
+//!
+//! Contact times are memory only (a clock has no place in the log); the
+//! decision to expire is journaled (`Record::ExpireSession`, then `Purge`
+//! records for inodes only that session kept open), so replay agrees with
+//! what the live MDS did. After a restart every session in the replayed table
+//! gets a full timeout, counted from startup, to come back.
+
+use crate::committer::Proposal;
+use crate::service::Mds;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// session → last contact.
+#[derive(Default, Clone)]
+pub struct Contacts(Arc<Mutex<HashMap<u64, Instant>>>);
+
+impl Contacts {
+    /// Any request from `session` counts as contact.
+    pub fn touch(&self, session: u64) {
+        if session != 0 {
+            self.0.lock().insert(session, Instant::now());
+        }
+    }
+
+    /// Removes and returns the sessions silent for longer than `timeout`.
+    fn take_expired(&self, timeout: Duration) -> Vec<u64> {
+        let mut m = self.0.lock();
+        let expired: Vec<u64> = m
+            .iter()
+            .filter(|(_, t)| t.elapsed() > timeout)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in &expired {
+            m.remove(s);
+        }
+        expired
+    }
+}
+
+/// Starts the expiry task; `known` are the sessions the replayed state remembers.
+pub fn start_expiry(mds: &Mds, known: Vec<u64>, timeout: Duration) {
+    for s in known {
+        mds.contacts.touch(s);
+    }
+    let mds = mds.clone();
+    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for session in mds.contacts.take_expired(timeout) {
+                tracing::info!(
+                    session,
+                    secs = timeout.as_secs(),
+                    "session expired (no contact)"
+                );
+                let _ = mds
+                    .committer
+                    .propose(|done| Proposal::Expire { session, done })
+                    .await;
+            }
+        }
+    });
+}

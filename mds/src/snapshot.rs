@@ -1,0 +1,285 @@
+//! Checkpoints: the whole MDS state (namespace + session table) at one log
+//! index, in one file, so restart reads a snapshot plus a short log tail and
+//! the log segments the snapshot covers can be deleted.
+//!
+//! File `DATA/snapshot/NNNNNNNNNNNNNNNNNNNN.snap` (named for the index it covers):
+//! ```text
+//! offset size  field (little-endian)
+//! 0      8     magic "WEFTSNP1"
+//! 8      4     format version (1)
+//! 12     4     reserved (0)
+//! 16     8     index: the last log entry the state includes
+//! 24     8     payload length
+//! 32     4     crc32c of the payload
+//! 36     4     crc32c of bytes 0..36
+//! 40     ...   payload: postcard of (Namespace, Sessions)
+//! ```
+//! Invariants: a `.snap` file that exists is complete and fsync'd (written as
+//! `.tmp`, fsync, rename, fsync of the directory); it is only ever trusted after
+//! both checksums pass; log segments are dropped only after the snapshot that
+//! covers them is durable; at most one writer at a time (`Checkpointer::lock`).
+
+use crate::state::{Sessions, State};
+use crate::wal::log::{self, WalError};
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub const MAGIC: &[u8; 8] = b"WEFTSNP1";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 40;
+pub const DIR: &str = "snapshot";
+
+#[derive(Serialize)]
+struct BodyRef<'a> {
+    ns: &'a crate::ns::Namespace,
+    sessions: &'a Sessions,
+}
+
+#[derive(Deserialize)]
+struct Body {
+    ns: crate::ns::Namespace,
+    sessions: Sessions,
+}
+
+pub fn snapshot_name(index: u64) -> String {
+    format!("{index:020}.snap")
+}
+
+/// Snapshot files in `dir`, sorted by index.
+pub fn list(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    if !dir.exists() {
+        return Ok(out);
+    }
+    for e in fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let e = e?;
+        let name = e.file_name();
+        if let Some(num) = name.to_string_lossy().strip_suffix(".snap") {
+            if let Ok(i) = num.parse::<u64>() {
+                out.push((i, e.path()));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn encode_header(index: u64, len: u64, crc: u32) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&index.to_le_bytes());
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    h[32..36].copy_from_slice(&crc.to_le_bytes());
+    let hcrc = crc32c::crc32c(&h[..36]);
+    h[36..40].copy_from_slice(&hcrc.to_le_bytes());
+    h
+}
+
+/// Counts and checksums the payload as it streams to disk, so a snapshot of
+/// a large namespace never needs a second copy of itself in memory.
+struct Tee<W: Write> {
+    inner: W,
+    crc: u32,
+    len: u64,
+}
+
+impl<W: Write> Write for Tee<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc = crc32c::crc32c_append(self.crc, &buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes the state durably as the snapshot for `st.applied_index`; returns its path and size.
+pub fn write(dir: &Path, st: &State) -> anyhow::Result<(PathBuf, u64)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let index = st.applied_index;
+    let path = dir.join(snapshot_name(index));
+    let tmp = dir.join(format!("{}.tmp", snapshot_name(index)));
+    let mut f = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    f.write_all(&[0u8; HEADER_LEN])?;
+    let mut tee = Tee {
+        inner: BufWriter::with_capacity(1 << 20, &mut f),
+        crc: 0,
+        len: 0,
+    };
+    postcard::to_io(
+        &BodyRef {
+            ns: &st.ns,
+            sessions: &st.sessions,
+        },
+        &mut tee,
+    )
+    .with_context(|| format!("writing {}", tmp.display()))?;
+    tee.flush()?;
+    let (len, crc) = (tee.len, tee.crc);
+    drop(tee);
+    f.seek(SeekFrom::Start(0))?;
+    f.write_all(&encode_header(index, len, crc))?;
+    f.sync_all()
+        .with_context(|| format!("fsync {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, &path)?;
+    log::sync_dir(dir)?;
+    Ok((path, HEADER_LEN as u64 + len))
+}
+
+/// Reads and verifies one snapshot file: (index, namespace, sessions).
+pub fn read(path: &Path, chunk_size: u64) -> anyhow::Result<State> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let bad = |what: String| anyhow::anyhow!("{}: {what}", path.display());
+    if bytes.len() < HEADER_LEN {
+        return Err(bad(format!(
+            "{} bytes, shorter than the header",
+            bytes.len()
+        )));
+    }
+    let h = &bytes[..HEADER_LEN];
+    if &h[..8] != MAGIC {
+        return Err(bad("bad magic (not a weft snapshot)".into()));
+    }
+    let hcrc = u32::from_le_bytes(h[36..40].try_into().unwrap());
+    if crc32c::crc32c(&h[..36]) != hcrc {
+        return Err(bad("header checksum mismatch at offset 0".into()));
+    }
+    let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
+    if version != VERSION {
+        return Err(bad(format!(
+            "snapshot format version {version}, this MDS reads {VERSION}"
+        )));
+    }
+    let index = u64::from_le_bytes(h[16..24].try_into().unwrap());
+    let len = u64::from_le_bytes(h[24..32].try_into().unwrap());
+    let crc = u32::from_le_bytes(h[32..36].try_into().unwrap());
+    let payload = &bytes[HEADER_LEN..];
+    if payload.len() as u64 != len {
+        return Err(bad(format!(
+            "payload is {} bytes, the header says {len}",
+            payload.len()
+        )));
+    }
+    let actual = crc32c::crc32c(payload);
+    if actual != crc {
+        return Err(bad(format!(
+            "payload checksum mismatch (stored {crc:08x}, computed {actual:08x})"
+        )));
+    }
+    let body: Body =
+        postcard::from_bytes(payload).map_err(|e| bad(format!("payload does not decode: {e}")))?;
+    if body.ns.chunk_size() != chunk_size {
+        return Err(bad(format!(
+            "chunk size {} differs from format.json's {chunk_size}",
+            body.ns.chunk_size()
+        )));
+    }
+    Ok(State {
+        ns: body.ns,
+        sessions: body.sessions,
+        applied_index: index,
+        opens: Default::default(),
+    })
+}
+
+/// The newest snapshot, verified; `None` for a file system that has none yet.
+/// A damaged newest snapshot is an error, not a silent fall-back: the log it
+/// covered is gone.
+pub fn load_newest(dir: &Path, chunk_size: u64) -> anyhow::Result<Option<State>> {
+    match list(dir)?.last() {
+        None => Ok(None),
+        Some((index, path)) => {
+            let st = read(path, chunk_size)?;
+            if st.applied_index != *index {
+                bail!(
+                    "{}: holds index {} but is named for {index}",
+                    path.display(),
+                    st.applied_index
+                );
+            }
+            Ok(Some(st))
+        }
+    }
+}
+
+/// Takes checkpoints: one at a time, then removes older snapshots and the log
+/// segments the new one covers.
+pub struct Checkpointer {
+    snap_dir: PathBuf,
+    wal_dir: PathBuf,
+    lock: parking_lot::Mutex<()>,
+}
+
+/// What one checkpoint did (for logs and benchmarks).
+#[derive(Debug, Clone, Copy)]
+pub struct Done {
+    pub index: u64,
+    pub bytes: u64,
+    pub segments_dropped: usize,
+    pub ms: u64,
+}
+
+impl Checkpointer {
+    pub fn new(data: &Path) -> Arc<Self> {
+        Arc::new(Checkpointer {
+            snap_dir: data.join(DIR),
+            wal_dir: data.join("wal"),
+            lock: parking_lot::Mutex::new(()),
+        })
+    }
+
+    /// Writes `st` (a copy, or a locked state) and cleans up what it covers.
+    pub fn checkpoint(&self, st: &State) -> anyhow::Result<Done> {
+        let _one = self.lock.lock();
+        let t = Instant::now();
+        if list(&self.snap_dir)?
+            .last()
+            .is_some_and(|(i, _)| *i >= st.applied_index)
+        {
+            return Ok(Done {
+                index: st.applied_index,
+                bytes: 0,
+                segments_dropped: 0,
+                ms: 0,
+            });
+        }
+        let (_, bytes) = write(&self.snap_dir, st)?;
+        for (i, p) in list(&self.snap_dir)? {
+            if i < st.applied_index {
+                fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+        }
+        // Leftover temp files are from a crash mid-checkpoint: never trusted, so drop them.
+        for e in fs::read_dir(&self.snap_dir)?.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".tmp")
+                && !e
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(&snapshot_name(st.applied_index))
+            {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        log::sync_dir(&self.snap_dir)?;
+        let segments_dropped = log::drop_covered_in(&self.wal_dir, st.applied_index)
+            .map_err(|e: WalError| anyhow::anyhow!(e))?;
+        Ok(Done {
+            index: st.applied_index,
+            bytes,
+            segments_dropped,
+            ms: t.elapsed().as_millis() as u64,
+        })
+    }
+}
