@@ -127,16 +127,7 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
                     off += len;
                 }
                 Decoded::Truncated if last_segment => {
-                    let dropped = (buf.len() - off) as u64;
-                    truncated_tail = Some((path.clone(), off as u64, dropped));
-                    if repair {
-                        let f = OpenOptions::new()
-                            .write(true)
-                            .open(path)
-                            .map_err(io_err(path))?;
-                        f.set_len(off as u64).map_err(io_err(path))?;
-                        f.sync_all().map_err(io_err(path))?;
-                    }
+                    truncated_tail = Some(cut_tail(path, off as u64, buf.len() as u64, repair)?);
                     break;
                 }
                 Decoded::Truncated => {
@@ -149,16 +140,8 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
                         && matches!(codec::decode_frame(&buf[off..]), Decoded::Corrupt(_))
                         && frame_end(&buf[off..]).is_some_and(|end| off + end == buf.len());
                     if is_tail {
-                        let dropped = (buf.len() - off) as u64;
-                        truncated_tail = Some((path.clone(), off as u64, dropped));
-                        if repair {
-                            let f = OpenOptions::new()
-                                .write(true)
-                                .open(path)
-                                .map_err(io_err(path))?;
-                            f.set_len(off as u64).map_err(io_err(path))?;
-                            f.sync_all().map_err(io_err(path))?;
-                        }
+                        truncated_tail =
+                            Some(cut_tail(path, off as u64, buf.len() as u64, repair)?);
                         break;
                     }
                     return Err(corrupt(off, what));
@@ -170,6 +153,25 @@ pub fn replay(dir: &Path, after: u64, repair: bool) -> Result<Replayed, WalError
         frames,
         truncated_tail,
     })
+}
+
+/// The torn tail of the last segment, from `off` to `len`: cut off (and the
+/// cut made durable) when `repair` is set; either way, what was found.
+fn cut_tail(
+    path: &Path,
+    off: u64,
+    len: u64,
+    repair: bool,
+) -> Result<(PathBuf, u64, u64), WalError> {
+    if repair {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(off).map_err(io_err(path))?;
+        f.sync_all().map_err(io_err(path))?;
+    }
+    Ok((path.to_path_buf(), off, len - off))
 }
 
 /// Where the frame starting at `buf` would end, if its length field is sane.
