@@ -10,7 +10,6 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod heartbeat;
-pub mod ordering;
 pub mod pipeline;
 pub mod scrub;
 pub mod service;

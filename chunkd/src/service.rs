@@ -11,10 +11,8 @@
 //!   INVALID_ARGUMENT     range outside the chunk, oversized read, long chain
 //!   UNAVAILABLE          a downstream replica failed (named in the message)
 //!
-//! Invariants: a pipelined call answers OK only when this replica and every
-//! replica after it succeeded; a chunk's writes and truncates pass down the
-//! chain one at a time, so every replica applies them in the same order
-//! (`ordering.rs`).
+//! Invariant: a pipelined call answers OK only when this replica and every
+//! replica after it succeeded.
 
 use std::sync::Arc;
 
@@ -26,7 +24,6 @@ use weft_proto::{
 };
 
 use crate::heartbeat::CorruptReporter;
-use crate::ordering::ChunkOrder;
 use crate::pipeline::{self, Peers};
 use crate::store::{Store, StoreError};
 
@@ -52,7 +49,6 @@ pub struct ChunkService {
     store: Arc<Store>,
     peers: Arc<Peers>,
     reporter: CorruptReporter,
-    order: Arc<ChunkOrder>,
 }
 
 impl ChunkService {
@@ -61,7 +57,6 @@ impl ChunkService {
             store,
             peers,
             reporter,
-            order: Arc::default(),
         }
     }
 
@@ -123,8 +118,6 @@ impl Chunk for ChunkService {
             req.sync,
         );
         let data: Bytes = req.data.clone();
-        // Held until this copy and every downstream one are done: see ordering.rs.
-        let _turn = self.order.turn(id).await;
         let local = self.local("write", move |s| {
             s.write(id, version, epoch, offset, &data)?;
             if sync {
@@ -169,7 +162,6 @@ impl Chunk for ChunkService {
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, length) = (req.chunk_id, req.version, req.length);
-        let _turn = self.order.turn(id).await;
         let local = self.local("truncate", move |s| s.truncate(id, version, length));
         let (l, r) = tokio::join!(local, self.peers.truncate(&req));
         pipeline::join_results(l, r).map(|()| Response::new(Empty {}))
