@@ -12,20 +12,28 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::transport::Channel>> {
+/// A connection to the MDS at `addr` (host:port or a URI); the error says
+/// which address could not be reached.
+async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
     let uri = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    let ch = tonic::transport::Endpoint::from_shared(uri.clone())
+    tonic::transport::Endpoint::from_shared(uri)
         .with_context(|| format!("bad MDS address {addr}"))?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(30))
         .connect()
         .await
-        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
-    Ok(pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE))
+        .with_context(|| format!("cannot reach the MDS at {addr}"))
+}
+
+async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::transport::Channel>> {
+    Ok(
+        pb::master_client::MasterClient::new(mds_channel(addr).await?)
+            .max_decoding_message_size(weft_proto::MAX_MESSAGE),
+    )
 }
 
 pub async fn status(addr: &str) -> Result<pb::StatusReply> {
@@ -49,19 +57,7 @@ pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
 /// Starts (or with `cancel` stops) draining the daemon at `chunkd`; returns
 /// the replicas still on it.
 pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainReply> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let ch = tonic::transport::Endpoint::from_shared(uri)
-        .with_context(|| format!("bad MDS address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
-    let r = pb::admin_client::AdminClient::new(ch)
+    let r = pb::admin_client::AdminClient::new(mds_channel(addr).await?)
         .drain(pb::DrainReq {
             addr: chunkd.to_string(),
             cancel,
@@ -73,19 +69,7 @@ pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainRe
 
 /// Starts (or stops) evening out usage across daemons.
 pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let ch = tonic::transport::Endpoint::from_shared(uri)
-        .with_context(|| format!("bad MDS address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the MDS at {addr}"))?;
-    let r = pb::admin_client::AdminClient::new(ch)
+    let r = pb::admin_client::AdminClient::new(mds_channel(addr).await?)
         .rebalance(pb::RebalanceReq { stop })
         .await
         .map_err(|s| anyhow::anyhow!("rebalance: {}", s.message()))?;
