@@ -17,6 +17,7 @@ use weft_proto::{Empty, ReadReq, ReplicateReq, SetVersionReq, MAX_IO, MAX_MESSAG
 
 use crate::pipeline::Peers;
 use crate::service::status_of;
+use crate::ordering::Sequencer;
 use crate::store::Store;
 
 const MAX_CONCURRENT_COPIES: usize = 4;
@@ -26,14 +27,16 @@ pub struct AdminService {
     store: Arc<Store>,
     peers: Arc<Peers>,
     copies: Arc<Semaphore>,
+    order: Arc<Sequencer>,
 }
 
 impl AdminService {
-    pub fn new(store: Arc<Store>, peers: Arc<Peers>) -> AdminService {
+    pub fn new(store: Arc<Store>, peers: Arc<Peers>, order: Arc<Sequencer>) -> AdminService {
         AdminService {
             store,
             peers,
             copies: Arc::new(Semaphore::new(MAX_CONCURRENT_COPIES)),
+            order,
         }
     }
 
@@ -114,7 +117,12 @@ impl ChunkAdmin for AdminService {
         match tokio::task::spawn_blocking(move || store.set_version(req.chunk_id, req.version))
             .await
         {
-            Ok(Ok(())) => Ok(Response::new(Empty {})),
+            Ok(Ok(())) => {
+                // The new lease's epoch (= version) starts a new sequence of
+                // serials here; the old lease's waiting writes fail now.
+                let _ = self.order.observe(req.chunk_id, req.version);
+                Ok(Response::new(Empty {}))
+            }
             Ok(Err(e)) => Err(status_of(&e)),
             Err(e) => Err(Status::internal(format!("set_version task failed: {e}"))),
         }

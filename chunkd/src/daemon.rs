@@ -162,8 +162,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     let master = heartbeat::master_client(&cfg.mds)?;
     let (reporter, report_task) = CorruptReporter::spawn(master.clone(), chunkd_id);
     let peers = Arc::new(Peers::new());
-    let service = ChunkService::new(store.clone(), peers.clone(), reporter.clone());
-    let admin = crate::admin::AdminService::new(store.clone(), peers);
+    let order = Arc::new(crate::ordering::Sequencer::default());
+    let service = ChunkService::new(
+        store.clone(),
+        peers.clone(),
+        reporter.clone(),
+        order.clone(),
+    );
+    let admin = crate::admin::AdminService::new(store.clone(), peers, order);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()

@@ -11,8 +11,13 @@
 //!   INVALID_ARGUMENT     range outside the chunk, oversized read, long chain
 //!   UNAVAILABLE          a downstream replica failed (named in the message)
 //!
-//! Invariant: a pipelined call answers OK only when this replica and every
-//! replica after it succeeded.
+//!   UNAVAILABLE          also: this replica missed one of the chunk's
+//!                        serials in this epoch (ordering.rs)
+//!
+//! Invariants: a pipelined call answers OK only when this replica and every
+//! replica after it succeeded; every replica applies a chunk's writes and
+//! truncates in the order of the primary's serial numbers (`ordering.rs`), and
+//! a stale version or epoch is refused before it takes a serial or waits.
 
 use std::sync::Arc;
 
@@ -24,6 +29,7 @@ use weft_proto::{
 };
 
 use crate::heartbeat::CorruptReporter;
+use crate::ordering::{SeqError, Sequencer};
 use crate::pipeline::{self, Peers};
 use crate::store::{Store, StoreError};
 
@@ -44,20 +50,69 @@ pub fn status_of(e: &StoreError) -> Status {
     }
 }
 
+/// The status an ordering failure is answered with: a newer epoch is a stale
+/// request; a missed or repeated serial means this replica cannot apply the
+/// epoch's mutations in order, so it fails as a replica (the hop above names it).
+pub fn status_of_seq(e: &SeqError) -> Status {
+    match e {
+        SeqError::Stale { .. } => Status::failed_precondition(e.to_string()),
+        SeqError::Duplicate { .. } | SeqError::Broken { .. } => Status::unavailable(e.to_string()),
+    }
+}
+
 #[derive(Clone)]
 pub struct ChunkService {
     store: Arc<Store>,
     peers: Arc<Peers>,
     reporter: CorruptReporter,
+    order: Arc<Sequencer>,
 }
 
 impl ChunkService {
-    pub fn new(store: Arc<Store>, peers: Arc<Peers>, reporter: CorruptReporter) -> ChunkService {
+    pub fn new(
+        store: Arc<Store>,
+        peers: Arc<Peers>,
+        reporter: CorruptReporter,
+        order: Arc<Sequencer>,
+    ) -> ChunkService {
         ChunkService {
             store,
             peers,
             reporter,
+            order,
         }
+    }
+
+    /// Refuses a stale mutation before it takes a serial or a place in line;
+    /// at the head of the pipeline (serial 0) assigns the serial.
+    fn admit(&self, id: u64, version: u64, epoch: u64, serial: u64) -> Result<u64, Status> {
+        self.store
+            .check_fresh(id, version, epoch)
+            .map_err(|e| status_of(&e))?;
+        if serial != 0 {
+            self.order.observe(id, epoch).map(|()| serial)
+        } else {
+            self.order.assign(id, epoch)
+        }
+        .map_err(|e| status_of_seq(&e))
+    }
+
+    /// Runs a store mutation of `id` in its serial's turn.
+    async fn local_in_order<F>(
+        &self,
+        op: &'static str,
+        (id, epoch, serial): (u64, u64, u64),
+        f: F,
+    ) -> Result<(), Status>
+    where
+        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+    {
+        let _turn = self
+            .order
+            .enter(id, epoch, serial)
+            .await
+            .map_err(|e| status_of_seq(&e))?;
+        self.local(op, f).await
     }
 
     /// The service wrapped for a tonic server, with weft's message limits.
@@ -108,7 +163,7 @@ fn check_chain(chain: &[String]) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Chunk for ChunkService {
     async fn write(&self, request: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, offset, sync) = (
             req.chunk_id,
@@ -117,19 +172,30 @@ impl Chunk for ChunkService {
             req.offset,
             req.sync,
         );
-        let data: Bytes = req.data.clone();
-        let local = self.local("write", move |s| {
-            s.write(id, version, epoch, offset, &data)?;
-            if sync {
-                s.sync(id)?;
+        req.serial = self.admit(id, version, epoch, req.serial)?;
+        let serial = req.serial;
+        // In a task of its own: once a serial is taken, this replica's turn
+        // and the forward run to the end even if the caller goes away, or
+        // every later serial here and downstream would wait on a gap.
+        let this = self.clone();
+        let run = tokio::spawn(async move {
+            let data: Bytes = req.data.clone();
+            let local = this.local_in_order("write", (id, epoch, serial), move |s| {
+                s.write(id, version, epoch, offset, &data)?;
+                if sync {
+                    s.sync(id)?;
+                }
+                Ok(())
+            });
+            let (l, r) = tokio::join!(local, this.peers.write(&req));
+            if let Err(e) = &r {
+                tracing::warn!(chunk = format_args!("{id:016x}"), error = %e.message(), "pipeline write failed downstream");
             }
-            Ok(())
+            pipeline::join_results(l, r)
         });
-        let (l, r) = tokio::join!(local, self.peers.write(&req));
-        if let Err(e) = &r {
-            tracing::warn!(chunk = format_args!("{id:016x}"), error = %e.message(), "pipeline write failed downstream");
-        }
-        pipeline::join_results(l, r).map(|()| Response::new(WriteReply {}))
+        run.await
+            .map_err(|e| Status::internal(format!("write task failed: {e}")))?
+            .map(|()| Response::new(WriteReply {}))
     }
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
@@ -159,11 +225,21 @@ impl Chunk for ChunkService {
     }
 
     async fn truncate(&self, request: Request<TruncateReq>) -> Result<Response<Empty>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         check_chain(&req.chain)?;
-        let (id, version, length) = (req.chunk_id, req.version, req.length);
-        let local = self.local("truncate", move |s| s.truncate(id, version, length));
-        let (l, r) = tokio::join!(local, self.peers.truncate(&req));
-        pipeline::join_results(l, r).map(|()| Response::new(Empty {}))
+        let (id, version, epoch, length) = (req.chunk_id, req.version, req.lease_epoch, req.length);
+        req.serial = self.admit(id, version, epoch, req.serial)?;
+        let serial = req.serial;
+        let this = self.clone();
+        let run = tokio::spawn(async move {
+            let local = this.local_in_order("truncate", (id, epoch, serial), move |s| {
+                s.truncate(id, version, length)
+            });
+            let (l, r) = tokio::join!(local, this.peers.truncate(&req));
+            pipeline::join_results(l, r)
+        });
+        run.await
+            .map_err(|e| Status::internal(format!("truncate task failed: {e}")))?
+            .map(|()| Response::new(Empty {}))
     }
 }

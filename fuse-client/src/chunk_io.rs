@@ -132,6 +132,7 @@ impl ChunkIo {
             data,
             chain,
             sync: false,
+            serial: 0,
         };
         self.bounded(c.write(req)).await.map(|_| ())
     }
@@ -208,8 +209,14 @@ impl ChunkIo {
         self.bounded(c.sync(req)).await.map(|_| ())
     }
 
-    /// Cuts a chunk at `length` on every replica: bytes past it read as zeros.
-    pub async fn truncate(&self, loc: &ChunkLoc, length: u64) -> Result<(), Status> {
+    /// Cuts the chunk `w` names at `length` on every replica (bytes past it
+    /// read as zeros), down its lease's pipeline: the primary orders the cut
+    /// among the chunk's writes.
+    pub async fn truncate(&self, w: &ChunkWrite, length: u64) -> Result<(), Status> {
+        let loc = w
+            .chunk
+            .as_ref()
+            .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
         let (head, chain) = pipeline(loc)?;
         let mut c = self.client(&head)?;
         let req = TruncateReq {
@@ -217,6 +224,8 @@ impl ChunkIo {
             version: loc.version,
             length,
             chain,
+            lease_epoch: w.lease_epoch,
+            serial: 0,
         };
         self.bounded(c.truncate(req)).await.map(|_| ())
     }

@@ -543,11 +543,11 @@ impl Weft {
             if size > old && !old.is_multiple_of(cs) {
                 // Bytes past the old end (e.g. from a write whose commit failed)
                 // must read as zeros once the file grows over them.
-                self.cut_chunk(c, ino, old).await?;
+                self.cut_chunk(&st, c, ino, old).await?;
             }
             let a = self.mds.attr(c, Op::Setattr(req)).await?;
             if size < old && !size.is_multiple_of(cs) {
-                self.cut_chunk(c, ino, size).await?;
+                self.cut_chunk(&st, c, ino, size).await?;
             }
             self.locs.invalidate_file(ino);
             st.inner.lock().allocs.clear();
@@ -558,8 +558,11 @@ impl Weft {
         r
     }
 
-    /// Chunk.Truncate of the chunk holding file offset `at`, at that offset.
-    async fn cut_chunk(&self, c: &Caller, ino: u64, at: u64) -> Result<(), Errno> {
+    /// Chunk.Truncate of the chunk holding file offset `at`, at that offset,
+    /// through the chunk's write lease (the primary orders it among the
+    /// chunk's writes on every replica), retried on a new lease as a chunk
+    /// write is.
+    async fn cut_chunk(&self, st: &FileState, c: &Caller, ino: u64, at: u64) -> Result<(), Errno> {
         let index = at / self.chunk_size;
         let list = self.mds.get_chunks(c, ino, index, 1).await?;
         let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
@@ -568,13 +571,46 @@ impl Weft {
         if loc.chunk_id == 0 {
             return Ok(());
         }
-        self.chunks
-            .truncate(&loc, at % self.chunk_size)
-            .await
-            .map_err(|s| {
-                tracing::warn!(ino, index, chunk = loc.chunk_id, status = %s, "chunk truncate failed");
-                chunk_errno(&s)
-            })
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
+        let mut failed: Vec<String> = Vec::new();
+        loop {
+            let w = match self.chunk_alloc(st, c, index, &failed).await {
+                Ok(w) => w,
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+                Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
+                Err(e) => return Err(e),
+            };
+            let Some(wloc) = w.chunk.clone() else {
+                return Err(Errno::EIO);
+            };
+            if wloc.chunk_id != loc.chunk_id {
+                // Not the chunk we looked at: a racing truncate removed it.
+                return Ok(());
+            }
+            let status = match self.chunks.truncate(&w, at % self.chunk_size).await {
+                Ok(()) => return Ok(()),
+                Err(s) => s,
+            };
+            st.inner.lock().allocs.remove(&index);
+            if let Some(addr) = failed_replica(&status, &wloc) {
+                if !failed.contains(&addr) {
+                    failed.push(addr);
+                }
+            }
+            if write_should_realloc(&status) && Instant::now() + backoff < deadline {
+                tracing::info!(ino, index, chunk = loc.chunk_id, %status, ?failed, "chunk truncate failed, re-allocating");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+            tracing::warn!(ino, index, chunk = loc.chunk_id, status = %status, "chunk truncate failed");
+            return Err(chunk_errno(&status));
+        }
     }
 }
 

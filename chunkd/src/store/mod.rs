@@ -408,6 +408,30 @@ impl Store {
         };
     }
 
+    /// Refuses a mutation older than this replica's version or the newest
+    /// lease epoch it has written at (checked again under the stripe lock by
+    /// `write` and `truncate`); lets through a chunk not held here.
+    pub fn check_fresh(&self, id: u64, version: u64, epoch: u64) -> Result<()> {
+        let Some(e) = self.index.lock().get(&id).copied() else {
+            return Ok(());
+        };
+        if version < e.version {
+            return Err(StoreError::StaleVersion {
+                id,
+                stored: e.version,
+                got: version,
+            });
+        }
+        if epoch < e.epoch {
+            return Err(StoreError::StaleEpoch {
+                id,
+                seen: e.epoch,
+                got: epoch,
+            });
+        }
+        Ok(())
+    }
+
     /// Writes `data` at `offset` of chunk `id`, creating the replica if it is
     /// not here. Refuses stale versions and epochs, ranges past the chunk size,
     /// and writes that would pass the capacity; on any error the replica reads
