@@ -86,10 +86,13 @@ fn workload_survives_random_mds_kills() {
     let addr = tc.mds_addr();
     for k in 0..5 {
         std::thread::sleep(Duration::from_millis(rng.random_range(300..2000)));
-        assert!(
-            worker.try_wait().unwrap().is_none(),
-            "the workload stopped early (before kill {k})"
-        );
+        if worker.try_wait().unwrap().is_some() {
+            let out = worker.wait_with_output().unwrap();
+            panic!(
+                "the workload stopped early (before kill {k}, seed {seed}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         tc.cluster.mds.crash();
         std::thread::sleep(Duration::from_millis(rng.random_range(100..1500)));
         tc.cluster
