@@ -144,6 +144,12 @@ impl Filesystem for WeftFs {
         self.spawn(req, move |w, c| async move {
             match w.getattr(&c, ino.0).await {
                 Ok(a) => reply.attr(&w.attr_ttl, &a),
+                // fstat of a directory removed while open: the kernel asks by
+                // inode (it passes no handle for directories).
+                Err(weft_proto::Errno::ENOENT) if w.files.removed_dir_attr(ino.0).is_some() => {
+                    let a = w.files.removed_dir_attr(ino.0).unwrap();
+                    reply.attr(&Duration::ZERO, &crate::convert::file_attr(&a, None))
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -424,11 +430,16 @@ impl Filesystem for WeftFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Permission to read the directory is checked by the kernel
-        // (default_permissions) and again by the MDS on ReadDir.
-        let fh = self.w.files.open_dir();
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // (default_permissions) and again by the MDS on ReadDir. The
+        // attributes (usually cached since the lookup) are kept for fstat of
+        // the handle after the directory is removed.
+        self.spawn(req, move |w, c| async move {
+            let opened_as = w.cached_attr(&c, ino.0).await.ok();
+            let fh = w.files.open_dir(opened_as);
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
     }
 
     fn readdir(
