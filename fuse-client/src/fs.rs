@@ -521,6 +521,29 @@ impl Filesystem for WeftFs {
         reply.ok();
     }
 
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel itself handles SEEK_SET/CUR/END; only these come here.
+        let seek = match whence {
+            libc::SEEK_DATA => crate::seek::Seek::Data,
+            libc::SEEK_HOLE => crate::seek::Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(req, move |w, c| async move {
+            match w.seek_data_hole(&c, ino.0, offset, seek).await {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
+    }
+
     fn fsyncdir(
         &self,
         _req: &Request,

@@ -32,6 +32,7 @@ mod open_files;
 mod options;
 mod read_path;
 mod remount;
+mod seek;
 mod tuning;
 mod write_path;
 mod writeback;
