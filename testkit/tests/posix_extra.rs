@@ -248,3 +248,18 @@ fn seek_data_and_seek_hole_in_a_sparse_file() {
     assert_eq!(seek(&ef, 0, d), Err(libc::ENXIO));
     assert_eq!(seek(&ef, 0, h), Ok(0));
 }
+
+/// O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser 0.18 does not
+/// dispatch (it answers ENOSYS), so the kernel refuses O_TMPFILE on the mount
+/// with EOPNOTSUPP, as on any file system without it; callers (glibc's
+/// tmpfile, systemd, ...) then fall back to a named file. Nothing is created.
+#[test]
+fn o_tmpfile_is_refused_with_eopnotsupp() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let dir = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap();
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((fd, err), (-1, Some(libc::EOPNOTSUPP)));
+    assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+}
