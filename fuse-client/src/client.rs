@@ -391,7 +391,7 @@ impl Weft {
             Some(h) => h,
             None => {
                 // No opendir seen (should not happen): serve statelessly.
-                let fh = self.files.open_dir();
+                let fh = self.files.open_dir(None);
                 let h = self.files.dir(fh).unwrap();
                 self.files.close_dir(fh);
                 h

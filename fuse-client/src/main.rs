@@ -30,6 +30,7 @@ mod open_files;
 mod options;
 mod read_path;
 mod remount;
+mod seek;
 #[cfg(test)]
 mod test_cluster;
 mod tuning;
