@@ -50,3 +50,29 @@ fn fstat_after_rename_over_open_file_and_directory() {
         0
     );
 }
+
+/// generic/736: a program that renames each entry it lists (away and back)
+/// sees every entry once and the listing ends; before, each rename gave the
+/// entry a fresh readdir cookie, so it came round again after every page.
+#[test]
+fn readdir_while_renaming_each_entry_lists_each_once() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let d = m.join("d");
+    fs::create_dir(&d).unwrap();
+    const N: usize = 1500;
+    for i in 0..N {
+        File::create(d.join(i.to_string())).unwrap();
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for e in fs::read_dir(&d).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        *seen.entry(name.clone()).or_default() += 1;
+        assert!(seen.len() <= N, "listing does not end");
+        fs::rename(d.join(&name), d.join("TEMPFILE")).unwrap();
+        fs::rename(d.join("TEMPFILE"), d.join(&name)).unwrap();
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, &c)| c > 1).take(5).collect();
+    assert!(twice.is_empty(), "listed more than once: {twice:?}");
+    assert_eq!(seen.len(), N);
+}
