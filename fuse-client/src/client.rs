@@ -348,9 +348,18 @@ impl Weft {
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
-        self.mds
+        let caps = name == b"security.capability";
+        if caps && self.attrs.no_caps(ino) {
+            return Err(Errno::ENODATA);
+        }
+        let r = self
+            .mds
             .data(c, Op::Getxattr(GetXattrReq { ino, name }))
-            .await
+            .await;
+        if caps && r == Err(Errno::ENODATA) {
+            self.attrs.put_no_caps(ino);
+        }
+        r
     }
 
     /// The names as listxattr(2) returns them: each followed by a NUL.
@@ -361,9 +370,12 @@ impl Weft {
 
     pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<(), Errno> {
         check_xattr_name(&name)?;
-        self.mds
+        let r = self
+            .mds
             .empty(c, Op::Removexattr(RemoveXattrReq { ino, name }))
-            .await
+            .await;
+        self.attrs.invalidate(ino);
+        r
     }
 
     pub async fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {

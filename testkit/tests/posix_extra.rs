@@ -241,7 +241,7 @@ fn seek_data_and_seek_hole_in_a_sparse_file() {
     let e = m.join("empty-sized");
     let ef = OpenOptions::new()
         .write(true)
-        .create(true)
+        .create_new(true)
         .open(&e)
         .unwrap();
     ef.set_len(3 * MIB).unwrap();
