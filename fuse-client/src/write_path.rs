@@ -41,7 +41,16 @@ const LEASE_MARGIN_MS: u64 = 2000;
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
     /// truncates, so local dirty data and cached chunk state are dropped first.
-    pub async fn open(self: &Arc<Self>, c: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
+    ///
+    /// Returns the handle and whether the kernel may keep its cached pages
+    /// (FOPEN_KEEP_CACHE): only when the file is unchanged since its previous
+    /// open on this mount (cache/data.rs), so close-to-open stays exact.
+    pub async fn open(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        flags: i32,
+    ) -> Result<(u64, bool), Errno> {
         let req = Op::Open(OpenReq {
             ino,
             flags: flags as u32,
@@ -58,8 +67,10 @@ impl Weft {
         };
         // Close-to-open consistency: another client may have written since.
         self.locs.invalidate_file(ino);
+        let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
-        Ok(self.files.open(ino))
+        let keep = unchanged && flags & libc::O_TRUNC == 0;
+        Ok((self.files.open(ino), keep))
     }
 
     /// create(2): returns the new file's attributes and an open handle.
@@ -89,6 +100,7 @@ impl Weft {
             }
         }
         self.locs.invalidate_file(a.ino);
+        self.data.open_check(a.ino, stamp(&a));
         let fh = self.files.open(a.ino);
         Ok((self.fattr(&a), fh))
     }
@@ -310,6 +322,8 @@ impl Weft {
                 .buffer_unordered(WRITE_PARALLELISM)
                 .collect()
                 .await;
+            // Whatever happened, cached blocks of this file may be stale now.
+            self.data.invalidate_file(st.ino);
             let Some(status) = results.into_iter().find_map(|r| r.err()) else {
                 let addrs = loc.replicas.iter().map(|r| r.addr.clone()).collect();
                 st.inner
@@ -518,6 +532,7 @@ impl Weft {
         };
         self.files.release_dirty(freed);
         self.locs.invalidate_file(st.ino);
+        self.data.invalidate_file(st.ino);
     }
 
     /// setattr with a size: store what stays, change the size at the MDS, and
@@ -550,6 +565,7 @@ impl Weft {
                 self.cut_chunk(c, ino, size).await?;
             }
             self.locs.invalidate_file(ino);
+            self.data.invalidate_file(ino);
             st.inner.lock().allocs.clear();
             Ok(a)
         }
@@ -608,4 +624,13 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// What the data cache compares at open: (size, mtime, ctime) in ns.
+fn stamp(a: &Attr) -> crate::cache::data::Stamp {
+    let ns = |t: &Option<Timespec>| {
+        t.as_ref()
+            .map_or(0, |t| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec))
+    };
+    (a.size, ns(&a.mtime), ns(&a.ctime))
 }
