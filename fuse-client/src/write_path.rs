@@ -124,9 +124,7 @@ impl Weft {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u32, Errno> {
-        if offset.checked_add(data.len() as u64).is_none() || offset > i64::MAX as u64 {
-            return Err(Errno::EFBIG);
-        }
+        check_write_range(offset, data.len())?;
         loop {
             let released = self.files.dirty_released.notified();
             if self.files.dirty_total() < TOTAL_DIRTY_LIMIT {
@@ -135,8 +133,35 @@ impl Weft {
             self.flush_all_in_background();
             released.await;
         }
+        self.buffer_write(c, ino, offset, &data);
+        Ok(data.len() as u32)
+    }
+
+    /// The write without waiting, for the FUSE reader thread (no hop to a
+    /// tokio worker, no copy of the request's bytes before the buffer's):
+    /// buffers `data` unless dirty memory is over the limit, in which case
+    /// it returns None and the caller takes `write`, which waits. The caller
+    /// must have entered the runtime (a background flush may start).
+    pub fn write_now(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<u32, Errno>> {
+        if let Err(e) = check_write_range(offset, data.len()) {
+            return Some(Err(e));
+        }
+        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+            return None;
+        }
+        self.buffer_write(c.clone(), ino, offset, data);
+        Some(Ok(data.len() as u32))
+    }
+
+    fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
         let (st, (added, kick)) = self.files.update(ino, |g| {
-            let added = g.dirty.write(offset, &data);
+            let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.writer = c;
             let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
@@ -149,7 +174,6 @@ impl Weft {
         if kick {
             self.flush_in_background(st);
         }
-        Ok(data.len() as u32)
     }
 
     fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
@@ -624,6 +648,13 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn check_write_range(offset: u64, len: usize) -> Result<(), Errno> {
+    if offset.checked_add(len as u64).is_none() || offset > i64::MAX as u64 {
+        return Err(Errno::EFBIG);
+    }
+    Ok(())
 }
 
 /// What the data cache compares at open: (size, mtime, ctime) in ns.
