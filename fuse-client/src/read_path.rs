@@ -31,7 +31,7 @@ impl Weft {
         ino: u64,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<bytes::Bytes, Errno> {
         let t0 = std::time::Instant::now();
         let r = self.read_inner(c, ino, offset, size).await;
         tracing::debug!(
@@ -50,7 +50,7 @@ impl Weft {
         ino: u64,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<bytes::Bytes, Errno> {
         if let Some(st) = self.files.get(ino) {
             if st.has_pending() {
                 // A failure is recorded for flush/fsync; the read goes on with
@@ -65,12 +65,11 @@ impl Weft {
             .map_or(a.size, |s| s.max(a.size));
         let len = clip_read(offset, u64::from(size), file_size);
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(bytes::Bytes::new());
         }
         let pieces = split_range(offset, len, self.chunk_size, MAX_IO as u64);
         self.ensure_locations(c, ino, pieces[0].index, pieces[pieces.len() - 1].index)
             .await?;
-        let mut buf = vec![0u8; len as usize];
         let mut reads = Vec::with_capacity(pieces.len());
         for p in pieces {
             reads.push(async move { (p, self.read_piece(c, ino, p).await) });
@@ -79,6 +78,16 @@ impl Weft {
             .buffer_unordered(READ_PARALLELISM)
             .collect()
             .await;
+        if let [(_, r)] = results.as_slice() {
+            // One piece (a read within a chunk): its bytes as they came, no
+            // zeroed buffer and copy.
+            match r {
+                Ok(Some(d)) if d.len() as u64 == len => return Ok(d.clone()),
+                Err(e) => return Err(*e),
+                _ => {}
+            }
+        }
+        let mut buf = vec![0u8; len as usize];
         for (p, r) in results {
             // None: a hole, already zeros.
             if let Some(d) = r? {
@@ -86,7 +95,7 @@ impl Weft {
                 buf[at..at + d.len()].copy_from_slice(&d);
             }
         }
-        Ok(buf)
+        Ok(bytes::Bytes::from(buf))
     }
 
     /// Makes sure chunk indexes [first, last] are in the location cache,
@@ -234,6 +243,10 @@ impl Weft {
             (off, len)
         };
         let (d, addr) = self.chunks.read_any(loc, f_off, f_len as u32).await?;
+        // A whole MAX_IO piece is a sequential stream (the kernel's
+        // readahead): it fills free room but evicts nothing, so one large
+        // scan neither flushes the cache nor pays a copy per byte once full.
+        let streaming = len >= MAX_IO as u64;
         let f_end = f_off + f_len;
         let mut b = f_off.div_ceil(BLOCK);
         while b * BLOCK < f_end {
@@ -242,8 +255,12 @@ impl Weft {
                 break;
             }
             let at = (b * BLOCK - f_off) as usize;
-            self.data
-                .put(key(b), &d[at..at + (b_end - b * BLOCK) as usize], epoch);
+            self.data.put(
+                key(b),
+                &d[at..at + (b_end - b * BLOCK) as usize],
+                epoch,
+                !streaming,
+            );
             b += 1;
         }
         let skip = (off - f_off) as usize;

@@ -93,14 +93,17 @@ impl DataCache {
 
     /// Caches a block fetched after `epoch()` returned `epoch`, unless the
     /// cache was invalidated since. Evicts least recently used blocks to stay
-    /// within the capacity.
-    pub fn put(&self, key: BlockKey, data: &[u8], epoch: u64) {
+    /// within the capacity, or, without `evict`, caches only into free room.
+    pub fn put(&self, key: BlockKey, data: &[u8], epoch: u64, evict: bool) {
         if data.len() as u64 > self.capacity || data.is_empty() {
+            return;
+        }
+        if !evict && self.inner.lock().bytes + data.len() as u64 > self.capacity {
             return;
         }
         let block = Bytes::copy_from_slice(data);
         let mut g = self.inner.lock();
-        if g.epoch != epoch {
+        if g.epoch != epoch || (!evict && g.bytes + data.len() as u64 > self.capacity) {
             return;
         }
         if let Some(old) = g.blocks.put(key, block) {
@@ -188,24 +191,38 @@ mod tests {
         let c = DataCache::new(3 * BLOCK);
         let b = vec![1u8; BLOCK as usize];
         for i in 0..3 {
-            c.put(key(1, i), &b, c.epoch());
+            c.put(key(1, i), &b, c.epoch(), true);
         }
         assert_eq!(c.bytes(), 3 * BLOCK);
         assert!(c.get(&key(1, 0)).is_some()); // 0 is now most recent
-        c.put(key(1, 3), &b, c.epoch());
+        c.put(key(1, 3), &b, c.epoch(), true);
         assert_eq!(c.bytes(), 3 * BLOCK);
         assert!(c.get(&key(1, 1)).is_none(), "least recent evicted");
         assert!(c.get(&key(1, 0)).is_some());
         assert!(c.get(&key(1, 3)).is_some());
         // Replacing a block does not double-count it.
-        c.put(key(1, 3), &b[..10], c.epoch());
+        c.put(key(1, 3), &b[..10], c.epoch(), true);
         assert_eq!(c.bytes(), 2 * BLOCK + 10);
+    }
+
+    #[test]
+    fn a_streaming_put_only_fills_free_room() {
+        let c = DataCache::new(2 * BLOCK);
+        let b = vec![1u8; BLOCK as usize];
+        c.put(key(1, 0), &b, c.epoch(), false);
+        c.put(key(1, 1), &b, c.epoch(), false);
+        c.put(key(1, 2), &b, c.epoch(), false);
+        assert!(c.get(&key(1, 0)).is_some() && c.get(&key(1, 1)).is_some());
+        assert!(c.get(&key(1, 2)).is_none(), "nothing evicted for a stream");
+        c.put(key(1, 2), &b, c.epoch(), true);
+        assert!(c.get(&key(1, 2)).is_some());
+        assert_eq!(c.bytes(), 2 * BLOCK);
     }
 
     #[test]
     fn another_version_misses() {
         let c = DataCache::new(4 * BLOCK);
-        c.put(key(1, 0), b"old", c.epoch());
+        c.put(key(1, 0), b"old", c.epoch(), true);
         let newer = BlockKey {
             version: 2,
             ..key(1, 0)
@@ -219,17 +236,17 @@ mod tests {
         let c = DataCache::new(4 * BLOCK);
         let e = c.epoch();
         c.invalidate_file(9); // any file: the epoch is global
-        c.put(key(1, 0), b"stale", e);
+        c.put(key(1, 0), b"stale", e, true);
         assert!(c.get(&key(1, 0)).is_none());
-        c.put(key(1, 0), b"fresh", c.epoch());
+        c.put(key(1, 0), b"fresh", c.epoch(), true);
         assert!(c.get(&key(1, 0)).is_some());
     }
 
     #[test]
     fn invalidation_is_per_file() {
         let c = DataCache::new(4 * BLOCK);
-        c.put(key(1, 0), b"a", c.epoch());
-        c.put(key(2, 0), b"b", c.epoch());
+        c.put(key(1, 0), b"a", c.epoch(), true);
+        c.put(key(2, 0), b"b", c.epoch(), true);
         c.invalidate_file(1);
         assert!(c.get(&key(1, 0)).is_none());
         assert!(c.get(&key(2, 0)).is_some());
@@ -242,7 +259,7 @@ mod tests {
     fn open_check_keeps_data_only_for_an_unchanged_file() {
         let c = DataCache::new(4 * BLOCK);
         assert!(!c.open_check(1, (10, 5, 5)), "first open: nothing known");
-        c.put(key(1, 0), b"x", c.epoch());
+        c.put(key(1, 0), b"x", c.epoch(), true);
         assert!(c.open_check(1, (10, 5, 5)));
         assert!(c.get(&key(1, 0)).is_some());
         assert!(!c.open_check(1, (10, 6, 6)), "mtime moved");
@@ -253,7 +270,7 @@ mod tests {
     fn disabled_caches_nothing() {
         let c = DataCache::new(0);
         assert!(!c.enabled());
-        c.put(key(1, 0), b"x", c.epoch());
+        c.put(key(1, 0), b"x", c.epoch(), true);
         assert!(c.get(&key(1, 0)).is_none());
     }
 
