@@ -34,6 +34,8 @@ pub struct Weft {
     pub chunks: ChunkIo,
     pub attrs: AttrCache,
     pub locs: ChunkLocCache,
+    /// File data read from chunk daemons (cache/data.rs).
+    pub data: crate::cache::DataCache,
     pub files: OpenFiles,
     pub groups: GroupCache,
     pub chunk_size: u64,
@@ -116,6 +118,7 @@ impl Weft {
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
             locs: ChunkLocCache::new(65536),
+            data: crate::cache::DataCache::new(opts.data_cache_mib << 20),
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,
@@ -133,6 +136,7 @@ impl Weft {
     pub fn drop_all_caches(&self) {
         self.attrs.clear();
         self.locs.clear();
+        self.data.clear();
     }
 
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {

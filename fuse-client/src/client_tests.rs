@@ -207,7 +207,7 @@ async fn write_errors_reach_every_open_handle_once() {
     )
     .await;
     let (ino, fh1) = create(&w, "full").await;
-    let fh2 = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
+    let (fh2, _) = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
     w.write(me(), ino, 0, vec![7; 100]).await.unwrap();
     assert_eq!(w.flush_handle(ino, fh1).await, Err(Errno::ENOSPC));
     assert_eq!(
@@ -315,7 +315,7 @@ async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
     assert_eq!(a.size, 1000, "dirty bytes past the new size are gone");
     assert_eq!(w.read(&me(), ino, 0, 5000).await.unwrap(), vec![1; 1000]);
     w.write(me(), ino, 0, vec![2; 50]).await.unwrap();
-    let fh2 = w
+    let (fh2, _) = w
         .open(&me(), ino, libc::O_WRONLY | libc::O_TRUNC)
         .await
         .unwrap();

@@ -299,7 +299,14 @@ impl Filesystem for WeftFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |w, c| async move {
             match w.open(&c, ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, keep)) => {
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -364,7 +371,6 @@ impl Filesystem for WeftFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
         // The kernel holds the inode lock across a buffered write, so no
         // other write of this inode is in between.
         let offset = if flags.0 & libc::O_APPEND != 0 {
@@ -372,6 +378,16 @@ impl Filesystem for WeftFs {
         } else {
             offset
         };
+        // Buffered right here when there is room (the common case): a write
+        // is then answered without waking a tokio worker.
+        let c = self.w.caller(req.uid(), req.gid(), req.pid());
+        let _rt = self.rt.enter();
+        match self.w.write_now(&c, ino.0, offset, data) {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return reply.error(to_fuse(e)),
+            None => {}
+        }
+        let data = data.to_vec();
         self.spawn(req, move |w, c| async move {
             match w.write(c, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
