@@ -34,6 +34,8 @@ pub struct Weft {
     pub chunks: ChunkIo,
     pub attrs: AttrCache,
     pub locs: ChunkLocCache,
+    /// File data read from chunk daemons (cache/data.rs).
+    pub data: crate::cache::DataCache,
     pub files: OpenFiles,
     pub groups: GroupCache,
     pub chunk_size: u64,
@@ -116,6 +118,7 @@ impl Weft {
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
             locs: ChunkLocCache::new(65536),
+            data: crate::cache::DataCache::new(opts.data_cache_mib << 20),
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,
@@ -133,6 +136,7 @@ impl Weft {
     pub fn drop_all_caches(&self) {
         self.attrs.clear();
         self.locs.clear();
+        self.data.clear();
     }
 
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
@@ -348,9 +352,18 @@ impl Weft {
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
-        self.mds
+        let caps = name == b"security.capability";
+        if caps && self.attrs.no_caps(ino) {
+            return Err(Errno::ENODATA);
+        }
+        let r = self
+            .mds
             .data(c, Op::Getxattr(GetXattrReq { ino, name }))
-            .await
+            .await;
+        if caps && r == Err(Errno::ENODATA) {
+            self.attrs.put_no_caps(ino);
+        }
+        r
     }
 
     /// The names as listxattr(2) returns them: each followed by a NUL.
@@ -361,9 +374,12 @@ impl Weft {
 
     pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<(), Errno> {
         check_xattr_name(&name)?;
-        self.mds
+        let r = self
+            .mds
             .empty(c, Op::Removexattr(RemoveXattrReq { ino, name }))
-            .await
+            .await;
+        self.attrs.invalidate(ino);
+        r
     }
 
     pub async fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
@@ -391,7 +407,7 @@ impl Weft {
             Some(h) => h,
             None => {
                 // No opendir seen (should not happen): serve statelessly.
-                let fh = self.files.open_dir();
+                let fh = self.files.open_dir(None);
                 let h = self.files.dir(fh).unwrap();
                 self.files.close_dir(fh);
                 h

@@ -1,18 +1,20 @@
 //! Tests of the client's data paths (`Weft`: write-back, flush, fsync, read,
-//! truncate, error reporting) against the in-memory cluster of
-//! mock_cluster.rs, over real loopback gRPC. No FUSE mount is involved.
+//! truncate, error reporting) against a real MDS and real chunk daemons
+//! started in this process (test_cluster.rs), over loopback gRPC. No FUSE
+//! mount is involved; faults are real (a stopped daemon, a flipped byte on
+//! disk, a daemon without room).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use weft_proto::{Caller, Errno};
 
 use crate::client::{SetAttrArgs, Weft};
-use crate::mock_cluster::MockCluster;
 use crate::options::MountOpts;
+use crate::test_cluster::{ChunkdSpec, RealCluster};
 
-const CS: u64 = 64 * 1024;
+/// The MDS's smallest chunk size, so a few MiB span several chunks.
+const CS: u64 = 1 << 20;
 
 fn me() -> Caller {
     Caller {
@@ -23,8 +25,16 @@ fn me() -> Caller {
     }
 }
 
-async fn setup(replicas: usize) -> (MockCluster, Arc<Weft>) {
-    let mc = MockCluster::start(replicas, CS).await;
+fn daemons(n: usize) -> Vec<ChunkdSpec> {
+    (0..n).map(|_| ChunkdSpec::default()).collect()
+}
+
+async fn client(mc: &RealCluster) -> Arc<Weft> {
+    // RUST_LOG=… shows the client's and the daemons' logs of a failing test.
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
     let opts = MountOpts {
         mds_timeout: Duration::from_secs(5),
         ..Default::default()
@@ -33,7 +43,24 @@ async fn setup(replicas: usize) -> (MockCluster, Arc<Weft>) {
         .await
         .expect("connect");
     assert_eq!(w.chunk_size, CS);
+    w
+}
+
+async fn setup(replicas: u32, specs: &[ChunkdSpec]) -> (RealCluster, Arc<Weft>) {
+    let mc = RealCluster::start(replicas, CS, specs).await;
+    let w = client(&mc).await;
     (mc, w)
+}
+
+/// The size another mount sees now: a fresh client with empty caches, so
+/// what the MDS has committed.
+async fn size_elsewhere(mc: &RealCluster, ino: u64) -> u64 {
+    client(mc).await.getattr(&me(), ino).await.unwrap().size
+}
+
+/// What a fresh client (another mount, empty caches) reads.
+async fn read_elsewhere(mc: &RealCluster, ino: u64, len: u32) -> Result<Vec<u8>, Errno> {
+    client(mc).await.read(&me(), ino, 0, len).await
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -57,13 +84,13 @@ async fn create(w: &Arc<Weft>, name: &str) -> (u64, u64) {
     (a.ino.0, fh)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_flush_read_round_trip_across_chunks() {
-    let (mc, w) = setup(3).await;
+    let (mc, w) = setup(3, &daemons(3)).await;
     let (ino, fh) = create(&w, "f").await;
     let data = pattern((3 * CS + 1234) as usize, 1);
     // Written in odd-sized, out-of-order pieces.
-    let cut = [0usize, 5000, 70_000, 150_000, data.len()];
+    let cut = [0usize, 5000, 700_000, 1_500_000, data.len()];
     for win in cut.windows(2).rev() {
         let n = w
             .write(me(), ino, win[0] as u64, data[win[0]..win[1]].to_vec())
@@ -71,25 +98,26 @@ async fn write_flush_read_round_trip_across_chunks() {
             .unwrap();
         assert_eq!(n as usize, win[1] - win[0]);
     }
-    // Before any flush the kernel must already see the full size.
+    // Before any flush this mount already sees the full size; another mount
+    // sees only what the MDS committed: nothing yet.
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, data.len() as u64);
-    assert_eq!(mc.mds.commits.load(Ordering::Relaxed), 0);
+    assert_eq!(size_elsewhere(&mc, ino).await, 0);
     w.fsync(ino, fh).await.unwrap();
+    assert_eq!(size_elsewhere(&mc, ino).await, data.len() as u64);
+    // fsync reached every replica, and every replica holds the same bytes
+    // (the chain was followed): 4 chunks on each of the 3 daemons.
+    let first = mc.replicas(0);
+    assert_eq!(first.len(), 4, "4 chunks on every replica");
     assert_eq!(
-        mc.mds.commits.load(Ordering::Relaxed),
-        1,
-        "one commit per flush"
+        first.values().map(|b| b.len()).sum::<usize>(),
+        data.len(),
+        "the replicas hold exactly the file's bytes"
     );
-    assert!(
-        mc.chunkds
-            .iter()
-            .all(|d| d.syncs.load(Ordering::Relaxed) > 0),
-        "fsync reached every replica"
-    );
-    // Every replica holds the same bytes (the chain was followed).
-    for d in &mc.chunkds {
-        let stored = d.data.lock();
-        assert_eq!(stored.len(), 4, "4 chunks on every replica");
+    for i in 1..3 {
+        assert!(
+            mc.replicas(i) == first,
+            "replica {i} differs from replica 0"
+        );
     }
     // Reads: whole, unaligned, across a chunk boundary, past EOF.
     let all = w
@@ -97,6 +125,10 @@ async fn write_flush_read_round_trip_across_chunks() {
         .await
         .unwrap();
     assert_eq!(all, data);
+    assert_eq!(
+        read_elsewhere(&mc, ino, data.len() as u32).await.unwrap(),
+        data
+    );
     let mid = w.read(&me(), ino, CS - 10, 20).await.unwrap();
     assert_eq!(mid, &data[(CS - 10) as usize..(CS + 10) as usize]);
     assert!(w
@@ -112,43 +144,70 @@ async fn write_flush_read_round_trip_across_chunks() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_dirty_data_flushes_it_first() {
-    let (mc, w) = setup(1).await;
+    let (mc, w) = setup(1, &daemons(1)).await;
     let (ino, _fh) = create(&w, "g").await;
     w.write(me(), ino, 10, b"hello".to_vec()).await.unwrap();
     let got = w.read(&me(), ino, 0, 100).await.unwrap();
     let mut want = vec![0u8; 10];
     want.extend_from_slice(b"hello");
     assert_eq!(got, want);
-    assert_eq!(mc.mds.commits.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        size_elsewhere(&mc, ino).await,
+        15,
+        "the read committed the write"
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_fails_over_to_a_good_replica() {
-    let (mc, w) = setup(2).await;
+    let (mc, w) = setup(2, &daemons(2)).await;
     let (ino, fh) = create(&w, "h").await;
-    let data = pattern(1000, 9);
+    let data = pattern(200_000, 9);
     w.write(me(), ino, 0, data.clone()).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
-    mc.chunkds[0].fail_reads.store(true, Ordering::Relaxed);
-    assert_eq!(w.read(&me(), ino, 0, 1000).await.unwrap(), data);
-    assert!(mc.chunkds[1].reads.load(Ordering::Relaxed) >= 1);
-    // The good replica is preferred afterwards: no more failed attempts.
-    let bad_before = mc.chunkds[0].reads.load(Ordering::Relaxed);
-    assert_eq!(w.read(&me(), ino, 0, 1000).await.unwrap(), data);
-    assert_eq!(mc.chunkds[0].reads.load(Ordering::Relaxed), bad_before);
-    // All replicas bad: EIO, never garbage.
-    mc.chunkds[1].fail_reads.store(true, Ordering::Relaxed);
-    assert_eq!(w.read(&me(), ino, 0, 1000).await.unwrap_err(), Errno::EIO);
+    // Spoil the replica a reader tries first, on disk.
+    let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
+    let daemon_at = |addr: &str| {
+        (0..2)
+            .find(|i| mc.chunkd(*i).addr.to_string() == addr)
+            .expect("a replica address is one of the daemons")
+    };
+    let (bad, good) = (
+        daemon_at(&loc.replicas[0].addr),
+        daemon_at(&loc.replicas[1].addr),
+    );
+    mc.corrupt_replicas(bad);
+    // Another mount reads the right bytes from the good replica, and prefers
+    // it from then on.
+    let other = client(&mc).await;
+    assert_eq!(other.read(&me(), ino, 0, 200_000).await.unwrap(), data);
+    let preferred = other.locs.get(ino, 0).expect("location cached").replicas[0]
+        .addr
+        .clone();
+    assert_eq!(preferred, mc.chunkd(good).addr.to_string());
+    // Every replica bad: EIO, never garbage.
+    mc.corrupt_replicas(good);
+    assert_eq!(
+        read_elsewhere(&mc, ino, 200_000).await.unwrap_err(),
+        Errno::EIO
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_errors_reach_every_open_handle_once() {
-    let (mc, w) = setup(1).await;
+    // The only daemon has room for less than one chunk.
+    let (mut mc, w) = setup(
+        1,
+        &[ChunkdSpec {
+            capacity: Some(CS / 2),
+            ..Default::default()
+        }],
+    )
+    .await;
     let (ino, fh1) = create(&w, "full").await;
-    let fh2 = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
-    *mc.chunkds[0].fail_writes.lock() = Some(tonic::Code::ResourceExhausted);
+    let (fh2, _) = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
     w.write(me(), ino, 0, vec![7; 100]).await.unwrap();
     assert_eq!(w.flush_handle(ino, fh1).await, Err(Errno::ENOSPC));
     assert_eq!(
@@ -164,36 +223,58 @@ async fn write_errors_reach_every_open_handle_once() {
     assert_eq!(w.fsync(ino, fh2).await, Ok(()));
     // The lost data is not claimed: size falls back to what the MDS has.
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 0);
-    assert_eq!(mc.mds.commits.load(Ordering::Relaxed), 0);
-    // Once the daemon recovers, new writes are stored.
-    *mc.chunkds[0].fail_writes.lock() = None;
+    assert_eq!(size_elsewhere(&mc, ino).await, 0);
+    // Once a daemon with room joins, new writes are stored.
+    mc.add_chunkd(&ChunkdSpec::default()).await;
+    mc.wait_alive(2).await;
     w.write(me(), ino, 0, vec![8; 100]).await.unwrap();
     assert_eq!(w.fsync(ino, fh1).await, Ok(()));
     assert_eq!(w.read(&me(), ino, 0, 200).await.unwrap(), vec![8; 100]);
+    assert_eq!(read_elsewhere(&mc, ino, 200).await.unwrap(), vec![8; 100]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_pipeline_is_reallocated_and_retried() {
-    let (mc, w) = setup(2).await;
+    // Two racks: placement always puts one replica on rack b's only daemon,
+    // which is stopped — but the MDS has not noticed yet.
+    let specs = [
+        ChunkdSpec {
+            rack: "a",
+            ..Default::default()
+        },
+        ChunkdSpec {
+            rack: "a",
+            ..Default::default()
+        },
+        ChunkdSpec {
+            rack: "b",
+            ..Default::default()
+        },
+    ];
+    // The MDS takes 3 s to declare a silent daemon dead: the client, not the
+    // heartbeat, must notice this one.
+    let mut mc = RealCluster::start_with(2, CS, &specs, Duration::from_secs(3)).await;
+    let w = client(&mc).await;
+    let dead = mc.chunkd(2).addr.to_string();
+    mc.stop_chunkd(2).await;
     let (ino, fh) = create(&w, "retry").await;
-    mc.chunkds[0].fail_next_writes.store(2, Ordering::Relaxed);
     w.write(me(), ino, 0, vec![5; 4000]).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
-    assert_eq!(
-        mc.mds.allocs.load(Ordering::Relaxed),
-        3,
-        "one AllocChunk per attempt"
+    let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
+    assert_eq!(loc.replicas.len(), 2, "{loc:?}");
+    assert!(
+        !loc.replicas.iter().any(|r| r.addr == dead),
+        "the new replica set avoids the dead daemon: {loc:?}"
     );
-    assert_eq!(w.read(&me(), ino, 0, 4000).await.unwrap(), vec![5; 4000]);
-    // While the lease is cached a second flush of the same chunk needs no AllocChunk.
-    w.write(me(), ino, 4000, vec![6; 10]).await.unwrap();
-    w.flush_handle(ino, fh).await.unwrap();
-    assert_eq!(mc.mds.allocs.load(Ordering::Relaxed), 3);
+    assert_eq!(read_elsewhere(&mc, ino, 4000).await.unwrap(), vec![5; 4000]);
+    for i in 0..2 {
+        assert_eq!(mc.replicas(i).values().next().unwrap(), &vec![5u8; 4000]);
+    }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_down_then_up_reads_zeros() {
-    let (_mc, w) = setup(2).await;
+    let (mc, w) = setup(2, &daemons(2)).await;
     let (ino, fh) = create(&w, "t").await;
     let data = pattern((CS + 500) as usize, 3);
     w.write(me(), ino, 0, data.clone()).await.unwrap();
@@ -209,12 +290,16 @@ async fn truncate_down_then_up_reads_zeros() {
     let got = w.read(&me(), ino, 0, (CS + 500) as u32).await.unwrap();
     assert_eq!(&got[..100], &data[..100]);
     assert!(got[100..].iter().all(|b| *b == 0), "extension reads zeros");
+    assert_eq!(
+        read_elsewhere(&mc, ino, (CS + 500) as u32).await.unwrap(),
+        got
+    );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
-    let (mc, w) = setup(1).await;
-    let (ino, fh) = create(&w, "d").await;
+    let (mc, w) = setup(1, &daemons(1)).await;
+    let (ino, _fh) = create(&w, "d").await;
     w.write(me(), ino, 0, vec![1; 3000]).await.unwrap();
     let a = w
         .setattr(
@@ -230,40 +315,39 @@ async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
     assert_eq!(a.size, 1000, "dirty bytes past the new size are gone");
     assert_eq!(w.read(&me(), ino, 0, 5000).await.unwrap(), vec![1; 1000]);
     w.write(me(), ino, 0, vec![2; 50]).await.unwrap();
-    let fh2 = w
+    let (fh2, _) = w
         .open(&me(), ino, libc::O_WRONLY | libc::O_TRUNC)
         .await
         .unwrap();
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 0);
     w.flush_handle(ino, fh2).await.unwrap();
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 0);
+    assert_eq!(size_elsewhere(&mc, ino).await, 0);
     assert_eq!(w.files.dirty_total(), 0);
-    let _ = (mc, fh);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_files_flush_in_the_background() {
-    let (mc, w) = setup(1).await;
+    let (mc, w) = setup(1, &daemons(1)).await;
     let (ino, fh) = create(&w, "big").await;
     let block = pattern(1 << 20, 5);
     for i in 0..20u64 {
         w.write(me(), ino, i << 20, block.clone()).await.unwrap();
     }
-    // Past the 8 MiB per-file limit, flushes ran without being asked.
-    crate::client_tests::wait(|| mc.mds.commits.load(Ordering::Relaxed) >= 1).await;
+    // Past the 8 MiB per-file limit, flushes ran without being asked: another
+    // mount sees part of the file before any fsync.
+    let mut seen = 0;
+    for _ in 0..200 {
+        seen = size_elsewhere(&mc, ino).await;
+        if seen > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen > 0, "nothing was flushed in the background");
     w.fsync(ino, fh).await.unwrap();
     assert_eq!(w.files.dirty_total(), 0);
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 20 << 20);
     let got = w.read(&me(), ino, 13 << 20, 1 << 20).await.unwrap();
     assert_eq!(got, block);
-}
-
-pub async fn wait(mut cond: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("condition not met in 5 s");
 }

@@ -126,7 +126,8 @@ impl Weft {
                 break;
             }
             let got = data.len() as u64;
-            self.write(c.clone(), ino_out, off_out + done, data).await?;
+            self.write(c.clone(), ino_out, off_out + done, data.to_vec())
+                .await?;
             done += got;
             if got < n as u64 {
                 break;

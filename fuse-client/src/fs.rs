@@ -144,6 +144,12 @@ impl Filesystem for WeftFs {
         self.spawn(req, move |w, c| async move {
             match w.getattr(&c, ino.0).await {
                 Ok(a) => reply.attr(&w.attr_ttl, &a),
+                // fstat of a directory removed while open: the kernel asks by
+                // inode (it passes no handle for directories).
+                Err(weft_proto::Errno::ENOENT) if w.files.removed_dir_attr(ino.0).is_some() => {
+                    let a = w.files.removed_dir_attr(ino.0).unwrap();
+                    reply.attr(&Duration::ZERO, &crate::convert::file_attr(&a, None))
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -293,7 +299,14 @@ impl Filesystem for WeftFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.spawn(req, move |w, c| async move {
             match w.open(&c, ino.0, flags.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok((fh, keep)) => {
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -358,7 +371,6 @@ impl Filesystem for WeftFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let data = data.to_vec();
         // The kernel holds the inode lock across a buffered write, so no
         // other write of this inode is in between.
         let offset = if flags.0 & libc::O_APPEND != 0 {
@@ -366,6 +378,16 @@ impl Filesystem for WeftFs {
         } else {
             offset
         };
+        // Buffered right here when there is room (the common case): a write
+        // is then answered without waking a tokio worker.
+        let c = self.w.caller(req.uid(), req.gid(), req.pid());
+        let _rt = self.rt.enter();
+        match self.w.write_now(&c, ino.0, offset, data) {
+            Some(Ok(n)) => return reply.written(n),
+            Some(Err(e)) => return reply.error(to_fuse(e)),
+            None => {}
+        }
+        let data = data.to_vec();
         self.spawn(req, move |w, c| async move {
             match w.write(c, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
@@ -424,11 +446,16 @@ impl Filesystem for WeftFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Permission to read the directory is checked by the kernel
-        // (default_permissions) and again by the MDS on ReadDir.
-        let fh = self.w.files.open_dir();
-        reply.opened(FileHandle(fh), FopenFlags::empty());
+        // (default_permissions) and again by the MDS on ReadDir. The
+        // attributes (usually cached since the lookup) are kept for fstat of
+        // the handle after the directory is removed.
+        self.spawn(req, move |w, c| async move {
+            let opened_as = w.cached_attr(&c, ino.0).await.ok();
+            let fh = w.files.open_dir(opened_as);
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
     }
 
     fn readdir(
@@ -508,6 +535,29 @@ impl Filesystem for WeftFs {
     ) {
         self.w.files.close_dir(fh.0);
         reply.ok();
+    }
+
+    fn lseek(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        // The kernel itself handles SEEK_SET/CUR/END; only these come here.
+        let seek = match whence {
+            libc::SEEK_DATA => crate::seek::Seek::Data,
+            libc::SEEK_HOLE => crate::seek::Seek::Hole,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        self.spawn(req, move |w, c| async move {
+            match w.seek_data_hole(&c, ino.0, offset, seek).await {
+                Ok(at) => reply.offset(at as i64),
+                Err(e) => reply.error(to_fuse(e)),
+            }
+        });
     }
 
     fn fsyncdir(

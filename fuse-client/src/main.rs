@@ -25,13 +25,14 @@ mod fallocate;
 mod fs;
 mod locks;
 mod mds_client;
-#[cfg(test)]
-mod mock_cluster;
 mod mount;
 mod open_files;
 mod options;
 mod read_path;
 mod remount;
+mod seek;
+#[cfg(test)]
+mod test_cluster;
 mod tuning;
 mod write_path;
 mod writeback;

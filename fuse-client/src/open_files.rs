@@ -114,6 +114,10 @@ pub struct OpenFiles {
     files: Mutex<HashMap<u64, Arc<FileState>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirHandle>>>>,
+    /// Each open directory handle's attributes at open time: what fstat shows
+    /// once the directory is removed (rmdir, or a rename over it) while still
+    /// open, with nlink 0, as on a local file system.
+    dir_attrs: Mutex<HashMap<u64, weft_proto::Attr>>,
     next_fh: AtomicU64,
     dirty_total: AtomicU64,
     /// Signalled whenever dirty memory is released.
@@ -127,6 +131,7 @@ impl OpenFiles {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            dir_attrs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dirty_total: AtomicU64::new(0),
             dirty_released: Notify::new(),
@@ -241,12 +246,23 @@ impl OpenFiles {
         self.dirty_total.load(Ordering::Acquire)
     }
 
-    pub fn open_dir(&self) -> u64 {
+    pub fn open_dir(&self, opened_as: Option<weft_proto::Attr>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.dirs
             .lock()
             .insert(fh, Arc::new(tokio::sync::Mutex::new(DirHandle::default())));
+        if let Some(a) = opened_as {
+            self.dir_attrs.lock().insert(fh, a);
+        }
         fh
+    }
+
+    /// A directory `ino` the MDS no longer has but this client holds open:
+    /// its attributes at open time with nlink 0.
+    pub fn removed_dir_attr(&self, ino: u64) -> Option<weft_proto::Attr> {
+        let mut a = *self.dir_attrs.lock().values().find(|a| a.ino == ino)?;
+        a.nlink = 0;
+        Some(a)
     }
 
     pub fn dir(&self, fh: u64) -> Option<Arc<tokio::sync::Mutex<DirHandle>>> {
@@ -255,6 +271,7 @@ impl OpenFiles {
 
     pub fn close_dir(&self, fh: u64) {
         self.dirs.lock().remove(&fh);
+        self.dir_attrs.lock().remove(&fh);
     }
 }
 

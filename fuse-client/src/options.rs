@@ -61,6 +61,9 @@ pub struct Cli {
     pub opts: MountOpts,
 }
 
+/// The data cache's default size, MiB.
+pub const DEFAULT_DATA_CACHE_MIB: u64 = 128;
+
 /// The `-o` options weftfs honours.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MountOpts {
@@ -84,6 +87,8 @@ pub struct MountOpts {
     pub log_level: Option<String>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
+    /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
+    pub data_cache_mib: u64,
 }
 
 impl Default for MountOpts {
@@ -102,6 +107,7 @@ impl Default for MountOpts {
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
             readahead_kb: 8192,
+            data_cache_mib: DEFAULT_DATA_CACHE_MIB,
             log: None,
             log_level: None,
         }
@@ -178,6 +184,8 @@ options honoured:
   attr_timeout=SECS    how long the kernel caches attributes (default 1)
   entry_timeout=SECS   how long the kernel caches names (default 1)
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
+  data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
+                       it off); dropped per file when another mount changes it
   log=PATH             append logs to PATH
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
@@ -363,6 +371,13 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             opts.readahead_kb = v.parse().map_err(|_| ArgError::BadValue {
                 option: key.to_string(),
                 why: format!("'{v}' is not a number of KiB"),
+            })?
+        }
+        "data_cache" => {
+            let v = need(value)?;
+            opts.data_cache_mib = v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not a number of MiB"),
             })?
         }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),

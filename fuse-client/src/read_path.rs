@@ -13,7 +13,8 @@ use std::sync::Arc;
 use futures::stream::{self, StreamExt};
 use weft_proto::*;
 
-use crate::chunk_io::{clip_read, split_range, Piece};
+use crate::cache::data::{aligned, BlockKey, BLOCK};
+use crate::chunk_io::{clip_read, split_range, Piece, ReadFailure};
 use crate::client::Weft;
 use crate::errno::chunk_errno;
 
@@ -30,7 +31,7 @@ impl Weft {
         ino: u64,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<bytes::Bytes, Errno> {
         let t0 = std::time::Instant::now();
         let r = self.read_inner(c, ino, offset, size).await;
         tracing::debug!(
@@ -49,7 +50,7 @@ impl Weft {
         ino: u64,
         offset: u64,
         size: u32,
-    ) -> Result<Vec<u8>, Errno> {
+    ) -> Result<bytes::Bytes, Errno> {
         if let Some(st) = self.files.get(ino) {
             if st.has_pending() {
                 // A failure is recorded for flush/fsync; the read goes on with
@@ -64,12 +65,11 @@ impl Weft {
             .map_or(a.size, |s| s.max(a.size));
         let len = clip_read(offset, u64::from(size), file_size);
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(bytes::Bytes::new());
         }
         let pieces = split_range(offset, len, self.chunk_size, MAX_IO as u64);
         self.ensure_locations(c, ino, pieces[0].index, pieces[pieces.len() - 1].index)
             .await?;
-        let mut buf = vec![0u8; len as usize];
         let mut reads = Vec::with_capacity(pieces.len());
         for p in pieces {
             reads.push(async move { (p, self.read_piece(c, ino, p).await) });
@@ -78,6 +78,16 @@ impl Weft {
             .buffer_unordered(READ_PARALLELISM)
             .collect()
             .await;
+        if let [(_, r)] = results.as_slice() {
+            // One piece (a read within a chunk): its bytes as they came, no
+            // zeroed buffer and copy.
+            match r {
+                Ok(Some(d)) if d.len() as u64 == len => return Ok(d.clone()),
+                Err(e) => return Err(*e),
+                _ => {}
+            }
+        }
+        let mut buf = vec![0u8; len as usize];
         for (p, r) in results {
             // None: a hole, already zeros.
             if let Some(d) = r? {
@@ -85,7 +95,7 @@ impl Weft {
                 buf[at..at + d.len()].copy_from_slice(&d);
             }
         }
-        Ok(buf)
+        Ok(bytes::Bytes::from(buf))
     }
 
     /// Makes sure chunk indexes [first, last] are in the location cache,
@@ -152,9 +162,11 @@ impl Weft {
             if loc.chunk_id == 0 {
                 return Ok(None);
             }
-            match self.chunks.read_any(&loc, p.off, p.len as u32).await {
+            match self.read_cached(ino, &loc, p.off, p.len).await {
                 Ok((d, addr)) => {
-                    self.locs.prefer(ino, p.index, &addr);
+                    if let Some(addr) = addr {
+                        self.locs.prefer(ino, p.index, &addr);
+                    }
                     return Ok(Some(d));
                 }
                 Err(f) if f.all_retryable && !refreshed => {
@@ -175,5 +187,83 @@ impl Weft {
                 }
             }
         }
+    }
+
+    /// Bytes [off, off+len) of a chunk, from the data cache when every block
+    /// covering them is there; else read from a replica (the whole aligned
+    /// blocks, which the daemon reads and verifies anyway) and cached.
+    /// Returns the replica that served it, if one did.
+    async fn read_cached(
+        &self,
+        ino: u64,
+        loc: &ChunkLoc,
+        off: u64,
+        len: u64,
+    ) -> Result<(bytes::Bytes, Option<String>), ReadFailure> {
+        if !self.data.enabled() {
+            let (d, addr) = self.chunks.read_any(loc, off, len as u32).await?;
+            return Ok((d, Some(addr)));
+        }
+        let cs = self.chunk_size;
+        let key = |block| BlockKey {
+            ino,
+            chunk_id: loc.chunk_id,
+            version: loc.version,
+            block,
+        };
+        let (first, start, alen) = aligned(off, len, cs);
+        let blocks = alen.div_ceil(BLOCK);
+        let mut hits = Vec::with_capacity(blocks as usize);
+        for b in first..first + blocks {
+            match self.data.get(&key(b)) {
+                Some(d) => hits.push(d),
+                None => break,
+            }
+        }
+        if hits.len() == blocks as usize {
+            let skip = (off - start) as usize;
+            if let [one] = hits.as_slice() {
+                return Ok((one.slice(skip..skip + len as usize), None));
+            }
+            let mut v = Vec::with_capacity(len as usize);
+            let mut skip = skip;
+            for d in &hits {
+                let want = (len as usize - v.len()).min(d.len() - skip);
+                v.extend_from_slice(&d[skip..skip + want]);
+                skip = 0;
+            }
+            return Ok((bytes::Bytes::from(v), None));
+        }
+        let epoch = self.data.epoch();
+        // One request never asks for more than MAX_IO: past it, fetch the
+        // exact range and cache the whole blocks inside it.
+        let (f_off, f_len) = if alen <= MAX_IO as u64 {
+            (start, alen)
+        } else {
+            (off, len)
+        };
+        let (d, addr) = self.chunks.read_any(loc, f_off, f_len as u32).await?;
+        // A whole MAX_IO piece is a sequential stream (the kernel's
+        // readahead): it fills free room but evicts nothing, so one large
+        // scan neither flushes the cache nor pays a copy per byte once full.
+        let streaming = len >= MAX_IO as u64;
+        let f_end = f_off + f_len;
+        let mut b = f_off.div_ceil(BLOCK);
+        while b * BLOCK < f_end {
+            let b_end = ((b + 1) * BLOCK).min(cs);
+            if b_end > f_end {
+                break;
+            }
+            let at = (b * BLOCK - f_off) as usize;
+            self.data.put(
+                key(b),
+                &d[at..at + (b_end - b * BLOCK) as usize],
+                epoch,
+                !streaming,
+            );
+            b += 1;
+        }
+        let skip = (off - f_off) as usize;
+        Ok((d.slice(skip..skip + len as usize), Some(addr)))
     }
 }

@@ -41,7 +41,16 @@ const LEASE_MARGIN_MS: u64 = 2000;
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
     /// truncates, so local dirty data and cached chunk state are dropped first.
-    pub async fn open(self: &Arc<Self>, c: &Caller, ino: u64, flags: i32) -> Result<u64, Errno> {
+    ///
+    /// Returns the handle and whether the kernel may keep its cached pages
+    /// (FOPEN_KEEP_CACHE): only when the file is unchanged since its previous
+    /// open on this mount (cache/data.rs), so close-to-open stays exact.
+    pub async fn open(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        flags: i32,
+    ) -> Result<(u64, bool), Errno> {
         let req = Op::Open(OpenReq {
             ino,
             flags: flags as u32,
@@ -58,8 +67,10 @@ impl Weft {
         };
         // Close-to-open consistency: another client may have written since.
         self.locs.invalidate_file(ino);
+        let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
-        Ok(self.files.open(ino))
+        let keep = unchanged && flags & libc::O_TRUNC == 0;
+        Ok((self.files.open(ino), keep))
     }
 
     /// create(2): returns the new file's attributes and an open handle.
@@ -89,6 +100,7 @@ impl Weft {
             }
         }
         self.locs.invalidate_file(a.ino);
+        self.data.open_check(a.ino, stamp(&a));
         let fh = self.files.open(a.ino);
         Ok((self.fattr(&a), fh))
     }
@@ -112,9 +124,7 @@ impl Weft {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u32, Errno> {
-        if offset.checked_add(data.len() as u64).is_none() || offset > i64::MAX as u64 {
-            return Err(Errno::EFBIG);
-        }
+        check_write_range(offset, data.len())?;
         loop {
             let released = self.files.dirty_released.notified();
             if self.files.dirty_total() < TOTAL_DIRTY_LIMIT {
@@ -123,8 +133,35 @@ impl Weft {
             self.flush_all_in_background();
             released.await;
         }
+        self.buffer_write(c, ino, offset, &data);
+        Ok(data.len() as u32)
+    }
+
+    /// The write without waiting, for the FUSE reader thread (no hop to a
+    /// tokio worker, no copy of the request's bytes before the buffer's):
+    /// buffers `data` unless dirty memory is over the limit, in which case
+    /// it returns None and the caller takes `write`, which waits. The caller
+    /// must have entered the runtime (a background flush may start).
+    pub fn write_now(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Option<Result<u32, Errno>> {
+        if let Err(e) = check_write_range(offset, data.len()) {
+            return Some(Err(e));
+        }
+        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+            return None;
+        }
+        self.buffer_write(c.clone(), ino, offset, data);
+        Some(Ok(data.len() as u32))
+    }
+
+    fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
         let (st, (added, kick)) = self.files.update(ino, |g| {
-            let added = g.dirty.write(offset, &data);
+            let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.writer = c;
             let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
@@ -137,7 +174,6 @@ impl Weft {
         if kick {
             self.flush_in_background(st);
         }
-        Ok(data.len() as u32)
     }
 
     fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
@@ -310,6 +346,8 @@ impl Weft {
                 .buffer_unordered(WRITE_PARALLELISM)
                 .collect()
                 .await;
+            // Whatever happened, cached blocks of this file may be stale now.
+            self.data.invalidate_file(st.ino);
             let Some(status) = results.into_iter().find_map(|r| r.err()) else {
                 let addrs = loc.replicas.iter().map(|r| r.addr.clone()).collect();
                 st.inner
@@ -518,6 +556,7 @@ impl Weft {
         };
         self.files.release_dirty(freed);
         self.locs.invalidate_file(st.ino);
+        self.data.invalidate_file(st.ino);
     }
 
     /// setattr with a size: store what stays, change the size at the MDS, and
@@ -550,6 +589,7 @@ impl Weft {
                 self.cut_chunk(&st, c, ino, size).await?;
             }
             self.locs.invalidate_file(ino);
+            self.data.invalidate_file(ino);
             st.inner.lock().allocs.clear();
             Ok(a)
         }
@@ -644,4 +684,20 @@ fn unix_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+fn check_write_range(offset: u64, len: usize) -> Result<(), Errno> {
+    if offset.checked_add(len as u64).is_none() || offset > i64::MAX as u64 {
+        return Err(Errno::EFBIG);
+    }
+    Ok(())
+}
+
+/// What the data cache compares at open: (size, mtime, ctime) in ns.
+fn stamp(a: &Attr) -> crate::cache::data::Stamp {
+    let ns = |t: &Option<Timespec>| {
+        t.as_ref()
+            .map_or(0, |t| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec))
+    };
+    (a.size, ns(&a.mtime), ns(&a.ctime))
 }

@@ -54,6 +54,9 @@ pub struct Registry {
     orphan_seen: HashMap<u64, Instant>,
     dead_after: Duration,
     started: Instant,
+    /// Chunk ids at or above this were created by this MDS process, so no
+    /// daemon can hold a replica it has not reported (u64::MAX: not known yet).
+    fresh_from: u64,
 }
 
 impl Registry {
@@ -66,6 +69,7 @@ impl Registry {
             orphan_seen: HashMap::new(),
             dead_after,
             started: Instant::now(),
+            fresh_from: u64::MAX,
         }
     }
 
@@ -79,6 +83,20 @@ impl Registry {
     /// have re-registered yet, so a chunk with no known replica may still have some.
     pub fn in_startup_grace(&self) -> bool {
         self.started.elapsed() < self.dead_after
+    }
+
+    /// Records the first chunk id this MDS process hands out (the namespace's
+    /// next id after recovery).
+    pub fn set_fresh_from(&mut self, first_new_chunk: u64) {
+        self.fresh_from = first_new_chunk;
+    }
+
+    /// Whether a chunk with no known replica may still have unreported ones:
+    /// only in the startup grace, and never for a chunk created since startup
+    /// (without this, every new file's first write after an MDS start waited
+    /// out the whole grace).
+    pub fn may_have_unreported(&self, chunk: u64) -> bool {
+        chunk < self.fresh_from && self.in_startup_grace()
     }
 
     /// A daemon's full report. `known` classifies each chunk against the namespace.
@@ -455,6 +473,18 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn only_chunks_older_than_this_process_wait_out_the_startup_grace() {
+        let mut r = Registry::new(Duration::from_secs(60));
+        assert!(r.may_have_unreported(5), "before recovery says otherwise");
+        r.set_fresh_from(10);
+        assert!(r.may_have_unreported(9));
+        assert!(!r.may_have_unreported(10));
+        assert!(!r.may_have_unreported(11));
+        let r = Registry::new(Duration::ZERO);
+        assert!(!r.may_have_unreported(0), "grace over");
     }
 
     #[test]

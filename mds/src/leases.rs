@@ -137,7 +137,7 @@ impl Mds {
         loop {
             let (known, grace) = {
                 let reg = self.registry.lock();
-                (!reg.replicas_of(chunk).is_empty(), reg.in_startup_grace())
+                (!reg.replicas_of(chunk).is_empty(), reg.may_have_unreported(chunk))
             };
             if known || !grace {
                 break;

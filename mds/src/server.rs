@@ -141,8 +141,10 @@ pub async fn run(
     let writer = LogWriter::open(&wal_dir, state.applied_index + 1)?;
     let orphans = state.ns.orphans();
     let sessions: Vec<u64> = state.sessions.ids().collect();
+    let first_new_chunk = state.ns.next_chunk_id();
     let state = Arc::new(RwLock::new(state));
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
+    registry.lock().set_fresh_from(first_new_chunk);
     let hub = Arc::new(crate::watch::Hub::default());
     let checkpointer = Checkpointer::new(&cfg.data);
     let committer = Committer::start(

@@ -5,7 +5,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -189,4 +189,77 @@ fn atime_relatime_noatime_strictatime() {
     wait_until("strictatime update", Duration::from_secs(5), || {
         atime(&rel.join("f")) > t1
     });
+}
+
+fn seek(f: &File, offset: i64, whence: i32) -> Result<i64, i32> {
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset, whence) };
+    if r >= 0 {
+        Ok(r)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// SEEK_DATA/SEEK_HOLE on a real sparse file: chunks never written are holes
+/// (1 MiB chunks here), the end of the file is a hole, and data still in the
+/// client's buffers counts as data.
+#[test]
+fn seek_data_and_seek_hole_in_a_sparse_file() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("sparse");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    let (mib, d, h) = (MIB as i64, libc::SEEK_DATA, libc::SEEK_HOLE);
+    // Not yet flushed: written through this descriptor only.
+    f.write_all_at(&pattern(100_000, 1), MIB).unwrap();
+    assert_eq!(seek(&f, 0, d), Ok(mib));
+    f.write_all_at(&pattern(10_000, 2), 4 * MIB).unwrap();
+    f.sync_all().unwrap();
+    let size = 4 * mib + 10_000;
+    assert_eq!(fs::metadata(&p).unwrap().len(), size as u64);
+
+    assert_eq!(seek(&f, 0, h), Ok(0));
+    assert_eq!(seek(&f, 0, d), Ok(mib));
+    assert_eq!(seek(&f, mib + 5, d), Ok(mib + 5));
+    assert_eq!(seek(&f, mib, h), Ok(2 * mib));
+    assert_eq!(seek(&f, 2 * mib + 7, d), Ok(4 * mib));
+    assert_eq!(seek(&f, 3 * mib, h), Ok(3 * mib));
+    assert_eq!(seek(&f, 4 * mib, h), Ok(size));
+    assert_eq!(seek(&f, size, d), Err(libc::ENXIO));
+    assert_eq!(seek(&f, size, h), Err(libc::ENXIO));
+    assert_eq!(seek(&f, -1, d), Err(libc::ENXIO));
+
+    // The same answers through another descriptor, and a file with no data.
+    let g = File::open(&p).unwrap();
+    assert_eq!(seek(&g, 0, d), Ok(mib));
+    let e = m.join("empty-sized");
+    let ef = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&e)
+        .unwrap();
+    ef.set_len(3 * MIB).unwrap();
+    assert_eq!(seek(&ef, 0, d), Err(libc::ENXIO));
+    assert_eq!(seek(&ef, 0, h), Ok(0));
+}
+
+/// O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser 0.18 does not
+/// dispatch (it answers ENOSYS), so the kernel refuses O_TMPFILE on the mount
+/// with EOPNOTSUPP, as on any file system without it; callers (glibc's
+/// tmpfile, systemd, ...) then fall back to a named file. Nothing is created.
+#[test]
+fn o_tmpfile_is_refused_with_eopnotsupp() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let dir = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap();
+    let fd = unsafe { libc::open(dir.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, 0o600) };
+    let err = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((fd, err), (-1, Some(libc::EOPNOTSUPP)));
+    assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
 }

@@ -11,6 +11,7 @@
 use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -190,4 +191,87 @@ fn appends_from_two_mounts_in_turn_keep_every_byte() {
     }
     assert_eq!(sha(&read_all(&a.join("log"))), sha(&model));
     assert_eq!(sha(&read_all(&b.join("log"))), sha(&model));
+}
+
+/// The data cache (cache/data.rs) keeps blocks keyed by chunk version, and
+/// writes under one write lease keep the version: B's cached blocks of an
+/// older content must still never be served once A's close has returned.
+/// B reads with small preads (the cache's blocks are 64 KiB) so every
+/// round's reads land in blocks B cached in the previous rounds.
+#[test]
+fn the_data_cache_never_serves_a_stale_version_after_another_mounts_close() {
+    let mut tc = TestCluster::start(3, MIB);
+    let a = tc.mount();
+    let b = tc.mount_with(&["data_cache=16"]);
+    let len = 2 * MIB as usize + 5000;
+    let mut v = pattern(len, 100);
+    write_file(&a.join("f"), &v);
+    for round in 0..30u64 {
+        // B reads the whole file in 4 KiB pieces, warming its cache.
+        {
+            let f = fs::File::open(b.join("f")).unwrap();
+            let mut got = vec![0u8; len];
+            for at in (0..len).step_by(4096) {
+                let n = 4096.min(len - at);
+                f.read_exact_at(&mut got[at..at + n], at as u64).unwrap();
+            }
+            assert_eq!(sha(&got), sha(&v), "round {round}: B read a stale version");
+        }
+        // A changes a few bytes in place (same size, same chunks, and
+        // usually the same lease and version), in a block B has cached.
+        let at = (round as usize * 300_007) % (len - 100);
+        v[at..at + 100].copy_from_slice(&pattern(100, round + 1000));
+        {
+            let f = OpenOptions::new().write(true).open(a.join("f")).unwrap();
+            f.write_all_at(&v[at..at + 100], at as u64).unwrap();
+        }
+        let got = read_all(&b.join("f"));
+        assert_eq!(sha(&got), sha(&v), "round {round}: B served stale cached data");
+    }
+}
+
+/// weftfs memory stays within its data cache option plus a fixed bound
+/// while it reads several times more data than the cache holds.
+#[test]
+fn weftfs_memory_stays_bounded_by_the_data_cache_option() {
+    const CACHE_MIB: u64 = 16;
+    // What weftfs holds besides the data cache: runtime, FUSE buffers (16 MiB
+    // request buffer), gRPC buffers of up to 8 parallel 1 MiB reads.
+    const OTHER_MIB: u64 = 96;
+    let mut tc = TestCluster::start(3, 8 * MIB);
+    let a = tc.mount();
+    let b = tc.mount_with(&["data_cache=16"]);
+    let pid = tc.cluster.mounts.last().unwrap().proc.pid().unwrap();
+    let data = pattern(96 * MIB as usize, 7);
+    write_file(&a.join("big"), &data);
+    let want = sha(&data);
+    drop(data);
+    let rss_mib = || {
+        let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let kb: u64 = s
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        kb / 1024
+    };
+    let mut peak = 0;
+    for round in 0..3 {
+        // 96 MiB sequentially, then scattered 4 KiB reads over all of it.
+        assert_eq!(sha(&read_all(&b.join("big"))), want, "round {round}");
+        peak = peak.max(rss_mib());
+        let f = fs::File::open(b.join("big")).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for i in 0..4000u64 {
+            let at = (i * 7_919 * 4096) % (96 * MIB - 4096);
+            f.read_exact_at(&mut buf, at).unwrap();
+        }
+        peak = peak.max(rss_mib());
+    }
+    assert!(
+        peak <= CACHE_MIB + OTHER_MIB,
+        "weftfs RSS peaked at {peak} MiB with data_cache={CACHE_MIB}"
+    );
+    eprintln!("weftfs peak RSS {peak} MiB with data_cache={CACHE_MIB} after reading 3 x 96 MiB");
 }

@@ -69,6 +69,7 @@ async fn watch_once(
                 w.attrs.invalidate(inv.ino);
                 if inv.data {
                     w.locs.invalidate_file(inv.ino);
+                    w.data.invalidate_file(inv.ino);
                 }
             }
             if tx.send(inv).is_err() {

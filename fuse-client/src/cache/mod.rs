@@ -1,5 +1,6 @@
-//! Client-side caches: inode attributes (for read clipping and access checks)
-//! and chunk locations (so reads don't ask the MDS for every chunk).
+//! Client-side caches: inode attributes (for read clipping and access checks),
+//! chunk locations (so reads don't ask the MDS for every chunk) and file data
+//! (`data`: chunk blocks, bounded by the `data_cache` mount option).
 //!
 //! `coherence` applies the MDS's pushes (other mounts' changes) to both and
 //! to the kernel's caches.
@@ -11,6 +12,8 @@
 pub mod attr;
 pub mod chunks;
 pub mod coherence;
+pub mod data;
 
 pub use attr::AttrCache;
+pub use data::DataCache;
 pub use chunks::ChunkLocCache;

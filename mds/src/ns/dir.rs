@@ -73,6 +73,23 @@ impl Dir {
         Some(e)
     }
 
+    /// Renames an entry within this directory keeping its cookie (an entry
+    /// already called `to` is dropped). A reader paging through the directory
+    /// then sees the entry once, under the old or the new name, rather than
+    /// again under a fresh cookie after the ones it has read: a program that
+    /// renames what it lists (xfstests generic/736) would otherwise never end.
+    pub fn rename_entry(&mut self, from: &[u8], to: &[u8]) -> bool {
+        let Some(e) = self.entries.remove(from) else {
+            return false;
+        };
+        if let Some(old) = self.entries.remove(to) {
+            self.by_cookie.remove(&old.cookie);
+        }
+        self.by_cookie.insert(e.cookie, to.to_vec());
+        self.entries.insert(to.to_vec(), e);
+        true
+    }
+
     /// Points an existing entry at another inode, keeping its cookie
     /// (RENAME_EXCHANGE swaps inodes, not names).
     pub fn set_ino(&mut self, name: &[u8], ino: u64) -> bool {

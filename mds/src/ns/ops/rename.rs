@@ -168,12 +168,20 @@ impl Namespace {
             if replaced.is_some() {
                 self.drop_link(new_parent, new_name, now);
             }
-            let op = self.inodes.get_mut(&parent).expect("checked above");
-            op.dir_mut().expect("checked above").remove(name);
-            touch_dir(op, now);
-            let np = self.inodes.get_mut(&new_parent).expect("checked above");
-            np.dir_mut().expect("checked above").insert(new_name, ino);
-            touch_dir(np, now);
+            if parent == new_parent {
+                let op = self.inodes.get_mut(&parent).expect("checked above");
+                op.dir_mut()
+                    .expect("checked above")
+                    .rename_entry(name, new_name);
+                touch_dir(op, now);
+            } else {
+                let op = self.inodes.get_mut(&parent).expect("checked above");
+                op.dir_mut().expect("checked above").remove(name);
+                touch_dir(op, now);
+                let np = self.inodes.get_mut(&new_parent).expect("checked above");
+                np.dir_mut().expect("checked above").insert(new_name, ino);
+                touch_dir(np, now);
+            }
             if src_is_dir && parent != new_parent {
                 self.add_nlink(parent, -1);
                 self.add_nlink(new_parent, 1);

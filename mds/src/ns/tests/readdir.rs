@@ -107,8 +107,9 @@ fn cookies_are_stable_while_entries_come_and_go() {
     h.rename(d, "f4", d, "renamed").unwrap();
     h.create(d, "new");
     let rest = page(&h, d, offset, 0, false);
-    // Unaffected entries keep their cookies: nothing seen twice, nothing surviving skipped.
-    assert_eq!(names(&rest), ["f2", "f5", "renamed", "new"]);
+    // Unaffected entries keep their cookies: nothing seen twice, nothing
+    // surviving skipped; a rename within the directory keeps the cookie too.
+    assert_eq!(names(&rest), ["f2", "renamed", "f5", "new"]);
     let all = page(&h, d, 0, 0, false);
     let cookie_of = |n: &str| {
         all.entries
@@ -121,7 +122,21 @@ fn cookies_are_stable_while_entries_come_and_go() {
         (cookie_of("f1"), cookie_of("f2"), cookie_of("f5")),
         (4, 5, 8)
     );
-    assert!(cookie_of("renamed") > 8 && cookie_of("new") > cookie_of("renamed"));
+    assert_eq!(cookie_of("renamed"), 7);
+    assert!(cookie_of("new") > 8);
+    // Renamed away and back (generic/736's loop): still the same cookie, once.
+    h.rename(d, "renamed", d, "TEMP").unwrap();
+    h.rename(d, "TEMP", d, "renamed").unwrap();
+    let again = page(&h, d, 0, 0, false);
+    assert_eq!(
+        names(&again),
+        [".", "..", "f1", "f2", "renamed", "f5", "new"]
+    );
+    // Over an existing name: the moved entry's cookie, the target's is gone.
+    h.rename(d, "f1", d, "f5").unwrap();
+    let over = page(&h, d, 0, 0, false);
+    assert_eq!(names(&over), [".", "..", "f5", "f2", "renamed", "new"]);
+    assert_eq!(over.entries[2].cookie, 4);
     // Cookies are never reused.
     h.create(d, "f0");
     assert!(cookie_of("new") < page(&h, d, 0, 0, false).entries.last().unwrap().cookie);

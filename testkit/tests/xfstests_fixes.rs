@@ -1,0 +1,138 @@
+//! Behaviours xfstests checks that weft once got wrong, each through a real
+//! mount of a real cluster (the xfstests case named in each test).
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+
+use weft_testkit::TestCluster;
+
+const MIB: u64 = 1 << 20;
+
+fn fstat(f: &File) -> Result<libc::stat, i32> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// generic/035: fstat of an open file or directory that a rename replaced
+/// succeeds and shows nlink 0.
+#[test]
+fn fstat_after_rename_over_open_file_and_directory() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    fs::write(m.join("f1"), b"one").unwrap();
+    fs::write(m.join("f2"), b"two").unwrap();
+    let f = File::open(m.join("f2")).unwrap();
+    fs::rename(m.join("f1"), m.join("f2")).unwrap();
+    let st = fstat(&f).unwrap();
+    assert_eq!(st.st_nlink, 0);
+    assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
+
+    fs::create_dir(m.join("d1")).unwrap();
+    fs::create_dir(m.join("d2")).unwrap();
+    let d = File::open(m.join("d2")).unwrap();
+    let ino = fstat(&d).unwrap().st_ino;
+    fs::rename(m.join("d1"), m.join("d2")).unwrap();
+    let st = fstat(&d).expect("fstat of a directory replaced by rename");
+    assert_eq!(st.st_nlink, 0);
+    assert_eq!(st.st_ino, ino);
+    assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFDIR);
+
+    // Same after rmdir.
+    fs::create_dir(m.join("d3")).unwrap();
+    let d3 = File::open(m.join("d3")).unwrap();
+    fs::remove_dir(m.join("d3")).unwrap();
+    assert_eq!(
+        fstat(&d3).expect("fstat of a removed directory").st_nlink,
+        0
+    );
+}
+
+/// generic/736: a program that renames each entry it lists (away and back)
+/// sees every entry once and the listing ends; before, each rename gave the
+/// entry a fresh readdir cookie, so it came round again after every page.
+#[test]
+fn readdir_while_renaming_each_entry_lists_each_once() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let d = m.join("d");
+    fs::create_dir(&d).unwrap();
+    const N: usize = 1500;
+    for i in 0..N {
+        File::create(d.join(i.to_string())).unwrap();
+    }
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for e in fs::read_dir(&d).unwrap() {
+        let name = e.unwrap().file_name().into_string().unwrap();
+        *seen.entry(name.clone()).or_default() += 1;
+        assert!(seen.len() <= N, "listing does not end");
+        fs::rename(d.join(&name), d.join("TEMPFILE")).unwrap();
+        fs::rename(d.join("TEMPFILE"), d.join(&name)).unwrap();
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, &c)| c > 1).take(5).collect();
+    assert!(twice.is_empty(), "listed more than once: {twice:?}");
+    assert_eq!(seen.len(), N);
+}
+
+fn set_caps(p: &std::path::Path) {
+    // vfs_cap_data v2: effective, permitted CAP_NET_RAW.
+    let mut v = Vec::new();
+    for w in [0x0200_0001u32, 1 << 13, 0, 0, 0] {
+        v.extend_from_slice(&w.to_le_bytes());
+    }
+    xattr_set(p, "security.capability", &v);
+}
+
+fn xattr_set(p: &std::path::Path, name: &str, v: &[u8]) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let r = unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), v.as_ptr().cast(), v.len(), 0) };
+    assert_eq!(r, 0, "setxattr: {}", std::io::Error::last_os_error());
+}
+
+fn has_caps(p: &std::path::Path) -> bool {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("security.capability").unwrap();
+    let r = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+    r > 0
+}
+
+/// weftfs remembers for attr_timeout that a file has no security.capability
+/// (the kernel asks before every write); a capability set later, on this
+/// mount or another one, is still dropped by the next write, as on ext4.
+#[test]
+fn write_drops_file_capabilities_set_after_earlier_writes() {
+    use std::io::Write;
+    let mut tc = TestCluster::start(1, MIB);
+    let a = tc.mount();
+    let b = tc.mount();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(a.join("prog"))
+        .unwrap();
+    f.write_all(b"1").unwrap();
+    set_caps(&a.join("prog"));
+    assert!(has_caps(&a.join("prog")));
+    f.write_all(b"2").unwrap();
+    assert!(
+        !has_caps(&a.join("prog")),
+        "write on the same mount kept it"
+    );
+
+    f.write_all(b"3").unwrap();
+    set_caps(&b.join("prog"));
+    // The other mount's change reaches this one by the coherence push.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    f.write_all(b"4").unwrap();
+    assert!(
+        !has_caps(&b.join("prog")),
+        "a capability set on another mount survived a write"
+    );
+    drop(f);
+    assert_eq!(fs::read(a.join("prog")).unwrap(), b"1234");
+}
