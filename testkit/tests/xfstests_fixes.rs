@@ -136,3 +136,45 @@ fn write_drops_file_capabilities_set_after_earlier_writes() {
     drop(f);
     assert_eq!(fs::read(a.join("prog")).unwrap(), b"1234");
 }
+
+/// generic/683-685: fallocate, punch and zero by a user who may write the
+/// file but does not own it clear setuid/setgid (the kernel asks the file
+/// system to, as for a write) instead of failing with EPERM.
+#[test]
+fn fallocate_by_non_owner_clears_setuid_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o777)).unwrap();
+    for (i, verb) in [
+        &["-l", "64k"][..],
+        &["-p", "-l", "64k"],
+        &["-z", "-l", "64k"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = m.join(format!("f{i}"));
+        fs::write(&p, vec![b'X'; 192 << 10]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6666)).unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=tests",
+                "--regid=tests",
+                "--clear-groups",
+                "fallocate",
+            ])
+            .args(*verb)
+            // Relative to the mount: its temp parent is not open to `tests`.
+            .arg(format!("f{i}"))
+            .current_dir(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "fallocate {verb:?}: {out:?}"
+        );
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o666, "fallocate {verb:?} left mode {mode:o}");
+    }
+}
