@@ -178,3 +178,74 @@ fn fallocate_by_non_owner_clears_setuid_setgid() {
         assert_eq!(mode, 0o666, "fallocate {verb:?} left mode {mode:o}");
     }
 }
+
+/// name_to_handle_at(2) on one mount's path, then open_by_handle_at(2) of it
+/// on another mount that has never seen the inode.
+fn handle_of(p: &std::path::Path) -> Vec<u8> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    buf
+}
+
+fn open_by_handle(mount: &std::path::Path, handle: &mut [u8]) -> Result<File, i32> {
+    let m = File::open(mount).unwrap();
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            m.as_raw_fd(),
+            handle.as_mut_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// generic/467, 477: file handles open the file again, also on another mount
+/// (or after a remount) that no longer caches the inode; a removed file's
+/// handle is stale.
+#[test]
+fn file_handles_open_by_handle_on_a_fresh_mount() {
+    use std::io::Read;
+    let mut tc = TestCluster::start(1, MIB);
+    let a = tc.mount();
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/f"), b"by handle").unwrap();
+    fs::write(a.join("gone"), b"x").unwrap();
+    let mut hf = handle_of(&a.join("d/f"));
+    let mut hd = handle_of(&a.join("d"));
+    let mut hg = handle_of(&a.join("gone"));
+    fs::remove_file(a.join("gone")).unwrap();
+
+    let b = tc.mount();
+    let mut s = String::new();
+    open_by_handle(&b, &mut hf)
+        .expect("open_by_handle_at of a file on another mount")
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "by handle");
+    let d = open_by_handle(&b, &mut hd).expect("open_by_handle_at of a directory");
+    assert_eq!(fstat(&d).unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
+    assert_eq!(open_by_handle(&b, &mut hg).err(), Some(libc::ESTALE));
+}
