@@ -249,3 +249,30 @@ fn file_handles_open_by_handle_on_a_fresh_mount() {
     assert_eq!(fstat(&d).unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
     assert_eq!(open_by_handle(&b, &mut hg).err(), Some(libc::ESTALE));
 }
+
+/// generic/213: fallocate of more than the free space fails with ENOSPC and
+/// leaves the size alone; a range that fits still succeeds.
+#[test]
+fn fallocate_beyond_free_space_is_enospc() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("big");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let avail = st.f_bavail as i64 * st.f_frsize as i64;
+    assert!(avail > 0);
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, avail * 2) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOSPC))
+    );
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 1 << 20);
+}
