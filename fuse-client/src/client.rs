@@ -150,6 +150,18 @@ impl Weft {
     }
 
     pub async fn lookup(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {
+        if name == b"." {
+            // Only the kernel asks this, to turn a file handle (open_by_handle_at,
+            // NFS export) whose inode it no longer caches into an inode again; the
+            // node may be any kind of file. A removed inode gives ESTALE.
+            return self.getattr(c, parent).await.map_err(|e| {
+                if e == Errno::ENOENT {
+                    Errno::ESTALE
+                } else {
+                    e
+                }
+            });
+        }
         check_name(&name)?;
         let a = self
             .mds

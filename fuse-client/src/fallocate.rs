@@ -1,7 +1,8 @@
 //! fallocate(2) and copy_file_range(2) for weftfs, built on the write path.
 //!
 //! weft allocates chunk space when data is written, so plain allocation only
-//! has to move the size. Punching a hole and zeroing a range write zeros
+//! has to move the size (after checking that the range fits in the free space,
+//! else ENOSPC). Punching a hole and zeroing a range write zeros
 //! through the ordinary write path: slower than dropping chunks, but every
 //! later read sees zeros whichever replica serves it, and the write path's
 //! guarantees (flush on close, fsync durability, setuid/setgid cleared at
@@ -68,7 +69,13 @@ impl Weft {
             let zero_end = if keep { end.min(size) } else { end };
             return self.write_zeros(c, ino, offset, zero_end).await;
         }
-        // Plain allocation: space comes with the writes, so only the size moves.
+        // Plain allocation: space comes with the writes, so only the size
+        // moves; but a range that cannot fit in the cluster's free space is
+        // ENOSPC now, as a file system that reserves would say.
+        let grow = end.saturating_sub(size);
+        if grow > 0 && grow > self.mds.statfs(c).await?.free_bytes {
+            return Err(Errno::ENOSPC);
+        }
         if !keep && end > size {
             // fallocate comes through an open descriptor: its open checked
             // write access (the file's mode may have changed since).

@@ -101,6 +101,10 @@ impl Filesystem for WeftFs {
             InitFlags::FUSE_POSIX_ACL,
             InitFlags::FUSE_DONT_MASK,
             InitFlags::FUSE_FLOCK_LOCKS,
+            // File handles (name_to_handle_at/open_by_handle_at, NFS export):
+            // inode numbers are the MDS's, stable across mounts, and a lookup
+            // of "." by inode number finds the inode again.
+            InitFlags::FUSE_EXPORT_SUPPORT,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");

@@ -136,3 +136,143 @@ fn write_drops_file_capabilities_set_after_earlier_writes() {
     drop(f);
     assert_eq!(fs::read(a.join("prog")).unwrap(), b"1234");
 }
+
+/// generic/683-685: fallocate, punch and zero by a user who may write the
+/// file but does not own it clear setuid/setgid (the kernel asks the file
+/// system to, as for a write) instead of failing with EPERM.
+#[test]
+fn fallocate_by_non_owner_clears_setuid_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o777)).unwrap();
+    for (i, verb) in [
+        &["-l", "64k"][..],
+        &["-p", "-l", "64k"],
+        &["-z", "-l", "64k"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = m.join(format!("f{i}"));
+        fs::write(&p, vec![b'X'; 192 << 10]).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o6666)).unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=tests",
+                "--regid=tests",
+                "--clear-groups",
+                "fallocate",
+            ])
+            .args(*verb)
+            // Relative to the mount: its temp parent is not open to `tests`.
+            .arg(format!("f{i}"))
+            .current_dir(&m)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && out.stderr.is_empty() && out.stdout.is_empty(),
+            "fallocate {verb:?}: {out:?}"
+        );
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o666, "fallocate {verb:?} left mode {mode:o}");
+    }
+}
+
+/// name_to_handle_at(2) on one mount's path, then open_by_handle_at(2) of it
+/// on another mount that has never seen the inode.
+fn handle_of(p: &std::path::Path) -> Vec<u8> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // struct file_handle { u32 handle_bytes; i32 handle_type; u8 f_handle[]; }
+    let mut buf = vec![0u8; 8 + 128];
+    buf[..4].copy_from_slice(&128u32.to_ne_bytes());
+    let mut mount_id: libc::c_int = 0;
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            0,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
+    buf
+}
+
+fn open_by_handle(mount: &std::path::Path, handle: &mut [u8]) -> Result<File, i32> {
+    let m = File::open(mount).unwrap();
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            m.as_raw_fd(),
+            handle.as_mut_ptr(),
+            libc::O_RDONLY,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
+    }
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+/// generic/467, 477: file handles open the file again, also on another mount
+/// (or after a remount) that no longer caches the inode; a removed file's
+/// handle is stale.
+#[test]
+fn file_handles_open_by_handle_on_a_fresh_mount() {
+    use std::io::Read;
+    let mut tc = TestCluster::start(1, MIB);
+    let a = tc.mount();
+    fs::create_dir(a.join("d")).unwrap();
+    fs::write(a.join("d/f"), b"by handle").unwrap();
+    fs::write(a.join("gone"), b"x").unwrap();
+    let mut hf = handle_of(&a.join("d/f"));
+    let mut hd = handle_of(&a.join("d"));
+    let mut hg = handle_of(&a.join("gone"));
+    fs::remove_file(a.join("gone")).unwrap();
+
+    let b = tc.mount();
+    let mut s = String::new();
+    open_by_handle(&b, &mut hf)
+        .expect("open_by_handle_at of a file on another mount")
+        .read_to_string(&mut s)
+        .unwrap();
+    assert_eq!(s, "by handle");
+    let d = open_by_handle(&b, &mut hd).expect("open_by_handle_at of a directory");
+    assert_eq!(fstat(&d).unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
+    assert_eq!(open_by_handle(&b, &mut hg).err(), Some(libc::ESTALE));
+}
+
+/// generic/213: fallocate of more than the free space fails with ENOSPC and
+/// leaves the size alone; a range that fits still succeeds.
+#[test]
+fn fallocate_beyond_free_space_is_enospc() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("big");
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    let c = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()).unwrap();
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    let avail = st.f_bavail as i64 * st.f_frsize as i64;
+    assert!(avail > 0);
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, avail * 2) };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::ENOSPC))
+    );
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+    assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
+    assert_eq!(fs::metadata(&p).unwrap().len(), 1 << 20);
+}

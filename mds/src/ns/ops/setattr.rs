@@ -14,7 +14,9 @@
 //!   and setgid when group-exec is set or the caller is not root and not in
 //!   the file's group.
 //! - chmod: owner or root (EPERM); a non-root caller not in the (new) group
-//!   loses setgid.
+//!   loses setgid. A change that only clears setuid/setgid needs just write
+//!   permission: it is the kernel dropping privileges before a non-owner's
+//!   write, truncate or fallocate.
 //! - times: explicit values need owner or root (EPERM); "now" needs owner,
 //!   root or write permission (EACCES).
 //! - every change sets ctime.
@@ -62,7 +64,13 @@ impl Namespace {
             }
         }
         if let Some(m) = r.mode {
-            if !caller.owns(i) {
+            // Before a write, truncate or fallocate by a non-owner, the kernel
+            // clears setuid/setgid itself (file_remove_privs, ATTR_FORCE) and
+            // FUSE sends that as a chmod: it needs only write permission.
+            let drops_privs_only = m & MODE_MASK != i.mode
+                && (m & MODE_MASK) | S_ISUID | S_ISGID == i.mode | S_ISUID | S_ISGID
+                && m & MODE_MASK & !i.mode == 0;
+            if !caller.owns(i) && !(drops_privs_only && may_access(i, caller, MAY_WRITE)) {
                 return Err(Errno::EPERM);
             }
             mode = m & MODE_MASK;

@@ -37,6 +37,25 @@ fn chmod_rules() {
 }
 
 #[test]
+fn non_owner_with_write_access_may_only_drop_setuid_setgid() {
+    let mut h = Harness::new();
+    let bob = user(1001, 100);
+    let f = h.create(1, "f");
+    h.chown_as(&root(), f, None, Some(100)).unwrap();
+    h.chmod_as(&root(), f, 0o6666).unwrap();
+    // The kernel's privilege drop before bob's write/fallocate.
+    assert_eq!(h.chmod_as(&bob, f, 0o2666).unwrap().mode, 0o2666);
+    assert_eq!(h.chmod_as(&bob, f, 0o666).unwrap().mode, 0o666);
+    // Anything else stays the owner's: adding bits, other bits, no change.
+    assert_eq!(h.chmod_as(&bob, f, 0o4666), Err(Errno::EPERM));
+    assert_eq!(h.chmod_as(&bob, f, 0o644), Err(Errno::EPERM));
+    assert_eq!(h.chmod_as(&bob, f, 0o666), Err(Errno::EPERM));
+    // Without write permission not even that.
+    h.chmod_as(&root(), f, 0o6644).unwrap();
+    assert_eq!(h.chmod_as(&bob, f, 0o644), Err(Errno::EPERM));
+}
+
+#[test]
 fn chown_rules() {
     let mut h = Harness::new();
     let alice = Caller {
