@@ -204,6 +204,9 @@ impl Weft {
             let (d, addr) = self.chunks.read_any(loc, off, len as u32).await?;
             return Ok((d, Some(addr)));
         }
+        if let Some(d) = self.cached_piece(ino, loc, off, len) {
+            return Ok((d, None));
+        }
         let cs = self.chunk_size;
         let key = |block| BlockKey {
             ino,
@@ -211,29 +214,7 @@ impl Weft {
             version: loc.version,
             block,
         };
-        let (first, start, alen) = aligned(off, len, cs);
-        let blocks = alen.div_ceil(BLOCK);
-        let mut hits = Vec::with_capacity(blocks as usize);
-        for b in first..first + blocks {
-            match self.data.get(&key(b)) {
-                Some(d) => hits.push(d),
-                None => break,
-            }
-        }
-        if hits.len() == blocks as usize {
-            let skip = (off - start) as usize;
-            if let [one] = hits.as_slice() {
-                return Ok((one.slice(skip..skip + len as usize), None));
-            }
-            let mut v = Vec::with_capacity(len as usize);
-            let mut skip = skip;
-            for d in &hits {
-                let want = (len as usize - v.len()).min(d.len() - skip);
-                v.extend_from_slice(&d[skip..skip + want]);
-                skip = 0;
-            }
-            return Ok((bytes::Bytes::from(v), None));
-        }
+        let (_, start, alen) = aligned(off, len, cs);
         let epoch = self.data.epoch();
         // One request never asks for more than MAX_IO: past it, fetch the
         // exact range and cache the whole blocks inside it.
@@ -265,5 +246,57 @@ impl Weft {
         }
         let skip = (off - f_off) as usize;
         Ok((d.slice(skip..skip + len as usize), Some(addr)))
+    }
+
+    /// Bytes [off, off+len) of a chunk when every block covering them is in
+    /// the data cache.
+    fn cached_piece(&self, ino: u64, loc: &ChunkLoc, off: u64, len: u64) -> Option<bytes::Bytes> {
+        let (first, start, alen) = aligned(off, len, self.chunk_size);
+        let blocks = alen.div_ceil(BLOCK);
+        let mut hits = Vec::with_capacity(blocks as usize);
+        for block in first..first + blocks {
+            hits.push(self.data.get(&BlockKey {
+                ino,
+                chunk_id: loc.chunk_id,
+                version: loc.version,
+                block,
+            })?);
+        }
+        let skip = (off - start) as usize;
+        if let [one] = hits.as_slice() {
+            return Some(one.slice(skip..skip + len as usize));
+        }
+        let mut v = Vec::with_capacity(len as usize);
+        let mut skip = skip;
+        for d in &hits {
+            let want = (len as usize - v.len()).min(d.len() - skip);
+            v.extend_from_slice(&d[skip..skip + want]);
+            skip = 0;
+        }
+        Some(bytes::Bytes::from(v))
+    }
+
+    /// A read answered from caches alone, without waiting (for the FUSE
+    /// reader thread: no hop to a tokio worker). None when anything it needs
+    /// is not cached (fresh attributes, the location, every block) or the
+    /// file has data not yet stored; the caller then takes `read`.
+    pub fn read_now(&self, ino: u64, offset: u64, size: u32) -> Option<bytes::Bytes> {
+        if !self.data.enabled() || self.files.get(ino).is_some_and(|st| st.has_pending()) {
+            return None;
+        }
+        let a = self.attrs.get(ino)?;
+        let file_size = self
+            .files
+            .size_override(ino)
+            .map_or(a.size, |s| s.max(a.size));
+        let len = clip_read(offset, u64::from(size), file_size);
+        let [p] = split_range(offset, len, self.chunk_size, MAX_IO as u64)[..] else {
+            return None;
+        };
+        let loc = self.locs.get(ino, p.index)?;
+        if loc.chunk_id == 0 {
+            return None;
+        }
+        self.cached_piece(ino, &loc, p.off, p.len)
     }
 }
