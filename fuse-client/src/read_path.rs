@@ -215,6 +215,14 @@ impl Weft {
             block,
         };
         let (_, start, alen) = aligned(off, len, cs);
+        // A small read widened to whole blocks costs up to 16x the bytes on
+        // the wire and a copy: worth it only while the blocks can be kept
+        // without evicting (a file larger than the cache, read at random,
+        // would otherwise churn it at that cost on every miss).
+        if len < BLOCK && !self.data.has_room(alen) {
+            let (d, addr) = self.chunks.read_any(loc, off, len as u32).await?;
+            return Ok((d, Some(addr)));
+        }
         let epoch = self.data.epoch();
         // One request never asks for more than MAX_IO: past it, fetch the
         // exact range and cache the whole blocks inside it.
@@ -228,6 +236,7 @@ impl Weft {
         // readahead): it fills free room but evicts nothing, so one large
         // scan neither flushes the cache nor pays a copy per byte once full.
         let streaming = len >= MAX_IO as u64;
+        let evict = !streaming && len >= BLOCK;
         let f_end = f_off + f_len;
         let mut b = f_off.div_ceil(BLOCK);
         while b * BLOCK < f_end {
@@ -240,7 +249,7 @@ impl Weft {
                 key(b),
                 &d[at..at + (b_end - b * BLOCK) as usize],
                 epoch,
-                !streaming,
+                evict,
             );
             b += 1;
         }

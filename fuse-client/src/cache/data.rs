@@ -82,6 +82,11 @@ impl DataCache {
         self.inner.lock().bytes
     }
 
+    /// Whether `len` more bytes fit without evicting anything.
+    pub fn has_room(&self, len: u64) -> bool {
+        self.inner.lock().bytes + len <= self.capacity
+    }
+
     /// The epoch to pass to `put` for data fetched from now on.
     pub fn epoch(&self) -> u64 {
         self.inner.lock().epoch
@@ -211,6 +216,7 @@ mod tests {
         let b = vec![1u8; BLOCK as usize];
         c.put(key(1, 0), &b, c.epoch(), false);
         c.put(key(1, 1), &b, c.epoch(), false);
+        assert!(!c.has_room(1));
         c.put(key(1, 2), &b, c.epoch(), false);
         assert!(c.get(&key(1, 0)).is_some() && c.get(&key(1, 1)).is_some());
         assert!(c.get(&key(1, 2)).is_none(), "nothing evicted for a stream");
