@@ -45,6 +45,7 @@ fn reply(r: R) -> Result<Response<MetaReply>, Status> {
     Ok(Response::new(MetaReply {
         errno: 0,
         result: Some(r),
+        parent_attr: None,
     }))
 }
 
@@ -52,6 +53,7 @@ fn errno(e: i32) -> Result<Response<MetaReply>, Status> {
     Ok(Response::new(MetaReply {
         errno: e,
         result: None,
+        parent_attr: None,
     }))
 }
 

@@ -11,6 +11,8 @@
 pub mod attr;
 pub mod chunks;
 pub mod coherence;
+pub mod kernel;
+pub mod meta;
 
 pub use attr::AttrCache;
 pub use chunks::ChunkLocCache;
