@@ -17,6 +17,8 @@ use fuser::FileAttr;
 use weft_proto::meta_request::Op;
 use weft_proto::*;
 
+use crate::cache::kernel::KernelCache;
+use crate::cache::meta::Found;
 use crate::cache::{AttrCache, ChunkLocCache};
 use crate::caller::GroupCache;
 use crate::chunk_io::ChunkIo;
@@ -39,8 +41,8 @@ pub struct Weft {
     pub files: OpenFiles,
     pub groups: GroupCache,
     pub chunk_size: u64,
-    pub attr_ttl: Duration,
-    pub entry_ttl: Duration,
+    /// What TTLs the kernel gets, and taking names back (cache/kernel.rs).
+    pub kernel: KernelCache,
     /// How long a chunk write keeps re-allocating its pipeline after replica
     /// failures (the MDS drops a dead daemon from pipelines only once it has
     /// missed heartbeats for a while).
@@ -122,8 +124,7 @@ impl Weft {
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,
-            attr_ttl: opts.attr_timeout,
-            entry_ttl: opts.entry_timeout,
+            kernel: KernelCache::new(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout),
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
@@ -134,6 +135,7 @@ impl Weft {
     /// Forgets every cached attribute and location (coherence pushes were
     /// possibly missed).
     pub fn drop_all_caches(&self) {
+        self.mds.meta.reset(false);
         self.attrs.clear();
         self.locs.clear();
         self.data.clear();
@@ -163,11 +165,36 @@ impl Weft {
             });
         }
         check_name(&name)?;
+        if let Some(r) = self.lookup_cached(parent, &name) {
+            return r;
+        }
+        let t = self.mds.meta.ticket();
         let a = self
             .mds
-            .attr(c, Op::Lookup(LookupReq { parent, name }))
+            .attr(
+                c,
+                Op::Lookup(LookupReq {
+                    parent,
+                    name: name.clone(),
+                }),
+            )
             .await?;
+        self.mds.meta.insert(t, parent, &name, &a);
         Ok(self.fattr(&a))
+    }
+
+    /// A lookup answered from weftfs's own cache (cache/meta.rs), if it can be.
+    pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<FileAttr, Errno>> {
+        match self.mds.meta.lookup(parent, name)? {
+            Found::Attr(a) => Some(Ok(self.fattr(&a))),
+            Found::Absent => Some(Err(Errno::ENOENT)),
+        }
+    }
+
+    /// getattr answered from weftfs's own cache (cache/meta.rs), if it can be.
+    pub fn getattr_cached(&self, ino: u64) -> Option<FileAttr> {
+        let a = self.mds.meta.getattr(ino)?;
+        Some(self.fattr(&a))
     }
 
     pub async fn getattr(&self, c: &Caller, ino: u64) -> Result<FileAttr, Errno> {
@@ -364,16 +391,22 @@ impl Weft {
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
-        let caps = name == b"security.capability";
-        if caps && self.attrs.no_caps(ino) {
+        if self.mds.meta.xattr_absent(ino, &name) {
             return Err(Errno::ENODATA);
         }
+        let t = self.mds.meta.ticket();
         let r = self
             .mds
-            .data(c, Op::Getxattr(GetXattrReq { ino, name }))
+            .data(
+                c,
+                Op::Getxattr(GetXattrReq {
+                    ino,
+                    name: name.clone(),
+                }),
+            )
             .await;
-        if caps && r == Err(Errno::ENODATA) {
-            self.attrs.put_no_caps(ino);
+        if r == Err(Errno::ENODATA) {
+            self.mds.meta.insert_xattr_absent(t, ino, &name);
         }
         r
     }

@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 use fuser::*;
 use tokio::runtime::Handle as Rt;
 
+use crate::cache::kernel::Ticket;
 use crate::client::{SetAttrArgs, Weft};
 use crate::errno::to_fuse;
 
@@ -50,10 +51,42 @@ fn bytes(s: &OsStr) -> Vec<u8> {
     s.as_bytes().to_vec()
 }
 
-fn entry(w: &Weft, reply: ReplyEntry, r: Result<FileAttr, weft_proto::Errno>) {
+/// Replies (parent, name) → attr with the TTLs the kernel may keep it for
+/// (cache/kernel.rs); `t` is the ticket taken when the request arrived.
+fn entry(
+    w: &Weft,
+    reply: ReplyEntry,
+    t: Ticket,
+    parent: INodeNo,
+    name: &[u8],
+    r: Result<FileAttr, weft_proto::Errno>,
+) {
     match r {
-        Ok(a) => reply.entry_with_ttls(&w.attr_ttl, &w.entry_ttl, &a, Generation(0)),
+        Ok(a) => {
+            let (attr_ttl, entry_ttl) = w.kernel.entry_reply(t, parent.0, name, a.ino.0);
+            reply.entry_with_ttls(&attr_ttl, &entry_ttl, &a, Generation(0));
+            w.kernel
+                .after_reply(t, &[(parent.0, name.to_vec(), a.ino.0)]);
+        }
         Err(e) => reply.error(to_fuse(e)),
+    }
+}
+
+/// A name that does not exist: with a TTL, a negative entry the kernel
+/// remembers for entry_timeout (short: a break could not take it back);
+/// another mount's create of it is pushed by the MDS and invalidates it
+/// (cache/coherence.rs).
+fn negative(w: &Weft, reply: ReplyEntry) {
+    let ttl = w.kernel.entry_short();
+    if ttl.is_zero() {
+        reply.error(Errno::ENOENT);
+    } else {
+        reply.entry_with_ttls(
+            &Duration::ZERO,
+            &ttl,
+            &crate::convert::negative_entry(),
+            Generation(0),
+        );
     }
 }
 
@@ -123,31 +156,46 @@ impl Filesystem for WeftFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let t = self.w.kernel.ticket();
+        // Answered here, without a hand-off to the runtime, when weftfs knows it.
+        if name.len() <= crate::client::NAME_MAX {
+            match self.w.lookup_cached(parent.0, name.as_bytes()) {
+                Some(Err(weft_proto::Errno::ENOENT)) => {
+                    negative(&self.w, reply);
+                    return;
+                }
+                Some(r) => {
+                    entry(&self.w, reply, t, parent, name.as_bytes(), r);
+                    return;
+                }
+                None => {}
+            }
+        }
         let name = bytes(name);
         self.spawn(req, move |w, c| async move {
-            match w.lookup(&c, parent.0, name).await {
-                // A negative entry: the kernel remembers the name is absent
-                // for entry_timeout; another mount's create of it is pushed
-                // by the MDS and invalidates it (cache/coherence.rs).
-                Err(weft_proto::Errno::ENOENT) if !w.entry_ttl.is_zero() => reply.entry_with_ttls(
-                    &Duration::ZERO,
-                    &w.entry_ttl,
-                    &crate::convert::negative_entry(),
-                    Generation(0),
-                ),
-                r => entry(&w, reply, r),
+            match w.lookup(&c, parent.0, name.clone()).await {
+                Err(weft_proto::Errno::ENOENT) => negative(&w, reply),
+                r => entry(&w, reply, t, parent, &name, r),
             }
         });
     }
 
-    fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {
-        // Inode numbers are the MDS's; nothing is pinned per lookup here.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // Inode numbers are the MDS's; only the kernel cache's records of
+        // which names it holds go (cache/kernel.rs).
+        self.w.kernel.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // E.g. the directory a create just changed, checked for permission
+        // on the next path walk: no hand-off, no round trip.
+        if let Some(a) = self.w.getattr_cached(ino.0) {
+            reply.attr(&self.w.kernel.attr_ttl(), &a);
+            return;
+        }
         self.spawn(req, move |w, c| async move {
             match w.getattr(&c, ino.0).await {
-                Ok(a) => reply.attr(&w.attr_ttl, &a),
+                Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
                 // fstat of a directory removed while open: the kernel asks by
                 // inode (it passes no handle for directories).
                 Err(weft_proto::Errno::ENOENT) if w.files.removed_dir_attr(ino.0).is_some() => {
@@ -188,7 +236,7 @@ impl Filesystem for WeftFs {
         };
         self.spawn(req, move |w, c| async move {
             match w.setattr(&c, ino.0, args).await {
-                Ok(a) => reply.attr(&w.attr_ttl, &a),
+                Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -214,9 +262,10 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let name = bytes(name);
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            let r = w.mknod(&c, parent.0, name, mode, umask, rdev).await;
-            entry(&w, reply, r)
+            let r = w.mknod(&c, parent.0, name.clone(), mode, umask, rdev).await;
+            entry(&w, reply, t, parent, &name, r)
         });
     }
 
@@ -230,9 +279,10 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let name = bytes(name);
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            let r = w.mkdir(&c, parent.0, name, mode, umask).await;
-            entry(&w, reply, r)
+            let r = w.mkdir(&c, parent.0, name.clone(), mode, umask).await;
+            entry(&w, reply, t, parent, &name, r)
         });
     }
 
@@ -260,9 +310,10 @@ impl Filesystem for WeftFs {
     ) {
         let name = bytes(link_name);
         let target = target.as_os_str().as_bytes().to_vec();
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            let r = w.symlink(&c, parent.0, name, target).await;
-            entry(&w, reply, r)
+            let r = w.symlink(&c, parent.0, name.clone(), target).await;
+            entry(&w, reply, t, parent, &name, r)
         });
     }
 
@@ -294,9 +345,10 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let newname = bytes(newname);
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            let r = w.link(&c, ino.0, newparent.0, newname).await;
-            entry(&w, reply, r)
+            let r = w.link(&c, ino.0, newparent.0, newname.clone()).await;
+            entry(&w, reply, t, newparent, &newname, r)
         });
     }
 
@@ -327,15 +379,24 @@ impl Filesystem for WeftFs {
         reply: ReplyCreate,
     ) {
         let name = bytes(name);
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            match w.create(&c, parent.0, name, mode, umask, flags).await {
-                Ok((a, fh)) => reply.created(
-                    &w.entry_ttl,
-                    &a,
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::empty(),
-                ),
+            match w
+                .create(&c, parent.0, name.clone(), mode, umask, flags)
+                .await
+            {
+                Ok((a, fh)) => {
+                    // fuser gives `created` one TTL for both.
+                    let (attr_ttl, entry_ttl) = w.kernel.entry_reply(t, parent.0, &name, a.ino.0);
+                    reply.created(
+                        &attr_ttl.min(entry_ttl),
+                        &a,
+                        Generation(0),
+                        FileHandle(fh),
+                        FopenFlags::empty(),
+                    );
+                    w.kernel.after_reply(t, &[(parent.0, name, a.ino.0)]);
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -511,25 +572,43 @@ impl Filesystem for WeftFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        let t = self.w.kernel.ticket();
         self.spawn(req, move |w, c| async move {
-            let (attr_ttl, entry_ttl) = (w.attr_ttl, w.entry_ttl);
-            let ttl: Duration = attr_ttl.min(entry_ttl);
+            // Names sent, to take back if a push raced with this reply.
+            let mut sent = Vec::new();
             let r = w
                 .readdir(&c, ino.0, fh.0, offset, true, |e, attr| {
                     let Some(attr) = attr else { return false };
-                    reply.add(
+                    let dot = e.name == b"." || e.name == b"..";
+                    // The kernel counts a lookup for each entry but "." and "..".
+                    let (attr_ttl, entry_ttl) = if dot {
+                        w.kernel.entry_ttls(t)
+                    } else {
+                        w.kernel.entry_reply(t, ino.0, &e.name, e.ino)
+                    };
+                    let full = reply.add(
                         INodeNo(e.ino),
                         e.cookie,
                         OsStr::from_bytes(&e.name),
-                        &ttl,
+                        &attr_ttl.min(entry_ttl),
                         &attr,
                         Generation(0),
-                    )
+                    );
+                    if full {
+                        if !dot {
+                            // Not sent after all.
+                            w.kernel.forget(e.ino, 1);
+                        }
+                    } else if !dot {
+                        sent.push((ino.0, e.name.clone(), e.ino));
+                    }
+                    full
                 })
                 .await;
             match r {
                 Ok(()) => {
                     reply.ok();
+                    w.kernel.after_reply(t, &sent);
                     if offset == 0 {
                         w.touch_atime(&c, ino.0);
                     }
@@ -635,6 +714,11 @@ impl Filesystem for WeftFs {
     }
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel asks for security.capability before every write.
+        if self.w.mds.meta.xattr_absent(ino.0, name.as_bytes()) {
+            reply.error(Errno::ENODATA);
+            return;
+        }
         let name = bytes(name);
         self.spawn(req, move |w, c| async move {
             let r = w.getxattr(&c, ino.0, name).await;

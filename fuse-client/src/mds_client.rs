@@ -22,9 +22,16 @@ use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
 use weft_proto::*;
 
+use crate::cache::kernel::Inval;
+use crate::cache::meta::MetaCache;
 use crate::errno::{mds_status_is_transient, meta_errno};
 
 pub struct MdsClient {
+    /// Lookups answered without a round trip; every call here keeps it
+    /// coherent with this mount's own changes (cache/meta.rs).
+    pub meta: MetaCache,
+    /// The kernel notifier's queue (cache/coherence.rs), once mounted.
+    pub kernel_inval: std::sync::OnceLock<std::sync::mpsc::Sender<Inval>>,
     client: MetaClient<Channel>,
     addr: String,
     session: u64,
@@ -100,6 +107,8 @@ impl MdsClient {
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(MdsClient {
+            meta: MetaCache::default(),
+            kernel_inval: std::sync::OnceLock::new(),
             client,
             addr: addr.to_string(),
             session: rand::random::<u64>() | 1,
@@ -126,6 +135,37 @@ impl MdsClient {
         op: Op,
         budget: Duration,
     ) -> Result<R, CallError> {
+        let started = self.meta.before(&op);
+        let mkdir = matches!(op, Op::Mkdir(_));
+        // A flush's commit moves size and mtime at the MDS behind the
+        // kernel's back; its copy (kept long) must go.
+        let committed = match &op {
+            Op::CommitWrite(c) => Some(c.ino),
+            _ => None,
+        };
+        let r = self.call_uncached(caller, op, budget).await;
+        match r {
+            Ok((r, parent)) => {
+                self.meta.after(started, Some(&r), parent.as_ref(), mkdir);
+                if let (Some(ino), Some(tx)) = (committed, self.kernel_inval.get()) {
+                    let _ = tx.send(Inval::Inode { ino, data: false });
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                self.meta.after(started, None, None, mkdir);
+                Err(e)
+            }
+        }
+    }
+
+    /// The reply, and the changed directory's attributes if the MDS sent them.
+    async fn call_uncached(
+        &self,
+        caller: &Caller,
+        op: Op,
+        budget: Duration,
+    ) -> Result<(R, Option<Attr>), CallError> {
         let seq = if is_mutation(&op) {
             self.seq.fetch_add(1, Ordering::Relaxed)
         } else {
@@ -150,7 +190,11 @@ impl MdsClient {
             )
             .await
             {
-                Ok(Ok(reply)) => return decode(reply.into_inner()),
+                Ok(Ok(reply)) => {
+                    let reply = reply.into_inner();
+                    let parent = reply.parent_attr;
+                    return decode(reply).map(|r| (r, parent));
+                }
                 Ok(Err(status)) if mds_status_is_transient(&status) => status,
                 Ok(Err(status)) => {
                     tracing::warn!(addr = %self.addr, %status, "MDS call failed");
@@ -302,16 +346,19 @@ mod tests {
         let r = decode(MetaReply {
             errno: libc::ENOTEMPTY,
             result: None,
+            parent_attr: None,
         });
         assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::ENOTEMPTY));
         let r = decode(MetaReply {
             errno: 0,
             result: None,
+            parent_attr: None,
         });
         assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::EIO));
         let r = decode(MetaReply {
             errno: 0,
             result: Some(R::Empty(Empty {})),
+            parent_attr: None,
         });
         assert!(matches!(r, Ok(R::Empty(_))));
     }

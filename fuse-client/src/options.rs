@@ -83,6 +83,9 @@ pub struct MountOpts {
     pub mds_timeout: Duration,
     pub attr_timeout: Duration,
     pub entry_timeout: Duration,
+    /// Kernel TTL of names and attributes while the MDS's pushes are live
+    /// (cache/kernel.rs); 0 keeps the short ones always.
+    pub cache_timeout: Duration,
     pub log: Option<PathBuf>,
     pub log_level: Option<String>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
@@ -106,6 +109,7 @@ impl Default for MountOpts {
             mds_timeout: Duration::from_secs(60),
             attr_timeout: Duration::from_secs(1),
             entry_timeout: Duration::from_secs(1),
+            cache_timeout: Duration::from_secs(60),
             readahead_kb: 8192,
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
             log: None,
@@ -183,6 +187,9 @@ options honoured:
                        before failing with EIO (default 60)
   attr_timeout=SECS    how long the kernel caches attributes (default 1)
   entry_timeout=SECS   how long the kernel caches names (default 1)
+  cache_timeout=SECS   how long the kernel caches names and attributes while
+                       the MDS's change pushes are live (default 60; 0: use
+                       attr_timeout/entry_timeout always)
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
   data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
                        it off); dropped per file when another mount changes it
@@ -366,6 +373,7 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "mds_timeout" => opts.mds_timeout = seconds(key, &need(value)?)?,
         "attr_timeout" => opts.attr_timeout = seconds(key, &need(value)?)?,
         "entry_timeout" => opts.entry_timeout = seconds(key, &need(value)?)?,
+        "cache_timeout" => opts.cache_timeout = seconds(key, &need(value)?)?,
         "readahead" => {
             let v = need(value)?;
             opts.readahead_kb = v.parse().map_err(|_| ArgError::BadValue {
@@ -450,7 +458,7 @@ mod tests {
             "-odefault_permissions,noatime,fsname=weft-a,subtype=wf",
             "-f",
             "-o",
-            "mds_timeout=2.5,attr_timeout=0,entry_timeout=3,log=/tmp/w.log,log_level=debug",
+            "mds_timeout=2.5,attr_timeout=0,entry_timeout=3,cache_timeout=30,log=/tmp/w.log,log_level=debug",
         ]);
         assert_eq!(c.source, "http://localhost:9/");
         assert_eq!(c.mds_addr, "localhost:9");
@@ -462,6 +470,7 @@ mod tests {
         assert_eq!(o.mds_timeout, Duration::from_millis(2500));
         assert_eq!(o.attr_timeout, Duration::ZERO);
         assert_eq!(o.entry_timeout, Duration::from_secs(3));
+        assert_eq!(o.cache_timeout, Duration::from_secs(30));
         assert_eq!(o.log, Some(PathBuf::from("/tmp/w.log")));
         assert_eq!(o.log_level.as_deref(), Some("debug"));
     }
@@ -565,6 +574,7 @@ mod tests {
             "mds_timeout",
             "attr_timeout",
             "entry_timeout",
+            "cache_timeout",
             "log=",
             "log_level",
             "allow_other",

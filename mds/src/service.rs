@@ -200,6 +200,20 @@ impl Mds {
     }
 }
 
+/// The directory whose entries `op` changes, for `MetaReply.parent_attr`.
+fn changed_dir(op: &Op) -> Option<u64> {
+    match op {
+        Op::Create(r) => Some(r.parent),
+        Op::Mknod(r) => Some(r.parent),
+        Op::Mkdir(r) => Some(r.parent),
+        Op::Symlink(r) => Some(r.parent),
+        Op::Link(r) => Some(r.new_parent),
+        Op::Unlink(r) => Some(r.parent),
+        Op::Rmdir(r) => Some(r.parent),
+        _ => None,
+    }
+}
+
 #[tonic::async_trait]
 impl pb::meta_server::Meta for Mds {
     async fn call(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
@@ -209,14 +223,24 @@ impl pb::meta_server::Meta for Mds {
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
+        let parent = changed_dir(&op);
         let reply = match self.dispatch(req.session, req.seq, caller, op).await {
-            Ok(result) => pb::MetaReply {
-                errno: 0,
-                result: Some(result),
-            },
+            Ok(result) => {
+                // Spares the client a GetAttr of the directory it just changed.
+                let parent_attr = match parent {
+                    Some(p) => self.state.read().await.ns.getattr(p).ok(),
+                    None => None,
+                };
+                pb::MetaReply {
+                    errno: 0,
+                    result: Some(result),
+                    parent_attr,
+                }
+            }
             Err(e) => pb::MetaReply {
                 errno: e.code(),
                 result: None,
+                parent_attr: None,
             },
         };
         Ok(Response::new(reply))

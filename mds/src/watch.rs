@@ -5,9 +5,10 @@
 //! durable (so a mount never drops a cache for a change that could still be
 //! lost, and the next lookup it makes sees the change); batches go out in
 //! commit order; a watcher that falls behind the bounded channel gets
-//! `overflow` (drop everything) rather than a silent gap. Pushes are an
-//! optimisation of the kernel TTLs, never a replacement: a lost push costs at
-//! most `attr_timeout`/`entry_timeout` of staleness.
+//! `overflow` (drop everything) rather than a silent gap, and an empty batch
+//! goes out every `TICK` so a silent stream is noticed. Mounts keep names and
+//! attributes long only while their stream is live; on a gap they invalidate
+//! everything and fall back to their short TTLs.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,6 +21,11 @@ use crate::ns::Record;
 
 /// Batches a slow watcher may lag before it is told `overflow`.
 const CHANNEL: usize = 4096;
+
+/// An empty batch goes out this often, so a mount whose stream went silent
+/// (a hung MDS, a cut link) notices within its lag bound and falls back to
+/// short kernel TTLs instead of trusting pushes that no longer come.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// One committed record's invalidations, tagged with the session that made it.
 #[derive(Clone, Debug)]
@@ -54,7 +60,15 @@ impl Hub {
         session: u64,
     ) -> Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>> {
         let rx = tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe());
-        Box::pin(rx.filter_map(move |r| match r {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ticks = tokio_stream::wrappers::IntervalStream::new(tick).map(|_| {
+            Ok(pb::Invalidations {
+                items: vec![],
+                overflow: false,
+            })
+        });
+        let changes = rx.filter_map(move |r| match r {
             Ok(batch) => {
                 let items: Vec<_> = batch
                     .iter()
@@ -70,7 +84,8 @@ impl Hub {
                 items: vec![],
                 overflow: true,
             })),
-        }))
+        });
+        Box::pin(changes.merge(ticks))
     }
 }
 
@@ -200,7 +215,13 @@ mod tests {
             origin: 8,
             items: vec![inode(6, false)],
         }]);
-        let got = s.next().await.unwrap().unwrap();
+        // Ticks (empty batches) may come first.
+        let got = loop {
+            let b = s.next().await.unwrap().unwrap();
+            if !b.items.is_empty() {
+                break b;
+            }
+        };
         assert_eq!(got.items, vec![inode(6, false)]);
     }
 }

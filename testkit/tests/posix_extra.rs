@@ -262,4 +262,29 @@ fn o_tmpfile_is_refused_with_eopnotsupp() {
     let err = std::io::Error::last_os_error().raw_os_error();
     assert_eq!((fd, err), (-1, Some(libc::EOPNOTSUPP)));
     assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+
+/// The writer's own mount: with names and attributes kept long while the MDS's
+/// pushes are live, a stat after close must still show the size and mtime the
+/// flush committed, not the attributes weftfs had cached from before the writes.
+#[test]
+fn a_stat_after_close_shows_the_committed_mtime() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    File::create(&p).unwrap();
+    let created = fs::metadata(&p).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(&pattern(10_000, 1)).unwrap();
+    // A stat while the bytes are still buffered in weftfs.
+    assert_eq!(fs::metadata(&p).unwrap().len(), 10_000);
+    drop(f);
+    let after = fs::metadata(&p).unwrap();
+    assert_eq!(after.len(), 10_000);
+    assert!(
+        after.mtime() > created.mtime(),
+        "mtime after the write {} is not past the create's {}",
+        after.mtime(),
+        created.mtime()
+    );
 }

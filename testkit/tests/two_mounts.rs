@@ -3,10 +3,11 @@
 //! other within the documented bound, and no cache (kernel page cache, weftfs
 //! location cache) serves an old version after the other mount's write+close.
 //!
-//! The bound is the kernel's entry/attribute TTL (`entry_timeout`,
-//! `attr_timeout`, default 1 s): weftfs answers every lookup and getattr the
-//! kernel sends from the MDS. The tests poll every 10 ms and allow 1 s plus
-//! 250 ms for the poll and the FUSE round trips.
+//! The bound is 1 s: while a mount's push stream from the MDS is live, the
+//! kernel keeps names and attributes long and pushes invalidate them; when it
+//! is not, the kernel's entry/attribute TTL (`entry_timeout`, `attr_timeout`,
+//! default 1 s). The tests poll every 10 ms and allow 1 s plus 250 ms for the
+//! poll and the FUSE round trips.
 
 use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
@@ -274,4 +275,53 @@ fn weftfs_memory_stays_bounded_by_the_data_cache_option() {
         "weftfs RSS peaked at {peak} MiB with data_cache={CACHE_MIB}"
     );
     eprintln!("weftfs peak RSS {peak} MiB with data_cache={CACHE_MIB} after reading 3 x 96 MiB");
+
+/// While its push stream is live a mount lets the kernel keep names and
+/// attributes for `cache_timeout` (60 s). When the stream breaks (here: the
+/// MDS is killed and restarted) pushes are missed, so the mount must take back
+/// everything it handed out and use the short TTLs until the stream is back:
+/// changes made meanwhile still show within the bound.
+#[test]
+fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
+    let mut tc = TestCluster::start(2, MIB);
+    let a = tc.mount();
+    let b = tc.mount();
+    fs::create_dir(a.join("d")).unwrap();
+    write_file(&a.join("d/f"), b"one");
+    visible_within("new file", || {
+        fs::read(b.join("d/f")).map_or(false, |d| d == b"one")
+    });
+    // Let B's stream settle, then have B cache the name and attributes.
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..3 {
+        assert_eq!(
+            fs::metadata(b.join("d/f")).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
+    }
+
+    let addr = tc.mds_addr();
+    tc.cluster.mds.crash();
+    tc.cluster
+        .start_mds(Some(&addr))
+        .expect("restart the MDS on the same address");
+
+    // A's changes land right after the restart, while B's stream reconnects.
+    fs::set_permissions(a.join("d/f"), fs::Permissions::from_mode(0o600)).unwrap();
+    visible_within("chmod while the stream was down", || {
+        fs::metadata(b.join("d/f")).unwrap().permissions().mode() & 0o777 == 0o600
+    });
+    fs::rename(a.join("d/f"), a.join("d/g")).unwrap();
+    visible_within("rename (old name gone)", || !b.join("d/f").exists());
+    visible_within("rename (new name)", || {
+        fs::read(b.join("d/g")).map_or(false, |d| d == b"one")
+    });
+
+    // With the stream back, pushes carry changes again.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(b.join("d/g").exists());
+    fs::remove_file(a.join("d/g")).unwrap();
+    visible_within("unlink after the stream is back", || {
+        !b.join("d/g").exists()
+    });
 }

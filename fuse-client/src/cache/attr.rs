@@ -3,13 +3,6 @@
 //! Used where the client itself needs an inode's size or mode (clipping reads,
 //! `access`); the kernel keeps its own copy under the same TTL. Every MDS reply
 //! carrying an `Attr` refreshes the entry. Bounded by an LRU.
-//!
-//! It also remembers, for the same TTL, inodes known to have no
-//! `security.capability` xattr: the kernel asks for it before every write(2)
-//! to decide whether to drop file capabilities (FUSE never marks an inode
-//! S_NOSEC), and one MDS round trip per small write would bound the write rate
-//! by the MDS's latency. Any change of the inode's xattrs (here: `invalidate`,
-//! called on setxattr/removexattr and by the coherence stream) forgets it.
 
 use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
@@ -21,7 +14,6 @@ use weft_proto::Attr;
 pub struct AttrCache {
     ttl: Duration,
     map: Mutex<LruCache<u64, (Instant, Attr)>>,
-    no_caps: Mutex<LruCache<u64, Instant>>,
 }
 
 impl AttrCache {
@@ -29,7 +21,6 @@ impl AttrCache {
         AttrCache {
             ttl,
             map: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
-            no_caps: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
         }
     }
 
@@ -56,49 +47,16 @@ impl AttrCache {
 
     pub fn clear(&self) {
         self.map.lock().clear();
-        self.no_caps.lock().clear();
     }
 
     pub fn invalidate(&self, ino: u64) {
         self.map.lock().pop(&ino);
-        self.no_caps.lock().pop(&ino);
-    }
-
-    /// The MDS said `ino` has no security.capability xattr.
-    pub fn put_no_caps(&self, ino: u64) {
-        self.no_caps.lock().put(ino, Instant::now());
-    }
-
-    /// Whether `ino` was seen without security.capability within the TTL.
-    pub fn no_caps(&self, ino: u64) -> bool {
-        let mut m = self.no_caps.lock();
-        match m.get(&ino) {
-            Some(at) if at.elapsed() < self.ttl => true,
-            Some(_) => {
-                m.pop(&ino);
-                false
-            }
-            None => false,
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn missing_capabilities_are_remembered_until_invalidated() {
-        let c = AttrCache::new(Duration::from_secs(10), 4);
-        assert!(!c.no_caps(3));
-        c.put_no_caps(3);
-        assert!(c.no_caps(3));
-        c.invalidate(3);
-        assert!(!c.no_caps(3));
-        let zero = AttrCache::new(Duration::ZERO, 4);
-        zero.put_no_caps(3);
-        assert!(!zero.no_caps(3), "attr_timeout=0 caches nothing");
-    }
 
     #[test]
     fn expires_and_invalidates() {

@@ -5,9 +5,11 @@
 //! Invariants: kernel notifications are sent from one dedicated thread, never
 //! from a tokio worker or a request handler: an inval_entry waits for the
 //! directory's lock, which a lookup that is itself waiting on weftfs may hold.
-//! When the stream breaks or the MDS reports `overflow`, pushes may have been
-//! missed, so every weftfs cache is cleared; the kernel's copies then expire
-//! by their TTL (`attr_timeout`/`entry_timeout`), which stays the bound.
+//! When the stream breaks, goes silent for `LAG` (the MDS sends an empty batch
+//! every 200 ms) or the MDS reports `overflow`, pushes may have been missed, so
+//! every weftfs cache is cleared and everything the kernel holds from weftfs is
+//! invalidated (kernel.rs); until the stream is back the kernel gets the short
+//! TTLs (`attr_timeout`/`entry_timeout`), which are then the bound.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -17,13 +19,20 @@ use std::time::Duration;
 use fuser::{INodeNo, Notifier};
 use weft_proto::pb;
 
+use crate::cache::kernel::Inval;
 use crate::client::Weft;
 use crate::mds_client::endpoint;
+
+/// A stream silent this long is treated as broken: less than the 1 s bound,
+/// well above the MDS's 200 ms tick.
+const LAG: Duration = Duration::from_millis(700);
 
 /// Starts the watcher on the runtime and the notifying thread. Runs until the
 /// process exits.
 pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::runtime::Handle) {
-    let (tx, rx) = std::sync::mpsc::channel::<pb::Invalidation>();
+    let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+    w.kernel.set_notifier(tx.clone());
+    let _ = w.mds.kernel_inval.set(tx.clone());
     std::thread::Builder::new()
         .name("weftfs-inval".into())
         .spawn(move || notify_kernel(notifier, rx))
@@ -33,10 +42,11 @@ pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::run
         loop {
             match watch_once(&w, &mds_addr, &tx).await {
                 Ok(()) => tracing::info!("coherence stream ended; reconnecting"),
-                Err(e) => tracing::debug!(error = %e, "coherence stream failed; reconnecting"),
+                Err(e) => tracing::info!(error = %e, "coherence stream failed; reconnecting"),
             }
             // Pushes may have been missed while disconnected.
             w.drop_all_caches();
+            w.kernel.drop_all(false);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
         }
@@ -46,7 +56,7 @@ pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::run
 async fn watch_once(
     w: &Weft,
     addr: &str,
-    tx: &std::sync::mpsc::Sender<pb::Invalidation>,
+    tx: &std::sync::mpsc::Sender<Inval>,
 ) -> Result<(), String> {
     let channel = endpoint(addr)?.connect().await.map_err(|e| e.to_string())?;
     let mut client = pb::coherence_client::CoherenceClient::new(channel);
@@ -57,12 +67,25 @@ async fn watch_once(
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    // Anything changed between the last stream and this one is unknown.
+    // Anything changed between the last stream and this one is unknown (the
+    // kernel's copies were invalidated when the last one ended). The MDS
+    // subscribed this stream before answering, so from here on nothing is missed.
     w.drop_all_caches();
-    while let Some(batch) = stream.message().await.map_err(|e| e.to_string())? {
+    w.kernel.stream_up();
+    w.mds.meta.reset(w.kernel.long_enabled());
+    loop {
+        let batch = match tokio::time::timeout(LAG, stream.message()).await {
+            Err(_) => return Err(format!("no message for {LAG:?}")),
+            Ok(r) => match r.map_err(|e| e.to_string())? {
+                Some(b) => b,
+                None => return Ok(()),
+            },
+        };
         if batch.overflow {
             tracing::info!("coherence pushes were dropped by the MDS; clearing caches");
             w.drop_all_caches();
+            w.kernel.drop_all(true);
+            w.mds.meta.reset(w.kernel.long_enabled());
         }
         for inv in batch.items {
             if inv.name.is_empty() {
@@ -72,25 +95,42 @@ async fn watch_once(
                     w.data.invalidate_file(inv.ino);
                 }
             }
+            if inv.name.is_empty() {
+                w.mds.meta.invalidate_ino(inv.ino);
+            } else {
+                w.mds.meta.invalidate_entry(inv.parent, &inv.name);
+            }
+            let inv = if inv.name.is_empty() {
+                Inval::Inode {
+                    ino: inv.ino,
+                    data: inv.data,
+                }
+            } else {
+                Inval::Entry {
+                    parent: inv.parent,
+                    name: inv.name,
+                }
+            };
+            // Before the kernel sees it: replies racing with it notice.
+            w.kernel.pushed();
             if tx.send(inv).is_err() {
                 return Err("the invalidation thread is gone".into());
             }
         }
     }
-    Ok(())
 }
 
-fn notify_kernel(notifier: Notifier, rx: std::sync::mpsc::Receiver<pb::Invalidation>) {
+fn notify_kernel(notifier: Notifier, rx: std::sync::mpsc::Receiver<Inval>) {
     for inv in rx {
         // ENOENT: the kernel holds nothing for it, which is fine.
-        let r = if !inv.name.is_empty() {
-            notifier.inval_entry(INodeNo(inv.parent), OsStr::from_bytes(&inv.name))
-        } else if inv.data {
+        let r = match &inv {
+            Inval::Entry { parent, name } => {
+                notifier.inval_entry(INodeNo(*parent), OsStr::from_bytes(name))
+            }
             // Attributes and every cached page.
-            notifier.inval_inode(INodeNo(inv.ino), 0, 0)
-        } else {
+            Inval::Inode { ino, data: true } => notifier.inval_inode(INodeNo(*ino), 0, 0),
             // Attributes only.
-            notifier.inval_inode(INodeNo(inv.ino), -1, 0)
+            Inval::Inode { ino, data: false } => notifier.inval_inode(INodeNo(*ino), -1, 0),
         };
         if let Err(e) = r {
             if e.raw_os_error() != Some(libc::ENOENT) {

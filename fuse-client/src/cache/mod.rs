@@ -13,6 +13,8 @@ pub mod attr;
 pub mod chunks;
 pub mod coherence;
 pub mod data;
+pub mod kernel;
+pub mod meta;
 
 pub use attr::AttrCache;
 pub use data::DataCache;

@@ -1,0 +1,341 @@
+//! How long the kernel may cache what weftfs hands it, and taking it back.
+//!
+//! While the MDS's push stream (coherence.rs) is live, every other mount's
+//! change reaches the kernel as an invalidation within milliseconds, so
+//! entries and attributes are handed out with a long TTL (`cache_timeout`);
+//! otherwise with the short `entry_timeout`/`attr_timeout`, which is then the
+//! visibility bound. When the stream breaks, lags or overflows, pushes may have
+//! been missed: every name and inode the kernel may hold from us is
+//! invalidated and TTLs fall back to short until the stream is back.
+//!
+//! Races, and why they are closed:
+//! - A reply computed from MDS state read before another mount's change, and
+//!   whose push reached the kernel before the reply did: every push (and every
+//!   stream state change) bumps `gen` before its invalidation is written to
+//!   the kernel. An entry reply compares `gen` with the value at its request's
+//!   start before (then a short TTL) and after writing the reply (then its
+//!   names and inode are invalidated again, behind the reply).
+//! - getattr replies need no check: the kernel itself drops an attribute reply
+//!   older than an inval_inode of that inode (fuse attr_version).
+//! - Names: inval_entry takes the directory's lock, which an in-flight lookup
+//!   holds, so it cannot pass a lookup reply.
+//!
+//! To invalidate everything on a break, weftfs tracks which names it handed
+//! out per inode, and drops an inode's names when the kernel forgets it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::mpsc::Sender;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// One kernel invalidation, written by the notifying thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inval {
+    Entry {
+        parent: u64,
+        name: Vec<u8>,
+    },
+    /// Attributes; with `data`, every cached page as well.
+    Inode {
+        ino: u64,
+        data: bool,
+    },
+}
+
+/// The generation an operation started under.
+#[derive(Clone, Copy, Debug)]
+pub struct Ticket(u64);
+
+/// Names of one inode the kernel may hold, and its lookup count.
+#[derive(Default)]
+struct Handed {
+    lookups: u64,
+    names: Vec<(u64, Vec<u8>)>,
+}
+
+/// Names remembered per inode (hard links, renames); further names of it are
+/// handed out with the short TTL only, as a break could not take them back.
+const NAMES_PER_INODE: usize = 16;
+
+pub struct KernelCache {
+    attr_short: Duration,
+    entry_short: Duration,
+    /// 0: never hand out long TTLs.
+    long: Duration,
+    gen: AtomicU64,
+    live: AtomicBool,
+    handed: Mutex<HashMap<u64, Handed>>,
+    notify: OnceLock<Sender<Inval>>,
+}
+
+impl KernelCache {
+    pub fn new(attr_short: Duration, entry_short: Duration, long: Duration) -> KernelCache {
+        // A mount that asked for no caching (TTL 0) gets none.
+        let long = if attr_short.is_zero() || entry_short.is_zero() {
+            Duration::ZERO
+        } else {
+            long
+        };
+        KernelCache {
+            attr_short,
+            entry_short,
+            long,
+            gen: AtomicU64::new(0),
+            live: AtomicBool::new(false),
+            handed: Mutex::new(HashMap::new()),
+            notify: OnceLock::new(),
+        }
+    }
+
+    /// Whether long TTLs are handed out at all (the mount did not ask for
+    /// `cache_timeout=0` or zero short TTLs).
+    pub fn long_enabled(&self) -> bool {
+        !self.long.is_zero()
+    }
+
+    /// Where invalidations go (the thread that writes them to the kernel).
+    pub fn set_notifier(&self, tx: Sender<Inval>) {
+        let _ = self.notify.set(tx);
+    }
+
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.gen.load(SeqCst))
+    }
+
+    fn long_ok(&self, t: Ticket) -> bool {
+        !self.long.is_zero() && self.live.load(SeqCst) && self.gen.load(SeqCst) == t.0
+    }
+
+    /// (attr, entry) TTLs for an entry reply of an operation started at `t`.
+    pub fn entry_ttls(&self, t: Ticket) -> (Duration, Duration) {
+        if self.long_ok(t) {
+            (
+                self.long.max(self.attr_short),
+                self.long.max(self.entry_short),
+            )
+        } else {
+            (self.attr_short, self.entry_short)
+        }
+    }
+
+    /// The attribute TTL for a getattr/setattr reply.
+    pub fn attr_ttl(&self) -> Duration {
+        if !self.long.is_zero() && self.live.load(SeqCst) {
+            self.long.max(self.attr_short)
+        } else {
+            self.attr_short
+        }
+    }
+
+    /// The short TTL for names (negative entries always get it).
+    pub fn entry_short(&self) -> Duration {
+        self.entry_short
+    }
+
+    /// Records that the kernel gets (parent, name) → ino; call before the
+    /// reply is written. False: the name could not be remembered, so it must
+    /// get the short TTL.
+    pub fn handed(&self, parent: u64, name: &[u8], ino: u64) -> bool {
+        if ino == 0 {
+            return false;
+        }
+        let mut map = self.handed.lock();
+        let h = map.entry(ino).or_default();
+        h.lookups += 1;
+        if h.names.iter().any(|(p, n)| *p == parent && n == name) {
+            return true;
+        }
+        if h.names.len() >= NAMES_PER_INODE {
+            return false;
+        }
+        h.names.push((parent, name.to_vec()));
+        true
+    }
+
+    /// TTLs for an entry reply (parent, name) → ino of an operation started
+    /// at `t`, recording it.
+    pub fn entry_reply(
+        &self,
+        t: Ticket,
+        parent: u64,
+        name: &[u8],
+        ino: u64,
+    ) -> (Duration, Duration) {
+        if self.handed(parent, name, ino) {
+            self.entry_ttls(t)
+        } else {
+            (self.attr_short, self.entry_short)
+        }
+    }
+
+    /// After an entry reply was written: if anything was pushed meanwhile,
+    /// take the entries back (the push may have reached the kernel first).
+    pub fn after_reply(&self, t: Ticket, entries: &[(u64, Vec<u8>, u64)]) {
+        if self.gen.load(SeqCst) == t.0 || entries.is_empty() {
+            return;
+        }
+        for (parent, name, ino) in entries {
+            self.send(Inval::Entry {
+                parent: *parent,
+                name: name.clone(),
+            });
+            if *ino != 0 {
+                self.send(Inval::Inode {
+                    ino: *ino,
+                    data: false,
+                });
+            }
+        }
+    }
+
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        let mut map = self.handed.lock();
+        if let Some(h) = map.get_mut(&ino) {
+            h.lookups = h.lookups.saturating_sub(n);
+            if h.lookups == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// Call before writing a pushed invalidation to the kernel.
+    pub fn pushed(&self) {
+        self.gen.fetch_add(1, SeqCst);
+    }
+
+    /// The push stream is up (and caches were cleared): long TTLs from now.
+    pub fn stream_up(&self) {
+        self.gen.fetch_add(1, SeqCst);
+        self.live.store(true, SeqCst);
+    }
+
+    /// Pushes may have been missed: short TTLs, and everything the kernel may
+    /// hold from us is invalidated. With `still_live` (an overflow on a stream
+    /// that goes on) long TTLs resume at once for what is looked up afterwards.
+    pub fn drop_all(&self, still_live: bool) {
+        self.live.store(false, SeqCst);
+        self.gen.fetch_add(1, SeqCst);
+        let handed: Vec<(u64, Vec<(u64, Vec<u8>)>)> = self
+            .handed
+            .lock()
+            .iter()
+            .map(|(ino, h)| (*ino, h.names.clone()))
+            .collect();
+        // The root is never looked up, so never in the map.
+        self.send(Inval::Inode { ino: 1, data: true });
+        for (ino, names) in handed {
+            for (parent, name) in names {
+                self.send(Inval::Entry { parent, name });
+            }
+            self.send(Inval::Inode { ino, data: true });
+        }
+        if still_live {
+            self.stream_up();
+        }
+    }
+
+    fn send(&self, inv: Inval) {
+        if let Some(tx) = self.notify.get() {
+            let _ = tx.send(inv);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.handed.lock().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+    const L: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn long_ttls_only_while_live_and_nothing_was_pushed_meanwhile() {
+        let k = KernelCache::new(S, S, L);
+        let t = k.ticket();
+        assert_eq!(k.entry_ttls(t), (S, S), "not live yet");
+        assert_eq!(k.attr_ttl(), S);
+        k.stream_up();
+        assert_eq!(k.entry_ttls(t), (S, S), "started before the stream was up");
+        let t = k.ticket();
+        assert_eq!(k.entry_ttls(t), (L, L));
+        assert_eq!(k.attr_ttl(), L);
+        k.pushed();
+        assert_eq!(k.entry_ttls(t), (S, S), "a push arrived during the request");
+        k.drop_all(false);
+        assert_eq!(k.entry_ttls(k.ticket()), (S, S));
+        assert_eq!(k.attr_ttl(), S);
+    }
+
+    #[test]
+    fn zero_ttls_disable_long_ones() {
+        let k = KernelCache::new(Duration::ZERO, S, L);
+        k.stream_up();
+        assert_eq!(k.entry_ttls(k.ticket()), (Duration::ZERO, S));
+        assert_eq!(k.attr_ttl(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_break_invalidates_every_name_and_inode_handed_out() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let k = KernelCache::new(S, S, L);
+        k.set_notifier(tx);
+        k.stream_up();
+        k.handed(1, b"a", 10);
+        k.handed(1, b"a", 10);
+        k.handed(10, b"b", 11);
+        k.forget(10, 1);
+        assert_eq!(k.tracked(), 2, "one lookup of 10 remains");
+        k.forget(11, 1);
+        assert_eq!(k.tracked(), 1);
+        k.drop_all(false);
+        let got: Vec<Inval> = rx.try_iter().collect();
+        assert!(got.contains(&Inval::Entry {
+            parent: 1,
+            name: b"a".to_vec()
+        }));
+        assert!(got.contains(&Inval::Inode {
+            ino: 10,
+            data: true
+        }));
+        assert!(got.contains(&Inval::Inode { ino: 1, data: true }));
+        assert!(!got
+            .iter()
+            .any(|i| matches!(i, Inval::Entry { parent: 10, .. })));
+    }
+
+    #[test]
+    fn a_push_during_a_reply_takes_the_entry_back() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let k = KernelCache::new(S, S, L);
+        k.set_notifier(tx);
+        k.stream_up();
+        let t = k.ticket();
+        k.after_reply(t, &[(1, b"x".to_vec(), 5)]);
+        assert!(rx.try_recv().is_err(), "nothing pushed: nothing to undo");
+        k.pushed();
+        k.after_reply(t, &[(1, b"x".to_vec(), 5)]);
+        let got: Vec<Inval> = rx.try_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                Inval::Entry {
+                    parent: 1,
+                    name: b"x".to_vec()
+                },
+                Inval::Inode {
+                    ino: 5,
+                    data: false
+                }
+            ]
+        );
+    }
+}

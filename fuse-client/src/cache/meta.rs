@@ -1,0 +1,582 @@
+//! Names and attributes weftfs answers lookups from without asking the MDS,
+//! while the MDS's push stream is live (a stat after the kernel dropped its
+//! dentries then costs no round trip).
+//!
+//! Coherence: other mounts' changes arrive as pushes (coherence.rs) and drop
+//! what they name; this mount's own changes are seen here, as every MDS call
+//! passes through `before`/`after` (mds_client.rs), which drop what the call may
+//! change. A break of the stream clears everything and stops answering until
+//! the stream is back.
+//!
+//! Negative answers: a directory this mount made (mkdir) starts empty and
+//! stays "complete" — every name in it is in `entries` — as long as only this
+//! mount's successful calls change it. Any push naming an entry in it, a failed
+//! or overlapped call on it, an evicted entry of it, or a break makes it
+//! incomplete. A name absent from a complete directory does not exist, so
+//! e.g. the lookup before each create of an untar costs no round trip.
+//!
+//! Race rule: every invalidation bumps `gen` under the lock; an answer read
+//! from the MDS is stored only if `gen` did not move since its request began
+//! (so a reply computed before a change can never land after the change's
+//! invalidation). A mutation's own reply is stored only if nothing else moved
+//! `gen` while it was in flight.
+
+use std::collections::HashSet;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use weft_proto::meta_reply::Result as R;
+use weft_proto::meta_request::Op;
+use weft_proto::Attr;
+
+const CAPACITY: usize = 65536;
+
+struct Inner {
+    gen: u64,
+    live: bool,
+    entries: LruCache<(u64, Vec<u8>), u64>,
+    attrs: LruCache<u64, Attr>,
+    /// Directories whose every name is in `entries`.
+    complete: HashSet<u64>,
+    /// security.* names an inode is known not to have (the kernel asks for
+    /// security.capability before every write); dropped with its attributes.
+    no_xattr: LruCache<u64, Vec<Vec<u8>>>,
+}
+
+/// Only security.* answers are the same for every caller (mds xattr.rs).
+fn xattr_cacheable(name: &[u8]) -> bool {
+    name.starts_with(b"security.")
+}
+
+/// What `after` needs of a call `before` saw.
+pub struct Started {
+    ticket: MetaTicket,
+    touch: Touch,
+}
+
+/// What a lookup in the cache found.
+#[derive(Debug, PartialEq)]
+pub enum Found {
+    Attr(Attr),
+    /// The name does not exist (its directory is complete).
+    Absent,
+}
+
+pub struct MetaCache {
+    inner: Mutex<Inner>,
+}
+
+/// `gen` when a request began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetaTicket(u64);
+
+/// What a mutation may change.
+#[derive(Debug, PartialEq, Eq)]
+enum Touch {
+    Nothing,
+    /// These inodes' attributes and these names.
+    Some {
+        inos: Vec<u64>,
+        names: Vec<(u64, Vec<u8>)>,
+        /// The name the reply's attributes belong to (creates, links).
+        created: Option<(u64, Vec<u8>)>,
+    },
+    All,
+}
+
+fn touch(op: &Op) -> Touch {
+    let some =
+        |inos: Vec<u64>, names: Vec<(u64, Vec<u8>)>, created: Option<(u64, Vec<u8>)>| Touch::Some {
+            inos,
+            names,
+            created,
+        };
+    match op {
+        Op::Lookup(_)
+        | Op::Getattr(_)
+        | Op::Readlink(_)
+        | Op::Readdir(_)
+        | Op::Getxattr(_)
+        | Op::Listxattr(_)
+        | Op::Statfs(_)
+        | Op::GetChunks(_)
+        | Op::Setlk(_)
+        | Op::Getlk(_)
+        | Op::ReleaseLocks(_)
+        | Op::Keepalive(_)
+        // Open counts only; a purge leaves no name to find it by.
+        | Op::Release(_) => Touch::Nothing,
+        Op::Setattr(r) => some(vec![r.ino], vec![], None),
+        Op::Setxattr(r) => some(vec![r.ino], vec![], None),
+        Op::Removexattr(r) => some(vec![r.ino], vec![], None),
+        Op::Open(r) => some(vec![r.ino], vec![], None),
+        Op::AllocChunk(r) => some(vec![r.ino], vec![], None),
+        Op::CommitWrite(r) => some(vec![r.ino], vec![], None),
+        Op::Mknod(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
+        Op::Mkdir(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
+        Op::Symlink(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
+        Op::Create(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
+        Op::Link(r) => some(
+            vec![r.ino, r.new_parent],
+            vec![],
+            Some((r.new_parent, r.new_name.clone())),
+        ),
+        Op::Unlink(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
+        Op::Rmdir(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
+        Op::Rename(r) => some(
+            vec![r.parent, r.new_parent],
+            vec![
+                (r.parent, r.name.clone()),
+                (r.new_parent, r.new_name.clone()),
+            ],
+            None,
+        ),
+        #[allow(unreachable_patterns)]
+        _ => Touch::All,
+    }
+}
+
+impl Default for MetaCache {
+    fn default() -> Self {
+        let cap = NonZeroUsize::new(CAPACITY).unwrap();
+        MetaCache {
+            inner: Mutex::new(Inner {
+                gen: 0,
+                live: false,
+                entries: LruCache::new(cap),
+                attrs: LruCache::new(cap),
+                complete: HashSet::new(),
+                no_xattr: LruCache::new(cap),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    fn drop_touched(&mut self, t: &Touch) {
+        self.gen += 1;
+        match t {
+            Touch::Nothing => {}
+            Touch::All => {
+                self.entries.clear();
+                self.attrs.clear();
+                self.complete.clear();
+                self.no_xattr.clear();
+            }
+            Touch::Some {
+                inos,
+                names,
+                created,
+            } => {
+                for ino in inos {
+                    self.attrs.pop(ino);
+                    self.no_xattr.pop(ino);
+                }
+                for key in names.iter().chain(created) {
+                    match self.entries.pop(key) {
+                        Some(ino) => {
+                            self.attrs.pop(&ino);
+                            self.no_xattr.pop(&ino);
+                            self.complete.remove(&ino);
+                        }
+                        // A name we did not know may be a hard link of an
+                        // inode we do: its link count changes.
+                        None if created.is_none() => self.attrs.clear(),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn put_entry(&mut self, parent: u64, name: Vec<u8>, ino: u64) {
+        if let Some(((p, _), _)) = self.entries.push((parent, name), ino) {
+            // An entry of another name fell out: its directory is no longer whole.
+            self.complete.remove(&p);
+        }
+    }
+}
+
+impl MetaCache {
+    pub fn ticket(&self) -> MetaTicket {
+        MetaTicket(self.inner.lock().gen)
+    }
+
+    /// What is known of (parent, name), if the stream is live.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<Found> {
+        let mut g = self.inner.lock();
+        if !g.live {
+            return None;
+        }
+        let known = g.entries.get(&(parent, name.to_vec())).copied();
+        match known {
+            Some(ino) => g.attrs.get(&ino).copied().map(Found::Attr),
+            None if g.complete.contains(&parent) => Some(Found::Absent),
+            None => None,
+        }
+    }
+
+    /// The attributes of `ino`, if known and the stream is live.
+    pub fn getattr(&self, ino: u64) -> Option<Attr> {
+        let mut g = self.inner.lock();
+        if !g.live {
+            return None;
+        }
+        g.attrs.get(&ino).copied()
+    }
+
+    /// Stores a lookup's answer read from the MDS by a request begun at `t`.
+    pub fn insert(&self, t: MetaTicket, parent: u64, name: &[u8], a: &Attr) {
+        let mut g = self.inner.lock();
+        if g.live && g.gen == t.0 {
+            g.put_entry(parent, name.to_vec(), a.ino);
+            g.attrs.put(a.ino, *a);
+        }
+    }
+
+    /// Before a call goes to the MDS: drops what it may change. The result
+    /// goes to `after`.
+    pub fn before(&self, op: &Op) -> Option<Started> {
+        let touch = touch(op);
+        if touch == Touch::Nothing {
+            return None;
+        }
+        let mut g = self.inner.lock();
+        g.drop_touched(&touch);
+        Some(Started {
+            ticket: MetaTicket(g.gen),
+            touch,
+        })
+    }
+
+    /// After a call's answer (`None`: it failed): bumps `gen` (lookups that
+    /// overlapped it may carry the old state); keeps a created name's
+    /// attributes when no other change overlapped; keeps directories complete
+    /// only where the outcome is known.
+    pub fn after(
+        &self,
+        started: Option<Started>,
+        reply: Option<&R>,
+        parent_attr: Option<&Attr>,
+        mkdir: bool,
+    ) {
+        let Some(Started { ticket, touch }) = started else {
+            return;
+        };
+        let mut g = self.inner.lock();
+        let alone = g.gen == ticket.0;
+        g.gen += 1;
+        if let (true, true, Some(p)) = (alone, g.live, parent_attr) {
+            // Read by the MDS after the change was durable.
+            g.attrs.put(p.ino, *p);
+        }
+        let Touch::Some { names, created, .. } = touch else {
+            return;
+        };
+        if reply.is_none() {
+            // Failed: whether the names exist is unknown.
+            for (parent, _) in names.iter().chain(&created) {
+                g.complete.remove(parent);
+            }
+            return;
+        }
+        // A rename's new name now exists; an unlink's old one does not.
+        if names.len() == 2 {
+            g.complete.remove(&names[1].0);
+        }
+        if let Some((parent, name)) = created {
+            match (alone && g.live, reply) {
+                (true, Some(R::Attr(a))) => {
+                    g.put_entry(parent, name, a.ino);
+                    g.attrs.put(a.ino, *a);
+                    // New inodes carry no security.* names (only ACLs inherit).
+                    if a.nlink <= 1 || mkdir {
+                        g.no_xattr.put(a.ino, vec![b"security.capability".to_vec()]);
+                    }
+                    if mkdir {
+                        // Empty, and every later change of it is seen.
+                        g.complete.insert(a.ino);
+                    }
+                }
+                _ => {
+                    g.complete.remove(&parent);
+                }
+            }
+        }
+    }
+
+    /// Another mount changed (parent, name).
+    pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
+        let mut g = self.inner.lock();
+        g.gen += 1;
+        g.entries.pop(&(parent, name.to_vec()));
+        g.complete.remove(&parent);
+    }
+
+    /// Another mount changed the inode's attributes.
+    pub fn invalidate_ino(&self, ino: u64) {
+        let mut g = self.inner.lock();
+        g.gen += 1;
+        g.attrs.pop(&ino);
+        g.no_xattr.pop(&ino);
+    }
+
+    /// True when `ino` is known not to have the xattr `name` (stream live).
+    pub fn xattr_absent(&self, ino: u64, name: &[u8]) -> bool {
+        let mut g = self.inner.lock();
+        g.live
+            && xattr_cacheable(name)
+            && g.no_xattr
+                .get(&ino)
+                .is_some_and(|v| v.iter().any(|n| n == name))
+    }
+
+    /// The MDS answered ENODATA for (ino, name) to a request begun at `t`.
+    pub fn insert_xattr_absent(&self, t: MetaTicket, ino: u64, name: &[u8]) {
+        let mut g = self.inner.lock();
+        if g.live && g.gen == t.0 && xattr_cacheable(name) {
+            match g.no_xattr.get_mut(&ino) {
+                Some(v) if v.len() < 16 => v.push(name.to_vec()),
+                Some(_) => {}
+                None => {
+                    g.no_xattr.put(ino, vec![name.to_vec()]);
+                }
+            }
+        }
+    }
+
+    /// Pushes may have been missed (`live` false) or the stream is (back) up.
+    pub fn reset(&self, live: bool) {
+        let mut g = self.inner.lock();
+        g.gen += 1;
+        g.entries.clear();
+        g.attrs.clear();
+        g.complete.clear();
+        g.no_xattr.clear();
+        g.live = live;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use weft_proto::*;
+
+    fn attr(ino: u64, size: u64) -> Attr {
+        Attr {
+            ino,
+            size,
+            ..Default::default()
+        }
+    }
+
+    /// The attributes, if the cache has them.
+    fn found(c: &MetaCache, parent: u64, name: &[u8]) -> Option<Attr> {
+        match c.lookup(parent, name) {
+            Some(Found::Attr(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    fn create(parent: u64, name: &str) -> Op {
+        Op::Create(CreateReq {
+            parent,
+            name: name.into(),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn answers_only_while_live() {
+        let c = MetaCache::default();
+        let t = c.ticket();
+        c.insert(t, 1, b"a", &attr(5, 1));
+        assert_eq!(found(&c, 1, b"a"), None, "not live: nothing stored");
+        c.reset(true);
+        c.insert(c.ticket(), 1, b"a", &attr(5, 1));
+        assert_eq!(found(&c, 1, b"a").unwrap().size, 1);
+        c.reset(false);
+        assert_eq!(found(&c, 1, b"a"), None);
+    }
+
+    #[test]
+    fn an_answer_older_than_an_invalidation_is_not_stored() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let t = c.ticket();
+        c.invalidate_ino(9);
+        c.insert(t, 1, b"a", &attr(5, 1));
+        assert_eq!(found(&c, 1, b"a"), None);
+    }
+
+    #[test]
+    fn own_mutations_drop_what_they_change_and_keep_what_they_create() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let op = create(1, "new");
+        let s = c.before(&op);
+        c.after(s, Some(&R::Attr(attr(7, 0))), Some(&attr(1, 3)), false);
+        assert_eq!(found(&c, 1, b"new").unwrap().ino, 7);
+        assert_eq!(
+            c.getattr(1).unwrap().size,
+            3,
+            "the directory as the MDS sent it"
+        );
+        // The next change of the directory drops it until its reply.
+        let s = c.before(&create(1, "other"));
+        assert_eq!(c.getattr(1), None);
+        c.after(s, None, None, false);
+
+        // A write's commit drops the attributes (the name stays).
+        let op = Op::CommitWrite(CommitWriteReq {
+            ino: 7,
+            ..Default::default()
+        });
+        let s = c.before(&op);
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert_eq!(found(&c, 1, b"new"), None);
+        c.insert(c.ticket(), 1, b"new", &attr(7, 4096));
+        assert_eq!(found(&c, 1, b"new").unwrap().size, 4096);
+
+        // Unlink drops the name and the inode.
+        let op = Op::Unlink(UnlinkReq {
+            parent: 1,
+            name: b"new".to_vec(),
+        });
+        let s = c.before(&op);
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert_eq!(found(&c, 1, b"new"), None);
+
+        // A lookup overlapping a mutation is not stored.
+        let t = c.ticket();
+        let s = c.before(&create(1, "x"));
+        c.insert(t, 1, b"y", &attr(8, 0));
+        c.after(s, Some(&R::Attr(attr(9, 0))), None, false);
+        assert_eq!(found(&c, 1, b"y"), None);
+        assert_eq!(found(&c, 1, b"x").unwrap().ino, 9);
+        let t = c.ticket();
+        let s = c.before(&create(1, "z"));
+        c.after(s, Some(&R::Attr(attr(10, 0))), None, false);
+        c.insert(t, 1, b"y", &attr(8, 0));
+        assert_eq!(found(&c, 1, b"y"), None, "began before the create ended");
+    }
+
+    #[test]
+    fn unlinking_an_unknown_name_drops_every_attribute() {
+        let c = MetaCache::default();
+        c.reset(true);
+        c.insert(c.ticket(), 1, b"a", &attr(5, 1));
+        // "b" may be a hard link of inode 5: its link count changes.
+        let s = c.before(&Op::Unlink(UnlinkReq {
+            parent: 1,
+            name: b"b".to_vec(),
+        }));
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert_eq!(found(&c, 1, b"a"), None);
+    }
+
+    #[test]
+    fn absent_security_xattrs_are_remembered_until_the_inode_changes() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let s = c.before(&create(1, "f"));
+        c.after(s, Some(&R::Attr(attr(7, 0))), None, false);
+        assert!(
+            c.xattr_absent(7, b"security.capability"),
+            "a new file has none"
+        );
+        assert!(!c.xattr_absent(7, b"user.x"), "only security.* is cached");
+        c.insert_xattr_absent(c.ticket(), 7, b"user.x");
+        assert!(!c.xattr_absent(7, b"user.x"));
+        let s = c.before(&Op::Setxattr(SetXattrReq {
+            ino: 7,
+            name: b"security.capability".to_vec(),
+            ..Default::default()
+        }));
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert!(!c.xattr_absent(7, b"security.capability"));
+        c.insert_xattr_absent(c.ticket(), 8, b"security.selinux");
+        assert!(c.xattr_absent(8, b"security.selinux"));
+        c.invalidate_ino(8);
+        assert!(
+            !c.xattr_absent(8, b"security.selinux"),
+            "another mount changed it"
+        );
+    }
+
+    #[test]
+    fn pushes_drop_names_and_attributes() {
+        let c = MetaCache::default();
+        c.reset(true);
+        c.insert(c.ticket(), 1, b"a", &attr(5, 1));
+        c.invalidate_ino(5);
+        assert_eq!(found(&c, 1, b"a"), None);
+        c.insert(c.ticket(), 1, b"a", &attr(5, 1));
+        c.invalidate_entry(1, b"a");
+        assert_eq!(found(&c, 1, b"a"), None);
+    }
+
+    #[test]
+    fn a_directory_made_here_knows_its_absent_names_until_a_push_names_one() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let s = c.before(&Op::Mkdir(MkdirReq {
+            parent: 1,
+            name: b"d".to_vec(),
+            ..Default::default()
+        }));
+        c.after(s, Some(&R::Attr(attr(20, 0))), None, true);
+        assert_eq!(c.lookup(20, b"x"), Some(Found::Absent));
+        let s = c.before(&create(20, "x"));
+        c.after(s, Some(&R::Attr(attr(21, 0))), None, false);
+        assert_eq!(found(&c, 20, b"x").unwrap().ino, 21);
+        assert_eq!(c.lookup(20, b"y"), Some(Found::Absent));
+        // Our unlink succeeded: the name is gone, the directory still whole.
+        let s = c.before(&Op::Unlink(UnlinkReq {
+            parent: 20,
+            name: b"x".to_vec(),
+        }));
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert_eq!(c.lookup(20, b"x"), Some(Found::Absent));
+        // A failed create (EEXIST: someone else made it): no longer whole.
+        let s = c.before(&create(20, "z"));
+        c.after(s, None, None, false);
+        assert_eq!(c.lookup(20, b"y"), None);
+
+        let s = c.before(&Op::Mkdir(MkdirReq {
+            parent: 1,
+            name: b"e".to_vec(),
+            ..Default::default()
+        }));
+        c.after(s, Some(&R::Attr(attr(30, 0))), None, true);
+        assert_eq!(c.lookup(30, b"y"), Some(Found::Absent));
+        c.invalidate_entry(30, b"other");
+        assert_eq!(
+            c.lookup(30, b"y"),
+            None,
+            "another mount changed a name in it"
+        );
+
+        // A rename into a whole directory makes it not whole.
+        let s = c.before(&Op::Mkdir(MkdirReq {
+            parent: 1,
+            name: b"f".to_vec(),
+            ..Default::default()
+        }));
+        c.after(s, Some(&R::Attr(attr(40, 0))), None, true);
+        let s = c.before(&Op::Rename(RenameReq {
+            parent: 1,
+            name: b"a".to_vec(),
+            new_parent: 40,
+            new_name: b"b".to_vec(),
+            flags: 0,
+        }));
+        c.after(s, Some(&R::Empty(Empty {})), None, false);
+        assert_eq!(c.lookup(40, b"b"), None);
+        c.reset(false);
+        assert_eq!(c.lookup(40, b"q"), None);
+    }
+}
