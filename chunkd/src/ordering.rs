@@ -123,9 +123,17 @@ impl ChunkSeq {
         Ok(false)
     }
 
-    /// The primary's next serial for `epoch` (after `observe`).
+    /// The primary's next serial for `epoch` (after `observe`): past every
+    /// serial seen here, so a replica that was a secondary in this epoch and
+    /// now acts as head (a zombie primary of an old lease) never reuses one.
     pub fn assign(&mut self) -> u64 {
-        self.assigned += 1;
+        let seen = [
+            self.assigned,
+            self.applied,
+            self.holder.unwrap_or(0),
+            self.waiting.last().copied().unwrap_or(0),
+        ];
+        self.assigned = seen.into_iter().max().unwrap_or(0) + 1;
         self.assigned
     }
 
@@ -394,6 +402,18 @@ mod tests {
                 serial: 2
             })
         );
+    }
+
+    #[test]
+    fn pure_assign_passes_serials_seen_as_a_secondary() {
+        let now = t0();
+        let mut s = ChunkSeq::new(1, now);
+        assert_eq!(s.arrive(1, now), Ok(Step::Go));
+        s.done(1, 1, now);
+        assert_eq!(s.arrive(2, now), Ok(Step::Go));
+        assert_eq!(s.arrive(4, now), Ok(Step::Wait));
+        assert_eq!(s.assign(), 5);
+        assert_eq!(s.assign(), 6);
     }
 
     #[test]
