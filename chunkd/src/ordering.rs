@@ -139,8 +139,7 @@ impl ChunkSeq {
 
     /// A mutation `serial` of the current epoch arrives (after `observe`).
     pub fn arrive(&mut self, serial: u64, now: Instant) -> Result<Step, SeqError> {
-        if serial <= self.applied || self.holder == Some(serial) || self.waiting.contains(&serial)
-        {
+        if serial <= self.applied || self.holder == Some(serial) || self.waiting.contains(&serial) {
             return Err(SeqError::Duplicate {
                 epoch: self.epoch,
                 serial,
@@ -255,9 +254,7 @@ impl Sequencer {
             });
             slots.sweep_at = (slots.map.len() * 2).max(SWEEP_AT);
         }
-        slots
-            .map
-            .entry(chunk).or_insert_with(|| Slot {
+        slots.map.entry(chunk).or_insert_with(|| Slot {
             seq: ChunkSeq::new(epoch, Instant::now()),
             wake: Arc::new(Notify::new()),
         })
@@ -427,7 +424,10 @@ mod tests {
         );
         // A new lease: a new sequence from 1, the old waiter is stale.
         assert_eq!(s.observe(6, now), Ok(true));
-        assert_eq!(s.poll(5, 2, now), Err(SeqError::Stale { current: 6, got: 5 }));
+        assert_eq!(
+            s.poll(5, 2, now),
+            Err(SeqError::Stale { current: 6, got: 5 })
+        );
         assert_eq!(s.assign(), 1);
         assert_eq!(s.arrive(1, now), Ok(Step::Go));
         // The old epoch's holder finishing changes nothing.
