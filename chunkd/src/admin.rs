@@ -15,9 +15,9 @@ use tonic::{Request, Response, Status};
 use weft_proto::chunk_admin_server::{ChunkAdmin, ChunkAdminServer};
 use weft_proto::{Empty, ReadReq, ReplicateReq, SetVersionReq, MAX_IO, MAX_MESSAGE};
 
+use crate::ordering::Sequencer;
 use crate::pipeline::Peers;
 use crate::service::status_of;
-use crate::ordering::Sequencer;
 use crate::store::Store;
 
 const MAX_CONCURRENT_COPIES: usize = 4;

@@ -123,16 +123,23 @@ impl ChunkSeq {
         Ok(false)
     }
 
-    /// The primary's next serial for `epoch` (after `observe`).
+    /// The primary's next serial for `epoch` (after `observe`): past every
+    /// serial seen here, so a replica that was a secondary in this epoch and
+    /// now acts as head (a zombie primary of an old lease) never reuses one.
     pub fn assign(&mut self) -> u64 {
-        self.assigned += 1;
+        let seen = [
+            self.assigned,
+            self.applied,
+            self.holder.unwrap_or(0),
+            self.waiting.last().copied().unwrap_or(0),
+        ];
+        self.assigned = seen.into_iter().max().unwrap_or(0) + 1;
         self.assigned
     }
 
     /// A mutation `serial` of the current epoch arrives (after `observe`).
     pub fn arrive(&mut self, serial: u64, now: Instant) -> Result<Step, SeqError> {
-        if serial <= self.applied || self.holder == Some(serial) || self.waiting.contains(&serial)
-        {
+        if serial <= self.applied || self.holder == Some(serial) || self.waiting.contains(&serial) {
             return Err(SeqError::Duplicate {
                 epoch: self.epoch,
                 serial,
@@ -247,9 +254,7 @@ impl Sequencer {
             });
             slots.sweep_at = (slots.map.len() * 2).max(SWEEP_AT);
         }
-        slots
-            .map
-            .entry(chunk).or_insert_with(|| Slot {
+        slots.map.entry(chunk).or_insert_with(|| Slot {
             seq: ChunkSeq::new(epoch, Instant::now()),
             wake: Arc::new(Notify::new()),
         })
@@ -397,6 +402,18 @@ mod tests {
     }
 
     #[test]
+    fn pure_assign_passes_serials_seen_as_a_secondary() {
+        let now = t0();
+        let mut s = ChunkSeq::new(1, now);
+        assert_eq!(s.arrive(1, now), Ok(Step::Go));
+        s.done(1, 1, now);
+        assert_eq!(s.arrive(2, now), Ok(Step::Go));
+        assert_eq!(s.arrive(4, now), Ok(Step::Wait));
+        assert_eq!(s.assign(), 5);
+        assert_eq!(s.assign(), 6);
+    }
+
+    #[test]
     fn pure_epochs() {
         let now = t0();
         let mut s = ChunkSeq::new(5, now);
@@ -407,7 +424,10 @@ mod tests {
         );
         // A new lease: a new sequence from 1, the old waiter is stale.
         assert_eq!(s.observe(6, now), Ok(true));
-        assert_eq!(s.poll(5, 2, now), Err(SeqError::Stale { current: 6, got: 5 }));
+        assert_eq!(
+            s.poll(5, 2, now),
+            Err(SeqError::Stale { current: 6, got: 5 })
+        );
         assert_eq!(s.assign(), 1);
         assert_eq!(s.arrive(1, now), Ok(Step::Go));
         // The old epoch's holder finishing changes nothing.

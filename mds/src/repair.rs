@@ -147,81 +147,106 @@ async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Inst
     };
     let target = mds.replicas as usize;
     let mut out = Vec::new();
-    let mut reg = mds.registry.lock();
-    for (chunk, version) in chunks {
-        if busy.contains(&chunk)
-            || retry_at.contains_key(&chunk)
-            || mds.leases.live(chunk).is_some()
-        {
-            continue;
-        }
-        let reps = reg.replicas_of(chunk);
-        let good: Vec<(u64, u64)> = reps
-            .iter()
-            .filter(|(d, r)| r.confirmed && r.version == version && reg.alive(*d))
-            .map(|(d, r)| (*d, r.size))
-            .collect();
-        if good.is_empty() {
-            continue; // missing: nothing to copy from (fsck reports it)
-        }
-        for (d, r) in &reps {
-            if r.version < version {
-                tracing::info!(
-                    chunk,
-                    daemon = d,
-                    have = r.version,
-                    want = version,
-                    "deleting stale replica"
-                );
-                reg.remove_replica(chunk, *d);
-            }
-        }
-        let draining = |d: u64| reg.daemon(d).is_some_and(|x| x.draining);
-        let kept: Vec<u64> = good
-            .iter()
-            .map(|(d, _)| *d)
-            .filter(|d| !draining(*d))
-            .collect();
-        if kept.len() < target {
-            let mut exclude: Vec<u64> = reps.iter().map(|(d, _)| *d).collect();
-            exclude.extend(
-                reg.status()
-                    .iter()
-                    .map(|d| d.id)
-                    .filter(|d| reg.delete_pending(*d, chunk)),
+    // The registry lock is taken per batch, not for the whole walk, so
+    // heartbeats, reads and lease grants go on while a big namespace is walked;
+    // each chunk is judged on the registry as it is when its batch runs.
+    for batch in chunks.chunks(PLAN_BATCH) {
+        let mut reg = mds.registry.lock();
+        for &(chunk, version) in batch {
+            plan_chunk(
+                mds, &mut reg, chunk, version, chunk_size, target, busy, retry_at, &mut out,
             );
-            out.push(Copy {
-                good: kept.len(),
-                chunk_size,
-                chunk,
-                version,
-                size: good.iter().map(|(_, s)| *s).max().unwrap_or(0),
-                sources: good.iter().map(|(d, _)| *d).collect(),
-                exclude,
-            });
-            continue;
-        }
-        // At or above target without the draining ones: drop the surplus,
-        // draining daemons' copies first, then those on the fullest daemons.
-        let mut extra: Vec<(bool, u64, u64)> = good
-            .iter()
-            .map(|(d, _)| {
-                let dm = reg.daemon(*d);
-                let free = dm.map_or(0, |x| x.capacity.saturating_sub(x.used));
-                (!draining(*d), free, *d)
-            })
-            .collect();
-        extra.sort();
-        let surplus = good.len() - target;
-        for (_, _, d) in extra.into_iter().take(surplus) {
-            tracing::info!(chunk, daemon = d, "removing surplus replica");
-            reg.remove_replica(chunk, d);
         }
     }
     if out.is_empty() && mds.repair.rebalancing() {
+        let mut reg = mds.registry.lock();
         rebalance_moves(mds, &mut reg, chunk_size, busy, &mut out);
     }
     out
+}
+
+/// Chunks judged per hold of the registry lock in `plan_round`.
+const PLAN_BATCH: usize = 1024;
+
+/// One chunk of `plan_round`: deletes its stale and surplus replicas, or
+/// pushes the copy it needs onto `out`.
+#[allow(clippy::too_many_arguments)]
+fn plan_chunk(
+    mds: &Mds,
+    reg: &mut crate::chunkds::Registry,
+    chunk: u64,
+    version: u64,
+    chunk_size: u64,
+    target: usize,
+    busy: &HashSet<u64>,
+    retry_at: &HashMap<u64, Instant>,
+    out: &mut Vec<Copy>,
+) {
+    if busy.contains(&chunk) || retry_at.contains_key(&chunk) || mds.leases.live(chunk).is_some() {
+        return;
+    }
+    let reps = reg.replicas_of(chunk);
+    let good: Vec<(u64, u64)> = reps
+        .iter()
+        .filter(|(d, r)| r.confirmed && r.version == version && reg.alive(*d))
+        .map(|(d, r)| (*d, r.size))
+        .collect();
+    if good.is_empty() {
+        return; // missing: nothing to copy from (fsck reports it)
+    }
+    for (d, r) in &reps {
+        if r.version < version {
+            tracing::info!(
+                chunk,
+                daemon = d,
+                have = r.version,
+                want = version,
+                "deleting stale replica"
+            );
+            reg.remove_replica(chunk, *d);
+        }
+    }
+    let draining = |d: u64| reg.daemon(d).is_some_and(|x| x.draining);
+    let kept: Vec<u64> = good
+        .iter()
+        .map(|(d, _)| *d)
+        .filter(|d| !draining(*d))
+        .collect();
+    if kept.len() < target {
+        let mut exclude: Vec<u64> = reps.iter().map(|(d, _)| *d).collect();
+        exclude.extend(
+            reg.status()
+                .iter()
+                .map(|d| d.id)
+                .filter(|d| reg.delete_pending(*d, chunk)),
+        );
+        out.push(Copy {
+            good: kept.len(),
+            chunk_size,
+            chunk,
+            version,
+            size: good.iter().map(|(_, s)| *s).max().unwrap_or(0),
+            sources: good.iter().map(|(d, _)| *d).collect(),
+            exclude,
+        });
+        return;
+    }
+    // At or above target without the draining ones: drop the surplus,
+    // draining daemons' copies first, then those on the fullest daemons.
+    let mut extra: Vec<(bool, u64, u64)> = good
+        .iter()
+        .map(|(d, _)| {
+            let dm = reg.daemon(*d);
+            let free = dm.map_or(0, |x| x.capacity.saturating_sub(x.used));
+            (!draining(*d), free, *d)
+        })
+        .collect();
+    extra.sort();
+    let surplus = good.len() - target;
+    for (_, _, d) in extra.into_iter().take(surplus) {
+        tracing::info!(chunk, daemon = d, "removing surplus replica");
+        reg.remove_replica(chunk, d);
+    }
 }
 
 /// Rebalancing: while the fullest live daemon holds more than two chunks'

@@ -60,8 +60,20 @@ impl Mds {
                     .await
             }
             Op::AllocChunk(ref a) => {
-                if self.registry.lock().place(1, 0, &[]).is_empty() {
-                    return Err(Errno::ENOSPC);
+                // Just after an MDS start no daemon may have registered yet:
+                // that is not a full cluster, so wait out the startup grace.
+                loop {
+                    let (room, grace) = {
+                        let reg = self.registry.lock();
+                        (!reg.place(1, 0, &[]).is_empty(), reg.in_startup_grace())
+                    };
+                    if room {
+                        break;
+                    }
+                    if !grace {
+                        return Err(Errno::ENOSPC);
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 let failed = a.failed.clone();
                 let reply = self.mutate(session, seq, caller, op).await?;
