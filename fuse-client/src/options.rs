@@ -21,10 +21,6 @@ pub const IGNORED: &[&str] = &[
     "nolazytime",
     "diratime",
     "nodiratime",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
     "exec",
     "noexec",
     "defaults",
@@ -84,6 +80,10 @@ pub struct MountOpts {
     pub log_level: Option<String>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
+    /// Honour device nodes / setuid bits (mount.fuse3 passes `dev,suid` when
+    /// root mounts); without them the mount is nodev,nosuid.
+    pub dev: bool,
+    pub suid: bool,
 }
 
 impl Default for MountOpts {
@@ -104,6 +104,8 @@ impl Default for MountOpts {
             readahead_kb: 8192,
             log: None,
             log_level: None,
+            dev: false,
+            suid: false,
         }
     }
 }
@@ -170,6 +172,8 @@ options honoured:
                        the last change, or a day old (the default)
   strictatime          update access times on every read
   noatime              do not update access times
+  dev, suid            honour device files and setuid/setgid bits (mount.fuse3
+                       adds both when root mounts); default nodev,nosuid
   fsname=NAME          mount source shown in /proc/mounts (default: MDS_ADDR)
   subtype=NAME         file system type fuse.NAME (default: weftfs)
   nosubtype            file system type plain 'fuse'
@@ -183,7 +187,7 @@ options honoured:
                        tracing filter such as weftfs=debug
 
 options ignored (generic mount options): norelatime nostrictatime
-  lazytime diratime nodiratime dev nodev suid nosuid exec noexec defaults
+  lazytime diratime nodiratime exec noexec defaults
   nofail _netdev auto noauto user nouser users owner group async sync dirsync,
   the FUSE kernel options user_id= group_id= rootmode= max_read= blksize=
   (weftfs sets them), and comment= / x-* annotations. Any other option is an error (exit code 2).
@@ -344,6 +348,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             flag(value)?;
             opts.ro = false;
         }
+        "dev" | "nodev" => {
+            flag(value)?;
+            opts.dev = key == "dev";
+        }
+        "suid" | "nosuid" => {
+            flag(value)?;
+            opts.suid = key == "suid";
+        }
         "strictatime" => {
             flag(value)?;
             opts.noatime = false;
@@ -465,8 +477,10 @@ mod tests {
         let e = parse_args(["h:1", "m", "-o", "frobnicate"]).unwrap_err();
         assert_eq!(e, ArgError::UnknownOption("frobnicate".into()));
         // A generic flag given a value is not the generic flag.
+        let e = parse_args(["h:1", "m", "-o", "exec=1"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("exec".into()));
         let e = parse_args(["h:1", "m", "-o", "dev=1"]).unwrap_err();
-        assert_eq!(e, ArgError::UnknownOption("dev".into()));
+        assert!(e.to_string().contains("'dev'"), "{e}");
         // rw is honoured (it undoes an earlier ro) and takes no value.
         let e = parse_args(["h:1", "m", "-o", "rw=1"]).unwrap_err();
         assert!(e.to_string().contains("'rw'"), "{e}");
