@@ -315,3 +315,28 @@ fn dev_option_lets_device_nodes_work() {
     let e = File::open(plain.join("zero")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EACCES), "nodev by default");
 }
+
+/// generic/126: a program with execute but no read permission for the caller
+/// runs (execve opens it for exec, not for reading).
+#[test]
+fn execute_only_program_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy("/bin/true", m.join("prog")).unwrap();
+    fs::set_permissions(m.join("prog"), fs::Permissions::from_mode(0o711)).unwrap();
+    let run = |file: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=tests", "--regid=tests", "--clear-groups", file])
+            .current_dir(&m)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(run("./prog"), "execute-only program did not run");
+    // Reading it is still refused.
+    fs::copy("/bin/true", m.join("noexec")).unwrap();
+    fs::set_permissions(m.join("noexec"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(!run("./noexec"));
+}

@@ -138,7 +138,11 @@ impl Namespace {
         let flags = flags as i32;
         let acc = flags & libc::O_ACCMODE;
         let trunc = flags & libc::O_TRUNC != 0;
+        // execve(2) opens the program with __FMODE_EXEC (0x20 in the open
+        // flags FUSE passes on): that needs execute permission, not read.
+        const FMODE_EXEC: i32 = 0x20;
         let mut mask = match acc {
+            libc::O_RDONLY if flags & FMODE_EXEC != 0 => crate::ns::perm::MAY_EXEC,
             libc::O_RDONLY => MAY_READ,
             libc::O_WRONLY => MAY_WRITE,
             _ => MAY_READ | MAY_WRITE,
