@@ -70,7 +70,8 @@ impl Namespace {
             let drops_privs_only = m & MODE_MASK != i.mode
                 && (m & MODE_MASK) | S_ISUID | S_ISGID == i.mode | S_ISUID | S_ISGID
                 && m & MODE_MASK & !i.mode == 0;
-            if !caller.owns(i) && !(drops_privs_only && may_access(i, caller, MAY_WRITE)) {
+            let may_drop = drops_privs_only && may_access(i, caller, MAY_WRITE);
+            if !(caller.owns(i) || may_drop) {
                 return Err(Errno::EPERM);
             }
             mode = m & MODE_MASK;
