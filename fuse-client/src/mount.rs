@@ -29,7 +29,27 @@ pub struct MountSpec {
     pub subtype: Option<String>,
     pub ro: bool,
     pub noatime: bool,
+    pub dev: bool,
+    pub suid: bool,
     pub acl: SessionACL,
+}
+
+/// mount(2) flags for the options (also used by remount).
+pub fn mount_flags(ro: bool, noatime: bool, dev: bool, suid: bool) -> MsFlags {
+    let mut f = MsFlags::empty();
+    if !suid {
+        f |= MsFlags::MS_NOSUID;
+    }
+    if !dev {
+        f |= MsFlags::MS_NODEV;
+    }
+    if ro {
+        f |= MsFlags::MS_RDONLY;
+    }
+    if noatime {
+        f |= MsFlags::MS_NOATIME;
+    }
+    f
 }
 
 impl MountSpec {
@@ -47,6 +67,8 @@ impl MountSpec {
             subtype: o.effective_subtype().map(str::to_string),
             ro: o.ro,
             noatime: o.noatime,
+            dev: o.dev,
+            suid: o.suid,
             acl,
         }
     }
@@ -69,14 +91,7 @@ impl MountSpec {
     }
 
     pub fn flags(&self) -> MsFlags {
-        let mut f = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-        if self.ro {
-            f |= MsFlags::MS_RDONLY;
-        }
-        if self.noatime {
-            f |= MsFlags::MS_NOATIME;
-        }
-        f
+        mount_flags(self.ro, self.noatime, self.dev, self.suid)
     }
 }
 
@@ -221,6 +236,11 @@ mod tests {
         ]);
         assert_eq!(s.source, "x");
         assert_eq!(s.fstype(), "fuse");
+        assert!(s.flags().contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
+        let root = spec(&["h:1", "/m", "-o", "rw,dev,suid"]);
+        assert!(!root
+            .flags()
+            .intersects(MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
         assert!(s.kernel_options(3, 1, 2).ends_with(",allow_other"));
         assert!(s.flags().contains(MsFlags::MS_RDONLY | MsFlags::MS_NOATIME));
         assert_eq!(s.acl, SessionACL::All);

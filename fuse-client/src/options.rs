@@ -21,10 +21,6 @@ pub const IGNORED: &[&str] = &[
     "nolazytime",
     "diratime",
     "nodiratime",
-    "dev",
-    "nodev",
-    "suid",
-    "nosuid",
     "exec",
     "noexec",
     "defaults",
@@ -92,6 +88,10 @@ pub struct MountOpts {
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
     pub data_cache_mib: u64,
+    /// Honour device nodes / setuid bits (mount.fuse3 passes `dev,suid` when
+    /// root mounts); without them the mount is nodev,nosuid.
+    pub dev: bool,
+    pub suid: bool,
 }
 
 impl Default for MountOpts {
@@ -114,6 +114,8 @@ impl Default for MountOpts {
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
             log: None,
             log_level: None,
+            dev: false,
+            suid: false,
         }
     }
 }
@@ -180,6 +182,8 @@ options honoured:
                        the last change, or a day old (the default)
   strictatime          update access times on every read
   noatime              do not update access times
+  dev, suid            honour device files and setuid/setgid bits (mount.fuse3
+                       adds both when root mounts); default nodev,nosuid
   fsname=NAME          mount source shown in /proc/mounts (default: MDS_ADDR)
   subtype=NAME         file system type fuse.NAME (default: weftfs)
   nosubtype            file system type plain 'fuse'
@@ -198,7 +202,7 @@ options honoured:
                        tracing filter such as weftfs=debug
 
 options ignored (generic mount options): norelatime nostrictatime
-  lazytime diratime nodiratime dev nodev suid nosuid exec noexec defaults
+  lazytime diratime nodiratime exec noexec defaults
   nofail _netdev auto noauto user nouser users owner group async sync dirsync,
   the FUSE kernel options user_id= group_id= rootmode= max_read= blksize=
   (weftfs sets them), and comment= / x-* annotations. Any other option is an error (exit code 2).
@@ -359,6 +363,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             flag(value)?;
             opts.ro = false;
         }
+        "dev" | "nodev" => {
+            flag(value)?;
+            opts.dev = key == "dev";
+        }
+        "suid" | "nosuid" => {
+            flag(value)?;
+            opts.suid = key == "suid";
+        }
         "strictatime" => {
             flag(value)?;
             opts.noatime = false;
@@ -489,8 +501,10 @@ mod tests {
         let e = parse_args(["h:1", "m", "-o", "frobnicate"]).unwrap_err();
         assert_eq!(e, ArgError::UnknownOption("frobnicate".into()));
         // A generic flag given a value is not the generic flag.
+        let e = parse_args(["h:1", "m", "-o", "exec=1"]).unwrap_err();
+        assert_eq!(e, ArgError::UnknownOption("exec".into()));
         let e = parse_args(["h:1", "m", "-o", "dev=1"]).unwrap_err();
-        assert_eq!(e, ArgError::UnknownOption("dev".into()));
+        assert!(e.to_string().contains("'dev'"), "{e}");
         // rw is honoured (it undoes an earlier ro) and takes no value.
         let e = parse_args(["h:1", "m", "-o", "rw=1"]).unwrap_err();
         assert!(e.to_string().contains("'rw'"), "{e}");

@@ -10,8 +10,9 @@
 //! (asynchronous) release, so just after a close the remount is retried for
 //! a moment rather than refused for a file that is already closed.
 //!
-//! Invariant: the per-mount flags weftfs always sets (nosuid, nodev) and the
-//! atime flag survive a remount; a remount changes nothing else.
+//! Invariant: a remount sets the per-mount flags from its options as a mount
+//! does (nosuid/nodev unless `suid`/`dev`, which mount.fuse3 adds for root,
+//! ro, noatime); it changes nothing else.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -25,13 +26,8 @@ const BUSY_RETRY: Duration = Duration::from_secs(3);
 use crate::options::MountOpts;
 
 pub fn remount(mountpoint: &Path, opts: &MountOpts) -> Result<(), String> {
-    let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    if opts.ro {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    if opts.noatime {
-        flags |= MsFlags::MS_NOATIME;
-    }
+    let flags =
+        MsFlags::MS_REMOUNT | crate::mount::mount_flags(opts.ro, opts.noatime, opts.dev, opts.suid);
     let deadline = Instant::now() + BUSY_RETRY;
     loop {
         match mount(None::<&str>, mountpoint, None::<&str>, flags, None::<&str>) {

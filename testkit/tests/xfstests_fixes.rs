@@ -276,3 +276,67 @@ fn fallocate_beyond_free_space_is_enospc() {
     assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
     assert_eq!(fs::metadata(&p).unwrap().len(), 1 << 20);
 }
+
+fn mknod_char(p: &std::path::Path, major: u32, minor: u32) {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let r = unsafe {
+        libc::mknod(
+            c.as_ptr(),
+            libc::S_IFCHR | 0o666,
+            libc::makedev(major, minor),
+        )
+    };
+    assert_eq!(r, 0, "mknod: {}", std::io::Error::last_os_error());
+}
+
+/// generic/306: with `dev` (which mount.fuse3 passes when root mounts),
+/// device nodes on the mount work; without it the mount stays nodev.
+#[test]
+fn dev_option_lets_device_nodes_work() {
+    use std::io::{Read, Write};
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["dev", "suid"]);
+    mknod_char(&m.join("null"), 1, 3);
+    mknod_char(&m.join("zero"), 1, 5);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(m.join("null"))
+        .expect("open a device node on a dev mount")
+        .write_all(b"gone")
+        .unwrap();
+    let mut buf = [7u8; 16];
+    File::open(m.join("zero"))
+        .unwrap()
+        .read_exact(&mut buf)
+        .unwrap();
+    assert_eq!(buf, [0u8; 16]);
+
+    let plain = tc.mount();
+    let e = File::open(plain.join("zero")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EACCES), "nodev by default");
+}
+
+/// generic/126: a program with execute but no read permission for the caller
+/// runs (execve opens it for exec, not for reading).
+#[test]
+fn execute_only_program_runs() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::copy("/bin/true", m.join("prog")).unwrap();
+    fs::set_permissions(m.join("prog"), fs::Permissions::from_mode(0o711)).unwrap();
+    let run = |file: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=tests", "--regid=tests", "--clear-groups", file])
+            .current_dir(&m)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(run("./prog"), "execute-only program did not run");
+    // Reading it is still refused.
+    fs::copy("/bin/true", m.join("noexec")).unwrap();
+    fs::set_permissions(m.join("noexec"), fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(!run("./noexec"));
+}

@@ -70,7 +70,8 @@ impl Namespace {
             let drops_privs_only = m & MODE_MASK != i.mode
                 && (m & MODE_MASK) | S_ISUID | S_ISGID == i.mode | S_ISUID | S_ISGID
                 && m & MODE_MASK & !i.mode == 0;
-            if !caller.owns(i) && !(drops_privs_only && may_access(i, caller, MAY_WRITE)) {
+            let may_drop = drops_privs_only && may_access(i, caller, MAY_WRITE);
+            if !(caller.owns(i) || may_drop) {
                 return Err(Errno::EPERM);
             }
             mode = m & MODE_MASK;
@@ -138,7 +139,11 @@ impl Namespace {
         let flags = flags as i32;
         let acc = flags & libc::O_ACCMODE;
         let trunc = flags & libc::O_TRUNC != 0;
+        // execve(2) opens the program with __FMODE_EXEC (0x20 in the open
+        // flags FUSE passes on): that needs execute permission, not read.
+        const FMODE_EXEC: i32 = 0x20;
         let mut mask = match acc {
+            libc::O_RDONLY if flags & FMODE_EXEC != 0 => crate::ns::perm::MAY_EXEC,
             libc::O_RDONLY => MAY_READ,
             libc::O_WRONLY => MAY_WRITE,
             _ => MAY_READ | MAY_WRITE,
