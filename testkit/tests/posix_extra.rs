@@ -262,6 +262,7 @@ fn o_tmpfile_is_refused_with_eopnotsupp() {
     let err = std::io::Error::last_os_error().raw_os_error();
     assert_eq!((fd, err), (-1, Some(libc::EOPNOTSUPP)));
     assert_eq!(fs::read_dir(&m).unwrap().count(), 0);
+}
 
 /// The writer's own mount: with names and attributes kept long while the MDS's
 /// pushes are live, a stat after close must still show the size and mtime the

@@ -275,6 +275,7 @@ fn weftfs_memory_stays_bounded_by_the_data_cache_option() {
         "weftfs RSS peaked at {peak} MiB with data_cache={CACHE_MIB}"
     );
     eprintln!("weftfs peak RSS {peak} MiB with data_cache={CACHE_MIB} after reading 3 x 96 MiB");
+}
 
 /// While its push stream is live a mount lets the kernel keep names and
 /// attributes for `cache_timeout` (60 s). When the stream breaks (here: the
