@@ -125,6 +125,26 @@ fn parse_id(stem: &str) -> Option<u64> {
     }
 }
 
+/// Refuses a mutation of replica `e` carrying an older version, or (when
+/// the mutation carries one) an older lease epoch than this replica has seen.
+fn refuse_stale(id: u64, e: &Entry, version: u64, epoch: Option<u64>) -> Result<()> {
+    if version < e.version {
+        return Err(StoreError::StaleVersion {
+            id,
+            stored: e.version,
+            got: version,
+        });
+    }
+    match epoch {
+        Some(got) if got < e.epoch => Err(StoreError::StaleEpoch {
+            id,
+            seen: e.epoch,
+            got,
+        }),
+        _ => Ok(()),
+    }
+}
+
 impl Store {
     /// Opens (creating if needed) the store under `dir`: scans `dir/chunks`,
     /// deletes leftover temp files, indexes valid replicas and quarantines files
@@ -412,24 +432,10 @@ impl Store {
     /// lease epoch it has written at (checked again under the stripe lock by
     /// `write` and `truncate`); lets through a chunk not held here.
     pub fn check_fresh(&self, id: u64, version: u64, epoch: u64) -> Result<()> {
-        let Some(e) = self.index.lock().get(&id).copied() else {
-            return Ok(());
-        };
-        if version < e.version {
-            return Err(StoreError::StaleVersion {
-                id,
-                stored: e.version,
-                got: version,
-            });
+        match self.index.lock().get(&id) {
+            Some(e) => refuse_stale(id, e, version, Some(epoch)),
+            None => Ok(()),
         }
-        if epoch < e.epoch {
-            return Err(StoreError::StaleEpoch {
-                id,
-                seen: e.epoch,
-                got: epoch,
-            });
-        }
-        Ok(())
     }
 
     /// Writes `data` at `offset` of chunk `id`, creating the replica if it is
@@ -442,20 +448,7 @@ impl Store {
         let existing = self.index.lock().get(&id).copied();
         match existing {
             Some(e) => {
-                if version < e.version {
-                    return Err(StoreError::StaleVersion {
-                        id,
-                        stored: e.version,
-                        got: version,
-                    });
-                }
-                if epoch < e.epoch {
-                    return Err(StoreError::StaleEpoch {
-                        id,
-                        seen: e.epoch,
-                        got: epoch,
-                    });
-                }
+                refuse_stale(id, &e, version, Some(epoch))?;
                 self.check_range(id, offset, len, e.chunk_size)?;
                 let mut cf = ChunkFile::open(&self.chunk_path(id), id)?;
                 let reservation = self.reserve(id, cf.new_allocation(offset, len))?;
@@ -560,13 +553,7 @@ impl Store {
         let Some(e) = self.index.lock().get(&id).copied() else {
             return Ok(());
         };
-        if version < e.version {
-            return Err(StoreError::StaleVersion {
-                id,
-                stored: e.version,
-                got: version,
-            });
-        }
+        refuse_stale(id, &e, version, None)?;
         self.check_range(id, length, 0, e.chunk_size)?;
         let mut cf = ChunkFile::open(&self.chunk_path(id), id)?;
         let result = cf.truncate(length, version.max(e.version));
