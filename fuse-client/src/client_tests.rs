@@ -60,7 +60,11 @@ async fn size_elsewhere(mc: &RealCluster, ino: u64) -> u64 {
 
 /// What a fresh client (another mount, empty caches) reads.
 async fn read_elsewhere(mc: &RealCluster, ino: u64, len: u32) -> Result<Vec<u8>, Errno> {
-    client(mc).await.read(&me(), ino, 0, len).await.map(|b| b.to_vec())
+    client(mc)
+        .await
+        .read(&me(), ino, 0, len)
+        .await
+        .map(|b| b.to_vec())
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -696,8 +696,9 @@ fn check_write_range(offset: u64, len: usize) -> Result<(), Errno> {
 /// What the data cache compares at open: (size, mtime, ctime) in ns.
 fn stamp(a: &Attr) -> crate::cache::data::Stamp {
     let ns = |t: &Option<Timespec>| {
-        t.as_ref()
-            .map_or(0, |t| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec))
+        t.as_ref().map_or(0, |t| {
+            i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec)
+        })
     };
     (a.size, ns(&a.mtime), ns(&a.ctime))
 }

@@ -137,7 +137,10 @@ impl Mds {
         loop {
             let (known, grace) = {
                 let reg = self.registry.lock();
-                (!reg.replicas_of(chunk).is_empty(), reg.may_have_unreported(chunk))
+                (
+                    !reg.replicas_of(chunk).is_empty(),
+                    reg.may_have_unreported(chunk),
+                )
             };
             if known || !grace {
                 break;

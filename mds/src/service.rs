@@ -167,7 +167,10 @@ impl Mds {
         loop {
             let (locs, grace) = {
                 let reg = self.registry.lock();
-                (reg.locations(chunk_id, version), reg.may_have_unreported(chunk_id))
+                (
+                    reg.locations(chunk_id, version),
+                    reg.may_have_unreported(chunk_id),
+                )
             };
             if !locs.is_empty() || !grace {
                 return locs;

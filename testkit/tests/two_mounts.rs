@@ -227,7 +227,11 @@ fn the_data_cache_never_serves_a_stale_version_after_another_mounts_close() {
             f.write_all_at(&v[at..at + 100], at as u64).unwrap();
         }
         let got = read_all(&b.join("f"));
-        assert_eq!(sha(&got), sha(&v), "round {round}: B served stale cached data");
+        assert_eq!(
+            sha(&got),
+            sha(&v),
+            "round {round}: B served stale cached data"
+        );
     }
 }
 

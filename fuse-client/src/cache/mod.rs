@@ -17,5 +17,5 @@ pub mod kernel;
 pub mod meta;
 
 pub use attr::AttrCache;
-pub use data::DataCache;
 pub use chunks::ChunkLocCache;
+pub use data::DataCache;
