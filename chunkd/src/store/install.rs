@@ -91,13 +91,7 @@ impl Store {
             .and_then(|_| chunkfile::fsync_dir(parent))
             .map_err(|e| StoreError::io(id, format!("rename {}", tmp.display()), e))?;
         let h = cf.header();
-        let entry = Entry {
-            version: h.version,
-            data_len: h.data_len,
-            chunk_size: h.chunk_size,
-            allocated: cf.allocated()?,
-            epoch: 0,
-        };
+        let entry = Entry::of(h, cf.allocated()?, 0);
         self.account(id, Some(entry), old.map_or(0, |e| e.allocated));
         drop(reservation);
         self.tombstones.lock().remove(&id);

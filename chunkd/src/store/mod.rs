@@ -86,6 +86,19 @@ struct Entry {
     epoch: u64,
 }
 
+impl Entry {
+    /// The index entry for a replica file whose header is `h`.
+    fn of(h: &Header, allocated: u64, epoch: u64) -> Entry {
+        Entry {
+            version: h.version,
+            data_len: h.data_len,
+            chunk_size: h.chunk_size,
+            allocated,
+            epoch,
+        }
+    }
+}
+
 #[derive(Default)]
 struct Acct {
     used: u64,
@@ -205,13 +218,7 @@ impl Store {
                     "chunk" => match ChunkFile::open(&path, id) {
                         Ok(cf) => {
                             let h = cf.header();
-                            let entry = Entry {
-                                version: h.version,
-                                data_len: h.data_len,
-                                chunk_size: h.chunk_size,
-                                allocated: cf.allocated()?,
-                                epoch: 0,
-                            };
+                            let entry = Entry::of(h, cf.allocated()?, 0);
                             self.acct.lock().used += entry.allocated;
                             self.index.lock().insert(id, entry);
                         }
@@ -456,17 +463,12 @@ impl Store {
                 // Even a failed write may have allocated (fallocate): re-measure.
                 let allocated = cf.allocated().unwrap_or(e.allocated);
                 let h = cf.header();
-                let entry = Entry {
-                    version: h.version,
-                    data_len: h.data_len,
-                    chunk_size: h.chunk_size,
-                    allocated,
-                    epoch: if result.is_ok() {
-                        e.epoch.max(epoch)
-                    } else {
-                        e.epoch
-                    },
+                let seen = if result.is_ok() {
+                    e.epoch.max(epoch)
+                } else {
+                    e.epoch
                 };
+                let entry = Entry::of(h, allocated, seen);
                 self.account(id, Some(entry), e.allocated);
                 drop(reservation);
                 result?;
@@ -510,13 +512,7 @@ impl Store {
                     return Err(e);
                 }
                 let h = cf.header();
-                let entry = Entry {
-                    version: h.version,
-                    data_len: h.data_len,
-                    chunk_size: h.chunk_size,
-                    allocated: cf.allocated()?,
-                    epoch,
-                };
+                let entry = Entry::of(h, cf.allocated()?, epoch);
                 self.account(id, Some(entry), 0);
                 drop(reservation);
                 self.tombstones.lock().remove(&id);
@@ -558,13 +554,7 @@ impl Store {
         let mut cf = ChunkFile::open(&self.chunk_path(id), id)?;
         let result = cf.truncate(length, version.max(e.version));
         let h = cf.header();
-        let entry = Entry {
-            version: h.version,
-            data_len: h.data_len,
-            chunk_size: h.chunk_size,
-            allocated: cf.allocated().unwrap_or(e.allocated),
-            epoch: e.epoch,
-        };
+        let entry = Entry::of(h, cf.allocated().unwrap_or(e.allocated), e.epoch);
         self.account(id, Some(entry), e.allocated);
         result?;
         self.mark_dirty(id);
