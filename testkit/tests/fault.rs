@@ -299,6 +299,15 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
     // sits in its socket until it wakes.
     let mut zombie = rt.block_on(chunk_client(&addrs[0]));
     tc.cluster.chunkds[0].signal(nix::sys::signal::Signal::SIGSTOP);
+    // kill(2) returns before every thread of the daemon has stopped: wait for
+    // the stop, or the "late" write may be served before it.
+    let pid = tc.cluster.chunkds[0].pid().expect("chunkd pid");
+    wait_until("the daemon stopped", Duration::from_secs(10), || {
+        fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+            st.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('T'))
+        })
+    });
     let late = rt.spawn(async move {
         zombie
             .write(pb::WriteReq {
