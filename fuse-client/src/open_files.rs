@@ -36,6 +36,9 @@ pub struct FileInner {
     pub inflight_end: u64,
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
+    /// A buffered write came with FUSE_WRITE_KILL_SUIDGID: the next commit
+    /// clears setuid/setgid (in the same journaled record as the size).
+    pub kill_suidgid: bool,
     pub opens: u32,
     pub err_seq: u64,
     pub err: Option<Errno>,
@@ -61,6 +64,7 @@ impl FileState {
                 dirty_since: None,
                 inflight_end: 0,
                 writer: Caller::default(),
+                kill_suidgid: false,
                 opens: 0,
                 err_seq: 0,
                 err: None,

@@ -306,8 +306,15 @@ impl Harness {
         let R::ChunkWrite(cw) = r else {
             panic!("not a ChunkWrite: {r:?}")
         };
-        self.op(&root(), Op::CommitWrite(pb::CommitWriteReq { ino, end }))
-            .unwrap();
+        self.op(
+            &root(),
+            Op::CommitWrite(pb::CommitWriteReq {
+                ino,
+                end,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
         cw.chunk.unwrap().chunk_id
     }
 
