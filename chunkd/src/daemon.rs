@@ -177,6 +177,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
             .initial_stream_window_size(8 << 20)
             .initial_connection_window_size(16 << 20)
             .max_frame_size(Some(1 << 20))
+            .add_service(service.space_server())
             .add_service(service.into_server())
             .add_service(admin.into_server())
             .serve_with_incoming_shutdown(

@@ -24,8 +24,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tonic::{Request, Response, Status};
 use weft_proto::chunk_server::{Chunk, ChunkServer};
+use weft_proto::chunk_space_server::{ChunkSpace, ChunkSpaceServer};
 use weft_proto::{
-    Empty, ReadReply, ReadReq, SyncReq, TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
+    DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply, ReadReq, SyncReq, TruncateReq,
+    WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
 };
 
 use crate::heartbeat::CorruptReporter;
@@ -118,6 +120,13 @@ impl ChunkService {
     /// The service wrapped for a tonic server, with weft's message limits.
     pub fn into_server(self) -> ChunkServer<ChunkService> {
         ChunkServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// The `ChunkSpace` service (where a replica holds data), same store.
+    pub fn space_server(&self) -> ChunkSpaceServer<ChunkService> {
+        ChunkSpaceServer::new(self.clone())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)
     }
@@ -241,5 +250,29 @@ impl Chunk for ChunkService {
         run.await
             .map_err(|e| Status::internal(format!("truncate task failed: {e}")))?
             .map(|()| Response::new(Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl ChunkSpace for ChunkService {
+    async fn data_extents(
+        &self,
+        request: Request<DataExtentsReq>,
+    ) -> Result<Response<DataExtentsReply>, Status> {
+        let req = request.into_inner();
+        let (id, version, offset, len) = (req.chunk_id, req.version, req.offset, req.length);
+        let runs = self
+            .local("data_extents", move |s| {
+                s.data_extents(id, version, offset, len)
+            })
+            .await?;
+        let extents = runs
+            .into_iter()
+            .map(|(s, e)| Extent {
+                offset: s,
+                length: e - s,
+            })
+            .collect();
+        Ok(Response::new(DataExtentsReply { extents }))
     }
 }

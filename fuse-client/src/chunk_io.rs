@@ -1,6 +1,6 @@
 //! Talking to chunk daemons: one lazily connected channel per daemon address,
 //! and the data RPCs (Write down a replica pipeline, Read from one replica with
-//! fail-over, Sync, Truncate). Also the pure arithmetic that cuts a file byte
+//! fail-over, Sync, Truncate; ChunkSpace.DataExtents for SEEK_DATA/SEEK_HOLE). Also the pure arithmetic that cuts a file byte
 //! range into per-chunk pieces.
 //!
 //! Invariants: no request carries more than `weft_proto::MAX_IO` bytes of data
@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use tonic::transport::Channel;
 use tonic::Status;
 use weft_proto::chunk_client::ChunkClient;
+use weft_proto::chunk_space_client::ChunkSpaceClient;
 use weft_proto::*;
 
 use crate::errno::read_should_try_next_replica;
@@ -63,7 +64,8 @@ pub fn clip_read(offset: u64, size: u64, file_size: u64) -> u64 {
 }
 
 pub struct ChunkIo {
-    clients: Mutex<HashMap<String, ChunkClient<Channel>>>,
+    /// One lazily connected channel per daemon, shared by its services.
+    channels: Mutex<HashMap<String, Channel>>,
     op_timeout: Duration,
 }
 
@@ -78,24 +80,65 @@ pub struct ReadFailure {
 impl ChunkIo {
     pub fn new(op_timeout: Duration) -> ChunkIo {
         ChunkIo {
-            clients: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
             op_timeout,
         }
     }
 
-    fn client(&self, addr: &str) -> Result<ChunkClient<Channel>, Status> {
-        let mut map = self.clients.lock();
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
+        let mut map = self.channels.lock();
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
         let ch = endpoint(addr)
             .map_err(Status::invalid_argument)?
             .connect_lazy();
-        let c = ChunkClient::new(ch)
+        map.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    fn client(&self, addr: &str) -> Result<ChunkClient<Channel>, Status> {
+        Ok(ChunkClient::new(self.channel(addr)?)
             .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
-        map.insert(addr.to_string(), c.clone());
-        Ok(c)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn space_client(&self, addr: &str) -> Result<ChunkSpaceClient<Channel>, Status> {
+        Ok(ChunkSpaceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    /// The parts of `[offset, offset+length)` of the chunk `loc` names that
+    /// hold data, as ascending (start, end) chunk offsets, from the first
+    /// replica that answers.
+    pub async fn data_extents(
+        &self,
+        loc: &ChunkLoc,
+        offset: u64,
+        length: u64,
+    ) -> Result<Vec<(u64, u64)>, Status> {
+        let mut last = Status::unavailable(format!("chunk {} has no live replica", loc.chunk_id));
+        for r in &loc.replicas {
+            let req = DataExtentsReq {
+                chunk_id: loc.chunk_id,
+                version: loc.version,
+                offset,
+                length,
+            };
+            let mut c = self.space_client(&r.addr)?;
+            match self.bounded(c.data_extents(req)).await {
+                Ok(reply) => {
+                    return Ok(reply
+                        .extents
+                        .iter()
+                        .map(|e| (e.offset, e.offset + e.length))
+                        .collect())
+                }
+                Err(s) => last = s,
+            }
+        }
+        Err(last)
     }
 
     async fn bounded<T>(

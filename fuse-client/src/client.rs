@@ -49,6 +49,7 @@ pub struct Weft {
     pub write_retry_budget: Duration,
     /// Which lock owners hold advisory locks through this mount (locks.rs).
     pub held_locks: crate::locks::HeldLocks,
+    pub pending_releases: crate::locks::PendingReleases,
     /// The mount's atime policy (atime.rs).
     pub atime: crate::atime::Atime,
 }
@@ -127,6 +128,7 @@ impl Weft {
             kernel: KernelCache::new(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout),
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
+            pending_releases: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
         });
         Ok(weft)

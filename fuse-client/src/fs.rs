@@ -506,11 +506,14 @@ impl Filesystem for WeftFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // The kernel names the owner when the file held a flock. Taken here,
+        // in request order, so a lock request behind this one waits for it.
+        let released = self.w.begin_release(ino.0, fh.0, lock_owner.map(|o| o.0));
         self.spawn(req, move |w, c| async move {
-            // The kernel names the owner when the file held a flock.
-            let owner = lock_owner.map(|o| o.0);
-            if let Err(e) = w.unlock_on_release(&c, ino.0, fh.0, owner).await {
-                tracing::warn!(ino = ino.0, error = %e, "releasing locks failed");
+            if let Some(r) = released {
+                if let Err(e) = w.finish_release(&c, r).await {
+                    tracing::warn!(ino = ino.0, error = %e, "releasing locks failed");
+                }
             }
             empty(reply, w.release(&c, ino.0, fh.0).await)
         });

@@ -13,6 +13,13 @@
 //! a mount that dies stops sending it and its locks expire at the MDS.
 //! Unmount drops every lock of the session.
 //!
+//! The kernel sends FUSE_RELEASE (which drops OFD and flock locks) in the
+//! background after the last close, so a lock request of another process can
+//! reach weftfs right behind it. Both arrive in order on the one reader
+//! thread: `release` takes the open file's owners there, synchronously, and
+//! marks the inode (`PendingReleases`); lock requests on that inode wait until
+//! the MDS has dropped those locks, so a close is seen by every later request.
+//!
 //! Limitation: fuser does not pass FUSE_LK_FLOCK, so a flock and an fcntl
 //! lock on the same file by different owners conflict here (on ext4 the two
 //! kinds are independent).
@@ -75,6 +82,56 @@ impl HeldLocks {
     }
 }
 
+/// Inodes whose released locks are not yet dropped at the MDS.
+#[derive(Default)]
+pub struct PendingReleases {
+    count: Mutex<HashMap<u64, usize>>,
+    done: tokio::sync::Notify,
+}
+
+impl PendingReleases {
+    fn begin(&self, ino: u64) {
+        *self.count.lock().entry(ino).or_default() += 1;
+    }
+
+    fn end(&self, ino: u64) {
+        {
+            let mut g = self.count.lock();
+            if let Some(n) = g.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    g.remove(&ino);
+                }
+            }
+        }
+        self.done.notify_waiters();
+    }
+
+    fn pending(&self, ino: u64) -> bool {
+        self.count.lock().contains_key(&ino)
+    }
+
+    /// Returns once no release of `ino` begun before this call is in flight.
+    async fn wait(&self, ino: u64) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.pending(ino) {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+/// The locks a release must drop, taken on the FUSE reader thread in request
+/// order (see the module comment); `Weft::finish_release` drops them.
+pub struct ReleasedLocks {
+    ino: u64,
+    owners: Vec<u64>,
+}
+
 /// How often the session tells the MDS it is alive (its expiry is 30 s by default).
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
 const WAIT_MIN: Duration = Duration::from_millis(5);
@@ -92,6 +149,7 @@ impl Weft {
         typ: i32,
         pid: u32,
     ) -> Result<LockInfo, Errno> {
+        self.pending_releases.wait(ino).await;
         let req = LockReq {
             ino,
             owner,
@@ -127,6 +185,7 @@ impl Weft {
             typ,
             pid,
         };
+        self.pending_releases.wait(ino).await;
         let mut wait = WAIT_MIN;
         loop {
             match self.mds.empty(c, Op::Setlk(req)).await {
@@ -156,23 +215,31 @@ impl Weft {
         self.release_locks(c, ino, owner).await
     }
 
-    /// release (last close of an open file): drops the locks owned by the
-    /// open file itself (OFD, flock), and by `owner` if the kernel names one.
-    pub async fn unlock_on_release(
-        &self,
-        c: &Caller,
-        ino: u64,
-        fh: u64,
-        owner: Option<u64>,
-    ) -> Result<(), Errno> {
+    /// release (last close of an open file), on the FUSE reader thread: takes
+    /// the locks owned by the open file itself (OFD, flock) and by `owner` if
+    /// the kernel names one, and holds back lock requests on `ino` until
+    /// `finish_release` has dropped them.
+    pub fn begin_release(&self, ino: u64, fh: u64, owner: Option<u64>) -> Option<ReleasedLocks> {
         let mut owners = self.held_locks.owners_of_fh(fh);
         owners.extend(owner);
-        for o in owners {
-            if self.held_locks.forget(ino, o) {
-                self.release_locks(c, ino, o).await?;
+        owners.retain(|&o| self.held_locks.forget(ino, o));
+        if owners.is_empty() {
+            return None;
+        }
+        self.pending_releases.begin(ino);
+        Some(ReleasedLocks { ino, owners })
+    }
+
+    /// Drops at the MDS the locks `begin_release` took.
+    pub async fn finish_release(&self, c: &Caller, r: ReleasedLocks) -> Result<(), Errno> {
+        let mut result = Ok(());
+        for &o in &r.owners {
+            if let Err(e) = self.release_locks(c, r.ino, o).await {
+                result = Err(e);
             }
         }
-        Ok(())
+        self.pending_releases.end(r.ino);
+        result
     }
 
     /// Drops `owner`'s locks on `ino`.

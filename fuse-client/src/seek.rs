@@ -1,12 +1,14 @@
 //! lseek(2) SEEK_DATA / SEEK_HOLE for weftfs.
 //!
-//! weft stores a file as fixed-size chunks, and a chunk never written is a
-//! hole that the MDS lists with chunk_id 0. So data and holes are found at
-//! chunk granularity: a chunk holding any stored byte counts as data in full
-//! (POSIX lets a file system report a hole as data, never data as a hole), and
-//! the end of the file is a hole. Punched and zeroed ranges are stored zeros,
-//! so they are data. The client's own unflushed writes are stored first, so
-//! they count.
+//! weft stores a file as fixed-size chunks. A chunk never written is a hole
+//! that the MDS lists with chunk_id 0; inside a written chunk, a replica's
+//! daemon reports which 64 KiB blocks hold data (ChunkSpace.DataExtents: the
+//! replica is a sparse file). So data and holes are found at block
+//! granularity: a block holding any stored byte is data in full (POSIX lets a
+//! file system report a hole as data, never data as a hole), and the end of
+//! the file is a hole. If no replica answers, the whole chunk counts as data.
+//! Punched and zeroed ranges are stored zeros, so they are data. The client's
+//! own unflushed writes are stored first, so they count.
 //!
 //! Invariants: SEEK_DATA returns an offset in [offset, size) or ENXIO;
 //! SEEK_HOLE returns an offset in [offset, size] or ENXIO when offset is at or
@@ -27,24 +29,22 @@ pub enum Seek {
     Hole,
 }
 
-/// The answer within one run of chunks `first_index..` (`has_data[i]` for chunk
-/// `first_index + i`), or None if none of them matches.
-pub fn first_match(
-    seek: Seek,
-    offset: u64,
-    size: u64,
-    chunk_size: u64,
-    first_index: u64,
-    has_data: &[bool],
-) -> Option<u64> {
-    has_data.iter().enumerate().find_map(|(i, &data)| {
-        let at = ((first_index + i as u64) * chunk_size).max(offset);
-        let wanted = match seek {
-            Seek::Data => data,
-            Seek::Hole => !data,
-        };
-        (wanted && at < size).then_some(at)
-    })
+/// The answer within `[lo, hi)` of one chunk whose data is `extents`
+/// (ascending, disjoint, inside `[lo, hi)`), or None if none there.
+pub fn match_in_chunk(seek: Seek, lo: u64, hi: u64, extents: &[(u64, u64)]) -> Option<u64> {
+    match seek {
+        Seek::Data => extents.first().map(|&(s, _)| s.max(lo)).filter(|&s| s < hi),
+        Seek::Hole => {
+            let mut at = lo;
+            for &(s, e) in extents {
+                if s > at {
+                    break;
+                }
+                at = at.max(e);
+            }
+            (at < hi).then_some(at)
+        }
+    }
 }
 
 /// The answer once no chunk below the end of the file matched.
@@ -80,14 +80,33 @@ impl Weft {
         while index < end_index {
             let count = (end_index - index).min(BATCH as u64) as u32;
             let list = self.mds.get_chunks(c, ino, index, count).await?;
-            let has_data: Vec<bool> = list.chunks.iter().map(|l| l.chunk_id != 0).collect();
-            if has_data.is_empty() {
+            if list.chunks.is_empty() {
                 break;
             }
-            if let Some(at) = first_match(seek, offset, size, cs, index, &has_data) {
-                return Ok(at);
+            for (i, loc) in list.chunks.iter().enumerate() {
+                let start = (index + i as u64) * cs;
+                // The part of this chunk at or past `offset` and below the size.
+                let lo = offset.saturating_sub(start);
+                let hi = (size - start).min(cs);
+                if lo >= hi {
+                    continue;
+                }
+                let extents = if loc.chunk_id == 0 {
+                    Vec::new()
+                } else {
+                    match self.chunks.data_extents(loc, lo, hi - lo).await {
+                        Ok(e) => e,
+                        Err(s) => {
+                            tracing::info!(ino, chunk = loc.chunk_id, status = %s, "no replica told where its data is; counting the chunk as data");
+                            vec![(lo, hi)]
+                        }
+                    }
+                };
+                if let Some(at) = match_in_chunk(seek, lo, hi, &extents) {
+                    return Ok(start + at);
+                }
             }
-            index += has_data.len() as u64;
+            index += list.chunks.len() as u64;
         }
         past_last_chunk(seek, size)
     }
@@ -97,39 +116,28 @@ impl Weft {
 mod tests {
     use super::*;
 
-    const CS: u64 = 100;
-
     #[test]
-    fn data_starts_at_the_first_written_chunk_or_the_offset_inside_it() {
-        // chunks: hole, data, hole, data; size 350 (last chunk partial).
-        let map = [false, true, false, true];
-        assert_eq!(first_match(Seek::Data, 0, 350, CS, 0, &map), Some(100));
+    fn data_is_the_first_extent_at_or_after_the_offset() {
+        let ext = [(100, 200), (300, 350)];
+        assert_eq!(match_in_chunk(Seek::Data, 0, 1000, &ext), Some(100));
+        // Extents are clipped to [lo, hi) by the daemon; lo inside one is data.
         assert_eq!(
-            first_match(Seek::Data, 150, 350, CS, 1, &map[1..]),
+            match_in_chunk(Seek::Data, 150, 1000, &[(150, 200), (300, 350)]),
             Some(150)
         );
-        assert_eq!(
-            first_match(Seek::Data, 250, 350, CS, 2, &map[2..]),
-            Some(300)
-        );
-        assert_eq!(
-            first_match(Seek::Data, 0, 350, CS, 0, &[false, false]),
-            None
-        );
-        assert_eq!(past_last_chunk(Seek::Data, 350), Err(Errno(libc::ENXIO)));
+        assert_eq!(match_in_chunk(Seek::Data, 0, 1000, &[]), None);
     }
 
     #[test]
-    fn holes_are_unwritten_chunks_and_the_end_of_the_file() {
-        let map = [true, false, true];
-        assert_eq!(first_match(Seek::Hole, 0, 300, CS, 0, &map), Some(100));
-        assert_eq!(
-            first_match(Seek::Hole, 120, 300, CS, 1, &map[1..]),
-            Some(120)
-        );
-        assert_eq!(first_match(Seek::Hole, 200, 300, CS, 2, &map[2..]), None);
+    fn holes_are_gaps_between_extents_and_the_rest_of_the_chunk() {
+        let ext = [(0, 100), (100, 200), (300, 350)];
+        assert_eq!(match_in_chunk(Seek::Hole, 0, 1000, &ext), Some(200));
+        assert_eq!(match_in_chunk(Seek::Hole, 50, 1000, &[(50, 60)]), Some(60));
+        assert_eq!(match_in_chunk(Seek::Hole, 0, 1000, &[(10, 20)]), Some(0));
+        // All data up to the end of the range: no hole in this chunk.
+        assert_eq!(match_in_chunk(Seek::Hole, 0, 350, &[(0, 350)]), None);
+        assert_eq!(match_in_chunk(Seek::Hole, 0, 1000, &[]), Some(0));
         assert_eq!(past_last_chunk(Seek::Hole, 300), Ok(300));
-        // A hole chunk that starts past the size is not a hole below it.
-        assert_eq!(first_match(Seek::Hole, 0, 250, CS, 2, &[true, false]), None);
+        assert_eq!(past_last_chunk(Seek::Data, 350), Err(Errno(libc::ENXIO)));
     }
 }

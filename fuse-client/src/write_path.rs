@@ -69,7 +69,10 @@ impl Weft {
         self.locs.invalidate_file(ino);
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
-        let keep = unchanged && flags & libc::O_TRUNC == 0;
+        // strictatime: a read served from the kernel's pages never reaches
+        // weftfs, so each open reads through once to update atime.
+        let strict = self.atime.mode == crate::atime::AtimeMode::Strict;
+        let keep = unchanged && flags & libc::O_TRUNC == 0 && !strict;
         Ok((self.files.open(ino), keep))
     }
 

@@ -177,3 +177,34 @@ fn a_dead_mounts_locks_expire() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// generic/478: an OFD lock or a flock is gone for the very next lock request
+/// on the same mount once the last close of its file returned (the kernel
+/// sends that release in the background, right before the next request).
+#[test]
+fn last_close_releases_ofd_locks_and_flocks_before_the_next_request() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    std::fs::write(m.join("f"), b"data").unwrap();
+    let other = open(&m.join("f"));
+    for round in 0..100 {
+        let holder = open(&m.join("f"));
+        lock(&holder, libc::F_OFD_SETLK, libc::F_WRLCK, 0, 10).unwrap();
+        let held = lock(&other, libc::F_OFD_GETLK, libc::F_WRLCK, 0, 10).unwrap();
+        assert_eq!(held.l_type, libc::F_WRLCK as i16, "round {round}");
+        drop(holder);
+        let after = lock(&other, libc::F_OFD_GETLK, libc::F_WRLCK, 0, 10).unwrap();
+        assert_eq!(
+            after.l_type,
+            libc::F_UNLCK as i16,
+            "round {round}: OFD lock still seen after its file's last close"
+        );
+
+        let holder = open(&m.join("f"));
+        flock(&holder, libc::LOCK_EX).unwrap();
+        drop(holder);
+        let next = open(&m.join("f"));
+        flock(&next, libc::LOCK_EX | libc::LOCK_NB)
+            .unwrap_or_else(|e| panic!("round {round}: flock still held after close: errno {e}"));
+    }
+}

@@ -184,11 +184,20 @@ fn atime_relatime_noatime_strictatime() {
         "atime moved ctime"
     );
 
-    // strictatime: every read.
+    // strictatime: every read, also one the kernel could serve from the
+    // pages an earlier open of the unchanged file cached (generic/003).
     read(&strict.join("f"));
     wait_until("strictatime update", Duration::from_secs(5), || {
         atime(&rel.join("f")) > t1
     });
+    let t2 = atime(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(50));
+    read(&strict.join("f"));
+    wait_until(
+        "strictatime update of a cached file",
+        Duration::from_secs(5),
+        || atime(&rel.join("f")) > t2,
+    );
 }
 
 fn seek(f: &File, offset: i64, whence: i32) -> Result<i64, i32> {
@@ -227,7 +236,8 @@ fn seek_data_and_seek_hole_in_a_sparse_file() {
     assert_eq!(seek(&f, 0, h), Ok(0));
     assert_eq!(seek(&f, 0, d), Ok(mib));
     assert_eq!(seek(&f, mib + 5, d), Ok(mib + 5));
-    assert_eq!(seek(&f, mib, h), Ok(2 * mib));
+    // The chunk's data ends at its 100,000th byte: the rest of it is a hole.
+    assert_eq!(seek(&f, mib, h), Ok(mib + 100_000));
     assert_eq!(seek(&f, 2 * mib + 7, d), Ok(4 * mib));
     assert_eq!(seek(&f, 3 * mib, h), Ok(3 * mib));
     assert_eq!(seek(&f, 4 * mib, h), Ok(size));
@@ -247,6 +257,57 @@ fn seek_data_and_seek_hole_in_a_sparse_file() {
     ef.set_len(3 * MIB).unwrap();
     assert_eq!(seek(&ef, 0, d), Err(libc::ENXIO));
     assert_eq!(seek(&ef, 0, h), Ok(0));
+}
+
+/// generic/490: holes inside one written chunk are holes, at the daemons'
+/// 64 KiB block granularity (a block with any byte written is data), with
+/// the bytes read back intact around them.
+#[test]
+fn seek_finds_holes_inside_a_chunk() {
+    let mut tc = TestCluster::start(1, 4 * MIB);
+    let m = tc.mount();
+    let p = m.join("holey");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    let (d, h) = (libc::SEEK_DATA, libc::SEEK_HOLE);
+    let k = 1024i64;
+    // Chunk 0 (4 MiB): 4 KiB at 128 KiB, 100 bytes across the 576 KiB block
+    // border, 64 KiB at 1 MiB; chunk 1: 10 bytes at 5 MiB; size 6 MiB.
+    let a = pattern(4096, 3);
+    let b = pattern(100, 4);
+    let c = pattern(65536, 5);
+    let e = pattern(10, 6);
+    f.write_all_at(&a, 128 * 1024).unwrap();
+    f.write_all_at(&b, 576 * 1024 - 50).unwrap();
+    f.write_all_at(&c, MIB).unwrap();
+    f.write_all_at(&e, 5 * MIB).unwrap();
+    f.set_len(6 * MIB).unwrap();
+    f.sync_all().unwrap();
+
+    assert_eq!(seek(&f, 0, d), Ok(128 * k));
+    assert_eq!(seek(&f, 0, h), Ok(0));
+    assert_eq!(seek(&f, 128 * k, h), Ok(192 * k));
+    assert_eq!(seek(&f, 192 * k, d), Ok(512 * k));
+    assert_eq!(seek(&f, 512 * k, h), Ok(640 * k));
+    assert_eq!(seek(&f, 700 * k, d), Ok(1024 * k));
+    assert_eq!(seek(&f, 1024 * k + 5, h), Ok(1088 * k));
+    assert_eq!(seek(&f, 1088 * k, d), Ok(5 * 1024 * k));
+    assert_eq!(seek(&f, 5 * 1024 * k, h), Ok(5 * 1024 * k + 10));
+    assert_eq!(seek(&f, 5 * 1024 * k + 10, d), Err(libc::ENXIO));
+    assert_eq!(seek(&f, 5 * 1024 * k + 10, h), Ok(5 * 1024 * k + 10));
+
+    // The bytes around the holes read back as written, the holes as zeros.
+    let mut want = vec![0u8; 6 * MIB as usize];
+    want[128 * 1024..128 * 1024 + 4096].copy_from_slice(&a);
+    want[576 * 1024 - 50..576 * 1024 + 50].copy_from_slice(&b);
+    want[MIB as usize..MIB as usize + 65536].copy_from_slice(&c);
+    want[5 * MIB as usize..5 * MIB as usize + 10].copy_from_slice(&e);
+    assert!(fs::read(&p).unwrap() == want, "bytes read back differ");
 }
 
 /// O_TMPFILE: the kernel sends FUSE_TMPFILE, which fuser 0.18 does not

@@ -329,6 +329,24 @@ impl ChunkFile {
         self.file.sync_data().map_err(|e| self.io_err("fsync", e))
     }
 
+    /// The parts of `[offset, offset+len)` that hold stored bytes, as
+    /// (start, end) chunk offsets at block granularity (`block_runs`).
+    /// Nothing past the data length is stored.
+    pub fn data_extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64)>> {
+        let end = offset.saturating_add(len).min(self.header.data_len);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let h = self.header.header_len();
+        // Whole blocks are asked for, so a block's data before `offset` counts.
+        let from = offset - offset % BS;
+        let to = end.next_multiple_of(BS);
+        let runs = data_runs(&self.file, h + from, h + to)
+            .map_err(|e| self.io_err("seek data in", std::io::Error::from(e)))?;
+        let runs: Vec<(u64, u64)> = runs.iter().map(|&(s, e)| (s - h, e - h)).collect();
+        Ok(block_runs(&runs, offset, end))
+    }
+
     /// Bytes the file occupies on disk (st_blocks * 512).
     pub fn allocated(&self) -> Result<u64> {
         let md = self.file.metadata().map_err(|e| self.io_err("stat", e))?;
@@ -348,6 +366,46 @@ impl ChunkFile {
             .map(|a| (end - start).saturating_sub(a))
             .unwrap_or(end - start)
     }
+}
+
+/// The runs of `[start, end)` of `file` that are data, not holes
+/// (SEEK_DATA/SEEK_HOLE: preallocated, never-written ranges are holes).
+fn data_runs(file: &File, start: u64, end: u64) -> nix::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut runs = Vec::new();
+    let mut p = start;
+    while p < end {
+        let data = match lseek(file.as_fd(), p as libc::off_t, Whence::SeekData) {
+            Ok(d) => d as u64,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole up to end of file
+            Err(e) => return Err(e),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = lseek(file.as_fd(), data as libc::off_t, Whence::SeekHole)? as u64;
+        runs.push((data.max(start), hole.min(end)));
+        p = hole;
+    }
+    Ok(runs)
+}
+
+/// Widens data runs (ascending) to whole blocks, clips them to `[lo, hi)` and
+/// merges what then touches: a block with any data counts as data in full.
+pub fn block_runs(runs: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(s, e) in runs {
+        let s = (s - s % BS).max(lo);
+        let e = e.next_multiple_of(BS).min(hi);
+        if s >= e {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if last.1 >= s => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// Bytes of `[start, end)` that are data (not holes), via SEEK_DATA/SEEK_HOLE.

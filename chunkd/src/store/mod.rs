@@ -539,6 +539,29 @@ impl Store {
         ChunkFile::open(&self.chunk_path(id), id)?.read(offset, len)
     }
 
+    /// The parts of `[offset, offset+len)` of chunk `id` that hold data, as
+    /// ascending (start, end) runs of whole 64 KiB blocks clipped to the range.
+    /// `version` 0 accepts any version; otherwise it must match.
+    pub fn data_extents(
+        &self,
+        id: u64,
+        version: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64)>> {
+        let _g = self.stripe(id).read();
+        let e = self.entry(id)?;
+        if version != 0 && version != e.version {
+            return Err(StoreError::StaleVersion {
+                id,
+                stored: e.version,
+                got: version,
+            });
+        }
+        self.check_range(id, offset, len, e.chunk_size)?;
+        ChunkFile::open(&self.chunk_path(id), id)?.data_extents(offset, len)
+    }
+
     /// Makes everything at or past `length` read as zeros; a newer `version`
     /// is adopted as for a write. Truncating a chunk not held here succeeds
     /// and creates nothing: no byte past `length` is stored, which is all a

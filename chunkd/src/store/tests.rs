@@ -528,3 +528,54 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn data_extents_are_the_written_blocks_of_a_sparse_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let b = BS as u64;
+    // Data in block 1 (one byte) and blocks 20..=21 (straddling their border);
+    // a hole between; nothing past the data length (21 blocks + 10 bytes).
+    s.write(7, 1, 0, b + 100, b"x").unwrap();
+    s.write(7, 1, 0, 21 * b - 10, &pattern(20, 3)).unwrap();
+    assert_eq!(
+        s.data_extents(7, 1, 0, 64 * MIB).unwrap(),
+        vec![(b, 2 * b), (20 * b, 21 * b + 10)]
+    );
+    // Clipped to the range asked for (and the data length), inside blocks too.
+    assert_eq!(
+        s.data_extents(7, 0, b + 500, 20 * b).unwrap(),
+        vec![(b + 500, 2 * b), (20 * b, 21 * b + 10)]
+    );
+    assert_eq!(s.data_extents(7, 1, 2 * b, 18 * b).unwrap(), vec![]);
+    // Past the data length nothing is stored.
+    assert_eq!(s.data_extents(7, 1, 22 * b, b).unwrap(), vec![]);
+    // A truncate drops the data past the cut.
+    s.truncate(7, 1, 5 * b).unwrap();
+    assert_eq!(s.data_extents(7, 1, 0, 64 * MIB).unwrap(), vec![(b, 2 * b)]);
+    assert!(matches!(
+        s.data_extents(7, 9, 0, b),
+        Err(StoreError::StaleVersion { .. })
+    ));
+    assert!(matches!(
+        s.data_extents(8, 0, 0, b),
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn block_runs_widen_clip_and_merge() {
+    use super::chunkfile::block_runs;
+    let b = BS as u64;
+    assert_eq!(block_runs(&[(10, 20)], 0, 10 * b), vec![(0, b)]);
+    // Two runs in neighbouring blocks merge once widened.
+    assert_eq!(
+        block_runs(&[(b - 1, b), (b + 5, b + 6)], 0, 10 * b),
+        vec![(0, 2 * b)]
+    );
+    assert_eq!(
+        block_runs(&[(0, 1), (3 * b, 3 * b + 1)], 100, 3 * b + 7),
+        vec![(100, b), (3 * b, 3 * b + 7)]
+    );
+    assert_eq!(block_runs(&[], 0, b), vec![]);
+}
