@@ -16,7 +16,8 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 use weft_proto::chunk_client::ChunkClient;
-use weft_proto::{SyncReq, TruncateReq, WriteReq, MAX_MESSAGE};
+use weft_proto::chunk_space_client::ChunkSpaceClient;
+use weft_proto::{AllocateReq, SyncReq, TruncateReq, WriteReq, MAX_MESSAGE};
 
 /// Metadata key naming the replica address whose failure a status reports.
 pub const FAILED_ADDR_KEY: &str = "weft-failed-addr";
@@ -57,8 +58,21 @@ impl Peers {
         Peers::default()
     }
 
+    /// A ChunkSpace client for `addr`, on the peer's one connection.
+    pub fn space_client(&self, addr: &str) -> Result<ChunkSpaceClient<Channel>, Status> {
+        Ok(ChunkSpaceClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
     /// A Chunk client for `addr`, sharing one HTTP/2 connection per peer.
     pub fn client(&self, addr: &str) -> Result<ChunkClient<Channel>, Status> {
+        Ok(ChunkClient::new(self.channel(addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock();
         let channel = match channels.get(addr) {
             Some(c) => c.clone(),
@@ -71,9 +85,23 @@ impl Peers {
                 c
             }
         };
-        Ok(ChunkClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+        Ok(channel)
+    }
+
+    pub async fn allocate(&self, req: &AllocateReq) -> Result<(), Status> {
+        let Some((next, rest)) = req.chain.split_first() else {
+            return Ok(());
+        };
+        let fwd = AllocateReq {
+            chain: rest.to_vec(),
+            ..req.clone()
+        };
+        let mut client = self.space_client(next)?;
+        client
+            .allocate(fwd)
+            .await
+            .map(drop)
+            .map_err(|s| downstream_failure(next, s))
     }
 
     /// Passes `req` to `chain[0]`, which will forward it to `chain[1..]`.

@@ -26,8 +26,8 @@ use tonic::{Request, Response, Status};
 use weft_proto::chunk_server::{Chunk, ChunkServer};
 use weft_proto::chunk_space_server::{ChunkSpace, ChunkSpaceServer};
 use weft_proto::{
-    DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply, ReadReq, SyncReq, TruncateReq,
-    WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
+    AllocateReq, DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply, ReadReq, SyncReq,
+    TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
 };
 
 use crate::heartbeat::CorruptReporter;
@@ -274,5 +274,24 @@ impl ChunkSpace for ChunkService {
             })
             .collect();
         Ok(Response::new(DataExtentsReply { extents }))
+    }
+
+    async fn allocate(&self, request: Request<AllocateReq>) -> Result<Response<Empty>, Status> {
+        let req = request.into_inner();
+        check_chain(&req.chain)?;
+        let (id, version, epoch, offset, len) = (
+            req.chunk_id,
+            req.version,
+            req.lease_epoch,
+            req.offset,
+            req.length,
+        );
+        // Changes no byte, so it takes no serial: it only needs the replica
+        // and the space, whatever order the chunk's writes apply in.
+        let local = self.local("allocate", move |s| {
+            s.allocate(id, version, epoch, offset, len)
+        });
+        let (l, r) = tokio::join!(local, self.peers.allocate(&req));
+        pipeline::join_results(l, r).map(|()| Response::new(Empty {}))
     }
 }

@@ -117,6 +117,26 @@ impl ChunkIo {
             .max_encoding_message_size(MAX_MESSAGE))
     }
 
+    /// Reserves `[offset, offset+length)` of the chunk `w` names on every
+    /// replica of its lease's pipeline (fallocate).
+    pub async fn allocate(&self, w: &ChunkWrite, offset: u64, length: u64) -> Result<(), Status> {
+        let loc = w
+            .chunk
+            .as_ref()
+            .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
+        let (head, chain) = pipeline(loc)?;
+        let mut c = self.space_client(&head)?;
+        let req = AllocateReq {
+            chunk_id: loc.chunk_id,
+            version: loc.version,
+            lease_epoch: w.lease_epoch,
+            offset,
+            length,
+            chain,
+        };
+        self.bounded(c.allocate(req)).await.map(|_| ())
+    }
+
     /// The parts of `[offset, offset+length)` of the chunk `loc` names that
     /// hold data, as ascending (start, end) chunk offsets, from the first
     /// replica that answers.

@@ -1,8 +1,11 @@
 //! fallocate(2) and copy_file_range(2) for weftfs, built on the write path.
 //!
-//! weft allocates chunk space when data is written, so plain allocation only
-//! has to move the size (after checking that the range fits in the free space,
-//! else ENOSPC). Punching a hole and zeroing a range write zeros
+//! Plain allocation reserves the space: after checking that the range fits in
+//! the cluster's free space (else ENOSPC), it allocates every chunk the range
+//! covers (AllocChunk, so st_blocks counts them) and has each replica reserve
+//! the range on its disk (ChunkSpace.Allocate, an fallocate of the replica
+//! file), so a later write into the range needs no new space; then it moves
+//! the size unless KEEP_SIZE. Punching a hole and zeroing a range write zeros
 //! through the ordinary write path: slower than dropping chunks, but every
 //! later read sees zeros whichever replica serves it, and the write path's
 //! guarantees (flush on close, fsync durability) hold unchanged; both clear
@@ -20,6 +23,8 @@ use std::sync::Arc;
 use weft_proto::{Caller, Errno, SetAttrReq};
 
 use crate::client::Weft;
+use crate::errno::{chunk_errno, write_should_realloc};
+use crate::write_path::failed_replica;
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
@@ -29,6 +34,9 @@ const PIECE: u64 = 1 << 20;
 /// One copy_file_range call copies at most this much; callers loop on short
 /// counts, as they must for any file system.
 const COPY_MAX: u64 = 64 << 20;
+/// Leases tried per chunk before a reservation fails (each without the
+/// replicas that failed before).
+const RESERVE_ATTEMPTS: usize = 3;
 
 impl Weft {
     /// The size as this client sees it: the MDS's, or larger if this client
@@ -70,13 +78,17 @@ impl Weft {
             let zero_end = if keep { end.min(size) } else { end };
             return self.write_zeros(c, ino, offset, zero_end).await;
         }
-        // Plain allocation: space comes with the writes, so only the size
-        // moves; but a range that cannot fit in the cluster's free space is
-        // ENOSPC now, as a file system that reserves would say.
+        // Plain allocation. A range that cannot fit in the cluster's free
+        // space is ENOSPC before anything is reserved.
         let grow = end.saturating_sub(size);
         if grow > 0 && grow > self.mds.statfs(c).await?.free_bytes {
             return Err(Errno::ENOSPC);
         }
+        let reserved = self.reserve_range(c, ino, offset, end).await;
+        // The chunk map (and so st_blocks) changed, even on a partial failure.
+        self.locs.invalidate_file(ino);
+        self.attrs.invalidate(ino);
+        reserved?;
         if !keep && end > size {
             // fallocate comes through an open descriptor: its open checked
             // write access (the file's mode may have changed since).
@@ -111,6 +123,42 @@ impl Weft {
             .attr(c, weft_proto::meta_request::Op::Setattr(req))
             .await?;
         self.attrs.put(&a);
+        Ok(())
+    }
+
+    /// Allocates the chunks covering [from, to) and reserves the range on
+    /// their replicas, re-allocating the pipeline when a replica went stale
+    /// or away (as a write does).
+    async fn reserve_range(&self, c: &Caller, ino: u64, from: u64, to: u64) -> Result<(), Errno> {
+        let cs = self.chunk_size;
+        let mut at = from;
+        while at < to {
+            let index = at / cs;
+            let off = at % cs;
+            let len = (cs - off).min(to - at);
+            let mut failed: Vec<String> = Vec::new();
+            for attempt in 1..=RESERVE_ATTEMPTS {
+                let w = self.mds.alloc_chunk(c, ino, index, failed.clone()).await?;
+                let status = match self.chunks.allocate(&w, off, len).await {
+                    Ok(()) => break,
+                    Err(s) => s,
+                };
+                let loc = w.chunk.unwrap_or_default();
+                tracing::info!(ino, index, chunk = loc.chunk_id, %status, attempt, "reserving chunk space failed");
+                if status.code() == tonic::Code::ResourceExhausted
+                    || !write_should_realloc(&status)
+                    || attempt == RESERVE_ATTEMPTS
+                {
+                    return Err(chunk_errno(&status));
+                }
+                if let Some(addr) = failed_replica(&status, &loc) {
+                    if !failed.contains(&addr) {
+                        failed.push(addr);
+                    }
+                }
+            }
+            at += len;
+        }
         Ok(())
     }
 

@@ -704,7 +704,7 @@ impl Weft {
 /// The replica a failed chunk write names (deepest in the pipeline), or the
 /// head when the head itself could not be reached. None when the failure says
 /// nothing about a replica's health (a stale version: just a newer lease).
-fn failed_replica(status: &tonic::Status, loc: &ChunkLoc) -> Option<String> {
+pub(crate) fn failed_replica(status: &tonic::Status, loc: &ChunkLoc) -> Option<String> {
     use tonic::Code;
     if status.code() == Code::FailedPrecondition {
         return None;

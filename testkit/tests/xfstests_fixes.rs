@@ -3,6 +3,7 @@
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use weft_testkit::TestCluster;
 
@@ -275,6 +276,61 @@ fn fallocate_beyond_free_space_is_enospc() {
     assert_eq!(fs::metadata(&p).unwrap().len(), 0);
     assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
     assert_eq!(fs::metadata(&p).unwrap().len(), 1 << 20);
+}
+
+/// generic/568: fallocate reserves the space. st_blocks counts it at once, a
+/// write into the range does not grow it, and that write still succeeds once
+/// other data has filled the cluster.
+#[test]
+fn fallocate_reserves_space_for_later_writes() {
+    let mut tc = TestCluster::start_with(1, |s| {
+        s.chunk_size = Some(MIB);
+        s.capacity = Some(16 * MIB);
+    });
+    let m = tc.mount();
+    let p = m.join("reserved");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    let len = 4 * MIB;
+    assert_eq!(
+        unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as i64) },
+        0
+    );
+    let blocks = fs::metadata(&p).unwrap().blocks();
+    assert!(blocks * 512 >= len, "st_blocks {blocks} after fallocate");
+
+    // Fill the cluster with another file until it is full.
+    let filler = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.join("filler"))
+        .unwrap();
+    let piece = vec![7u8; MIB as usize];
+    let mut full = false;
+    for i in 0..32u64 {
+        let r = filler
+            .write_all_at(&piece, i * MIB)
+            .and_then(|()| filler.sync_all());
+        if let Err(e) = r {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "16 MiB of capacity never filled up");
+    drop(filler);
+
+    // The reserved range is still writable, and st_blocks does not grow.
+    let data = weft_testkit::pattern(len as usize, 5);
+    f.write_all_at(&data, 0).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::metadata(&p).unwrap().blocks(), blocks);
+    assert!(fs::read(&p).unwrap() == data, "bytes read back differ");
 }
 
 fn mknod_char(p: &std::path::Path, major: u32, minor: u32) {

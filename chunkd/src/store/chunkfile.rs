@@ -296,13 +296,36 @@ impl ChunkFile {
         }
     }
 
+    /// Reserves disk blocks for `[offset, offset+len)` of the chunk (fallocate
+    /// of the replica file: unwritten extents, which read as zeros and which
+    /// SEEK_DATA counts as holes). Nothing readable and no crc changes.
+    pub fn allocate(&self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.preallocate(self.header.header_len() + offset, len)
+    }
+
     /// Drops everything at or past `length` (reads as zeros afterwards) and sets
-    /// the version. A no-op on the data when `length >= data_len`.
+    /// the version. A no-op on the data when `length >= data_len`, but space
+    /// reserved past `length` (fallocate) is given back.
     pub fn truncate(&mut self, length: u64, version: u64) -> Result<()> {
         let mut new = self.header.clone();
         new.version = version;
         let old_blocks = format::nblocks(self.header.data_len);
         if length >= self.header.data_len {
+            let cut = self.header.header_len() + length;
+            let file_len = self
+                .file
+                .metadata()
+                .map_err(|e| self.io_err("stat", e))?
+                .len();
+            if file_len > cut {
+                // Only reserved, never-written space lies past data_len.
+                self.file
+                    .set_len(cut)
+                    .map_err(|e| self.io_err("truncate", e))?;
+            }
             return self.store_header(new, 0);
         }
         let b = length / BS;
@@ -354,7 +377,8 @@ impl ChunkFile {
     }
 
     /// Upper bound of the bytes a write of `len` bytes at `offset` newly
-    /// allocates: the 4 KiB pages of the range that are holes now.
+    /// allocates: the 4 KiB pages of the range with no block yet (a range
+    /// fallocated before needs nothing new).
     pub fn new_allocation(&self, offset: u64, len: u64) -> u64 {
         if len == 0 {
             return 0;
@@ -408,8 +432,73 @@ pub fn block_runs(runs: &[(u64, u64)], lo: u64, hi: u64) -> Vec<(u64, u64)> {
     out
 }
 
-/// Bytes of `[start, end)` that are data (not holes), via SEEK_DATA/SEEK_HOLE.
+/// Bytes of `[start, end)` the file system holds blocks for, written or only
+/// reserved (FIEMAP lists fallocated, never-written extents too, which
+/// SEEK_DATA calls holes); where FIEMAP is missing, the data (SEEK_DATA).
 fn allocated_in(file: &File, start: u64, end: u64) -> nix::Result<u64> {
+    fiemap_allocated(file, start, end).or_else(|_| data_in(file, start, end))
+}
+
+/// FIEMAP (linux/fiemap.h): bytes of `[start, end)` inside any extent.
+fn fiemap_allocated(file: &File, start: u64, end: u64) -> nix::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // _IOWR('f', 11, struct fiemap)
+    const FS_IOC_FIEMAP: u64 = 0xC020_660B;
+    const FIEMAP_EXTENT_LAST: u32 = 1;
+    const N: usize = 32;
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Extent {
+        logical: u64,
+        physical: u64,
+        length: u64,
+        reserved64: [u64; 2],
+        flags: u32,
+        reserved: [u32; 3],
+    }
+    #[repr(C)]
+    struct Map {
+        start: u64,
+        length: u64,
+        flags: u32,
+        mapped: u32,
+        count: u32,
+        reserved: u32,
+        extents: [Extent; N],
+    }
+    let mut total = 0;
+    let mut p = start;
+    while p < end {
+        let mut m = Map {
+            start: p,
+            length: end - p,
+            flags: 0,
+            mapped: 0,
+            count: N as u32,
+            reserved: 0,
+            extents: [Extent::default(); N],
+        };
+        // SAFETY: `m` is a struct fiemap with room for `count` extents.
+        let r = unsafe { libc::ioctl(file.as_raw_fd(), FS_IOC_FIEMAP as _, &mut m) };
+        if r < 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        let got = &m.extents[..(m.mapped as usize).min(N)];
+        for e in got {
+            let lo = e.logical.max(start);
+            let hi = (e.logical + e.length).min(end);
+            total += hi.saturating_sub(lo);
+            p = p.max(e.logical + e.length);
+        }
+        if got.len() < N || got.iter().any(|e| e.flags & FIEMAP_EXTENT_LAST != 0) {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Bytes of `[start, end)` that are data (not holes), via SEEK_DATA/SEEK_HOLE.
+fn data_in(file: &File, start: u64, end: u64) -> nix::Result<u64> {
     use nix::unistd::{lseek, Whence};
     let mut allocated = 0;
     let mut p = start;

@@ -539,6 +539,28 @@ impl Store {
         ChunkFile::open(&self.chunk_path(id), id)?.read(offset, len)
     }
 
+    /// Reserves disk space for `[offset, offset+len)` of chunk `id` (fallocate),
+    /// creating the replica if it is not here, within the capacity like a
+    /// write. Refuses stale versions and epochs and ranges past the chunk.
+    pub fn allocate(&self, id: u64, version: u64, epoch: u64, offset: u64, len: u64) -> Result<()> {
+        if self.index.lock().get(&id).is_none() {
+            // An empty write creates the replica (header only).
+            self.write(id, version, epoch, offset, &[])?;
+        }
+        let _g = self.stripe(id).write();
+        let e = self.entry(id)?;
+        refuse_stale(id, &e, version, Some(epoch))?;
+        self.check_range(id, offset, len, e.chunk_size)?;
+        let cf = ChunkFile::open(&self.chunk_path(id), id)?;
+        let reservation = self.reserve(id, cf.new_allocation(offset, len))?;
+        let result = cf.allocate(offset, len);
+        // Even a failed fallocate may have allocated: re-measure.
+        let allocated = cf.allocated().unwrap_or(e.allocated);
+        self.account(id, Some(Entry { allocated, ..e }), e.allocated);
+        drop(reservation);
+        result
+    }
+
     /// The parts of `[offset, offset+len)` of chunk `id` that hold data, as
     /// ascending (start, end) runs of whole 64 KiB blocks clipped to the range.
     /// `version` 0 accepts any version; otherwise it must match.
