@@ -666,14 +666,16 @@ impl Filesystem for WeftFs {
 
     fn fsyncdir(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Directory changes are journaled by the MDS before it answers.
-        reply.ok();
+        // Every change of this mount (the directory's among them) on disk in the MDS log.
+        self.spawn(req, move |w, c| async move {
+            empty(reply, w.mds.log_durable_all(&c).await)
+        });
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

@@ -24,6 +24,7 @@ mod errno;
 mod fallocate;
 mod fs;
 mod locks;
+mod log_track;
 mod mds_client;
 mod mount;
 mod open_files;

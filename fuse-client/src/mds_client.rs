@@ -25,6 +25,7 @@ use weft_proto::*;
 use crate::cache::kernel::Inval;
 use crate::cache::meta::MetaCache;
 use crate::errno::{mds_status_is_transient, meta_errno};
+use crate::log_track::{LogPos, LogTrack};
 
 pub struct MdsClient {
     /// Lookups answered without a round trip; every call here keeps it
@@ -37,6 +38,34 @@ pub struct MdsClient {
     session: u64,
     seq: AtomicU64,
     timeout: Duration,
+    /// This mount's changes not yet known on disk in the MDS log.
+    log: parking_lot::Mutex<LogTrack>,
+}
+
+/// Where the MDS log stood at a reply: (epoch, index, durable index).
+type ReplyLog = (u64, u64, u64);
+
+/// The inodes a change touches whose fsync or close must wait for it: the
+/// inode itself, and the directory whose entries it changes.
+fn touched_inodes(op: &Op) -> Vec<u64> {
+    match op {
+        Op::Create(r) => vec![r.parent],
+        Op::Mknod(r) => vec![r.parent],
+        Op::Mkdir(r) => vec![r.parent],
+        Op::Symlink(r) => vec![r.parent],
+        Op::Link(r) => vec![r.ino, r.new_parent],
+        Op::Unlink(r) => vec![r.parent],
+        Op::Rmdir(r) => vec![r.parent],
+        Op::Rename(r) => vec![r.parent, r.new_parent],
+        // An access-time update is not worth a wait (ext4 does not sync one either).
+        Op::Setattr(r) if r.atime_update == 0 => vec![r.ino],
+        Op::Setxattr(r) => vec![r.ino],
+        Op::Removexattr(r) => vec![r.ino],
+        Op::Open(r) if r.flags & libc::O_TRUNC as u32 != 0 => vec![r.ino],
+        Op::AllocChunk(r) => vec![r.ino],
+        Op::CommitWrite(r) => vec![r.ino],
+        _ => vec![],
+    }
 }
 
 /// Why an MDS call produced no answer.
@@ -74,6 +103,7 @@ pub fn is_mutation(op: &Op) -> bool {
             | Op::Getlk(_)
             | Op::ReleaseLocks(_)
             | Op::Keepalive(_)
+            | Op::SyncLog(_)
     )
 }
 
@@ -114,6 +144,7 @@ impl MdsClient {
             session: rand::random::<u64>() | 1,
             seq: AtomicU64::new(1),
             timeout,
+            log: Default::default(),
         })
     }
 
@@ -144,9 +175,20 @@ impl MdsClient {
             Op::Setattr(s) if s.kill_suidgid => Some(s.ino),
             _ => None,
         };
+        let mut touched = if is_mutation(&op) {
+            touched_inodes(&op)
+        } else {
+            Vec::new()
+        };
         let r = self.call_uncached(caller, op, budget).await;
         match r {
-            Ok((r, parent)) => {
+            Ok((r, parent, (epoch, index, durable))) => {
+                if !touched.is_empty() {
+                    if let R::Attr(a) = &r {
+                        touched.push(a.ino); // a new inode's own fsync waits for its creation
+                    }
+                }
+                self.log.lock().reply(epoch, index, durable, &touched);
                 self.meta.after(started, Some(&r), parent.as_ref(), mkdir);
                 if let (Some(ino), Some(tx)) = (committed, self.kernel_inval.get()) {
                     let _ = tx.send(Inval::Inode { ino, data: false });
@@ -160,13 +202,14 @@ impl MdsClient {
         }
     }
 
-    /// The reply, and the changed directory's attributes if the MDS sent them.
+    /// The reply, the changed directory's attributes if the MDS sent them,
+    /// and where the MDS log stood.
     async fn call_uncached(
         &self,
         caller: &Caller,
         op: Op,
         budget: Duration,
-    ) -> Result<(R, Option<Attr>), CallError> {
+    ) -> Result<(R, Option<Attr>, ReplyLog), CallError> {
         let seq = if is_mutation(&op) {
             self.seq.fetch_add(1, Ordering::Relaxed)
         } else {
@@ -177,6 +220,7 @@ impl MdsClient {
             seq,
             caller: Some(caller.clone()),
             op: Some(op),
+            wait_durable: false,
         };
         let deadline = Instant::now() + budget;
         let mut backoff = Duration::from_millis(50);
@@ -194,7 +238,8 @@ impl MdsClient {
                 Ok(Ok(reply)) => {
                     let reply = reply.into_inner();
                     let parent = reply.parent_attr;
-                    return decode(reply).map(|r| (r, parent));
+                    let log = (reply.log_epoch, reply.log_index, reply.durable_index);
+                    return decode(reply).map(|r| (r, parent, log));
                 }
                 Ok(Err(status)) if mds_status_is_transient(&status) => status,
                 Ok(Err(status)) => {
@@ -213,6 +258,53 @@ impl MdsClient {
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Returns once `ino`'s changes by this mount are on disk in the MDS log
+    /// (no call when a reply already said so). EIO: the MDS lost one (it
+    /// restarted after a power loss).
+    pub async fn log_durable_for(&self, caller: &Caller, ino: u64) -> Result<(), Errno> {
+        let Some(pos) = self.log.lock().pending_for(ino) else {
+            return Ok(());
+        };
+        let r = self.sync_log(caller, pos).await;
+        if r.is_err() {
+            self.log.lock().lost_ino(ino);
+        }
+        r
+    }
+
+    /// Returns once every change by this mount is on disk in the MDS log.
+    pub async fn log_durable_all(&self, caller: &Caller) -> Result<(), Errno> {
+        let pending = self.log.lock().pending_all();
+        let mut first = Ok(());
+        for pos in pending {
+            if let Err(e) = self.sync_log(caller, pos).await {
+                self.log.lock().lost_all(pos);
+                first = first.and(Err(e));
+            }
+        }
+        first
+    }
+
+    async fn sync_log(&self, caller: &Caller, pos: LogPos) -> Result<(), Errno> {
+        let op = Op::SyncLog(SyncLogReq {
+            index: pos.index,
+            epoch: pos.epoch,
+        });
+        let (r, _, (epoch, index, durable)) = self
+            .call_uncached(caller, op, self.timeout)
+            .await
+            .map_err(Errno::from)?;
+        let mut log = self.log.lock();
+        log.reply(epoch, index, durable, &[]);
+        match r {
+            R::Empty(_) => {
+                log.synced(pos);
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -347,19 +439,19 @@ mod tests {
         let r = decode(MetaReply {
             errno: libc::ENOTEMPTY,
             result: None,
-            parent_attr: None,
+            ..Default::default()
         });
         assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::ENOTEMPTY));
         let r = decode(MetaReply {
             errno: 0,
             result: None,
-            parent_attr: None,
+            ..Default::default()
         });
         assert!(matches!(r, Err(CallError::Errno(e)) if e == Errno::EIO));
         let r = decode(MetaReply {
             errno: 0,
             result: Some(R::Empty(Empty {})),
-            parent_attr: None,
+            ..Default::default()
         });
         assert!(matches!(r, Ok(R::Empty(_))));
     }

@@ -463,38 +463,42 @@ impl Weft {
     }
 
     /// flush(2) on close of a descriptor: store the data, report any
-    /// write-back error this handle has not seen.
+    /// write-back error this handle has not seen, and wait until this mount's
+    /// changes to the inode (its creation, size, attributes) are on disk in
+    /// the MDS log.
     pub async fn flush_handle(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
-        let Some(st) = self.files.get(ino) else {
-            return Ok(());
-        };
-        let r = self.flush_file(&st).await;
-        let unseen = self.files.take_unseen_error(fh, &st);
-        r?;
-        unseen.map_or(Ok(()), Err)
+        if let Some(st) = self.files.get(ino) {
+            let r = self.flush_file(&st).await;
+            let unseen = self.files.take_unseen_error(fh, &st);
+            r?;
+            unseen.map_or(Ok(()), Err)?;
+        }
+        self.mds.log_durable_for(&Caller::default(), ino).await
     }
 
     /// fsync(2): store the data, then make every chunk written since the last
-    /// fsync durable on all its replicas; only then report success.
+    /// fsync durable on all its replicas, and every metadata change of this
+    /// mount durable in the MDS log (as ext4's journal commit does: a rename
+    /// or create before the fsync survives with it); only then report success.
     pub async fn fsync(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
-        let Some(st) = self.files.get(ino) else {
-            return Ok(());
-        };
-        // A failed flush has recorded its error already; a failed sync does here.
-        let r = match self.flush_file(&st).await {
-            Ok(()) => {
-                let r = self.sync_chunks(&st).await;
-                if let Err(e) = r {
-                    st.record_error(e);
+        if let Some(st) = self.files.get(ino) {
+            // A failed flush has recorded its error already; a failed sync does here.
+            let r = match self.flush_file(&st).await {
+                Ok(()) => {
+                    let r = self.sync_chunks(&st).await;
+                    if let Err(e) = r {
+                        st.record_error(e);
+                    }
+                    r
                 }
-                r
-            }
-            Err(e) => Err(e),
-        };
-        let unseen = self.files.take_unseen_error(fh, &st);
-        self.files.maybe_drop(ino);
-        r?;
-        unseen.map_or(Ok(()), Err)
+                Err(e) => Err(e),
+            };
+            let unseen = self.files.take_unseen_error(fh, &st);
+            self.files.maybe_drop(ino);
+            r?;
+            unseen.map_or(Ok(()), Err)?;
+        }
+        self.mds.log_durable_all(&Caller::default()).await
     }
 
     async fn sync_chunks(&self, st: &FileState) -> Result<(), Errno> {

@@ -2,11 +2,14 @@
 //!
 //! It takes every proposal waiting, and for each one decides (`prepare`),
 //! frames the record and applies it, all under the state's write lock; then it
-//! appends the whole batch to the log with a single fsync, and only then
-//! releases the lock and answers. So concurrent mutations share one fsync, no
-//! reader ever sees a change that is not yet on disk, and log order is apply
-//! order. A failed append leaves memory ahead of the disk, which cannot be
-//! undone: the MDS aborts and a restart replays exactly what is durable.
+//! writes the whole batch to the log (one write(2), into the page cache), and
+//! only then releases the lock and answers. So no reader ever sees a change
+//! that is not in the log (a kill -9 of the MDS loses nothing answered), and
+//! log order is apply order. The fdatasync is not waited for here: the sync
+//! thread (`wal::durable`) runs right behind, and a caller that promises
+//! durability (a client's fsync or close) waits for it. A failed write leaves
+//! memory ahead of the log, which cannot be undone: the MDS aborts and a
+//! restart replays exactly what is in the log.
 //!
 //! Checkpoints start here too, between batches, once `checkpoint_bytes` of
 //! log were written since the last one: roll the log to a fresh segment, copy
@@ -55,7 +58,7 @@ pub enum Proposal {
     },
 }
 
-/// Most proposals folded into one fsync.
+/// Most proposals folded into one write.
 const MAX_BATCH: usize = 1024;
 
 #[derive(Clone)]
@@ -122,13 +125,14 @@ fn run(
             answers.push((done, outcome));
         }
         if !frames.is_empty() {
-            if let Err(e) = log.append_sync(first_index, &frames) {
+            if let Err(e) = log.append(first_index, st.applied_index, &frames) {
                 tracing::error!("write-ahead log append failed, aborting so a restart replays what is durable: {e}");
                 std::process::abort();
             }
         }
         drop(st);
-        // Durable now: other mounts may drop what these changes made stale.
+        // In the log now (durable a moment later): other mounts may drop what
+        // these changes made stale, as they could read them already.
         hub.publish(events);
         if !freed.is_empty() {
             registry.lock().forget_chunks(&freed);

@@ -73,6 +73,10 @@ pub struct Config {
     /// Print every log record after the newest snapshot readably and exit.
     #[arg(long)]
     pub dump: bool,
+    /// Test hook: sleep this long before each log fdatasync, so tests can
+    /// see callers wait for durability.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub test_sync_delay_ms: u64,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -65,7 +65,7 @@ pub fn check(data: &Path) -> anyhow::Result<String> {
     if let Some((path, offset, bytes)) = &replayed.truncated_tail {
         writeln!(
             out,
-            "note: {}: a torn record of {bytes} bytes at offset {offset} (a crash mid-append, never acknowledged); the next start cuts it off",
+            "note: {}: a torn record of {bytes} bytes at offset {offset} (a power loss mid-sync: no fsync or close waited for it); the next start cuts it off",
             path.display()
         )?;
     }

@@ -95,7 +95,7 @@ pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<Sta
     let wal_dir = data.join("wal");
     let replayed = log::replay(&wal_dir, st.applied_index, repair)?;
     if let Some((path, offset, bytes)) = &replayed.truncated_tail {
-        tracing::warn!("{}: cut {bytes} bytes of a torn record at offset {offset} (a crash mid-append; never acknowledged)", path.display());
+        tracing::warn!("{}: cut {bytes} bytes of a torn record at offset {offset} (a power loss mid-sync: no fsync or close waited for it)", path.display());
     }
     if let Some(first) = replayed.frames.first() {
         if first.index != st.applied_index + 1 {
@@ -139,6 +139,13 @@ pub async fn run(
     fs::create_dir_all(&wal_dir)?;
     let state = recover(&cfg.data, format.chunk_size, true)?;
     let writer = LogWriter::open(&wal_dir, state.applied_index + 1)?;
+    let durability = writer.durability();
+    durability.start_sync_thread(std::time::Duration::from_millis(cfg.test_sync_delay_ms));
+    let log = crate::service::LogPosition {
+        durability: durability.clone(),
+        epoch: rand::random::<u64>() | 1,
+        recovered: state.applied_index,
+    };
     let orphans = state.ns.orphans();
     let sessions: Vec<u64> = state.sessions.ids().collect();
     let first_new_chunk = state.ns.next_chunk_id();
@@ -196,6 +203,7 @@ pub async fn run(
         ))),
         contacts: Default::default(),
         orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
+        log,
     };
     // Sessions known from the log get a full timeout from now to come back.
     crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
@@ -252,6 +260,9 @@ pub async fn run(
         .await?;
     // A clean stop leaves a snapshot, so the next start replays (almost) nothing.
     let st = state.read().await;
+    // Never let a snapshot cover entries the log does not hold on disk: a
+    // power loss could then cut the log short of it, leaving a gap after it.
+    durability.wait(st.applied_index).await;
     let t = Instant::now();
     match tokio::task::block_in_place(|| checkpointer.checkpoint(&st)) {
         Ok(d) => tracing::info!(

@@ -34,6 +34,41 @@ pub struct Mds {
     pub contacts: crate::sessions::Contacts,
     /// How long an unreferenced replica is left alone before it is deleted.
     pub orphan_grace: Duration,
+    /// How far the log is written and on disk (early replies).
+    pub log: LogPosition,
+}
+
+#[derive(Clone)]
+pub struct LogPosition {
+    pub durability: Arc<crate::wal::Durability>,
+    /// Random per MDS start: log indexes a client holds are only comparable
+    /// within one epoch.
+    pub epoch: u64,
+    /// The last entry replayed at start (on disk: the log is synced at open).
+    pub recovered: u64,
+}
+
+impl LogPosition {
+    /// SyncLog: Ok once `index` of `epoch` is on disk; EIO if that entry is
+    /// gone (from an earlier epoch and past what this start recovered: a
+    /// power loss took it).
+    pub async fn sync(&self, index: u64, epoch: u64) -> Outcome {
+        let index = if epoch == self.epoch {
+            // Never wait for an entry that does not exist yet.
+            index.min(self.durability.appended())
+        } else if index <= self.recovered {
+            index
+        } else {
+            tracing::warn!(
+                index,
+                recovered = self.recovered,
+                "a client waits for a log entry this MDS did not recover (lost in a crash)"
+            );
+            return Err(Errno::EIO);
+        };
+        self.durability.wait(index).await;
+        Ok(Reply::Empty(pb::Empty {}))
+    }
 }
 
 impl Mds {
@@ -50,6 +85,7 @@ impl Mds {
                 self.lock_op(session, op)
             }
             Op::GetChunks(g) => self.get_chunks(g).await,
+            Op::SyncLog(s) => self.log.sync(s.index, s.epoch).await,
             Op::Release(r) => {
                 self.committer
                     .propose(|done| Proposal::Release {
@@ -239,7 +275,14 @@ impl pb::meta_server::Meta for Mds {
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
         let parent = changed_dir(&op);
-        let reply = match self.dispatch(req.session, req.seq, caller, op).await {
+        let outcome = self.dispatch(req.session, req.seq, caller, op).await;
+        // The change (or the state a read saw) is at or below what is written now.
+        let log_index = self.log.durability.appended();
+        if req.wait_durable && outcome.is_ok() {
+            self.log.durability.wait(log_index).await;
+        }
+        let durable_index = self.log.durability.durable();
+        let reply = match outcome {
             Ok(result) => {
                 // Spares the client a GetAttr of the directory it just changed.
                 let parent_attr = match parent {
@@ -250,12 +293,18 @@ impl pb::meta_server::Meta for Mds {
                     errno: 0,
                     result: Some(result),
                     parent_attr,
+                    log_index,
+                    durable_index,
+                    log_epoch: self.log.epoch,
                 }
             }
             Err(e) => pb::MetaReply {
                 errno: e.code(),
                 result: None,
                 parent_attr: None,
+                log_index,
+                durable_index,
+                log_epoch: self.log.epoch,
             },
         };
         Ok(Response::new(reply))
@@ -349,6 +398,8 @@ impl pb::master_server::Master for Mds {
             copies_done: self.repair.done(),
             copied_bytes: self.repair.bytes(),
             rebalancing: self.repair.rebalancing(),
+            log_appended_index: self.log.durability.appended(),
+            log_durable_index: self.log.durability.durable(),
         }))
     }
 

@@ -46,7 +46,7 @@ impl Sessions {
         let msg = pb::MetaReply {
             errno: 0,
             result: Some(reply.clone()),
-            parent_attr: None,
+            ..Default::default()
         };
         log.insert(seq, msg.encode_to_vec());
         while log.len() > REPLIES_PER_SESSION {

@@ -163,6 +163,7 @@ impl RawMeta {
             seq,
             caller: Some(pb::Caller::default()),
             op: Some(op),
+            wait_durable: false,
         };
         let reply = self
             .client

@@ -4,14 +4,18 @@
 //! named for the index of its first entry (zero-padded, so names sort); only
 //! the last segment is ever appended to. Replay trusts nothing it has not
 //! checksummed: a torn frame at the very tail of the last segment is the
-//! signature of a crash mid-append and is cut off (it was never acknowledged);
-//! damage anywhere else means the disk lost acknowledged data, and replay
-//! refuses to start rather than silently dropping it.
+//! signature of a power loss mid-sync and is cut off (no fsync or close waited
+//! for it); damage anywhere else means the disk lost data it had synced, and
+//! replay refuses to start rather than silently dropping it. Every segment but
+//! the last was synced whole before the next one was started.
 
 use super::codec::{self, Decoded, Frame};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::durable::Durability;
 
 /// Roll to a new segment past this size.
 pub const SEGMENT_TARGET: u64 = 64 << 20;
@@ -181,18 +185,25 @@ fn frame_end(buf: &[u8]) -> Option<usize> {
 }
 
 /// Appends frames to the last segment, rolling to a new one when it grows big.
+/// Appends go to the page cache; `Durability` (shared with the sync thread)
+/// says how far they are on disk.
 pub struct LogWriter {
     dir: PathBuf,
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     size: u64,
+    /// Index of the last entry written.
+    last_index: u64,
+    durability: Arc<Durability>,
 }
 
 impl LogWriter {
     /// Opens the log for appending after replay; `next_index` is the index the
-    /// next entry will carry.
+    /// next entry will carry. The last segment is synced first: after a kill -9
+    /// replay may have read entries that were still only in the page cache.
     pub fn open(dir: &Path, next_index: u64) -> Result<Self, WalError> {
         let segs = list_segments(dir)?;
+        let last_index = next_index - 1;
         match segs.last() {
             Some((_, path)) => {
                 let mut file = OpenOptions::new()
@@ -201,18 +212,37 @@ impl LogWriter {
                     .open(path)
                     .map_err(io_err(path))?;
                 let size = file.seek(SeekFrom::End(0)).map_err(io_err(path))?;
+                file.sync_data().map_err(io_err(path))?;
+                let file = Arc::new(file);
                 Ok(LogWriter {
                     dir: dir.to_path_buf(),
+                    durability: Durability::new(file.clone(), last_index),
                     file,
                     path: path.clone(),
                     size,
+                    last_index,
                 })
             }
-            None => Self::create_segment(dir, next_index),
+            None => {
+                let (file, path) = Self::create_segment(dir, next_index)?;
+                Ok(LogWriter {
+                    dir: dir.to_path_buf(),
+                    durability: Durability::new(file.clone(), last_index),
+                    file,
+                    path,
+                    size: codec::SEGMENT_HEADER_LEN as u64,
+                    last_index,
+                })
+            }
         }
     }
 
-    fn create_segment(dir: &Path, first_index: u64) -> Result<Self, WalError> {
+    /// Shared with the sync thread and whoever waits for durability.
+    pub fn durability(&self) -> Arc<Durability> {
+        self.durability.clone()
+    }
+
+    fn create_segment(dir: &Path, first_index: u64) -> Result<(Arc<File>, PathBuf), WalError> {
         let path = dir.join(segment_name(first_index));
         let mut file = OpenOptions::new()
             .create_new(true)
@@ -224,24 +254,51 @@ impl LogWriter {
             .map_err(io_err(&path))?;
         file.sync_all().map_err(io_err(&path))?;
         sync_dir(dir)?;
-        Ok(LogWriter {
-            dir: dir.to_path_buf(),
-            file,
-            path,
-            size: codec::SEGMENT_HEADER_LEN as u64,
-        })
+        Ok((Arc::new(file), path))
     }
 
-    /// Appends already-framed bytes whose first entry is `first_index`, and
-    /// makes them durable before returning.
-    pub fn append_sync(&mut self, first_index: u64, bytes: &[u8]) -> Result<(), WalError> {
+    /// Moves on to a new segment for `first_index`. The current one is synced
+    /// first: replay trusts only the tail of the last segment to be torn.
+    fn next_segment(&mut self, first_index: u64) -> Result<(), WalError> {
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.durability.synced(self.last_index);
+        let (file, path) = Self::create_segment(&self.dir, first_index)?;
+        self.file = file;
+        self.path = path;
+        self.size = codec::SEGMENT_HEADER_LEN as u64;
+        Ok(())
+    }
+
+    /// Writes already-framed bytes holding entries `first_index..=last_index`
+    /// to the log (the page cache); the sync thread makes them durable.
+    pub fn append(
+        &mut self,
+        first_index: u64,
+        last_index: u64,
+        bytes: &[u8],
+    ) -> Result<(), WalError> {
         // Roll only a segment that holds entries: a fresh one is named for `first_index` already.
         if self.size >= SEGMENT_TARGET && self.size > codec::SEGMENT_HEADER_LEN as u64 {
-            *self = Self::create_segment(&self.dir, first_index)?;
+            self.next_segment(first_index)?;
         }
-        self.file.write_all(bytes).map_err(io_err(&self.path))?;
-        self.file.sync_data().map_err(io_err(&self.path))?;
+        (&*self.file).write_all(bytes).map_err(io_err(&self.path))?;
         self.size += bytes.len() as u64;
+        self.last_index = last_index;
+        self.durability.wrote(&self.file, last_index);
+        Ok(())
+    }
+
+    /// `append`, then fdatasync before returning (tools and tests).
+    pub fn append_sync(&mut self, first_index: u64, bytes: &[u8]) -> Result<(), WalError> {
+        let mut last = first_index;
+        let mut off = 0;
+        while let Decoded::Frame(f, n) = codec::decode_frame(&bytes[off..]) {
+            last = f.index;
+            off += n;
+        }
+        self.append(first_index, last, bytes)?;
+        self.file.sync_data().map_err(io_err(&self.path))?;
+        self.durability.synced(last);
         Ok(())
     }
 
@@ -252,9 +309,11 @@ impl LogWriter {
 
     /// Starts a new segment for `next_index` if the current one holds entries,
     /// so a checkpoint at `next_index - 1` covers every older segment whole.
+    /// Everything before `next_index` is durable afterwards, so a snapshot
+    /// never covers more than the log holds on disk.
     pub fn roll(&mut self, next_index: u64) -> Result<(), WalError> {
         if self.size > codec::SEGMENT_HEADER_LEN as u64 {
-            *self = Self::create_segment(&self.dir, next_index)?;
+            self.next_segment(next_index)?;
         }
         Ok(())
     }
