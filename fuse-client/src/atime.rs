@@ -6,7 +6,8 @@
 //! (default: update when atime is not after mtime/ctime or a day old, as
 //! Linux does), strictatime (every read), noatime (never).
 //!
-//! Updates run in the background (a read never waits for one) and at most
+//! Updates run in the background (a read never waits for one, but a getattr
+//! of the inode does, so a stat right after a read shows it) and at most
 //! one per inode is in flight; under relatime the cached attributes filter
 //! out reads that need no update, so a file read many times costs at most
 //! one MDS call per attribute-cache period.
@@ -37,6 +38,8 @@ const DAY_SECS: i64 = 24 * 60 * 60;
 pub struct Atime {
     pub mode: AtimeMode,
     in_flight: Mutex<HashSet<u64>>,
+    /// Signalled whenever an update finishes.
+    done: tokio::sync::Notify,
 }
 
 impl Atime {
@@ -44,6 +47,7 @@ impl Atime {
         Atime {
             mode,
             in_flight: Mutex::default(),
+            done: tokio::sync::Notify::new(),
         }
     }
 }
@@ -59,6 +63,25 @@ fn relatime_due(a: &Attr, now_sec: i64) -> bool {
 }
 
 impl Weft {
+    /// Whether an atime update of `ino` is on its way to the MDS.
+    pub fn atime_in_flight(&self, ino: u64) -> bool {
+        self.atime.in_flight.lock().contains(&ino)
+    }
+
+    /// Returns once no atime update of `ino` is in flight, so attributes
+    /// fetched next include it.
+    pub async fn wait_atime(&self, ino: u64) {
+        loop {
+            let done = self.atime.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.atime_in_flight(ino) {
+                return;
+            }
+            done.await;
+        }
+    }
+
     /// Called after a successful read or readdir of `ino`.
     pub fn touch_atime(self: &Arc<Self>, c: &Caller, ino: u64) {
         let how = match self.atime.mode {
@@ -93,6 +116,7 @@ impl Weft {
                 tracing::debug!(ino, error = %e, "atime update failed");
             }
             w.atime.in_flight.lock().remove(&ino);
+            w.atime.done.notify_waiters();
         });
     }
 }

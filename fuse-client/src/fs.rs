@@ -194,11 +194,17 @@ impl Filesystem for WeftFs {
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         // E.g. the directory a create just changed, checked for permission
         // on the next path walk: no hand-off, no round trip.
-        if let Some(a) = self.w.getattr_cached(ino.0) {
-            reply.attr(&self.w.kernel.attr_ttl(), &a);
-            return;
+        let atime_pending = self.w.atime_in_flight(ino.0);
+        if !atime_pending {
+            if let Some(a) = self.w.getattr_cached(ino.0) {
+                reply.attr(&self.w.kernel.attr_ttl(), &a);
+                return;
+            }
         }
         self.spawn(req, move |w, c| async move {
+            // A read's atime update still on its way: stat shows it (the
+            // kernel asks again after every read, for the atime).
+            w.wait_atime(ino.0).await;
             match w.getattr(&c, ino.0).await {
                 Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
                 // fstat of a directory removed while open: the kernel asks by
@@ -422,17 +428,19 @@ impl Filesystem for WeftFs {
         {
             let _rt = self.rt.enter();
             if let Some(d) = self.w.read_now(ino.0, offset, size) {
-                reply.data(&d);
+                // Before the reply: a stat right after the read must find
+                // the update in flight and wait for it (getattr).
                 let c = self.w.caller(req.uid(), req.gid(), req.pid());
                 self.w.touch_atime(&c, ino.0);
+                reply.data(&d);
                 return;
             }
         }
         self.spawn(req, move |w, c| async move {
             match w.read(&c, ino.0, offset, size).await {
                 Ok(d) => {
-                    reply.data(&d);
                     w.touch_atime(&c, ino.0);
+                    reply.data(&d);
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }

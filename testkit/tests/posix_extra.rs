@@ -200,6 +200,22 @@ fn atime_relatime_noatime_strictatime() {
     );
 }
 
+/// generic/003: a stat right after a read already shows the read's atime
+/// (the update is sent in the background; a getattr waits for it).
+#[test]
+fn stat_right_after_a_read_shows_its_atime() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    for round in 0..20 {
+        fs::write(&p, format!("round {round}")).unwrap();
+        let before = atime(&p);
+        std::thread::sleep(Duration::from_millis(20));
+        read(&p);
+        assert!(atime(&p) > before, "round {round}: atime not updated yet");
+    }
+}
+
 fn seek(f: &File, offset: i64, whence: i32) -> Result<i64, i32> {
     let r = unsafe { libc::lseek(f.as_raw_fd(), offset, whence) };
     if r >= 0 {
