@@ -124,7 +124,12 @@ impl Weft {
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,
-            kernel: KernelCache::new(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout),
+            kernel: KernelCache::new(
+                opts.attr_timeout,
+                opts.entry_timeout,
+                opts.cache_timeout,
+                opts.strict,
+            ),
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
@@ -185,6 +190,9 @@ impl Weft {
 
     /// A lookup answered from weftfs's own cache (cache/meta.rs), if it can be.
     pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<FileAttr, Errno>> {
+        if !self.kernel.trusted() {
+            return None;
+        }
         match self.mds.meta.lookup(parent, name)? {
             Found::Attr(a) => Some(Ok(self.fattr(&a))),
             Found::Absent => Some(Err(Errno::ENOENT)),
@@ -193,6 +201,9 @@ impl Weft {
 
     /// getattr answered from weftfs's own cache (cache/meta.rs), if it can be.
     pub fn getattr_cached(&self, ino: u64) -> Option<FileAttr> {
+        if !self.kernel.trusted() {
+            return None;
+        }
         let a = self.mds.meta.getattr(ino)?;
         Some(self.fattr(&a))
     }
@@ -391,7 +402,7 @@ impl Weft {
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
-        if self.mds.meta.xattr_absent(ino, &name) {
+        if self.kernel.trusted() && self.mds.meta.xattr_absent(ino, &name) {
             return Err(Errno::ENODATA);
         }
         let t = self.mds.meta.ticket();

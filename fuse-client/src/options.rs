@@ -88,6 +88,9 @@ pub struct MountOpts {
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
     pub data_cache_mib: u64,
+    /// Strict coherence: another mount's change returns only after this
+    /// mount's caches and the kernel's dropped it (cache/coherence.rs).
+    pub strict: bool,
     /// Honour device nodes / setuid bits (mount.fuse3 passes `dev,suid` when
     /// root mounts); without them the mount is nodev,nosuid.
     pub dev: bool,
@@ -112,6 +115,7 @@ impl Default for MountOpts {
             cache_timeout: Duration::from_secs(60),
             readahead_kb: 8192,
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
+            strict: false,
             log: None,
             log_level: None,
             dev: false,
@@ -194,6 +198,10 @@ options honoured:
   cache_timeout=SECS   how long the kernel caches names and attributes while
                        the MDS's change pushes are live (default 60; 0: use
                        attr_timeout/entry_timeout always)
+  strict               strict coherence: another mount's rename, unlink, chmod
+                       or create returns only once this mount (and its kernel)
+                       dropped what it changed, or after at most 1 s if this
+                       mount stops answering; kernel TTLs are then at most 1 s
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
   data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
                        it off); dropped per file when another mount changes it
@@ -379,6 +387,10 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "nosubtype" => {
             flag(value)?;
             opts.nosubtype = true
+        }
+        "strict" => {
+            flag(value)?;
+            opts.strict = true
         }
         "fsname" => opts.fsname = Some(need(value)?),
         "subtype" => opts.subtype = Some(need(value)?),
@@ -589,6 +601,7 @@ mod tests {
             "attr_timeout",
             "entry_timeout",
             "cache_timeout",
+            "strict ",
             "log=",
             "log_level",
             "allow_other",
