@@ -115,12 +115,18 @@ impl Weft {
             session = mds.session(),
             "connected to the MDS"
         );
+        let mut data = crate::cache::DataCache::new(opts.data_cache_mib << 20);
+        if let Some(dir) = &opts.disk_cache {
+            let disk = crate::cache::disk::DiskCache::open(dir, opts.disk_cache_mib << 20)
+                .map_err(|e| format!("cannot use {} as the disk cache: {e}", dir.display()))?;
+            data = data.with_disk(disk);
+        }
         let weft = Arc::new(Weft {
             mds,
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
             locs: ChunkLocCache::new(65536),
-            data: crate::cache::DataCache::new(opts.data_cache_mib << 20),
+            data,
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,

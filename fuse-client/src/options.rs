@@ -88,6 +88,10 @@ pub struct MountOpts {
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
     pub data_cache_mib: u64,
+    /// A directory for the data cache's local-disk tier (cache/disk.rs).
+    pub disk_cache: Option<PathBuf>,
+    /// MiB the disk tier may fill.
+    pub disk_cache_mib: u64,
     /// Strict coherence: another mount's change returns only after this
     /// mount's caches and the kernel's dropped it (cache/coherence.rs).
     pub strict: bool,
@@ -115,6 +119,8 @@ impl Default for MountOpts {
             cache_timeout: Duration::from_secs(60),
             readahead_kb: 8192,
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
+            disk_cache: None,
+            disk_cache_mib: 1024,
             strict: false,
             log: None,
             log_level: None,
@@ -205,6 +211,9 @@ options honoured:
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
   data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
                        it off); dropped per file when another mount changes it
+  disk_cache=DIR       also keep cached blocks in files under DIR (emptied of
+                       them at mount; one mount per DIR; needs data_cache > 0)
+  disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
   log=PATH             append logs to PATH
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
@@ -412,6 +421,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
                 why: format!("'{v}' is not a number of MiB"),
             })?
         }
+        "disk_cache" => opts.disk_cache = Some(PathBuf::from(need(value)?)),
+        "disk_cache_size" => {
+            let v = need(value)?;
+            opts.disk_cache_mib = v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not a number of MiB"),
+            })?
+        }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),
         "log_level" => opts.log_level = Some(need(value)?),
         // fstab annotations for other tools (systemd, mount(8) comments).
@@ -602,6 +619,8 @@ mod tests {
             "entry_timeout",
             "cache_timeout",
             "strict ",
+            "disk_cache=",
+            "disk_cache_size=",
             "log=",
             "log_level",
             "allow_other",
