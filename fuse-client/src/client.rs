@@ -116,16 +116,27 @@ impl Weft {
             session = mds.session(),
             "connected to the MDS"
         );
+        let mut data = crate::cache::DataCache::new(opts.data_cache_mib << 20);
+        if let Some(dir) = &opts.disk_cache {
+            let disk = crate::cache::disk::DiskCache::open(dir, opts.disk_cache_mib << 20)
+                .map_err(|e| format!("cannot use {} as the disk cache: {e}", dir.display()))?;
+            data = data.with_disk(disk);
+        }
         let weft = Arc::new(Weft {
             mds,
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
             attrs: AttrCache::new(opts.attr_timeout, 65536),
             locs: ChunkLocCache::new(65536),
-            data: crate::cache::DataCache::new(opts.data_cache_mib << 20),
+            data,
             files: OpenFiles::new(chunk_size),
             groups: GroupCache::default(),
             chunk_size,
-            kernel: KernelCache::new(opts.attr_timeout, opts.entry_timeout, opts.cache_timeout),
+            kernel: KernelCache::new(
+                opts.attr_timeout,
+                opts.entry_timeout,
+                opts.cache_timeout,
+                opts.strict,
+            ),
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
             pending_releases: Default::default(),
@@ -187,6 +198,9 @@ impl Weft {
 
     /// A lookup answered from weftfs's own cache (cache/meta.rs), if it can be.
     pub fn lookup_cached(&self, parent: u64, name: &[u8]) -> Option<Result<FileAttr, Errno>> {
+        if !self.kernel.trusted() {
+            return None;
+        }
         match self.mds.meta.lookup(parent, name)? {
             Found::Attr(a) => Some(Ok(self.fattr(&a))),
             Found::Absent => Some(Err(Errno::ENOENT)),
@@ -195,6 +209,9 @@ impl Weft {
 
     /// getattr answered from weftfs's own cache (cache/meta.rs), if it can be.
     pub fn getattr_cached(&self, ino: u64) -> Option<FileAttr> {
+        if !self.kernel.trusted() {
+            return None;
+        }
         let a = self.mds.meta.getattr(ino)?;
         Some(self.fattr(&a))
     }
@@ -394,7 +411,7 @@ impl Weft {
 
     pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
-        if self.mds.meta.xattr_absent(ino, &name) {
+        if self.kernel.trusted() && self.mds.meta.xattr_absent(ino, &name) {
             return Err(Errno::ENODATA);
         }
         let t = self.mds.meta.ticket();

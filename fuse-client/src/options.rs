@@ -88,6 +88,13 @@ pub struct MountOpts {
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
     pub data_cache_mib: u64,
+    /// A directory for the data cache's local-disk tier (cache/disk.rs).
+    pub disk_cache: Option<PathBuf>,
+    /// MiB the disk tier may fill.
+    pub disk_cache_mib: u64,
+    /// Strict coherence: another mount's change returns only after this
+    /// mount's caches and the kernel's dropped it (cache/coherence.rs).
+    pub strict: bool,
     /// Honour device nodes / setuid bits (mount.fuse3 passes `dev,suid` when
     /// root mounts); without them the mount is nodev,nosuid.
     pub dev: bool,
@@ -112,6 +119,9 @@ impl Default for MountOpts {
             cache_timeout: Duration::from_secs(60),
             readahead_kb: 8192,
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
+            disk_cache: None,
+            disk_cache_mib: 1024,
+            strict: false,
             log: None,
             log_level: None,
             dev: false,
@@ -194,9 +204,16 @@ options honoured:
   cache_timeout=SECS   how long the kernel caches names and attributes while
                        the MDS's change pushes are live (default 60; 0: use
                        attr_timeout/entry_timeout always)
+  strict               strict coherence: another mount's rename, unlink, chmod
+                       or create returns only once this mount (and its kernel)
+                       dropped what it changed, or after at most 1 s if this
+                       mount stops answering; kernel TTLs are then at most 1 s
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
   data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
                        it off); dropped per file when another mount changes it
+  disk_cache=DIR       also keep cached blocks in files under DIR (emptied of
+                       them at mount; one mount per DIR; needs data_cache > 0)
+  disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
   log=PATH             append logs to PATH
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
@@ -380,6 +397,10 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             flag(value)?;
             opts.nosubtype = true
         }
+        "strict" => {
+            flag(value)?;
+            opts.strict = true
+        }
         "fsname" => opts.fsname = Some(need(value)?),
         "subtype" => opts.subtype = Some(need(value)?),
         "mds_timeout" => opts.mds_timeout = seconds(key, &need(value)?)?,
@@ -396,6 +417,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "data_cache" => {
             let v = need(value)?;
             opts.data_cache_mib = v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not a number of MiB"),
+            })?
+        }
+        "disk_cache" => opts.disk_cache = Some(PathBuf::from(need(value)?)),
+        "disk_cache_size" => {
+            let v = need(value)?;
+            opts.disk_cache_mib = v.parse().map_err(|_| ArgError::BadValue {
                 option: key.to_string(),
                 why: format!("'{v}' is not a number of MiB"),
             })?
@@ -589,6 +618,9 @@ mod tests {
             "attr_timeout",
             "entry_timeout",
             "cache_timeout",
+            "strict ",
+            "disk_cache=",
+            "disk_cache_size=",
             "log=",
             "log_level",
             "allow_other",

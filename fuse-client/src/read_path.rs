@@ -234,6 +234,13 @@ impl Weft {
             return Ok((d, None));
         }
         let cs = self.chunk_size;
+        if let Some(d) = self
+            .data
+            .disk_piece(ino, loc.chunk_id, loc.version, off, len, cs)
+            .await
+        {
+            return Ok((d, None));
+        }
         let key = |block| BlockKey {
             ino,
             chunk_id: loc.chunk_id,

@@ -75,9 +75,11 @@ impl Committer {
         checkpoints: Option<(Arc<Checkpointer>, u64)>,
     ) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        // Answers that wait for strict mounts' acks are sent from tasks here.
+        let rt = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("wal-commit".into())
-            .spawn(move || run(rx, state, log, registry, hub, checkpoints))
+            .spawn(move || run(rx, state, log, registry, hub, checkpoints, rt))
             .expect("spawn the commit thread");
         Committer { tx }
     }
@@ -101,6 +103,7 @@ fn run(
     registry: Arc<Mutex<Registry>>,
     hub: Arc<Hub>,
     checkpoints: Option<(Arc<Checkpointer>, u64)>,
+    rt: tokio::runtime::Handle,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut frames = Vec::new();
@@ -121,8 +124,14 @@ fn run(
         let mut events = Vec::new();
         frames.clear();
         for p in batch.drain(..) {
+            let first_event = events.len();
             let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events);
-            answers.push((done, outcome));
+            // Whose change other mounts must see before this answer (strict mode).
+            let origin = events[first_event..]
+                .iter()
+                .find(|e| !e.items.is_empty())
+                .map(|e| e.origin);
+            answers.push((done, outcome, origin));
         }
         if !frames.is_empty() {
             if let Err(e) = log.append(first_index, st.applied_index, &frames) {
@@ -133,12 +142,25 @@ fn run(
         drop(st);
         // In the log now (durable a moment later): other mounts may drop what
         // these changes made stale, as they could read them already.
-        hub.publish(events);
+        let seq = hub.publish(events);
         if !freed.is_empty() {
             registry.lock().forget_chunks(&freed);
         }
-        for (done, outcome) in answers {
-            let _ = done.send(outcome);
+        for (done, outcome, origin) in answers {
+            match origin {
+                // Strict mounts drop their copies first; the wait holds no
+                // lock and delays no other batch.
+                Some(origin) if hub.must_wait(seq, origin) => {
+                    let hub = hub.clone();
+                    rt.spawn(async move {
+                        hub.wait(seq, origin).await;
+                        let _ = done.send(outcome);
+                    });
+                }
+                _ => {
+                    let _ = done.send(outcome);
+                }
+            }
         }
         since_checkpoint += frames.len() as u64;
         if let Some((cp, every)) = &checkpoints {

@@ -15,6 +15,7 @@
 //! - `inspect`    `--check` and `--dump`: offline views of a data directory
 //! - `server`     startup: data dir, lock, snapshot + replay, serve
 //! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
+//! - `strict`     which mutations wait for strict mounts' acknowledgements
 
 pub mod chunkds;
 pub mod committer;
@@ -30,5 +31,6 @@ pub mod service;
 pub mod sessions;
 pub mod snapshot;
 pub mod state;
+pub mod strict;
 pub mod wal;
 pub mod watch;

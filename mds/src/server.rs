@@ -149,10 +149,12 @@ pub async fn run(
     let orphans = state.ns.orphans();
     let sessions: Vec<u64> = state.sessions.ids().collect();
     let first_new_chunk = state.ns.next_chunk_id();
+    // Mounts of a previous run may hold strict-mode trust leases.
+    let restarted = state.applied_index > 0;
     let state = Arc::new(RwLock::new(state));
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
     registry.lock().set_fresh_from(first_new_chunk);
-    let hub = Arc::new(crate::watch::Hub::default());
+    let hub = Arc::new(crate::watch::Hub::new(restarted));
     let checkpointer = Checkpointer::new(&cfg.data);
     let committer = Committer::start(
         state.clone(),

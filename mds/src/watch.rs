@@ -12,12 +12,15 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
-use tokio::sync::broadcast;
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, Notify};
 use tokio_stream::{Stream, StreamExt};
 use weft_proto::pb;
 
 use crate::ns::Record;
+use crate::strict::{Table, LEASE};
 
 /// Batches a slow watcher may lag before it is told `overflow`.
 const CHANNEL: usize = 4096;
@@ -34,56 +37,147 @@ pub struct Event {
     pub items: Vec<pb::Invalidation>,
 }
 
+type Batch = Arc<(u64, Vec<Event>)>;
+
 pub struct Hub {
-    tx: broadcast::Sender<Arc<Vec<Event>>>,
+    tx: broadcast::Sender<Batch>,
+    /// Strict watchers (strict.rs). Publishing and subscribing happen under
+    /// this lock, so a watcher owes exactly the batches its stream carries.
+    strict: Mutex<Table>,
+    acked: Notify,
 }
 
 impl Default for Hub {
     fn default() -> Self {
-        Hub {
-            tx: broadcast::channel(CHANNEL).0,
-        }
+        Hub::new(false)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
+
+/// Marks a strict watch ended when its stream is dropped.
+struct Registered {
+    hub: Arc<Hub>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.hub.strict.lock().gone(self.id);
     }
 }
 
 impl Hub {
-    /// Called by the committer after the batch is durable.
-    pub fn publish(&self, events: Vec<Event>) {
-        if !events.is_empty() && self.tx.receiver_count() > 0 {
-            let _ = self.tx.send(Arc::new(events));
+    /// `restarted`: the MDS recovered state, so strict mounts of its previous
+    /// run may still trust their caches for up to one lease.
+    pub fn new(restarted: bool) -> Self {
+        Hub {
+            tx: broadcast::channel(CHANNEL).0,
+            strict: Mutex::new(Table::new(Instant::now(), restarted)),
+            acked: Notify::new(),
         }
     }
 
-    /// The stream of invalidations for `session`: everyone's changes but its own.
-    pub fn watch(
-        &self,
-        session: u64,
-    ) -> Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>> {
-        let rx = tokio_stream::wrappers::BroadcastStream::new(self.tx.subscribe());
+    /// Called by the committer after the batch is durable. Returns the batch
+    /// number, for `must_wait`.
+    pub fn publish(&self, events: Vec<Event>) -> u64 {
+        let origins: Vec<u64> = events
+            .iter()
+            .filter(|e| !e.items.is_empty())
+            .map(|e| e.origin)
+            .collect();
+        let mut table = self.strict.lock();
+        if origins.is_empty() {
+            return 0;
+        }
+        let seq = table.publish(&origins, Instant::now());
+        if self.tx.receiver_count() > 0 {
+            let _ = self.tx.send(Arc::new((seq, events)));
+        }
+        seq
+    }
+
+    /// Whether the answer to `origin`'s change in batch `seq` must wait for
+    /// strict watchers (then `wait`, off the commit thread).
+    pub fn must_wait(&self, seq: u64, origin: u64) -> bool {
+        let now = Instant::now();
+        let table = self.strict.lock();
+        seq != 0 && table.any(now) && table.pending(seq, origin, now).is_some()
+    }
+
+    /// Until every strict watcher of another session acknowledged batch `seq`
+    /// or its lease ran out.
+    pub async fn wait(&self, seq: u64, origin: u64) {
+        loop {
+            let notified = self.acked.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let Some(until) = self.strict.lock().pending(seq, origin, Instant::now()) else {
+                return;
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+
+    /// A strict watcher acknowledged every batch up to `seq`.
+    pub fn ack(&self, watcher: u64, seq: u64) -> bool {
+        let granted = self.strict.lock().ack(watcher, seq, Instant::now());
+        self.acked.notify_waiters();
+        granted
+    }
+
+    /// The stream of invalidations for `session`: everyone's changes but its
+    /// own. A strict watch's messages carry its id and batch numbers.
+    pub fn watch(self: &Arc<Self>, session: u64, strict: bool) -> WatchStream {
+        let (rx, registered) = {
+            let mut table = self.strict.lock();
+            let rx = self.tx.subscribe();
+            let registered = strict.then(|| Registered {
+                hub: self.clone(),
+                id: table.register(session, Instant::now()),
+            });
+            (rx, registered)
+        };
+        let watcher = registered.as_ref().map_or(0, |r| r.id);
+        let rx = tokio_stream::wrappers::BroadcastStream::new(rx);
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ticks = tokio_stream::wrappers::IntervalStream::new(tick).map(|_| {
+        let ticks = tokio_stream::wrappers::IntervalStream::new(tick).map(move |_| {
             Ok(pb::Invalidations {
                 items: vec![],
                 overflow: false,
+                seq: 0,
+                watcher,
             })
         });
-        let changes = rx.filter_map(move |r| match r {
-            Ok(batch) => {
-                let items: Vec<_> = batch
-                    .iter()
-                    .filter(|e| e.origin != session)
-                    .flat_map(|e| e.items.iter().cloned())
-                    .collect();
-                (!items.is_empty()).then_some(Ok(pb::Invalidations {
-                    items,
-                    overflow: false,
-                }))
+        let changes = rx.filter_map(move |r| {
+            // Lives as long as the stream.
+            let _ = &registered;
+            match r {
+                Ok(batch) => {
+                    let (seq, events) = &*batch;
+                    let items: Vec<_> = events
+                        .iter()
+                        .filter(|e| e.origin != session)
+                        .flat_map(|e| e.items.iter().cloned())
+                        .collect();
+                    (!items.is_empty()).then_some(Ok(pb::Invalidations {
+                        items,
+                        overflow: false,
+                        seq: *seq,
+                        watcher,
+                    }))
+                }
+                Err(_lagged) => Some(Ok(pb::Invalidations {
+                    items: vec![],
+                    overflow: true,
+                    seq: 0,
+                    watcher,
+                })),
             }
-            Err(_lagged) => Some(Ok(pb::Invalidations {
-                items: vec![],
-                overflow: true,
-            })),
         });
         Box::pin(changes.merge(ticks))
     }
@@ -94,13 +188,25 @@ pub struct Service(pub Arc<Hub>);
 
 #[tonic::async_trait]
 impl pb::coherence_server::Coherence for Service {
-    type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
+    type WatchStream = WatchStream;
 
     async fn watch(
         &self,
         req: tonic::Request<pb::WatchReq>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        Ok(tonic::Response::new(self.0.watch(req.into_inner().session)))
+        let r = req.into_inner();
+        Ok(tonic::Response::new(self.0.watch(r.session, r.strict)))
+    }
+
+    async fn ack(
+        &self,
+        req: tonic::Request<pb::AckReq>,
+    ) -> Result<tonic::Response<pb::AckReply>, tonic::Status> {
+        let r = req.into_inner();
+        Ok(tonic::Response::new(pb::AckReply {
+            granted: self.0.ack(r.watcher, r.seq),
+            lease_ms: LEASE.as_millis() as u64,
+        }))
     }
 }
 
@@ -205,8 +311,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_sees_others_changes_not_its_own() {
-        let hub = Hub::default();
-        let mut s = hub.watch(7);
+        let hub = Arc::new(Hub::default());
+        let mut s = hub.watch(7, false);
         hub.publish(vec![Event {
             origin: 7,
             items: vec![inode(5, true)],
@@ -223,5 +329,41 @@ mod tests {
             }
         };
         assert_eq!(got.items, vec![inode(6, false)]);
+    }
+
+    #[tokio::test]
+    async fn a_change_is_answered_after_the_strict_watcher_acks_it() {
+        let hub = Arc::new(Hub::default());
+        let mut s = hub.watch(2, true);
+        let first = s.next().await.unwrap().unwrap();
+        let id = first.watcher;
+        assert!(
+            id != 0 && hub.ack(id, 0),
+            "a strict watch gets an id and a lease"
+        );
+        let seq = hub.publish(vec![Event {
+            origin: 1,
+            items: vec![inode(6, false)],
+        }]);
+        assert!(hub.must_wait(seq, 1));
+        assert!(!hub.must_wait(seq, 2), "never for its own change");
+        let waiting = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.wait(seq, 1).await }
+        });
+        let got = loop {
+            let b = s.next().await.unwrap().unwrap();
+            if !b.items.is_empty() {
+                break b;
+            }
+        };
+        assert_eq!(got.seq, seq);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "answered before the ack");
+        assert!(hub.ack(id, seq));
+        tokio::time::timeout(std::time::Duration::from_millis(500), waiting)
+            .await
+            .expect("answered once acked")
+            .unwrap();
     }
 }

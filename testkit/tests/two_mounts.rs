@@ -330,3 +330,128 @@ fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
         !b.join("d/g").exists()
     });
 }
+
+/// Strict mode: the MDS answers A's change only after B (mounted `strict`)
+/// dropped its copies and its kernel's, so B sees each change as soon as A's
+/// call returns — checked at once, with no poll and no sleep, after B cached
+/// the old state (the name absent, the old mode, the old name).
+#[test]
+fn a_strict_mount_sees_each_change_before_the_call_returns() {
+    let mut tc = TestCluster::start(2, MIB);
+    let a = tc.mount();
+    let b = tc.mount_with(&["strict"]);
+    fs::create_dir(a.join("d")).unwrap();
+    visible_within("mkdir", || b.join("d").is_dir());
+    for round in 0..30 {
+        let (name, other) = (format!("d/n{round}"), format!("d/m{round}"));
+        // create: B cached the absence.
+        assert!(!b.join(&name).exists(), "round {round}");
+        write_file(&a.join(&name), b"x");
+        assert!(
+            b.join(&name).exists(),
+            "round {round}: create not visible on B"
+        );
+
+        // chmod: B cached the mode.
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&b.join(&name)), 0o644, "round {round}");
+        fs::set_permissions(a.join(&name), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            mode(&b.join(&name)),
+            0o600,
+            "round {round}: chmod not visible on B"
+        );
+
+        // rename: B cached the old name and the absence of the new one.
+        assert!(!b.join(&other).exists(), "round {round}");
+        fs::rename(a.join(&name), a.join(&other)).unwrap();
+        assert!(
+            !b.join(&name).exists(),
+            "round {round}: old name still on B"
+        );
+        assert_eq!(
+            mode(&b.join(&other)),
+            0o600,
+            "round {round}: new name not on B"
+        );
+
+        // unlink.
+        fs::remove_file(a.join(&other)).unwrap();
+        assert!(
+            !b.join(&other).exists(),
+            "round {round}: unlink not visible on B"
+        );
+    }
+    assert_eq!(fs::read_dir(b.join("d")).unwrap().count(), 0);
+}
+
+/// Resumes a stopped process when dropped, so a failing test still unmounts.
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGSTOP).unwrap();
+        // kill(2) returns before every thread has stopped.
+        weft_testkit::wait_until("weftfs stopped", Duration::from_secs(10), || {
+            fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                st.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T'))
+            })
+        });
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        let _ = kill(nix::unistd::Pid::from_raw(self.0 as i32), Signal::SIGCONT);
+    }
+}
+
+/// A strict mount that stops answering (SIGSTOP) holds other mounts' changes
+/// back only until its trust lease (1 s) runs out, and by then it trusts no
+/// cache: once resumed it shows the change at once. A liveness check, so the
+/// bound is generous for a loaded machine.
+#[test]
+fn a_stopped_strict_mount_delays_other_mounts_only_until_its_lease_ends() {
+    const BOUND: Duration = Duration::from_secs(6);
+    let mut tc = TestCluster::start(2, MIB);
+    let a = tc.mount();
+    let b = tc.mount_with(&["strict"]);
+    let pid = tc.cluster.mounts.last().unwrap().proc.pid().unwrap();
+    write_file(&a.join("f"), b"x");
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    // B is live and strict: A's change waits for it (see the test above).
+    assert_eq!(mode(&b.join("f")), 0o644);
+    fs::set_permissions(a.join("f"), fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(mode(&b.join("f")), 0o640);
+
+    let stopped = Stopped::stop(pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let af = a.join("f");
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        fs::set_permissions(&af, fs::Permissions::from_mode(0o600)).unwrap();
+        let _ = tx.send(t.elapsed());
+    });
+    let took = rx
+        .recv_timeout(BOUND)
+        .expect("A's chmod is still waiting for the stopped strict mount");
+    eprintln!("chmod with a stopped strict mount took {took:?}");
+    // With B's lease over, A is not held back at all.
+    let t = Instant::now();
+    fs::rename(a.join("f"), a.join("g")).unwrap();
+    assert!(t.elapsed() < BOUND, "rename took {:?}", t.elapsed());
+    drop(stopped);
+    assert_eq!(
+        mode(&b.join("g")),
+        0o600,
+        "B trusted a stale mode after its lease"
+    );
+    assert!(
+        !b.join("f").exists(),
+        "B trusted a stale name after its lease"
+    );
+}

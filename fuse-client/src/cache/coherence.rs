@@ -10,11 +10,20 @@
 //! every weftfs cache is cleared and everything the kernel holds from weftfs is
 //! invalidated (kernel.rs); until the stream is back the kernel gets the short
 //! TTLs (`attr_timeout`/`entry_timeout`), which are then the bound.
+//!
+//! Strict mode (`strict`): after a batch's invalidations, a `Barrier` goes to
+//! the notifying thread; once it passes (every notify_inval_* before it
+//! returned) the acker task sends `Ack(seq)` to the MDS, which answers the
+//! change's author only then (or when this mount's trust lease ran out,
+//! mds/src/strict.rs). The acker also renews the lease every `RENEW`; each
+//! grant extends trust to its lease counted from before the Ack was sent, so
+//! the mount stops trusting its caches before the MDS stops waiting for it.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fuser::{INodeNo, Notifier};
 use weft_proto::pb;
@@ -27,20 +36,31 @@ use crate::mds_client::endpoint;
 /// well above the MDS's 200 ms tick.
 const LAG: Duration = Duration::from_millis(700);
 
+/// Strict mode: a lease renewal at least this often (the MDS's lease is 1 s,
+/// so three renewals may be lost or late before the mount lapses).
+const RENEW: Duration = Duration::from_millis(200);
+
+/// Numbers watch streams, so an ack never confuses two of them.
+static EPOCH: AtomicU64 = AtomicU64::new(1);
+
+/// Barriers that reached the kernel: (stream epoch, batch).
+type Passed = tokio::sync::watch::Receiver<(u64, u64)>;
+
 /// Starts the watcher on the runtime and the notifying thread. Runs until the
 /// process exits.
 pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::runtime::Handle) {
     let (tx, rx) = std::sync::mpsc::channel::<Inval>();
+    let (passed_tx, passed) = tokio::sync::watch::channel((0u64, 0u64));
     w.kernel.set_notifier(tx.clone());
     let _ = w.mds.kernel_inval.set(tx.clone());
     std::thread::Builder::new()
         .name("weftfs-inval".into())
-        .spawn(move || notify_kernel(notifier, rx))
+        .spawn(move || notify_kernel(notifier, rx, passed_tx))
         .expect("spawn the invalidation thread");
     rt.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match watch_once(&w, &mds_addr, &tx).await {
+            match watch_once(&w, &mds_addr, &tx, &passed).await {
                 Ok(()) => tracing::info!("coherence stream ended; reconnecting"),
                 Err(e) => tracing::info!(error = %e, "coherence stream failed; reconnecting"),
             }
@@ -53,16 +73,30 @@ pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::run
     });
 }
 
+/// Aborts the acker when its stream ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn watch_once(
-    w: &Weft,
+    w: &Arc<Weft>,
     addr: &str,
     tx: &std::sync::mpsc::Sender<Inval>,
+    passed: &Passed,
 ) -> Result<(), String> {
     let channel = endpoint(addr)?.connect().await.map_err(|e| e.to_string())?;
     let mut client = pb::coherence_client::CoherenceClient::new(channel);
+    let strict = w.kernel.strict();
+    let epoch = EPOCH.fetch_add(1, Relaxed);
+    let mut acker: Option<AbortOnDrop> = None;
     let mut stream = client
         .watch(pb::WatchReq {
             session: w.mds.session(),
+            strict,
         })
         .await
         .map_err(|e| e.to_string())?
@@ -81,6 +115,15 @@ async fn watch_once(
                 None => return Ok(()),
             },
         };
+        if strict && acker.is_none() && batch.watcher != 0 {
+            acker = Some(AbortOnDrop(tokio::spawn(ack(
+                w.clone(),
+                client.clone(),
+                batch.watcher,
+                epoch,
+                passed.clone(),
+            ))));
+        }
         if batch.overflow {
             tracing::info!("coherence pushes were dropped by the MDS; clearing caches");
             w.drop_all_caches();
@@ -117,10 +160,53 @@ async fn watch_once(
                 return Err("the invalidation thread is gone".into());
             }
         }
+        if strict && batch.seq != 0 {
+            let _ = tx.send(Inval::Barrier {
+                epoch,
+                seq: batch.seq,
+            });
+        }
     }
 }
 
-fn notify_kernel(notifier: Notifier, rx: std::sync::mpsc::Receiver<Inval>) {
+/// Strict mode: acknowledges the batches that reached the kernel, at once,
+/// and renews the trust lease every RENEW.
+async fn ack(
+    w: Arc<Weft>,
+    mut client: pb::coherence_client::CoherenceClient<tonic::transport::Channel>,
+    watcher: u64,
+    epoch: u64,
+    mut passed: Passed,
+) {
+    let mut seq = 0;
+    loop {
+        let sent = Instant::now();
+        match client.ack(pb::AckReq { watcher, seq }).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                if r.granted {
+                    w.kernel
+                        .extend_trust(sent + Duration::from_millis(r.lease_ms));
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "strict ack failed"),
+        }
+        match tokio::time::timeout(RENEW, passed.changed()).await {
+            Ok(Err(_)) => tokio::time::sleep(RENEW).await,
+            _ => {}
+        }
+        let (e, s) = *passed.borrow_and_update();
+        if e == epoch {
+            seq = seq.max(s);
+        }
+    }
+}
+
+fn notify_kernel(
+    notifier: Notifier,
+    rx: std::sync::mpsc::Receiver<Inval>,
+    passed: tokio::sync::watch::Sender<(u64, u64)>,
+) {
     for inv in rx {
         // ENOENT: the kernel holds nothing for it, which is fine.
         let r = match &inv {
@@ -131,6 +217,10 @@ fn notify_kernel(notifier: Notifier, rx: std::sync::mpsc::Receiver<Inval>) {
             Inval::Inode { ino, data: true } => notifier.inval_inode(INodeNo(*ino), 0, 0),
             // Attributes only.
             Inval::Inode { ino, data: false } => notifier.inval_inode(INodeNo(*ino), -1, 0),
+            Inval::Barrier { epoch, seq } => {
+                passed.send_replace((*epoch, *seq));
+                Ok(())
+            }
         };
         if let Err(e) = r {
             if e.raw_os_error() != Some(libc::ENOENT) {

@@ -16,6 +16,10 @@
 //!   the kernel whether its own page cache may be kept (FOPEN_KEEP_CACHE);
 //! - entirely, when coherence pushes may have been missed.
 //!
+//! With `disk_cache=DIR`, every block offered to `put` is also kept on a local
+//! disk (disk.rs), under the same epoch check and invalidations, and a read
+//! that misses memory tries the disk (`disk_piece`) before a chunk daemon.
+//!
 //! Invariants: `bytes` is the sum of the cached blocks' lengths and never
 //! exceeds `capacity` after a `put`; a block fetched before an invalidation
 //! is never inserted after it (every invalidation bumps `epoch`, and `put`
@@ -23,6 +27,7 @@
 //! (copied out of the RPC buffer, so a cached block never pins a larger one).
 
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use lru::LruCache;
@@ -49,6 +54,8 @@ pub type Stamp = (u64, i128, i128);
 pub struct DataCache {
     capacity: u64,
     inner: Mutex<Inner>,
+    /// The local-disk tier, if the mount has one.
+    disk: Option<Arc<super::disk::DiskCache>>,
 }
 
 struct Inner {
@@ -69,7 +76,14 @@ impl DataCache {
                 epoch: 0,
                 stamps: LruCache::new(NonZeroUsize::new(STAMPS).unwrap()),
             }),
+            disk: None,
         }
+    }
+
+    /// Adds the local-disk tier (only used while the memory tier is enabled).
+    pub fn with_disk(mut self, disk: super::disk::DiskCache) -> DataCache {
+        self.disk = Some(Arc::new(disk));
+        self
     }
 
     pub fn enabled(&self) -> bool {
@@ -100,6 +114,18 @@ impl DataCache {
     /// cache was invalidated since. Evicts least recently used blocks to stay
     /// within the capacity, or, without `evict`, caches only into free room.
     pub fn put(&self, key: BlockKey, data: &[u8], epoch: u64, evict: bool) {
+        if let Some(disk) = &self.disk {
+            // Under the lock: an invalidation cannot slip between the check
+            // and the disk's index.
+            let g = self.inner.lock();
+            if g.epoch == epoch && !data.is_empty() && self.capacity > 0 {
+                disk.put(key, data);
+            }
+        }
+        self.put_mem(key, data, epoch, evict)
+    }
+
+    fn put_mem(&self, key: BlockKey, data: &[u8], epoch: u64, evict: bool) {
         if data.len() as u64 > self.capacity || data.is_empty() {
             return;
         }
@@ -128,6 +154,9 @@ impl DataCache {
     pub fn invalidate_file(&self, ino: u64) {
         let mut g = self.inner.lock();
         g.epoch += 1;
+        if let Some(disk) = &self.disk {
+            disk.invalidate_file(ino);
+        }
         let keys: Vec<BlockKey> = g
             .blocks
             .iter()
@@ -147,6 +176,47 @@ impl DataCache {
         g.blocks.clear();
         g.bytes = 0;
         g.stamps.clear();
+        if let Some(disk) = &self.disk {
+            disk.clear();
+        }
+    }
+
+    /// Bytes [off, off+len) of chunk (chunk_id, version) of `ino` from the
+    /// disk tier when every block covering them is there (read off the
+    /// calling thread); the blocks also fill free room in memory.
+    pub async fn disk_piece(
+        &self,
+        ino: u64,
+        chunk_id: u64,
+        version: u64,
+        off: u64,
+        len: u64,
+        chunk_size: u64,
+    ) -> Option<Bytes> {
+        let disk = self.disk.clone().filter(|_| self.enabled())?;
+        let (first, start, alen) = aligned(off, len, chunk_size);
+        let keys: Vec<BlockKey> = (first..first + alen.div_ceil(BLOCK))
+            .map(|block| BlockKey {
+                ino,
+                chunk_id,
+                version,
+                block,
+            })
+            .collect();
+        if !disk.has_all(&keys) {
+            return None;
+        }
+        let epoch = self.epoch();
+        let blocks = {
+            let keys = keys.clone();
+            tokio::task::spawn_blocking(move || disk.read(&keys))
+                .await
+                .ok()??
+        };
+        for (k, b) in keys.iter().zip(&blocks) {
+            self.put_mem(*k, b, epoch, false);
+        }
+        assemble(&blocks, (off - start) as usize, len as usize)
     }
 
     /// At open, with the attributes the MDS just returned: true when the
@@ -167,6 +237,31 @@ impl DataCache {
         }
         unchanged
     }
+}
+
+/// `len` bytes from `skip` into the concatenation of `blocks`, if they hold them.
+fn assemble(blocks: &[Bytes], skip: usize, len: usize) -> Option<Bytes> {
+    if blocks.iter().map(|b| b.len()).sum::<usize>() < skip + len {
+        return None;
+    }
+    if let [one] = blocks {
+        return Some(one.slice(skip..skip + len));
+    }
+    let mut v = Vec::with_capacity(len);
+    let mut skip = skip;
+    for b in blocks {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        let want = (len - v.len()).min(b.len() - skip);
+        v.extend_from_slice(&b[skip..skip + want]);
+        skip = 0;
+        if v.len() == len {
+            break;
+        }
+    }
+    Some(Bytes::from(v))
 }
 
 /// The block-aligned range of a chunk covering [off, off+len): (first
@@ -289,5 +384,50 @@ mod tests {
         assert_eq!(aligned(3 * BLOCK, 1 << 20, cs), (3, 3 * BLOCK, 1 << 20));
         // A chunk smaller than a block: never past its end.
         assert_eq!(aligned(10, 20, 100), (0, 0, 100));
+    }
+
+    #[tokio::test]
+    async fn the_disk_tier_serves_what_memory_dropped_and_is_invalidated_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = crate::cache::disk::DiskCache::open(dir.path(), 1 << 20).unwrap();
+        let c = DataCache::new(BLOCK).with_disk(disk);
+        let cs = 64 * BLOCK;
+        let blocks: Vec<Vec<u8>> = (0..3).map(|i| vec![i as u8 + 1; BLOCK as usize]).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            c.put(key(1, i as u64), b, c.epoch(), true);
+        }
+        assert!(c.get(&key(1, 0)).is_none(), "memory holds one block");
+        // Spanning blocks 0..2, from disk.
+        let mut got = None;
+        for _ in 0..100 {
+            got = c.disk_piece(1, 7, 1, BLOCK - 10, 20, cs).await;
+            if got.is_some() {
+                break;
+            }
+            // The writer thread may not have written them yet.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let got = got.expect("blocks 0 and 1 from disk");
+        assert_eq!(&got[..10], &[1u8; 10]);
+        assert_eq!(&got[10..], &[2u8; 10]);
+        assert!(
+            c.disk_piece(1, 7, 2, 0, 10, cs).await.is_none(),
+            "another version"
+        );
+        c.invalidate_file(1);
+        assert!(c.disk_piece(1, 7, 1, 0, 10, cs).await.is_none());
+        // A fetch older than an invalidation reaches neither tier.
+        let e = c.epoch();
+        c.invalidate_file(9);
+        c.put(key(1, 0), &blocks[0], e, true);
+        assert!(c.disk_piece(1, 7, 1, 0, 10, cs).await.is_none());
+    }
+
+    #[test]
+    fn assembling_pieces() {
+        let b = [Bytes::from_static(b"abcd"), Bytes::from_static(b"efgh")];
+        assert_eq!(assemble(&b, 2, 4).unwrap(), Bytes::from_static(b"cdef"));
+        assert_eq!(assemble(&b, 5, 2).unwrap(), Bytes::from_static(b"fg"));
+        assert!(assemble(&b, 5, 4).is_none());
     }
 }

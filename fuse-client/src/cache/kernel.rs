@@ -22,12 +22,21 @@
 //!
 //! To invalidate everything on a break, weftfs tracks which names it handed
 //! out per inode, and drops an inode's names when the kernel forgets it.
+//!
+//! Strict mode (`strict`): the MDS answers another mount's change only once
+//! this mount acknowledged its push (coherence.rs) or this mount's trust
+//! lease ran out (mds/src/strict.rs). So every TTL handed out is capped at the
+//! remaining trust (a stopped weftfs cannot take anything back; the kernel
+//! must drop it by itself before the MDS stops waiting), negative entries
+//! included; a reply that raced a push gets TTL 0 (its re-invalidation would
+//! come after the ack); and weftfs answers nothing from its own caches
+//! without trust.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::mpsc::Sender;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
@@ -42,6 +51,12 @@ pub enum Inval {
     Inode {
         ino: u64,
         data: bool,
+    },
+    /// Strict mode: every push of batch `seq` of watch `epoch` before this
+    /// one has reached the kernel; acknowledge it to the MDS.
+    Barrier {
+        epoch: u64,
+        seq: u64,
     },
 }
 
@@ -69,10 +84,19 @@ pub struct KernelCache {
     live: AtomicBool,
     handed: Mutex<HashMap<u64, Handed>>,
     notify: OnceLock<Sender<Inval>>,
+    strict: bool,
+    /// Strict mode: trust ends at `base` + this many ns (0: no trust).
+    trust_until: AtomicU64,
+    base: Instant,
 }
 
 impl KernelCache {
-    pub fn new(attr_short: Duration, entry_short: Duration, long: Duration) -> KernelCache {
+    pub fn new(
+        attr_short: Duration,
+        entry_short: Duration,
+        long: Duration,
+        strict: bool,
+    ) -> KernelCache {
         // A mount that asked for no caching (TTL 0) gets none.
         let long = if attr_short.is_zero() || entry_short.is_zero() {
             Duration::ZERO
@@ -87,6 +111,45 @@ impl KernelCache {
             live: AtomicBool::new(false),
             handed: Mutex::new(HashMap::new()),
             notify: OnceLock::new(),
+            strict,
+            trust_until: AtomicU64::new(0),
+            base: Instant::now(),
+        }
+    }
+
+    pub fn strict(&self) -> bool {
+        self.strict
+    }
+
+    /// Strict mode: how much longer caches may be trusted.
+    fn trust_left(&self) -> Duration {
+        let until = Duration::from_nanos(self.trust_until.load(SeqCst));
+        until.saturating_sub(self.base.elapsed())
+    }
+
+    /// Whether weftfs may answer from its own caches (always, unless strict
+    /// and the trust lease ran out).
+    pub fn trusted(&self) -> bool {
+        !self.strict || !self.trust_left().is_zero()
+    }
+
+    /// Strict mode: the MDS granted trust until `until` (counted by the
+    /// caller from before it asked).
+    pub fn extend_trust(&self, until: Instant) {
+        let ns = until.saturating_duration_since(self.base).as_nanos() as u64;
+        self.trust_until.fetch_max(ns, SeqCst);
+    }
+
+    fn revoke_trust(&self) {
+        self.trust_until.store(0, SeqCst);
+    }
+
+    /// A TTL, in strict mode no longer than the remaining trust.
+    fn cap(&self, ttl: Duration) -> Duration {
+        if self.strict {
+            ttl.min(self.trust_left())
+        } else {
+            ttl
         }
     }
 
@@ -113,9 +176,11 @@ impl KernelCache {
     pub fn entry_ttls(&self, t: Ticket) -> (Duration, Duration) {
         if self.long_ok(t) {
             (
-                self.long.max(self.attr_short),
-                self.long.max(self.entry_short),
+                self.cap(self.long.max(self.attr_short)),
+                self.cap(self.long.max(self.entry_short)),
             )
+        } else if self.strict {
+            (Duration::ZERO, Duration::ZERO)
         } else {
             (self.attr_short, self.entry_short)
         }
@@ -124,7 +189,9 @@ impl KernelCache {
     /// The attribute TTL for a getattr/setattr reply.
     pub fn attr_ttl(&self) -> Duration {
         if !self.long.is_zero() && self.live.load(SeqCst) {
-            self.long.max(self.attr_short)
+            self.cap(self.long.max(self.attr_short))
+        } else if self.strict {
+            Duration::ZERO
         } else {
             self.attr_short
         }
@@ -132,7 +199,7 @@ impl KernelCache {
 
     /// The short TTL for names (negative entries always get it).
     pub fn entry_short(&self) -> Duration {
-        self.entry_short
+        self.cap(self.entry_short)
     }
 
     /// Records that the kernel gets (parent, name) → ino; call before the
@@ -166,6 +233,9 @@ impl KernelCache {
     ) -> (Duration, Duration) {
         if self.handed(parent, name, ino) {
             self.entry_ttls(t)
+        } else if self.strict {
+            // Not tracked: a break could not take it back.
+            (Duration::ZERO, Duration::ZERO)
         } else {
             (self.attr_short, self.entry_short)
         }
@@ -218,6 +288,9 @@ impl KernelCache {
     /// that goes on) long TTLs resume at once for what is looked up afterwards.
     pub fn drop_all(&self, still_live: bool) {
         self.live.store(false, SeqCst);
+        // Strict: pushes were missed, which the MDS may not wait for beyond
+        // the lease; trust again only after a new grant.
+        self.revoke_trust();
         self.gen.fetch_add(1, SeqCst);
         let handed: Vec<(u64, Vec<(u64, Vec<u8>)>)> = self
             .handed
@@ -259,7 +332,7 @@ mod tests {
 
     #[test]
     fn long_ttls_only_while_live_and_nothing_was_pushed_meanwhile() {
-        let k = KernelCache::new(S, S, L);
+        let k = KernelCache::new(S, S, L, false);
         let t = k.ticket();
         assert_eq!(k.entry_ttls(t), (S, S), "not live yet");
         assert_eq!(k.attr_ttl(), S);
@@ -277,7 +350,7 @@ mod tests {
 
     #[test]
     fn zero_ttls_disable_long_ones() {
-        let k = KernelCache::new(Duration::ZERO, S, L);
+        let k = KernelCache::new(Duration::ZERO, S, L, false);
         k.stream_up();
         assert_eq!(k.entry_ttls(k.ticket()), (Duration::ZERO, S));
         assert_eq!(k.attr_ttl(), Duration::ZERO);
@@ -286,7 +359,7 @@ mod tests {
     #[test]
     fn a_break_invalidates_every_name_and_inode_handed_out() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let k = KernelCache::new(S, S, L);
+        let k = KernelCache::new(S, S, L, false);
         k.set_notifier(tx);
         k.stream_up();
         k.handed(1, b"a", 10);
@@ -315,7 +388,7 @@ mod tests {
     #[test]
     fn a_push_during_a_reply_takes_the_entry_back() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let k = KernelCache::new(S, S, L);
+        let k = KernelCache::new(S, S, L, false);
         k.set_notifier(tx);
         k.stream_up();
         let t = k.ticket();
@@ -337,5 +410,34 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn strict_ttls_never_outlive_the_trust_lease() {
+        let k = KernelCache::new(S, S, L, true);
+        k.stream_up();
+        let t = k.ticket();
+        assert_eq!(
+            k.entry_ttls(t),
+            (Duration::ZERO, Duration::ZERO),
+            "no grant yet"
+        );
+        assert_eq!(k.attr_ttl(), Duration::ZERO);
+        assert_eq!(k.entry_short(), Duration::ZERO);
+        assert!(!k.trusted());
+        k.extend_trust(Instant::now() + Duration::from_millis(800));
+        assert!(k.trusted());
+        let (a, e) = k.entry_ttls(t);
+        assert!(a > Duration::from_millis(700) && a <= Duration::from_millis(800));
+        assert!(e <= Duration::from_millis(800) && k.entry_short() <= Duration::from_millis(800));
+        k.pushed();
+        assert_eq!(
+            k.entry_ttls(t),
+            (Duration::ZERO, Duration::ZERO),
+            "raced a push"
+        );
+        k.drop_all(true);
+        assert!(!k.trusted(), "a break revokes trust");
+        assert_eq!(k.attr_ttl(), Duration::ZERO);
     }
 }

@@ -13,6 +13,7 @@ pub mod attr;
 pub mod chunks;
 pub mod coherence;
 pub mod data;
+pub mod disk;
 pub mod kernel;
 pub mod meta;
 
