@@ -247,7 +247,6 @@ impl Weft {
             mtime: args.mtime.map(time_set),
             has_fh: args.has_fh,
             atime_update: 0,
-            kill_suidgid: false,
         };
         let a = match args.size {
             Some(size) => self.truncate(c, ino, size, req).await?,

@@ -97,13 +97,7 @@ async fn write_flush_read_round_trip_across_chunks() {
     let cut = [0usize, 5000, 700_000, 1_500_000, data.len()];
     for win in cut.windows(2).rev() {
         let n = w
-            .write(
-                me(),
-                ino,
-                win[0] as u64,
-                data[win[0]..win[1]].to_vec(),
-                false,
-            )
+            .write(me(), ino, win[0] as u64, data[win[0]..win[1]].to_vec())
             .await
             .unwrap();
         assert_eq!(n as usize, win[1] - win[0]);
@@ -158,9 +152,7 @@ async fn write_flush_read_round_trip_across_chunks() {
 async fn reading_dirty_data_flushes_it_first() {
     let (mc, w) = setup(1, &daemons(1)).await;
     let (ino, _fh) = create(&w, "g").await;
-    w.write(me(), ino, 10, b"hello".to_vec(), false)
-        .await
-        .unwrap();
+    w.write(me(), ino, 10, b"hello".to_vec()).await.unwrap();
     let got = w.read(&me(), ino, 0, 100).await.unwrap();
     let mut want = vec![0u8; 10];
     want.extend_from_slice(b"hello");
@@ -177,7 +169,7 @@ async fn read_fails_over_to_a_good_replica() {
     let (mc, w) = setup(2, &daemons(2)).await;
     let (ino, fh) = create(&w, "h").await;
     let data = pattern(200_000, 9);
-    w.write(me(), ino, 0, data.clone(), false).await.unwrap();
+    w.write(me(), ino, 0, data.clone()).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
     // Spoil the replica a reader tries first, on disk.
     let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
@@ -220,7 +212,7 @@ async fn write_errors_reach_every_open_handle_once() {
     .await;
     let (ino, fh1) = create(&w, "full").await;
     let (fh2, _) = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
-    w.write(me(), ino, 0, vec![7; 100], false).await.unwrap();
+    w.write(me(), ino, 0, vec![7; 100]).await.unwrap();
     assert_eq!(w.flush_handle(ino, fh1).await, Err(Errno::ENOSPC));
     assert_eq!(
         w.flush_handle(ino, fh1).await,
@@ -239,7 +231,7 @@ async fn write_errors_reach_every_open_handle_once() {
     // Once a daemon with room joins, new writes are stored.
     mc.add_chunkd(&ChunkdSpec::default()).await;
     mc.wait_alive(2).await;
-    w.write(me(), ino, 0, vec![8; 100], false).await.unwrap();
+    w.write(me(), ino, 0, vec![8; 100]).await.unwrap();
     assert_eq!(w.fsync(ino, fh1).await, Ok(()));
     assert_eq!(w.read(&me(), ino, 0, 200).await.unwrap(), vec![8; 100]);
     assert_eq!(read_elsewhere(&mc, ino, 200).await.unwrap(), vec![8; 100]);
@@ -270,7 +262,7 @@ async fn a_failed_pipeline_is_reallocated_and_retried() {
     let dead = mc.chunkd(2).addr.to_string();
     mc.stop_chunkd(2).await;
     let (ino, fh) = create(&w, "retry").await;
-    w.write(me(), ino, 0, vec![5; 4000], false).await.unwrap();
+    w.write(me(), ino, 0, vec![5; 4000]).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
     let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
     assert_eq!(loc.replicas.len(), 2, "{loc:?}");
@@ -289,7 +281,7 @@ async fn truncate_down_then_up_reads_zeros() {
     let (mc, w) = setup(2, &daemons(2)).await;
     let (ino, fh) = create(&w, "t").await;
     let data = pattern((CS + 500) as usize, 3);
-    w.write(me(), ino, 0, data.clone(), false).await.unwrap();
+    w.write(me(), ino, 0, data.clone()).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
     let size = |s| SetAttrArgs {
         size: Some(s),
@@ -312,7 +304,7 @@ async fn truncate_down_then_up_reads_zeros() {
 async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
     let (mc, w) = setup(1, &daemons(1)).await;
     let (ino, _fh) = create(&w, "d").await;
-    w.write(me(), ino, 0, vec![1; 3000], false).await.unwrap();
+    w.write(me(), ino, 0, vec![1; 3000]).await.unwrap();
     let a = w
         .setattr(
             &me(),
@@ -326,7 +318,7 @@ async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
         .unwrap();
     assert_eq!(a.size, 1000, "dirty bytes past the new size are gone");
     assert_eq!(w.read(&me(), ino, 0, 5000).await.unwrap(), vec![1; 1000]);
-    w.write(me(), ino, 0, vec![2; 50], false).await.unwrap();
+    w.write(me(), ino, 0, vec![2; 50]).await.unwrap();
     let (fh2, _) = w
         .open(&me(), ino, libc::O_WRONLY | libc::O_TRUNC)
         .await
@@ -344,9 +336,7 @@ async fn big_files_flush_in_the_background() {
     let (ino, fh) = create(&w, "big").await;
     let block = pattern(1 << 20, 5);
     for i in 0..20u64 {
-        w.write(me(), ino, i << 20, block.clone(), false)
-            .await
-            .unwrap();
+        w.write(me(), ino, i << 20, block.clone()).await.unwrap();
     }
     // Past the 8 MiB per-file limit, flushes ran without being asked: another
     // mount sees part of the file before any fsync.

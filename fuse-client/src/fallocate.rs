@@ -8,8 +8,8 @@
 //! the size unless KEEP_SIZE. Punching a hole and zeroing a range write zeros
 //! through the ordinary write path: slower than dropping chunks, but every
 //! later read sees zeros whichever replica serves it, and the write path's
-//! guarantees (flush on close, fsync durability) hold unchanged; both clear
-//! setuid/setgid first for a caller other than root. copy_file_range reads and writes through the same
+//! guarantees (flush on close, fsync durability, setuid/setgid cleared at
+//! commit) hold unchanged. copy_file_range reads and writes through the same
 //! paths, so it sees this client's unflushed writes and its result is
 //! buffered like any write.
 //!
@@ -65,7 +65,6 @@ impl Weft {
             return Err(Errno::EFBIG);
         }
         let keep = mode & KEEP_SIZE != 0;
-        self.kill_privs_before_change(c, ino).await?;
         let size = self.visible_size(c, ino).await?;
         if mode & PUNCH_HOLE != 0 {
             // The kernel only passes punch together with keep-size.
@@ -101,28 +100,6 @@ impl Weft {
             let a = self.truncate(c, ino, end, req).await?;
             self.attrs.put(&a);
         }
-        Ok(())
-    }
-
-    /// fallocate and copy_file_range change a file as a write does: with
-    /// FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing setuid/setgid to
-    /// us but passes no flag, so a caller other than root counts as lacking
-    /// CAP_FSETID (as for truncate at the MDS).
-    async fn kill_privs_before_change(self: &Arc<Self>, c: &Caller, ino: u64) -> Result<(), Errno> {
-        if c.uid == 0 || !self.may_hold_privs(ino) {
-            return Ok(());
-        }
-        let req = SetAttrReq {
-            ino,
-            kill_suidgid: true,
-            has_fh: true,
-            ..Default::default()
-        };
-        let a = self
-            .mds
-            .attr(c, weft_proto::meta_request::Op::Setattr(req))
-            .await?;
-        self.attrs.put(&a);
         Ok(())
     }
 
@@ -174,7 +151,7 @@ impl Weft {
         let mut at = from;
         while at < to {
             let n = (to - at).min(PIECE);
-            self.write(c.clone(), ino, at, vec![0u8; n as usize], false)
+            self.write(c.clone(), ino, at, vec![0u8; n as usize])
                 .await?;
             at += n;
         }
@@ -196,7 +173,6 @@ impl Weft {
         if off_out.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
             return Err(Errno::EFBIG);
         }
-        self.kill_privs_before_change(c, ino_out).await?;
         let mut done = 0u64;
         while done < len {
             let n = (len - done).min(PIECE) as u32;
@@ -205,7 +181,7 @@ impl Weft {
                 break;
             }
             let got = data.len() as u64;
-            self.write(c.clone(), ino_out, off_out + done, data.to_vec(), false)
+            self.write(c.clone(), ino_out, off_out + done, data.to_vec())
                 .await?;
             done += got;
             if got < n as u64 {

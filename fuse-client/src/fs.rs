@@ -138,11 +138,6 @@ impl Filesystem for WeftFs {
             // inode numbers are the MDS's, stable across mounts, and a lookup
             // of "." by inode number finds the inode again.
             InitFlags::FUSE_EXPORT_SUPPORT,
-            // setuid/setgid are cleared by the MDS in the same journaled
-            // change as the write (flagged FUSE_WRITE_KILL_SUIDGID), truncate
-            // or fallocate, not by a kernel chmod that a non-owner could not
-            // make.
-            InitFlags::FUSE_HANDLE_KILLPRIV_V2,
         ] {
             if config.add_capabilities(cap).is_err() {
                 tracing::debug!(?cap, "kernel lacks capability");
@@ -454,7 +449,7 @@ impl Filesystem for WeftFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
+        _write_flags: WriteFlags,
         flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
@@ -468,19 +463,16 @@ impl Filesystem for WeftFs {
         };
         // Buffered right here when there is room (the common case): a write
         // is then answered without waking a tokio worker.
-        // FUSE_HANDLE_KILLPRIV_V2: the kernel leaves clearing setuid/setgid
-        // to us and flags the writes of callers without CAP_FSETID.
-        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         let c = self.w.caller(req.uid(), req.gid(), req.pid());
         let _rt = self.rt.enter();
-        match self.w.write_now(&c, ino.0, offset, data, kill) {
+        match self.w.write_now(&c, ino.0, offset, data) {
             Some(Ok(n)) => return reply.written(n),
             Some(Err(e)) => return reply.error(to_fuse(e)),
             None => {}
         }
         let data = data.to_vec();
         self.spawn(req, move |w, c| async move {
-            match w.write(c, ino.0, offset, data, kill).await {
+            match w.write(c, ino.0, offset, data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(to_fuse(e)),
             }

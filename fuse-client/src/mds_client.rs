@@ -172,7 +172,6 @@ impl MdsClient {
         // kernel's back; its copy (kept long) must go.
         let committed = match &op {
             Op::CommitWrite(c) => Some(c.ino),
-            Op::Setattr(s) if s.kill_suidgid => Some(s.ino),
             _ => None,
         };
         let mut touched = if is_mutation(&op) {

@@ -36,9 +36,6 @@ pub struct FileInner {
     pub inflight_end: u64,
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
-    /// A buffered write came with FUSE_WRITE_KILL_SUIDGID: the next commit
-    /// clears setuid/setgid (in the same journaled record as the size).
-    pub kill_suidgid: bool,
     pub opens: u32,
     /// Handles of `opens` that execve(2) opened.
     pub execs: u32,
@@ -66,7 +63,6 @@ impl FileState {
                 dirty_since: None,
                 inflight_end: 0,
                 writer: Caller::default(),
-                kill_suidgid: false,
                 opens: 0,
                 execs: 0,
                 err_seq: 0,

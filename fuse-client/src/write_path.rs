@@ -129,15 +129,12 @@ impl Weft {
         kernel_offset.max(known).max(pending)
     }
 
-    /// `kill_suidgid`: the writer lacks CAP_FSETID (the kernel's
-    /// FUSE_WRITE_KILL_SUIDGID), so storing this clears setuid/setgid.
     pub async fn write(
         self: &Arc<Self>,
         c: Caller,
         ino: u64,
         offset: u64,
         data: Vec<u8>,
-        kill_suidgid: bool,
     ) -> Result<u32, Errno> {
         check_write_range(offset, data.len())?;
         loop {
@@ -148,25 +145,8 @@ impl Weft {
             self.flush_all_in_background();
             released.await;
         }
-        self.buffer_write(c, ino, offset, &data, kill_suidgid);
-        if kill_suidgid && self.may_hold_privs(ino) {
-            // Rare (a setuid/setgid file written by a non-owner): commit now,
-            // so the mode the writer sees next has the bits cleared.
-            let st = self.files.get_or_create(ino);
-            self.flush_file(&st).await?;
-        }
+        self.buffer_write(c, ino, offset, &data);
         Ok(data.len() as u32)
-    }
-
-    /// Whether the file may have setuid, or setgid with group-exec, as far as
-    /// this mount knows (unknown counts as yes).
-    pub fn may_hold_privs(&self, ino: u64) -> bool {
-        let mode = match self.mds.meta.getattr(ino).or_else(|| self.attrs.get(ino)) {
-            Some(a) => a.mode,
-            None => return true,
-        };
-        let sgid = libc::S_ISGID | libc::S_IXGRP;
-        mode & libc::S_ISUID != 0 || mode & sgid == sgid
     }
 
     /// The write without waiting, for the FUSE reader thread (no hop to a
@@ -180,32 +160,22 @@ impl Weft {
         ino: u64,
         offset: u64,
         data: &[u8],
-        kill_suidgid: bool,
     ) -> Option<Result<u32, Errno>> {
         if let Err(e) = check_write_range(offset, data.len()) {
             return Some(Err(e));
         }
-        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT || kill_suidgid && self.may_hold_privs(ino)
-        {
+        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
             return None;
         }
-        self.buffer_write(c.clone(), ino, offset, data, kill_suidgid);
+        self.buffer_write(c.clone(), ino, offset, data);
         Some(Ok(data.len() as u32))
     }
 
-    fn buffer_write(
-        self: &Arc<Self>,
-        c: Caller,
-        ino: u64,
-        offset: u64,
-        data: &[u8],
-        kill_suidgid: bool,
-    ) {
+    fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
         let (st, (added, kick)) = self.files.update(ino, |g| {
             let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.writer = c;
-            g.kill_suidgid |= kill_suidgid;
             let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
             if kick {
                 g.flush_queued = true;
@@ -291,7 +261,7 @@ impl Weft {
 
     /// The flush itself; the caller holds `st.flush_lock`.
     async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
-        let (chunks, caller, end, bytes, kill_suidgid) = {
+        let (chunks, caller, end, bytes) = {
             let mut g = st.inner.lock();
             g.flush_queued = false;
             if g.dirty.is_empty() {
@@ -301,8 +271,7 @@ impl Weft {
             let bytes = g.dirty.bytes();
             g.dirty_since = None;
             g.inflight_end = g.inflight_end.max(end);
-            let kill = std::mem::take(&mut g.kill_suidgid);
-            (g.dirty.take(), g.writer.clone(), end, bytes, kill)
+            (g.dirty.take(), g.writer.clone(), end, bytes)
         };
         let mut stores = Vec::with_capacity(chunks.len());
         for ce in chunks {
@@ -319,11 +288,7 @@ impl Weft {
                 .mds
                 .attr(
                     &caller,
-                    Op::CommitWrite(CommitWriteReq {
-                        ino: st.ino,
-                        end,
-                        kill_suidgid,
-                    }),
+                    Op::CommitWrite(CommitWriteReq { ino: st.ino, end }),
                 )
                 .await
                 .map(|a| self.attrs.put(&a)),

@@ -1,15 +1,14 @@
 //! The file → chunk map: AllocChunk (a hole gets a new chunk, version 1, id
 //! from the namespace's counter) and CommitWrite (extend the size after the
-//! data is on every replica, stamp mtime/ctime, drop setuid/setgid when the
-//! kernel said the writer lacks CAP_FSETID: FUSE_WRITE_KILL_SUIDGID, passed
-//! on as `kill_suidgid`).
+//! data is on every replica, stamp mtime/ctime, drop setuid/setgid as a write
+//! by a caller without CAP_FSETID does).
 //!
 //! Neither rechecks write permission: the client holds an fd opened for
 //! writing, which is where the check happened (a file may be chmod'ed 0444
 //! while open for writing and stay writable through that fd).
 
 use crate::ns::inode::{ChunkRef, Time};
-use crate::ns::perm::killed_privs;
+use crate::ns::perm::{killed_privs, write_kills_privs};
 use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
 use pb::meta_reply::Result as ReplyResult;
 
@@ -62,7 +61,7 @@ impl Namespace {
         Ok(Prepared::Record(Record::CommitWrite {
             ino: r.ino,
             end: r.end,
-            kill_privs: r.kill_suidgid,
+            kill_privs: write_kills_privs(i, &ctx.caller),
             now: ctx.now,
         }))
     }

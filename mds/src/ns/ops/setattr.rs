@@ -13,14 +13,10 @@
 //!   one of theirs; else EPERM. Any chown of a non-directory clears setuid,
 //!   and setgid when group-exec is set or the caller is not root and not in
 //!   the file's group.
-//! - chmod: owner or root (EPERM), also for a chmod that only clears
-//!   setuid/setgid; a non-root caller not in the (new) group loses setgid.
-//! - kill_suidgid (fallocate by a caller without CAP_FSETID): clears setuid,
-//!   and setgid with group-exec, of a regular file; needs write access or an
-//!   open descriptor (`has_fh`). weftfs negotiates FUSE_HANDLE_KILLPRIV_V2,
-//!   so the kernel leaves this clearing (write, truncate, fallocate) to us.
-//!   fuser does not pass the setattr/open kill flags (FATTR_KILL_SUIDGID,
-//!   FUSE_OPEN_KILL_SUIDGID), so a truncate clears for any non-root caller.
+//! - chmod: owner or root (EPERM); a non-root caller not in the (new) group
+//!   loses setgid. A change that only clears setuid/setgid needs just write
+//!   permission: it is the kernel dropping privileges before a non-owner's
+//!   write, truncate or fallocate.
 //! - times: explicit values need owner or root (EPERM); "now" needs owner,
 //!   root or write permission (EACCES).
 //! - every change sets ctime.
@@ -68,7 +64,14 @@ impl Namespace {
             }
         }
         if let Some(m) = r.mode {
-            if !caller.owns(i) {
+            // Before a write, truncate or fallocate by a non-owner, the kernel
+            // clears setuid/setgid itself (file_remove_privs, ATTR_FORCE) and
+            // FUSE sends that as a chmod: it needs only write permission.
+            let drops_privs_only = m & MODE_MASK != i.mode
+                && (m & MODE_MASK) | S_ISUID | S_ISGID == i.mode | S_ISUID | S_ISGID
+                && m & MODE_MASK & !i.mode == 0;
+            let may_drop = drops_privs_only && may_access(i, caller, MAY_WRITE);
+            if !(caller.owns(i) || may_drop) {
                 return Err(Errno::EPERM);
             }
             mode = m & MODE_MASK;
@@ -103,14 +106,7 @@ impl Namespace {
         if r.size.is_some() && write_kills_privs(i, caller) {
             mode = killed_privs(mode);
         }
-        if r.kill_suidgid && i.kind == Kind::Regular {
-            if !r.has_fh {
-                check_access(i, caller, MAY_WRITE)?;
-            }
-            mode = killed_privs(mode);
-        }
         if r.mode.is_none()
-            && mode == i.mode
             && r.uid.is_none()
             && r.gid.is_none()
             && r.size.is_none()

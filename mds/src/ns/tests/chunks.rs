@@ -17,22 +17,8 @@ fn alloc(h: &mut Harness, ino: u64, index: u64) -> Result<pb::ChunkWrite, Errno>
 }
 
 fn commit_as(h: &mut Harness, c: &Caller, ino: u64, end: u64) -> Result<pb::Attr, Errno> {
-    commit_kill(h, c, ino, end, false)
-}
-
-fn commit_kill(
-    h: &mut Harness,
-    c: &Caller,
-    ino: u64,
-    end: u64,
-    kill_suidgid: bool,
-) -> Result<pb::Attr, Errno> {
-    let r = pb::CommitWriteReq {
-        ino,
-        end,
-        kill_suidgid,
-    };
-    h.op(c, Op::CommitWrite(r)).map(attr)
+    h.op(c, Op::CommitWrite(pb::CommitWriteReq { ino, end }))
+        .map(attr)
 }
 
 #[test]
@@ -143,21 +129,16 @@ fn commit_extends_and_clears_privs() {
         (a.mtime, a.ctime),
         (Some(h.now().into()), Some(h.now().into()))
     );
-    // The kernel's FUSE_WRITE_KILL_SUIDGID decides (CAP_FSETID), not the uid:
-    // root's write keeps the bits, a flagged write clears them.
     h.chmod_as(&root(), f, 0o6777).unwrap();
     assert_eq!(
-        commit_as(&mut h, &alice, f, 100).unwrap().mode,
+        commit_as(&mut h, &root(), f, 100).unwrap().mode,
         0o6777,
-        "no kill flag (root's write, or an mmap writeback) keeps the bits"
+        "root keeps the bits"
     );
-    assert_eq!(
-        commit_kill(&mut h, &alice, f, 200, true).unwrap().mode,
-        0o777
-    );
+    assert_eq!(commit_as(&mut h, &alice, f, 200).unwrap().mode, 0o777);
     h.chmod_as(&root(), f, 0o6767).unwrap();
     assert_eq!(
-        commit_kill(&mut h, &alice, f, 200, true).unwrap().mode,
+        commit_as(&mut h, &alice, f, 200).unwrap().mode,
         0o2767,
         "sgid without group-exec stays"
     );

@@ -143,7 +143,6 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
         18 => Op::CommitWrite(pb::CommitWriteReq {
             ino,
             end: rng.below(5 * CHUNK),
-            kill_suidgid: rng.chance(50),
         }),
         _ => {
             // Open bookkeeping, as the MDS does it around Open/Create/Release.

@@ -306,15 +306,8 @@ impl Harness {
         let R::ChunkWrite(cw) = r else {
             panic!("not a ChunkWrite: {r:?}")
         };
-        self.op(
-            &root(),
-            Op::CommitWrite(pb::CommitWriteReq {
-                ino,
-                end,
-                ..Default::default()
-            }),
-        )
-        .unwrap();
+        self.op(&root(), Op::CommitWrite(pb::CommitWriteReq { ino, end }))
+            .unwrap();
         cw.chunk.unwrap().chunk_id
     }
 

@@ -280,15 +280,8 @@ fn run_op(h: &mut Harness, op: &MOp) -> Result<(), Errno> {
                     }),
                 )?;
             }
-            h.op(
-                &c,
-                Op::CommitWrite(pb::CommitWriteReq {
-                    ino,
-                    end: *end,
-                    ..Default::default()
-                }),
-            )
-            .map(drop)
+            h.op(&c, Op::CommitWrite(pb::CommitWriteReq { ino, end: *end }))
+                .map(drop)
         }
         MOp::Restart => {
             let bytes = postcard::to_allocvec(&h.ns).unwrap();

@@ -37,45 +37,22 @@ fn chmod_rules() {
 }
 
 #[test]
-fn only_the_owner_may_clear_setuid_setgid_with_chmod() {
+fn non_owner_with_write_access_may_only_drop_setuid_setgid() {
     let mut h = Harness::new();
     let bob = user(1001, 100);
     let f = h.create(1, "f");
     h.chown_as(&root(), f, None, Some(100)).unwrap();
     h.chmod_as(&root(), f, 0o6666).unwrap();
-    // Write permission is not ownership (Linux: EPERM), even for a chmod
-    // that only drops privileges.
-    assert_eq!(h.chmod_as(&bob, f, 0o2666), Err(Errno::EPERM));
+    // The kernel's privilege drop before bob's write/fallocate.
+    assert_eq!(h.chmod_as(&bob, f, 0o2666).unwrap().mode, 0o2666);
+    assert_eq!(h.chmod_as(&bob, f, 0o666).unwrap().mode, 0o666);
+    // Anything else stays the owner's: adding bits, other bits, no change.
+    assert_eq!(h.chmod_as(&bob, f, 0o4666), Err(Errno::EPERM));
+    assert_eq!(h.chmod_as(&bob, f, 0o644), Err(Errno::EPERM));
     assert_eq!(h.chmod_as(&bob, f, 0o666), Err(Errno::EPERM));
-    assert_eq!(h.chmod_as(&bob, f, 0o6666), Err(Errno::EPERM));
-    assert_eq!(h.getattr(f).mode, 0o6666);
-}
-
-#[test]
-fn kill_suidgid_needs_write_access_or_a_descriptor() {
-    let mut h = Harness::new();
-    let bob = user(1001, 100);
-    let f = h.create(1, "f");
-    let kill = |h: &mut Harness, c: &Caller, has_fh: bool| {
-        let r = pb::SetAttrReq {
-            ino: f,
-            kill_suidgid: true,
-            has_fh,
-            ..Default::default()
-        };
-        h.setattr_as(c, r).map(|a| a.mode)
-    };
+    // Without write permission not even that.
     h.chmod_as(&root(), f, 0o6644).unwrap();
-    assert_eq!(kill(&mut h, &bob, false), Err(Errno::EACCES));
-    assert_eq!(h.getattr(f).mode, 0o6644);
-    // Through a descriptor opened for writing; setgid without group-exec stays.
-    assert_eq!(kill(&mut h, &bob, true), Ok(0o2644));
-    h.chmod_as(&root(), f, 0o6676).unwrap();
-    let n = h.log.len();
-    assert_eq!(kill(&mut h, &bob, false), Ok(0o676));
-    assert_eq!(h.log.len(), n + 1, "journaled");
-    assert_eq!(kill(&mut h, &bob, false), Ok(0o676));
-    assert_eq!(h.log.len(), n + 1, "nothing to clear, nothing journaled");
+    assert_eq!(h.chmod_as(&bob, f, 0o644), Err(Errno::EPERM));
 }
 
 #[test]
