@@ -77,6 +77,29 @@ fn expected_failures() -> BTreeMap<String, String> {
     out
 }
 
+/// Keeps what it takes to study a failed run after the cluster's temp dir is
+/// gone: pjdfstest's output (`output`, per pass) and every daemon's and
+/// weftfs's log, copied to /tmp/weft-conformance-failed-<pid>/. Returns that
+/// directory, which the failure message names.
+fn keep_for_study(tc: &TestCluster, output: &[(String, String)]) -> PathBuf {
+    let dir = PathBuf::from(format!(
+        "/tmp/weft-conformance-failed-{}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir).unwrap();
+    for (pass, text) in output {
+        fs::write(dir.join(format!("pjdfstest-{pass}.out")), text).unwrap();
+    }
+    let logs = tc.cluster.spec.dir.join("logs");
+    if let Ok(rd) = fs::read_dir(&logs) {
+        for e in rd.flatten() {
+            let _ = fs::copy(e.path(), dir.join(e.file_name()));
+        }
+    }
+    println!("pjdfstest: output and logs kept in {}", dir.display());
+    dir
+}
+
 /// One pjdfstest run's results, parsed from its plain-text output: each
 /// case's result ends its line; details follow on tab-indented lines.
 #[derive(Default)]
@@ -165,6 +188,7 @@ fn pjdfstest_suite() {
     let t = Instant::now();
     let mut results = PjdResults::default();
     let mut logs = String::new();
+    let mut outputs: Vec<(String, String)> = Vec::new();
     for (pass, config_text, patterns) in [
         ("erofs", base.clone(), vec!["erofs"]),
         (
@@ -188,12 +212,19 @@ fn pjdfstest_suite() {
             .output()
             .expect("run pjdfstest");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            stdout.lines().any(|l| l.starts_with("Summary:")),
-            "pjdfstest ({pass}) printed no summary (exit {:?}):\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        outputs.push((
+            pass.to_string(),
+            format!("{stdout}\n--- stderr (exit {:?}) ---\n{stderr}", out.status),
+        ));
+        if !stdout.lines().any(|l| l.starts_with("Summary:")) {
+            let kept = keep_for_study(&tc, &outputs);
+            panic!(
+                "pjdfstest ({pass}) printed no summary (exit {:?}; kept in {}):\n{stdout}\n{stderr}",
+                out.status,
+                kept.display()
+            );
+        }
         logs.push_str(&stdout);
         parse_pjdfstest(&stdout, &mut results);
     }
@@ -232,7 +263,13 @@ fn pjdfstest_suite() {
             "listed in pjdfstest.expected-failures but passed: {name} (remove it)\n"
         ));
     }
-    assert!(problems.is_empty(), "pjdfstest: {summary}\n{problems}");
+    if !problems.is_empty() {
+        let kept = keep_for_study(&tc, &outputs);
+        panic!(
+            "pjdfstest: {summary} (output and logs kept in {})\n{problems}",
+            kept.display()
+        );
+    }
     assert!(
         results.passed.len() > 300,
         "pjdfstest ran too few cases: {summary}"
