@@ -37,6 +37,8 @@ pub struct FileInner {
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
     pub opens: u32,
+    /// Handles of `opens` that execve(2) opened.
+    pub execs: u32,
     pub err_seq: u64,
     pub err: Option<Errno>,
     /// A background flush is queued or running (avoid piling up more).
@@ -62,6 +64,7 @@ impl FileState {
                 inflight_end: 0,
                 writer: Caller::default(),
                 opens: 0,
+                execs: 0,
                 err_seq: 0,
                 err: None,
                 flush_queued: false,
@@ -96,6 +99,8 @@ impl FileState {
 pub struct Handle {
     pub ino: u64,
     pub seen_err: u64,
+    /// Opened by execve(2) (__FMODE_EXEC): the program runs until released.
+    pub exec: bool,
 }
 
 /// An open directory stream: a page of entries from the MDS not yet handed to
@@ -171,17 +176,31 @@ impl OpenFiles {
         self.get(ino).and_then(|f| f.size_override())
     }
 
-    /// Registers an open handle of `ino`; returns the fh.
-    pub fn open(&self, ino: u64) -> u64 {
+    /// Registers an open handle of `ino` (`exec`: opened by execve); returns
+    /// the fh.
+    pub fn open(&self, ino: u64, exec: bool) -> u64 {
         let st = self.get_or_create(ino);
         let seen_err = {
             let mut g = st.inner.lock();
             g.opens += 1;
+            g.execs += u32::from(exec);
             g.err_seq
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.handles.lock().insert(fh, Handle { ino, seen_err });
+        self.handles.lock().insert(
+            fh,
+            Handle {
+                ino,
+                seen_err,
+                exec,
+            },
+        );
         fh
+    }
+
+    /// Whether a program runs from `ino` on this mount (an execve handle is open).
+    pub fn executing(&self, ino: u64) -> bool {
+        self.get(ino).is_some_and(|st| st.inner.lock().execs > 0)
     }
 
     /// The write-back error this handle has not seen yet, marking it seen.
@@ -206,6 +225,9 @@ impl OpenFiles {
         if let Some(st) = self.get(h.ino) {
             let mut g = st.inner.lock();
             g.opens = g.opens.saturating_sub(1);
+            if h.exec {
+                g.execs = g.execs.saturating_sub(1);
+            }
             if g.opens == 0 {
                 // Leases are only trusted while the file is open.
                 g.allocs.clear();
@@ -282,23 +304,37 @@ mod tests {
     #[test]
     fn errseq_reports_once_per_handle() {
         let of = OpenFiles::new(1 << 20);
-        let a = of.open(5);
-        let b = of.open(5);
+        let a = of.open(5, false);
+        let b = of.open(5, false);
         let st = of.get(5).unwrap();
         assert_eq!(of.take_unseen_error(a, &st), None);
         st.record_error(Errno::ENOSPC);
         assert_eq!(of.take_unseen_error(a, &st), Some(Errno::ENOSPC));
         assert_eq!(of.take_unseen_error(a, &st), None, "seen once");
         // A handle opened after the failure does not see it.
-        let c = of.open(5);
+        let c = of.open(5, false);
         assert_eq!(of.take_unseen_error(c, &st), None);
         assert_eq!(of.take_unseen_error(b, &st), Some(Errno::ENOSPC));
     }
 
     #[test]
+    fn executing_while_an_exec_handle_is_open() {
+        let of = OpenFiles::new(1 << 20);
+        let plain = of.open(3, false);
+        assert!(!of.executing(3));
+        let a = of.open(3, true);
+        let b = of.open(3, true);
+        of.close(plain);
+        of.close(a);
+        assert!(of.executing(3), "one program still runs");
+        of.close(b);
+        assert!(!of.executing(3));
+    }
+
+    #[test]
     fn state_lives_while_needed() {
         let of = OpenFiles::new(1 << 20);
-        let fh = of.open(9);
+        let fh = of.open(9, false);
         let st = of.get(9).unwrap();
         st.inner.lock().dirty.write(0, b"x");
         assert_eq!(st.size_override(), Some(1));

@@ -33,6 +33,8 @@ pub const FILE_DIRTY_LIMIT: u64 = 8 << 20;
 pub const TOTAL_DIRTY_LIMIT: u64 = 64 << 20;
 /// Data older than this is flushed by the periodic flusher.
 pub const DIRTY_MAX_AGE: Duration = Duration::from_secs(5);
+/// __FMODE_EXEC in the open flags FUSE passes: execve(2) opening the program.
+const FMODE_EXEC: i32 = 0x20;
 /// Chunk writes in flight per flush.
 const WRITE_PARALLELISM: usize = 8;
 /// A cached lease this close to expiry is renewed before use.
@@ -51,6 +53,13 @@ impl Weft {
         ino: u64,
         flags: i32,
     ) -> Result<(u64, bool), Errno> {
+        // With FUSE_ATOMIC_O_TRUNC the kernel sends an O_RDONLY|O_TRUNC open
+        // here before it checks that no program runs from the file (its
+        // ETXTBSY comes after our reply): truncating first would destroy a
+        // running executable, which then crashes, and the open succeeds.
+        if flags & libc::O_TRUNC != 0 && self.files.executing(ino) {
+            return Err(Errno(libc::ETXTBSY));
+        }
         let req = Op::Open(OpenReq {
             ino,
             flags: flags as u32,
@@ -70,7 +79,7 @@ impl Weft {
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
         let keep = unchanged && flags & libc::O_TRUNC == 0;
-        Ok((self.files.open(ino), keep))
+        Ok((self.files.open(ino, flags & FMODE_EXEC != 0), keep))
     }
 
     /// create(2): returns the new file's attributes and an open handle.
@@ -101,7 +110,7 @@ impl Weft {
         }
         self.locs.invalidate_file(a.ino);
         self.data.open_check(a.ino, stamp(&a));
-        let fh = self.files.open(a.ino);
+        let fh = self.files.open(a.ino, false);
         Ok((self.fattr(&a), fh))
     }
 
