@@ -9,7 +9,7 @@
 //! `replicas[0]` and the `chain` is the remaining replicas in order.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tonic::transport::Channel;
@@ -65,7 +65,14 @@ pub fn clip_read(offset: u64, size: u64, file_size: u64) -> u64 {
 pub struct ChunkIo {
     clients: Mutex<HashMap<String, ChunkClient<Channel>>>,
     op_timeout: Duration,
+    /// Replicas whose last read failed (with a "try another" status), and
+    /// when: tried last for a while, so spreading reads does not keep paying
+    /// for a dead daemon.
+    failed_at: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long a replica that failed a read is tried after the others.
+const SUSPECT_FOR: Duration = Duration::from_secs(5);
 
 /// Why no replica could serve a read.
 #[derive(Debug)]
@@ -80,6 +87,7 @@ impl ChunkIo {
         ChunkIo {
             clients: Mutex::new(HashMap::new()),
             op_timeout,
+            failed_at: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,23 +171,34 @@ impl ChunkIo {
         Ok(reply.data)
     }
 
-    /// Reads from the replicas of `loc` in order until one answers. Returns the
-    /// data and the address that served it.
-    pub async fn read_any(
+    /// Reads from the replicas of `loc` until one answers, starting with
+    /// replica `start` (modulo their number) so that concurrent pieces of a
+    /// file spread over all of them; replicas that failed recently go last.
+    /// Returns the data, the address that served it, and whether a replica
+    /// tried before it failed.
+    pub async fn read_spread(
         &self,
         loc: &ChunkLoc,
         offset: u64,
         length: u32,
-    ) -> Result<(bytes::Bytes, String), ReadFailure> {
+        start: usize,
+    ) -> Result<(bytes::Bytes, String, bool), ReadFailure> {
+        let order = self.read_order(&loc.replicas, start);
         let mut last = None;
-        for r in &loc.replicas {
+        for (i, addr) in order.iter().enumerate() {
             match self
-                .read_from(&r.addr, loc.chunk_id, loc.version, offset, length)
+                .read_from(addr, loc.chunk_id, loc.version, offset, length)
                 .await
             {
-                Ok(d) => return Ok((d, r.addr.clone())),
+                Ok(d) => {
+                    if i > 0 || !self.failed_at.lock().is_empty() {
+                        self.failed_at.lock().remove(addr);
+                    }
+                    return Ok((d, addr.clone(), i > 0));
+                }
                 Err(s) if read_should_try_next_replica(&s) => {
-                    tracing::info!(addr = %r.addr, chunk = loc.chunk_id, status = %s, "replica read failed, trying next");
+                    tracing::info!(addr = %addr, chunk = loc.chunk_id, status = %s, "replica read failed, trying next");
+                    self.failed_at.lock().insert(addr.clone(), Instant::now());
                     last = Some(s);
                 }
                 Err(s) => {
@@ -194,6 +213,21 @@ impl ChunkIo {
             all_retryable: true,
             last,
         })
+    }
+
+    /// The replicas rotated to begin at `start`, those that failed within
+    /// SUSPECT_FOR moved (in the same order) to the end.
+    fn read_order(&self, replicas: &[Replica], start: usize) -> Vec<String> {
+        let n = replicas.len();
+        let mut order: Vec<String> = (0..n)
+            .map(|i| replicas[(start + i) % n].addr.clone())
+            .collect();
+        let mut failed = self.failed_at.lock();
+        if !failed.is_empty() {
+            failed.retain(|_, at| at.elapsed() < SUSPECT_FOR);
+            order.sort_by_key(|a| failed.contains_key(a));
+        }
+        order
     }
 
     /// Makes the named chunks durable on every replica of a pipeline.

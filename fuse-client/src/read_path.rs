@@ -1,6 +1,13 @@
-//! The read path: clip to the file size, cut the range into per-chunk pieces,
-//! find each chunk's replicas (location cache, filled by batched `GetChunks`),
-//! and read the pieces in parallel from one replica each, failing over.
+//! The read path: clip to the file size, cut the range into per-chunk pieces
+//! of at most READ_STRIPE bytes, find each chunk's replicas (location cache,
+//! filled by batched `GetChunks`), and read the pieces in parallel, each
+//! starting at a different replica, failing over.
+//!
+//! Spreading: a piece's first replica is chosen by its place in the file
+//! (chunk index + stripe within the chunk), so the kernel's concurrent 1 MiB
+//! readahead requests of one chunk, and the stripes of one large read, go to
+//! all of the chunk's replicas instead of all to the first; a replica that
+//! failed a read lately is tried last (chunk_io.rs).
 //!
 //! Invariants: a read of an inode with data not yet stored first flushes it (so
 //! a read never returns older bytes than this client wrote); holes read as
@@ -23,6 +30,9 @@ use crate::errno::chunk_errno;
 const LOC_PREFETCH: u64 = 16;
 /// Pieces read in parallel per read request.
 const READ_PARALLELISM: usize = 8;
+/// A read is cut into pieces of at most this size (one kernel readahead
+/// request), each of which may go to another replica.
+const READ_STRIPE: u64 = 1 << 20;
 
 impl Weft {
     pub async fn read(
@@ -67,12 +77,15 @@ impl Weft {
         if len == 0 {
             return Ok(bytes::Bytes::new());
         }
-        let pieces = split_range(offset, len, self.chunk_size, MAX_IO as u64);
+        let pieces = split_range(offset, len, self.chunk_size, READ_STRIPE);
         self.ensure_locations(c, ino, pieces[0].index, pieces[pieces.len() - 1].index)
             .await?;
+        // The data cache's policy for a large sequential stream goes by the
+        // whole request, not by its stripes.
+        let streaming = len >= MAX_IO as u64;
         let mut reads = Vec::with_capacity(pieces.len());
         for p in pieces {
-            reads.push(async move { (p, self.read_piece(c, ino, p).await) });
+            reads.push(async move { (p, self.read_piece(c, ino, p, streaming).await) });
         }
         let results: Vec<(Piece, Result<Option<bytes::Bytes>, Errno>)> = stream::iter(reads)
             .buffer_unordered(READ_PARALLELISM)
@@ -155,16 +168,22 @@ impl Weft {
         c: &Caller,
         ino: u64,
         p: Piece,
+        streaming: bool,
     ) -> Result<Option<bytes::Bytes>, Errno> {
         let mut refreshed = false;
+        let start = (p.index + p.off / READ_STRIPE) as usize;
         loop {
             let loc = self.location(c, ino, p.index, refreshed).await?;
             if loc.chunk_id == 0 {
                 return Ok(None);
             }
-            match self.read_cached(ino, &loc, p.off, p.len).await {
-                Ok((d, addr)) => {
-                    if let Some(addr) = addr {
+            match self
+                .read_cached(ino, &loc, p.off, p.len, start, streaming)
+                .await
+            {
+                Ok((d, failed_over)) => {
+                    if let Some(addr) = failed_over {
+                        // Try the replica that answered first from now on.
                         self.locs.prefer(ino, p.index, &addr);
                     }
                     return Ok(Some(d));
@@ -192,17 +211,24 @@ impl Weft {
     /// Bytes [off, off+len) of a chunk, from the data cache when every block
     /// covering them is there; else read from a replica (the whole aligned
     /// blocks, which the daemon reads and verifies anyway) and cached.
-    /// Returns the replica that served it, if one did.
+    /// Reads go first to replica `start` (see read_spread). Returns the
+    /// replica that served it if others failed before it.
     async fn read_cached(
         &self,
         ino: u64,
         loc: &ChunkLoc,
         off: u64,
         len: u64,
+        start: usize,
+        streaming: bool,
     ) -> Result<(bytes::Bytes, Option<String>), ReadFailure> {
+        let fetch = |off: u64, len: u64| async move {
+            let (d, addr, failed_over) =
+                self.chunks.read_spread(loc, off, len as u32, start).await?;
+            Ok::<_, ReadFailure>((d, failed_over.then_some(addr)))
+        };
         if !self.data.enabled() {
-            let (d, addr) = self.chunks.read_any(loc, off, len as u32).await?;
-            return Ok((d, Some(addr)));
+            return fetch(off, len).await;
         }
         if let Some(d) = self.cached_piece(ino, loc, off, len) {
             return Ok((d, None));
@@ -220,8 +246,7 @@ impl Weft {
         // without evicting (a file larger than the cache, read at random,
         // would otherwise churn it at that cost on every miss).
         if len < BLOCK && !self.data.has_room(alen) {
-            let (d, addr) = self.chunks.read_any(loc, off, len as u32).await?;
-            return Ok((d, Some(addr)));
+            return fetch(off, len).await;
         }
         let epoch = self.data.epoch();
         // One request never asks for more than MAX_IO: past it, fetch the
@@ -231,11 +256,10 @@ impl Weft {
         } else {
             (off, len)
         };
-        let (d, addr) = self.chunks.read_any(loc, f_off, f_len as u32).await?;
-        // A whole MAX_IO piece is a sequential stream (the kernel's
+        let (d, addr) = fetch(f_off, f_len).await?;
+        // A whole MAX_IO request is a sequential stream (the kernel's
         // readahead): it fills free room but evicts nothing, so one large
         // scan neither flushes the cache nor pays a copy per byte once full.
-        let streaming = len >= MAX_IO as u64;
         let evict = !streaming && len >= BLOCK;
         let f_end = f_off + f_len;
         let mut b = f_off.div_ceil(BLOCK);
@@ -254,7 +278,7 @@ impl Weft {
             b += 1;
         }
         let skip = (off - f_off) as usize;
-        Ok((d.slice(skip..skip + len as usize), Some(addr)))
+        Ok((d.slice(skip..skip + len as usize), addr))
     }
 
     /// Bytes [off, off+len) of a chunk when every block covering them is in
