@@ -39,6 +39,8 @@ const FMODE_EXEC: i32 = 0x20;
 const WRITE_PARALLELISM: usize = 8;
 /// A cached lease this close to expiry is renewed before use.
 const LEASE_MARGIN_MS: u64 = 2000;
+/// Chunk locations asked for per GetChunks call by a punch.
+const PUNCH_BATCH: u64 = 1024;
 
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
@@ -444,23 +446,26 @@ impl Weft {
             let _g = st.flush_lock.lock().await;
             self.flush_locked(&st).await?;
             let cs = self.chunk_size;
-            let (first, last) = (from / cs, (to - 1) / cs);
-            let list = self
-                .mds
-                .get_chunks(c, ino, first, (last - first + 1) as u32)
-                .await?;
-            for (i, loc) in list.chunks.iter().enumerate() {
-                let index = first + i as u64;
-                let (lo, hi) = (from.max(index * cs), to.min((index + 1) * cs));
-                if loc.chunk_id == 0 || lo >= hi {
-                    continue;
+            let (mut index, last) = (from / cs, (to - 1) / cs);
+            while index <= last {
+                // The MDS answers at most so many indexes per call.
+                let count = (last - index + 1).min(PUNCH_BATCH) as u32;
+                let list = self.mds.get_chunks(c, ino, index, count).await?;
+                if list.chunks.is_empty() {
+                    return Err(Errno::EIO);
                 }
-                let zeros = vec![0u8; (hi - lo) as usize];
-                let ce = ChunkExtents {
-                    index,
-                    extents: vec![(lo - index * cs, zeros)],
-                };
-                self.store_chunk(&st, c, ce, true).await?;
+                for loc in &list.chunks {
+                    let (lo, hi) = (from.max(index * cs), to.min((index + 1) * cs));
+                    if loc.chunk_id != 0 && lo < hi {
+                        let zeros = vec![0u8; (hi - lo) as usize];
+                        let ce = ChunkExtents {
+                            index,
+                            extents: vec![(lo - index * cs, zeros)],
+                        };
+                        self.store_chunk(&st, c, ce, true).await?;
+                    }
+                    index += 1;
+                }
             }
             // The change is a write's: new mtime/ctime and chunk versions
             // committed; the size stays (`to` is within it).

@@ -448,3 +448,37 @@ fn punch_hole_frees_the_blocks_on_every_replica() {
         );
     }
 }
+
+/// A punch over more chunks than the MDS lists in one GetChunks answer
+/// (65,536) reaches the last of them: 1 MiB chunks, a 70 GiB sparse file
+/// with data in its first and last chunk, punched whole.
+#[test]
+fn punch_reaches_every_chunk_of_a_long_sparse_file() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("long");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    let size = 70 * 1024 * MIB;
+    f.write_all_at(&pattern(1000, 1), 0).unwrap();
+    f.write_all_at(&pattern(1000, 2), size - 1000).unwrap();
+    f.sync_all().unwrap();
+    falloc(
+        &f,
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        size as i64,
+    )
+    .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), size);
+    let mut buf = vec![1u8; 1000];
+    f.read_exact_at(&mut buf, 0).unwrap();
+    assert!(buf == vec![0u8; 1000], "the first chunk was not punched");
+    f.read_exact_at(&mut buf, size - 1000).unwrap();
+    assert!(buf == vec![0u8; 1000], "the last chunk was not punched");
+}
