@@ -174,12 +174,13 @@ impl Chunk for ChunkService {
     async fn write(&self, request: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
-        let (id, version, epoch, offset, sync) = (
+        let (id, version, epoch, offset, sync, punch) = (
             req.chunk_id,
             req.version,
             req.lease_epoch,
             req.offset,
             req.sync,
+            req.punch,
         );
         req.serial = self.admit(id, version, epoch, req.serial)?;
         let serial = req.serial;
@@ -190,7 +191,11 @@ impl Chunk for ChunkService {
         let run = tokio::spawn(async move {
             let data: Bytes = req.data.clone();
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
-                s.write(id, version, epoch, offset, &data)?;
+                if punch {
+                    s.punch(id, version, epoch, offset, &data)?;
+                } else {
+                    s.write(id, version, epoch, offset, &data)?;
+                }
                 if sync {
                     s.sync(id)?;
                 }

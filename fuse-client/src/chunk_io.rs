@@ -181,12 +181,14 @@ impl ChunkIo {
         }
     }
 
-    /// Writes `data` at `offset` within the chunk `w` names, down its pipeline.
+    /// Writes `data` at `offset` within the chunk `w` names, down its pipeline;
+    /// with `punch` (`data` all zeros) the replicas free the whole blocks.
     pub async fn write(
         &self,
         w: &ChunkWrite,
         offset: u64,
         data: bytes::Bytes,
+        punch: bool,
     ) -> Result<(), Status> {
         let loc = w
             .chunk
@@ -203,6 +205,7 @@ impl ChunkIo {
             data,
             chain,
             sync: false,
+            punch,
             serial: 0,
         };
         self.bounded(c.write(req)).await.map(|_| ())

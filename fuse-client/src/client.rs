@@ -192,7 +192,10 @@ impl Weft {
                 }),
             )
             .await?;
-        self.mds.meta.insert(t, parent, &name, &a);
+        if name != b".." {
+            // Not an entry of `parent`'s listing (and it moves with renames).
+            self.mds.meta.insert(t, parent, &name, &a);
+        }
         Ok(self.fattr(&a))
     }
 

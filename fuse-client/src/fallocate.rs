@@ -5,11 +5,13 @@
 //! covers (AllocChunk, so st_blocks counts them) and has each replica reserve
 //! the range on its disk (ChunkSpace.Allocate, an fallocate of the replica
 //! file), so a later write into the range needs no new space; then it moves
-//! the size unless KEEP_SIZE. Punching a hole and zeroing a range write zeros
-//! through the ordinary write path: slower than dropping chunks, but every
-//! later read sees zeros whichever replica serves it, and the write path's
-//! guarantees (flush on close, fsync durability, setuid/setgid cleared at
-//! commit) hold unchanged. copy_file_range reads and writes through the same
+//! the size unless KEEP_SIZE. Punching a hole and zeroing a range within the
+//! size send zeros down each chunk's write lease flagged as a punch
+//! (`Weft::punch_zeros`): every replica frees the whole 64 KiB blocks (a real
+//! hole) and writes the edges, so every later read sees zeros whichever
+//! replica serves it, and the write path's guarantees (serial order, fsync
+//! durability) hold; the kernel clears setuid/setgid before a non-owner's
+//! fallocate (ARCHITECTURE, privilege drops). copy_file_range reads and writes through the same
 //! paths, so it sees this client's unflushed writes and its result is
 //! buffered like any write.
 //!
@@ -71,11 +73,16 @@ impl Weft {
             if mode & ZERO_RANGE != 0 || !keep {
                 return Err(Errno::ENOTSUP);
             }
-            return self.write_zeros(c, ino, offset, end.min(size)).await;
+            return self.punch_zeros(c, ino, offset, end.min(size)).await;
         }
         if mode & ZERO_RANGE != 0 {
-            let zero_end = if keep { end.min(size) } else { end };
-            return self.write_zeros(c, ino, offset, zero_end).await;
+            // Within the size it is a punch (freed blocks read as zeros, as
+            // ext4's unwritten extents do); past it, zeros that extend it.
+            self.punch_zeros(c, ino, offset, end.min(size)).await?;
+            if !keep && end > size {
+                self.write_zeros(c, ino, offset.max(size), end).await?;
+            }
+            return Ok(());
         }
         // Plain allocation. A range that cannot fit in the cluster's free
         // space is ENOSPC before anything is reserved.

@@ -39,6 +39,8 @@ const FMODE_EXEC: i32 = 0x20;
 const WRITE_PARALLELISM: usize = 8;
 /// A cached lease this close to expiry is renewed before use.
 const LEASE_MARGIN_MS: u64 = 2000;
+/// Chunk locations asked for per GetChunks call by a punch.
+const PUNCH_BATCH: u64 = 1024;
 
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
@@ -275,7 +277,7 @@ impl Weft {
         };
         let mut stores = Vec::with_capacity(chunks.len());
         for ce in chunks {
-            stores.push(self.store_chunk(st, &caller, ce));
+            stores.push(self.store_chunk(st, &caller, ce, false));
         }
         let stored = stream::iter(stores)
             .buffer_unordered(WRITE_PARALLELISM)
@@ -315,6 +317,7 @@ impl Weft {
         st: &FileState,
         caller: &Caller,
         ce: ChunkExtents,
+        punch: bool,
     ) -> Result<(), Errno> {
         // Bytes: pieces and retries share the buffers instead of copying.
         let extents: Vec<(u64, bytes::Bytes)> = ce
@@ -351,7 +354,7 @@ impl Weft {
             for (off, data) in &extents {
                 for at in (0..data.len()).step_by(MAX_IO) {
                     let piece = data.slice(at..(at + MAX_IO).min(data.len()));
-                    writes.push(self.chunks.write(&w, off + at as u64, piece));
+                    writes.push(self.chunks.write(&w, off + at as u64, piece, punch));
                 }
             }
             let results: Vec<Result<(), tonic::Status>> = stream::iter(writes)
@@ -385,6 +388,63 @@ impl Weft {
             return Err(chunk_errno(&status));
         }
         unreachable!("the retry loop only ends by returning")
+    }
+
+    /// fallocate(PUNCH_HOLE/ZERO_RANGE) of `[from, to)` (within the size):
+    /// zeros stored through each chunk's write lease like a write (same
+    /// serial order at the replicas, same retries), flagged so that replicas
+    /// free the whole blocks. This client's buffered writes are stored first,
+    /// under the flush lock, so none lands after the punch and resurrects
+    /// bytes in the range. Chunks never written are holes already.
+    pub(crate) async fn punch_zeros(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<(), Errno> {
+        if from >= to {
+            return Ok(());
+        }
+        let st = self.files.get_or_create(ino);
+        let result = async {
+            let _g = st.flush_lock.lock().await;
+            self.flush_locked(&st).await?;
+            let cs = self.chunk_size;
+            let (mut index, last) = (from / cs, (to - 1) / cs);
+            while index <= last {
+                // The MDS answers at most so many indexes per call.
+                let count = (last - index + 1).min(PUNCH_BATCH) as u32;
+                let list = self.mds.get_chunks(c, ino, index, count).await?;
+                if list.chunks.is_empty() {
+                    return Err(Errno::EIO);
+                }
+                for loc in &list.chunks {
+                    let (lo, hi) = (from.max(index * cs), to.min((index + 1) * cs));
+                    if loc.chunk_id != 0 && lo < hi {
+                        let zeros = vec![0u8; (hi - lo) as usize];
+                        let ce = ChunkExtents {
+                            index,
+                            extents: vec![(lo - index * cs, zeros)],
+                        };
+                        self.store_chunk(&st, c, ce, true).await?;
+                    }
+                    index += 1;
+                }
+            }
+            // The change is a write's: new mtime/ctime and chunk versions
+            // committed; the size stays (`to` is within it).
+            let a = self
+                .mds
+                .attr(c, Op::CommitWrite(CommitWriteReq { ino, end: to }))
+                .await?;
+            self.attrs.put(&a);
+            Ok(())
+        }
+        .await;
+        self.data.invalidate_file(ino);
+        self.files.maybe_drop(ino);
+        result
     }
 
     /// The write pipeline for chunk `index`: the cached lease if still good,

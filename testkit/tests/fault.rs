@@ -318,6 +318,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 data: vec![0xEE; 16 << 10].into(),
                 chain: vec![addrs[1].clone(), addrs[2].clone()],
                 sync: false,
+                punch: false,
                 serial: 0,
             })
             .await

@@ -396,3 +396,30 @@ fn execute_only_program_runs() {
     fs::set_permissions(m.join("noexec"), fs::Permissions::from_mode(0o700)).unwrap();
     assert!(!run("./noexec"));
 }
+
+/// generic/467 (`open_by_handle -rp`): a directory this mount created, so
+/// knows every entry of, is opened again by its handle after the kernel
+/// dropped its inode and dentries: the kernel's lookups of "." (the inode)
+/// and ".." (to reconnect it) must not be answered "no such entry" from
+/// that listing, which the kernel turns into ESTALE.
+#[test]
+fn handle_of_a_directory_this_mount_created_opens_after_drop_caches() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let d = m.join("467-dir");
+    fs::create_dir(&d).unwrap();
+    fs::write(d.join("file000000"), b"x").unwrap();
+    // List it so this mount holds the directory's complete listing.
+    assert_eq!(fs::read_dir(&d).unwrap().count(), 1);
+    let mut hd = handle_of(&d);
+    // Only dentries and inodes (2), not the page cache.
+    fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let f = open_by_handle(&m, &mut hd).expect("open_by_handle_at of a linked directory");
+    assert_eq!(fstat(&f).unwrap().st_mode & libc::S_IFMT, libc::S_IFDIR);
+    let name = std::ffi::CString::new("file000000").unwrap();
+    assert_eq!(
+        unsafe { libc::faccessat(f.as_raw_fd(), name.as_ptr(), libc::F_OK, 0) },
+        0,
+        "the directory opened by handle does not show its file"
+    );
+}

@@ -18,6 +18,10 @@
 //! 4. the fixed fields and the crc entries up to the last touched block are
 //!    pwritten in one call at offset 0.
 //!
+//! A punch (fallocate PUNCH_HOLE/ZERO_RANGE) is a write of zeros in the same
+//! order, except that in 3 the blocks it covers whole are punched out of the
+//! file (a hole, its space given back) instead of written.
+//!
 //! A crash between 3 and 4 leaves blocks whose bytes and crcs disagree: the
 //! next read (or the scrubber) finds the mismatch, the replica is reported
 //! corrupt and re-replicated from the others — the GFS approach; nothing
@@ -232,6 +236,28 @@ impl ChunkFile {
     /// Writes `data` at `offset` and sets the stored version to `version`. See
     /// the module comment for the ordering. The caller checked range and version.
     pub fn write(&mut self, offset: u64, data: &[u8], version: u64) -> Result<()> {
+        self.write_or_punch(offset, data, version, false)
+    }
+
+    /// Zeros `[offset, offset+len)` as a write of `zeros` would, but the
+    /// blocks the range covers whole become holes in the replica file
+    /// (fallocate PUNCH_HOLE|KEEP_SIZE: SEEK_DATA skips them, their space is
+    /// given back) with the zero-block crc; partial edge blocks are written.
+    /// Same order as a write (data first, header last), so a crash in between
+    /// leaves crc mismatches, never wrong bytes served.
+    /// `zeros` must be all zeros (what a write of it would store).
+    pub fn punch(&mut self, offset: u64, zeros: &[u8], version: u64) -> Result<()> {
+        debug_assert!(zeros.iter().all(|&b| b == 0));
+        self.write_or_punch(offset, zeros, version, true)
+    }
+
+    fn write_or_punch(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        version: u64,
+        punch: bool,
+    ) -> Result<()> {
         let mut new = self.header.clone();
         new.version = version;
         if data.is_empty() {
@@ -245,7 +271,9 @@ impl ChunkFile {
             let lo = offset.max(bstart);
             let hi = end.min(bstart + BS);
             let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
-            new.crcs[b as usize] = if hi - lo == BS {
+            new.crcs[b as usize] = if hi - lo == BS && punch {
+                zero_block_crc()
+            } else if hi - lo == BS {
                 crc32c::crc32c(piece)
             } else {
                 // Partial block: the crc covers the whole block, so merge with
@@ -258,12 +286,53 @@ impl ChunkFile {
         }
         new.data_len = new.data_len.max(end);
 
-        let pos = self.header.header_len() + offset;
-        self.preallocate(pos, data.len() as u64)?;
-        self.file
-            .write_all_at(data, pos)
-            .map_err(|e| self.io_err("write", e))?;
+        // The whole blocks of a punch, [hole_lo, hole_hi); empty for a write.
+        let (hole_lo, hole_hi) = if punch {
+            (offset.next_multiple_of(BS).min(end), end - end % BS)
+        } else {
+            (end, end)
+        };
+        let (hole_lo, hole_hi) = if hole_lo < hole_hi {
+            (hole_lo, hole_hi)
+        } else {
+            (end, end)
+        };
+        let h = self.header.header_len();
+        for (lo, hi) in [(offset, hole_lo), (hole_hi, end)] {
+            if lo < hi {
+                let piece = &data[(lo - offset) as usize..(hi - offset) as usize];
+                self.preallocate(h + lo, hi - lo)?;
+                self.file
+                    .write_all_at(piece, h + lo)
+                    .map_err(|e| self.io_err("write", e))?;
+            }
+        }
+        if hole_lo < hole_hi {
+            self.punch_hole(h + hole_lo, hole_hi - hole_lo)?;
+        }
         self.store_header(new, last as usize + 1)
+    }
+
+    /// Frees `[pos, pos+len)` of the replica file (reads as zeros after).
+    /// Where the file system cannot punch, zeros are written instead.
+    fn punch_hole(&self, pos: u64, len: u64) -> Result<()> {
+        use nix::fcntl::{fallocate, FallocateFlags};
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        match fallocate(
+            self.file.as_fd(),
+            flags,
+            pos as libc::off_t,
+            len as libc::off_t,
+        ) {
+            Ok(()) => Ok(()),
+            Err(nix::errno::Errno::EOPNOTSUPP) | Err(nix::errno::Errno::ENOSYS) => {
+                self.preallocate(pos, len)?;
+                self.file
+                    .write_all_at(&vec![0u8; len as usize], pos)
+                    .map_err(|e| self.io_err("write", e))
+            }
+            Err(e) => Err(self.io_err("punch a hole in", std::io::Error::from(e))),
+        }
     }
 
     /// Reserves disk blocks for a range so the pwrite that follows cannot hit
@@ -499,21 +568,8 @@ fn fiemap_allocated(file: &File, start: u64, end: u64) -> nix::Result<u64> {
 
 /// Bytes of `[start, end)` that are data (not holes), via SEEK_DATA/SEEK_HOLE.
 fn data_in(file: &File, start: u64, end: u64) -> nix::Result<u64> {
-    use nix::unistd::{lseek, Whence};
-    let mut allocated = 0;
-    let mut p = start;
-    while p < end {
-        let data = match lseek(file.as_fd(), p as libc::off_t, Whence::SeekData) {
-            Ok(d) => d as u64,
-            Err(nix::errno::Errno::ENXIO) => break, // only a hole up to end of file
-            Err(e) => return Err(e),
-        };
-        if data >= end {
-            break;
-        }
-        let hole = lseek(file.as_fd(), data as libc::off_t, Whence::SeekHole)? as u64;
-        allocated += hole.min(end) - data.max(start);
-        p = hole;
-    }
-    Ok(allocated)
+    Ok(data_runs(file, start, end)?
+        .iter()
+        .map(|(a, b)| b - a)
+        .sum())
 }

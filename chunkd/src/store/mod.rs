@@ -450,6 +450,26 @@ impl Store {
     /// and writes that would pass the capacity; on any error the replica reads
     /// as it did before (see `chunkfile` for the crash case).
     pub fn write(&self, id: u64, version: u64, epoch: u64, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_or_punch(id, version, epoch, offset, data, false)
+    }
+
+    /// A write of `data` (zeros) whose whole blocks become holes in the
+    /// replica file, their space given back (`ChunkFile::punch`). Data that is
+    /// not all zeros is stored as a plain write: a punch never loses bytes.
+    pub fn punch(&self, id: u64, version: u64, epoch: u64, offset: u64, data: &[u8]) -> Result<()> {
+        let zeros = data.iter().all(|&b| b == 0);
+        self.write_or_punch(id, version, epoch, offset, data, zeros)
+    }
+
+    fn write_or_punch(
+        &self,
+        id: u64,
+        version: u64,
+        epoch: u64,
+        offset: u64,
+        data: &[u8],
+        punch: bool,
+    ) -> Result<()> {
         let _g = self.stripe(id).write();
         let len = data.len() as u64;
         let existing = self.index.lock().get(&id).copied();
@@ -458,8 +478,19 @@ impl Store {
                 refuse_stale(id, &e, version, Some(epoch))?;
                 self.check_range(id, offset, len, e.chunk_size)?;
                 let mut cf = ChunkFile::open(&self.chunk_path(id), id)?;
-                let reservation = self.reserve(id, cf.new_allocation(offset, len))?;
-                let result = cf.write(offset, data, version.max(e.version));
+                let need = if punch {
+                    punch_edges(offset, len)
+                        .map(|(lo, hi)| cf.new_allocation(lo, hi - lo))
+                        .sum()
+                } else {
+                    cf.new_allocation(offset, len)
+                };
+                let reservation = self.reserve(id, need)?;
+                let result = if punch {
+                    cf.punch(offset, data, version.max(e.version))
+                } else {
+                    cf.write(offset, data, version.max(e.version))
+                };
                 // Even a failed write may have allocated (fallocate): re-measure.
                 let allocated = cf.allocated().unwrap_or(e.allocated);
                 let h = cf.header();
@@ -504,7 +535,12 @@ impl Store {
                         })?;
                 }
                 let mut cf = ChunkFile::create(&path, Header::new(id, version, chunk_size))?;
-                if let Err(e) = cf.write(offset, data, version) {
+                let written = if punch {
+                    cf.punch(offset, data, version)
+                } else {
+                    cf.write(offset, data, version)
+                };
+                if let Err(e) = written {
                     // The replica did not exist before: leave it that way.
                     drop(cf);
                     let _ = std::fs::remove_file(&path);
@@ -724,3 +760,17 @@ fn corrupt_version(path: &Path) -> Option<u64> {
 mod install_tests;
 #[cfg(test)]
 mod tests;
+
+/// The partial blocks at the edges of a punch of `[offset, offset+len)`: the
+/// only parts it writes (the whole blocks between become a hole).
+fn punch_edges(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    let bs = format::BLOCK_SIZE as u64;
+    let end = offset + len;
+    let (lo, hi) = (offset.next_multiple_of(bs).min(end), end - end % bs);
+    let pieces = if lo < hi {
+        [(offset, lo), (hi, end)]
+    } else {
+        [(offset, end), (end, end)]
+    };
+    pieces.into_iter().filter(|(a, b)| a < b)
+}

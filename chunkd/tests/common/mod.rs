@@ -55,6 +55,7 @@ pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[Strin
         data: data.to_vec().into(),
         chain: chain.to_vec(),
         sync: false,
+        punch: false,
         serial: 0,
     }
 }

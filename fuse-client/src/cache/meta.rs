@@ -207,6 +207,12 @@ impl MetaCache {
 
     /// What is known of (parent, name), if the stream is live.
     pub fn lookup(&self, parent: u64, name: &[u8]) -> Option<Found> {
+        // "." and ".." are no entries of a listing: a complete directory
+        // must not call them absent (the kernel looks them up to turn a file
+        // handle back into a connected dentry; absent there is ESTALE).
+        if name == b"." || name == b".." {
+            return None;
+        }
         let mut g = self.inner.lock();
         if !g.live {
             return None;
