@@ -330,9 +330,13 @@ impl Weft {
         // Replicas seen failing: the MDS leaves them out of the next lease
         // (with a new version, so they can never take a late write).
         let mut failed: Vec<String> = Vec::new();
+        // A replica answered "full": if no other replica can take the chunk,
+        // the answer is ENOSPC, not a wait for replicas that never come.
+        let mut saw_full = false;
         for attempt in 1.. {
             let w = match self.chunk_alloc(st, caller, ce.index, &failed).await {
                 Ok(w) => w,
+                Err(e) if e == Errno::EAGAIN && saw_full => return Err(Errno::ENOSPC),
                 // Too few replicas right now (re-replication is on it), or
                 // none reachable: wait within the retry budget.
                 Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
@@ -373,6 +377,7 @@ impl Weft {
             };
             st.inner.lock().allocs.remove(&ce.index);
             let full = status.code() == tonic::Code::ResourceExhausted;
+            saw_full |= full;
             if let Some(addr) = failed_replica(&status, &loc) {
                 if !failed.contains(&addr) {
                     failed.push(addr);
