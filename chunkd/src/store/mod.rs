@@ -559,10 +559,10 @@ impl Store {
         }
     }
 
-    /// Reads exactly `len` bytes at `offset` (zeros where nothing was written).
-    /// `version` 0 accepts any version; otherwise it must match.
-    pub fn read(&self, id: u64, version: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let _g = self.stripe(id).read();
+    /// Opens the replica of `id` for a read of `[offset, offset+len)`
+    /// (caller holds the stripe lock). `version` 0 accepts any version;
+    /// otherwise it must match.
+    fn open_to_read(&self, id: u64, version: u64, offset: u64, len: u64) -> Result<ChunkFile> {
         let e = self.entry(id)?;
         if version != 0 && version != e.version {
             return Err(StoreError::StaleVersion {
@@ -571,8 +571,16 @@ impl Store {
                 got: version,
             });
         }
-        self.check_range(id, offset, len as u64, e.chunk_size)?;
-        ChunkFile::open(&self.chunk_path(id), id)?.read(offset, len)
+        self.check_range(id, offset, len, e.chunk_size)?;
+        ChunkFile::open(&self.chunk_path(id), id)
+    }
+
+    /// Reads exactly `len` bytes at `offset` (zeros where nothing was written).
+    /// `version` 0 accepts any version; otherwise it must match.
+    pub fn read(&self, id: u64, version: u64, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let _g = self.stripe(id).read();
+        self.open_to_read(id, version, offset, len as u64)?
+            .read(offset, len)
     }
 
     /// Reserves disk space for `[offset, offset+len)` of chunk `id` (fallocate),
@@ -608,16 +616,8 @@ impl Store {
         len: u64,
     ) -> Result<Vec<(u64, u64)>> {
         let _g = self.stripe(id).read();
-        let e = self.entry(id)?;
-        if version != 0 && version != e.version {
-            return Err(StoreError::StaleVersion {
-                id,
-                stored: e.version,
-                got: version,
-            });
-        }
-        self.check_range(id, offset, len, e.chunk_size)?;
-        ChunkFile::open(&self.chunk_path(id), id)?.data_extents(offset, len)
+        self.open_to_read(id, version, offset, len)?
+            .data_extents(offset, len)
     }
 
     /// Makes everything at or past `length` read as zeros; a newer `version`
