@@ -213,6 +213,9 @@ pub fn describe(r: &Record) -> String {
         ),
         Record::Purge { ino } => format!("purge ino {ino}"),
         Record::ExpireSession { session } => format!("expire-session {session:016x}"),
+        Record::RenameWhiteout { rename, whiteout } => {
+            format!("{} + whiteout ino {}", describe(rename), whiteout.ino())
+        }
         Record::BumpVersion {
             ino,
             index,

@@ -272,7 +272,11 @@ pub fn invalidations(record: &Record) -> Vec<pb::Invalidation> {
             v
         }
         Record::SetAttr { ino, size, .. } => vec![inode(*ino, size.is_some())],
-        Record::SetXattr { ino, .. } | Record::RemoveXattr { ino, .. } => vec![inode(*ino, false)],
+        Record::SetXattr { ino, .. }
+        | Record::RemoveXattr { ino, .. }
+        | Record::SetAcl { ino, .. } => vec![inode(*ino, false)],
+        // The whiteout is the source name's new entry: the rename's own list.
+        Record::RenameWhiteout { rename, .. } => invalidations(rename),
         Record::AllocChunk { ino, .. } | Record::CommitWrite { ino, .. } => vec![inode(*ino, true)],
         // The inode is gone: nobody can reach it by name any more.
         Record::Purge { .. } => vec![],

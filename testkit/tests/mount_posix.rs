@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use weft_testkit::TestCluster;
 
@@ -110,6 +110,17 @@ fn namespace_operations_and_errnos() {
         rename2(&m.join("a/t"), &m.join("a/none"), libc::RENAME_EXCHANGE),
         libc::ENOENT
     );
+    // RENAME_WHITEOUT (overlayfs): the source name becomes a 0:0 char device.
+    assert_eq!(
+        rename2(&m.join("b/x"), &m.join("a/w"), libc::RENAME_WHITEOUT),
+        0
+    );
+    assert_eq!(fs::read(m.join("a/w")).unwrap(), b"hello");
+    let w = fs::symlink_metadata(m.join("b/x")).unwrap();
+    assert!(w.file_type().is_char_device(), "{:?}", w.file_type());
+    assert_eq!((w.rdev(), w.mode() & 0o7777), (0, 0));
+    fs::remove_file(m.join("b/x")).unwrap();
+    fs::rename(m.join("a/w"), m.join("b/x")).unwrap();
     fs::write(m.join("b/sub/y"), b"").unwrap();
     fs::create_dir(m.join("a/d2")).unwrap();
     assert_eq!(

@@ -124,6 +124,9 @@ fn touch(op: &Op) -> Touch {
         ),
         Op::Unlink(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
         Op::Rmdir(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
+        // renameat2(RENAME_WHITEOUT) also creates the source name anew: rare
+        // (overlayfs), so it simply forgets everything.
+        Op::Rename(r) if r.flags & libc::RENAME_WHITEOUT != 0 => Touch::All,
         Op::Rename(r) => some(
             vec![r.parent, r.new_parent],
             vec![

@@ -264,6 +264,10 @@ impl Namespace {
             } => self.apply_bump_version(*ino, *index, *chunk_id, *version),
             // Session bookkeeping lives in `State`; nothing here.
             Record::ExpireSession { .. } => Ok(ReplyResult::Empty(pb::Empty {})),
+            Record::RenameWhiteout { rename, whiteout } => self
+                .apply_rename(rename, &mut freed)
+                .and_then(|_| self.apply_create(whiteout))
+                .map(|_| ReplyResult::Empty(pb::Empty {})),
         };
         let reply = reply.unwrap_or_else(|e| {
             tracing::error!(?rec, errno = %e, "record does not fit the namespace; nothing changed");

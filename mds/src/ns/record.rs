@@ -124,6 +124,13 @@ pub enum Record {
     ExpireSession {
         session: u64,
     },
+    /// issue3: renameat2(RENAME_WHITEOUT): the `Rename`, then the whiteout
+    /// (a `Create` of a 0:0 character device) at the source name, as one
+    /// journaled change.
+    RenameWhiteout {
+        rename: Box<Record>,
+        whiteout: Box<Record>,
+    },
 }
 
 impl Record {
@@ -143,6 +150,7 @@ impl Record {
             | Record::BumpVersion { ino, .. } => *ino,
             Record::SetAcl { ino, .. } => *ino,
             Record::ExpireSession { .. } => 0,
+            Record::RenameWhiteout { rename, .. } => rename.ino(),
         }
     }
 }

@@ -30,7 +30,7 @@ impl Namespace {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create_record(
+    pub(super) fn create_record(
         &self,
         ctx: &Ctx,
         p: &Inode,

@@ -1,4 +1,4 @@
-//! rename / renameat2 (RENAME_NOREPLACE, RENAME_EXCHANGE).
+//! rename / renameat2 (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
 //!
 //! Check order follows Linux `do_renameat2` + `vfs_rename` + ext4_rename:
 //! flags, "."/".." (EBUSY), lookups (ENOENT), NOREPLACE/EXCHANGE existence,
@@ -12,26 +12,36 @@
 //! Effects: a moved entry gets a fresh cookie in its new directory; an
 //! exchange keeps both cookies and swaps the inodes. Parents' nlink follow
 //! their subdirectories; both parents get mtime/ctime, moved and replaced
-//! inodes ctime.
+//! inodes ctime. RENAME_WHITEOUT (overlayfs) leaves a 0:0 character device
+//! at the source name, created as mknod would, in the same record.
 
 use super::create::touch_dir;
 use crate::ns::perm::{
     check_access, check_name, is_dot_or_dotdot, may_delete, MAY_EXEC, MAY_WRITE,
 };
+use crate::ns::inode::Kind;
 use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
 
 pub const RENAME_NOREPLACE: u32 = 1;
 pub const RENAME_EXCHANGE: u32 = 2;
+pub const RENAME_WHITEOUT: u32 = 4;
 
 impl Namespace {
     pub(crate) fn prepare_rename(&self, ctx: &Ctx, r: &pb::RenameReq) -> Result<Prepared, Errno> {
         let caller = &ctx.caller;
         let noreplace = r.flags & RENAME_NOREPLACE != 0;
         let exchange = r.flags & RENAME_EXCHANGE != 0;
-        // RENAME_WHITEOUT (overlayfs) and unknown flags are not supported.
-        if r.flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        let whiteout = r.flags & RENAME_WHITEOUT != 0;
+        // As do_renameat2: unknown flags, and EXCHANGE with either other one.
+        if r.flags & !(RENAME_NOREPLACE | RENAME_EXCHANGE | RENAME_WHITEOUT) != 0
+            || (exchange && (noreplace || whiteout))
+        {
             return Err(Errno::EINVAL);
+        }
+        // A whiteout is a device node: CAP_MKNOD.
+        if whiteout && !caller.is_root() {
+            return Err(Errno::EPERM);
         }
         if is_dot_or_dotdot(&r.name) {
             return Err(Errno(libc::EBUSY));
@@ -101,7 +111,7 @@ impl Namespace {
                 return Err(Errno::ENOTEMPTY);
             }
         }
-        Ok(Prepared::Record(Record::Rename {
+        let rename = Record::Rename {
             parent: r.parent,
             name: r.name.clone(),
             new_parent: r.new_parent,
@@ -111,6 +121,18 @@ impl Namespace {
             exchange,
             purge: tgt.is_none_or(|t| !self.is_open(t.ino)),
             now: ctx.now,
+        };
+        if !whiteout {
+            return Ok(Prepared::Record(rename));
+        }
+        let Prepared::Record(create) =
+            self.create_record(ctx, op, &r.name, Kind::CharDevice, 0, 0, b"")
+        else {
+            unreachable!("create_record prepares a record")
+        };
+        Ok(Prepared::Record(Record::RenameWhiteout {
+            rename: Box::new(rename),
+            whiteout: Box::new(create),
         }))
     }
 

@@ -236,3 +236,41 @@ fn rename_permissions() {
     h.rename_as(&alice, mine, "sub2", other, "sub", 0).unwrap();
     assert_eq!(h.lookup(sub, "..").unwrap().ino, other);
 }
+
+#[test]
+fn whiteout_leaves_a_device_at_the_source_name() {
+    const RENAME_WHITEOUT: u32 = 4;
+    let mut h = Harness::new();
+    let a = h.mkdir(1, "a");
+    let f = h.create(a, "f");
+    h.create(1, "t");
+    h.rename_as(&root(), a, "f", 1, "t", RENAME_WHITEOUT).unwrap();
+    assert_eq!(h.lookup(1, "t").unwrap().ino, f);
+    let w = h.lookup(a, "f").unwrap();
+    assert_ne!(w.ino, f);
+    assert_eq!(w.kind, pb::FileKind::CharDevice as i32);
+    assert_eq!((w.rdev, w.mode & 0o7777, w.uid), (0, 0, 0));
+    assert_eq!(h.names(a), [".", "..", "f"]);
+    // One record, that survives the WAL's encoding.
+    let rec = h.log.last().unwrap().clone();
+    assert!(matches!(rec, Record::RenameWhiteout { .. }));
+    let bytes = postcard::to_allocvec(&rec).unwrap();
+    assert_eq!(postcard::from_bytes::<Record>(&bytes).unwrap(), rec);
+
+    // Only with NOREPLACE, never EXCHANGE; a whiteout is mknod (root only).
+    h.create(a, "g");
+    assert_eq!(
+        h.rename_as(&root(), a, "g", 1, "t", RENAME_WHITEOUT | RENAME_NOREPLACE),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        h.rename_as(&root(), a, "g", 1, "t", RENAME_WHITEOUT | RENAME_EXCHANGE),
+        Err(Errno::EINVAL)
+    );
+    h.ns.inodes.get_mut(&a).unwrap().mode = 0o777;
+    assert_eq!(
+        h.rename_as(&user(1000, 1000), a, "g", a, "h", RENAME_WHITEOUT),
+        Err(Errno::EPERM)
+    );
+    assert_eq!(h.names(a), [".", "..", "f", "g"]);
+}
