@@ -22,7 +22,6 @@ use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
 use weft_proto::*;
 
-use crate::cache::kernel::Inval;
 use crate::cache::meta::MetaCache;
 use crate::errno::{mds_status_is_transient, meta_errno};
 use crate::log_track::{LogPos, LogTrack};
@@ -31,8 +30,9 @@ pub struct MdsClient {
     /// Lookups answered without a round trip; every call here keeps it
     /// coherent with this mount's own changes (cache/meta.rs).
     pub meta: MetaCache,
-    /// The kernel notifier's queue (cache/coherence.rs), once mounted.
-    pub kernel_inval: std::sync::OnceLock<std::sync::mpsc::Sender<Inval>>,
+    /// The kernel's notifier, once mounted: a commit's attribute
+    /// invalidation is written before the commit returns (see `call`).
+    pub kernel_notifier: std::sync::OnceLock<fuser::Notifier>,
     client: MetaClient<Channel>,
     addr: String,
     session: u64,
@@ -138,7 +138,7 @@ impl MdsClient {
             .max_encoding_message_size(MAX_MESSAGE);
         Ok(MdsClient {
             meta: MetaCache::default(),
-            kernel_inval: std::sync::OnceLock::new(),
+            kernel_notifier: std::sync::OnceLock::new(),
             client,
             addr: addr.to_string(),
             session: rand::random::<u64>() | 1,
@@ -189,8 +189,16 @@ impl MdsClient {
                 }
                 self.log.lock().reply(epoch, index, durable, &touched);
                 self.meta.after(started, Some(&r), parent.as_ref(), mkdir);
-                if let (Some(ino), Some(tx)) = (committed, self.kernel_inval.get()) {
-                    let _ = tx.send(Inval::Inode { ino, data: false });
+                // Directly, not through the notifying thread's queue: a stat
+                // right after close(2) must not be answered from the copy
+                // the kernel cached during the write (stale mtime). Attributes
+                // only, so the kernel takes no page lock and cannot wait on us.
+                if let (Some(ino), Some(n)) = (committed, self.kernel_notifier.get()) {
+                    if let Err(e) = n.inval_inode(fuser::INodeNo(ino), -1, 0) {
+                        if e.raw_os_error() != Some(libc::ENOENT) {
+                            tracing::debug!(ino, error = %e, "attribute invalidation failed");
+                        }
+                    }
                 }
                 Ok(r)
             }

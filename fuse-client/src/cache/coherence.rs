@@ -52,7 +52,7 @@ pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::run
     let (tx, rx) = std::sync::mpsc::channel::<Inval>();
     let (passed_tx, passed) = tokio::sync::watch::channel((0u64, 0u64));
     w.kernel.set_notifier(tx.clone());
-    let _ = w.mds.kernel_inval.set(tx.clone());
+    let _ = w.mds.kernel_notifier.set(notifier.clone());
     std::thread::Builder::new()
         .name("weftfs-inval".into())
         .spawn(move || notify_kernel(notifier, rx, passed_tx))
