@@ -4,7 +4,10 @@
 //!
 //! Invariants: a copy is pulled with ordinary `Chunk.Read`s at the exact
 //! version, so the source verifies every block's crc (a corrupt source fails
-//! the copy and reports itself); the copy becomes visible only whole (see
+//! the copy and reports itself); only the source's data extents are read
+//! (`ChunkSpace.DataExtents`), so punched and never-written blocks stay holes
+//! in the copy, while the last block is always copied so the copy's data
+//! length matches; the copy becomes visible only whole (see
 //! `store::install`); at most `MAX_CONCURRENT_COPIES` copies run at once on a
 //! daemon so a burst of repairs cannot starve client I/O here.
 
@@ -13,11 +16,14 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 use weft_proto::chunk_admin_server::{ChunkAdmin, ChunkAdminServer};
-use weft_proto::{Empty, ReadReq, ReplicateReq, SetVersionReq, MAX_IO, MAX_MESSAGE};
+use weft_proto::{
+    DataExtentsReq, Empty, ReadReq, ReplicateReq, SetVersionReq, MAX_IO, MAX_MESSAGE,
+};
 
 use crate::ordering::Sequencer;
 use crate::pipeline::Peers;
 use crate::service::status_of;
+use crate::store::format::BLOCK_SIZE;
 use crate::store::Store;
 
 const MAX_CONCURRENT_COPIES: usize = 4;
@@ -58,6 +64,33 @@ impl ChunkAdmin for AdminService {
             .map_err(|_| Status::unavailable("shutting down"))?;
         let (id, version, length) = (req.chunk_id, req.version, req.length);
         let mut source = self.peers.client(&req.source)?;
+        let extents = match self
+            .peers
+            .space_client(&req.source)?
+            .data_extents(DataExtentsReq {
+                chunk_id: id,
+                version,
+                offset: 0,
+                length,
+            })
+            .await
+        {
+            Ok(r) => r
+                .into_inner()
+                .extents
+                .iter()
+                .map(|e| (e.offset, e.offset.saturating_add(e.length)))
+                .collect(),
+            // Cannot tell the holes apart: copy every byte, as a read would see it.
+            Err(s) => {
+                tracing::debug!(
+                    source = req.source,
+                    error = s.message(),
+                    "no data extents; copying all"
+                );
+                vec![(0, length)]
+            }
+        };
         // The network side reads ahead one piece while the disk side writes.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<(u64, Vec<u8>), String>>(2);
         let store = self.store.clone();
@@ -69,9 +102,7 @@ impl ChunkAdmin for AdminService {
                 std::iter::from_fn(|| rx.blocking_recv()),
             )
         });
-        let mut off = 0u64;
-        while off < length {
-            let n = (length - off).min(MAX_IO as u64) as u32;
+        for (off, n) in copy_plan(&extents, length, BLOCK_SIZE as u64, MAX_IO as u64) {
             let piece = source
                 .read(ReadReq {
                     chunk_id: id,
@@ -86,7 +117,6 @@ impl ChunkAdmin for AdminService {
             if tx.send(piece).await.is_err() || failed {
                 break;
             }
-            off += n as u64;
         }
         drop(tx);
         match writer.await {
@@ -126,5 +156,64 @@ impl ChunkAdmin for AdminService {
             Ok(Err(e)) => Err(status_of(&e)),
             Err(e) => Err(Status::internal(format!("set_version task failed: {e}"))),
         }
+    }
+}
+
+/// The reads that copy a replica of `length` bytes whose data lies in
+/// `extents` (ascending (start, end) ranges; the rest reads as zeros):
+/// those ranges clipped to `length`, plus the last block so the copy's data
+/// length is `length`, merged, cut into pieces of at most `max_io` bytes.
+pub fn copy_plan(extents: &[(u64, u64)], length: u64, block: u64, max_io: u64) -> Vec<(u64, u32)> {
+    let mut ranges: Vec<(u64, u64)> = extents
+        .iter()
+        .map(|&(s, e)| (s.min(length), e.min(length)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    if length > 0 {
+        ranges.push(((length - 1) / block * block, length));
+    }
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let mut pieces = Vec::new();
+    for (mut s, e) in merged {
+        while s < e {
+            let n = (e - s).min(max_io);
+            pieces.push((s, n as u32));
+            s += n;
+        }
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::copy_plan;
+
+    #[test]
+    fn copy_plan_reads_only_data_and_the_last_block() {
+        // Nothing known about holes: everything, in pieces.
+        assert_eq!(
+            copy_plan(&[(0, 250)], 250, 64, 100),
+            [(0, 100), (100, 100), (200, 50)]
+        );
+        // A hole in the middle stays a hole; the tail block is read even
+        // though it is a hole, so the copy's length is right.
+        assert_eq!(
+            copy_plan(&[(0, 128), (256, 320)], 1000, 64, 1000),
+            [(0, 128), (256, 64), (960, 40)]
+        );
+        // Overlaps and touching ranges merge; extents past the length are cut.
+        assert_eq!(
+            copy_plan(&[(0, 64), (64, 200), (100, 5000)], 300, 64, 1000),
+            [(0, 300)]
+        );
+        assert_eq!(copy_plan(&[], 0, 64, 1000), []);
+        assert_eq!(copy_plan(&[], 64, 64, 1000), [(0, 64)]);
     }
 }

@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -514,4 +514,64 @@ fn rebalance_evens_out_a_new_empty_daemon() {
     assert!(f.problems.is_empty(), "{:?}", f.problems);
     drop_caches();
     assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+}
+
+/// A copy made by re-replication keeps the source's holes: a 4 MiB chunk
+/// with 128 KiB of data (a never-written middle, a hole at the end) takes
+/// about that much disk on the daemon that received it, not 4 MiB, and
+/// still reads back the same bytes.
+#[test]
+fn a_drained_replica_copy_stays_sparse() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.chunk_size = Some(4 * MIB);
+        s.replicas = Some(2);
+        s.lease_ms = Some(1500);
+    });
+    let mnt = tc.mount();
+    let p = mnt.join("sparse");
+    let mut want = vec![0u8; 4 * MIB as usize];
+    want[..65536].copy_from_slice(&pattern(65536, 41));
+    want[3 * MIB as usize..3 * MIB as usize + 65536].copy_from_slice(&pattern(65536, 42));
+    {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        f.write_all_at(&want[..65536], 0).unwrap();
+        f.write_all_at(&want[3 * MIB as usize..3 * MIB as usize + 65536], 3 * MIB)
+            .unwrap();
+        f.set_len(4 * MIB).unwrap();
+        f.sync_all().unwrap();
+    }
+    tc.cluster
+        .wait_replicated(Duration::from_secs(30))
+        .expect("replicated");
+    // Drain a daemon holding a replica: the one without gets a copy.
+    let holders: Vec<usize> = (0..3)
+        .filter(|&i| !chunk_files(&tc.cluster.chunkds[i].data).is_empty())
+        .collect();
+    assert_eq!(holders.len(), 2, "one chunk, two replicas");
+    let fresh = (0..3).find(|i| !holders.contains(i)).unwrap();
+    let victim = tc.cluster.chunkds[holders[0]].addr.clone();
+    std::thread::sleep(Duration::from_millis(1600)); // the write lease ends
+    let out = Command::new(bin("weft"))
+        .args(["drain", "--mds", &tc.mds_addr(), &victim, "--wait"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let copies = chunk_files(&tc.cluster.chunkds[fresh].data);
+    assert_eq!(copies.len(), 1, "the copy arrived");
+    let allocated = fs::metadata(&copies[0]).unwrap().blocks() * 512;
+    // 3 blocks of 64 KiB (two data, the tail) and the header.
+    assert!(
+        allocated < 512 * 1024,
+        "the copy takes {allocated} bytes on disk for 128 KiB of data"
+    );
+    drop_caches();
+    assert_eq!(sha(&read_all(&p)), sha(&want));
 }

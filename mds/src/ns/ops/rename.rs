@@ -16,10 +16,10 @@
 //! at the source name, created as mknod would, in the same record.
 
 use super::create::touch_dir;
+use crate::ns::inode::Kind;
 use crate::ns::perm::{
     check_access, check_name, is_dot_or_dotdot, may_delete, MAY_EXEC, MAY_WRITE,
 };
-use crate::ns::inode::Kind;
 use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
 

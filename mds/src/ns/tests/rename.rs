@@ -244,7 +244,8 @@ fn whiteout_leaves_a_device_at_the_source_name() {
     let a = h.mkdir(1, "a");
     let f = h.create(a, "f");
     h.create(1, "t");
-    h.rename_as(&root(), a, "f", 1, "t", RENAME_WHITEOUT).unwrap();
+    h.rename_as(&root(), a, "f", 1, "t", RENAME_WHITEOUT)
+        .unwrap();
     assert_eq!(h.lookup(1, "t").unwrap().ino, f);
     let w = h.lookup(a, "f").unwrap();
     assert_ne!(w.ino, f);
