@@ -161,7 +161,12 @@ impl Weft {
     /// Caches `a` and converts it for the kernel, with the local size override.
     pub fn fattr(&self, a: &Attr) -> FileAttr {
         self.attrs.put(a);
-        file_attr(a, self.files.size_override(a.ino))
+        let mut fa = file_attr(a, self.files.size_override(a.ino));
+        if let Some(t) = self.files.write_time(a.ino) {
+            fa.mtime = fa.mtime.max(t);
+            fa.ctime = fa.ctime.max(t);
+        }
+        fa
     }
 
     pub async fn lookup(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {
@@ -262,7 +267,18 @@ impl Weft {
                 // Nothing the MDS stores (e.g. only ctime): just report.
                 self.mds.getattr(c, ino).await?
             }
-            None => self.mds.attr(c, Op::Setattr(req)).await?,
+            None => {
+                // Explicit times (cp -p and tar set them through the open
+                // descriptor before close): data written before them is
+                // committed first, or its commit would set mtime to "now"
+                // after them.
+                if req.mtime.is_some() {
+                    if let Some(st) = self.files.get(ino).filter(|st| st.has_pending()) {
+                        self.flush_file(&st).await?;
+                    }
+                }
+                self.mds.attr(c, Op::Setattr(req)).await?
+            }
         };
         Ok(self.fattr(&a))
     }

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -34,6 +34,10 @@ pub struct FileInner {
     pub dirty_since: Option<Instant>,
     /// End of data handed to a flush that has not committed yet (0: none).
     pub inflight_end: u64,
+    /// When the latest write was buffered: the mtime and ctime stat shows
+    /// while data is pending (write(2) changes them at once; the MDS sets
+    /// its own when the data is committed).
+    pub last_write: Option<SystemTime>,
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
     pub opens: u32,
@@ -62,6 +66,7 @@ impl FileState {
                 dirty: DirtyBuffer::new(chunk_size),
                 dirty_since: None,
                 inflight_end: 0,
+                last_write: None,
                 writer: Caller::default(),
                 opens: 0,
                 execs: 0,
@@ -86,6 +91,14 @@ impl FileState {
         let g = self.inner.lock();
         let end = g.dirty.end().max(g.inflight_end);
         (!g.dirty.is_empty() || g.inflight_end > 0).then_some(end)
+    }
+
+    /// When the latest pending write happened, if data is pending.
+    pub fn write_time(&self) -> Option<SystemTime> {
+        let g = self.inner.lock();
+        (!g.dirty.is_empty() || g.inflight_end > 0)
+            .then_some(g.last_write)
+            .flatten()
     }
 
     pub fn record_error(&self, e: Errno) {
@@ -174,6 +187,10 @@ impl OpenFiles {
 
     pub fn size_override(&self, ino: u64) -> Option<u64> {
         self.get(ino).and_then(|f| f.size_override())
+    }
+
+    pub fn write_time(&self, ino: u64) -> Option<SystemTime> {
+        self.get(ino).and_then(|f| f.write_time())
     }
 
     /// Registers an open handle of `ino` (`exec`: opened by execve); returns

@@ -177,6 +177,7 @@ impl Weft {
         let (st, (added, kick)) = self.files.update(ino, |g| {
             let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
+            g.last_write = Some(std::time::SystemTime::now());
             g.writer = c;
             let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
             if kick {

@@ -354,8 +354,17 @@ fn a_stat_after_close_shows_the_committed_mtime() {
     std::thread::sleep(Duration::from_millis(1100));
     let mut f = OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all(&pattern(10_000, 1)).unwrap();
-    // A stat while the bytes are still buffered in weftfs.
-    assert_eq!(fs::metadata(&p).unwrap().len(), 10_000);
+    // A stat while the bytes are still buffered in weftfs: write(2) has
+    // changed mtime and ctime already.
+    let during = fs::metadata(&p).unwrap();
+    assert_eq!(during.len(), 10_000);
+    assert!(
+        during.mtime() > created.mtime() && during.ctime() > created.ctime(),
+        "mtime/ctime during the write {}/{} are not past the create's {}",
+        during.mtime(),
+        during.ctime(),
+        created.mtime()
+    );
     drop(f);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(after.len(), 10_000);
@@ -481,4 +490,46 @@ fn punch_reaches_every_chunk_of_a_long_sparse_file() {
     assert!(buf == vec![0u8; 1000], "the first chunk was not punched");
     f.read_exact_at(&mut buf, size - 1000).unwrap();
     assert!(buf == vec![0u8; 1000], "the last chunk was not punched");
+}
+
+/// Times set through a descriptor before close survive the close: `cp -p`
+/// (and tar) write the data, then futimens, then close. The buffered data's
+/// commit must not move mtime to the time of the close.
+#[test]
+fn times_set_before_close_survive_the_close() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("stamped");
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    {
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&pattern(10_000, 3)).unwrap();
+        f.set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+            .unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_000_000_000);
+    }
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.len(), md.mtime()), (10_000, 1_000_000_000));
+
+    // The same through cp -p from the local disk.
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::write(&src, pattern(200_000, 4)).unwrap();
+    File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+        .unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-p")
+        .arg(&src)
+        .arg(m.join("copied"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Past the attribute TTL: what the MDS holds.
+    std::thread::sleep(Duration::from_millis(1200));
+    let md = fs::metadata(m.join("copied")).unwrap();
+    assert_eq!((md.len(), md.mtime()), (200_000, 1_000_000_000));
 }
