@@ -268,11 +268,15 @@ impl Weft {
                 self.mds.getattr(c, ino).await?
             }
             None => {
-                // Explicit times (cp -p and tar set them through the open
-                // descriptor before close): data written before them is
-                // committed first, or its commit would set mtime to "now"
-                // after them.
-                if req.mtime.is_some() {
+                // Explicit times, modes, owners (cp -p and tar set them
+                // through the open descriptor before close): data written
+                // before them is committed first, or its commit would set
+                // mtime to "now", or drop a setuid bit, after them.
+                if req.mtime.is_some()
+                    || req.mode.is_some()
+                    || req.uid.is_some()
+                    || req.gid.is_some()
+                {
                     if let Some(st) = self.files.get(ino).filter(|st| st.has_pending()) {
                         self.flush_file(&st).await?;
                     }

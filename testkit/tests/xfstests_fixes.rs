@@ -423,3 +423,40 @@ fn handle_of_a_directory_this_mount_created_opens_after_drop_caches() {
         "the directory opened by handle does not show its file"
     );
 }
+
+/// A user writes to its own file and, before closing it, sets the setuid
+/// bit (as `install -m 4755` does): the bit stays. The write cleared the
+/// privileges before the chmod, as on ext4, not at the close after it.
+#[test]
+fn setuid_set_after_a_write_before_close_stays() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    let p = m.join("prog");
+    fs::write(&p, b"").unwrap();
+    let status = std::process::Command::new("chown")
+        .args(["tests:tests"])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=tests",
+            "--regid=tests",
+            "--clear-groups",
+            "perl",
+            "-e",
+        ])
+        // One descriptor, never closed before the chmod (a shell's `>&3`
+        // would close a copy of it, and a close commits the data).
+        .arg(
+            "open(F, '+<', 'prog') or die $!; syswrite(F, 'some program') or die $!; \
+             chmod(04755, 'prog') or die $!; close(F) or die $!",
+        )
+        .current_dir(&m)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.len(), md.mode() & 0o7777), (12, 0o4755));
+}
