@@ -180,6 +180,84 @@ fn fallocate_by_non_owner_clears_setuid_setgid() {
     }
 }
 
+/// A non-owner with write permission cannot clear setuid/setgid with
+/// chmod(2) or fchmod(2) (EPERM, mode unchanged: the kernel's
+/// default_permissions check refuses it before weftfs sees it), but a write
+/// by that user clears them as tmpfs and ext4 do: setuid always, setgid with
+/// group execute or when the writer is not in the file's group. The MDS lets a non-owner's mode change through only when it just
+/// drops those bits, which is what the kernel sends before such a write.
+#[test]
+fn chmod_by_non_owner_is_eperm_but_a_write_clears_setuid_setgid() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount_with(&["allow_other"]);
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o777)).unwrap();
+    let mode_of = |name: &str| fs::metadata(m.join(name)).unwrap().permissions().mode() & 0o7777;
+    // Runs perl as user `tests`, in the mount (its temp parent is not open to
+    // `tests`); prints the errno of each call, 0 for success.
+    let as_tests = |script: &str, file: &str| -> String {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=tests", "--regid=tests", "--clear-groups"])
+            .args(["perl", "-e", script, file])
+            .current_dir(&m)
+            .output()
+            .unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let id = std::process::Command::new("id")
+        .args(["-g", "tests"])
+        .output()
+        .unwrap();
+    let tests_gid: u32 = String::from_utf8(id.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for (name, mode, gid, after_write) in [
+        ("gx", 0o6777, 0, 0o777),
+        ("nogx", 0o6766, 0, 0o766),
+        ("nogx-in-group", 0o6766, tests_gid, 0o2766),
+    ] {
+        fs::write(m.join(name), b"old").unwrap();
+        std::os::unix::fs::chown(m.join(name), None, Some(gid)).unwrap();
+        fs::set_permissions(m.join(name), fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(mode_of(name), mode);
+        let errnos = as_tests(
+            "$f = $ARGV[0];
+             print chmod(0777, $f) ? 0 : $! + 0, \"\\n\";
+             print chmod(0666, $f) ? 0 : $! + 0, \"\\n\";
+             open(F, '<', $f) or die \"open: $!\";
+             print chmod(0777, \\*F) ? 0 : $! + 0, \"\\n\";",
+            name,
+        );
+        let eperm = libc::EPERM.to_string();
+        assert_eq!(
+            errnos.lines().collect::<Vec<_>>(),
+            [&*eperm, &*eperm, &*eperm],
+            "chmod, chmod, fchmod of {name} ({mode:o}) by a non-owner"
+        );
+        assert_eq!(
+            mode_of(name),
+            mode,
+            "{name}: a refused chmod changed the mode"
+        );
+
+        let wrote = as_tests(
+            "open(F, '>>', $ARGV[0]) or die \"open: $!\";
+             syswrite(F, 'new') == 3 or die \"write: $!\"; close(F) or die; print 0;",
+            name,
+        );
+        assert_eq!(wrote, "0");
+        assert_eq!(
+            mode_of(name),
+            after_write,
+            "{name} ({mode:o}) after a non-owner's write"
+        );
+        assert_eq!(fs::read(m.join(name)).unwrap(), b"oldnew");
+    }
+}
+
 /// name_to_handle_at(2) on one mount's path, then open_by_handle_at(2) of it
 /// on another mount that has never seen the inode.
 fn handle_of(p: &std::path::Path) -> Vec<u8> {
