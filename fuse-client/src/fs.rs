@@ -126,7 +126,13 @@ impl Filesystem for WeftFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_ASYNC_DIO,
+            // Not FUSE_ASYNC_DIO: with it an AIO O_DIRECT write returns
+            // -EIOCBQUEUED from fuse_direct_IO, so generic_file_direct_write
+            // skips the page cache invalidation after the write and nothing
+            // in FUSE's async completion does it: pages a buffered reader
+            // cached from the old bytes while the write was in flight stay
+            // (generic/451). Without it the write completes in the submitter
+            // and the kernel invalidates as for a synchronous one.
             // Locks go to the MDS (locks.rs), so mounts exclude each other.
             InitFlags::FUSE_POSIX_LOCKS,
             // ACLs: the kernel enforces them and leaves the umask to us (the
