@@ -531,9 +531,7 @@ impl Aligned {
         }
         Aligned(p, len)
     }
-}
 
-impl Aligned {
     fn as_slice(&self) -> &[u8] {
         unsafe { std::slice::from_raw_parts(self.0, self.1) }
     }
