@@ -12,7 +12,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::*;
@@ -25,11 +25,13 @@ use crate::errno::to_fuse;
 pub struct WeftFs {
     w: Arc<Weft>,
     rt: Rt,
+    /// The session's notifier, set once mounted (`write` of direct I/O).
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl WeftFs {
-    pub fn new(w: Arc<Weft>, rt: Rt) -> WeftFs {
-        WeftFs { w, rt }
+    pub fn new(w: Arc<Weft>, rt: Rt, notifier: Arc<OnceLock<Notifier>>) -> WeftFs {
+        WeftFs { w, rt, notifier }
     }
 
     /// Runs `f(weft, caller)` on the runtime.
@@ -126,13 +128,10 @@ impl Filesystem for WeftFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
-            // Not FUSE_ASYNC_DIO: with it an AIO O_DIRECT write returns
-            // -EIOCBQUEUED from fuse_direct_IO, so generic_file_direct_write
-            // skips the page cache invalidation after the write and nothing
-            // in FUSE's async completion does it: pages a buffered reader
-            // cached from the old bytes while the write was in flight stay
-            // (generic/451). Without it the write completes in the submitter
-            // and the kernel invalidates as for a synchronous one.
+            // An AIO direct write is then answered -EIOCBQUEUED by the
+            // kernel, which skips its page cache invalidation after the
+            // write: `write` invalidates the range itself (generic/451).
+            InitFlags::FUSE_ASYNC_DIO,
             // Locks go to the MDS (locks.rs), so mounts exclude each other.
             InitFlags::FUSE_POSIX_LOCKS,
             // ACLs: the kernel enforces them and leaves the umask to us (the
@@ -457,7 +456,7 @@ impl Filesystem for WeftFs {
         data: &[u8],
         _write_flags: WriteFlags,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         // The kernel holds the inode lock across a buffered write, so no
@@ -467,18 +466,47 @@ impl Filesystem for WeftFs {
         } else {
             offset
         };
+        // A direct write sent by the kernel's fuse_direct_io (O_DIRECT, and a
+        // lock owner, which its buffered fallback's writes never carry) may
+        // be an AIO one that the kernel completes without invalidating the
+        // page cache: pages a buffered reader cached from the old bytes
+        // while it was in flight would stay. So the range is invalidated
+        // once the bytes are accepted (a read after that sees them) and
+        // before the reply. Its pages are not locked by this write, only by
+        // reads that weftfs answers meanwhile; the notifier blocks until
+        // those are done, so it runs on the blocking pool, never on the
+        // FUSE reader thread. A buffered write holds its pages locked until
+        // the reply: invalidating them here would deadlock.
+        let inval = match self.notifier.get() {
+            Some(n) if flags.0 & libc::O_DIRECT != 0 && lock_owner.is_some() => Some(n.clone()),
+            _ => None,
+        };
         // Buffered right here when there is room (the common case): a write
         // is then answered without waking a tokio worker.
         let c = self.w.caller(req.uid(), req.gid(), req.pid());
         let _rt = self.rt.enter();
-        match self.w.write_now(&c, ino.0, offset, data) {
-            Some(Ok(n)) => return reply.written(n),
+        let len = data.len() as i64;
+        let now = match self.w.write_now(&c, ino.0, offset, data) {
+            Some(Ok(n)) if inval.is_none() => return reply.written(n),
             Some(Err(e)) => return reply.error(to_fuse(e)),
-            None => {}
-        }
-        let data = data.to_vec();
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
+        let data = if now.is_none() {
+            data.to_vec()
+        } else {
+            Vec::new()
+        };
         self.spawn(req, move |w, c| async move {
-            match w.write(c, ino.0, offset, data).await {
+            let r = match now {
+                Some(n) => Ok(n),
+                None => w.write(c, ino.0, offset, data).await,
+            };
+            if let (Ok(_), Some(n)) = (&r, inval) {
+                let _ = tokio::task::spawn_blocking(move || n.inval_inode(ino, offset as i64, len))
+                    .await;
+            }
+            match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(to_fuse(e)),
             }
