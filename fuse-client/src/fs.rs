@@ -12,7 +12,8 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use fuser::*;
@@ -25,11 +26,19 @@ use crate::errno::to_fuse;
 pub struct WeftFs {
     w: Arc<Weft>,
     rt: Rt,
+    /// The session's notifier, set once mounted (`write` of direct I/O).
+    notifier: Arc<OnceLock<Notifier>>,
+    paged: Arc<PagedInodes>,
 }
 
 impl WeftFs {
-    pub fn new(w: Arc<Weft>, rt: Rt) -> WeftFs {
-        WeftFs { w, rt }
+    pub fn new(w: Arc<Weft>, rt: Rt, notifier: Arc<OnceLock<Notifier>>) -> WeftFs {
+        WeftFs {
+            w,
+            rt,
+            notifier,
+            paged: Arc::new(PagedInodes::new()),
+        }
     }
 
     /// Runs `f(weft, caller)` on the runtime.
@@ -45,6 +54,41 @@ impl WeftFs {
             f(w, caller).await
         });
     }
+}
+
+/// Inodes whose pages the kernel may hold in its page cache: a read or a
+/// write other than a direct one reached weftfs for them (pages enter the
+/// page cache no other way: weftfs never sends FUSE_NOTIFY_STORE). Marked
+/// before such a request is served, never cleared; kept as bits of a fixed
+/// table by inode number, so a collision only costs an invalidation that was
+/// not needed. A direct write of an inode not marked when its bytes were
+/// accepted needs no invalidation: any read that could have cached the old
+/// bytes was marked before it read them.
+struct PagedInodes(Box<[AtomicU64]>);
+
+impl PagedInodes {
+    const BITS: u64 = 1 << 16;
+
+    fn new() -> PagedInodes {
+        PagedInodes((0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn mark(&self, ino: u64) {
+        let bit = ino % Self::BITS;
+        self.0[(bit / 64) as usize].fetch_or(1 << (bit % 64), AtomicOrdering::SeqCst);
+    }
+
+    fn marked(&self, ino: u64) -> bool {
+        let bit = ino % Self::BITS;
+        self.0[(bit / 64) as usize].load(AtomicOrdering::SeqCst) & (1 << (bit % 64)) != 0
+    }
+}
+
+/// A request the kernel's direct I/O path sent (fuse_direct_io): O_DIRECT,
+/// and a lock owner, which page cache reads and writes never carry (nor the
+/// buffered fallback of a direct write).
+fn is_direct(flags: OpenFlags, lock_owner: Option<LockOwner>) -> bool {
+    flags.0 & libc::O_DIRECT != 0 && lock_owner.is_some()
 }
 
 fn bytes(s: &OsStr) -> Vec<u8> {
@@ -126,6 +170,9 @@ impl Filesystem for WeftFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_ATOMIC_O_TRUNC,
             InitFlags::FUSE_PARALLEL_DIROPS,
+            // An AIO direct write is then answered -EIOCBQUEUED by the
+            // kernel, which skips its page cache invalidation after the
+            // write: `write` invalidates the range itself (generic/451).
             InitFlags::FUSE_ASYNC_DIO,
             // Locks go to the MDS (locks.rs), so mounts exclude each other.
             InitFlags::FUSE_POSIX_LOCKS,
@@ -415,10 +462,13 @@ impl Filesystem for WeftFs {
         _fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        flags: OpenFlags,
+        lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        if !is_direct(flags, lock_owner) {
+            self.paged.mark(ino.0);
+        }
         // Served from the data cache right here when it can be.
         {
             let _rt = self.rt.enter();
@@ -451,7 +501,7 @@ impl Filesystem for WeftFs {
         data: &[u8],
         _write_flags: WriteFlags,
         flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         // The kernel holds the inode lock across a buffered write, so no
@@ -461,18 +511,50 @@ impl Filesystem for WeftFs {
         } else {
             offset
         };
+        // An AIO direct write is completed by the kernel without
+        // invalidating the page cache: pages a buffered reader cached from
+        // the old bytes while it was in flight would stay. So once its bytes
+        // are accepted (a read after that sees them) and before the reply,
+        // the range is invalidated, if the kernel may cache pages of the
+        // file at all. The pages are not locked by this write, only by reads
+        // that weftfs answers meanwhile; the notifier blocks until those are
+        // done, so it runs on the blocking pool, never on the FUSE reader
+        // thread. A buffered write holds its pages locked until the reply:
+        // invalidating them here would deadlock, hence `is_direct`.
+        let direct = is_direct(flags, lock_owner);
+        if !direct {
+            self.paged.mark(ino.0);
+        }
+        let notifier = self.notifier.get().filter(|_| direct).cloned();
+        let paged = self.paged.clone();
+        // The invalidation to make once the bytes are accepted, if any.
+        let inval_after = move || notifier.clone().filter(|_| paged.marked(ino.0));
+        let len = data.len() as i64;
         // Buffered right here when there is room (the common case): a write
         // is then answered without waking a tokio worker.
         let c = self.w.caller(req.uid(), req.gid(), req.pid());
         let _rt = self.rt.enter();
-        match self.w.write_now(&c, ino.0, offset, data) {
-            Some(Ok(n)) => return reply.written(n),
+        let (accepted, data) = match self.w.write_now(&c, ino.0, offset, data) {
             Some(Err(e)) => return reply.error(to_fuse(e)),
-            None => {}
-        }
-        let data = data.to_vec();
+            Some(Ok(n)) => match inval_after() {
+                None => return reply.written(n),
+                Some(notifier) => (Some((n, notifier)), Vec::new()),
+            },
+            None => (None, data.to_vec()),
+        };
         self.spawn(req, move |w, c| async move {
-            match w.write(c, ino.0, offset, data).await {
+            let (r, inval) = match accepted {
+                Some((n, notifier)) => (Ok(n), Some(notifier)),
+                None => match w.write(c, ino.0, offset, data).await {
+                    Ok(n) => (Ok(n), inval_after()),
+                    Err(e) => (Err(e), None),
+                },
+            };
+            if let Some(n) = inval {
+                let _ = tokio::task::spawn_blocking(move || n.inval_inode(ino, offset as i64, len))
+                    .await;
+            }
+            match r {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(to_fuse(e)),
             }
@@ -853,5 +935,31 @@ impl Filesystem for WeftFs {
                 .await;
             empty(reply, r)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paged_inodes_remember_marks_and_collide_only_towards_marked() {
+        let p = PagedInodes::new();
+        assert!(!p.marked(7));
+        p.mark(7);
+        assert!(p.marked(7));
+        assert!(!p.marked(8));
+        // Same bit: a false "may be cached", never a false "not cached".
+        assert!(p.marked(7 + PagedInodes::BITS));
+        p.mark(u64::MAX);
+        assert!(p.marked(u64::MAX));
+    }
+
+    #[test]
+    fn only_o_direct_with_a_lock_owner_is_the_direct_path() {
+        let d = OpenFlags(libc::O_RDWR | libc::O_DIRECT);
+        assert!(is_direct(d, Some(LockOwner(1))));
+        assert!(!is_direct(d, None));
+        assert!(!is_direct(OpenFlags(libc::O_RDWR), Some(LockOwner(1))));
     }
 }

@@ -244,9 +244,11 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
         return Ok(());
     }
     let spec = mount::MountSpec::new(&cli.mountpoint, &cli.source, &cli.opts);
-    let fs = fs::WeftFs::new(w.clone(), rt.handle().clone());
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let fs = fs::WeftFs::new(w.clone(), rt.handle().clone(), notifier.clone());
     let (session, unmounter) = mount::mount(fs, &spec)
         .map_err(|e| format!("cannot mount at {}: {e}", cli.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     if let Err(e) = tuning::set_readahead(&cli.mountpoint, cli.opts.readahead_kb) {
         tracing::warn!(error = %e, "cannot set the mount's readahead window");
     }
