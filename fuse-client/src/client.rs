@@ -161,7 +161,7 @@ impl Weft {
     /// Caches `a` and converts it for the kernel, with the local size override.
     pub fn fattr(&self, a: &Attr) -> FileAttr {
         self.attrs.put(a);
-        file_attr(a, self.files.size_override(a.ino))
+        file_attr(a, self.files.overlay(a.ino))
     }
 
     pub async fn lookup(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {

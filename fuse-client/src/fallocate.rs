@@ -22,7 +22,8 @@
 
 use std::sync::Arc;
 
-use weft_proto::{Caller, Errno, SetAttrReq};
+use weft_proto::meta_request::Op;
+use weft_proto::{Caller, ChunkAlloc, CommitWriteReq, Errno, SetAttrReq};
 
 use crate::client::Weft;
 use crate::errno::{chunk_errno, write_should_realloc};
@@ -90,30 +91,70 @@ impl Weft {
         if grow > 0 && grow > self.mds.statfs(c).await?.free_bytes {
             return Err(Errno::ENOSPC);
         }
-        let reserved = self.reserve_range(c, ino, offset, end).await;
-        // The chunk map (and so st_blocks) changed, even on a partial failure.
-        self.locs.invalidate_file(ino);
-        self.attrs.invalidate(ino);
-        reserved?;
-        if !keep && end > size {
-            // fallocate comes through an open descriptor: its open checked
-            // write access (the file's mode may have changed since).
-            let req = SetAttrReq {
-                ino,
-                size: Some(end),
-                has_fh: true,
-                ..Default::default()
-            };
-            let a = self.truncate(c, ino, end, req).await?;
+        // fallocate comes through an open descriptor: its open checked
+        // write access (the file's mode may have changed since).
+        let resize = |to: u64| SetAttrReq {
+            ino,
+            size: Some(to),
+            has_fh: true,
+            ..Default::default()
+        };
+        let grows = !keep && end > size;
+        if grows {
+            // The size moves first: growing cuts the chunk at the old end on
+            // its replicas, which would give back space reserved past it.
+            let a = self.truncate(c, ino, end, resize(end)).await?;
             self.attrs.put(&a);
         }
-        Ok(())
+        let (allocs, reserved) = self.reserve_range(c, ino, offset, end).await;
+        // The chunk map and st_blocks changed, even on a partial failure.
+        self.locs.invalidate_file(ino);
+        self.attrs.invalidate(ino);
+        let committed = if allocs.is_empty() {
+            Ok(())
+        } else {
+            let op = Op::CommitWrite(CommitWriteReq {
+                ino,
+                end: 0,
+                allocs,
+                allocs_only: true,
+            });
+            self.mds.attr(c, op).await.map(|a| self.attrs.put(&a))
+        };
+        if let Err(e) = reserved {
+            if grows {
+                // A failed fallocate leaves the size as it was.
+                let _ = self.truncate(c, ino, size, resize(size)).await;
+            }
+            return Err(e);
+        }
+        committed
     }
 
     /// Allocates the chunks covering [from, to) and reserves the range on
     /// their replicas, re-allocating the pipeline when a replica went stale
-    /// or away (as a write does).
-    async fn reserve_range(&self, c: &Caller, ino: u64, from: u64, to: u64) -> Result<(), Errno> {
+    /// or away (as a write does). Returns what the primaries reported holding
+    /// on disk for the chunks reserved (also when a later one failed).
+    async fn reserve_range(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> (Vec<ChunkAlloc>, Result<(), Errno>) {
+        let mut allocs = Vec::new();
+        let r = self.reserve_chunks(c, ino, from, to, &mut allocs).await;
+        (allocs, r)
+    }
+
+    async fn reserve_chunks(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+        allocs: &mut Vec<ChunkAlloc>,
+    ) -> Result<(), Errno> {
         let cs = self.chunk_size;
         let mut at = from;
         while at < to {
@@ -123,11 +164,18 @@ impl Weft {
             let mut failed: Vec<String> = Vec::new();
             for attempt in 1..=RESERVE_ATTEMPTS {
                 let w = self.mds.alloc_chunk(c, ino, index, failed.clone()).await?;
+                let loc = w.chunk.clone().unwrap_or_default();
                 let status = match self.chunks.allocate(&w, off, len).await {
-                    Ok(()) => break,
+                    Ok(allocated) => {
+                        allocs.extend(allocated.map(|bytes| ChunkAlloc {
+                            index,
+                            chunk_id: loc.chunk_id,
+                            bytes,
+                        }));
+                        break;
+                    }
                     Err(s) => s,
                 };
-                let loc = w.chunk.unwrap_or_default();
                 tracing::info!(ino, index, chunk = loc.chunk_id, %status, attempt, "reserving chunk space failed");
                 if status.code() == tonic::Code::ResourceExhausted
                     || !write_should_realloc(&status)

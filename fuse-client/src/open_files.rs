@@ -34,6 +34,8 @@ pub struct FileInner {
     pub dirty_since: Option<Instant>,
     /// End of data handed to a flush that has not committed yet (0: none).
     pub inflight_end: u64,
+    /// Bytes handed to flushes that have not committed yet.
+    pub inflight_bytes: u64,
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
     pub opens: u32,
@@ -62,6 +64,7 @@ impl FileState {
                 dirty: DirtyBuffer::new(chunk_size),
                 dirty_since: None,
                 inflight_end: 0,
+                inflight_bytes: 0,
                 writer: Caller::default(),
                 opens: 0,
                 execs: 0,
@@ -88,11 +91,29 @@ impl FileState {
         (!g.dirty.is_empty() || g.inflight_end > 0).then_some(end)
     }
 
+    /// What the kernel must see beyond the MDS's attributes while data is
+    /// pending: the size at least, and the pending bytes as allocated (as a
+    /// local file system's delayed allocation shows them).
+    pub fn overlay(&self) -> Option<Overlay> {
+        let g = self.inner.lock();
+        (!g.dirty.is_empty() || g.inflight_end > 0).then(|| Overlay {
+            size: g.dirty.end().max(g.inflight_end),
+            pending_bytes: g.dirty.bytes() + g.inflight_bytes,
+        })
+    }
+
     pub fn record_error(&self, e: Errno) {
         let mut g = self.inner.lock();
         g.err_seq += 1;
         g.err = Some(e);
     }
+}
+
+/// See `FileState::overlay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlay {
+    pub size: u64,
+    pub pending_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -174,6 +195,10 @@ impl OpenFiles {
 
     pub fn size_override(&self, ino: u64) -> Option<u64> {
         self.get(ino).and_then(|f| f.size_override())
+    }
+
+    pub fn overlay(&self, ino: u64) -> Option<Overlay> {
+        self.get(ino).and_then(|f| f.overlay())
     }
 
     /// Registers an open handle of `ino` (`exec`: opened by execve); returns

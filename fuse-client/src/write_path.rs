@@ -273,6 +273,7 @@ impl Weft {
             let bytes = g.dirty.bytes();
             g.dirty_since = None;
             g.inflight_end = g.inflight_end.max(end);
+            g.inflight_bytes += bytes;
             (g.dirty.take(), g.writer.clone(), end, bytes)
         };
         let mut stores = Vec::with_capacity(chunks.len());
@@ -284,13 +285,18 @@ impl Weft {
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .collect::<Result<Vec<()>, Errno>>();
+            .collect::<Result<Vec<Option<ChunkAlloc>>, Errno>>();
         let result = match stored {
-            Ok(_) => self
+            Ok(allocs) => self
                 .mds
                 .attr(
                     &caller,
-                    Op::CommitWrite(CommitWriteReq { ino: st.ino, end }),
+                    Op::CommitWrite(CommitWriteReq {
+                        ino: st.ino,
+                        end,
+                        allocs: allocs.into_iter().flatten().collect(),
+                        allocs_only: false,
+                    }),
                 )
                 .await
                 .map(|a| self.attrs.put(&a)),
@@ -299,6 +305,7 @@ impl Weft {
         {
             let mut g = st.inner.lock();
             g.inflight_end = 0;
+            g.inflight_bytes = 0;
         }
         if let Err(e) = result {
             tracing::warn!(ino = st.ino, error = %e, "storing written data failed");
@@ -312,13 +319,15 @@ impl Weft {
 
     /// Writes one chunk's dirty extents, re-allocating the pipeline and
     /// retrying when the lease/version went stale or a replica is missing.
+    /// Returns what the chunk's primary holds on disk afterwards (for
+    /// st_blocks), if it said.
     async fn store_chunk(
         &self,
         st: &FileState,
         caller: &Caller,
         ce: ChunkExtents,
         punch: bool,
-    ) -> Result<(), Errno> {
+    ) -> Result<Option<ChunkAlloc>, Errno> {
         // Bytes: pieces and retries share the buffers instead of copying.
         let extents: Vec<(u64, bytes::Bytes)> = ce
             .extents
@@ -361,19 +370,31 @@ impl Weft {
                     writes.push(self.chunks.write(&w, off + at as u64, piece, punch));
                 }
             }
-            let results: Vec<Result<(), tonic::Status>> = stream::iter(writes)
+            let results: Vec<Result<WriteReply, tonic::Status>> = stream::iter(writes)
                 .buffer_unordered(WRITE_PARALLELISM)
                 .collect()
                 .await;
             // Whatever happened, cached blocks of this file may be stale now.
             self.data.invalidate_file(st.ino);
-            let Some(status) = results.into_iter().find_map(|r| r.err()) else {
+            let failure = results.iter().find_map(|r| r.as_ref().err().cloned());
+            let Some(status) = failure else {
                 let addrs = loc.replicas.iter().map(|r| r.addr.clone()).collect();
                 st.inner
                     .lock()
                     .unsynced
                     .insert(loc.chunk_id, (ce.index, addrs));
-                return Ok(());
+                // The primary applied the pieces in serial order: the last
+                // one's figure is the chunk's allocation now.
+                let latest = results
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|r| r.serial)
+                    .and_then(|r| r.allocated);
+                return Ok(latest.map(|bytes| ChunkAlloc {
+                    index: ce.index,
+                    chunk_id: loc.chunk_id,
+                    bytes,
+                }));
             };
             st.inner.lock().allocs.remove(&ce.index);
             let full = status.code() == tonic::Code::ResourceExhausted;
@@ -415,6 +436,7 @@ impl Weft {
         let result = async {
             let _g = st.flush_lock.lock().await;
             self.flush_locked(&st).await?;
+            let mut allocs = Vec::new();
             let cs = self.chunk_size;
             let (mut index, last) = (from / cs, (to - 1) / cs);
             while index <= last {
@@ -432,16 +454,25 @@ impl Weft {
                             index,
                             extents: vec![(lo - index * cs, zeros)],
                         };
-                        self.store_chunk(&st, c, ce, true).await?;
+                        allocs.extend(self.store_chunk(&st, c, ce, true).await?);
                     }
                     index += 1;
                 }
             }
             // The change is a write's: new mtime/ctime and chunk versions
-            // committed; the size stays (`to` is within it).
+            // committed; the size stays (`to` is within it); the freed
+            // blocks leave st_blocks.
             let a = self
                 .mds
-                .attr(c, Op::CommitWrite(CommitWriteReq { ino, end: to }))
+                .attr(
+                    c,
+                    Op::CommitWrite(CommitWriteReq {
+                        ino,
+                        end: to,
+                        allocs,
+                        allocs_only: false,
+                    }),
+                )
                 .await?;
             self.attrs.put(&a);
             Ok(())

@@ -274,6 +274,8 @@ pub fn invalidations(record: &Record) -> Vec<pb::Invalidation> {
         Record::SetAttr { ino, size, .. } => vec![inode(*ino, size.is_some())],
         Record::SetXattr { ino, .. } | Record::RemoveXattr { ino, .. } => vec![inode(*ino, false)],
         Record::AllocChunk { ino, .. } | Record::CommitWrite { ino, .. } => vec![inode(*ino, true)],
+        // Only st_blocks changes when `now` is None: no data to drop.
+        Record::CommitAlloc { ino, now, .. } => vec![inode(*ino, now.is_some())],
         // The inode is gone: nobody can reach it by name any more.
         Record::Purge { .. } => vec![],
         #[allow(unreachable_patterns)]
