@@ -4,11 +4,14 @@
 //! the cluster's free space (else ENOSPC), it allocates every chunk the range
 //! covers (AllocChunk, so st_blocks counts them) and has each replica reserve
 //! the range on its disk (ChunkSpace.Allocate, an fallocate of the replica
-//! file), so a later write into the range needs no new space; then it moves
-//! the size unless KEEP_SIZE. Punching a hole and zeroing a range within the
-//! size send zeros down each chunk's write lease flagged as a punch
-//! (`Weft::punch_zeros`): every replica frees the whole 64 KiB blocks (a real
-//! hole) and writes the edges, so every later read sees zeros whichever
+//! file), so a later write into the range needs no new space; without
+//! KEEP_SIZE it moves the size first (back again if the reservation fails);
+//! the MDS is told what the replicas hold now (st_blocks). Punching a hole
+//! and zeroing a range within the size send zeros down each chunk's write
+//! lease flagged as a punch (`Weft::punch_zeros`): every replica frees the
+//! whole 64 KiB blocks (a real hole) and writes the edges; a zeroed range is
+//! then reserved again, keeping its blocks as ext4's unwritten extents do. So
+//! every later read sees zeros whichever
 //! replica serves it, and the write path's guarantees (serial order, fsync
 //! durability) hold; the kernel clears setuid/setgid before a non-owner's
 //! fallocate (ARCHITECTURE, privilege drops). copy_file_range reads and writes through the same
@@ -77,9 +80,16 @@ impl Weft {
             return self.punch_zeros(c, ino, offset, end.min(size)).await;
         }
         if mode & ZERO_RANGE != 0 {
-            // Within the size it is a punch (freed blocks read as zeros, as
-            // ext4's unwritten extents do); past it, zeros that extend it.
-            self.punch_zeros(c, ino, offset, end.min(size)).await?;
+            // Within the size it is a punch, then the range reserved again:
+            // it reads as zeros and keeps its blocks, as ext4's unwritten
+            // extents do; past it, zeros that extend it.
+            let inside = end.min(size);
+            self.punch_zeros(c, ino, offset, inside).await?;
+            if offset < inside {
+                let (committed, reserved) = self.reserve_and_commit(c, ino, offset, inside).await;
+                reserved?;
+                committed?;
+            }
             if !keep && end > size {
                 self.write_zeros(c, ino, offset.max(size), end).await?;
             }
@@ -106,7 +116,28 @@ impl Weft {
             let a = self.truncate(c, ino, end, resize(end)).await?;
             self.attrs.put(&a);
         }
-        let (allocs, reserved) = self.reserve_range(c, ino, offset, end).await;
+        let (committed, reserved) = self.reserve_and_commit(c, ino, offset, end).await;
+        if let Err(e) = reserved {
+            if grows {
+                // A failed fallocate leaves the size as it was.
+                let _ = self.truncate(c, ino, size, resize(size)).await;
+            }
+            return Err(e);
+        }
+        committed
+    }
+
+    /// `reserve_range`, then the MDS told what the replicas hold now
+    /// (st_blocks; size and times stay). Returns (that commit, the
+    /// reservation).
+    async fn reserve_and_commit(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> (Result<(), Errno>, Result<(), Errno>) {
+        let (allocs, reserved) = self.reserve_range(c, ino, from, to).await;
         // The chunk map and st_blocks changed, even on a partial failure.
         self.locs.invalidate_file(ino);
         self.attrs.invalidate(ino);
@@ -121,14 +152,7 @@ impl Weft {
             });
             self.mds.attr(c, op).await.map(|a| self.attrs.put(&a))
         };
-        if let Err(e) = reserved {
-            if grows {
-                // A failed fallocate leaves the size as it was.
-                let _ = self.truncate(c, ino, size, resize(size)).await;
-            }
-            return Err(e);
-        }
-        committed
+        (committed, reserved)
     }
 
     /// Allocates the chunks covering [from, to) and reserves the range on

@@ -3,7 +3,8 @@
 //! remount (from the MDS, not a client cache), after an MDS crash (log
 //! replay) and after a clean MDS restart (snapshot) — a punched range leaves
 //! st_blocks, space reserved past the end with fallocate KEEP_SIZE joins it,
-//! and a truncate to 0 empties it. `du` and `ls -s` read st_blocks.
+//! zeroing a range (fallocate ZERO_RANGE) keeps its blocks, and a truncate
+//! to 0 empties it. `du` and `ls -s` read st_blocks.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -101,6 +102,19 @@ fn punch_reserve_and_truncate_move_st_blocks() {
         "punch of 2 MiB: {full} -> {punched} bytes allocated"
     );
     assert_eq!(fs::metadata(&p).unwrap().len(), 4 * MIB);
+
+    // Zeroing written data keeps its blocks (ext4: unwritten extents), and
+    // the range reads as zeros.
+    falloc(
+        &f,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        512 * KIB,
+    );
+    assert_eq!(allocated(&p), punched, "ZERO_RANGE kept the blocks");
+    let mut head = vec![1u8; 512 * KIB as usize];
+    f.read_exact_at(&mut head, 0).unwrap();
+    assert!(head.iter().all(|&b| b == 0), "zeroed range reads as zeros");
 
     // Reserving 1 MiB past the end (KEEP_SIZE) shows, the size stays.
     falloc(&f, libc::FALLOC_FL_KEEP_SIZE, 4 * MIB, MIB);
