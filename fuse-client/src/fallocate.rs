@@ -25,8 +25,7 @@
 
 use std::sync::Arc;
 
-use weft_proto::meta_request::Op;
-use weft_proto::{Caller, ChunkAlloc, CommitWriteReq, Errno, SetAttrReq};
+use weft_proto::{Caller, ChunkAlloc, Errno, SetAttrReq};
 
 use crate::client::Weft;
 use crate::errno::{chunk_errno, write_should_realloc};
@@ -141,17 +140,7 @@ impl Weft {
         // The chunk map and st_blocks changed, even on a partial failure.
         self.locs.invalidate_file(ino);
         self.attrs.invalidate(ino);
-        let committed = if allocs.is_empty() {
-            Ok(())
-        } else {
-            let op = Op::CommitWrite(CommitWriteReq {
-                ino,
-                end: 0,
-                allocs,
-                allocs_only: true,
-            });
-            self.mds.attr(c, op).await.map(|a| self.attrs.put(&a))
-        };
+        let committed = self.commit_allocs_only(c, ino, allocs).await;
         (committed, reserved)
     }
 

@@ -41,6 +41,8 @@ const WRITE_PARALLELISM: usize = 8;
 const LEASE_MARGIN_MS: u64 = 2000;
 /// Chunk locations asked for per GetChunks call by a punch.
 const PUNCH_BATCH: u64 = 1024;
+/// Chunk allocations sent per CommitWrite (the MDS takes at most 4096).
+const ALLOCS_PER_COMMIT: usize = 1024;
 
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
@@ -455,6 +457,10 @@ impl Weft {
                             extents: vec![(lo - index * cs, zeros)],
                         };
                         allocs.extend(self.store_chunk(&st, c, ce, true).await?);
+                        if allocs.len() >= ALLOCS_PER_COMMIT {
+                            self.commit_allocs_only(c, ino, std::mem::take(&mut allocs))
+                                .await?;
+                        }
                     }
                     index += 1;
                 }
@@ -481,6 +487,27 @@ impl Weft {
         self.data.invalidate_file(ino);
         self.files.maybe_drop(ino);
         result
+    }
+
+    /// Tells the MDS what chunks' replicas hold on disk now (st_blocks), in
+    /// as many commits as it takes; size and times stay.
+    pub(crate) async fn commit_allocs_only(
+        &self,
+        c: &Caller,
+        ino: u64,
+        allocs: Vec<ChunkAlloc>,
+    ) -> Result<(), Errno> {
+        for batch in allocs.chunks(ALLOCS_PER_COMMIT) {
+            let op = Op::CommitWrite(CommitWriteReq {
+                ino,
+                end: 0,
+                allocs: batch.to_vec(),
+                allocs_only: true,
+            });
+            let a = self.mds.attr(c, op).await?;
+            self.attrs.put(&a);
+        }
+        Ok(())
     }
 
     /// The write pipeline for chunk `index`: the cached lease if still good,
