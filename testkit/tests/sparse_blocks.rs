@@ -12,7 +12,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
-use weft_testkit::{pattern, TestCluster};
+use weft_testkit::{pattern, wait_until, TestCluster};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -134,5 +134,8 @@ fn punch_reserve_and_truncate_move_st_blocks() {
     let f = OpenOptions::new().write(true).open(&p).unwrap();
     f.set_len(0).unwrap();
     assert_eq!(fs::metadata(&p).unwrap().blocks(), 0, "truncated to 0");
-    assert_eq!(fs::metadata(other.join("f")).unwrap().blocks(), 0);
+    // The other mount hears of it by the MDS's push (asynchronous).
+    wait_until("the other mount sees 0 blocks", Duration::from_secs(3), || {
+        fs::metadata(other.join("f")).unwrap().blocks() == 0
+    });
 }
