@@ -183,6 +183,19 @@ impl Chunk for ChunkService {
             req.sync,
             req.punch,
         );
+        // A punch without data names its length: the zeros are made here
+        // (and by every replica downstream, which gets no data either).
+        let zeros = if punch && req.data.is_empty() && req.punch_length > 0 {
+            if req.punch_length > MAX_IO as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "punch of {} bytes exceeds the {MAX_IO}-byte limit",
+                    req.punch_length
+                )));
+            }
+            Some(Bytes::from(vec![0u8; req.punch_length as usize]))
+        } else {
+            None
+        };
         req.serial = self.admit(id, version, epoch, req.serial)?;
         let serial = req.serial;
         // In a task of its own: once a serial is taken, this replica's turn
@@ -190,7 +203,7 @@ impl Chunk for ChunkService {
         // every later serial here and downstream would wait on a gap.
         let this = self.clone();
         let run = tokio::spawn(async move {
-            let data: Bytes = req.data.clone();
+            let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
                 let allocated = if punch {
                     s.punch(id, version, epoch, offset, &data)?

@@ -204,6 +204,12 @@ impl ChunkIo {
         let (head, chain) = pipeline(loc)?;
         debug_assert!(data.len() <= MAX_IO);
         let mut c = self.client(&head)?;
+        // A punch's data is zeros: the replicas make them, only the length travels.
+        let (data, punch_length) = if punch {
+            (bytes::Bytes::new(), data.len() as u64)
+        } else {
+            (data, 0)
+        };
         let req = WriteReq {
             chunk_id: loc.chunk_id,
             version: loc.version,
@@ -214,6 +220,7 @@ impl ChunkIo {
             sync: false,
             punch,
             serial: 0,
+            punch_length,
         };
         self.bounded(c.write(req)).await
     }
