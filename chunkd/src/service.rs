@@ -26,8 +26,8 @@ use tonic::{Request, Response, Status};
 use weft_proto::chunk_server::{Chunk, ChunkServer};
 use weft_proto::chunk_space_server::{ChunkSpace, ChunkSpaceServer};
 use weft_proto::{
-    AllocateReq, DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply, ReadReq, SyncReq,
-    TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
+    AllocateReply, AllocateReq, DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply,
+    ReadReq, SyncReq, TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
 };
 
 use crate::heartbeat::CorruptReporter;
@@ -100,14 +100,15 @@ impl ChunkService {
     }
 
     /// Runs a store mutation of `id` in its serial's turn.
-    async fn local_in_order<F>(
+    async fn local_in_order<T, F>(
         &self,
         op: &'static str,
         (id, epoch, serial): (u64, u64, u64),
         f: F,
-    ) -> Result<(), Status>
+    ) -> Result<T, Status>
     where
-        F: FnOnce(&Store) -> Result<(), StoreError> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
     {
         let _turn = self
             .order
@@ -182,6 +183,19 @@ impl Chunk for ChunkService {
             req.sync,
             req.punch,
         );
+        // A punch without data names its length: the zeros are made here
+        // (and by every replica downstream, which gets no data either).
+        let zeros = if punch && req.data.is_empty() && req.punch_length > 0 {
+            if req.punch_length > MAX_IO as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "punch of {} bytes exceeds the {MAX_IO}-byte limit",
+                    req.punch_length
+                )));
+            }
+            Some(Bytes::from(vec![0u8; req.punch_length as usize]))
+        } else {
+            None
+        };
         req.serial = self.admit(id, version, epoch, req.serial)?;
         let serial = req.serial;
         // In a task of its own: once a serial is taken, this replica's turn
@@ -189,17 +203,17 @@ impl Chunk for ChunkService {
         // every later serial here and downstream would wait on a gap.
         let this = self.clone();
         let run = tokio::spawn(async move {
-            let data: Bytes = req.data.clone();
+            let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
-                if punch {
-                    s.punch(id, version, epoch, offset, &data)?;
+                let allocated = if punch {
+                    s.punch(id, version, epoch, offset, &data)?
                 } else {
-                    s.write(id, version, epoch, offset, &data)?;
-                }
+                    s.write(id, version, epoch, offset, &data)?
+                };
                 if sync {
                     s.sync(id)?;
                 }
-                Ok(())
+                Ok(allocated)
             });
             let (l, r) = tokio::join!(local, this.peers.write(&req));
             if let Err(e) = &r {
@@ -209,7 +223,14 @@ impl Chunk for ChunkService {
         });
         run.await
             .map_err(|e| Status::internal(format!("write task failed: {e}")))?
-            .map(|()| Response::new(WriteReply {}))
+            // Measured under the chunk's lock right after this mutation, in
+            // serial order: the head's figure stands for every replica.
+            .map(|allocated| {
+                Response::new(WriteReply {
+                    allocated: Some(allocated),
+                    serial,
+                })
+            })
     }
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
@@ -281,7 +302,10 @@ impl ChunkSpace for ChunkService {
         Ok(Response::new(DataExtentsReply { extents }))
     }
 
-    async fn allocate(&self, request: Request<AllocateReq>) -> Result<Response<Empty>, Status> {
+    async fn allocate(
+        &self,
+        request: Request<AllocateReq>,
+    ) -> Result<Response<AllocateReply>, Status> {
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, offset, len) = (
@@ -297,6 +321,10 @@ impl ChunkSpace for ChunkService {
             s.allocate(id, version, epoch, offset, len)
         });
         let (l, r) = tokio::join!(local, self.peers.allocate(&req));
-        pipeline::join_results(l, r).map(|()| Response::new(Empty {}))
+        pipeline::join_results(l, r).map(|allocated| {
+            Response::new(AllocateReply {
+                allocated: Some(allocated),
+            })
+        })
     }
 }

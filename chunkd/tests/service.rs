@@ -360,3 +360,48 @@ async fn concurrent_overlapping_writes_leave_identical_replicas() {
         assert!(reads[0][len..].iter().all(|&b| b == 0));
     }
 }
+
+/// A punch carries no data, only its length: every replica of the chain
+/// makes the zeros itself, frees the whole blocks, and reports what it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_punch_without_data_zeros_the_range_on_every_replica() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mds = dead_addr();
+    let mut ds = Vec::new();
+    for d in &dirs {
+        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
+    }
+    let addrs: Vec<String> = ds.iter().map(|d| d.addr.to_string()).collect();
+    let mut first = client(&addrs[0]);
+    let data = pattern(8 * BS, 3);
+    let full = first
+        .write(write_req(0xbeef, 1, 0, &data, &addrs[1..]))
+        .await
+        .unwrap()
+        .into_inner()
+        .allocated
+        .unwrap();
+    assert!(full >= data.len() as u64, "{full} bytes allocated");
+
+    // [BS + 10, 6 BS + 20): four whole blocks freed, edges written.
+    let mut req = write_req(0xbeef, 1, BS as u64 + 10, &[], &addrs[1..]);
+    req.punch = true;
+    req.punch_length = 5 * BS as u64 + 10;
+    let punched = first.write(req).await.unwrap().into_inner();
+    assert_eq!(punched.allocated, Some(full - 4 * BS as u64));
+    let mut want = data.clone();
+    want[BS + 10..6 * BS + 20].fill(0);
+    for a in &addrs {
+        let got = read(&mut client(a), 0xbeef, 0, want.len() as u32)
+            .await
+            .unwrap();
+        assert!(got == want, "{a}: bytes after the punch differ");
+    }
+
+    // Longer than one message may carry: refused, nothing changed.
+    let mut req = write_req(0xbeef, 1, 0, &[], &addrs[1..]);
+    req.punch = true;
+    req.punch_length = MAX_IO as u64 + 1;
+    let e = first.write(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}

@@ -119,7 +119,13 @@ impl ChunkIo {
 
     /// Reserves `[offset, offset+length)` of the chunk `w` names on every
     /// replica of its lease's pipeline (fallocate).
-    pub async fn allocate(&self, w: &ChunkWrite, offset: u64, length: u64) -> Result<(), Status> {
+    /// Returns the primary's data bytes allocated for the chunk afterwards.
+    pub async fn allocate(
+        &self,
+        w: &ChunkWrite,
+        offset: u64,
+        length: u64,
+    ) -> Result<Option<u64>, Status> {
         let loc = w
             .chunk
             .as_ref()
@@ -134,7 +140,7 @@ impl ChunkIo {
             length,
             chain,
         };
-        self.bounded(c.allocate(req)).await.map(|_| ())
+        self.bounded(c.allocate(req)).await.map(|r| r.allocated)
     }
 
     /// The parts of `[offset, offset+length)` of the chunk `loc` names that
@@ -183,13 +189,14 @@ impl ChunkIo {
 
     /// Writes `data` at `offset` within the chunk `w` names, down its pipeline;
     /// with `punch` (`data` all zeros) the replicas free the whole blocks.
+    /// The reply says what the primary's replica holds on disk afterwards.
     pub async fn write(
         &self,
         w: &ChunkWrite,
         offset: u64,
         data: bytes::Bytes,
         punch: bool,
-    ) -> Result<(), Status> {
+    ) -> Result<WriteReply, Status> {
         let loc = w
             .chunk
             .as_ref()
@@ -197,6 +204,12 @@ impl ChunkIo {
         let (head, chain) = pipeline(loc)?;
         debug_assert!(data.len() <= MAX_IO);
         let mut c = self.client(&head)?;
+        // A punch's data is zeros: the replicas make them, only the length travels.
+        let (data, punch_length) = if punch {
+            (bytes::Bytes::new(), data.len() as u64)
+        } else {
+            (data, 0)
+        };
         let req = WriteReq {
             chunk_id: loc.chunk_id,
             version: loc.version,
@@ -207,8 +220,9 @@ impl ChunkIo {
             sync: false,
             punch,
             serial: 0,
+            punch_length,
         };
-        self.bounded(c.write(req)).await.map(|_| ())
+        self.bounded(c.write(req)).await
     }
 
     /// Reads from one replica.

@@ -161,7 +161,7 @@ impl Weft {
     /// Caches `a` and converts it for the kernel, with the local size override.
     pub fn fattr(&self, a: &Attr) -> FileAttr {
         self.attrs.put(a);
-        let mut fa = file_attr(a, self.files.size_override(a.ino));
+        let mut fa = file_attr(a, self.files.overlay(a.ino));
         if let Some(t) = self.files.write_time(a.ino) {
             fa.mtime = fa.mtime.max(t);
             fa.ctime = fa.ctime.max(t);

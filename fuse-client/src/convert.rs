@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
 use weft_proto::{Attr, FileKind, TimeSet, Timespec};
 
+use crate::open_files::Overlay;
+
 pub const BLKSIZE: u32 = 65536;
 
 pub fn file_type(kind: i32) -> FileType {
@@ -67,17 +69,24 @@ pub fn time_set(t: TimeOrNow) -> TimeSet {
     }
 }
 
-/// pb::Attr as the kernel should see it, with `size` replaced when the client
-/// holds data the MDS has not been told about yet.
-pub fn file_attr(a: &Attr, size_override: Option<u64>) -> FileAttr {
-    let size = match size_override {
-        Some(s) => s.max(a.size),
-        None => a.size,
+/// pb::Attr as the kernel should see it, with `size` and `blocks` raised when
+/// the client holds data the MDS has not been told about yet: its pages
+/// count as allocated (an overwrite of stored data is counted twice, so the
+/// sum is capped at what the size can hold, beyond the MDS's own figure).
+pub fn file_attr(a: &Attr, overlay: Option<Overlay>) -> FileAttr {
+    let (size, blocks) = match overlay {
+        Some(o) => {
+            let size = o.size.max(a.size);
+            let pending = o.pending_bytes.next_multiple_of(4096) / 512;
+            let cap = a.blocks.max(size.next_multiple_of(4096) / 512);
+            (size, (a.blocks + pending).min(cap))
+        }
+        None => (a.size, a.blocks),
     };
     FileAttr {
         ino: INodeNo(a.ino),
         size,
-        blocks: a.blocks,
+        blocks,
         atime: system_time(a.atime.as_ref()),
         mtime: system_time(a.mtime.as_ref()),
         ctime: system_time(a.ctime.as_ref()),
@@ -122,8 +131,36 @@ mod tests {
         assert_eq!((f.size, f.blocks, f.blksize), (100, 8, 65536));
         assert_eq!(f.atime, UNIX_EPOCH + Duration::new(5, 7));
         assert_eq!(f.ctime, UNIX_EPOCH);
-        assert_eq!(file_attr(&a, Some(500)).size, 500);
-        assert_eq!(file_attr(&a, Some(50)).size, 100);
+        let o = |size, pending_bytes| {
+            Some(Overlay {
+                size,
+                pending_bytes,
+            })
+        };
+        assert_eq!(file_attr(&a, o(500, 0)).size, 500);
+        assert_eq!(file_attr(&a, o(50, 0)).size, 100);
+    }
+
+    #[test]
+    fn pending_data_counts_as_allocated_within_the_size() {
+        let a = Attr {
+            size: 1 << 20,
+            blocks: 8,
+            ..Default::default()
+        };
+        let o = |size, pending_bytes| {
+            Some(Overlay {
+                size,
+                pending_bytes,
+            })
+        };
+        // A sparse write of 51200 bytes: 13 pages more.
+        assert_eq!(file_attr(&a, o(1 << 20, 51_200)).blocks, 8 + 13 * 8);
+        // Never more than the size holds (an overwrite counts twice)...
+        assert_eq!(file_attr(&a, o(8192, 1 << 20)).blocks, 2048);
+        // ...unless the MDS already says more (space reserved past the end).
+        let reserved = Attr { blocks: 4096, ..a };
+        assert_eq!(file_attr(&reserved, o(0, 4096)).blocks, 4096);
     }
 
     #[test]

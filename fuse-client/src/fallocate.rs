@@ -4,11 +4,14 @@
 //! the cluster's free space (else ENOSPC), it allocates every chunk the range
 //! covers (AllocChunk, so st_blocks counts them) and has each replica reserve
 //! the range on its disk (ChunkSpace.Allocate, an fallocate of the replica
-//! file), so a later write into the range needs no new space; then it moves
-//! the size unless KEEP_SIZE. Punching a hole and zeroing a range within the
-//! size send zeros down each chunk's write lease flagged as a punch
-//! (`Weft::punch_zeros`): every replica frees the whole 64 KiB blocks (a real
-//! hole) and writes the edges, so every later read sees zeros whichever
+//! file), so a later write into the range needs no new space; without
+//! KEEP_SIZE it moves the size first (back again if the reservation fails);
+//! the MDS is told what the replicas hold now (st_blocks). Punching a hole
+//! and zeroing a range within the size send zeros down each chunk's write
+//! lease flagged as a punch (`Weft::punch_zeros`): every replica frees the
+//! whole 64 KiB blocks (a real hole) and writes the edges; a zeroed range is
+//! then reserved again, keeping its blocks as ext4's unwritten extents do. So
+//! every later read sees zeros whichever
 //! replica serves it, and the write path's guarantees (serial order, fsync
 //! durability) hold; the kernel clears setuid/setgid before a non-owner's
 //! fallocate (ARCHITECTURE, privilege drops). copy_file_range reads and writes through the same
@@ -22,7 +25,7 @@
 
 use std::sync::Arc;
 
-use weft_proto::{Caller, Errno, SetAttrReq};
+use weft_proto::{Caller, ChunkAlloc, Errno, SetAttrReq};
 
 use crate::client::Weft;
 use crate::errno::{chunk_errno, write_should_realloc};
@@ -76,9 +79,16 @@ impl Weft {
             return self.punch_zeros(c, ino, offset, end.min(size)).await;
         }
         if mode & ZERO_RANGE != 0 {
-            // Within the size it is a punch (freed blocks read as zeros, as
-            // ext4's unwritten extents do); past it, zeros that extend it.
-            self.punch_zeros(c, ino, offset, end.min(size)).await?;
+            // Within the size it is a punch, then the range reserved again:
+            // it reads as zeros and keeps its blocks, as ext4's unwritten
+            // extents do; past it, zeros that extend it.
+            let inside = end.min(size);
+            self.punch_zeros(c, ino, offset, inside).await?;
+            if offset < inside {
+                let (committed, reserved) = self.reserve_and_commit(c, ino, offset, inside).await;
+                reserved?;
+                committed?;
+            }
             if !keep && end > size {
                 self.write_zeros(c, ino, offset.max(size), end).await?;
             }
@@ -90,30 +100,74 @@ impl Weft {
         if grow > 0 && grow > self.mds.statfs(c).await?.free_bytes {
             return Err(Errno::ENOSPC);
         }
-        let reserved = self.reserve_range(c, ino, offset, end).await;
-        // The chunk map (and so st_blocks) changed, even on a partial failure.
-        self.locs.invalidate_file(ino);
-        self.attrs.invalidate(ino);
-        reserved?;
-        if !keep && end > size {
-            // fallocate comes through an open descriptor: its open checked
-            // write access (the file's mode may have changed since).
-            let req = SetAttrReq {
-                ino,
-                size: Some(end),
-                has_fh: true,
-                ..Default::default()
-            };
-            let a = self.truncate(c, ino, end, req).await?;
+        // fallocate comes through an open descriptor: its open checked
+        // write access (the file's mode may have changed since).
+        let resize = |to: u64| SetAttrReq {
+            ino,
+            size: Some(to),
+            has_fh: true,
+            ..Default::default()
+        };
+        let grows = !keep && end > size;
+        if grows {
+            // The size moves first: growing cuts the chunk at the old end on
+            // its replicas, which would give back space reserved past it.
+            let a = self.truncate(c, ino, end, resize(end)).await?;
             self.attrs.put(&a);
         }
-        Ok(())
+        let (committed, reserved) = self.reserve_and_commit(c, ino, offset, end).await;
+        if let Err(e) = reserved {
+            if grows {
+                // A failed fallocate leaves the size as it was.
+                let _ = self.truncate(c, ino, size, resize(size)).await;
+            }
+            return Err(e);
+        }
+        committed
+    }
+
+    /// `reserve_range`, then the MDS told what the replicas hold now
+    /// (st_blocks; size and times stay). Returns (that commit, the
+    /// reservation).
+    async fn reserve_and_commit(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> (Result<(), Errno>, Result<(), Errno>) {
+        let (allocs, reserved) = self.reserve_range(c, ino, from, to).await;
+        // The chunk map and st_blocks changed, even on a partial failure.
+        self.locs.invalidate_file(ino);
+        self.attrs.invalidate(ino);
+        let committed = self.commit_allocs_only(c, ino, allocs).await;
+        (committed, reserved)
     }
 
     /// Allocates the chunks covering [from, to) and reserves the range on
     /// their replicas, re-allocating the pipeline when a replica went stale
-    /// or away (as a write does).
-    async fn reserve_range(&self, c: &Caller, ino: u64, from: u64, to: u64) -> Result<(), Errno> {
+    /// or away (as a write does). Returns what the primaries reported holding
+    /// on disk for the chunks reserved (also when a later one failed).
+    async fn reserve_range(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+    ) -> (Vec<ChunkAlloc>, Result<(), Errno>) {
+        let mut allocs = Vec::new();
+        let r = self.reserve_chunks(c, ino, from, to, &mut allocs).await;
+        (allocs, r)
+    }
+
+    async fn reserve_chunks(
+        &self,
+        c: &Caller,
+        ino: u64,
+        from: u64,
+        to: u64,
+        allocs: &mut Vec<ChunkAlloc>,
+    ) -> Result<(), Errno> {
         let cs = self.chunk_size;
         let mut at = from;
         while at < to {
@@ -123,11 +177,18 @@ impl Weft {
             let mut failed: Vec<String> = Vec::new();
             for attempt in 1..=RESERVE_ATTEMPTS {
                 let w = self.mds.alloc_chunk(c, ino, index, failed.clone()).await?;
+                let loc = w.chunk.clone().unwrap_or_default();
                 let status = match self.chunks.allocate(&w, off, len).await {
-                    Ok(()) => break,
+                    Ok(allocated) => {
+                        allocs.extend(allocated.map(|bytes| ChunkAlloc {
+                            index,
+                            chunk_id: loc.chunk_id,
+                            bytes,
+                        }));
+                        break;
+                    }
                     Err(s) => s,
                 };
-                let loc = w.chunk.unwrap_or_default();
                 tracing::info!(ino, index, chunk = loc.chunk_id, %status, attempt, "reserving chunk space failed");
                 if status.code() == tonic::Code::ResourceExhausted
                     || !write_should_realloc(&status)

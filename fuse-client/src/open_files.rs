@@ -38,6 +38,8 @@ pub struct FileInner {
     /// while data is pending (write(2) changes them at once; the MDS sets
     /// its own when the data is committed).
     pub last_write: Option<SystemTime>,
+    /// Bytes handed to flushes that have not committed yet.
+    pub inflight_bytes: u64,
     /// The last writer: background flushes act on its behalf.
     pub writer: Caller,
     pub opens: u32,
@@ -67,6 +69,7 @@ impl FileState {
                 dirty_since: None,
                 inflight_end: 0,
                 last_write: None,
+                inflight_bytes: 0,
                 writer: Caller::default(),
                 opens: 0,
                 execs: 0,
@@ -101,11 +104,29 @@ impl FileState {
             .flatten()
     }
 
+    /// What the kernel must see beyond the MDS's attributes while data is
+    /// pending: the size at least, and the pending bytes as allocated (as a
+    /// local file system's delayed allocation shows them).
+    pub fn overlay(&self) -> Option<Overlay> {
+        let g = self.inner.lock();
+        (!g.dirty.is_empty() || g.inflight_end > 0).then(|| Overlay {
+            size: g.dirty.end().max(g.inflight_end),
+            pending_bytes: g.dirty.bytes() + g.inflight_bytes,
+        })
+    }
+
     pub fn record_error(&self, e: Errno) {
         let mut g = self.inner.lock();
         g.err_seq += 1;
         g.err = Some(e);
     }
+}
+
+/// See `FileState::overlay`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overlay {
+    pub size: u64,
+    pub pending_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -191,6 +212,10 @@ impl OpenFiles {
 
     pub fn write_time(&self, ino: u64) -> Option<SystemTime> {
         self.get(ino).and_then(|f| f.write_time())
+    }
+
+    pub fn overlay(&self, ino: u64) -> Option<Overlay> {
+        self.get(ino).and_then(|f| f.overlay())
     }
 
     /// Registers an open handle of `ino` (`exec`: opened by execve); returns

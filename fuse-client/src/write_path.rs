@@ -41,6 +41,8 @@ const WRITE_PARALLELISM: usize = 8;
 const LEASE_MARGIN_MS: u64 = 2000;
 /// Chunk locations asked for per GetChunks call by a punch.
 const PUNCH_BATCH: u64 = 1024;
+/// Chunk allocations sent per CommitWrite (the MDS takes at most 4096).
+const ALLOCS_PER_COMMIT: usize = 1024;
 
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
@@ -274,6 +276,7 @@ impl Weft {
             let bytes = g.dirty.bytes();
             g.dirty_since = None;
             g.inflight_end = g.inflight_end.max(end);
+            g.inflight_bytes += bytes;
             (g.dirty.take(), g.writer.clone(), end, bytes)
         };
         let mut stores = Vec::with_capacity(chunks.len());
@@ -285,13 +288,18 @@ impl Weft {
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .collect::<Result<Vec<()>, Errno>>();
+            .collect::<Result<Vec<Option<ChunkAlloc>>, Errno>>();
         let result = match stored {
-            Ok(_) => self
+            Ok(allocs) => self
                 .mds
                 .attr(
                     &caller,
-                    Op::CommitWrite(CommitWriteReq { ino: st.ino, end }),
+                    Op::CommitWrite(CommitWriteReq {
+                        ino: st.ino,
+                        end,
+                        allocs: allocs.into_iter().flatten().collect(),
+                        allocs_only: false,
+                    }),
                 )
                 .await
                 .map(|a| self.attrs.put(&a)),
@@ -300,6 +308,7 @@ impl Weft {
         {
             let mut g = st.inner.lock();
             g.inflight_end = 0;
+            g.inflight_bytes = 0;
         }
         if let Err(e) = result {
             tracing::warn!(ino = st.ino, error = %e, "storing written data failed");
@@ -313,13 +322,15 @@ impl Weft {
 
     /// Writes one chunk's dirty extents, re-allocating the pipeline and
     /// retrying when the lease/version went stale or a replica is missing.
+    /// Returns what the chunk's primary holds on disk afterwards (for
+    /// st_blocks), if it said.
     async fn store_chunk(
         &self,
         st: &FileState,
         caller: &Caller,
         ce: ChunkExtents,
         punch: bool,
-    ) -> Result<(), Errno> {
+    ) -> Result<Option<ChunkAlloc>, Errno> {
         // Bytes: pieces and retries share the buffers instead of copying.
         let extents: Vec<(u64, bytes::Bytes)> = ce
             .extents
@@ -362,19 +373,31 @@ impl Weft {
                     writes.push(self.chunks.write(&w, off + at as u64, piece, punch));
                 }
             }
-            let results: Vec<Result<(), tonic::Status>> = stream::iter(writes)
+            let results: Vec<Result<WriteReply, tonic::Status>> = stream::iter(writes)
                 .buffer_unordered(WRITE_PARALLELISM)
                 .collect()
                 .await;
             // Whatever happened, cached blocks of this file may be stale now.
             self.data.invalidate_file(st.ino);
-            let Some(status) = results.into_iter().find_map(|r| r.err()) else {
+            let failure = results.iter().find_map(|r| r.as_ref().err().cloned());
+            let Some(status) = failure else {
                 let addrs = loc.replicas.iter().map(|r| r.addr.clone()).collect();
                 st.inner
                     .lock()
                     .unsynced
                     .insert(loc.chunk_id, (ce.index, addrs));
-                return Ok(());
+                // The primary applied the pieces in serial order: the last
+                // one's figure is the chunk's allocation now.
+                let latest = results
+                    .into_iter()
+                    .flatten()
+                    .max_by_key(|r| r.serial)
+                    .and_then(|r| r.allocated);
+                return Ok(latest.map(|bytes| ChunkAlloc {
+                    index: ce.index,
+                    chunk_id: loc.chunk_id,
+                    bytes,
+                }));
             };
             st.inner.lock().allocs.remove(&ce.index);
             let full = status.code() == tonic::Code::ResourceExhausted;
@@ -416,6 +439,7 @@ impl Weft {
         let result = async {
             let _g = st.flush_lock.lock().await;
             self.flush_locked(&st).await?;
+            let mut allocs = Vec::new();
             let cs = self.chunk_size;
             let (mut index, last) = (from / cs, (to - 1) / cs);
             while index <= last {
@@ -433,16 +457,29 @@ impl Weft {
                             index,
                             extents: vec![(lo - index * cs, zeros)],
                         };
-                        self.store_chunk(&st, c, ce, true).await?;
+                        allocs.extend(self.store_chunk(&st, c, ce, true).await?);
+                        if allocs.len() >= ALLOCS_PER_COMMIT {
+                            self.commit_allocs_only(c, ino, std::mem::take(&mut allocs))
+                                .await?;
+                        }
                     }
                     index += 1;
                 }
             }
             // The change is a write's: new mtime/ctime and chunk versions
-            // committed; the size stays (`to` is within it).
+            // committed; the size stays (`to` is within it); the freed
+            // blocks leave st_blocks.
             let a = self
                 .mds
-                .attr(c, Op::CommitWrite(CommitWriteReq { ino, end: to }))
+                .attr(
+                    c,
+                    Op::CommitWrite(CommitWriteReq {
+                        ino,
+                        end: to,
+                        allocs,
+                        allocs_only: false,
+                    }),
+                )
                 .await?;
             self.attrs.put(&a);
             Ok(())
@@ -451,6 +488,27 @@ impl Weft {
         self.data.invalidate_file(ino);
         self.files.maybe_drop(ino);
         result
+    }
+
+    /// Tells the MDS what chunks' replicas hold on disk now (st_blocks), in
+    /// as many commits as it takes; size and times stay.
+    pub(crate) async fn commit_allocs_only(
+        &self,
+        c: &Caller,
+        ino: u64,
+        allocs: Vec<ChunkAlloc>,
+    ) -> Result<(), Errno> {
+        for batch in allocs.chunks(ALLOCS_PER_COMMIT) {
+            let op = Op::CommitWrite(CommitWriteReq {
+                ino,
+                end: 0,
+                allocs: batch.to_vec(),
+                allocs_only: true,
+            });
+            let a = self.mds.attr(c, op).await?;
+            self.attrs.put(&a);
+        }
+        Ok(())
     }
 
     /// The write pipeline for chunk `index`: the cached lease if still good,

@@ -211,6 +211,22 @@ pub fn describe(r: &Record) -> String {
             "commit-write ino {ino} end {end}{}",
             if *kill_privs { " kill-privs" } else { "" }
         ),
+        Record::CommitAlloc {
+            ino,
+            end,
+            kill_privs,
+            now,
+            allocs,
+        } => format!(
+            "commit-alloc ino {ino} end {end}{}{} chunks {}",
+            if *kill_privs { " kill-privs" } else { "" },
+            if now.is_none() { " allocs-only" } else { "" },
+            allocs
+                .iter()
+                .map(|a| format!("{}:{}", a.index, a.bytes))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         Record::Purge { ino } => format!("purge ino {ino}"),
         Record::ExpireSession { session } => format!("expire-session {session:016x}"),
         Record::RenameWhiteout { rename, whiteout } => {

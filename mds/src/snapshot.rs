@@ -6,13 +6,13 @@
 //! ```text
 //! offset size  field (little-endian)
 //! 0      8     magic "WEFTSNP1"
-//! 8      4     format version (1)
+//! 8      4     format version (2; 1 still loads)
 //! 12     4     reserved (0)
 //! 16     8     index: the last log entry the state includes
 //! 24     8     payload length
 //! 32     4     crc32c of the payload
 //! 36     4     crc32c of bytes 0..36
-//! 40     ...   payload: postcard of (Namespace, Sessions)
+//! 40     ...   payload: postcard of (Namespace, Sessions, chunk allocations)
 //! ```
 //! Invariants: a `.snap` file that exists is complete and fsync'd (written as
 //! `.tmp`, fsync, rename, fsync of the directory); it is only ever trusted after
@@ -23,6 +23,7 @@ use crate::state::{Sessions, State};
 use crate::wal::log::{self, WalError};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -30,20 +31,35 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"WEFTSNP1";
-pub const VERSION: u32 = 1;
+/// 2 adds each file's chunk allocations after the session table; 1 (without
+/// them) still loads, its files' st_blocks estimated until their next write.
+pub const VERSION: u32 = 2;
+const VERSION_WITHOUT_ALLOCS: u32 = 1;
 pub const HEADER_LEN: usize = 40;
 pub const DIR: &str = "snapshot";
+
+/// ino → (chunk index → data bytes on disk): `Inode::alloc`, which the
+/// namespace's own serialized form leaves out.
+type Allocs<'a> = Vec<(u64, &'a BTreeMap<u64, u64>)>;
 
 #[derive(Serialize)]
 struct BodyRef<'a> {
     ns: &'a crate::ns::Namespace,
     sessions: &'a Sessions,
+    allocs: Allocs<'a>,
 }
 
 #[derive(Deserialize)]
 struct Body {
     ns: crate::ns::Namespace,
     sessions: Sessions,
+}
+
+#[derive(Deserialize)]
+struct BodyWithAllocs {
+    ns: crate::ns::Namespace,
+    sessions: Sessions,
+    allocs: Vec<(u64, BTreeMap<u64, u64>)>,
 }
 
 pub fn snapshot_name(index: u64) -> String {
@@ -118,6 +134,7 @@ pub fn write(dir: &Path, st: &State) -> anyhow::Result<(PathBuf, u64)> {
         &BodyRef {
             ns: &st.ns,
             sessions: &st.sessions,
+            allocs: st.ns.allocations().collect(),
         },
         &mut tee,
     )
@@ -157,9 +174,9 @@ pub fn read(path: &Path, chunk_size: u64) -> anyhow::Result<State> {
         return Err(bad("header checksum mismatch at offset 0".into()));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_ALLOCS {
         return Err(bad(format!(
-            "snapshot format version {version}, this MDS reads {VERSION}"
+            "snapshot format version {version}, this MDS reads {VERSION_WITHOUT_ALLOCS} and {VERSION}"
         )));
     }
     let index = u64::from_le_bytes(h[16..24].try_into().unwrap());
@@ -178,8 +195,18 @@ pub fn read(path: &Path, chunk_size: u64) -> anyhow::Result<State> {
             "payload checksum mismatch (stored {crc:08x}, computed {actual:08x})"
         )));
     }
-    let body: Body =
-        postcard::from_bytes(payload).map_err(|e| bad(format!("payload does not decode: {e}")))?;
+    let undecodable = |e: postcard::Error| bad(format!("payload does not decode: {e}"));
+    let body = if version == VERSION_WITHOUT_ALLOCS {
+        postcard::from_bytes::<Body>(payload).map_err(undecodable)?
+    } else {
+        let b: BodyWithAllocs = postcard::from_bytes(payload).map_err(undecodable)?;
+        let mut ns = b.ns;
+        ns.restore_allocations(b.allocs);
+        Body {
+            ns,
+            sessions: b.sessions,
+        }
+    };
     if body.ns.chunk_size() != chunk_size {
         return Err(bad(format!(
             "chunk size {} differs from format.json's {chunk_size}",
@@ -281,5 +308,95 @@ impl Checkpointer {
             segments_dropped,
             ms: t.elapsed().as_millis() as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ns::{pb, Ctx, Prepared, Time};
+    use pb::meta_request::Op;
+
+    const CHUNK: u64 = 1 << 20;
+
+    fn run(st: &mut State, op: Op) -> pb::meta_reply::Result {
+        let ctx = Ctx {
+            now: Time { sec: 5, nsec: 0 },
+            caller: crate::ns::Caller::root(),
+        };
+        match st.ns.prepare(&ctx, &op).unwrap() {
+            Prepared::Record(r) => st.ns.apply(&r).reply,
+            Prepared::Reply(r) => r,
+        }
+    }
+
+    /// A file whose one chunk's allocation (4096 bytes) was reported.
+    fn state_with_a_reported_chunk() -> (State, u64) {
+        let mut st = State::new(CHUNK);
+        let pb::meta_reply::Result::Attr(a) = run(
+            &mut st,
+            Op::Create(pb::CreateReq {
+                parent: 1,
+                name: b"f".to_vec(),
+                mode: 0o644,
+                ..Default::default()
+            }),
+        ) else {
+            panic!("create")
+        };
+        let pb::meta_reply::Result::ChunkWrite(w) = run(
+            &mut st,
+            Op::AllocChunk(pb::AllocChunkReq {
+                ino: a.ino,
+                index: 3,
+                ..Default::default()
+            }),
+        ) else {
+            panic!("alloc")
+        };
+        run(
+            &mut st,
+            Op::CommitWrite(pb::CommitWriteReq {
+                ino: a.ino,
+                end: 4 * CHUNK,
+                allocs: vec![pb::ChunkAlloc {
+                    index: 3,
+                    chunk_id: w.chunk.unwrap().chunk_id,
+                    bytes: 4096,
+                }],
+                allocs_only: false,
+            }),
+        );
+        st.applied_index = 7;
+        (st, a.ino)
+    }
+
+    #[test]
+    fn chunk_allocations_survive_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, ino) = state_with_a_reported_chunk();
+        assert_eq!(st.ns.getattr(ino).unwrap().blocks, 8);
+        let (path, _) = write(dir.path(), &st).unwrap();
+        let back = read(&path, CHUNK).unwrap();
+        assert_eq!(back.ns, st.ns);
+        assert_eq!(back.ns.getattr(ino).unwrap().blocks, 8);
+    }
+
+    #[test]
+    fn a_version_1_snapshot_loads_with_estimated_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (st, ino) = state_with_a_reported_chunk();
+        // What an MDS before chunk allocations wrote: (namespace, sessions).
+        let payload = postcard::to_allocvec(&(&st.ns, &st.sessions)).unwrap();
+        let mut h = encode_header(7, payload.len() as u64, crc32c::crc32c(&payload));
+        h[8..12].copy_from_slice(&VERSION_WITHOUT_ALLOCS.to_le_bytes());
+        let hcrc = crc32c::crc32c(&h[..36]);
+        h[36..40].copy_from_slice(&hcrc.to_le_bytes());
+        let path = dir.path().join(snapshot_name(7));
+        fs::write(&path, [h.as_slice(), &payload].concat()).unwrap();
+        let back = read(&path, CHUNK).unwrap();
+        assert_eq!(back.applied_index, 7);
+        // The chunk's part below the size: the whole chunk.
+        assert_eq!(back.ns.getattr(ino).unwrap().blocks * 512, CHUNK);
     }
 }

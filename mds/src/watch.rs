@@ -278,6 +278,8 @@ pub fn invalidations(record: &Record) -> Vec<pb::Invalidation> {
         // The whiteout is the source name's new entry: the rename's own list.
         Record::RenameWhiteout { rename, .. } => invalidations(rename),
         Record::AllocChunk { ino, .. } | Record::CommitWrite { ino, .. } => vec![inode(*ino, true)],
+        // Only st_blocks changes when `now` is None: no data to drop.
+        Record::CommitAlloc { ino, now, .. } => vec![inode(*ino, now.is_some())],
         // The inode is gone: nobody can reach it by name any more.
         Record::Purge { .. } => vec![],
         #[allow(unreachable_patterns)]

@@ -320,6 +320,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 sync: false,
                 punch: false,
                 serial: 0,
+                punch_length: 0,
             })
             .await
     });

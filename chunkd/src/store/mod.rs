@@ -97,6 +97,15 @@ impl Entry {
             epoch,
         }
     }
+
+    /// What the replica's data region holds on disk (written or reserved
+    /// blocks), which is what `st_blocks` of the file shows: the file's
+    /// allocation less its header (always written whole), at most the chunk.
+    fn data_allocated(&self) -> u64 {
+        self.allocated
+            .saturating_sub(format::header_len(self.chunk_size))
+            .min(self.chunk_size)
+    }
 }
 
 #[derive(Default)]
@@ -449,14 +458,29 @@ impl Store {
     /// not here. Refuses stale versions and epochs, ranges past the chunk size,
     /// and writes that would pass the capacity; on any error the replica reads
     /// as it did before (see `chunkfile` for the crash case).
-    pub fn write(&self, id: u64, version: u64, epoch: u64, offset: u64, data: &[u8]) -> Result<()> {
+    /// Returns the replica's data bytes allocated afterwards (`data_allocated`).
+    pub fn write(
+        &self,
+        id: u64,
+        version: u64,
+        epoch: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64> {
         self.write_or_punch(id, version, epoch, offset, data, false)
     }
 
     /// A write of `data` (zeros) whose whole blocks become holes in the
     /// replica file, their space given back (`ChunkFile::punch`). Data that is
     /// not all zeros is stored as a plain write: a punch never loses bytes.
-    pub fn punch(&self, id: u64, version: u64, epoch: u64, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn punch(
+        &self,
+        id: u64,
+        version: u64,
+        epoch: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u64> {
         let zeros = data.iter().all(|&b| b == 0);
         self.write_or_punch(id, version, epoch, offset, data, zeros)
     }
@@ -469,7 +493,7 @@ impl Store {
         offset: u64,
         data: &[u8],
         punch: bool,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let _g = self.stripe(id).write();
         let len = data.len() as u64;
         let existing = self.index.lock().get(&id).copied();
@@ -507,7 +531,7 @@ impl Store {
                 if entry.version != e.version {
                     self.new_replica.notify_one();
                 }
-                Ok(())
+                Ok(entry.data_allocated())
             }
             None => {
                 if let Some(&tv) = self.tombstones.lock().get(&id) {
@@ -554,7 +578,7 @@ impl Store {
                 self.tombstones.lock().remove(&id);
                 self.mark_dirty(id);
                 self.new_replica.notify_one();
-                Ok(())
+                Ok(entry.data_allocated())
             }
         }
     }
@@ -586,7 +610,15 @@ impl Store {
     /// Reserves disk space for `[offset, offset+len)` of chunk `id` (fallocate),
     /// creating the replica if it is not here, within the capacity like a
     /// write. Refuses stale versions and epochs and ranges past the chunk.
-    pub fn allocate(&self, id: u64, version: u64, epoch: u64, offset: u64, len: u64) -> Result<()> {
+    /// Returns the replica's data bytes allocated afterwards.
+    pub fn allocate(
+        &self,
+        id: u64,
+        version: u64,
+        epoch: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64> {
         if self.index.lock().get(&id).is_none() {
             // An empty write creates the replica (header only).
             self.write(id, version, epoch, offset, &[])?;
@@ -600,9 +632,16 @@ impl Store {
         let result = cf.allocate(offset, len);
         // Even a failed fallocate may have allocated: re-measure.
         let allocated = cf.allocated().unwrap_or(e.allocated);
-        self.account(id, Some(Entry { allocated, ..e }), e.allocated);
+        let entry = Entry { allocated, ..e };
+        self.account(id, Some(entry), e.allocated);
         drop(reservation);
-        result
+        result.map(|()| entry.data_allocated())
+    }
+
+    /// The data bytes allocated on disk for the replica of `id` (see
+    /// `Entry::data_allocated`).
+    pub fn data_allocated(&self, id: u64) -> Result<u64> {
+        Ok(self.entry(id)?.data_allocated())
     }
 
     /// The parts of `[offset, offset+len)` of chunk `id` that hold data, as

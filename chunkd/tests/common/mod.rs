@@ -57,6 +57,7 @@ pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[Strin
         sync: false,
         punch: false,
         serial: 0,
+        punch_length: 0,
     }
 }
 

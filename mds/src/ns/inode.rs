@@ -139,6 +139,13 @@ pub struct Inode {
     pub parent: u64,
     pub name: Vec<u8>,
     pub body: Body,
+    /// issue3: chunk index → data bytes its replicas hold on disk, as the
+    /// primary last reported (`Record::CommitAlloc`); a chunk absent here is
+    /// estimated. Not in the postcard form of the inode (snapshots written
+    /// before it existed must still load): the snapshot stores it after the
+    /// namespace (`snapshot.rs`, format version 2).
+    #[serde(skip)]
+    pub alloc: BTreeMap<u64, u64>,
 }
 
 impl Inode {
@@ -170,6 +177,7 @@ impl Inode {
             parent: 0,
             name: Vec::new(),
             body,
+            alloc: BTreeMap::new(),
         }
     }
 
@@ -205,23 +213,28 @@ impl Inode {
         }
     }
 
-    /// Bytes actually backed by chunks: every chunk counts for the part of it
-    /// below the file size (a chunk allocated past EOF but not yet committed
-    /// counts nothing). Chunk replicas are sparse on the daemons too, so this is
-    /// an upper bound of the real usage, which is what `du` users expect.
-    fn allocated_bytes(&self, chunk_size: u64) -> u64 {
+    /// Bytes the file holds on disk (what `st_blocks` counts): for each
+    /// chunk, what its primary replica last reported (written or reserved
+    /// blocks, so fallocate KEEP_SIZE past the end counts, as on ext4), at
+    /// most the chunk size; a chunk without a report (written by an older
+    /// client, or before an older snapshot) counts its part below the file
+    /// size, an upper bound since replicas are sparse.
+    pub fn allocated_bytes(&self, chunk_size: u64) -> u64 {
         let Some(chunks) = self.chunks() else {
             return 0;
         };
         chunks
             .keys()
-            .map(|&index| {
-                let start = index.saturating_mul(chunk_size);
-                self.size
-                    .saturating_sub(start)
-                    .min(chunk_size)
-                    .div_ceil(512)
-                    * 512
+            .map(|&index| match self.alloc.get(&index) {
+                Some(&bytes) => bytes.min(chunk_size),
+                None => {
+                    let start = index.saturating_mul(chunk_size);
+                    self.size
+                        .saturating_sub(start)
+                        .min(chunk_size)
+                        .div_ceil(512)
+                        * 512
+                }
             })
             .fold(0u64, u64::saturating_add)
     }
@@ -230,7 +243,7 @@ impl Inode {
     pub fn attr(&self, chunk_size: u64) -> pb::Attr {
         let (size, blocks) = match self.kind {
             Kind::Directory => (DIR_SIZE, DIR_SIZE / 512),
-            Kind::Regular => (self.size, self.allocated_bytes(chunk_size) / 512),
+            Kind::Regular => (self.size, self.allocated_bytes(chunk_size).div_ceil(512)),
             _ => (self.size, 0),
         };
         pb::Attr {

@@ -30,7 +30,7 @@ mod tests;
 pub use dir::{Entry, FIRST_COOKIE};
 pub use inode::{Body, ChunkRef, Inode, Kind, Time};
 pub use perm::{may_access, LINK_MAX, MAY_EXEC, MAY_READ, MAY_WRITE, NAME_MAX};
-pub use record::Record;
+pub use record::{ChunkAlloc, Record};
 pub use weft_proto::{pb, Errno};
 
 use pb::meta_reply::Result as ReplyResult;
@@ -154,6 +154,27 @@ impl Namespace {
         }
     }
 
+    /// Every file's known chunk allocations (`Inode::alloc`), for snapshots.
+    pub fn allocations(&self) -> impl Iterator<Item = (u64, &BTreeMap<u64, u64>)> {
+        self.inodes
+            .iter()
+            .filter(|(_, i)| !i.alloc.is_empty())
+            .map(|(&ino, i)| (ino, &i.alloc))
+    }
+
+    /// Puts back what `allocations` listed (loading a snapshot); entries for
+    /// an inode or chunk index that is not there are dropped.
+    pub fn restore_allocations(&mut self, allocs: Vec<(u64, BTreeMap<u64, u64>)>) {
+        for (ino, mut alloc) in allocs {
+            if let Some(i) = self.inodes.get_mut(&ino) {
+                if let Some(chunks) = i.chunks() {
+                    alloc.retain(|index, _| chunks.contains_key(index));
+                    i.alloc = alloc;
+                }
+            }
+        }
+    }
+
     pub fn chunk_size(&self) -> u64 {
         self.chunk_size
     }
@@ -262,6 +283,13 @@ impl Namespace {
                 chunk_id,
                 version,
             } => self.apply_bump_version(*ino, *index, *chunk_id, *version),
+            Record::CommitAlloc {
+                ino,
+                end,
+                kill_privs,
+                now,
+                allocs,
+            } => self.apply_commit_alloc(*ino, *end, *kill_privs, *now, allocs),
             // Session bookkeeping lives in `State`; nothing here.
             Record::ExpireSession { .. } => Ok(ReplyResult::Empty(pb::Empty {})),
             Record::RenameWhiteout { rename, whiteout } => self

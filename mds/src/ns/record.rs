@@ -131,6 +131,25 @@ pub enum Record {
         rename: Box<Record>,
         whiteout: Box<Record>,
     },
+    /// issue3: a CommitWrite that also records what the written chunks'
+    /// replicas hold on disk now (`allocs`, each applied only while its index
+    /// still holds that chunk). With `now` None only the allocation changes
+    /// (fallocate KEEP_SIZE reserved space): neither size nor times.
+    CommitAlloc {
+        ino: u64,
+        end: u64,
+        kill_privs: bool,
+        now: Option<Time>,
+        allocs: Vec<ChunkAlloc>,
+    },
+}
+
+/// One chunk's data bytes on disk, as its primary replica reported them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkAlloc {
+    pub index: u64,
+    pub chunk_id: u64,
+    pub bytes: u64,
 }
 
 impl Record {
@@ -147,7 +166,8 @@ impl Record {
             | Record::AllocChunk { ino, .. }
             | Record::CommitWrite { ino, .. }
             | Record::Purge { ino }
-            | Record::BumpVersion { ino, .. } => *ino,
+            | Record::BumpVersion { ino, .. }
+            | Record::CommitAlloc { ino, .. } => *ino,
             Record::SetAcl { ino, .. } => *ino,
             Record::ExpireSession { .. } => 0,
             Record::RenameWhiteout { rename, .. } => rename.ino(),

@@ -9,11 +9,13 @@
 
 use crate::ns::inode::{ChunkRef, Time};
 use crate::ns::perm::{killed_privs, write_kills_privs};
-use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
+use crate::ns::{pb, ChunkAlloc, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
 use pb::meta_reply::Result as ReplyResult;
 
 /// The version a new chunk starts at.
 pub const FIRST_VERSION: u64 = 1;
+/// Most chunk allocations one CommitWrite may carry.
+pub const MAX_ALLOCS_PER_COMMIT: usize = 4096;
 
 impl Namespace {
     fn chunk_write(&self, index: u64, chunk_id: u64, version: u64) -> ReplyResult {
@@ -58,6 +60,37 @@ impl Namespace {
         if r.end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
+        if r.allocs.len() > MAX_ALLOCS_PER_COMMIT {
+            return Err(Errno::EINVAL);
+        }
+        if !r.allocs.is_empty() || r.allocs_only {
+            let allocs = r
+                .allocs
+                .iter()
+                .map(|a| ChunkAlloc {
+                    index: a.index,
+                    chunk_id: a.chunk_id,
+                    bytes: a.bytes.min(self.chunk_size),
+                })
+                .collect();
+            return Ok(Prepared::Record(if r.allocs_only {
+                Record::CommitAlloc {
+                    ino: r.ino,
+                    end: 0,
+                    kill_privs: false,
+                    now: None,
+                    allocs,
+                }
+            } else {
+                Record::CommitAlloc {
+                    ino: r.ino,
+                    end: r.end,
+                    kill_privs: write_kills_privs(i, &ctx.caller),
+                    now: Some(ctx.now),
+                    allocs,
+                }
+            }));
+        }
         Ok(Prepared::Record(Record::CommitWrite {
             ino: r.ino,
             end: r.end,
@@ -76,11 +109,10 @@ impl Namespace {
         if self.chunk_owners.contains_key(&chunk_id) {
             return Err(Errno::EIO);
         }
-        let chunks = self
-            .inodes
-            .get_mut(&ino)
-            .and_then(|i| i.chunks_mut())
-            .ok_or(Errno::EIO)?;
+        let i = self.inodes.get_mut(&ino).ok_or(Errno::EIO)?;
+        // A new chunk holds nothing yet; any figure for the index was another's.
+        i.alloc.remove(&index);
+        let chunks = i.chunks_mut().ok_or(Errno::EIO)?;
         if chunks.contains_key(&index) {
             return Err(Errno::EIO);
         }
@@ -119,6 +151,33 @@ impl Namespace {
         }
         let attr = i.attr(self.chunk_size);
         Ok(ReplyResult::Attr(attr))
+    }
+
+    pub(crate) fn apply_commit_alloc(
+        &mut self,
+        ino: u64,
+        end: u64,
+        kill_privs: bool,
+        now: Option<Time>,
+        allocs: &[ChunkAlloc],
+    ) -> Result<ReplyResult, Errno> {
+        if let Some(now) = now {
+            self.apply_commit_write(ino, end, kill_privs, now)?;
+        }
+        let i = self
+            .inodes
+            .get_mut(&ino)
+            .filter(|i| i.chunks().is_some())
+            .ok_or(Errno::EIO)?;
+        for a in allocs {
+            // The index may hold another chunk by now (a truncate and a new
+            // write raced this commit): its figure is not this one.
+            let current = i.chunks().and_then(|c| c.get(&a.index)).map(|c| c.id);
+            if current == Some(a.chunk_id) {
+                i.alloc.insert(a.index, a.bytes.min(self.chunk_size));
+            }
+        }
+        Ok(ReplyResult::Attr(i.attr(self.chunk_size)))
     }
 
     /// A lease raised the chunk's version (see `Record::BumpVersion`).

@@ -233,10 +233,21 @@ impl Namespace {
 
     /// Sets a regular file's size, dropping the chunks that start at or past it.
     pub(crate) fn truncate(&mut self, ino: u64, size: u64, freed: &mut Vec<u64>) {
-        let keep = size.div_ceil(self.chunk_size);
+        let cs = self.chunk_size;
+        let keep = size.div_ceil(cs);
         let i = self.inodes.get_mut(&ino).expect("inode exists");
         self.bytes = self.bytes - i.size + size;
+        // weftfs cuts the chunk holding the smaller of the two sizes on its
+        // replicas (a truncate there frees the blocks past the cut, reserved
+        // ones too): its allocation shrinks to at most the pages before it.
+        let cut = i.size.min(size);
+        if !cut.is_multiple_of(cs) {
+            if let Some(bytes) = i.alloc.get_mut(&(cut / cs)) {
+                *bytes = (*bytes).min((cut % cs).next_multiple_of(PAGE));
+            }
+        }
         i.size = size;
+        drop(i.alloc.split_off(&keep));
         let chunks = i.chunks_mut().expect("a regular file");
         let dropped = chunks.split_off(&keep);
         for c in dropped.values() {
@@ -245,6 +256,10 @@ impl Namespace {
         }
     }
 }
+
+/// The allocation unit of the daemons' file systems, as far as a replica
+/// truncate's effect on st_blocks goes.
+const PAGE: u64 = 4096;
 
 /// The mode after chown of a non-directory (`notify_change` with
 /// ATTR_KILL_SUID | ATTR_KILL_SGID): setuid always goes, even for root;

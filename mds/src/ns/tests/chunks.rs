@@ -17,8 +17,15 @@ fn alloc(h: &mut Harness, ino: u64, index: u64) -> Result<pb::ChunkWrite, Errno>
 }
 
 fn commit_as(h: &mut Harness, c: &Caller, ino: u64, end: u64) -> Result<pb::Attr, Errno> {
-    h.op(c, Op::CommitWrite(pb::CommitWriteReq { ino, end }))
-        .map(attr)
+    h.op(
+        c,
+        Op::CommitWrite(pb::CommitWriteReq {
+            ino,
+            end,
+            ..Default::default()
+        }),
+    )
+    .map(attr)
 }
 
 #[test]
@@ -189,4 +196,115 @@ fn all_chunks_counts_and_paths() {
     assert_eq!(h.ns.path_of(77), "<ino 77>");
     // blocks: chunk 0 and 2 present; chunk 0 full, chunk 2 holds 1 byte.
     assert_eq!(h.getattr(f).blocks, (CHUNK + 512) / 512);
+}
+
+fn commit_allocs(
+    h: &mut Harness,
+    ino: u64,
+    end: u64,
+    allocs: &[(u64, u64, u64)],
+    allocs_only: bool,
+) -> pb::Attr {
+    let allocs = allocs
+        .iter()
+        .map(|&(index, chunk_id, bytes)| pb::ChunkAlloc {
+            index,
+            chunk_id,
+            bytes,
+        })
+        .collect();
+    attr(
+        h.op(
+            &root(),
+            Op::CommitWrite(pb::CommitWriteReq {
+                ino,
+                end,
+                allocs,
+                allocs_only,
+            }),
+        )
+        .unwrap(),
+    )
+}
+
+#[test]
+fn st_blocks_follow_the_reported_allocation_of_a_sparse_file() {
+    let mut h = Harness::new();
+    let f = h.create(1, "sparse");
+    // xfstests' _require_sparse_files: 51200 bytes at 1638400 (chunk 1 here).
+    let (off, len) = (1_638_400u64, 51_200u64);
+    let index = off / CHUNK;
+    let id = alloc(&mut h, f, index).unwrap().chunk.unwrap().chunk_id;
+    let a = commit_allocs(&mut h, f, off + len, &[(index, id, 53_248)], false);
+    assert_eq!(a.size, off + len);
+    assert_eq!(
+        a.blocks * 512,
+        53_248,
+        "what the replica holds, not the size"
+    );
+    assert!(matches!(
+        h.log.last(),
+        Some(Record::CommitAlloc { now: Some(_), .. })
+    ));
+    // A figure past the chunk is capped.
+    let a = commit_allocs(&mut h, f, 0, &[(index, id, 5 * CHUNK)], false);
+    assert_eq!(a.blocks * 512, CHUNK);
+    // A figure for another chunk id (the index was truncated away and
+    // refilled meanwhile) or for a hole changes nothing.
+    let before = h.getattr(f).blocks;
+    commit_allocs(&mut h, f, 0, &[(index, id + 100, 0), (7, id, 4096)], false);
+    assert_eq!(h.getattr(f).blocks, before);
+}
+
+#[test]
+fn without_a_report_a_chunk_counts_its_part_below_the_size() {
+    let mut h = Harness::new();
+    let f = h.create(1, "old");
+    h.write(f, 0, 5000);
+    assert_eq!(h.getattr(f).blocks, 5000u64.div_ceil(512));
+    assert!(matches!(h.log.last(), Some(Record::CommitWrite { .. })));
+}
+
+#[test]
+fn a_reservation_past_the_end_counts_and_changes_neither_size_nor_times() {
+    let mut h = Harness::new();
+    let f = h.create(1, "f");
+    let id = alloc(&mut h, f, 2).unwrap().chunk.unwrap().chunk_id;
+    let before = h.getattr(f);
+    assert_eq!(before.blocks, 0, "past the size, unreported: nothing");
+    let a = commit_allocs(&mut h, f, 0, &[(2, id, 65_536)], true);
+    assert_eq!((a.size, a.blocks), (0, 128));
+    assert_eq!((a.mtime, a.ctime), (before.mtime, before.ctime));
+}
+
+#[test]
+fn truncate_drops_and_shrinks_allocations() {
+    let mut h = Harness::new();
+    let f = h.create(1, "f");
+    let ids: Vec<u64> = (0..3)
+        .map(|i| alloc(&mut h, f, i).unwrap().chunk.unwrap().chunk_id)
+        .collect();
+    let full: Vec<(u64, u64, u64)> = (0..3).map(|i| (i, ids[i as usize], CHUNK)).collect();
+    let a = commit_allocs(&mut h, f, 3 * CHUNK, &full, false);
+    assert_eq!(a.blocks * 512, 3 * CHUNK);
+    // Into chunk 1: chunk 2 goes, chunk 1 keeps at most the pages before the cut.
+    let a = h.truncate_as(&root(), f, CHUNK + 10_000).unwrap();
+    assert_eq!(a.blocks * 512, CHUNK + 12_288);
+    // Growing again adds nothing (a hole), and cuts nothing more.
+    let a = h.truncate_as(&root(), f, 2 * CHUNK).unwrap();
+    assert_eq!(a.blocks * 512, CHUNK + 12_288);
+    // A new chunk at an index that had one starts without a figure.
+    let a = h.truncate_as(&root(), f, 0).unwrap();
+    assert_eq!(a.blocks, 0);
+    alloc(&mut h, f, 0).unwrap();
+    h.op(
+        &root(),
+        Op::CommitWrite(pb::CommitWriteReq {
+            ino: f,
+            end: 100,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    assert_eq!(h.getattr(f).blocks, 1, "estimated: 100 bytes");
 }

@@ -143,6 +143,24 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
         18 => Op::CommitWrite(pb::CommitWriteReq {
             ino,
             end: rng.below(5 * CHUNK),
+            // The chunks' allocation, for chunks the file holds or not.
+            allocs: match h.ns.file_chunks(ino, 0, 5) {
+                Ok((_, chunks)) if rng.chance(70) => {
+                    let mut allocs = Vec::new();
+                    for &(index, id, _) in &chunks {
+                        if rng.chance(50) {
+                            allocs.push(pb::ChunkAlloc {
+                                index,
+                                chunk_id: if rng.chance(80) { id } else { id + 1 },
+                                bytes: rng.below(CHUNK + 10),
+                            });
+                        }
+                    }
+                    allocs
+                }
+                _ => vec![],
+            },
+            allocs_only: rng.chance(20),
         }),
         _ => {
             // Open bookkeeping, as the MDS does it around Open/Create/Release.
@@ -216,13 +234,20 @@ fn records_and_state_round_trip_through_postcard() {
         let bytes = postcard::to_allocvec(rec).unwrap();
         assert_eq!(&postcard::from_bytes::<Record>(&bytes).unwrap(), rec);
     }
-    let bytes = postcard::to_allocvec(&h.ns).unwrap();
-    let back: Namespace = postcard::from_bytes(&bytes).unwrap();
-    assert_eq!(back, h.ns);
+    // The chunk allocations travel beside the namespace (as in a snapshot).
+    let through_postcard = |ns: &Namespace| {
+        let allocs: Vec<(u64, std::collections::BTreeMap<u64, u64>)> =
+            ns.allocations().map(|(i, a)| (i, a.clone())).collect();
+        let mut back: Namespace =
+            postcard::from_bytes(&postcard::to_allocvec(ns).unwrap()).unwrap();
+        back.restore_allocations(allocs);
+        back
+    };
+    assert_eq!(through_postcard(&h.ns), h.ns);
     // A restored snapshot plus the rest of the log equals the full replay.
     let mid = h.log.len() / 2;
     let (mut ns, _) = replay(&h.log[..mid]);
-    ns = postcard::from_bytes(&postcard::to_allocvec(&ns).unwrap()).unwrap();
+    ns = through_postcard(&ns);
     for rec in &h.log[mid..] {
         ns.apply(rec);
     }
@@ -237,5 +262,5 @@ fn the_run_exercises_every_record_kind() {
         kinds.insert(std::mem::discriminant(r));
         let _ = r.ino();
     }
-    assert_eq!(kinds.len(), 10, "some record kinds never happened");
+    assert_eq!(kinds.len(), 11, "some record kinds never happened");
 }

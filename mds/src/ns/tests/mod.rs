@@ -306,8 +306,15 @@ impl Harness {
         let R::ChunkWrite(cw) = r else {
             panic!("not a ChunkWrite: {r:?}")
         };
-        self.op(&root(), Op::CommitWrite(pb::CommitWriteReq { ino, end }))
-            .unwrap();
+        self.op(
+            &root(),
+            Op::CommitWrite(pb::CommitWriteReq {
+                ino,
+                end,
+                ..Default::default()
+            }),
+        )
+        .unwrap();
         cw.chunk.unwrap().chunk_id
     }
 
@@ -390,6 +397,10 @@ pub fn check_invariants(ns: &Namespace) {
                         "chunk {} used twice",
                         c.id
                     );
+                }
+                for (index, &bytes) in &i.alloc {
+                    assert!(chunks.contains_key(index), "allocation of a hole");
+                    assert!(bytes <= ns.chunk_size());
                 }
             }
             (Body::Symlink { target }, Kind::Symlink) => assert_eq!(i.size, target.len() as u64),

@@ -280,8 +280,15 @@ fn run_op(h: &mut Harness, op: &MOp) -> Result<(), Errno> {
                     }),
                 )?;
             }
-            h.op(&c, Op::CommitWrite(pb::CommitWriteReq { ino, end: *end }))
-                .map(drop)
+            h.op(
+                &c,
+                Op::CommitWrite(pb::CommitWriteReq {
+                    ino,
+                    end: *end,
+                    ..Default::default()
+                }),
+            )
+            .map(drop)
         }
         MOp::Restart => {
             let bytes = postcard::to_allocvec(&h.ns).unwrap();
