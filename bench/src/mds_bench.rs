@@ -146,6 +146,7 @@ async fn fake_chunkd(addr: String) {
         rack: String::new(),
         capacity: 1 << 50,
         used: 0,
+        free: None,
         chunks: vec![],
     };
     m.register(reg.clone()).await.expect("register");
@@ -157,6 +158,7 @@ async fn fake_chunkd(addr: String) {
                     chunkd_id: 4242,
                     capacity: 1 << 50,
                     used: 0,
+                    free: None,
                     added: vec![],
                     removed: vec![],
                 })

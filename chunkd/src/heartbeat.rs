@@ -87,6 +87,7 @@ pub async fn run(store: Arc<Store>, mut master: MasterClient<Channel>, me: Ident
                 chunkd_id: me.chunkd_id,
                 capacity: store.capacity(),
                 used: store.used(),
+                free: Some(store.free_for_data()),
                 added: delta.added.iter().map(report).collect(),
                 removed: delta.removed.clone(),
             };
@@ -142,6 +143,7 @@ async fn register(
             rack: me.rack.clone(),
             capacity: store.capacity(),
             used: store.used(),
+            free: Some(store.free_for_data()),
             chunks,
         };
         match master.register(req).await {

@@ -21,10 +21,21 @@ pub struct Daemon {
     pub rack: String,
     pub capacity: u64,
     pub used: u64,
+    /// What the daemon says it can still take (`RegisterReq.free`), if it says.
+    reported_free: Option<u64>,
     last_beat: Instant,
     chunks: BTreeSet<u64>,
     /// `weft drain`: placement avoids it and repair moves its replicas off.
     pub draining: bool,
+}
+
+impl Daemon {
+    /// Data bytes it can still take: its own figure (which also counts its
+    /// disk's real free space), within capacity - used.
+    pub fn free(&self) -> u64 {
+        let headroom = self.capacity.saturating_sub(self.used);
+        self.reported_free.map_or(headroom, |f| f.min(headroom))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +128,7 @@ impl Registry {
                 rack: req.rack.clone(),
                 capacity: req.capacity,
                 used: req.used,
+                reported_free: req.free,
                 last_beat: Instant::now(),
                 chunks: BTreeSet::new(),
                 draining: false,
@@ -141,6 +153,7 @@ impl Registry {
         d.last_beat = Instant::now();
         d.capacity = req.capacity;
         d.used = req.used;
+        d.reported_free = req.free;
         for chunk in &req.removed {
             self.drop_replica(*chunk, req.chunkd_id, false);
         }
@@ -295,7 +308,7 @@ impl Registry {
             .map(|d| Candidate {
                 id: d.id,
                 rack: d.rack.clone(),
-                free: d.capacity.saturating_sub(d.used),
+                free: d.free(),
             })
             .collect();
         let salt: u64 = rand::random();
@@ -313,9 +326,7 @@ impl Registry {
         self.daemons
             .values()
             .filter(|d| self.alive(d.id))
-            .fold((0, 0), |(c, f), d| {
-                (c + d.capacity, f + d.capacity.saturating_sub(d.used))
-            })
+            .fold((0, 0), |(c, f), d| (c + d.capacity, f + d.free()))
     }
 
     pub fn status(&self) -> Vec<pb::ChunkdStatus> {
@@ -464,6 +475,7 @@ mod tests {
             rack: String::new(),
             capacity: 1 << 30,
             used: 0,
+            free: None,
             chunks: chunks
                 .iter()
                 .map(|(c, v)| pb::ChunkReport {
@@ -568,5 +580,32 @@ mod tests {
         assert_eq!(r.good_replicas(7, 1), 0);
         assert!(r.locations(7, 1).is_empty());
         assert!(!r.status()[0].alive);
+    }
+}
+
+#[cfg(test)]
+mod free_tests {
+    use super::*;
+
+    #[test]
+    fn free_space_is_the_daemons_figure_within_capacity() {
+        let mut r = Registry::new(Duration::from_secs(60));
+        let req = |id, free| pb::RegisterReq {
+            chunkd_id: id,
+            addr: format!("127.0.0.1:{id}"),
+            capacity: 100,
+            used: 30,
+            free,
+            ..Default::default()
+        };
+        // An older daemon says nothing: capacity - used.
+        r.register(&req(1, None), |_| Known::Current(1));
+        assert_eq!(r.space(), (100, 70));
+        // Its disk holds less than its capacity allows.
+        r.register(&req(2, Some(20)), |_| Known::Current(1));
+        assert_eq!(r.space(), (200, 90));
+        // Never more than the capacity leaves.
+        r.register(&req(3, Some(500)), |_| Known::Current(1));
+        assert_eq!(r.space(), (300, 160));
     }
 }

@@ -135,7 +135,9 @@ fn punch_reserve_and_truncate_move_st_blocks() {
     f.set_len(0).unwrap();
     assert_eq!(fs::metadata(&p).unwrap().blocks(), 0, "truncated to 0");
     // The other mount hears of it by the MDS's push (asynchronous).
-    wait_until("the other mount sees 0 blocks", Duration::from_secs(3), || {
-        fs::metadata(other.join("f")).unwrap().blocks() == 0
-    });
+    wait_until(
+        "the other mount sees 0 blocks",
+        Duration::from_secs(3),
+        || fs::metadata(other.join("f")).unwrap().blocks() == 0,
+    );
 }

@@ -5,7 +5,8 @@ use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
-use weft_testkit::TestCluster;
+use std::time::Duration;
+use weft_testkit::{wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -736,4 +737,34 @@ fn buffered_reads_after_aio_direct_writes_see_the_new_bytes() {
     for r in reads {
         r.unwrap();
     }
+}
+
+/// generic/103: a fallocate of all but 512 KiB of what statfs shows free
+/// succeeds. What a daemon offers is counted in data bytes: each chunk file
+/// also needs its header and an extent block, which with 1 MiB chunks is
+/// over 1 MiB of a 256 MiB capacity.
+#[test]
+fn a_fallocate_of_what_statfs_shows_free_fits() {
+    let mut tc = TestCluster::start_with(1, |s| {
+        s.chunk_size = Some(MIB);
+        s.capacity = Some(256 * MIB);
+    });
+    let m = tc.mount();
+    let free = || nix::sys::statvfs::statvfs(&m).map(|s| s.blocks_available() * s.fragment_size());
+    // The daemon learns the chunk size when it registers; its next
+    // heartbeat offers the space in those terms.
+    wait_until("the offer in data bytes", Duration::from_secs(10), || {
+        free().unwrap() < 255 * MIB
+    });
+    let avail = free().unwrap();
+    assert!(avail > 250 * MIB, "{avail}");
+    let f = fs::File::create(m.join("spc")).unwrap();
+    let len = avail - (512 << 10);
+    assert_eq!(
+        unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, len as i64) },
+        0,
+        "fallocate of {len} with {avail} free: {}",
+        std::io::Error::last_os_error()
+    );
+    assert_eq!(fs::metadata(m.join("spc")).unwrap().len(), len);
 }

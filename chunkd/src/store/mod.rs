@@ -308,6 +308,23 @@ impl Store {
         self.capacity
     }
 
+    /// The data bytes this daemon can still take (heartbeats; statfs and
+    /// placement use it): the headroom `--capacity` leaves (by default the
+    /// disk's size), but no more than its disk really has free (the disk
+    /// may be shared), counted in data bytes: each chunk file also needs
+    /// its header and its file system's extent block. So `df` on a mount,
+    /// and a fallocate of what it shows, stay within what the disks take.
+    pub fn free_for_data(&self) -> u64 {
+        let mut headroom = self.capacity.saturating_sub(self.used());
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&self.chunks_dir) {
+            let disk_free =
+                (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
+            headroom = headroom.min(disk_free);
+        }
+        let cs = self.chunk_size().unwrap_or(PROVISIONAL_CHUNK_SIZE);
+        data_share(headroom, cs)
+    }
+
     /// Bytes allocated on disk by live chunk files.
     pub fn used(&self) -> u64 {
         self.acct.lock().used
@@ -812,4 +829,11 @@ fn punch_edges(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
         [(offset, end), (end, end)]
     };
     pieces.into_iter().filter(|(a, b)| a < b)
+}
+
+/// The data bytes `raw` bytes of disk hold in chunk files of `chunk_size`
+/// once each file's header and extent block are paid for.
+pub fn data_share(raw: u64, chunk_size: u64) -> u64 {
+    let whole = chunk_size + format::header_len(chunk_size) + 4096;
+    (raw as u128 * chunk_size as u128 / whole as u128) as u64
 }
