@@ -41,6 +41,10 @@ use format::{Header, BLOCK_SIZE};
 /// one (before registration succeeds): writes are accepted up to this offset.
 pub const PROVISIONAL_CHUNK_SIZE: u64 = 1 << 30;
 
+/// The most of its disk a daemon keeps out of what it offers (2% of the
+/// disk up to this): see `free_for_data`.
+const DISK_KEPT_MAX: u64 = 2 << 30;
+
 const STRIPES: usize = 1024;
 
 /// What the MDS is told about one replica.
@@ -310,16 +314,20 @@ impl Store {
 
     /// The data bytes this daemon can still take (heartbeats; statfs and
     /// placement use it): the headroom `--capacity` leaves (by default the
-    /// disk's size), but no more than its disk really has free (the disk
-    /// may be shared), counted in data bytes: each chunk file also needs
-    /// its header and its file system's extent block. So `df` on a mount,
-    /// and a fallocate of what it shows, stay within what the disks take.
+    /// disk's size), but no more than its disk really has free less 2% of
+    /// the disk (at most 2 GiB; the disk may be shared), counted in data
+    /// bytes: each chunk file also needs its header and its file system's
+    /// extent block. So `df` on a mount, and a fallocate of what it shows,
+    /// stay within what the disks take.
     pub fn free_for_data(&self) -> u64 {
         let mut headroom = self.capacity.saturating_sub(self.used());
         if let Ok(fs) = nix::sys::statvfs::statvfs(&self.chunks_dir) {
-            let disk_free =
-                (fs.blocks_available() as u64).saturating_mul(fs.fragment_size() as u64);
-            headroom = headroom.min(disk_free);
+            let block = fs.fragment_size() as u64;
+            let disk_free = (fs.blocks_available() as u64).saturating_mul(block);
+            // Never offered: room for what else lives on the disk (an MDS
+            // log beside the chunks must not be the one to hit ENOSPC).
+            let kept = ((fs.blocks() as u64).saturating_mul(block) / 50).min(DISK_KEPT_MAX);
+            headroom = headroom.min(disk_free.saturating_sub(kept));
         }
         let cs = self.chunk_size().unwrap_or(PROVISIONAL_CHUNK_SIZE);
         data_share(headroom, cs)
