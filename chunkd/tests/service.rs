@@ -13,13 +13,7 @@ const BS: usize = 65536;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_write_lands_on_all_replicas() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mds = dead_addr();
-    let mut ds = Vec::new();
-    for d in &dirs {
-        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
-    }
-    let addrs: Vec<String> = ds.iter().map(|d| d.addr.to_string()).collect();
+    let (_dirs, ds, addrs) = start_chain(3).await;
     let mut first = client(&addrs[0]);
 
     let data = pattern(3 * BS + 123, 5);
@@ -282,13 +276,7 @@ fn sha256(bytes: &[u8]) -> String {
 /// and against what a read returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_overlapping_writes_leave_identical_replicas() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mds = dead_addr();
-    let mut ds = Vec::new();
-    for d in &dirs {
-        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
-    }
-    let addrs: Vec<String> = ds.iter().map(|d| d.addr.to_string()).collect();
+    let (_dirs, ds, addrs) = start_chain(3).await;
     const CHUNK: u64 = 0xabc;
     const SPAN: usize = 4 * BS;
     for round in 0..5u8 {
@@ -365,13 +353,7 @@ async fn concurrent_overlapping_writes_leave_identical_replicas() {
 /// makes the zeros itself, frees the whole blocks, and reports what it holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_punch_without_data_zeros_the_range_on_every_replica() {
-    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mds = dead_addr();
-    let mut ds = Vec::new();
-    for d in &dirs {
-        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
-    }
-    let addrs: Vec<String> = ds.iter().map(|d| d.addr.to_string()).collect();
+    let (_dirs, _ds, addrs) = start_chain(3).await;
     let mut first = client(&addrs[0]);
     let data = pattern(8 * BS, 3);
     let full = first

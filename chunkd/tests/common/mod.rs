@@ -179,3 +179,17 @@ impl FakeMds {
         bound
     }
 }
+
+/// `n` daemons, each in its own temp dir, reporting to no MDS (pipeline
+/// tests): the dirs (keep them alive), the daemons and their addresses.
+#[allow(dead_code)]
+pub async fn start_chain(n: usize) -> (Vec<tempfile::TempDir>, Vec<Daemon>, Vec<String>) {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mds = dead_addr();
+    let mut ds = Vec::new();
+    for d in &dirs {
+        ds.push(start_chunkd(d.path(), &mds, |_| {}).await);
+    }
+    let addrs = ds.iter().map(|d| d.addr.to_string()).collect();
+    (dirs, ds, addrs)
+}
