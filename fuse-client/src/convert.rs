@@ -102,6 +102,28 @@ pub fn file_attr(a: &Attr, overlay: Option<Overlay>) -> FileAttr {
     }
 }
 
+/// The attributes of a negative lookup reply: node id 0 tells the kernel the
+/// name does not exist (cached for the entry TTL).
+pub fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,27 +215,5 @@ mod tests {
         let set = time_set(TimeOrNow::SpecificTime(UNIX_EPOCH + Duration::new(9, 1)));
         assert!(!set.now);
         assert_eq!(set.time, Some(Timespec { sec: 9, nsec: 1 }));
-    }
-}
-
-/// The attributes of a negative lookup reply: node id 0 tells the kernel the
-/// name does not exist (cached for the entry TTL).
-pub fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
     }
 }
