@@ -12,7 +12,9 @@ use weft_proto::{Attr, FileKind, TimeSet, Timespec};
 
 use crate::open_files::Overlay;
 
-pub const BLKSIZE: u32 = 65536;
+/// `st_blksize`: the chunk daemons' checksum block, the smallest write that
+/// needs no read-modify-write.
+pub const BLKSIZE: u32 = weft_proto::contract::limits::BLOCK_SIZE;
 
 pub fn file_type(kind: i32) -> FileType {
     match FileKind::try_from(kind).unwrap_or(FileKind::Unspecified) {
