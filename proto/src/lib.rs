@@ -1,4 +1,5 @@
-//! weft's wire protocol: the generated gRPC services (`Meta`, `Master`, `Chunk`)
+//! weft's wire protocol: the generated gRPC services (`Meta`, `Coherence`, `Master`,
+//! `Admin`, `Chunk`, `ChunkSpace`, `ChunkAdmin`)
 //! and the few types every side shares — the errno carried in `MetaReply` and
 //! message-size limits; `contract` holds what both ends must agree on.
 
