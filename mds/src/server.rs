@@ -52,7 +52,7 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
     }
 }
 
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = fs::File::create(&tmp)?;
@@ -135,6 +135,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
     let format = read_or_create_format(&cfg)?;
+    let term = Arc::new(crate::term::Term::next_start(&cfg.data)?);
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;
     let state = recover(&cfg.data, format.chunk_size, true)?;
@@ -206,6 +207,7 @@ pub async fn run(
         contacts: Default::default(),
         orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
         log,
+        term: term.clone(),
     };
     // Sessions known from the log get a full timeout from now to come back.
     crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
@@ -235,7 +237,7 @@ pub async fn run(
             addr.to_string().as_bytes(),
         )?;
     }
-    tracing::info!(%addr, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
+    tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
 
     let max = weft_proto::MAX_MESSAGE;
     tonic::transport::Server::builder()

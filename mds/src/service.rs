@@ -36,6 +36,8 @@ pub struct Mds {
     pub orphan_grace: Duration,
     /// How far the log is written and on disk (early replies).
     pub log: LogPosition,
+    /// Sent with every instruction to a chunk daemon (term fencing).
+    pub term: Arc<crate::term::Term>,
 }
 
 #[derive(Clone)]
@@ -324,6 +326,7 @@ impl pb::master_server::Master for Mds {
         Ok(Response::new(pb::RegisterReply {
             chunk_size: st.ns.chunk_size(),
             heartbeat_ms: self.heartbeat_ms,
+            term: self.term.get(),
         }))
     }
 
@@ -345,10 +348,12 @@ impl pb::master_server::Master for Mds {
             Some(delete_chunks) => pb::HeartbeatReply {
                 reregister: false,
                 delete_chunks,
+                term: self.term.get(),
             },
             None => pb::HeartbeatReply {
                 reregister: true,
                 delete_chunks: vec![],
+                term: self.term.get(),
             },
         };
         Ok(Response::new(reply))

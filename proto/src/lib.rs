@@ -88,3 +88,5 @@ pub fn now() -> Timespec {
         nsec: d.subsec_nanos(),
     }
 }
+
+pub mod leader;
