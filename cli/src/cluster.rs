@@ -41,6 +41,10 @@ pub struct ClusterSpec {
     pub scrub_interval: Option<u64>,
     /// Further weft-mds flags (e.g. `--lock-expiry-secs 2` in tests).
     pub mds_args: Vec<String>,
+    /// Addresses listed before the MDS's own wherever the cluster names the
+    /// MDS (chunk daemons' --mds, mount sources, status): tests of clients
+    /// that move past MDS nodes that do not answer.
+    pub extra_mds_addrs: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -60,6 +64,7 @@ impl ClusterSpec {
             lease_ms: None,
             scrub_interval: None,
             mds_args: Vec::new(),
+            extra_mds_addrs: Vec::new(),
         }
     }
 }
@@ -288,7 +293,7 @@ impl LocalCluster {
             "--data".into(),
             self.chunkds[i].data.display().to_string(),
             "--mds".into(),
-            self.mds.addr.clone(),
+            self.mds_list(),
             "--addr-file".into(),
             addr_file.display().to_string(),
             "--log-level".into(),
@@ -327,12 +332,19 @@ impl LocalCluster {
         &self.mds.addr
     }
 
+    /// How clients name the MDS: its address, after `extra_mds_addrs`.
+    pub fn mds_list(&self) -> String {
+        let mut l = self.spec.extra_mds_addrs.clone();
+        l.push(self.mds.addr.clone());
+        l.join(",")
+    }
+
     pub fn status(&self) -> Result<pb::StatusReply> {
-        crate::admin::block_on(crate::admin::status(&self.mds.addr))
+        crate::admin::block_on(crate::admin::status(&self.mds_list()))
     }
 
     pub fn fsck(&self) -> Result<pb::FsckReply> {
-        crate::admin::block_on(crate::admin::fsck(&self.mds.addr))
+        crate::admin::block_on(crate::admin::fsck(&self.mds_list()))
     }
 
     /// Waits until `n` chunk daemons are registered and alive.
@@ -362,11 +374,7 @@ impl LocalCluster {
         fs::create_dir_all(path)?;
         let n = self.mounts.len() + 1;
         let log = self.spec.dir.join(format!("logs/weftfs-{n}.log"));
-        let mut args = vec![
-            self.mds.addr.clone(),
-            path.display().to_string(),
-            "-f".into(),
-        ];
+        let mut args = vec![self.mds_list(), path.display().to_string(), "-f".into()];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
         args.extend(["-o".into(), opts.join(",")]);
