@@ -653,8 +653,8 @@ mod tests {
         let c = run(&["[::1]:7000", "--", "-odd-dir"]);
         assert_eq!(c.mds_addr, "[::1]:7000");
         // A group's nodes, as one comma-separated source.
-        let c = run(&["http://a:1/, b:2,[::1]:3", "/mnt"]);
-        assert_eq!(c.mds_addr, "a:1,b:2,[::1]:3");
+        let g = run(&["http://a:1/, b:2,[::1]:3", "/mnt"]);
+        assert_eq!(g.mds_addr, "a:1,b:2,[::1]:3");
         for bad in ["a:1,,b:2", "a:1,b", "a:1,"] {
             assert!(parse_args([bad, "/mnt"]).is_err(), "{bad}");
         }
