@@ -130,6 +130,15 @@ pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "missing": s.missing,
         "replicas": s.replicas,
         "chunk_size": s.chunk_size,
+        "mds": s.mds.iter().map(|n| serde_json::json!({
+            "id": n.id,
+            "addr": n.addr,
+            "role": n.role,
+            "term": n.term,
+            "last_log_index": n.last_log_index,
+            "applied": n.applied,
+        })).collect::<Vec<_>>(),
+        "leader": s.leader,
     })
 }
 
@@ -150,6 +159,17 @@ pub fn human(bytes: u64) -> String {
 
 pub fn status_text(s: &pb::StatusReply) -> String {
     let mut out = String::new();
+    out.push_str(&format!(
+        "{:<6} {:<22} {:<12} {:>8} {:>12} {:>12}\n",
+        "MDS", "ADDRESS", "ROLE", "TERM", "LAST INDEX", "APPLIED"
+    ));
+    for n in &s.mds {
+        out.push_str(&format!(
+            "{:<6} {:<22} {:<12} {:>8} {:>12} {:>12}\n",
+            n.id, n.addr, n.role, n.term, n.last_log_index, n.applied
+        ));
+    }
+    out.push('\n');
     out.push_str(&format!(
         "{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n",
         "CHUNKD", "ADDRESS", "RACK", "ALIVE", "CAPACITY", "USED", "CHUNKS"

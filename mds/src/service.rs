@@ -38,6 +38,9 @@ pub struct Mds {
     pub log: LogPosition,
     /// Sent with every instruction to a chunk daemon (term fencing).
     pub term: Arc<crate::term::Term>,
+    /// This node's id and the address it serves on.
+    pub node_id: u64,
+    pub addr: String,
 }
 
 #[derive(Clone)]
@@ -405,6 +408,16 @@ impl pb::master_server::Master for Mds {
             rebalancing: self.repair.rebalancing(),
             log_appended_index: self.log.durability.appended(),
             log_durable_index: self.log.durability.durable(),
+            // A single MDS leads a group of one.
+            mds: vec![pb::MdsNode {
+                id: self.node_id,
+                addr: self.addr.clone(),
+                role: "leader".into(),
+                term: self.term.get(),
+                last_log_index: self.log.durability.appended(),
+                applied: st.applied_index,
+            }],
+            leader: self.node_id,
         }))
     }
 

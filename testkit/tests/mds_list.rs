@@ -54,6 +54,28 @@ fn clients_move_past_an_mds_node_that_does_not_answer() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"], 1, "{v}");
+    // The node table: a single MDS leads a group of one.
+    assert_eq!(v["leader"], 1, "{v}");
+    let node = &v["mds"][0];
+    assert_eq!(node["id"], 1, "{v}");
+    assert_eq!(node["addr"], tc.mds_addr(), "{v}");
+    assert_eq!(node["role"], "leader", "{v}");
+    assert!(node["term"].as_u64().unwrap() >= 1, "{v}");
+    // mkdir, rename, chmod and the file's create and commits were applied.
+    assert!(node["applied"].as_u64().unwrap() >= 4, "{v}");
+    let out = Command::new(bin("weft"))
+        .args(["status", "--mds", &list])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("1 "))
+        .unwrap_or_else(|| panic!("no MDS row:\n{text}"));
+    assert!(
+        row.contains(&tc.mds_addr()) && row.contains("leader"),
+        "{text}"
+    );
     let f = tc
         .cluster
         .wait_replicated(std::time::Duration::from_secs(30))
