@@ -368,13 +368,19 @@ impl LocalCluster {
     /// Mounts the cluster at `path` with weftfs in the foreground (so its PID is ours)
     /// and waits until the kernel shows the mount.
     pub fn mount(&mut self, path: &Path, options: &[&str]) -> Result<()> {
+        let source = self.mds_list();
+        self.mount_source(path, &source, options)
+    }
+
+    /// Like `mount`, naming the MDS as `source` (e.g. a proxy in front of it).
+    pub fn mount_source(&mut self, path: &Path, source: &str, options: &[&str]) -> Result<()> {
         if !Path::new("/dev/fuse").exists() {
             bail!("/dev/fuse does not exist: weft needs FUSE (load the fuse module, or run where /dev/fuse is available)");
         }
         fs::create_dir_all(path)?;
         let n = self.mounts.len() + 1;
         let log = self.spec.dir.join(format!("logs/weftfs-{n}.log"));
-        let mut args = vec![self.mds_list(), path.display().to_string(), "-f".into()];
+        let mut args = vec![source.to_string(), path.display().to_string(), "-f".into()];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
         args.extend(["-o".into(), opts.join(",")]);
@@ -382,7 +388,7 @@ impl LocalCluster {
         let mut proc = Proc {
             name: format!("weftfs-{n}"),
             child: Some(child),
-            addr: self.mds.addr.clone(),
+            addr: source.to_string(),
             data: path.to_path_buf(),
             log,
         };
