@@ -135,7 +135,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
     let format = read_or_create_format(&cfg)?;
-    let term = Arc::new(crate::term::Term::next_start(&cfg.data)?);
+    let term = Arc::new(crate::term::Term::next_start(&cfg.data, cfg.min_term)?);
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;
     let state = recover(&cfg.data, format.chunk_size, true)?;

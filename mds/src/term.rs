@@ -22,8 +22,9 @@ impl Term {
         Term(AtomicU64::new(term))
     }
 
-    /// Reads `DATA/term`, and makes and records the next term durably.
-    pub fn next_start(data: &Path) -> anyhow::Result<Term> {
+    /// Reads `DATA/term`, and makes and records the next term (at least
+    /// `min`) durably.
+    pub fn next_start(data: &Path, min: u64) -> anyhow::Result<Term> {
         let path = data.join(TERM_FILE);
         let last = match std::fs::read_to_string(&path) {
             Ok(s) => s
@@ -33,7 +34,7 @@ impl Term {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let term = last + 1;
+        let term = (last + 1).max(min);
         crate::server::write_durably(data, TERM_FILE, format!("{term}\n").as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Term::new(term))
@@ -51,11 +52,14 @@ mod tests {
     #[test]
     fn every_start_takes_a_higher_term() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(Term::next_start(dir.path()).unwrap().get(), 1);
-        assert_eq!(Term::next_start(dir.path()).unwrap().get(), 2);
+        assert_eq!(Term::next_start(dir.path(), 0).unwrap().get(), 1);
+        assert_eq!(Term::next_start(dir.path(), 0).unwrap().get(), 2);
         std::fs::write(dir.path().join(TERM_FILE), "41\n").unwrap();
-        assert_eq!(Term::next_start(dir.path()).unwrap().get(), 42);
+        assert_eq!(Term::next_start(dir.path(), 0).unwrap().get(), 42);
+        // --min-term: above what daemons saw after a restored data directory.
+        assert_eq!(Term::next_start(dir.path(), 100).unwrap().get(), 100);
+        assert_eq!(Term::next_start(dir.path(), 5).unwrap().get(), 101);
         std::fs::write(dir.path().join(TERM_FILE), "junk").unwrap();
-        assert!(Term::next_start(dir.path()).is_err());
+        assert!(Term::next_start(dir.path(), 0).is_err());
     }
 }
