@@ -1,6 +1,7 @@
 //! The `ChunkAdmin` service the MDS calls: `Replicate` (pull a whole replica
 //! from a peer, for re-replication, draining and rebalancing) and
-//! `SetVersion` (adopt a new lease's version, fencing older writers).
+//! `SetVersion` (adopt a new lease's version, fencing older writers). Both
+//! carry the MDS's term and are refused if it is older than one seen (`term`).
 //!
 //! Invariants: a copy is pulled with ordinary `Chunk.Read`s at the exact
 //! version, so the source verifies every block's crc (a corrupt source fails
@@ -25,6 +26,7 @@ use crate::pipeline::Peers;
 use crate::service::status_of;
 use crate::store::format::BLOCK_SIZE;
 use crate::store::Store;
+use crate::term::TermGuard;
 
 const MAX_CONCURRENT_COPIES: usize = 4;
 
@@ -34,15 +36,23 @@ pub struct AdminService {
     peers: Arc<Peers>,
     copies: Arc<Semaphore>,
     order: Arc<Sequencer>,
+    /// Every call carries the MDS's term; older terms are refused.
+    term: Arc<TermGuard>,
 }
 
 impl AdminService {
-    pub fn new(store: Arc<Store>, peers: Arc<Peers>, order: Arc<Sequencer>) -> AdminService {
+    pub fn new(
+        store: Arc<Store>,
+        peers: Arc<Peers>,
+        order: Arc<Sequencer>,
+        term: Arc<TermGuard>,
+    ) -> AdminService {
         AdminService {
             store,
             peers,
             copies: Arc::new(Semaphore::new(MAX_CONCURRENT_COPIES)),
             order,
+            term,
         }
     }
 
@@ -57,6 +67,7 @@ impl AdminService {
 impl ChunkAdmin for AdminService {
     async fn replicate(&self, request: Request<ReplicateReq>) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
+        self.term.admit_status(req.term)?;
         let _permit = self
             .copies
             .acquire()
@@ -143,6 +154,7 @@ impl ChunkAdmin for AdminService {
         request: Request<SetVersionReq>,
     ) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
+        self.term.admit_status(req.term)?;
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.set_version(req.chunk_id, req.version))
             .await

@@ -22,8 +22,9 @@ pub struct Config {
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
 
-    /// Metadata server address (host:port or http://host:port).
-    #[arg(long, value_name = "ADDR")]
+    /// Metadata server address (host:port or http://host:port), or a
+    /// comma-separated list of an MDS group's nodes (the leader is followed).
+    #[arg(long, value_name = "ADDR[,ADDR...]")]
     pub mds: String,
 
     /// Failure domain reported to the MDS.
@@ -106,6 +107,9 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.mds.trim().is_empty() {
             bail!("--mds must not be empty");
+        }
+        if let Err(e) = weft_proto::leader::parse_list(&self.mds) {
+            bail!("--mds {e}");
         }
         if self.heartbeat_ms == Some(0) {
             bail!("--heartbeat-ms must be positive");

@@ -159,8 +159,9 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     let addr = listener.local_addr()?;
     let advertised = cfg.advertise.clone().unwrap_or_else(|| addr.to_string());
 
-    let master = heartbeat::master_client(&cfg.mds)?;
-    let (reporter, report_task) = CorruptReporter::spawn(master.clone(), chunkd_id);
+    let term = Arc::new(crate::term::TermGuard::load(&cfg.data)?);
+    let masters = heartbeat::Masters::new(&cfg.mds, term.clone())?;
+    let (reporter, report_task) = CorruptReporter::spawn(masters.clone(), chunkd_id);
     let peers = Arc::new(Peers::new());
     let order = Arc::new(crate::ordering::Sequencer::default());
     let service = ChunkService::new(
@@ -169,7 +170,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
         reporter.clone(),
         order.clone(),
     );
-    let admin = crate::admin::AdminService::new(store.clone(), peers, order);
+    let admin = crate::admin::AdminService::new(store.clone(), peers, order, term);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
         Server::builder()
@@ -191,7 +192,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     let mut tasks = vec![report_task];
     tasks.push(tokio::spawn(heartbeat::run(
         store.clone(),
-        master,
+        masters,
         Identity {
             chunkd_id,
             addr: advertised.clone(),

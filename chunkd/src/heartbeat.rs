@@ -18,15 +18,18 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
 use tonic::transport::Channel;
+use weft_proto::leader::MdsList;
 use weft_proto::master_client::MasterClient;
 use weft_proto::{ChunkReport, CorruptReq, HeartbeatReq, RegisterReq, MAX_MESSAGE};
 
 use crate::pipeline;
 use crate::store::{ChunkSummary, Store};
+use crate::term::TermGuard;
 
 const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -47,6 +50,52 @@ pub fn master_client(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     Ok(MasterClient::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
+}
+
+/// The MDS nodes this daemon may talk to (`--mds A,B,C`): calls go to the
+/// current one, and a failure moves to the leader a "not leader" answer
+/// names, else to the next address. One lazily connecting client per address.
+#[derive(Clone)]
+pub struct Masters {
+    list: MdsList,
+    clients: Arc<Mutex<HashMap<String, MasterClient<Channel>>>>,
+    /// The highest MDS term seen (term fencing).
+    pub term: Arc<TermGuard>,
+}
+
+impl Masters {
+    pub fn new(list: &str, term: Arc<TermGuard>) -> anyhow::Result<Masters> {
+        let list = MdsList::parse(list).map_err(|e| anyhow::anyhow!("--mds {e}"))?;
+        let mut clients = HashMap::new();
+        for a in list.all() {
+            clients.insert(a.clone(), master_client(&a)?);
+        }
+        Ok(Masters {
+            list,
+            clients: Arc::new(Mutex::new(clients)),
+            term,
+        })
+    }
+
+    /// The address to call now and its client.
+    pub fn client(&self) -> anyhow::Result<(String, MasterClient<Channel>)> {
+        let addr = self.list.current();
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&addr) {
+            return Ok((addr, c.clone()));
+        }
+        let c = master_client(&addr)?;
+        clients.insert(addr.clone(), c.clone());
+        Ok((addr, c))
+    }
+
+    /// A call to `addr` failed (`status`; None for a stale term): move on.
+    pub fn failed(&self, addr: &str, status: Option<&tonic::Status>) {
+        let next = self.list.failed(addr, status);
+        if next != addr {
+            tracing::info!(from = addr, to = %next, "trying another MDS");
+        }
+    }
 }
 
 fn report(s: &ChunkSummary) -> ChunkReport {
@@ -70,10 +119,10 @@ pub struct Identity {
 
 /// Registers, then beats forever (re-registering when the MDS asks). Runs
 /// until its task is aborted.
-pub async fn run(store: Arc<Store>, mut master: MasterClient<Channel>, me: Identity) {
+pub async fn run(store: Arc<Store>, masters: Masters, me: Identity) {
     let signal = store.new_replica_signal();
     loop {
-        let period = register(&store, &mut master, &me).await;
+        let (period, addr, mut master) = register(&store, &masters, &me).await;
         let mut next = Instant::now() + period;
         let mut failures = 0u64;
         loop {
@@ -97,11 +146,23 @@ pub async fn run(store: Arc<Store>, mut master: MasterClient<Channel>, me: Ident
                     store.restore_delta(&delta);
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(30) {
-                        tracing::warn!(failures, error = %status.message(), code = ?status.code(), "heartbeat to MDS failed; will resend");
+                        tracing::warn!(failures, mds = %addr, error = %status.message(), code = ?status.code(), "heartbeat to MDS failed; will resend");
+                    }
+                    if masters.list.len() > 1 && failures >= 2 {
+                        // Another node may lead now: register there.
+                        masters.failed(&addr, Some(&status));
+                        break;
                     }
                     continue;
                 }
             };
+            if let Err(stale) = masters.term.admit(reply.term) {
+                // A deposed leader: obey none of it, find the current one.
+                tracing::warn!(mds = %addr, "{stale}; ignoring its heartbeat reply");
+                store.restore_delta(&delta);
+                masters.failed(&addr, None);
+                break;
+            }
             if failures > 0 {
                 tracing::info!(after_failures = failures, "heartbeats to MDS resumed");
                 failures = 0;
@@ -126,13 +187,21 @@ pub async fn run(store: Arc<Store>, mut master: MasterClient<Channel>, me: Ident
 /// heartbeat period to use.
 async fn register(
     store: &Arc<Store>,
-    master: &mut MasterClient<Channel>,
+    masters: &Masters,
     me: &Identity,
-) -> Duration {
+) -> (Duration, String, MasterClient<Channel>) {
     let mut backoff = REGISTER_BACKOFF_MIN;
     let mut attempt = 0u64;
     loop {
         attempt += 1;
+        let (addr, mut master) = match masters.client() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                sleep(REGISTER_BACKOFF_MAX).await;
+                continue;
+            }
+        };
         // Everything we hold goes in the request, so pending deltas are covered.
         let delta = store.take_delta();
         let chunks: Vec<ChunkReport> = store.summaries().iter().map(report).collect();
@@ -149,6 +218,14 @@ async fn register(
         match master.register(req).await {
             Ok(r) => {
                 let r = r.into_inner();
+                if let Err(stale) = masters.term.admit(r.term) {
+                    store.restore_delta(&delta);
+                    tracing::warn!(mds = %addr, "{stale}; registering elsewhere");
+                    masters.failed(&addr, None);
+                    sleep(backoff).await;
+                    backoff = (backoff * 2).min(REGISTER_BACKOFF_MAX);
+                    continue;
+                }
                 if r.chunk_size > 0 {
                     store.set_chunk_size(r.chunk_size);
                 }
@@ -162,9 +239,10 @@ async fn register(
                     chunk_size = r.chunk_size,
                     heartbeat_ms = period.as_millis() as u64,
                     attempt,
+                    mds = %addr,
                     "registered with MDS"
                 );
-                return period;
+                return (period, addr, master);
             }
             Err(status) => {
                 store.restore_delta(&delta);
@@ -178,6 +256,7 @@ async fn register(
                     "registration with MDS failed; retrying"
                     );
                 }
+                masters.failed(&addr, Some(&status));
                 sleep(backoff).await;
                 backoff = (backoff * 2).min(REGISTER_BACKOFF_MAX);
             }
@@ -222,10 +301,7 @@ impl CorruptReporter {
     }
 
     /// Starts the reporting task for daemon `chunkd_id`.
-    pub fn spawn(
-        master: MasterClient<Channel>,
-        chunkd_id: u64,
-    ) -> (CorruptReporter, JoinHandle<()>) {
+    pub fn spawn(master: Masters, chunkd_id: u64) -> (CorruptReporter, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(report_loop(master, chunkd_id, rx));
         (CorruptReporter { tx: Some(tx) }, task)
@@ -243,11 +319,7 @@ impl CorruptReporter {
     }
 }
 
-async fn report_loop(
-    mut master: MasterClient<Channel>,
-    chunkd_id: u64,
-    mut rx: mpsc::UnboundedReceiver<u64>,
-) {
+async fn report_loop(masters: Masters, chunkd_id: u64, mut rx: mpsc::UnboundedReceiver<u64>) {
     let mut last: HashMap<u64, Instant> = HashMap::new();
     while let Some(chunk_id) = rx.recv().await {
         let now = Instant::now();
@@ -260,6 +332,9 @@ async fn report_loop(
         last.retain(|_, t| now.duration_since(*t) < REPORT_DEDUP);
         let mut delay = Duration::from_millis(200);
         for attempt in 1..=5 {
+            let Ok((addr, mut master)) = masters.client() else {
+                break;
+            };
             match master
                 .report_corrupt(CorruptReq {
                     chunkd_id,
@@ -273,6 +348,7 @@ async fn report_loop(
                 }
                 Err(status) => {
                     tracing::warn!(attempt, chunk = format_args!("{chunk_id:016x}"), error = %status.message(), "ReportCorrupt failed");
+                    masters.failed(&addr, Some(&status));
                     sleep(delay).await;
                     delay *= 2;
                 }

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod scrub;
 pub mod service;
 pub mod store;
+pub mod term;
 
 pub use config::Config;
 pub use daemon::{start, Daemon};

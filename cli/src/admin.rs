@@ -29,51 +29,82 @@ async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
         .with_context(|| format!("cannot reach the MDS at {addr}"))
 }
 
-async fn master(addr: &str) -> Result<pb::master_client::MasterClient<tonic::transport::Channel>> {
-    Ok(
-        pb::master_client::MasterClient::new(mds_channel(addr).await?)
-            .max_decoding_message_size(weft_proto::MAX_MESSAGE),
-    )
+/// Runs `call` on the MDS leader: `addrs` is one address or a group's nodes,
+/// comma-separated. A node that does not answer, or answers "not leader",
+/// passes the call on (to the leader it names, else to the next node).
+async fn on_leader<T, F, Fut>(addrs: &str, what: &str, call: F) -> Result<T>
+where
+    F: Fn(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let list =
+        weft_proto::leader::MdsList::parse(addrs).map_err(|e| anyhow::anyhow!("--mds {e}"))?;
+    let mut failures = Vec::new();
+    for _ in 0..2 * list.len() + 1 {
+        let addr = list.current();
+        match mds_channel(&addr).await {
+            Err(e) => {
+                failures.push(format!("{e:#}"));
+                list.failed(&addr, None);
+            }
+            Ok(ch) => match call(ch).await {
+                Ok(r) => return Ok(r),
+                Err(s) if s.code() == tonic::Code::Unavailable => {
+                    failures.push(format!("{addr}: {}", s.message()));
+                    list.failed(&addr, Some(&s));
+                }
+                Err(s) => anyhow::bail!("{what}: {}", s.message()),
+            },
+        }
+    }
+    anyhow::bail!("{what}: no MDS leader answered ({})", failures.join("; "))
+}
+
+fn master(
+    ch: tonic::transport::Channel,
+) -> pb::master_client::MasterClient<tonic::transport::Channel> {
+    pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE)
 }
 
 pub async fn status(addr: &str) -> Result<pb::StatusReply> {
-    Ok(master(addr)
-        .await?
-        .status(pb::StatusReq {})
-        .await
-        .context("status")?
-        .into_inner())
+    on_leader(addr, "status", |ch| async move {
+        Ok(master(ch).status(pb::StatusReq {}).await?.into_inner())
+    })
+    .await
 }
 
 pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
-    Ok(master(addr)
-        .await?
-        .fsck(pb::FsckReq {})
-        .await
-        .context("fsck")?
-        .into_inner())
+    on_leader(addr, "fsck", |ch| async move {
+        Ok(master(ch).fsck(pb::FsckReq {}).await?.into_inner())
+    })
+    .await
 }
 
 /// Starts (or with `cancel` stops) draining the daemon at `chunkd`; returns
 /// the replicas still on it.
 pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainReply> {
-    let r = pb::admin_client::AdminClient::new(mds_channel(addr).await?)
-        .drain(pb::DrainReq {
+    on_leader(addr, &format!("drain {chunkd}"), |ch| async move {
+        let req = pb::DrainReq {
             addr: chunkd.to_string(),
             cancel,
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("drain {chunkd}: {}", s.message()))?;
-    Ok(r.into_inner())
+        };
+        Ok(pb::admin_client::AdminClient::new(ch)
+            .drain(req)
+            .await?
+            .into_inner())
+    })
+    .await
 }
 
 /// Starts (or stops) evening out usage across daemons.
 pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
-    let r = pb::admin_client::AdminClient::new(mds_channel(addr).await?)
-        .rebalance(pb::RebalanceReq { stop })
-        .await
-        .map_err(|s| anyhow::anyhow!("rebalance: {}", s.message()))?;
-    Ok(r.into_inner())
+    on_leader(addr, "rebalance", |ch| async move {
+        Ok(pb::admin_client::AdminClient::new(ch)
+            .rebalance(pb::RebalanceReq { stop })
+            .await?
+            .into_inner())
+    })
+    .await
 }
 
 pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
@@ -99,6 +130,15 @@ pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
         "missing": s.missing,
         "replicas": s.replicas,
         "chunk_size": s.chunk_size,
+        "mds": s.mds.iter().map(|n| serde_json::json!({
+            "id": n.id,
+            "addr": n.addr,
+            "role": n.role,
+            "term": n.term,
+            "last_log_index": n.last_log_index,
+            "applied": n.applied,
+        })).collect::<Vec<_>>(),
+        "leader": s.leader,
     })
 }
 
@@ -119,6 +159,17 @@ pub fn human(bytes: u64) -> String {
 
 pub fn status_text(s: &pb::StatusReply) -> String {
     let mut out = String::new();
+    out.push_str(&format!(
+        "{:<6} {:<22} {:<12} {:>8} {:>12} {:>12}\n",
+        "MDS", "ADDRESS", "ROLE", "TERM", "LAST INDEX", "APPLIED"
+    ));
+    for n in &s.mds {
+        out.push_str(&format!(
+            "{:<6} {:<22} {:<12} {:>8} {:>12} {:>12}\n",
+            n.id, n.addr, n.role, n.term, n.last_log_index, n.applied
+        ));
+    }
+    out.push('\n');
     out.push_str(&format!(
         "{:<18} {:<22} {:<8} {:<6} {:>10} {:>10} {:>8}\n",
         "CHUNKD", "ADDRESS", "RACK", "ALIVE", "CAPACITY", "USED", "CHUNKS"

@@ -41,6 +41,10 @@ pub struct ClusterSpec {
     pub scrub_interval: Option<u64>,
     /// Further weft-mds flags (e.g. `--lock-expiry-secs 2` in tests).
     pub mds_args: Vec<String>,
+    /// Addresses listed before the MDS's own wherever the cluster names the
+    /// MDS (chunk daemons' --mds, mount sources, status): tests of clients
+    /// that move past MDS nodes that do not answer.
+    pub extra_mds_addrs: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -60,6 +64,7 @@ impl ClusterSpec {
             lease_ms: None,
             scrub_interval: None,
             mds_args: Vec::new(),
+            extra_mds_addrs: Vec::new(),
         }
     }
 }
@@ -288,7 +293,7 @@ impl LocalCluster {
             "--data".into(),
             self.chunkds[i].data.display().to_string(),
             "--mds".into(),
-            self.mds.addr.clone(),
+            self.mds_list(),
             "--addr-file".into(),
             addr_file.display().to_string(),
             "--log-level".into(),
@@ -327,12 +332,19 @@ impl LocalCluster {
         &self.mds.addr
     }
 
+    /// How clients name the MDS: its address, after `extra_mds_addrs`.
+    pub fn mds_list(&self) -> String {
+        let mut l = self.spec.extra_mds_addrs.clone();
+        l.push(self.mds.addr.clone());
+        l.join(",")
+    }
+
     pub fn status(&self) -> Result<pb::StatusReply> {
-        crate::admin::block_on(crate::admin::status(&self.mds.addr))
+        crate::admin::block_on(crate::admin::status(&self.mds_list()))
     }
 
     pub fn fsck(&self) -> Result<pb::FsckReply> {
-        crate::admin::block_on(crate::admin::fsck(&self.mds.addr))
+        crate::admin::block_on(crate::admin::fsck(&self.mds_list()))
     }
 
     /// Waits until `n` chunk daemons are registered and alive.
@@ -356,17 +368,19 @@ impl LocalCluster {
     /// Mounts the cluster at `path` with weftfs in the foreground (so its PID is ours)
     /// and waits until the kernel shows the mount.
     pub fn mount(&mut self, path: &Path, options: &[&str]) -> Result<()> {
+        let source = self.mds_list();
+        self.mount_source(path, &source, options)
+    }
+
+    /// Like `mount`, naming the MDS as `source` (e.g. a proxy in front of it).
+    pub fn mount_source(&mut self, path: &Path, source: &str, options: &[&str]) -> Result<()> {
         if !Path::new("/dev/fuse").exists() {
             bail!("/dev/fuse does not exist: weft needs FUSE (load the fuse module, or run where /dev/fuse is available)");
         }
         fs::create_dir_all(path)?;
         let n = self.mounts.len() + 1;
         let log = self.spec.dir.join(format!("logs/weftfs-{n}.log"));
-        let mut args = vec![
-            self.mds.addr.clone(),
-            path.display().to_string(),
-            "-f".into(),
-        ];
+        let mut args = vec![source.to_string(), path.display().to_string(), "-f".into()];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
         args.extend(["-o".into(), opts.join(",")]);
@@ -374,7 +388,7 @@ impl LocalCluster {
         let mut proc = Proc {
             name: format!("weftfs-{n}"),
             child: Some(child),
-            addr: self.mds.addr.clone(),
+            addr: source.to_string(),
             data: path.to_path_buf(),
             log,
         };

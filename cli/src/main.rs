@@ -43,7 +43,8 @@ enum Cmd {
     },
     /// Chunk daemons, files, chunks, and replication health.
     Status {
-        #[arg(long)]
+        /// The MDS's address, or a group's nodes comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
         mds: String,
         /// One JSON object instead of a table.
         #[arg(long)]
@@ -53,7 +54,8 @@ enum Cmd {
     /// MDS's background; progress shows in `weft status`. With --wait, returns
     /// once the daemon holds nothing.
     Drain {
-        #[arg(long)]
+        /// The MDS's address, or a group's nodes comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
         mds: String,
         /// The daemon's address, as `weft status` shows it.
         chunkd: String,
@@ -67,7 +69,8 @@ enum Cmd {
     /// Even out usage across the live chunk daemons, in the MDS's background
     /// (it stops by itself once balanced); progress shows in `weft status`.
     Rebalance {
-        #[arg(long)]
+        /// The MDS's address, or a group's nodes comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
         mds: String,
         /// Wait until it is balanced.
         #[arg(long)]
@@ -79,7 +82,8 @@ enum Cmd {
     /// Check that every chunk of every file has its full replica count at its
     /// current version; exit 0 only if so.
     Fsck {
-        #[arg(long)]
+        /// The MDS's address, or a group's nodes comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
         mds: String,
     },
 }

@@ -253,12 +253,7 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
         tracing::warn!(error = %e, "cannot set the mount's readahead window");
     }
     // Other mounts' changes, pushed by the MDS, invalidate our caches.
-    cache::coherence::start(
-        w.clone(),
-        cli.mds_addr.clone(),
-        session.notifier(),
-        rt.handle(),
-    );
+    cache::coherence::start(w.clone(), session.notifier(), rt.handle());
     tracing::info!(
         source = %spec.source,
         mountpoint = %cli.mountpoint.display(),

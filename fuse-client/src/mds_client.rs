@@ -7,16 +7,21 @@
 //!
 //! Transport failures (connection refused, reset, HTTP/2 errors) are retried
 //! with capped exponential backoff until `mds_timeout` has passed since the
-//! operation began; then the operation fails with EIO. A non-zero
+//! operation began; then the operation fails with EIO. With a list of MDS
+//! nodes, a retry goes to the leader a "not leader" answer named (at once),
+//! or to the next node (`weft_proto::leader::MdsList`); the retry carries the
+//! same (session, seq), and the group's replicated reply table answers it. A non-zero
 //! `MetaReply.errno` is the MDS's verdict and is returned as is.
 //!
 //! Invariant: a request whose result variant does not match what the op
 //! returns is a protocol error and becomes EIO (never a panic).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
+use weft_proto::leader::MdsList;
 use weft_proto::meta_client::MetaClient;
 use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
@@ -34,8 +39,9 @@ pub struct MdsClient {
     /// The kernel's notifier, once mounted: a commit's attribute
     /// invalidation is written before the commit returns (see `call`).
     pub kernel_notifier: std::sync::OnceLock<fuser::Notifier>,
-    client: MetaClient<Channel>,
-    addr: String,
+    /// The MDS nodes, and which one calls go to.
+    pub list: MdsList,
+    clients: parking_lot::Mutex<HashMap<String, MetaClient<Channel>>>,
     session: u64,
     seq: AtomicU64,
     timeout: Duration,
@@ -86,18 +92,27 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .initial_connection_window_size(Some(64 << 20)))
 }
 
+/// A lazily connecting Meta client for one MDS node.
+fn meta_client(addr: &str) -> Result<MetaClient<Channel>, String> {
+    Ok(MetaClient::new(endpoint(addr)?.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE))
+}
+
 impl MdsClient {
     /// Must be called inside the tokio runtime (the channel spawns its worker).
-    pub fn new(addr: &str, timeout: Duration) -> Result<MdsClient, String> {
-        let channel = endpoint(addr)?.connect_lazy();
-        let client = MetaClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+    /// `addrs`: one MDS address or a comma-separated list of a group's nodes.
+    pub fn new(addrs: &str, timeout: Duration) -> Result<MdsClient, String> {
+        let list = MdsList::parse(addrs)?;
+        let mut clients = HashMap::new();
+        for a in list.all() {
+            clients.insert(a.clone(), meta_client(&a)?);
+        }
         Ok(MdsClient {
             meta: MetaCache::default(),
             kernel_notifier: std::sync::OnceLock::new(),
-            client,
-            addr: addr.to_string(),
+            list,
+            clients: parking_lot::Mutex::new(clients),
             session: rand::random::<u64>() | 1,
             seq: AtomicU64::new(1),
             timeout,
@@ -107,6 +122,18 @@ impl MdsClient {
 
     pub fn session(&self) -> u64 {
         self.session
+    }
+
+    /// The MDS node calls go to now, and its client.
+    fn current(&self) -> Result<(String, MetaClient<Channel>), String> {
+        let addr = self.list.current();
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&addr) {
+            return Ok((addr, c.clone()));
+        }
+        let c = meta_client(&addr)?;
+        clients.insert(addr.clone(), c.clone());
+        Ok((addr, c))
     }
 
     /// One operation, retried on transport failure until `mds_timeout`.
@@ -188,7 +215,10 @@ impl MdsClient {
         loop {
             attempt += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let mut client = self.client.clone();
+            let (addr, mut client) = self.current().map_err(|e| {
+                tracing::warn!("{e}");
+                CallError::Errno(Errno::EIO)
+            })?;
             let status = match tokio::time::timeout(
                 remaining.max(Duration::from_millis(1)),
                 client.call(req.clone()),
@@ -203,18 +233,24 @@ impl MdsClient {
                 }
                 Ok(Err(status)) if contract::next(Call::Meta, &status) == Next::Retry => status,
                 Ok(Err(status)) => {
-                    tracing::warn!(addr = %self.addr, %status, "MDS call failed");
+                    tracing::warn!(%addr, %status, "MDS call failed");
                     return Err(CallError::Errno(Errno::EIO));
                 }
                 Err(_) => tonic::Status::deadline_exceeded("no answer from the MDS in time"),
             };
             let now = Instant::now();
             if now >= deadline {
-                tracing::warn!(addr = %self.addr, %status, attempt, seq, "MDS unreachable, giving up");
+                tracing::warn!(%addr, %status, attempt, seq, "MDS unreachable, giving up");
                 return Err(CallError::Unreachable(status));
             }
             if attempt == 1 {
-                tracing::info!(addr = %self.addr, %status, seq, "MDS call failed in transport, retrying");
+                tracing::info!(%addr, %status, seq, "MDS call failed in transport, retrying");
+            }
+            let next = self.list.failed(&addr, Some(&status));
+            let hinted = weft_proto::leader::leader_hint(&status).is_some_and(|h| h.is_some());
+            if hinted && next != addr && attempt <= self.list.len() as u32 {
+                // Sent to the leader we were told of: no reason to wait.
+                continue;
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));

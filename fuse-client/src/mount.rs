@@ -143,7 +143,9 @@ pub fn mount(fs: WeftFs, spec: &MountSpec) -> io::Result<(Session<WeftFs>, Unmou
         None => {
             tracing::info!("mount(2) not permitted, using fusermount3");
             let mut opts = vec![
-                MountOption::FSName(spec.source.clone()),
+                // fusermount3 takes it inside its comma-separated option
+                // string: a source listing several MDS nodes shows with ';'.
+                MountOption::FSName(spec.source.replace(',', ";")),
                 MountOption::DefaultPermissions,
                 MountOption::NoSuid,
                 MountOption::NoDev,

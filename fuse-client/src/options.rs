@@ -171,7 +171,8 @@ usage: weftfs MDS_ADDR MOUNTPOINT [-o OPTION[,OPTION...]]... [-f]
        mount -t fuse.weftfs MDS_ADDR MOUNTPOINT [-o OPTIONS]
 
 MDS_ADDR is the metadata server's host:port (a 'weftfs#' or 'http://' prefix is
-accepted). Without -f, weftfs returns once the mount is live and keeps serving it
+accepted), or a comma-separated list of the nodes of an MDS group
+(HOST:PORT,HOST:PORT,...): the mount follows the group's leader. Without -f, weftfs returns once the mount is live and keeps serving it
 in the background; `umount MOUNTPOINT`, SIGTERM or SIGINT end it.
 
 flags:
@@ -291,8 +292,20 @@ where
     })))
 }
 
-/// `[http://]host:port[/]` → `host:port`, checking that the port is a number.
+/// `[http://]host:port[/]` → `host:port`, checking that the port is a
+/// number; a comma-separated list of those → the same list of `host:port`.
 pub fn parse_mds_addr(source: &str) -> Result<String, ArgError> {
+    if source.contains(',') {
+        let addrs = weft_proto::leader::parse_list(source)
+            .map_err(|e| ArgError::Usage(format!("bad MDS_ADDR: {e}")))?;
+        let parsed: Result<Vec<String>, ArgError> =
+            addrs.iter().map(|a| parse_one_mds_addr(a)).collect();
+        return Ok(parsed?.join(","));
+    }
+    parse_one_mds_addr(source)
+}
+
+fn parse_one_mds_addr(source: &str) -> Result<String, ArgError> {
     let bad = |why: &str| ArgError::Usage(format!("bad MDS_ADDR '{source}': {why}"));
     let s = source.strip_prefix("http://").unwrap_or(source);
     let s = s.strip_suffix('/').unwrap_or(s);
@@ -639,6 +652,12 @@ mod tests {
     fn ipv6_and_dash_dash() {
         let c = run(&["[::1]:7000", "--", "-odd-dir"]);
         assert_eq!(c.mds_addr, "[::1]:7000");
+        // A group's nodes, as one comma-separated source.
+        let g = run(&["http://a:1/, b:2,[::1]:3", "/mnt"]);
+        assert_eq!(g.mds_addr, "a:1,b:2,[::1]:3");
+        for bad in ["a:1,,b:2", "a:1,b", "a:1,"] {
+            assert!(parse_args([bad, "/mnt"]).is_err(), "{bad}");
+        }
         assert_eq!(c.mountpoint, PathBuf::from("-odd-dir"));
     }
 }

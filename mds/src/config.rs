@@ -58,6 +58,11 @@ pub struct Config {
     /// of log, then drop the log it covers. One is also written at clean shutdown.
     #[arg(long, default_value_t = 64 << 20)]
     pub checkpoint_bytes: u64,
+    /// Serve under at least this term. Chunk daemons refuse an MDS whose term
+    /// is below one they have seen (their log names it): after restoring an
+    /// older copy of the data directory, start with a term above that.
+    #[arg(long, default_value_t = 0)]
+    pub min_term: u64,
     /// A client session not heard from for this many seconds expires: its
     /// remembered replies and its open files are dropped.
     #[arg(long, default_value_t = 300)]

@@ -265,8 +265,9 @@ impl Mds {
                 .filter_map(|(d, r)| reg.addr(d).map(|a| (d, r.confirmed, a.to_string())))
                 .collect()
         };
+        let term = self.term.get();
         let calls = targets.into_iter().map(|(d, confirmed, addr)| async move {
-            let r = set_version(&addr, chunk, new_version).await;
+            let r = set_version(&addr, chunk, new_version, term).await;
             let ok = match &r {
                 Ok(()) => true,
                 // A planned replica that never got a byte is created by the write.
@@ -329,11 +330,12 @@ pub async fn chunk_admin(
     Ok(pb::chunk_admin_client::ChunkAdminClient::new(ch))
 }
 
-async fn set_version(addr: &str, chunk: u64, version: u64) -> Result<(), tonic::Status> {
+async fn set_version(addr: &str, chunk: u64, version: u64, term: u64) -> Result<(), tonic::Status> {
     let mut c = chunk_admin(addr, SET_VERSION_TIMEOUT).await?;
     c.set_version(pb::SetVersionReq {
         chunk_id: chunk,
         version,
+        term,
     })
     .await
     .map(drop)

@@ -32,5 +32,6 @@ pub mod sessions;
 pub mod snapshot;
 pub mod state;
 pub mod strict;
+pub mod term;
 pub mod wal;
 pub mod watch;

@@ -323,6 +323,7 @@ async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: 
                 version: c.version,
                 source: source_addr.to_string(),
                 length: c.size,
+                term: mds.term.get(),
             })
             .await
             .map(drop),

@@ -52,7 +52,7 @@ pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
     }
 }
 
-fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     let tmp = dir.join(format!("{name}.tmp"));
     let mut f = fs::File::create(&tmp)?;
@@ -135,6 +135,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
     let format = read_or_create_format(&cfg)?;
+    let term = Arc::new(crate::term::Term::next_start(&cfg.data, cfg.min_term)?);
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;
     let state = recover(&cfg.data, format.chunk_size, true)?;
@@ -189,34 +190,6 @@ pub async fn run(
         });
     }
 
-    let mds = Mds {
-        state: state.clone(),
-        registry,
-        committer,
-        replicas: cfg.replicas,
-        heartbeat_ms: cfg.heartbeat_ms,
-        leases: Arc::new(crate::leases::Leases::new(
-            std::time::Duration::from_millis(cfg.lease_ms),
-            cfg.min_replicas,
-        )),
-        repair: Default::default(),
-        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
-            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
-        ))),
-        contacts: Default::default(),
-        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
-        log,
-    };
-    // Sessions known from the log get a full timeout from now to come back.
-    crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
-    crate::repair::spawn(
-        mds.clone(),
-        crate::repair::RepairConfig {
-            interval: std::time::Duration::from_millis(cfg.heartbeat_ms),
-            bytes_per_sec: cfg.repair_mib_per_sec << 20,
-            parallel: cfg.repair_parallel,
-        },
-    );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -235,7 +208,38 @@ pub async fn run(
             addr.to_string().as_bytes(),
         )?;
     }
-    tracing::info!(%addr, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
+    let mds = Mds {
+        state: state.clone(),
+        registry,
+        committer,
+        replicas: cfg.replicas,
+        heartbeat_ms: cfg.heartbeat_ms,
+        leases: Arc::new(crate::leases::Leases::new(
+            std::time::Duration::from_millis(cfg.lease_ms),
+            cfg.min_replicas,
+        )),
+        repair: Default::default(),
+        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
+            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
+        ))),
+        contacts: Default::default(),
+        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
+        log,
+        term: term.clone(),
+        node_id: 1,
+        addr: addr.to_string(),
+    };
+    // Sessions known from the log get a full timeout from now to come back.
+    crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
+    crate::repair::spawn(
+        mds.clone(),
+        crate::repair::RepairConfig {
+            interval: std::time::Duration::from_millis(cfg.heartbeat_ms),
+            bytes_per_sec: cfg.repair_mib_per_sec << 20,
+            parallel: cfg.repair_parallel,
+        },
+    );
+    tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
 
     let max = weft_proto::MAX_MESSAGE;
     tonic::transport::Server::builder()

@@ -35,6 +35,11 @@ pub struct Mds {
     pub orphan_grace: Duration,
     /// How far the log is written and on disk (early replies).
     pub log: LogPosition,
+    /// Sent with every instruction to a chunk daemon (term fencing).
+    pub term: Arc<crate::term::Term>,
+    /// This node's id and the address it serves on.
+    pub node_id: u64,
+    pub addr: String,
 }
 
 #[derive(Clone)]
@@ -304,6 +309,7 @@ impl pb::master_server::Master for Mds {
         Ok(Response::new(pb::RegisterReply {
             chunk_size: st.ns.chunk_size(),
             heartbeat_ms: self.heartbeat_ms,
+            term: self.term.get(),
         }))
     }
 
@@ -325,10 +331,12 @@ impl pb::master_server::Master for Mds {
             Some(delete_chunks) => pb::HeartbeatReply {
                 reregister: false,
                 delete_chunks,
+                term: self.term.get(),
             },
             None => pb::HeartbeatReply {
                 reregister: true,
                 delete_chunks: vec![],
+                term: self.term.get(),
             },
         };
         Ok(Response::new(reply))
@@ -380,6 +388,16 @@ impl pb::master_server::Master for Mds {
             rebalancing: self.repair.rebalancing(),
             log_appended_index: self.log.durability.appended(),
             log_durable_index: self.log.durability.durable(),
+            // A single MDS leads a group of one.
+            mds: vec![pb::MdsNode {
+                id: self.node_id,
+                addr: self.addr.clone(),
+                role: "leader".into(),
+                term: self.term.get(),
+                last_log_index: self.log.durability.appended(),
+                applied: st.applied_index,
+            }],
+            leader: self.node_id,
         }))
     }
 

@@ -79,3 +79,5 @@ pub fn now() -> Timespec {
         nsec: d.subsec_nanos(),
     }
 }
+
+pub mod leader;

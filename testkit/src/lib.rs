@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub mod mds;
+pub mod proxy;
 
 pub use weft_cli::cluster::{is_mounted, ClusterSpec, LocalCluster};
 

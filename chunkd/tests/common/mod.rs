@@ -99,6 +99,11 @@ pub struct MdsLog {
     pub reregister_next: bool,
     /// While set, heartbeats fail with UNAVAILABLE.
     pub fail_beats: bool,
+    /// The term this MDS answers with.
+    pub term: u64,
+    /// While set, every call is answered "not leader" naming this leader
+    /// (an empty string: no leader known).
+    pub not_leader: Option<String>,
 }
 
 #[derive(Clone, Default)]
@@ -111,10 +116,17 @@ pub struct FakeMds {
 #[tonic::async_trait]
 impl Master for FakeMds {
     async fn register(&self, r: Request<RegisterReq>) -> Result<Response<RegisterReply>, Status> {
-        self.log.lock().registers.push(r.into_inner());
+        let mut log = self.log.lock();
+        if let Some(leader) = &log.not_leader {
+            return Err(weft_proto::leader::not_leader(
+                Some(leader.as_str()).filter(|l| !l.is_empty()),
+            ));
+        }
+        log.registers.push(r.into_inner());
         Ok(Response::new(RegisterReply {
             chunk_size: self.chunk_size,
             heartbeat_ms: self.heartbeat_ms,
+            term: log.term,
         }))
     }
     async fn heartbeat(
@@ -125,10 +137,16 @@ impl Master for FakeMds {
         if log.fail_beats {
             return Err(Status::unavailable("scripted failure"));
         }
+        if let Some(leader) = &log.not_leader {
+            return Err(weft_proto::leader::not_leader(
+                Some(leader.as_str()).filter(|l| !l.is_empty()),
+            ));
+        }
         log.beats.push(r.into_inner());
         Ok(Response::new(HeartbeatReply {
             reregister: std::mem::take(&mut log.reregister_next),
             delete_chunks: std::mem::take(&mut log.delete_next),
+            term: log.term,
         }))
     }
     async fn report_corrupt(&self, r: Request<CorruptReq>) -> Result<Response<Empty>, Status> {

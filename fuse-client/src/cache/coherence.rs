@@ -48,7 +48,9 @@ type Passed = tokio::sync::watch::Receiver<(u64, u64)>;
 
 /// Starts the watcher on the runtime and the notifying thread. Runs until the
 /// process exits.
-pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::runtime::Handle) {
+/// The stream goes to the MDS node the mount's calls go to (the leader, with
+/// a group); a failed stream moves that choice on like a failed call.
+pub fn start(w: Arc<Weft>, notifier: Notifier, rt: &tokio::runtime::Handle) {
     let (tx, rx) = std::sync::mpsc::channel::<Inval>();
     let (passed_tx, passed) = tokio::sync::watch::channel((0u64, 0u64));
     w.kernel.set_notifier(tx.clone());
@@ -60,9 +62,15 @@ pub fn start(w: Arc<Weft>, mds_addr: String, notifier: Notifier, rt: &tokio::run
     rt.spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
+            let mds_addr = w.mds.list.current();
             match watch_once(&w, &mds_addr, &tx, &passed).await {
                 Ok(()) => tracing::info!("coherence stream ended; reconnecting"),
-                Err(e) => tracing::info!(error = %e, "coherence stream failed; reconnecting"),
+                Err(e) => {
+                    tracing::info!(error = %e.msg, "coherence stream failed; reconnecting");
+                    if w.mds.list.len() > 1 {
+                        w.mds.list.failed(&mds_addr, e.status.as_ref());
+                    }
+                }
             }
             // Pushes may have been missed while disconnected.
             w.drop_all_caches();
@@ -82,12 +90,40 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Why a stream ended: what to log, and the MDS's answer if it gave one (a
+/// "not leader" names where to go).
+struct StreamError {
+    msg: String,
+    status: Option<tonic::Status>,
+}
+
+impl From<String> for StreamError {
+    fn from(msg: String) -> StreamError {
+        StreamError { msg, status: None }
+    }
+}
+
+impl From<&str> for StreamError {
+    fn from(msg: &str) -> StreamError {
+        msg.to_string().into()
+    }
+}
+
+impl From<tonic::Status> for StreamError {
+    fn from(s: tonic::Status) -> StreamError {
+        StreamError {
+            msg: s.to_string(),
+            status: Some(s),
+        }
+    }
+}
+
 async fn watch_once(
     w: &Arc<Weft>,
     addr: &str,
     tx: &std::sync::mpsc::Sender<Inval>,
     passed: &Passed,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let channel = endpoint(addr)?.connect().await.map_err(|e| e.to_string())?;
     let mut client = pb::coherence_client::CoherenceClient::new(channel);
     let strict = w.kernel.strict();
@@ -98,8 +134,7 @@ async fn watch_once(
             session: w.mds.session(),
             strict,
         })
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
         .into_inner();
     // Anything changed between the last stream and this one is unknown (the
     // kernel's copies were invalidated when the last one ended). The MDS
@@ -109,8 +144,8 @@ async fn watch_once(
     w.mds.meta.reset(w.kernel.long_enabled());
     loop {
         let batch = match tokio::time::timeout(LAG, stream.message()).await {
-            Err(_) => return Err(format!("no message for {LAG:?}")),
-            Ok(r) => match r.map_err(|e| e.to_string())? {
+            Err(_) => return Err(format!("no message for {LAG:?}").into()),
+            Ok(r) => match r? {
                 Some(b) => b,
                 None => return Ok(()),
             },
