@@ -341,6 +341,7 @@ impl Registry {
                 used: d.used,
                 chunks: d.chunks.len() as u64,
                 draining: d.draining,
+                free: d.free(),
             })
             .collect()
     }

@@ -77,6 +77,13 @@ pub struct Config {
     /// see callers wait for durability.
     #[arg(long, default_value_t = 0, hide = true)]
     pub test_sync_delay_ms: u64,
+    /// Serve Prometheus metrics at /metrics and the status page at / over
+    /// HTTP on this address (e.g. 127.0.0.1:9800).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Write the HTTP address actually listened on to this file (for --http 127.0.0.1:0).
+    #[arg(long)]
+    pub http_addr_file: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -275,6 +275,7 @@ impl pb::meta_server::Meta for Mds {
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
         let parent = changed_dir(&op);
+        let (timer, kind) = (weft_metrics::Timer::start(), weft_proto::op_kind(&op));
         let outcome = self.dispatch(req.session, req.seq, caller, op).await;
         // The change (or the state a read saw) is at or below what is written now.
         let log_index = self.log.durability.appended();
@@ -282,6 +283,10 @@ impl pb::meta_server::Meta for Mds {
             self.log.durability.wait(log_index).await;
         }
         let durable_index = self.log.durability.durable();
+        crate::metrics::M.requests.done(kind, timer);
+        if let Err(e) = &outcome {
+            crate::metrics::M.errors.inc(e.code());
+        }
         let reply = match outcome {
             Ok(result) => {
                 // Spares the client a GetAttr of the directory it just changed.
@@ -372,6 +377,17 @@ impl pb::master_server::Master for Mds {
         &self,
         _req: Request<pb::StatusReq>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(self.status_reply().await))
+    }
+
+    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+        self.fsck_reply().await
+    }
+}
+
+impl Mds {
+    /// The cluster as `weft status`, the metrics and the status page show it.
+    pub async fn status_reply(&self) -> pb::StatusReply {
         let st = self.state.read().await;
         let counts = st.ns.counts();
         let reg = self.registry.lock();
@@ -385,7 +401,7 @@ impl pb::master_server::Master for Mds {
                 under += 1;
             }
         }
-        Ok(Response::new(pb::StatusReply {
+        pb::StatusReply {
             chunkds: reg.status(),
             files: counts.files,
             directories: counts.directories,
@@ -400,10 +416,10 @@ impl pb::master_server::Master for Mds {
             rebalancing: self.repair.rebalancing(),
             log_appended_index: self.log.durability.appended(),
             log_durable_index: self.log.durability.durable(),
-        }))
+        }
     }
 
-    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+    async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {
         let st = self.state.read().await;
         let reg = self.registry.lock();
         let mut problems = Vec::new();
