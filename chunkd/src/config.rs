@@ -46,6 +46,12 @@ pub struct Config {
     /// Once listening, write the bound address here (atomically).
     #[arg(long, value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Write the HTTP address actually listened on to this file.
+    #[arg(long, value_name = "PATH")]
+    pub http_addr_file: Option<PathBuf>,
 
     /// Heartbeat period in ms, overriding the one the MDS sends.
     #[arg(long, value_name = "MS")]
@@ -95,6 +101,8 @@ impl Config {
             scrub_interval: 86400,
             scrub_rate: 50,
             addr_file: None,
+            http: None,
+            http_addr_file: None,
             heartbeat_ms: None,
             advertise: None,
             log_level: "info".into(),

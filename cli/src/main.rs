@@ -218,6 +218,7 @@ fn up(
     let mut spec = ClusterSpec::new(&dir, chunkds);
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
+    spec.http = true;
     let mut cluster = LocalCluster::start(spec)?;
     let opts: Vec<&str> = options
         .as_deref()
@@ -247,6 +248,9 @@ fn up(
         m.path.display(),
         m.proc.pid().unwrap_or(0)
     );
+    if let Some(http) = &cluster.mds.http {
+        println!("  status page  http://{http}/  (metrics: /metrics on every process's run/*.http address)");
+    }
     println!(
         "logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop",
         dir.display(),

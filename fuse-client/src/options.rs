@@ -84,6 +84,10 @@ pub struct MountOpts {
     pub cache_timeout: Duration,
     pub log: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// Serve Prometheus metrics at /metrics over HTTP here (`http=ADDR`).
+    pub http: Option<std::net::SocketAddr>,
+    /// Write the bound HTTP address to this file (`http_addr_file=PATH`).
+    pub http_addr_file: Option<PathBuf>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
@@ -124,6 +128,8 @@ impl Default for MountOpts {
             strict: false,
             log: None,
             log_level: None,
+            http: None,
+            http_addr_file: None,
             dev: false,
             suid: false,
         }
@@ -215,6 +221,8 @@ options honoured:
                        them at mount; one mount per DIR; needs data_cache > 0)
   disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
   log=PATH             append logs to PATH
+  http=ADDR            serve Prometheus metrics at http://ADDR/metrics
+  http_addr_file=PATH  write the address http= bound to PATH (for port 0)
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
 
@@ -431,6 +439,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),
         "log_level" => opts.log_level = Some(need(value)?),
+        "http" => {
+            let v = need(value)?;
+            opts.http = Some(v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not an address such as 127.0.0.1:9810"),
+            })?)
+        }
+        "http_addr_file" => opts.http_addr_file = Some(PathBuf::from(need(value)?)),
         // fstab annotations for other tools (systemd, mount(8) comments).
         k if k == "comment" || k.starts_with("x-") => {}
         k if value.is_none() && IGNORED.contains(&k) => {}
@@ -623,6 +639,8 @@ mod tests {
             "disk_cache_size=",
             "log=",
             "log_level",
+            "http=",
+            "http_addr_file=",
             "allow_other",
             "fsname",
             "subtype",

@@ -12,7 +12,7 @@ mod ops;
 
 pub use hist::{Hist, LATENCY_BUCKETS_NS, SIZE_BUCKETS};
 pub use http::{serve, Refresh};
-pub use ops::{errno_name, ErrnoCounts, OpSet};
+pub use ops::{errno_name, ErrnoCounts, OpGuard, OpSet};
 pub use prometheus_client;
 pub use prometheus_client::metrics::counter::Counter;
 pub use prometheus_client::metrics::gauge::Gauge;

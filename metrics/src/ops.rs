@@ -46,6 +46,16 @@ impl OpSet {
         self.hists[i].since(t);
     }
 
+    /// Times an operation of kind `i` until the guard drops (any return path).
+    #[inline]
+    pub fn guard(&'static self, i: usize) -> OpGuard {
+        OpGuard {
+            set: self,
+            kind: i,
+            timer: crate::Timer::start(),
+        }
+    }
+
     /// Operations of kind `i` so far.
     pub fn count(&self, i: usize) -> u64 {
         self.hists[i].count()
@@ -53,6 +63,19 @@ impl OpSet {
 
     pub fn hist(&self, i: usize) -> &Hist {
         &self.hists[i]
+    }
+}
+
+/// Records its operation when dropped.
+pub struct OpGuard {
+    set: &'static OpSet,
+    kind: usize,
+    timer: crate::Timer,
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        self.set.done(self.kind, self.timer);
     }
 }
 
