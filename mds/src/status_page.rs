@@ -28,12 +28,14 @@ pub async fn serve(mds: Mds, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
 /// The view as the page reads it.
 pub fn to_json(v: &View) -> serde_json::Value {
     let s = &v.status;
-    let daemons: Vec<_> = s
-        .chunkds
+    let mut chunkds: Vec<_> = s.chunkds.iter().collect();
+    chunkds.sort_by(|a, b| (&a.rack, &a.addr).cmp(&(&b.rack, &b.addr)));
+    // Ids in hex as in the logs (a JSON number would lose digits in JavaScript).
+    let daemons: Vec<_> = chunkds
         .iter()
         .map(|d| {
             serde_json::json!({
-                "id": d.id, "addr": d.addr, "rack": d.rack, "alive": d.alive,
+                "id": format!("{:016x}", d.id), "addr": d.addr, "rack": d.rack, "alive": d.alive,
                 "draining": d.draining, "capacity": d.capacity, "used": d.used,
                 "free": d.free, "chunks": d.chunks,
             })
