@@ -26,11 +26,6 @@ impl Contacts {
         }
     }
 
-    /// Sessions heard from and not yet expired.
-    pub fn len(&self) -> usize {
-        self.0.lock().len()
-    }
-
     /// Each session and how long ago it was last heard from, oldest contact last.
     pub fn list(&self) -> Vec<(u64, Duration)> {
         let mut v: Vec<(u64, Duration)> = self

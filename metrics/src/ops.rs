@@ -156,18 +156,6 @@ impl Collector for ErrnoCounts {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn errno_names() {
-        assert_eq!(errno_name(2), "ENOENT");
-        assert_eq!(errno_name(28), "ENOSPC");
-        assert_eq!(errno_name(5), "EIO");
-    }
-}
-
 // Daemons keep their sets in statics and register references to them.
 impl Collector for &'static OpSet {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -178,5 +166,17 @@ impl Collector for &'static OpSet {
 impl Collector for &'static ErrnoCounts {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         (**self).encode(encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errno_names() {
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(28), "ENOSPC");
+        assert_eq!(errno_name(5), "EIO");
     }
 }

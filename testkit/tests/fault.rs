@@ -536,6 +536,7 @@ fn a_drained_replica_copy_stays_sparse() {
     {
         let f = fs::OpenOptions::new()
             .create(true)
+            .truncate(true)
             .write(true)
             .open(&p)
             .unwrap();

@@ -1,4 +1,4 @@
-//! Reads spread over a chunk's replicas (issue 6): through a real mount of a
+//! Reads spread over a chunk's replicas: through a real mount of a
 //! 3-replica cluster, the pieces of one chunk are fetched from more than one
 //! daemon, and a read survives a daemon killed in the middle of it.
 

@@ -141,7 +141,7 @@ fn namespace_changes_reach_the_other_mount(opts: &[&str]) {
     );
     write_file(&a.join("d/new"), b"hello");
     visible_within("new file", || {
-        fs::read(b.join("d/new")).map_or(false, |d| d == b"hello")
+        fs::read(b.join("d/new")).is_ok_and(|d| d == b"hello")
     });
 
     // chmod: B has the attributes cached.
@@ -158,7 +158,7 @@ fn namespace_changes_reach_the_other_mount(opts: &[&str]) {
     fs::rename(a.join("d/new"), a.join("d/renamed")).unwrap();
     visible_within("rename (old name gone)", || !b.join("d/new").exists());
     visible_within("rename (new name)", || {
-        fs::read(b.join("d/renamed")).map_or(false, |d| d == b"hello")
+        fs::read(b.join("d/renamed")).is_ok_and(|d| d == b"hello")
     });
 
     // unlink, then a directory listing without it.
@@ -294,7 +294,7 @@ fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
     fs::create_dir(a.join("d")).unwrap();
     write_file(&a.join("d/f"), b"one");
     visible_within("new file", || {
-        fs::read(b.join("d/f")).map_or(false, |d| d == b"one")
+        fs::read(b.join("d/f")).is_ok_and(|d| d == b"one")
     });
     // Let B's stream settle, then have B cache the name and attributes.
     std::thread::sleep(Duration::from_millis(500));
@@ -319,7 +319,7 @@ fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
     fs::rename(a.join("d/f"), a.join("d/g")).unwrap();
     visible_within("rename (old name gone)", || !b.join("d/f").exists());
     visible_within("rename (new name)", || {
-        fs::read(b.join("d/g")).map_or(false, |d| d == b"one")
+        fs::read(b.join("d/g")).is_ok_and(|d| d == b"one")
     });
 
     // With the stream back, pushes carry changes again.
