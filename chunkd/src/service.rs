@@ -209,7 +209,7 @@ impl Chunk for ChunkService {
         let this = self.clone();
         let run = tokio::spawn(async move {
             let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
-            weft_metrics::add(&crate::metrics::M.written_bytes, data.len() as u64);
+            crate::metrics::M.written_bytes.inc_by(data.len() as u64);
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
                 let allocated = if punch {
                     s.punch(id, version, epoch, offset, &data)?
@@ -254,7 +254,8 @@ impl Chunk for ChunkService {
         let data = self
             .local("read", move |s| s.read(id, version, offset, len))
             .await?;
-        weft_metrics::add(&crate::metrics::M.read_bytes, data.len() as u64);
+        // Counted even without --http: heartbeats carry it to `weft stats`.
+        crate::metrics::M.read_bytes.inc_by(data.len() as u64);
         Ok(Response::new(ReadReply {
             data: Bytes::from(data),
         }))

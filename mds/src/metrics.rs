@@ -44,6 +44,20 @@ pub static M: LazyLock<MdsMetrics> = LazyLock::new(|| MdsMetrics {
     checkpoint: Hist::latency(),
 });
 
+/// Requests served by kind, for `weft stats` (kinds never asked for left out).
+pub fn op_stats() -> Vec<pb::OpStat> {
+    weft_proto::OP_KINDS
+        .iter()
+        .enumerate()
+        .map(|(i, op)| pb::OpStat {
+            op: op.to_string(),
+            count: M.requests.count(i),
+            latency_ns: M.requests.hist(i).sum_raw(),
+        })
+        .filter(|s| s.count > 0)
+        .collect()
+}
+
 /// The cluster as `weft status` shows it, plus what only the MDS counts.
 #[derive(Default, Clone)]
 pub struct View {

@@ -146,6 +146,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
+    // The MDS always keeps its metrics (`weft stats` reads them through
+    // Status); --http only serves them. A request costs a clock read more.
+    weft_metrics::enable();
     let format = read_or_create_format(&cfg)?;
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;

@@ -396,6 +396,7 @@ impl Mds {
             rebalancing: self.repair.rebalancing(),
             log_appended_index: self.log.durability.appended(),
             log_durable_index: self.log.durability.durable(),
+            ops: crate::metrics::op_stats(),
         }
     }
 

@@ -79,6 +79,11 @@ impl Hist {
         }
     }
 
+    /// The sum of the raw values observed.
+    pub fn sum_raw(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+
     pub fn count(&self) -> u64 {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }

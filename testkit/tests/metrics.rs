@@ -350,3 +350,73 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         );
     }
 }
+
+#[test]
+fn weft_stats_prints_a_line_per_interval_with_rates_and_health() {
+    let mut c = TestCluster::start_with(3, |s| s.chunk_size = Some(1 << 20));
+    let mnt = c.mount();
+    let mds = c.mds_addr();
+    // Writes go on while `weft stats` watches: 2 MiB files, each fsynced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, mnt) = (stop.clone(), mnt.clone());
+        std::thread::spawn(move || {
+            let data = pattern(2 << 20, 3);
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut f = std::fs::File::create(mnt.join(format!("w{}", i % 8))).unwrap();
+                f.write_all(&data).unwrap();
+                f.sync_all().unwrap();
+                i += 1;
+            }
+        })
+    };
+    // A bad address first: the next one answers.
+    let out = Command::new(weft_testkit::bin("weft"))
+        .args([
+            "stats",
+            "--mds",
+            &format!("127.0.0.1:1,{mds}"),
+            "--interval",
+            "1",
+            "--count",
+            "4",
+        ])
+        .output()
+        .unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "a header and 4 lines:\n{text}");
+    assert!(lines[0].contains("meta/s") && lines[0].contains("write MiB/s"));
+    let mut wrote = 0.0f64;
+    for l in &lines[1..] {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // time meta/s lat ... read write daemons under missing
+        let n = f.len();
+        assert_eq!(f[n - 3], "3/3", "{l}");
+        // Chunks just allocated count as missing until a replica reports
+        // them (a heartbeat later), so only the column's presence is checked.
+        assert!(f[n - 1].parse::<u64>().is_ok(), "{l}");
+        wrote = wrote.max(f[n - 4].parse().unwrap());
+        assert!(
+            f[1].parse::<f64>().unwrap() > 0.0,
+            "metadata requests/s: {l}"
+        );
+    }
+    // Every replica counts its writes: at least a few MiB/s in some second.
+    assert!(wrote >= 1.0, "no write rate shown:\n{text}");
+
+    let bad = Command::new(weft_testkit::bin("weft"))
+        .args(["stats", "--mds", &mds, "--interval", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--interval 0"));
+}
