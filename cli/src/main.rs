@@ -38,6 +38,10 @@ enum Cmd {
         /// Extra mount options for weftfs (comma-separated).
         #[arg(short = 'o', long)]
         options: Option<String>,
+        /// Serve no metrics and no status page (no process records any;
+        /// bench/compare's "weft3off" measures what they cost).
+        #[arg(long)]
+        no_metrics: bool,
         mountpoint: PathBuf,
     },
     /// Chunk daemons, files, chunks, and replication health.
@@ -217,8 +221,17 @@ fn run(cli: Cli) -> Result<i32> {
             chunk_size,
             replicas,
             options,
+            no_metrics,
             mountpoint,
-        } => up(dir, chunkds, chunk_size, replicas, options, mountpoint),
+        } => up(
+            dir,
+            chunkds,
+            chunk_size,
+            replicas,
+            options,
+            !no_metrics,
+            mountpoint,
+        ),
     }
 }
 
@@ -228,6 +241,7 @@ fn up(
     chunk_size: Option<u64>,
     replicas: Option<u32>,
     options: Option<String>,
+    metrics: bool,
     mountpoint: PathBuf,
 ) -> Result<i32> {
     if chunkds == 0 {
@@ -244,7 +258,7 @@ fn up(
     let mut spec = ClusterSpec::new(&dir, chunkds);
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
-    spec.http = true;
+    spec.http = metrics;
     let mut cluster = LocalCluster::start(spec)?;
     let opts: Vec<&str> = options
         .as_deref()
