@@ -12,8 +12,12 @@ use clap::Parser;
 
 /// weft chunk daemon: stores checksummed chunk replicas and serves the Chunk service.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "weft-chunkd", version)]
+#[command(name = "weft-chunkd", version, args_override_self = true)]
 pub struct Config {
+    /// Read settings from this TOML file (keys are the long flags, e.g.
+    /// `scrub-interval = 3600`); flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -101,6 +105,7 @@ impl Config {
             scrub_interval: 86400,
             scrub_rate: 50,
             addr_file: None,
+            config: None,
             http: None,
             http_addr_file: None,
             heartbeat_ms: None,
