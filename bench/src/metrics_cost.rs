@@ -9,8 +9,15 @@ use std::sync::LazyLock;
 use std::time::Instant;
 use weft_metrics::{Counter, OpSet};
 
-static OPS: LazyLock<OpSet> =
-    LazyLock::new(|| OpSet::new("bench_ops", "bench_op_duration_seconds", "ops", "op", &["a", "b"]));
+static OPS: LazyLock<OpSet> = LazyLock::new(|| {
+    OpSet::new(
+        "bench_ops",
+        "bench_op_duration_seconds",
+        "ops",
+        "op",
+        &["a", "b"],
+    )
+});
 static BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
 
 /// One operation as the daemons record it: a timed guard and a byte count.
@@ -36,7 +43,10 @@ fn run(iterations: u64, threads: usize) -> f64 {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let iterations: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000_000);
+    let iterations: u64 = args
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
     let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2);
     LazyLock::force(&OPS);
     println!("ns per operation ({iterations} iterations per thread; wall time / iterations)");
