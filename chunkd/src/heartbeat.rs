@@ -137,6 +137,8 @@ pub async fn run(store: Arc<Store>, masters: Masters, me: Identity) {
                 capacity: store.capacity(),
                 used: store.used(),
                 free: Some(store.free_for_data()),
+                read_bytes: crate::metrics::M.read_bytes.get(),
+                written_bytes: crate::metrics::M.written_bytes.get(),
                 added: delta.added.iter().map(report).collect(),
                 removed: delta.removed.clone(),
             };

@@ -152,7 +152,9 @@ impl ChunkService {
                     }
                     _ => tracing::debug!(op, error = %e, "chunk request refused"),
                 }
-                Err(status_of(&e))
+                let status = status_of(&e);
+                crate::metrics::error(&status);
+                Err(status)
             }
             Err(join) => Err(Status::internal(format!("{op}: store task failed: {join}"))),
         }
@@ -173,6 +175,9 @@ fn check_chain(chain: &[String]) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Chunk for ChunkService {
     async fn write(&self, request: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Write.index());
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, offset, sync, punch) = (
@@ -204,6 +209,7 @@ impl Chunk for ChunkService {
         let this = self.clone();
         let run = tokio::spawn(async move {
             let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
+            crate::metrics::M.written_bytes.inc_by(data.len() as u64);
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
                 let allocated = if punch {
                     s.punch(id, version, epoch, offset, &data)?
@@ -234,6 +240,9 @@ impl Chunk for ChunkService {
     }
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Read.index());
         let req = request.into_inner();
         let len = req.length as usize;
         if len > MAX_IO {
@@ -245,12 +254,17 @@ impl Chunk for ChunkService {
         let data = self
             .local("read", move |s| s.read(id, version, offset, len))
             .await?;
+        // Counted even without --http: heartbeats carry it to `weft stats`.
+        crate::metrics::M.read_bytes.inc_by(data.len() as u64);
         Ok(Response::new(ReadReply {
             data: Bytes::from(data),
         }))
     }
 
     async fn sync(&self, request: Request<SyncReq>) -> Result<Response<Empty>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Sync.index());
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let ids = req.chunk_ids.clone();
@@ -260,6 +274,9 @@ impl Chunk for ChunkService {
     }
 
     async fn truncate(&self, request: Request<TruncateReq>) -> Result<Response<Empty>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Truncate.index());
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, length) = (req.chunk_id, req.version, req.lease_epoch, req.length);
@@ -285,6 +302,9 @@ impl ChunkSpace for ChunkService {
         &self,
         request: Request<DataExtentsReq>,
     ) -> Result<Response<DataExtentsReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::DataExtents.index());
         let req = request.into_inner();
         let (id, version, offset, len) = (req.chunk_id, req.version, req.offset, req.length);
         let runs = self
@@ -306,6 +326,9 @@ impl ChunkSpace for ChunkService {
         &self,
         request: Request<AllocateReq>,
     ) -> Result<Response<AllocateReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Allocate.index());
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, offset, len) = (
