@@ -20,7 +20,7 @@
 //! The decision is `decide`, a pure function of what the MDS knows (tested
 //! below); `Mds::grant` gathers that view, then carries the decision out.
 
-use crate::chunkds::Registry;
+use crate::chunkds::{Registry, Reports};
 use crate::committer::Proposal;
 use crate::ns::Record;
 use crate::service::Mds;
@@ -219,19 +219,14 @@ impl Mds {
         };
         // Just after an MDS restart daemons may not have reported yet: wait
         // for them rather than place a chunk that has replicas somewhere.
-        loop {
-            let (known, grace) = {
-                let reg = self.registry.lock();
-                (
-                    !reg.replicas_of(chunk).is_empty(),
-                    reg.may_have_unreported(chunk),
-                )
-            };
-            if known || !grace {
-                break;
+        self.after_reports(|reg| {
+            if !reg.replicas_of(chunk).is_empty() || !reg.may_have_unreported(chunk) {
+                Reports::Done(())
+            } else {
+                Reports::Pending
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         let expires = Instant::now() + self.leases.duration;
         let want = self.leases.min_replicas.min(self.replicas) as usize;
         let live = self.leases.live(chunk);
