@@ -25,7 +25,6 @@ use tonic::transport::Channel;
 use weft_proto::master_client::MasterClient;
 use weft_proto::{ChunkReport, CorruptReq, HeartbeatReq, RegisterReq, MAX_MESSAGE};
 
-use crate::pipeline;
 use crate::store::{ChunkSummary, Store};
 
 const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(200);
@@ -41,8 +40,8 @@ const REPORT_DEDUP: Duration = Duration::from_secs(30);
 
 /// A lazily connecting `Master` client for the MDS at `addr`.
 pub fn master_client(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
-    let ep = pipeline::endpoint(addr)
-        .map_err(|e| anyhow::anyhow!("--mds {addr}: bad address: {e}"))?
+    let ep = weft_proto::net::endpoint(addr)
+        .map_err(|e| anyhow::anyhow!("--mds {addr}: {e}"))?
         .timeout(MDS_CALL_TIMEOUT);
     Ok(MasterClient::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)

@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_proto::identity::Role;
 use weft_proto::pb;
 
 #[derive(Debug, Clone)]
@@ -41,6 +42,11 @@ pub struct ClusterSpec {
     pub scrub_interval: Option<u64>,
     /// Further weft-mds flags (e.g. `--lock-expiry-secs 2` in tests).
     pub mds_args: Vec<String>,
+    /// Mutual TLS with certificates from the CA in this directory (made if
+    /// missing); each process gets its own under `dir/certs/`. The caller's
+    /// own admin calls need this process configured with an admin
+    /// certificate of the same CA (`weft_proto::net::configure`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -60,6 +66,7 @@ impl ClusterSpec {
             lease_ms: None,
             scrub_interval: None,
             mds_args: Vec::new(),
+            tls_ca: None,
         }
     }
 }
@@ -223,6 +230,15 @@ impl LocalCluster {
         }
     }
 
+    /// `--tls-dir DIR` for process `name` of `role`, when TLS is on.
+    fn tls_args(&self, role: Role, name: &str) -> Result<Vec<String>> {
+        let Some(ca) = &self.spec.tls_ca else {
+            return Ok(Vec::new());
+        };
+        let dir = crate::certs::ensure(ca, &self.spec.dir.join("certs").join(name), role, name)?;
+        Ok(vec!["--tls-dir".into(), dir.display().to_string()])
+    }
+
     fn spawn(&self, bin: &str, args: &[String], log: &Path) -> Result<Child> {
         let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
         Command::new(self.bin(bin))
@@ -272,6 +288,7 @@ impl LocalCluster {
             args.extend(["--lease-ms".into(), l.to_string()]);
         }
         args.extend(self.spec.mds_args.iter().cloned());
+        args.extend(self.tls_args(Role::Mds, "mds")?);
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;
@@ -316,6 +333,7 @@ impl LocalCluster {
         if let Some(h) = self.spec.heartbeat_ms {
             args.extend(["--heartbeat-ms".into(), h.to_string()]);
         }
+        args.extend(self.tls_args(Role::Chunkd, &format!("chunkd-{}", i + 1))?);
         let log = self.chunkds[i].log.clone();
         let child = self.spawn("weft-chunkd", &args, &log)?;
         self.chunkds[i].child = Some(child);
@@ -369,6 +387,9 @@ impl LocalCluster {
         ];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
+        if let [_, dir] = &self.tls_args(Role::Client, &format!("client-{n}"))?[..] {
+            opts.push(format!("tls_dir={dir}"));
+        }
         args.extend(["-o".into(), opts.join(",")]);
         let child = self.spawn("weftfs", &args, &log)?;
         let mut proc = Proc {

@@ -84,6 +84,8 @@ pub struct MountOpts {
     pub cache_timeout: Duration,
     pub log: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// Certificate directory for mutual TLS (`weft certs issue`).
+    pub tls_dir: Option<PathBuf>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
@@ -124,6 +126,7 @@ impl Default for MountOpts {
             strict: false,
             log: None,
             log_level: None,
+            tls_dir: None,
             dev: false,
             suid: false,
         }
@@ -217,6 +220,8 @@ options honoured:
   log=PATH             append logs to PATH
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
+  tls_dir=DIR          mutual TLS with the certificate in DIR (ca.pem,
+                       cert.pem, key.pem from `weft certs issue --role client`)
 
 options ignored (generic mount options): norelatime nostrictatime
   lazytime diratime nodiratime exec noexec defaults
@@ -431,6 +436,7 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),
         "log_level" => opts.log_level = Some(need(value)?),
+        "tls_dir" => opts.tls_dir = Some(PathBuf::from(need(value)?)),
         // fstab annotations for other tools (systemd, mount(8) comments).
         k if k == "comment" || k.starts_with("x-") => {}
         k if value.is_none() && IGNORED.contains(&k) => {}

@@ -10,6 +10,10 @@ pub mod pb {
 
 pub use pb::*;
 
+pub mod gate;
+pub mod identity;
+pub mod net;
+
 /// Largest gRPC message any weft service sends or accepts: a 4 MiB data block
 /// plus headroom for the envelope.
 pub const MAX_MESSAGE: usize = 16 * 1024 * 1024;
