@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use crate::accept::ConnInfo;
 
 use crate::identity::{peer_from_der, Peer, Role};
 
@@ -31,6 +31,12 @@ pub fn refuse(peer: Option<&Peer>, what: &str, why: &str) -> tonic::Status {
     let who = peer.map_or_else(|| "unauthenticated".to_string(), |p| p.to_string());
     tracing::warn!(peer = %who, call = what, reason = why, refused_total = n, "refused");
     tonic::Status::permission_denied(format!("{what} refused for {who}: {why}"))
+}
+
+/// Logs and counts a connection refused before any call (a failed handshake).
+pub fn refuse_connection(remote: std::net::SocketAddr, why: &str) {
+    let n = REFUSED.fetch_add(1, Relaxed) + 1;
+    tracing::warn!(peer = %remote, reason = why, refused_total = n, "connection refused");
 }
 
 /// The roles that may call gRPC method `path` ("/weft.Service/Method").
@@ -111,9 +117,9 @@ where
         if !self.tls {
             return Box::pin(self.inner.call(req));
         }
-        let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>();
-        let certs = info.and_then(|i| i.peer_certs());
-        let remote = info.and_then(|i| i.get_ref().remote_addr());
+        let info = req.extensions().get::<ConnInfo>();
+        let certs = info.and_then(|i| i.peer_certs.clone());
+        let remote = info.and_then(|i| i.remote);
         let path = req.uri().path().to_string();
         match check(
             &path,

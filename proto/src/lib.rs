@@ -10,6 +10,7 @@ pub mod pb {
 
 pub use pb::*;
 
+pub mod accept;
 pub mod gate;
 pub mod identity;
 pub mod net;

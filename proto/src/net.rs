@@ -15,10 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{
-    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
-};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::gate::GateLayer;
 use crate::identity::{TlsDir, SERVER_NAME};
@@ -110,29 +107,27 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 /// A tonic server with weft's settings, TLS if configured, and the gate.
 pub fn server(
 ) -> Result<Server<tower::layer::util::Stack<GateLayer, tower::layer::util::Identity>>, String> {
-    let mut b = Server::builder()
+    // Checked now, so a bad certificate directory stops the daemon at start.
+    if let Some(t) = tls() {
+        crate::accept::server_config(t)?;
+    }
+    let b = Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(64 << 20)
         .max_frame_size(Some(1 << 20));
-    if let Some(t) = tls() {
-        b = b
-            .tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&t.cert_pem, &t.key_pem))
-                    .client_ca_root(Certificate::from_pem(&t.ca_pem)),
-            )
-            .map_err(|e| format!("TLS server config from {}: {e}", t.dir.display()))?;
-    }
     Ok(b.layer(GateLayer {
         tls: tls().is_some(),
     }))
 }
 
-/// The accepted connections of `listener`, with TCP_NODELAY set on each
-/// (the builder's setting does not reach streams passed in).
-pub fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener).with_nodelay(Some(true))
+/// The accepted connections of `listener` (TLS handshakes done, failures
+/// refused) with TCP_NODELAY set on each; pass to the server from [`server`].
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<crate::accept::Conn>> {
+    let cfg = tls().map(|t| crate::accept::server_config(t).expect("checked by server()"));
+    crate::accept::incoming(listener, cfg)
 }
 
 /// One lazily connected channel per address, reused by every call to it.

@@ -36,6 +36,16 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// `weft` (the admin tool), with this process's admin certificate when the
+/// test clusters run with TLS.
+pub fn weft_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(bin("weft"));
+    if let Some(t) = weft_proto::net::tls() {
+        c.arg("--tls-dir").arg(&t.dir);
+    }
+    c
+}
+
 /// Fails (never skips) when FUSE is unavailable: a passing mount test must mean a real mount.
 pub fn require_fuse() {
     assert!(

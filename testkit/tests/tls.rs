@@ -53,6 +53,12 @@ fn refusals_in(log: &str, needle: &str) -> usize {
         .count()
 }
 
+fn handshake_refusals(log: &str, why: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("connection refused") && l.contains(why))
+        .count()
+}
+
 #[test]
 fn a_tls_cluster_serves_its_mount_and_refuses_strangers() {
     let mut c = tls_cluster();
@@ -76,6 +82,11 @@ fn a_tls_cluster_serves_its_mount_and_refuses_strangers() {
     // Plaintext: the TLS handshake never happens, so nothing is served.
     let (ok, out) = status(&mds, None);
     assert!(!ok, "a plaintext status must fail: {out}");
+    wait_until(
+        "the MDS to log the plaintext refusal",
+        Duration::from_secs(10),
+        || handshake_refusals(&mds_log(&c), "corrupt message") > 0,
+    );
 
     // The mount's client certificate is valid but not an admin's.
     let (ok, out) = status(&mds, Some(&certs.join("client-1")));
@@ -98,8 +109,21 @@ fn a_tls_cluster_serves_its_mount_and_refuses_strangers() {
         .arg(&other)
         .args(["--role", "admin", "--name", "intruder"]));
     assert!(ok, "{out}");
+    // It trusts the cluster's CA (ca.pem is no secret), so only the MDS's
+    // check of its certificate stands in the way.
+    std::fs::copy(certs.join("mds/ca.pem"), other.join("intruder/ca.pem")).unwrap();
     let (ok, out) = status(&mds, Some(&other.join("intruder")));
     assert!(!ok, "a certificate from another CA must be refused: {out}");
+    wait_until(
+        "the MDS to log the foreign certificate",
+        Duration::from_secs(10),
+        || {
+            // Both CAs are named alike, so rustls checks the signature against
+            // the wrong issuer (BadSignature); named apart, it is UnknownIssuer.
+            let log = mds_log(&c);
+            handshake_refusals(&log, "BadSignature") + handshake_refusals(&log, "UnknownIssuer") > 0
+        },
+    );
 
     // An expired admin certificate from the right CA.
     let expired = unique("expired");
@@ -110,6 +134,11 @@ fn a_tls_cluster_serves_its_mount_and_refuses_strangers() {
     assert!(ok, "{out}");
     let (ok, out) = status(&mds, Some(&test_ca().join(&expired)));
     assert!(!ok, "an expired certificate must be refused: {out}");
+    wait_until(
+        "the MDS to log the expired certificate",
+        Duration::from_secs(10),
+        || handshake_refusals(&mds_log(&c), "expired") > 0,
+    );
 
     // After all that the cluster is unchanged and still serves the mount.
     assert_eq!(
