@@ -2,7 +2,7 @@
 # O_DIRECT throughput of two weftfs builds on one cluster, with fio: AIO
 # (libaio, queue depth 16) 64 KiB random writes and reads, AIO 4 MiB
 # sequential writes, and synchronous (psync) 4 MiB O_DIRECT writes and reads.
-# Written to compare weftfs with and without FUSE_ASYNC_DIO (issue 3,
+# Written to compare weftfs with and without FUSE_ASYNC_DIO (xfstests
 # generic/451): without it the kernel completes an AIO direct request in
 # io_submit, and splits a large direct request into 1 MiB FUSE requests sent
 # one after another instead of all at once.

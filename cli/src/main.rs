@@ -1,4 +1,5 @@
-//! weft: run a one-machine cluster (`up`), and inspect a cluster (`status`, `fsck`).
+//! weft: run a one-machine cluster (`up`), inspect a cluster (`status`, `fsck`),
+//! and move data off or across chunk daemons (`drain`, `rebalance`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};

@@ -1,4 +1,4 @@
-//! Access-time updates after reads and directory listings (issue3).
+//! Access-time updates after reads and directory listings.
 //!
 //! FUSE leaves atime to the file system (the kernel marks FUSE inodes
 //! S_NOATIME), and weftfs reads data from the chunk daemons, so the MDS only

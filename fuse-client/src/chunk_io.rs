@@ -18,7 +18,7 @@ use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_space_client::ChunkSpaceClient;
 use weft_proto::*;
 
-use crate::errno::read_should_try_next_replica;
+use weft_proto::contract::{Call, Next};
 
 /// A piece of a file range that falls within one chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,7 +269,7 @@ impl ChunkIo {
                     }
                     return Ok((d, addr.clone(), i > 0));
                 }
-                Err(s) if read_should_try_next_replica(&s) => {
+                Err(s) if weft_proto::contract::next(Call::ChunkRead, &s) == Next::NextReplica => {
                     tracing::info!(addr = %addr, chunk = loc.chunk_id, status = %s, "replica read failed, trying next");
                     self.failed_at.lock().insert(addr.clone(), Instant::now());
                     last = Some(s);

@@ -12,7 +12,9 @@ use weft_proto::{Attr, FileKind, TimeSet, Timespec};
 
 use crate::open_files::Overlay;
 
-pub const BLKSIZE: u32 = 65536;
+/// `st_blksize`: the chunk daemons' checksum block, the smallest write that
+/// needs no read-modify-write.
+pub const BLKSIZE: u32 = weft_proto::contract::limits::BLOCK_SIZE;
 
 pub fn file_type(kind: i32) -> FileType {
     match FileKind::try_from(kind).unwrap_or(FileKind::Unspecified) {
@@ -98,6 +100,28 @@ pub fn file_attr(a: &Attr, overlay: Option<Overlay>) -> FileAttr {
         gid: a.gid,
         rdev: a.rdev,
         blksize: BLKSIZE,
+        flags: 0,
+    }
+}
+
+/// The attributes of a negative lookup reply: node id 0 tells the kernel the
+/// name does not exist (cached for the entry TTL).
+pub fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
         flags: 0,
     }
 }
@@ -193,27 +217,5 @@ mod tests {
         let set = time_set(TimeOrNow::SpecificTime(UNIX_EPOCH + Duration::new(9, 1)));
         assert!(!set.now);
         assert_eq!(set.time, Some(Timespec { sec: 9, nsec: 1 }));
-    }
-}
-
-/// The attributes of a negative lookup reply: node id 0 tells the kernel the
-/// name does not exist (cached for the entry TTL).
-pub fn negative_entry() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
     }
 }

@@ -14,7 +14,7 @@
 //! every later read sees zeros whichever
 //! replica serves it, and the write path's guarantees (serial order, fsync
 //! durability) hold; the kernel clears setuid/setgid before a non-owner's
-//! fallocate (ARCHITECTURE, privilege drops). copy_file_range reads and writes through the same
+//! fallocate (docs/posix.md, privilege drops). copy_file_range reads and writes through the same
 //! paths, so it sees this client's unflushed writes and its result is
 //! buffered like any write.
 //!
@@ -28,8 +28,8 @@ use std::sync::Arc;
 use weft_proto::{Caller, ChunkAlloc, Errno, SetAttrReq};
 
 use crate::client::Weft;
-use crate::errno::{chunk_errno, write_should_realloc};
 use crate::write_path::failed_replica;
+use weft_proto::contract::{next, status_errno, Call, Next};
 
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
@@ -191,10 +191,10 @@ impl Weft {
                 };
                 tracing::info!(ino, index, chunk = loc.chunk_id, %status, attempt, "reserving chunk space failed");
                 if status.code() == tonic::Code::ResourceExhausted
-                    || !write_should_realloc(&status)
+                    || next(Call::ChunkWrite, &status) != Next::Realloc
                     || attempt == RESERVE_ATTEMPTS
                 {
-                    return Err(chunk_errno(&status));
+                    return Err(status_errno(&status));
                 }
                 if let Some(addr) = failed_replica(&status, &loc) {
                     if !failed.contains(&addr) {

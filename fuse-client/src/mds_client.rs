@@ -23,8 +23,9 @@ use weft_proto::meta_request::Op;
 use weft_proto::*;
 
 use crate::cache::meta::MetaCache;
-use crate::errno::{mds_status_is_transient, meta_errno};
+use crate::errno::meta_errno;
 use crate::log_track::{LogPos, LogTrack};
+use weft_proto::contract::{self, Call, Next};
 
 pub struct MdsClient {
     /// Lookups answered without a round trip; every call here keeps it
@@ -45,29 +46,6 @@ pub struct MdsClient {
 /// Where the MDS log stood at a reply: (epoch, index, durable index).
 type ReplyLog = (u64, u64, u64);
 
-/// The inodes a change touches whose fsync or close must wait for it: the
-/// inode itself, and the directory whose entries it changes.
-fn touched_inodes(op: &Op) -> Vec<u64> {
-    match op {
-        Op::Create(r) => vec![r.parent],
-        Op::Mknod(r) => vec![r.parent],
-        Op::Mkdir(r) => vec![r.parent],
-        Op::Symlink(r) => vec![r.parent],
-        Op::Link(r) => vec![r.ino, r.new_parent],
-        Op::Unlink(r) => vec![r.parent],
-        Op::Rmdir(r) => vec![r.parent],
-        Op::Rename(r) => vec![r.parent, r.new_parent],
-        // An access-time update is not worth a wait (ext4 does not sync one either).
-        Op::Setattr(r) if r.atime_update == 0 => vec![r.ino],
-        Op::Setxattr(r) => vec![r.ino],
-        Op::Removexattr(r) => vec![r.ino],
-        Op::Open(r) if r.flags & libc::O_TRUNC as u32 != 0 => vec![r.ino],
-        Op::AllocChunk(r) => vec![r.ino],
-        Op::CommitWrite(r) => vec![r.ino],
-        _ => vec![],
-    }
-}
-
 /// Why an MDS call produced no answer.
 #[derive(Debug)]
 pub enum CallError {
@@ -84,27 +62,6 @@ impl From<CallError> for Errno {
             CallError::Unreachable(_) => Errno::EIO,
         }
     }
-}
-
-/// Requests that change MDS state and so need a sequence number.
-pub fn is_mutation(op: &Op) -> bool {
-    !matches!(
-        op,
-        Op::Lookup(_)
-            | Op::Getattr(_)
-            | Op::Readlink(_)
-            | Op::Readdir(_)
-            | Op::Getxattr(_)
-            | Op::Listxattr(_)
-            | Op::Statfs(_)
-            | Op::GetChunks(_)
-            // Locks live outside the journal; retrying one is harmless.
-            | Op::Setlk(_)
-            | Op::Getlk(_)
-            | Op::ReleaseLocks(_)
-            | Op::Keepalive(_)
-            | Op::SyncLog(_)
-    )
 }
 
 /// A lazily connecting endpoint for `addr` with weft's connection settings
@@ -159,11 +116,7 @@ impl MdsClient {
             Op::CommitWrite(c) => Some(c.ino),
             _ => None,
         };
-        let mut touched = if is_mutation(&op) {
-            touched_inodes(&op)
-        } else {
-            Vec::new()
-        };
+        let mut touched = contract::durability_inodes(&op);
         let r = self.call_uncached(caller, op, budget).await;
         match r {
             Ok((r, parent, (epoch, index, durable))) => {
@@ -202,7 +155,7 @@ impl MdsClient {
         op: Op,
         budget: Duration,
     ) -> Result<(R, Option<Attr>, ReplyLog), CallError> {
-        let seq = if is_mutation(&op) {
+        let seq = if contract::is_mutation(&op) {
             self.seq.fetch_add(1, Ordering::Relaxed)
         } else {
             0
@@ -233,7 +186,7 @@ impl MdsClient {
                     let log = (reply.log_epoch, reply.log_index, reply.durable_index);
                     return decode(reply).map(|r| (r, parent, log));
                 }
-                Ok(Err(status)) if mds_status_is_transient(&status) => status,
+                Ok(Err(status)) if contract::next(Call::Meta, &status) == Next::Retry => status,
                 Ok(Err(status)) => {
                     tracing::warn!(addr = %self.addr, %status, "MDS call failed");
                     return Err(CallError::Errno(Errno::EIO));
@@ -413,18 +366,6 @@ fn unexpected(r: &R) -> Errno {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mutations_are_classified() {
-        assert!(!is_mutation(&Op::Getattr(GetAttrReq { ino: 1 })));
-        assert!(!is_mutation(&Op::GetChunks(GetChunksReq::default())));
-        assert!(!is_mutation(&Op::Statfs(StatFsReq {})));
-        assert!(is_mutation(&Op::Mkdir(MkdirReq::default())));
-        assert!(is_mutation(&Op::Open(OpenReq::default())));
-        assert!(is_mutation(&Op::Release(ReleaseReq::default())));
-        assert!(is_mutation(&Op::AllocChunk(AllocChunkReq::default())));
-        assert!(is_mutation(&Op::CommitWrite(CommitWriteReq::default())));
-    }
 
     #[test]
     fn decode_maps_errno_and_missing_result() {

@@ -23,7 +23,7 @@ use weft_proto::*;
 use crate::cache::data::{aligned, BlockKey, BLOCK};
 use crate::chunk_io::{clip_read, split_range, Piece, ReadFailure};
 use crate::client::Weft;
-use crate::errno::chunk_errno;
+use weft_proto::contract::status_errno;
 
 /// Chunk locations fetched beyond those a read needs (sequential readers
 /// then find the next chunks cached).
@@ -200,7 +200,7 @@ impl Weft {
                 Err(f) => {
                     tracing::warn!(ino, index = p.index, chunk = loc.chunk_id, status = ?f.last, "chunk read failed on every replica");
                     return Err(match (f.all_retryable, f.last) {
-                        (false, Some(s)) => chunk_errno(&s),
+                        (false, Some(s)) => status_errno(&s),
                         _ => Errno::EIO,
                     });
                 }

@@ -1,4 +1,4 @@
-//! `mount -o remount,ro|rw MOUNTPOINT` (issue3). mount(8) hands a remount of
+//! `mount -o remount,ro|rw MOUNTPOINT`. mount(8) hands a remount of
 //! a fuse.weftfs mount to mount.fuse3, which runs `weftfs SOURCE MOUNTPOINT
 //! -o remount,...` like a new mount. weftfs then must not start a second
 //! daemon: it changes the existing mount's flags with mount(2) MS_REMOUNT

@@ -27,7 +27,7 @@ pub fn mount_device(mountpoint: &Path) -> io::Result<String> {
             let f: Vec<&str> = l.split(' ').collect();
             (f.len() > 4 && unescape(f[4]) == want).then(|| f[2].to_string())
         })
-        .last()
+        .next_back()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "mount not in mountinfo"))
 }
 

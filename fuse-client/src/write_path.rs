@@ -25,9 +25,10 @@ use weft_proto::meta_request::Op;
 use weft_proto::*;
 
 use crate::client::Weft;
-use crate::errno::{chunk_errno, write_should_realloc};
 use crate::open_files::FileState;
 use crate::writeback::ChunkExtents;
+use weft_proto::contract::limits::{MAX_ALLOCS_PER_COMMIT, MAX_CHUNKS_PER_CALL};
+use weft_proto::contract::{next, status_errno, Call, Next};
 
 pub const FILE_DIRTY_LIMIT: u64 = 8 << 20;
 pub const TOTAL_DIRTY_LIMIT: u64 = 64 << 20;
@@ -40,9 +41,7 @@ const WRITE_PARALLELISM: usize = 8;
 /// A cached lease this close to expiry is renewed before use.
 const LEASE_MARGIN_MS: u64 = 2000;
 /// Chunk locations asked for per GetChunks call by a punch.
-const PUNCH_BATCH: u64 = 1024;
-/// Chunk allocations sent per CommitWrite (the MDS takes at most 4096).
-const ALLOCS_PER_COMMIT: usize = 1024;
+const PUNCH_BATCH: u64 = MAX_CHUNKS_PER_CALL as u64;
 
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
@@ -407,14 +406,16 @@ impl Weft {
                     failed.push(addr);
                 }
             }
-            if (write_should_realloc(&status) || full) && Instant::now() + backoff < deadline {
+            if (next(Call::ChunkWrite, &status) == Next::Realloc || full)
+                && Instant::now() + backoff < deadline
+            {
                 tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, ?failed, "chunk write failed, re-allocating");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             tracing::warn!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed");
-            return Err(chunk_errno(&status));
+            return Err(status_errno(&status));
         }
         unreachable!("the retry loop only ends by returning")
     }
@@ -458,7 +459,7 @@ impl Weft {
                             extents: vec![(lo - index * cs, zeros)],
                         };
                         allocs.extend(self.store_chunk(&st, c, ce, true).await?);
-                        if allocs.len() >= ALLOCS_PER_COMMIT {
+                        if allocs.len() >= MAX_ALLOCS_PER_COMMIT {
                             self.commit_allocs_only(c, ino, std::mem::take(&mut allocs))
                                 .await?;
                         }
@@ -498,7 +499,7 @@ impl Weft {
         ino: u64,
         allocs: Vec<ChunkAlloc>,
     ) -> Result<(), Errno> {
-        for batch in allocs.chunks(ALLOCS_PER_COMMIT) {
+        for batch in allocs.chunks(MAX_ALLOCS_PER_COMMIT) {
             let op = Op::CommitWrite(CommitWriteReq {
                 ino,
                 end: 0,
@@ -651,7 +652,7 @@ impl Weft {
         loop {
             if Instant::now() + backoff >= deadline {
                 tracing::warn!(ino = st.ino, chunk = id, %status, "chunk sync failed");
-                return Err(chunk_errno(&status));
+                return Err(status_errno(&status));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -782,14 +783,16 @@ impl Weft {
                     failed.push(addr);
                 }
             }
-            if write_should_realloc(&status) && Instant::now() + backoff < deadline {
+            if next(Call::ChunkWrite, &status) == Next::Realloc
+                && Instant::now() + backoff < deadline
+            {
                 tracing::info!(ino, index, chunk = loc.chunk_id, %status, ?failed, "chunk truncate failed, re-allocating");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             tracing::warn!(ino, index, chunk = loc.chunk_id, status = %status, "chunk truncate failed");
-            return Err(chunk_errno(&status));
+            return Err(status_errno(&status));
         }
     }
 }

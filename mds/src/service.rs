@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
+use weft_proto::contract::{self, limits::MAX_CHUNKS_PER_CALL, OpKind};
 use weft_proto::pb::meta_reply::Result as Reply;
 use weft_proto::pb::meta_request::Op;
 use weft_proto::{pb, Errno};
-
-const MAX_CHUNKS_PER_CALL: u32 = 1024;
 
 #[derive(Clone)]
 pub struct Mds {
@@ -28,7 +27,7 @@ pub struct Mds {
     pub leases: Arc<crate::leases::Leases>,
     /// Re-replication progress (repair.rs).
     pub repair: Arc<crate::repair::RepairStats>,
-    /// Advisory locks (issue3): in memory only, see locks.rs.
+    /// Advisory locks: in memory only, see locks.rs.
     pub locks: Arc<Mutex<crate::locks::LockTable>>,
     /// When each client session was last heard from (see `sessions`).
     pub contacts: crate::sessions::Contacts,
@@ -73,20 +72,15 @@ impl LogPosition {
 
 impl Mds {
     pub async fn dispatch(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
-        match op {
-            Op::Lookup(_)
-            | Op::Getattr(_)
-            | Op::Readlink(_)
-            | Op::Readdir(_)
-            | Op::Getxattr(_)
-            | Op::Listxattr(_) => self.state.read().await.ns.read(&caller, &op),
-            Op::Statfs(_) => Ok(self.statfs().await),
-            Op::Setlk(_) | Op::Getlk(_) | Op::ReleaseLocks(_) | Op::Keepalive(_) => {
-                self.lock_op(session, op)
-            }
-            Op::GetChunks(g) => self.get_chunks(g).await,
-            Op::SyncLog(s) => self.log.sync(s.index, s.epoch).await,
-            Op::Release(r) => {
+        // The kind (weft_proto::contract) decides the route; the client
+        // numbered the request by the same table.
+        match (contract::kind(&op), op) {
+            (OpKind::Read, Op::Statfs(_)) => Ok(self.statfs().await),
+            (OpKind::Read, Op::GetChunks(g)) => self.get_chunks(g).await,
+            (OpKind::Read, Op::SyncLog(s)) => self.log.sync(s.index, s.epoch).await,
+            (OpKind::Read, op) => self.state.read().await.ns.read(&caller, &op),
+            (OpKind::Session, op) => self.lock_op(session, op),
+            (OpKind::Mutation, Op::Release(r)) => {
                 self.committer
                     .propose(|done| Proposal::Release {
                         session,
@@ -95,7 +89,7 @@ impl Mds {
                     })
                     .await
             }
-            Op::AllocChunk(ref a) => {
+            (OpKind::Mutation, Op::AllocChunk(a)) => {
                 // Just after an MDS start no daemon may have registered yet:
                 // that is not a full cluster, so wait out the startup grace.
                 loop {
@@ -112,13 +106,13 @@ impl Mds {
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
                 let failed = a.failed.clone();
-                let reply = self.mutate(session, seq, caller, op).await?;
+                let reply = self.mutate(session, seq, caller, Op::AllocChunk(a)).await?;
                 match reply {
                     Reply::ChunkWrite(cw) => self.grant(cw, &failed).await.map(Reply::ChunkWrite),
                     other => Ok(other),
                 }
             }
-            _ => self.mutate(session, seq, caller, op).await,
+            (OpKind::Mutation, op) => self.mutate(session, seq, caller, op).await,
         }
     }
 
@@ -251,20 +245,6 @@ impl Mds {
     }
 }
 
-/// The directory whose entries `op` changes, for `MetaReply.parent_attr`.
-fn changed_dir(op: &Op) -> Option<u64> {
-    match op {
-        Op::Create(r) => Some(r.parent),
-        Op::Mknod(r) => Some(r.parent),
-        Op::Mkdir(r) => Some(r.parent),
-        Op::Symlink(r) => Some(r.parent),
-        Op::Link(r) => Some(r.new_parent),
-        Op::Unlink(r) => Some(r.parent),
-        Op::Rmdir(r) => Some(r.parent),
-        _ => None,
-    }
-}
-
 #[tonic::async_trait]
 impl pb::meta_server::Meta for Mds {
     async fn call(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
@@ -274,7 +254,7 @@ impl pb::meta_server::Meta for Mds {
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
-        let parent = changed_dir(&op);
+        let parent = contract::changed_dir(&op);
         let outcome = self.dispatch(req.session, req.seq, caller, op).await;
         // The change (or the state a read saw) is at or below what is written now.
         let log_index = self.log.durability.appended();

@@ -1,6 +1,6 @@
 //! weft's wire protocol: the generated gRPC services (`Meta`, `Master`, `Chunk`)
-//! and the few types every side shares — the errno carried in `MetaReply`, the
-//! mapping from chunk-daemon status codes to errno, and message-size limits.
+//! and the few types every side shares — the errno carried in `MetaReply` and
+//! message-size limits; `contract` holds what both ends must agree on.
 
 #![allow(clippy::large_enum_variant)]
 
@@ -11,6 +11,7 @@ pub mod pb {
 pub use pb::*;
 
 pub mod accept;
+pub mod contract;
 pub mod gate;
 pub mod identity;
 pub mod net;
@@ -68,18 +69,6 @@ impl std::error::Error for Errno {}
 impl From<std::io::Error> for Errno {
     fn from(e: std::io::Error) -> Self {
         Errno(e.raw_os_error().unwrap_or(libc::EIO))
-    }
-}
-
-/// The errno a client reports when a chunk daemon answers with `status`.
-/// The table is the one in weft.proto's Chunk service comment.
-pub fn chunk_status_errno(status: &tonic::Status) -> Errno {
-    use tonic::Code;
-    match status.code() {
-        Code::ResourceExhausted => Errno::ENOSPC,
-        Code::InvalidArgument => Errno::EINVAL,
-        Code::FailedPrecondition => Errno::ESTALE,
-        _ => Errno::EIO,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Early replies (issue 6): the MDS answers a change once it is written to its
+//! Early replies: the MDS answers a change once it is written to its
 //! log and fdatasyncs right behind. These tests slow that fdatasync down (the
 //! MDS's hidden `--test-sync-delay-ms`) so that "answered but not yet on disk"
 //! lasts long enough to look at:

@@ -1,4 +1,4 @@
-//! st_blocks shows what the replicas hold on disk (issue 3): a sparse file
+//! st_blocks shows what the replicas hold on disk: a sparse file
 //! counts only its written blocks — also right after the write, after a
 //! remount (from the MDS, not a client cache), after an MDS crash (log
 //! replay) and after a clean MDS restart (snapshot) — a punched range leaves

@@ -13,8 +13,9 @@ use std::sync::OnceLock;
 pub const MAGIC: &[u8; 8] = b"WEFTCHK1";
 /// Layout version written in the header; bumped on any incompatible change.
 pub const FORMAT_VERSION: u32 = 1;
-/// Checksum granularity: one crc32c per this many data bytes.
-pub const BLOCK_SIZE: u32 = 65536;
+/// Checksum granularity: one crc32c per this many data bytes (on disk:
+/// changing it is a format change).
+pub const BLOCK_SIZE: u32 = weft_proto::contract::limits::BLOCK_SIZE;
 const BS: u64 = BLOCK_SIZE as u64;
 /// The header region is padded to a multiple of this.
 pub const HEADER_ALIGN: u64 = 4096;

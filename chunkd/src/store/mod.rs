@@ -322,11 +322,11 @@ impl Store {
     pub fn free_for_data(&self) -> u64 {
         let mut headroom = self.capacity.saturating_sub(self.used());
         if let Ok(fs) = nix::sys::statvfs::statvfs(&self.chunks_dir) {
-            let block = fs.fragment_size() as u64;
-            let disk_free = (fs.blocks_available() as u64).saturating_mul(block);
+            let block = fs.fragment_size();
+            let disk_free = fs.blocks_available().saturating_mul(block);
             // Never offered: room for what else lives on the disk (an MDS
             // log beside the chunks must not be the one to hit ENOSPC).
-            let kept = ((fs.blocks() as u64).saturating_mul(block) / 50).min(DISK_KEPT_MAX);
+            let kept = (fs.blocks().saturating_mul(block) / 50).min(DISK_KEPT_MAX);
             headroom = headroom.min(disk_free.saturating_sub(kept));
         }
         let cs = self.chunk_size().unwrap_or(PROVISIONAL_CHUNK_SIZE);

@@ -1,6 +1,6 @@
 //! Unit tests of the chunk store against real files in a temp dir.
 
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use proptest::prelude::*;
 
@@ -22,18 +22,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Flips one byte of the file at `pos`.
-fn flip(path: &Path, pos: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, pos).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, pos).unwrap();
-}
+use weft_testkit::flip_byte as flip;
 
 #[test]
 fn roundtrip_unaligned_across_blocks() {
@@ -654,8 +643,8 @@ fn punch_frees_whole_blocks_with_the_zero_block_crc() {
     // scrubs them clean).
     let cf = chunkfile::ChunkFile::open(&s.chunk_path(4), 4).unwrap();
     let crcs = &cf.header().crcs;
-    for blk in 2..6 {
-        assert_eq!(crcs[blk], format::zero_block_crc(), "block {blk}");
+    for (blk, crc) in crcs.iter().enumerate().take(6).skip(2) {
+        assert_eq!(*crc, format::zero_block_crc(), "block {blk}");
     }
     assert_eq!(crcs[1], crc32c::crc32c(&model[BS..2 * BS]));
     assert_eq!(crcs[6], crc32c::crc32c(&model[6 * BS..7 * BS]));

@@ -191,9 +191,8 @@ async fn ack(
             }
             Err(e) => tracing::debug!(error = %e, "strict ack failed"),
         }
-        match tokio::time::timeout(RENEW, passed.changed()).await {
-            Ok(Err(_)) => tokio::time::sleep(RENEW).await,
-            _ => {}
+        if let Ok(Err(_)) = tokio::time::timeout(RENEW, passed.changed()).await {
+            tokio::time::sleep(RENEW).await
         }
         let (e, s) = *passed.borrow_and_update();
         if e == epoch {

@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 
 /// Bytes per cached block: the chunk daemons' crc block, which they read
 /// and verify whole anyway.
-pub const BLOCK: u64 = 64 << 10;
+pub const BLOCK: u64 = weft_proto::contract::limits::BLOCK_SIZE as u64;
 /// Files whose open-time attributes are remembered.
 const STAMPS: usize = 65536;
 

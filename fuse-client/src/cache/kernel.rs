@@ -64,11 +64,14 @@ pub enum Inval {
 #[derive(Clone, Copy, Debug)]
 pub struct Ticket(u64);
 
+/// A name the kernel may hold: (parent inode, name).
+type HandedName = (u64, Vec<u8>);
+
 /// Names of one inode the kernel may hold, and its lookup count.
 #[derive(Default)]
 struct Handed {
     lookups: u64,
-    names: Vec<(u64, Vec<u8>)>,
+    names: Vec<HandedName>,
 }
 
 /// Names remembered per inode (hard links, renames); further names of it are
@@ -292,7 +295,7 @@ impl KernelCache {
         // the lease; trust again only after a new grant.
         self.revoke_trust();
         self.gen.fetch_add(1, SeqCst);
-        let handed: Vec<(u64, Vec<(u64, Vec<u8>)>)> = self
+        let handed: Vec<(u64, Vec<HandedName>)> = self
             .handed
             .lock()
             .iter()

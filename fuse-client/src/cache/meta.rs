@@ -26,6 +26,7 @@ use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use parking_lot::Mutex;
+use weft_proto::contract::{self, Changes};
 use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
 use weft_proto::Attr;
@@ -52,7 +53,7 @@ fn xattr_cacheable(name: &[u8]) -> bool {
 /// What `after` needs of a call `before` saw.
 pub struct Started {
     ticket: MetaTicket,
-    touch: Touch,
+    touch: Changes,
 }
 
 /// What a lookup in the cache found.
@@ -71,75 +72,6 @@ pub struct MetaCache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MetaTicket(u64);
 
-/// What a mutation may change.
-#[derive(Debug, PartialEq, Eq)]
-enum Touch {
-    Nothing,
-    /// These inodes' attributes and these names.
-    Some {
-        inos: Vec<u64>,
-        names: Vec<(u64, Vec<u8>)>,
-        /// The name the reply's attributes belong to (creates, links).
-        created: Option<(u64, Vec<u8>)>,
-    },
-    All,
-}
-
-fn touch(op: &Op) -> Touch {
-    let some =
-        |inos: Vec<u64>, names: Vec<(u64, Vec<u8>)>, created: Option<(u64, Vec<u8>)>| Touch::Some {
-            inos,
-            names,
-            created,
-        };
-    match op {
-        Op::Lookup(_)
-        | Op::Getattr(_)
-        | Op::Readlink(_)
-        | Op::Readdir(_)
-        | Op::Getxattr(_)
-        | Op::Listxattr(_)
-        | Op::Statfs(_)
-        | Op::GetChunks(_)
-        | Op::Setlk(_)
-        | Op::Getlk(_)
-        | Op::ReleaseLocks(_)
-        | Op::Keepalive(_)
-        // Open counts only; a purge leaves no name to find it by.
-        | Op::Release(_) => Touch::Nothing,
-        Op::Setattr(r) => some(vec![r.ino], vec![], None),
-        Op::Setxattr(r) => some(vec![r.ino], vec![], None),
-        Op::Removexattr(r) => some(vec![r.ino], vec![], None),
-        Op::Open(r) => some(vec![r.ino], vec![], None),
-        Op::AllocChunk(r) => some(vec![r.ino], vec![], None),
-        Op::CommitWrite(r) => some(vec![r.ino], vec![], None),
-        Op::Mknod(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
-        Op::Mkdir(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
-        Op::Symlink(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
-        Op::Create(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
-        Op::Link(r) => some(
-            vec![r.ino, r.new_parent],
-            vec![],
-            Some((r.new_parent, r.new_name.clone())),
-        ),
-        Op::Unlink(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
-        Op::Rmdir(r) => some(vec![r.parent], vec![(r.parent, r.name.clone())], None),
-        // renameat2(RENAME_WHITEOUT) also creates the source name anew: rare
-        // (overlayfs), so it simply forgets everything.
-        Op::Rename(r) if r.flags & libc::RENAME_WHITEOUT != 0 => Touch::All,
-        Op::Rename(r) => some(
-            vec![r.parent, r.new_parent],
-            vec![
-                (r.parent, r.name.clone()),
-                (r.new_parent, r.new_name.clone()),
-            ],
-            None,
-        ),
-        #[allow(unreachable_patterns)]
-        _ => Touch::All,
-    }
-}
-
 impl Default for MetaCache {
     fn default() -> Self {
         let cap = NonZeroUsize::new(CAPACITY).unwrap();
@@ -157,26 +89,26 @@ impl Default for MetaCache {
 }
 
 impl Inner {
-    fn drop_touched(&mut self, t: &Touch) {
+    fn drop_touched(&mut self, t: &Changes) {
         self.gen += 1;
         match t {
-            Touch::Nothing => {}
-            Touch::All => {
+            Changes::Nothing => {}
+            Changes::All => {
                 self.entries.clear();
                 self.attrs.clear();
                 self.complete.clear();
                 self.no_xattr.clear();
             }
-            Touch::Some {
-                inos,
-                names,
+            Changes::Some {
+                inodes,
+                removed,
                 created,
             } => {
-                for ino in inos {
+                for ino in inodes {
                     self.attrs.pop(ino);
                     self.no_xattr.pop(ino);
                 }
-                for key in names.iter().chain(created) {
+                for key in removed.iter().chain(created) {
                     match self.entries.pop(key) {
                         Some(ino) => {
                             self.attrs.pop(&ino);
@@ -249,8 +181,8 @@ impl MetaCache {
     /// Before a call goes to the MDS: drops what it may change. The result
     /// goes to `after`.
     pub fn before(&self, op: &Op) -> Option<Started> {
-        let touch = touch(op);
-        if touch == Touch::Nothing {
+        let touch = contract::changes(op);
+        if touch == Changes::Nothing {
             return None;
         }
         let mut g = self.inner.lock();
@@ -282,7 +214,12 @@ impl MetaCache {
             // Read by the MDS after the change was durable.
             g.attrs.put(p.ino, *p);
         }
-        let Touch::Some { names, created, .. } = touch else {
+        let Changes::Some {
+            removed: names,
+            created,
+            ..
+        } = touch
+        else {
             return;
         };
         if reply.is_none() {

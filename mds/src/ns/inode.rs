@@ -139,7 +139,7 @@ pub struct Inode {
     pub parent: u64,
     pub name: Vec<u8>,
     pub body: Body,
-    /// issue3: chunk index → data bytes its replicas hold on disk, as the
+    /// Chunk index → data bytes its replicas hold on disk, as the
     /// primary last reported (`Record::CommitAlloc`); a chunk absent here is
     /// estimated. Not in the postcard form of the inode (snapshots written
     /// before it existed must still load): the snapshot stores it after the

@@ -43,7 +43,7 @@ pub const ROOT_INO: u64 = 1;
 /// Largest file size (as Linux's MAX_LFS_FILESIZE).
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 /// Most entries `file_chunks` returns in one call.
-pub const MAX_CHUNKS_PER_CALL: u32 = 65536;
+pub use weft_proto::contract::limits::MAX_CHUNKS_PER_CALL;
 
 /// Who is asking (from `pb::Caller`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

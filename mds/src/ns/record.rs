@@ -100,7 +100,7 @@ pub enum Record {
     Purge {
         ino: u64,
     },
-    /// issue5: a new write lease on chunk `chunk_id` (at `index` of `ino`)
+    /// A new write lease on chunk `chunk_id` (at `index` of `ino`)
     /// raises its version, so replicas that miss the writes under it are
     /// recognisably stale. Ignored if the chunk is no longer there.
     BumpVersion {
@@ -109,7 +109,7 @@ pub enum Record {
         chunk_id: u64,
         version: u64,
     },
-    /// issue3: setxattr/removexattr of system.posix_acl_access. The ACL is
+    /// Setxattr/removexattr of system.posix_acl_access. The ACL is
     /// stored (Some) or dropped (None: the mode says it all), and the mode's
     /// permission bits (and a setgid the caller may not keep) become `mode`.
     SetAcl {
@@ -124,14 +124,14 @@ pub enum Record {
     ExpireSession {
         session: u64,
     },
-    /// issue3: renameat2(RENAME_WHITEOUT): the `Rename`, then the whiteout
+    /// Renameat2(RENAME_WHITEOUT): the `Rename`, then the whiteout
     /// (a `Create` of a 0:0 character device) at the source name, as one
     /// journaled change.
     RenameWhiteout {
         rename: Box<Record>,
         whiteout: Box<Record>,
     },
-    /// issue3: a CommitWrite that also records what the written chunks'
+    /// A CommitWrite that also records what the written chunks'
     /// replicas hold on disk now (`allocs`, each applied only while its index
     /// still holds that chunk). With `now` None only the allocation changes
     /// (fallocate KEEP_SIZE reserved space): neither size nor times.

@@ -1,4 +1,4 @@
-//! Access times on read (issue3). weftfs reads data straight from the chunk
+//! Access times on read. weftfs reads data straight from the chunk
 //! daemons, so the MDS hears of a read only when the client asks for an
 //! atime update (SetAttrReq.atime_update) after it: 1 = relatime, 2 =
 //! strictatime (noatime mounts never ask).

@@ -15,7 +15,7 @@ use pb::meta_reply::Result as ReplyResult;
 /// The version a new chunk starts at.
 pub const FIRST_VERSION: u64 = 1;
 /// Most chunk allocations one CommitWrite may carry.
-pub const MAX_ALLOCS_PER_COMMIT: usize = 4096;
+pub use weft_proto::contract::limits::MAX_ALLOCS_PER_COMMIT;
 
 impl Namespace {
     fn chunk_write(&self, index: u64, chunk_id: u64, version: u64) -> ReplyResult {
