@@ -58,18 +58,14 @@ pub fn require_fuse() {
     );
 }
 
-/// This test process's cluster CA (made on first use in a temp dir kept
-/// for the process's life), with the process configured to make its own
+/// The test cluster CA (made on first use in target/<profile>/test-ca), with the process configured to make its own
 /// calls (status, fsck) with an admin certificate from it. Every TLS test
 /// cluster of the process issues its daemons' certificates from this CA.
 pub fn test_ca() -> PathBuf {
     static CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     CA.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("weft-test-ca-")
-            .tempdir()
-            .expect("tempdir")
-            .keep();
+        // Beside the binaries, reused by later runs (no temp dir left behind per process).
+        let dir = bin_dir().join("test-ca");
         let admin = weft_cli::certs::ensure(
             &dir,
             &dir.join("test-admin"),
