@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::identity::TlsDir;
+use crate::identity::{peer_from_der, Peer, TlsDir};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,8 +32,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
-    /// The chain the client presented, verified against the cluster CA.
-    pub peer_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// Who the verified client certificate names (read once per connection,
+    /// not per call), or why it names no one; None on a plaintext connection.
+    pub peer: Option<Arc<Result<Peer, String>>>,
 }
 
 /// An accepted connection.
@@ -48,15 +49,17 @@ impl Connected for Conn {
         match self {
             Conn::Plain(s) => ConnInfo {
                 remote: s.peer_addr().ok(),
-                peer_certs: None,
+                peer: None,
             },
             Conn::Tls(s) => {
                 let (tcp, session) = s.get_ref();
+                let peer = match session.peer_certificates().and_then(|c| c.first()) {
+                    Some(der) => peer_from_der(der),
+                    None => Err("no client certificate".to_string()),
+                };
                 ConnInfo {
                     remote: tcp.peer_addr().ok(),
-                    peer_certs: session
-                        .peer_certificates()
-                        .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
+                    peer: Some(Arc::new(peer)),
                 }
             }
         }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use crate::accept::ConnInfo;
 
-use crate::identity::{peer_from_der, Peer, Role};
+use crate::identity::{Peer, Role};
 
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
@@ -63,15 +63,22 @@ pub fn allowed(path: &str) -> &'static [Role] {
     }
 }
 
-/// The decision for one call: the verified peer, or why it is refused.
-pub fn check(path: &str, cert_der: Option<&[u8]>) -> Result<Peer, (Option<Peer>, String)> {
-    let der = cert_der.ok_or((None, "no client certificate".to_string()))?;
-    let peer = peer_from_der(der).map_err(|e| (None, e))?;
+/// The decision for one call, given who the connection's certificate names
+/// (or why it names no one): the peer, or why the call is refused.
+pub fn check(
+    path: &str,
+    peer: Option<&Result<Peer, String>>,
+) -> Result<Peer, (Option<Peer>, String)> {
+    let peer = match peer {
+        None => return Err((None, "no client certificate".to_string())),
+        Some(Err(e)) => return Err((None, e.clone())),
+        Some(Ok(p)) => p,
+    };
     if allowed(path).contains(&peer.role) {
-        Ok(peer)
+        Ok(peer.clone())
     } else {
         let why = format!("role {} may not call this", peer.role);
-        Err((Some(peer), why))
+        Err((Some(peer.clone()), why))
     }
 }
 
@@ -118,13 +125,10 @@ where
             return Box::pin(self.inner.call(req));
         }
         let info = req.extensions().get::<ConnInfo>();
-        let certs = info.and_then(|i| i.peer_certs.clone());
+        let peer = info.and_then(|i| i.peer.clone());
         let remote = info.and_then(|i| i.remote);
         let path = req.uri().path().to_string();
-        match check(
-            &path,
-            certs.as_ref().and_then(|c| c.first()).map(|c| &c[..]),
-        ) {
+        match check(&path, peer.as_deref()) {
             Ok(peer) => {
                 req.extensions_mut().insert(peer);
                 Box::pin(self.inner.call(req))
@@ -173,8 +177,17 @@ mod tests {
     }
 
     #[test]
-    fn no_certificate_is_refused() {
+    fn no_or_unreadable_certificate_is_refused() {
         assert!(check("/weft.Meta/Call", None).is_err());
-        assert!(check("/weft.Meta/Call", Some(b"not a cert")).is_err());
+        let bad = crate::identity::peer_from_der(b"not a cert");
+        assert!(check("/weft.Meta/Call", Some(&bad)).is_err());
+        let client = Ok(Peer {
+            role: Client,
+            name: "c".into(),
+        });
+        assert!(check("/weft.Meta/Call", Some(&client)).is_ok());
+        let (who, why) = check("/weft.Master/Register", Some(&client)).unwrap_err();
+        assert_eq!(who.unwrap().name, "c");
+        assert!(why.contains("client"), "{why}");
     }
 }
