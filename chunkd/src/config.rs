@@ -66,6 +66,16 @@ pub struct Config {
     #[arg(long, value_name = "ADDR")]
     pub advertise: Option<String>,
 
+    /// Certificate directory (ca.pem, cert.pem, key.pem from `weft certs
+    /// issue`): mutual TLS on every link. Without it the daemon is plaintext
+    /// and listens only on loopback unless --insecure.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    /// Allow plaintext on a non-loopback address (anyone reaching it can do anything).
+    #[arg(long)]
+    pub insecure: bool,
+
     /// Log filter (tracing EnvFilter syntax), e.g. info or weft_chunkd=debug.
     #[arg(long, value_name = "FILTER", default_value = "info")]
     pub log_level: String,
@@ -112,6 +122,8 @@ impl Config {
             heartbeat_ms: None,
             advertise: None,
             log_level: "info".into(),
+            tls_dir: None,
+            insecure: false,
         }
     }
 

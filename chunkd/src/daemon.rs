@@ -21,8 +21,6 @@ use anyhow::{bail, Context};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
 
 use crate::config::Config;
 use crate::heartbeat::{self, CorruptReporter, Identity};
@@ -139,6 +137,8 @@ pub fn filesystem_size(dir: &Path) -> anyhow::Result<u64> {
 /// binds and serves, starts the background tasks, writes the address file.
 pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     cfg.validate()?;
+    weft_proto::net::configure_dir(cfg.tls_dir.as_deref()).map_err(anyhow::Error::msg)?;
+    weft_proto::net::check_listen(cfg.listen, cfg.insecure).map_err(anyhow::Error::msg)?;
     let lock = lock_data_dir(&cfg.data)?;
     let chunkd_id = load_or_create_id(&cfg.data)?;
     let capacity = match cfg.capacity {
@@ -173,20 +173,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     let admin = crate::admin::AdminService::new(store.clone(), peers, order, term);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(
-        Server::builder()
-            .tcp_nodelay(true)
-            .initial_stream_window_size(8 << 20)
-            .initial_connection_window_size(16 << 20)
-            .max_frame_size(Some(1 << 20))
+        weft_proto::net::server()
+            .map_err(anyhow::Error::msg)?
             .add_service(service.space_server())
             .add_service(service.into_server())
             .add_service(admin.into_server())
-            .serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
+            .serve_with_incoming_shutdown(weft_proto::net::incoming(listener), async {
+                let _ = stop_rx.await;
+            }),
     );
 
     let mut tasks = vec![report_task];

@@ -27,7 +27,6 @@ use weft_proto::leader::MdsList;
 use weft_proto::master_client::MasterClient;
 use weft_proto::{ChunkReport, CorruptReq, HeartbeatReq, RegisterReq, MAX_MESSAGE};
 
-use crate::pipeline;
 use crate::store::{ChunkSummary, Store};
 use crate::term::TermGuard;
 
@@ -44,8 +43,8 @@ const REPORT_DEDUP: Duration = Duration::from_secs(30);
 
 /// A lazily connecting `Master` client for the MDS at `addr`.
 pub fn master_client(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
-    let ep = pipeline::endpoint(addr)
-        .map_err(|e| anyhow::anyhow!("--mds {addr}: bad address: {e}"))?
+    let ep = weft_proto::net::endpoint(addr)
+        .map_err(|e| anyhow::anyhow!("--mds {addr}: {e}"))?
         .timeout(MDS_CALL_TIMEOUT);
     Ok(MasterClient::new(ep.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE)

@@ -1,5 +1,5 @@
-//! Forwarding down the replication pipeline: a small pool of lazily connected
-//! tonic channels to peer chunk daemons keyed by address, the calls that pass
+//! Forwarding down the replication pipeline: a pool of lazily connected
+//! channels to peer chunk daemons keyed by address (`weft_proto::net::Pool`), the calls that pass
 //! a Write/Sync/Truncate on to the next replica, and how a downstream failure
 //! is reported upstream.
 //!
@@ -8,15 +8,14 @@
 //! and in the `weft-failed-addr` metadata entry, which hops further up pass
 //! through unchanged, so the client learns the deepest failing address.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_space_client::ChunkSpaceClient;
+use weft_proto::net::Pool;
 use weft_proto::{AllocateReq, SyncReq, TruncateReq, WriteReq, MAX_MESSAGE};
 
 /// Metadata key naming the replica address whose failure a status reports.
@@ -25,32 +24,20 @@ pub const FAILED_ADDR_KEY: &str = "weft-failed-addr";
 /// Longest chain accepted: more is a bug or a loop, not a replication factor.
 pub const MAX_CHAIN: usize = 16;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Per-call bound: a 4 MiB write down a few hops takes far less.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A gRPC endpoint for `addr` ("host:port" or a full http:// URI) with the
-/// settings every weft client connection uses.
-pub fn endpoint(addr: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .initial_stream_window_size(8 << 20)
-        .initial_connection_window_size(16 << 20)
-        .max_frame_size(Some(1 << 20))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10)))
+/// Channels to peer chunk daemons, created on first use and reused.
+pub struct Peers {
+    pool: Pool,
 }
 
-/// Channels to peer chunk daemons, created on first use and reused.
-#[derive(Default)]
-pub struct Peers {
-    channels: Mutex<HashMap<String, Channel>>,
+impl Default for Peers {
+    fn default() -> Peers {
+        Peers {
+            pool: Pool::new(Some(CALL_TIMEOUT)),
+        }
+    }
 }
 
 impl Peers {
@@ -73,19 +60,9 @@ impl Peers {
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut channels = self.channels.lock();
-        let channel = match channels.get(addr) {
-            Some(c) => c.clone(),
-            None => {
-                let ep = endpoint(addr).map_err(|e| {
-                    failed(addr, Code::Unavailable, format!("bad replica address: {e}"))
-                })?;
-                let c = ep.timeout(CALL_TIMEOUT).connect_lazy();
-                channels.insert(addr.to_string(), c.clone());
-                c
-            }
-        };
-        Ok(channel)
+        self.pool
+            .channel(addr)
+            .map_err(|e| failed(addr, Code::Unavailable, format!("bad replica address: {e}")))
     }
 
     pub async fn allocate(&self, req: &AllocateReq) -> Result<(), Status> {

@@ -15,14 +15,8 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 /// A connection to the MDS at `addr` (host:port or a URI); the error says
 /// which address could not be reached.
 async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
-    let uri = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    tonic::transport::Endpoint::from_shared(uri)
-        .with_context(|| format!("bad MDS address {addr}"))?
-        .connect_timeout(Duration::from_secs(5))
+    weft_proto::net::endpoint(addr)
+        .map_err(anyhow::Error::msg)?
         .timeout(Duration::from_secs(30))
         .connect()
         .await

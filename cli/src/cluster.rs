@@ -14,6 +14,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use weft_proto::identity::Role;
 use weft_proto::pb;
 
 #[derive(Debug, Clone)]
@@ -48,6 +49,11 @@ pub struct ClusterSpec {
     /// Every process serves metrics over HTTP on a free loopback port
     /// (`Proc::http`); the MDS also its status page.
     pub http: bool,
+    /// Mutual TLS with certificates from the CA in this directory (made if
+    /// missing); each process gets its own under `dir/certs/`. The caller's
+    /// own admin calls need this process configured with an admin
+    /// certificate of the same CA (`weft_proto::net::configure`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -69,6 +75,7 @@ impl ClusterSpec {
             mds_args: Vec::new(),
             extra_mds_addrs: Vec::new(),
             http: false,
+            tls_ca: None,
         }
     }
 }
@@ -236,6 +243,15 @@ impl LocalCluster {
         }
     }
 
+    /// `--tls-dir DIR` for process `name` of `role`, when TLS is on.
+    fn tls_args(&self, role: Role, name: &str) -> Result<Vec<String>> {
+        let Some(ca) = &self.spec.tls_ca else {
+            return Ok(Vec::new());
+        };
+        let dir = crate::certs::ensure(ca, &self.spec.dir.join("certs").join(name), role, name)?;
+        Ok(vec!["--tls-dir".into(), dir.display().to_string()])
+    }
+
     fn spawn(&self, bin: &str, args: &[String], log: &Path) -> Result<Child> {
         let out = fs::OpenOptions::new().create(true).append(true).open(log)?;
         Command::new(self.bin(bin))
@@ -286,6 +302,7 @@ impl LocalCluster {
         }
         args.extend(self.spec.mds_args.iter().cloned());
         let http_file = self.http_args(&mut args, "mds");
+        args.extend(self.tls_args(Role::Mds, "mds")?);
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;
@@ -334,6 +351,7 @@ impl LocalCluster {
             args.extend(["--heartbeat-ms".into(), h.to_string()]);
         }
         let http_file = self.http_args(&mut args, &format!("chunkd-{}", i + 1));
+        args.extend(self.tls_args(Role::Chunkd, &format!("chunkd-{}", i + 1))?);
         let log = self.chunkds[i].log.clone();
         let child = self.spawn("weft-chunkd", &args, &log)?;
         self.chunkds[i].child = Some(child);
@@ -421,6 +439,9 @@ impl LocalCluster {
             let _ = fs::remove_file(&http_file);
             opts.push("http=127.0.0.1:0".into());
             opts.push(format!("http_addr_file={}", http_file.display()));
+        }
+        if let [_, dir] = &self.tls_args(Role::Client, &format!("client-{n}"))?[..] {
+            opts.push(format!("tls_dir={dir}"));
         }
         args.extend(["-o".into(), opts.join(",")]);
         let child = self.spawn("weftfs", &args, &log)?;

@@ -5,8 +5,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
-use weft_cli::admin;
 use weft_cli::cluster::{ClusterSpec, LocalCluster};
+use weft_cli::{admin, certs};
+use weft_proto::identity::Role;
 
 #[derive(Parser)]
 #[command(
@@ -15,8 +16,30 @@ use weft_cli::cluster::{ClusterSpec, LocalCluster};
     about = "weft distributed file system: admin tool"
 )]
 struct Cli {
+    /// Certificate directory (from `weft certs issue --role admin`) for
+    /// talking to a cluster with TLS on; admin commands need an admin one.
+    #[arg(long, global = true, value_name = "DIR")]
+    tls_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create a cluster certificate authority in DIR (ca.pem, ca-key.pem).
+    Init { dir: PathBuf },
+    /// Issue a certificate for ROLE/NAME into DIR/NAME/ (ca.pem, cert.pem,
+    /// key.pem): the directory to give as --tls-dir.
+    Issue {
+        dir: PathBuf,
+        #[arg(long, value_parser = ["mds", "chunkd", "client", "gateway", "admin"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+        /// Days of validity (a negative count issues an already expired one).
+        #[arg(long, default_value_t = 825, allow_negative_numbers = true)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -43,7 +66,15 @@ enum Cmd {
         /// bench/compare's "weft3off" measures what they cost).
         #[arg(long)]
         no_metrics: bool,
+        /// Plaintext links instead of mutual TLS (still loopback only).
+        #[arg(long)]
+        no_tls: bool,
         mountpoint: PathBuf,
+    },
+    /// Make the certificates for mutual TLS (see README, "Securing a cluster").
+    Certs {
+        #[command(subcommand)]
+        cmd: CertsCmd,
     },
     /// Chunk daemons, files, chunks, and replication health.
     Status {
@@ -120,6 +151,10 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<i32> {
+    // `up` makes and uses its own admin certificate.
+    if !matches!(cli.cmd, Cmd::Up { .. }) {
+        weft_proto::net::configure_dir(cli.tls_dir.as_deref()).map_err(anyhow::Error::msg)?;
+    }
     match cli.cmd {
         Cmd::Stats {
             mds,
@@ -130,6 +165,30 @@ fn run(cli: Cli) -> Result<i32> {
                 bail!("--interval {interval}: must be at least 0.1 seconds");
             }
             admin::block_on(stats(&mds, Duration::from_secs_f64(interval), count))?;
+            Ok(0)
+        }
+        Cmd::Certs {
+            cmd: CertsCmd::Init { dir },
+        } => {
+            certs::init(&dir)?;
+            println!("CA created in {}", dir.display());
+            Ok(0)
+        }
+        Cmd::Certs {
+            cmd:
+                CertsCmd::Issue {
+                    dir,
+                    role,
+                    name,
+                    days,
+                },
+        } => {
+            let role = Role::parse(&role).context("bad --role")?;
+            certs::issue(&dir, role, &name, days)?;
+            println!(
+                "{}: {role} certificate for {name}",
+                dir.join(&name).display()
+            );
             Ok(0)
         }
         Cmd::Status { mds, json } => {
@@ -227,6 +286,7 @@ fn run(cli: Cli) -> Result<i32> {
             replicas,
             options,
             no_metrics,
+            no_tls,
             mountpoint,
         } => up(
             dir,
@@ -235,6 +295,7 @@ fn run(cli: Cli) -> Result<i32> {
             replicas,
             options,
             !no_metrics,
+            !no_tls,
             mountpoint,
         ),
     }
@@ -247,6 +308,7 @@ fn up(
     replicas: Option<u32>,
     options: Option<String>,
     metrics: bool,
+    tls: bool,
     mountpoint: PathBuf,
 ) -> Result<i32> {
     if chunkds == 0 {
@@ -264,6 +326,14 @@ fn up(
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
     spec.http = metrics;
+    let mut admin_dir = None;
+    if tls {
+        let ca = dir.join("certs");
+        let admin = certs::ensure(&ca, &ca.join("admin"), Role::Admin, "admin")?;
+        weft_proto::net::configure_dir(Some(&admin)).map_err(anyhow::Error::msg)?;
+        spec.tls_ca = Some(ca);
+        admin_dir = Some(admin);
+    }
     let mut cluster = LocalCluster::start(spec)?;
     let opts: Vec<&str> = options
         .as_deref()
@@ -296,8 +366,22 @@ fn up(
     if let Some(http) = &cluster.mds.http {
         println!("  status page  http://{http}/  (metrics: /metrics on every process's run/*.http address)");
     }
+    let tls_arg = match &admin_dir {
+        Some(a) => {
+            println!(
+                "mutual TLS on: CA and certificates in {}/certs (`weft certs issue {}/certs ...` for more)",
+                dir.display(),
+                dir.display()
+            );
+            format!(" --tls-dir {}", a.display())
+        }
+        None => {
+            println!("TLS off (--no-tls): plaintext on loopback");
+            String::new()
+        }
+    };
     println!(
-        "logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop",
+        "logs in {}/logs; `weft status --mds {}{tls_arg}` for health; Ctrl-C to unmount and stop",
         dir.display(),
         cluster.mds.addr
     );

@@ -18,7 +18,6 @@ use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_space_client::ChunkSpaceClient;
 use weft_proto::*;
 
-use crate::mds_client::endpoint;
 use weft_proto::contract::{Call, Next};
 
 /// A piece of a file range that falls within one chunk.
@@ -65,7 +64,7 @@ pub fn clip_read(offset: u64, size: u64, file_size: u64) -> u64 {
 
 pub struct ChunkIo {
     /// One lazily connected channel per daemon, shared by its services.
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: weft_proto::net::Pool,
     op_timeout: Duration,
     /// Replicas whose last read failed (with a "try another" status), and
     /// when: tried last for a while, so spreading reads does not keep paying
@@ -87,22 +86,16 @@ pub struct ReadFailure {
 impl ChunkIo {
     pub fn new(op_timeout: Duration) -> ChunkIo {
         ChunkIo {
-            channels: Mutex::new(HashMap::new()),
+            channels: weft_proto::net::Pool::new(None),
             op_timeout,
             failed_at: Mutex::new(HashMap::new()),
         }
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, Status> {
-        let mut map = self.channels.lock();
-        if let Some(c) = map.get(addr) {
-            return Ok(c.clone());
-        }
-        let ch = endpoint(addr)
-            .map_err(Status::invalid_argument)?
-            .connect_lazy();
-        map.insert(addr.to_string(), ch.clone());
-        Ok(ch)
+        self.channels
+            .channel(addr)
+            .map_err(Status::invalid_argument)
     }
 
     fn client(&self, addr: &str) -> Result<ChunkClient<Channel>, Status> {

@@ -154,6 +154,10 @@ fn prepare(mut cli: Cli) -> Result<(Cli, Option<File>), String> {
         Err(e) => return Err(format!("mount point {}: {e}", mp.display())),
     }
     cli.mountpoint = absolute(mp)?;
+    if let Some(d) = &cli.opts.tls_dir {
+        cli.opts.tls_dir = Some(absolute(d)?);
+    }
+    weft_proto::net::configure_dir(cli.opts.tls_dir.as_deref())?;
     let log = match &cli.opts.log {
         Some(p) => {
             let p = absolute(p)?;

@@ -70,26 +70,11 @@ impl From<CallError> for Errno {
     }
 }
 
-/// A channel with the settings every weft client connection uses: lazy connect
-/// (so a down server is a per-call error, not a startup one), HTTP/2 keepalive
-/// (so a hung peer is noticed and the call retried), large messages.
+/// A lazily connecting endpoint for `addr` with weft's connection settings
+/// (keepalive, so a hung peer is noticed and the call retried; big windows)
+/// and TLS when configured: see `weft_proto::net`.
 pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    let uri = if addr.starts_with("http://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Endpoint::from_shared(uri)
-        .map_err(|e| format!("bad address '{addr}': {e}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true)
-        // Big receive windows: with HTTP/2's default 64 KiB a 128 KiB chunk
-        // read stalls on window updates (and the peer's Nagle) every time.
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(64 << 20)))
+    weft_proto::net::endpoint(addr)
 }
 
 /// A lazily connecting Meta client for one MDS node.

@@ -88,6 +88,8 @@ pub struct MountOpts {
     pub http: Option<std::net::SocketAddr>,
     /// Write the bound HTTP address to this file (`http_addr_file=PATH`).
     pub http_addr_file: Option<PathBuf>,
+    /// Certificate directory for mutual TLS (`weft certs issue`).
+    pub tls_dir: Option<PathBuf>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
@@ -130,6 +132,7 @@ impl Default for MountOpts {
             log_level: None,
             http: None,
             http_addr_file: None,
+            tls_dir: None,
             dev: false,
             suid: false,
         }
@@ -228,6 +231,8 @@ options honoured:
   http_addr_file=PATH  write the address http= bound to PATH (for port 0)
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
+  tls_dir=DIR          mutual TLS with the certificate in DIR (ca.pem,
+                       cert.pem, key.pem from `weft certs issue --role client`)
 
 options ignored (generic mount options): norelatime nostrictatime
   lazytime diratime nodiratime exec noexec defaults
@@ -527,6 +532,7 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             })?)
         }
         "http_addr_file" => opts.http_addr_file = Some(PathBuf::from(need(value)?)),
+        "tls_dir" => opts.tls_dir = Some(PathBuf::from(need(value)?)),
         // fstab annotations for other tools (systemd, mount(8) comments).
         k if k == "comment" || k.starts_with("x-") => {}
         k if value.is_none() && IGNORED.contains(&k) => {}

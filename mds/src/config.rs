@@ -93,6 +93,14 @@ pub struct Config {
     /// Write the HTTP address actually listened on to this file (for --http 127.0.0.1:0).
     #[arg(long)]
     pub http_addr_file: Option<PathBuf>,
+    /// Certificate directory (ca.pem, cert.pem, key.pem from `weft certs
+    /// issue`): mutual TLS on every link. Without it the daemon is plaintext
+    /// and listens only on loopback unless --insecure.
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+    /// Allow plaintext on a non-loopback address (anyone reaching it can do anything).
+    #[arg(long)]
+    pub insecure: bool,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -364,30 +364,46 @@ impl Mds {
     }
 }
 
-/// A ChunkAdmin client for the daemon at `addr`, with `timeout` per call.
-pub async fn chunk_admin(
+/// Connections to chunk daemons' ChunkAdmin service, one per daemon, reused.
+static ADMIN_POOL: std::sync::OnceLock<weft_proto::net::Pool> = std::sync::OnceLock::new();
+
+/// A ChunkAdmin client for the daemon at `addr`, on its pooled connection.
+pub fn chunk_admin(
     addr: &str,
-    timeout: Duration,
 ) -> Result<pb::chunk_admin_client::ChunkAdminClient<tonic::transport::Channel>, tonic::Status> {
-    let uri = format!("http://{addr}");
-    let ch = tonic::transport::Endpoint::from_shared(uri)
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("connect {addr}: {e}")))?;
+    let ch = ADMIN_POOL
+        .get_or_init(|| weft_proto::net::Pool::new(None))
+        .channel(addr)
+        .map_err(tonic::Status::invalid_argument)?;
     Ok(pb::chunk_admin_client::ChunkAdminClient::new(ch))
 }
 
+/// `call` bounded by `timeout`; running out is UNAVAILABLE naming `addr`.
+pub async fn within<T>(
+    addr: &str,
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::unavailable(format!(
+                "{addr}: no answer within {timeout:?}"
+            )))
+        })
+}
+
 async fn set_version(addr: &str, chunk: u64, version: u64, term: u64) -> Result<(), tonic::Status> {
-    let mut c = chunk_admin(addr, SET_VERSION_TIMEOUT).await?;
-    c.set_version(pb::SetVersionReq {
-        chunk_id: chunk,
-        version,
-        term,
-    })
+    let mut c = chunk_admin(addr)?;
+    within(
+        addr,
+        SET_VERSION_TIMEOUT,
+        c.set_version(pb::SetVersionReq {
+            chunk_id: chunk,
+            version,
+            term,
+        }),
+    )
     .await
     .map(drop)
 }

@@ -21,7 +21,7 @@
 //! the source with crc-checked reads and installs it whole. A copy that
 //! finishes after the chunk's version moved on is simply a stale replica.
 
-use crate::leases::chunk_admin;
+use crate::leases::{chunk_admin, within};
 use crate::service::Mds;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -375,17 +375,20 @@ async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: 
     let t = Instant::now();
     // Generous: a chunk at 1 MiB/s plus setup.
     let timeout = Duration::from_secs(30 + c.size / (1 << 20));
-    let r = match chunk_admin(target_addr, timeout).await {
-        Ok(mut client) => client
-            .replicate(pb::ReplicateReq {
+    let r = match chunk_admin(target_addr) {
+        Ok(mut client) => within(
+            target_addr,
+            timeout,
+            client.replicate(pb::ReplicateReq {
                 chunk_id: c.chunk,
                 version: c.version,
                 source: source_addr.to_string(),
                 length: c.size,
                 term: mds.term.get(),
-            })
-            .await
-            .map(drop),
+            }),
+        )
+        .await
+        .map(drop),
         Err(e) => Err(e),
     };
     match r {

@@ -145,6 +145,8 @@ pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    weft_proto::net::configure_dir(cfg.tls_dir.as_deref()).map_err(anyhow::Error::msg)?;
+    weft_proto::net::check_listen(cfg.listen, cfg.insecure).map_err(anyhow::Error::msg)?;
     let _lock = lock_data_dir(&cfg.data)?;
     // The MDS always keeps its metrics (`weft stats` reads them through
     // Status); --http only serves them. A request costs a clock read more.
@@ -252,8 +254,8 @@ pub async fn run(
     tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
 
     let max = weft_proto::MAX_MESSAGE;
-    tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    weft_proto::net::server()
+        .map_err(anyhow::Error::msg)?
         .add_service(
             weft_proto::pb::meta_server::MetaServer::new(mds.clone())
                 .max_decoding_message_size(max)
@@ -268,11 +270,7 @@ pub async fn run(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        // tcp_nodelay() on the builder does not apply to an incoming stream: set it here, or small replies wait for delayed ACKs.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(weft_proto::net::incoming(listener), shutdown)
         .await?;
     // A clean stop leaves a snapshot, so the next start replays (almost) nothing.
     let st = state.read().await;

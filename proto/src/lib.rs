@@ -11,7 +11,11 @@ pub mod pb {
 
 pub use pb::*;
 
+pub mod accept;
 pub mod contract;
+pub mod gate;
+pub mod identity;
+pub mod net;
 
 /// Largest gRPC message any weft service sends or accepts: a 4 MiB data block
 /// plus headroom for the envelope.

@@ -2,7 +2,8 @@
 //! directory, stopped by PID when the test ends (see `weft_cli::cluster`).
 //!
 //! Tests need the binaries built first (`cargo build --workspace`; the README's
-//! test command does it) and, for mounts, /dev/fuse and root.
+//! test command does it) and, for mounts, /dev/fuse and root. With
+//! `WEFT_TEST_TLS=1` every test cluster runs with mutual TLS (see `test_ca`).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,16 @@ pub fn bin(name: &str) -> PathBuf {
     bin_dir().join(name)
 }
 
+/// `weft` (the admin tool), with this process's admin certificate when the
+/// test clusters run with TLS.
+pub fn weft_cmd() -> std::process::Command {
+    let mut c = std::process::Command::new(bin("weft"));
+    if let Some(t) = weft_proto::net::tls() {
+        c.arg("--tls-dir").arg(&t.dir);
+    }
+    c
+}
+
 /// Fails (never skips) when FUSE is unavailable: a passing mount test must mean a real mount.
 pub fn require_fuse() {
     assert!(
@@ -47,6 +58,27 @@ pub fn require_fuse() {
         nix::unistd::geteuid().is_root(),
         "the mount tests must run as root (they mount with mount(2))"
     );
+}
+
+/// The test cluster CA (made on first use in target/<profile>/test-ca), with the process configured to make its own
+/// calls (status, fsck) with an admin certificate from it. Every TLS test
+/// cluster of the process issues its daemons' certificates from this CA.
+pub fn test_ca() -> PathBuf {
+    static CA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CA.get_or_init(|| {
+        // Beside the binaries, reused by later runs (no temp dir left behind per process).
+        let dir = bin_dir().join("test-ca");
+        let admin = weft_cli::certs::ensure(
+            &dir,
+            &dir.join("test-admin"),
+            weft_proto::identity::Role::Admin,
+            "test-admin",
+        )
+        .expect("test CA");
+        weft_proto::net::configure_dir(Some(&admin)).expect("admin identity");
+        dir
+    })
+    .clone()
 }
 
 /// A cluster in a temp dir, removed (after every process is stopped) on drop.
@@ -70,6 +102,9 @@ impl TestCluster {
         spec.heartbeat_ms = Some(200);
         spec.dead_after_ms = Some(1500);
         spec.log_level = "info".into();
+        if std::env::var_os("WEFT_TEST_TLS").is_some_and(|v| v == "1") {
+            spec.tls_ca = Some(test_ca());
+        }
         tweak(&mut spec);
         let cluster = LocalCluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
         TestCluster { cluster, tmp }

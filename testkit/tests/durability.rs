@@ -74,6 +74,24 @@ fn weft_up_twice_on_one_dir_keeps_files() {
             is_mounted(&canon) || matches!(up.try_wait(), Ok(Some(_)))
         });
         assert!(is_mounted(&canon), "weft up did not mount");
+        // Secure by default: TLS with the CA under --dir; plaintext refused.
+        let mds = fs::read_to_string(dir.join("run/mds.addr")).unwrap();
+        let plain = Command::new(bin("weft"))
+            .args(["status", "--mds", mds.trim()])
+            .output()
+            .unwrap();
+        assert!(!plain.status.success(), "plaintext status must fail");
+        let admin = Command::new(bin("weft"))
+            .arg("--tls-dir")
+            .arg(dir.join("certs/admin"))
+            .args(["status", "--mds", mds.trim()])
+            .output()
+            .unwrap();
+        assert!(
+            admin.status.success(),
+            "{}",
+            String::from_utf8_lossy(&admin.stderr)
+        );
         if round == 0 {
             fs::write(mnt.join("kept"), &data).unwrap();
         } else {

@@ -6,18 +6,14 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 use weft_proto::pb;
-use weft_testkit::{bin, flip_byte, pattern, read_all, sha256_hex, wait_until, TestCluster};
+use weft_testkit::{flip_byte, pattern, read_all, sha256_hex, wait_until, weft_cmd, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
 fn fsck_exit(addr: &str) -> (i32, String) {
-    let out = Command::new(bin("weft"))
-        .args(["fsck", "--mds", addr])
-        .output()
-        .unwrap();
+    let out = weft_cmd().args(["fsck", "--mds", addr]).output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -66,7 +62,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 async fn chunk_client(addr: &str) -> pb::chunk_client::ChunkClient<tonic::transport::Channel> {
-    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ch = weft_proto::net::endpoint(addr)
         .unwrap()
         .connect()
         .await
@@ -440,7 +436,7 @@ fn drain_moves_every_replica_off_a_daemon() {
         .wait_replicated(Duration::from_secs(30))
         .expect("replicated");
     let victim = tc.cluster.chunkds[0].addr.clone();
-    let out = Command::new(bin("weft"))
+    let out = weft_cmd()
         .args(["drain", "--mds", &tc.mds_addr(), &victim, "--wait"])
         .output()
         .unwrap();
@@ -485,7 +481,7 @@ fn rebalance_evens_out_a_new_empty_daemon() {
     tc.cluster.start_chunkd(2).unwrap();
     tc.cluster.wait_alive(3, Duration::from_secs(20)).unwrap();
     std::thread::sleep(Duration::from_millis(1600)); // leases end
-    let out = Command::new(bin("weft"))
+    let out = weft_cmd()
         .args(["rebalance", "--mds", &tc.mds_addr(), "--wait"])
         .output()
         .unwrap();
@@ -544,7 +540,7 @@ fn a_drained_replica_copy_stays_sparse() {
     let fresh = (0..3).find(|i| !holders.contains(i)).unwrap();
     let victim = tc.cluster.chunkds[holders[0]].addr.clone();
     std::thread::sleep(Duration::from_millis(1600)); // the write lease ends
-    let out = Command::new(bin("weft"))
+    let out = weft_cmd()
         .args(["drain", "--mds", &tc.mds_addr(), &victim, "--wait"])
         .output()
         .unwrap();

@@ -1,0 +1,193 @@
+//! The access gate in front of every weft gRPC server: with TLS on, each call
+//! is let through only if the peer certificate's role may call that method
+//! (the table in [`allowed`]); the verified [`Peer`] is put into the request's
+//! extensions for the service to use. A refusal is logged with who, from where,
+//! what and why, counted, and answered PERMISSION_DENIED before any handler runs,
+//! so it changes nothing.
+//!
+//! With TLS off there is no identity to check and the gate lets all through;
+//! such a daemon listens on loopback only unless told `--insecure`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+
+use crate::accept::ConnInfo;
+
+use crate::identity::{Peer, Role};
+
+static REFUSED: AtomicU64 = AtomicU64::new(0);
+
+/// Calls refused by this process's gate (and capability checks) since it started.
+pub fn refused_count() -> u64 {
+    REFUSED.load(Relaxed)
+}
+
+/// Logs and counts one refusal; used by the gate and by services that refuse
+/// a call on their own grounds (a bad capability, an export rule).
+pub fn refuse(peer: Option<&Peer>, what: &str, why: &str) -> tonic::Status {
+    let n = REFUSED.fetch_add(1, Relaxed) + 1;
+    let who = peer.map_or_else(|| "unauthenticated".to_string(), |p| p.to_string());
+    tracing::warn!(peer = %who, call = what, reason = why, refused_total = n, "refused");
+    tonic::Status::permission_denied(format!("{what} refused for {who}: {why}"))
+}
+
+/// Logs and counts a connection refused before any call (a failed handshake).
+pub fn refuse_connection(remote: std::net::SocketAddr, why: &str) {
+    let n = REFUSED.fetch_add(1, Relaxed) + 1;
+    tracing::warn!(peer = %remote, reason = why, refused_total = n, "connection refused");
+}
+
+/// The roles that may call gRPC method `path` ("/weft.Service/Method").
+/// Anything not listed is refused.
+pub fn allowed(path: &str) -> &'static [Role] {
+    use Role::*;
+    const USERS: &[Role] = &[Client, Gateway, Admin];
+    const DATA: &[Role] = &[Client, Gateway, Admin, Chunkd];
+    let Some((service, method)) = path.trim_start_matches('/').split_once('/') else {
+        return &[];
+    };
+    match (service, method) {
+        ("weft.Meta", _) | ("weft.Coherence", _) => USERS,
+        ("weft.Master", "Register" | "Heartbeat" | "ReportCorrupt") => &[Chunkd],
+        ("weft.Master", "Status" | "Fsck") => &[Admin],
+        ("weft.Admin", _) => &[Admin],
+        // Clients and the pipeline's upstream daemon; chunk capabilities then
+        // say which chunks a client may touch.
+        ("weft.Chunk", _) | ("weft.ChunkSpace", _) => DATA,
+        ("weft.ChunkAdmin", _) => &[Mds],
+        // MDS-to-MDS replication.
+        (s, _) if s.starts_with("weft.Raft") => &[Mds],
+        _ => &[],
+    }
+}
+
+/// The decision for one call, given who the connection's certificate names
+/// (or why it names no one): the peer, or why the call is refused.
+pub fn check(
+    path: &str,
+    peer: Option<&Result<Peer, String>>,
+) -> Result<Peer, (Option<Peer>, String)> {
+    let peer = match peer {
+        None => return Err((None, "no client certificate".to_string())),
+        Some(Err(e)) => return Err((None, e.clone())),
+        Some(Ok(p)) => p,
+    };
+    if allowed(path).contains(&peer.role) {
+        Ok(peer.clone())
+    } else {
+        let why = format!("role {} may not call this", peer.role);
+        Err((Some(peer.clone()), why))
+    }
+}
+
+/// Layer adding the gate to a tonic `Server`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GateLayer {
+    pub tls: bool,
+}
+
+impl<S> tower::Layer<S> for GateLayer {
+    type Service = Gate<S>;
+    fn layer(&self, inner: S) -> Gate<S> {
+        Gate {
+            inner,
+            tls: self.tls,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Gate<S> {
+    inner: S,
+    tls: bool,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Gate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<S::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        if !self.tls {
+            return Box::pin(self.inner.call(req));
+        }
+        let info = req.extensions().get::<ConnInfo>();
+        let peer = info.and_then(|i| i.peer.clone());
+        let remote = info.and_then(|i| i.remote);
+        let path = req.uri().path().to_string();
+        match check(&path, peer.as_deref()) {
+            Ok(peer) => {
+                req.extensions_mut().insert(peer);
+                Box::pin(self.inner.call(req))
+            }
+            Err((peer, why)) => {
+                let why = match remote {
+                    Some(a) => format!("{why} (from {a})"),
+                    None => why,
+                };
+                let status = refuse(peer.as_ref(), &path, &why);
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+/// The verified peer of a call, if TLS is on.
+pub fn peer_of<T>(req: &tonic::Request<T>) -> Option<&Peer> {
+    req.extensions().get::<Peer>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Role::*;
+
+    #[test]
+    fn policy() {
+        let may = |p: &str, r: Role| allowed(p).contains(&r);
+        assert!(may("/weft.Meta/Call", Client));
+        assert!(!may("/weft.Meta/Call", Chunkd));
+        assert!(may("/weft.Master/Register", Chunkd));
+        assert!(!may("/weft.Master/Register", Client));
+        assert!(!may("/weft.Master/Register", Admin));
+        assert!(!may("/weft.Master/Heartbeat", Mds));
+        assert!(may("/weft.Master/Status", Admin));
+        assert!(!may("/weft.Master/Status", Client));
+        assert!(may("/weft.Admin/Drain", Admin));
+        assert!(!may("/weft.Admin/Drain", Client));
+        assert!(may("/weft.Chunk/Write", Chunkd));
+        assert!(may("/weft.ChunkAdmin/Replicate", Mds));
+        assert!(!may("/weft.ChunkAdmin/Replicate", Client));
+        assert!(!may("/weft.ChunkAdmin/SetVersion", Chunkd));
+        assert!(!may("/weft.Unknown/X", Admin));
+        assert!(!may("garbage", Admin));
+    }
+
+    #[test]
+    fn no_or_unreadable_certificate_is_refused() {
+        assert!(check("/weft.Meta/Call", None).is_err());
+        let bad = crate::identity::peer_from_der(b"not a cert");
+        assert!(check("/weft.Meta/Call", Some(&bad)).is_err());
+        let client = Ok(Peer {
+            role: Client,
+            name: "c".into(),
+        });
+        assert!(check("/weft.Meta/Call", Some(&client)).is_ok());
+        let (who, why) = check("/weft.Master/Register", Some(&client)).unwrap_err();
+        assert_eq!(who.unwrap().name, "c");
+        assert!(why.contains("client"), "{why}");
+    }
+}
