@@ -294,11 +294,19 @@ fn run(cli: Cli) -> Result<i32> {
             chunk_size,
             replicas,
             options,
-            !no_metrics,
-            !no_tls,
+            Serving {
+                metrics: !no_metrics,
+                tls: !no_tls,
+            },
             mountpoint,
         ),
     }
+}
+
+/// How `weft up`'s processes serve: metrics and the status page, mutual TLS.
+struct Serving {
+    metrics: bool,
+    tls: bool,
 }
 
 fn up(
@@ -307,8 +315,7 @@ fn up(
     chunk_size: Option<u64>,
     replicas: Option<u32>,
     options: Option<String>,
-    metrics: bool,
-    tls: bool,
+    Serving { metrics, tls }: Serving,
     mountpoint: PathBuf,
 ) -> Result<i32> {
     if chunkds == 0 {
