@@ -161,6 +161,7 @@ async fn fake_chunkd(addr: String) {
                     free: None,
                     added: vec![],
                     removed: vec![],
+                    ..Default::default()
                 })
                 .await;
             if let Ok(r) = r {

@@ -12,8 +12,12 @@ use clap::Parser;
 
 /// weft chunk daemon: stores checksummed chunk replicas and serves the Chunk service.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "weft-chunkd", version)]
+#[command(name = "weft-chunkd", version, args_override_self = true)]
 pub struct Config {
+    /// Read settings from this TOML file (keys are the long flags, e.g.
+    /// `scrub-interval = 3600`); flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     pub listen: SocketAddr,
@@ -47,6 +51,12 @@ pub struct Config {
     /// Once listening, write the bound address here (atomically).
     #[arg(long, value_name = "PATH")]
     pub addr_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at /metrics over HTTP on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Write the HTTP address actually listened on to this file.
+    #[arg(long, value_name = "PATH")]
+    pub http_addr_file: Option<PathBuf>,
 
     /// Heartbeat period in ms, overriding the one the MDS sends.
     #[arg(long, value_name = "MS")]
@@ -96,6 +106,9 @@ impl Config {
             scrub_interval: 86400,
             scrub_rate: 50,
             addr_file: None,
+            config: None,
+            http: None,
+            http_addr_file: None,
             heartbeat_ms: None,
             advertise: None,
             log_level: "info".into(),

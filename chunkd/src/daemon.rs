@@ -210,6 +210,14 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
         )));
     }
 
+    if let Some(http) = cfg.http {
+        let registry = std::sync::Arc::new(crate::metrics::registry(store.clone()));
+        let bound = weft_metrics::serve(http, registry, None, Default::default()).await?;
+        if let Some(path) = &cfg.http_addr_file {
+            write_atomic(path, bound.to_string().as_bytes())
+                .with_context(|| format!("cannot write --http-addr-file {}", path.display()))?;
+        }
+    }
     if let Some(path) = &cfg.addr_file {
         write_atomic(path, addr.to_string().as_bytes())
             .with_context(|| format!("cannot write --addr-file {}", path.display()))?;

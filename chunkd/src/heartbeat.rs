@@ -8,7 +8,7 @@
 //! * replica changes (the store's dirty set) are only forgotten once the MDS
 //!   acknowledged the beat or registration carrying them; a failed call puts
 //!   them back to be resent;
-//! * a beat goes out within ~100 ms of a new replica (or a version change), so
+//! * a beat goes out within ~50 ms (`EARLY_BEAT_DELAY`) of a new replica (or a version change), so
 //!   the MDS learns of fresh replicas quickly;
 //! * until a registration succeeded the chunk size is unknown and the store
 //!   accepts writes up to its provisional 1 GiB bound (`store::PROVISIONAL_CHUNK_SIZE`);
@@ -137,6 +137,8 @@ pub async fn run(store: Arc<Store>, masters: Masters, me: Identity) {
                 capacity: store.capacity(),
                 used: store.used(),
                 free: Some(store.free_for_data()),
+                read_bytes: crate::metrics::M.read_bytes.get(),
+                written_bytes: crate::metrics::M.written_bytes.get(),
                 added: delta.added.iter().map(report).collect(),
                 removed: delta.removed.clone(),
             };

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod heartbeat;
+pub mod metrics;
 pub mod ordering;
 pub mod pipeline;
 pub mod scrub;

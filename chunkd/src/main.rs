@@ -6,13 +6,20 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 use weft_chunkd::Config;
 
 fn main() -> ExitCode {
-    let cfg = Config::parse();
+    let argv = match weft_config::expand(&Config::command(), std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("weft-chunkd: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cfg = Config::parse_from(argv);
     let filter = match EnvFilter::try_new(&cfg.log_level) {
         Ok(f) => f,
         Err(e) => {

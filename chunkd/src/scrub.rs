@@ -9,6 +9,7 @@
 //! from the index, reported removed in the next beat) and reported to the MDS
 //! with ReportCorrupt.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,7 +62,12 @@ pub async fn pass(
 ) -> ScrubStats {
     let started = Instant::now();
     let mut stats = ScrubStats::default();
-    for id in store.ids() {
+    let ids = store.ids();
+    let m = &crate::metrics::M;
+    m.scrub_pass_total.store(ids.len() as u64, Relaxed);
+    m.scrub_pass_done.store(0, Relaxed);
+    for id in ids {
+        m.scrub_pass_done.fetch_add(1, Relaxed);
         let mut next = 0;
         loop {
             let s = store.clone();
@@ -72,16 +78,19 @@ pub async fn pass(
                 Ok(Ok(ScrubStep::Next { next: n, bytes })) => {
                     next = n;
                     stats.bytes += bytes;
+                    weft_metrics::add(&m.scrub_bytes, bytes);
                     pace(started, stats.bytes, bytes_per_sec).await;
                 }
                 Ok(Ok(ScrubStep::Done)) => {
                     stats.chunks += 1;
+                    weft_metrics::add(&m.scrub_chunks, 1);
                     break;
                 }
                 Ok(Ok(ScrubStep::Gone)) => break,
                 Ok(Err(e)) if e.is_corruption() => {
                     tracing::error!(error = %e, "scrub found a corrupt replica");
                     stats.corrupt += 1;
+                    weft_metrics::add(&m.scrub_corrupt, 1);
                     reporter.report(id);
                     break;
                 }
@@ -96,6 +105,7 @@ pub async fn pass(
             }
         }
     }
+    weft_metrics::add(&m.scrub_passes, 1);
     stats
 }
 

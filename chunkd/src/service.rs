@@ -156,7 +156,9 @@ impl ChunkService {
                     }
                     _ => tracing::debug!(op, error = %e, "chunk request refused"),
                 }
-                Err(status_of(&e))
+                let status = status_of(&e);
+                crate::metrics::error(&status);
+                Err(status)
             }
             Err(join) => Err(Status::internal(format!("{op}: store task failed: {join}"))),
         }
@@ -177,6 +179,9 @@ fn check_chain(chain: &[String]) -> Result<(), Status> {
 #[tonic::async_trait]
 impl Chunk for ChunkService {
     async fn write(&self, request: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Write.index());
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
         // A lease from an MDS older than one heard from (a deposed leader, a
@@ -211,6 +216,7 @@ impl Chunk for ChunkService {
         let this = self.clone();
         let run = tokio::spawn(async move {
             let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
+            crate::metrics::M.written_bytes.inc_by(data.len() as u64);
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
                 let allocated = if punch {
                     s.punch(id, version, epoch, offset, &data)?
@@ -241,6 +247,9 @@ impl Chunk for ChunkService {
     }
 
     async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Read.index());
         let req = request.into_inner();
         let len = req.length as usize;
         if len > MAX_IO {
@@ -252,12 +261,17 @@ impl Chunk for ChunkService {
         let data = self
             .local("read", move |s| s.read(id, version, offset, len))
             .await?;
+        // Counted even without --http: heartbeats carry it to `weft stats`.
+        crate::metrics::M.read_bytes.inc_by(data.len() as u64);
         Ok(Response::new(ReadReply {
             data: Bytes::from(data),
         }))
     }
 
     async fn sync(&self, request: Request<SyncReq>) -> Result<Response<Empty>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Sync.index());
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let ids = req.chunk_ids.clone();
@@ -267,6 +281,9 @@ impl Chunk for ChunkService {
     }
 
     async fn truncate(&self, request: Request<TruncateReq>) -> Result<Response<Empty>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Truncate.index());
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, length) = (req.chunk_id, req.version, req.lease_epoch, req.length);
@@ -292,6 +309,9 @@ impl ChunkSpace for ChunkService {
         &self,
         request: Request<DataExtentsReq>,
     ) -> Result<Response<DataExtentsReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::DataExtents.index());
         let req = request.into_inner();
         let (id, version, offset, len) = (req.chunk_id, req.version, req.offset, req.length);
         let runs = self
@@ -313,6 +333,9 @@ impl ChunkSpace for ChunkService {
         &self,
         request: Request<AllocateReq>,
     ) -> Result<Response<AllocateReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Allocate.index());
         let req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, offset, len) = (

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tonic::Code;
 use weft_chunkd::store::format::header_len;
+use weft_testkit::flip_byte as flip;
 
 const MIB: u64 = 1 << 20;
 

@@ -8,6 +8,7 @@ use tonic::Code;
 use weft_chunkd::pipeline::failed_addr;
 use weft_chunkd::store::format::{header_len, Header};
 use weft_proto::{SyncReq, TruncateReq, MAX_IO};
+use weft_testkit::flip_byte as flip;
 
 const BS: usize = 65536;
 
@@ -264,10 +265,7 @@ async fn error_codes() {
     );
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    format!("{:x}", sha2::Sha256::digest(bytes))
-}
+use weft_testkit::sha256_hex as sha256;
 
 /// Many overlapping writes (and some truncates) to one chunk from concurrent
 /// clients at once: every replica must end with the same bytes, because the

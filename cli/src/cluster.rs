@@ -45,6 +45,9 @@ pub struct ClusterSpec {
     /// MDS (chunk daemons' --mds, mount sources, status): tests of clients
     /// that move past MDS nodes that do not answer.
     pub extra_mds_addrs: Vec<String>,
+    /// Every process serves metrics over HTTP on a free loopback port
+    /// (`Proc::http`); the MDS also its status page.
+    pub http: bool,
 }
 
 impl ClusterSpec {
@@ -65,6 +68,7 @@ impl ClusterSpec {
             scrub_interval: None,
             mds_args: Vec::new(),
             extra_mds_addrs: Vec::new(),
+            http: false,
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct Proc {
     pub addr: String,
     pub data: PathBuf,
     pub log: PathBuf,
+    /// Its HTTP address (metrics), when the cluster serves them.
+    pub http: Option<String>,
 }
 
 impl Proc {
@@ -198,6 +204,7 @@ impl LocalCluster {
                 addr: String::new(),
                 data: spec.dir.join("mds"),
                 log: spec.dir.join("logs/mds.log"),
+                http: None,
             },
             chunkds: Vec::new(),
             mounts: Vec::new(),
@@ -211,6 +218,7 @@ impl LocalCluster {
                 addr: String::new(),
                 data: c.spec.dir.join(format!("chunkd-{}", i + 1)),
                 log: c.spec.dir.join(format!("logs/chunkd-{}.log", i + 1)),
+                http: None,
             };
             c.chunkds.push(p);
             c.start_chunkd(i)?;
@@ -277,9 +285,13 @@ impl LocalCluster {
             args.extend(["--lease-ms".into(), l.to_string()]);
         }
         args.extend(self.spec.mds_args.iter().cloned());
+        let http_file = self.http_args(&mut args, "mds");
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;
         self.mds.child = Some(child);
         self.mds.addr = wait_addr_file(&mut self.mds, &addr_file)?;
+        if let Some(f) = http_file {
+            self.mds.http = Some(wait_addr_file(&mut self.mds, &f)?);
+        }
         Ok(())
     }
 
@@ -321,11 +333,32 @@ impl LocalCluster {
         if let Some(h) = self.spec.heartbeat_ms {
             args.extend(["--heartbeat-ms".into(), h.to_string()]);
         }
+        let http_file = self.http_args(&mut args, &format!("chunkd-{}", i + 1));
         let log = self.chunkds[i].log.clone();
         let child = self.spawn("weft-chunkd", &args, &log)?;
         self.chunkds[i].child = Some(child);
         self.chunkds[i].addr = wait_addr_file(&mut self.chunkds[i], &addr_file)?;
+        if let Some(f) = http_file {
+            self.chunkds[i].http = Some(wait_addr_file(&mut self.chunkds[i], &f)?);
+        }
         Ok(())
+    }
+
+    /// `--http 127.0.0.1:0 --http-addr-file run/NAME.http` when the cluster
+    /// serves metrics; the file to wait for.
+    fn http_args(&self, args: &mut Vec<String>, name: &str) -> Option<PathBuf> {
+        if !self.spec.http {
+            return None;
+        }
+        let f = self.spec.dir.join(format!("run/{name}.http"));
+        let _ = fs::remove_file(&f);
+        args.extend([
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--http-addr-file".into(),
+            f.display().to_string(),
+        ]);
+        Some(f)
     }
 
     pub fn mds_addr(&self) -> &str {
@@ -383,6 +416,12 @@ impl LocalCluster {
         let mut args = vec![source.to_string(), path.display().to_string(), "-f".into()];
         let mut opts: Vec<String> = options.iter().map(|s| s.to_string()).collect();
         opts.push(format!("log={}", log.display()));
+        let http_file = self.spec.dir.join(format!("run/weftfs-{n}.http"));
+        if self.spec.http {
+            let _ = fs::remove_file(&http_file);
+            opts.push("http=127.0.0.1:0".into());
+            opts.push(format!("http_addr_file={}", http_file.display()));
+        }
         args.extend(["-o".into(), opts.join(",")]);
         let child = self.spawn("weftfs", &args, &log)?;
         let mut proc = Proc {
@@ -391,6 +430,7 @@ impl LocalCluster {
             addr: source.to_string(),
             data: path.to_path_buf(),
             log,
+            http: None,
         };
         let canon = fs::canonicalize(path)?;
         let t = Instant::now();
@@ -406,6 +446,9 @@ impl LocalCluster {
                 bail!("weftfs did not mount {} within 30 s", path.display());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        if self.spec.http {
+            proc.http = Some(wait_addr_file(&mut proc, &http_file)?);
         }
         self.mounts.push(Mount { proc, path: canon });
         Ok(())

@@ -1,4 +1,5 @@
-//! weft: run a one-machine cluster (`up`), and inspect a cluster (`status`, `fsck`).
+//! weft: run a one-machine cluster (`up`), inspect a cluster (`status`, `fsck`),
+//! and move data off or across chunk daemons (`drain`, `rebalance`).
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -38,6 +39,10 @@ enum Cmd {
         /// Extra mount options for weftfs (comma-separated).
         #[arg(short = 'o', long)]
         options: Option<String>,
+        /// Serve no metrics and no status page (no process records any;
+        /// bench/compare's "weft3off" measures what they cost).
+        #[arg(long)]
+        no_metrics: bool,
         mountpoint: PathBuf,
     },
     /// Chunk daemons, files, chunks, and replication health.
@@ -78,6 +83,21 @@ enum Cmd {
         #[arg(long)]
         stop: bool,
     },
+    /// A live view, one line per interval: metadata requests/s (busiest
+    /// kinds) and their mean latency, MiB/s read and written at the chunk
+    /// daemons (writes at every replica), live daemons, under-replicated and
+    /// missing chunks. Ctrl-C stops it.
+    Stats {
+        /// The MDS's address(es), comma-separated: the first that answers.
+        #[arg(long)]
+        mds: String,
+        /// Seconds between lines.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Stop after this many lines (default: run until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Check that every chunk of every file has its full replica count at its
     /// current version; exit 0 only if so.
     Fsck {
@@ -101,6 +121,17 @@ fn main() {
 
 fn run(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Stats {
+            mds,
+            interval,
+            count,
+        } => {
+            if !(interval.is_finite() && interval >= 0.1) {
+                bail!("--interval {interval}: must be at least 0.1 seconds");
+            }
+            admin::block_on(stats(&mds, Duration::from_secs_f64(interval), count))?;
+            Ok(0)
+        }
         Cmd::Status { mds, json } => {
             let s = admin::block_on(admin::status(&mds))?;
             if json {
@@ -195,8 +226,17 @@ fn run(cli: Cli) -> Result<i32> {
             chunk_size,
             replicas,
             options,
+            no_metrics,
             mountpoint,
-        } => up(dir, chunkds, chunk_size, replicas, options, mountpoint),
+        } => up(
+            dir,
+            chunkds,
+            chunk_size,
+            replicas,
+            options,
+            !no_metrics,
+            mountpoint,
+        ),
     }
 }
 
@@ -206,6 +246,7 @@ fn up(
     chunk_size: Option<u64>,
     replicas: Option<u32>,
     options: Option<String>,
+    metrics: bool,
     mountpoint: PathBuf,
 ) -> Result<i32> {
     if chunkds == 0 {
@@ -222,6 +263,7 @@ fn up(
     let mut spec = ClusterSpec::new(&dir, chunkds);
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
+    spec.http = metrics;
     let mut cluster = LocalCluster::start(spec)?;
     let opts: Vec<&str> = options
         .as_deref()
@@ -251,6 +293,9 @@ fn up(
         m.path.display(),
         m.proc.pid().unwrap_or(0)
     );
+    if let Some(http) = &cluster.mds.http {
+        println!("  status page  http://{http}/  (metrics: /metrics on every process's run/*.http address)");
+    }
     println!(
         "logs in {}/logs; `weft status --mds {}` for health; Ctrl-C to unmount and stop",
         dir.display(),
@@ -290,4 +335,50 @@ fn up(
             Ok(1)
         }
     }
+}
+
+/// `weft stats`: Status from the first MDS that answers, every `interval`.
+async fn stats(mds: &str, interval: Duration, count: Option<u64>) -> Result<()> {
+    let addrs: Vec<&str> = mds
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .collect();
+    let poll = || async {
+        let mut last = None;
+        for a in &addrs {
+            match admin::status(a).await {
+                Ok(s) => return Ok((s, std::time::Instant::now())),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("--mds names no address")))
+    };
+    let (mut prev, mut at) = poll().await?;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    let mut lines = 0u64;
+    while count.is_none_or(|c| lines < c) {
+        ticker.tick().await;
+        let (cur, now) = poll().await?;
+        if lines.is_multiple_of(20) {
+            println!("{}", weft_cli::stats::HEADER);
+        }
+        let time = utc_time();
+        let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+        println!("{}", weft_cli::stats::line(&time, &prev, &cur, secs));
+        (prev, at) = (cur, now);
+        lines += 1;
+    }
+    Ok(())
+}
+
+/// HH:MM:SS in UTC.
+fn utc_time() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        % 86400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }

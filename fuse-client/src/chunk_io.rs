@@ -126,6 +126,9 @@ impl ChunkIo {
         offset: u64,
         length: u64,
     ) -> Result<Option<u64>, Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Allocate.index());
         let loc = w
             .chunk
             .as_ref()
@@ -152,6 +155,9 @@ impl ChunkIo {
         offset: u64,
         length: u64,
     ) -> Result<Vec<(u64, u64)>, Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::DataExtents.index());
         let mut last = Status::unavailable(format!("chunk {} has no live replica", loc.chunk_id));
         for r in &loc.replicas {
             let req = DataExtentsReq {
@@ -197,6 +203,9 @@ impl ChunkIo {
         data: bytes::Bytes,
         punch: bool,
     ) -> Result<WriteReply, Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Write.index());
         let loc = w
             .chunk
             .as_ref()
@@ -235,6 +244,9 @@ impl ChunkIo {
         offset: u64,
         length: u32,
     ) -> Result<bytes::Bytes, Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Read.index());
         let mut c = self.client(addr)?;
         let req = ReadReq {
             chunk_id,
@@ -313,6 +325,9 @@ impl ChunkIo {
 
     /// Makes the named chunks durable on every replica of a pipeline.
     pub async fn sync(&self, replicas: &[String], chunk_ids: Vec<u64>) -> Result<(), Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Sync.index());
         let (head, chain) = replicas
             .split_first()
             .ok_or_else(|| Status::unavailable("chunk has no replicas"))?;
@@ -328,6 +343,9 @@ impl ChunkIo {
     /// read as zeros), down its lease's pipeline: the primary orders the cut
     /// among the chunk's writes.
     pub async fn truncate(&self, w: &ChunkWrite, length: u64) -> Result<(), Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Truncate.index());
         let loc = w
             .chunk
             .as_ref()

@@ -22,6 +22,8 @@ pub fn meta_errno(code: i32) -> Errno {
 
 /// The fuser form of an errno.
 pub fn to_fuse(e: Errno) -> fuser::Errno {
+    // Every error reply goes through here.
+    crate::metrics::M.errors.inc(e.0);
     fuser::Errno::from_i32(e.0)
 }
 

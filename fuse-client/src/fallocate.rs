@@ -14,7 +14,7 @@
 //! every later read sees zeros whichever
 //! replica serves it, and the write path's guarantees (serial order, fsync
 //! durability) hold; the kernel clears setuid/setgid before a non-owner's
-//! fallocate (ARCHITECTURE, privilege drops). copy_file_range reads and writes through the same
+//! fallocate (docs/posix.md, privilege drops). copy_file_range reads and writes through the same
 //! paths, so it sees this client's unflushed writes and its result is
 //! buffered like any write.
 //!

@@ -22,6 +22,7 @@ use tokio::runtime::Handle as Rt;
 use crate::cache::kernel::Ticket;
 use crate::client::{SetAttrArgs, Weft};
 use crate::errno::to_fuse;
+use crate::metrics::{FuseOp, M};
 
 pub struct WeftFs {
     w: Arc<Weft>,
@@ -41,17 +42,20 @@ impl WeftFs {
         }
     }
 
-    /// Runs `f(weft, caller)` on the runtime.
-    fn spawn<F, Fut>(&self, req: &Request, f: F)
+    /// Runs `f(weft, caller)` on the runtime, timed as a FUSE `op` until it
+    /// has answered.
+    fn spawn<F, Fut>(&self, req: &Request, op: FuseOp, f: F)
     where
         F: FnOnce(Arc<Weft>, weft_proto::Caller) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let w = self.w.clone();
         let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
+        let timed = M.fuse.guard(op.index());
         self.rt.spawn(async move {
             let caller = w.caller(uid, gid, pid);
-            f(w, caller).await
+            f(w, caller).await;
+            drop(timed);
         });
     }
 }
@@ -121,6 +125,8 @@ fn entry(
 /// another mount's create of it is pushed by the MDS and invalidates it
 /// (cache/coherence.rs).
 fn negative(w: &Weft, reply: ReplyEntry) {
+    // The caller sees ENOENT, whether as an error or a cached negative entry.
+    M.errors.inc(libc::ENOENT);
     let ttl = w.kernel.entry_short();
     if ttl.is_zero() {
         reply.error(Errno::ENOENT);
@@ -206,20 +212,25 @@ impl Filesystem for WeftFs {
         let t = self.w.kernel.ticket();
         // Answered here, without a hand-off to the runtime, when weftfs knows it.
         if name.len() <= crate::client::NAME_MAX {
-            match self.w.lookup_cached(parent.0, name.as_bytes()) {
+            let timer = weft_metrics::Timer::start();
+            let found = self.w.lookup_cached(parent.0, name.as_bytes());
+            crate::metrics::cache(crate::metrics::Cache::Meta, found.is_some());
+            match found {
                 Some(Err(weft_proto::Errno::ENOENT)) => {
                     negative(&self.w, reply);
+                    M.fuse.done(FuseOp::Lookup.index(), timer);
                     return;
                 }
                 Some(r) => {
                     entry(&self.w, reply, t, parent, name.as_bytes(), r);
+                    M.fuse.done(FuseOp::Lookup.index(), timer);
                     return;
                 }
                 None => {}
             }
         }
         let name = bytes(name);
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Lookup, move |w, c| async move {
             match w.lookup(&c, parent.0, name.clone()).await {
                 Err(weft_proto::Errno::ENOENT) => negative(&w, reply),
                 r => entry(&w, reply, t, parent, &name, r),
@@ -238,12 +249,16 @@ impl Filesystem for WeftFs {
         // on the next path walk: no hand-off, no round trip.
         let atime_pending = self.w.atime_in_flight(ino.0);
         if !atime_pending {
-            if let Some(a) = self.w.getattr_cached(ino.0) {
+            let timer = weft_metrics::Timer::start();
+            let cached = self.w.getattr_cached(ino.0);
+            crate::metrics::cache(crate::metrics::Cache::Meta, cached.is_some());
+            if let Some(a) = cached {
                 reply.attr(&self.w.kernel.attr_ttl(), &a);
+                M.fuse.done(FuseOp::Getattr.index(), timer);
                 return;
             }
         }
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Getattr, move |w, c| async move {
             // A read's atime update still on its way: stat shows it (the
             // kernel asks again after every read, for the atime).
             w.wait_atime(ino.0).await;
@@ -287,7 +302,7 @@ impl Filesystem for WeftFs {
             mtime,
             has_fh: fh.is_some(),
         };
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Setattr, move |w, c| async move {
             match w.setattr(&c, ino.0, args).await {
                 Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
                 Err(e) => reply.error(to_fuse(e)),
@@ -296,7 +311,7 @@ impl Filesystem for WeftFs {
     }
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Readlink, move |w, c| async move {
             match w.readlink(&c, ino.0).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(to_fuse(e)),
@@ -316,7 +331,7 @@ impl Filesystem for WeftFs {
     ) {
         let name = bytes(name);
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Mknod, move |w, c| async move {
             let r = w.mknod(&c, parent.0, name.clone(), mode, umask, rdev).await;
             entry(&w, reply, t, parent, &name, r)
         });
@@ -333,7 +348,7 @@ impl Filesystem for WeftFs {
     ) {
         let name = bytes(name);
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Mkdir, move |w, c| async move {
             let r = w.mkdir(&c, parent.0, name.clone(), mode, umask).await;
             entry(&w, reply, t, parent, &name, r)
         });
@@ -341,14 +356,14 @@ impl Filesystem for WeftFs {
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Unlink, move |w, c| async move {
             empty(reply, w.unlink(&c, parent.0, name).await)
         });
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Rmdir, move |w, c| async move {
             empty(reply, w.rmdir(&c, parent.0, name).await)
         });
     }
@@ -364,7 +379,7 @@ impl Filesystem for WeftFs {
         let name = bytes(link_name);
         let target = target.as_os_str().as_bytes().to_vec();
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Symlink, move |w, c| async move {
             let r = w.symlink(&c, parent.0, name.clone(), target).await;
             entry(&w, reply, t, parent, &name, r)
         });
@@ -381,7 +396,7 @@ impl Filesystem for WeftFs {
         reply: ReplyEmpty,
     ) {
         let (name, newname) = (bytes(name), bytes(newname));
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Rename, move |w, c| async move {
             let r = w
                 .rename(&c, parent.0, name, newparent.0, newname, flags.bits())
                 .await;
@@ -399,14 +414,14 @@ impl Filesystem for WeftFs {
     ) {
         let newname = bytes(newname);
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Link, move |w, c| async move {
             let r = w.link(&c, ino.0, newparent.0, newname.clone()).await;
             entry(&w, reply, t, newparent, &newname, r)
         });
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Open, move |w, c| async move {
             match w.open(&c, ino.0, flags.0).await {
                 Ok((fh, keep)) => {
                     let flags = if keep {
@@ -433,7 +448,7 @@ impl Filesystem for WeftFs {
     ) {
         let name = bytes(name);
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Create, move |w, c| async move {
             match w
                 .create(&c, parent.0, name.clone(), mode, umask, flags)
                 .await
@@ -471,8 +486,11 @@ impl Filesystem for WeftFs {
         }
         // Served from the data cache right here when it can be.
         {
+            let t = weft_metrics::Timer::start();
             let _rt = self.rt.enter();
             if let Some(d) = self.w.read_now(ino.0, offset, size) {
+                weft_metrics::add(&M.read_bytes, d.len() as u64);
+                M.fuse.done(FuseOp::Read.index(), t);
                 // Before the reply: a stat right after the read must find
                 // the update in flight and wait for it (getattr).
                 let c = self.w.caller(req.uid(), req.gid(), req.pid());
@@ -481,9 +499,10 @@ impl Filesystem for WeftFs {
                 return;
             }
         }
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Read, move |w, c| async move {
             match w.read(&c, ino.0, offset, size).await {
                 Ok(d) => {
+                    weft_metrics::add(&M.read_bytes, d.len() as u64);
                     w.touch_atime(&c, ino.0);
                     reply.data(&d);
                 }
@@ -534,15 +553,20 @@ impl Filesystem for WeftFs {
         // is then answered without waking a tokio worker.
         let c = self.w.caller(req.uid(), req.gid(), req.pid());
         let _rt = self.rt.enter();
+        let t = weft_metrics::Timer::start();
         let (accepted, data) = match self.w.write_now(&c, ino.0, offset, data) {
             Some(Err(e)) => return reply.error(to_fuse(e)),
             Some(Ok(n)) => match inval_after() {
-                None => return reply.written(n),
+                None => {
+                    weft_metrics::add(&M.written_bytes, n as u64);
+                    M.fuse.done(FuseOp::Write.index(), t);
+                    return reply.written(n);
+                }
                 Some(notifier) => (Some((n, notifier)), Vec::new()),
             },
             None => (None, data.to_vec()),
         };
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Write, move |w, c| async move {
             let (r, inval) = match accepted {
                 Some((n, notifier)) => (Ok(n), Some(notifier)),
                 None => match w.write(c, ino.0, offset, data).await {
@@ -555,7 +579,10 @@ impl Filesystem for WeftFs {
                     .await;
             }
             match r {
-                Ok(n) => reply.written(n),
+                Ok(n) => {
+                    weft_metrics::add(&M.written_bytes, n as u64);
+                    reply.written(n)
+                }
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -569,7 +596,7 @@ impl Filesystem for WeftFs {
         lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Flush, move |w, c| async move {
             // POSIX: closing any descriptor drops the process's locks on the file.
             if let Err(e) = w.unlock_on_flush(&c, ino.0, lock_owner.0).await {
                 tracing::warn!(ino = ino.0, error = %e, "releasing locks at close failed");
@@ -591,7 +618,7 @@ impl Filesystem for WeftFs {
         // The kernel names the owner when the file held a flock. Taken here,
         // in request order, so a lock request behind this one waits for it.
         let released = self.w.begin_release(ino.0, fh.0, lock_owner.map(|o| o.0));
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Release, move |w, c| async move {
             if let Some(r) = released {
                 if let Err(e) = w.finish_release(&c, r).await {
                     tracing::warn!(ino = ino.0, error = %e, "releasing locks failed");
@@ -609,7 +636,7 @@ impl Filesystem for WeftFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |w, _c| async move {
+        self.spawn(req, FuseOp::Fsync, move |w, _c| async move {
             empty(reply, w.fsync(ino.0, fh.0).await)
         });
     }
@@ -619,7 +646,7 @@ impl Filesystem for WeftFs {
         // (default_permissions) and again by the MDS on ReadDir. The
         // attributes (usually cached since the lookup) are kept for fstat of
         // the handle after the directory is removed.
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Opendir, move |w, c| async move {
             let opened_as = w.cached_attr(&c, ino.0).await.ok();
             let fh = w.files.open_dir(opened_as);
             reply.opened(FileHandle(fh), FopenFlags::empty());
@@ -634,7 +661,7 @@ impl Filesystem for WeftFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Readdir, move |w, c| async move {
             let r = w
                 .readdir(&c, ino.0, fh.0, offset, false, |e, _| {
                     reply.add(
@@ -666,7 +693,7 @@ impl Filesystem for WeftFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         let t = self.w.kernel.ticket();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Readdirplus, move |w, c| async move {
             // Names sent, to take back if a push raced with this reply.
             let mut sent = Vec::new();
             let r = w
@@ -738,7 +765,7 @@ impl Filesystem for WeftFs {
             libc::SEEK_HOLE => crate::seek::Seek::Hole,
             _ => return reply.error(Errno::EINVAL),
         };
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Lseek, move |w, c| async move {
             match w.seek_data_hole(&c, ino.0, offset, seek).await {
                 Ok(at) => reply.offset(at as i64),
                 Err(e) => reply.error(to_fuse(e)),
@@ -755,13 +782,13 @@ impl Filesystem for WeftFs {
         reply: ReplyEmpty,
     ) {
         // Every change of this mount (the directory's among them) on disk in the MDS log.
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Fsyncdir, move |w, c| async move {
             empty(reply, w.mds.log_durable_all(&c).await)
         });
     }
 
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Statfs, move |w, c| async move {
             match w.statfs(&c).await {
                 Ok(s) => {
                     let bsize = if s.block_size > 0 { s.block_size } else { 4096 };
@@ -800,7 +827,7 @@ impl Filesystem for WeftFs {
             return;
         }
         let (name, value) = (bytes(name), value.to_vec());
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Setxattr, move |w, c| async move {
             empty(
                 reply,
                 w.setxattr(&c, ino.0, name, value, flags as u32).await,
@@ -815,14 +842,14 @@ impl Filesystem for WeftFs {
             return;
         }
         let name = bytes(name);
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Getxattr, move |w, c| async move {
             let r = w.getxattr(&c, ino.0, name).await;
             xattr_reply(reply, size, r)
         });
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Listxattr, move |w, c| async move {
             let r = w.listxattr(&c, ino.0).await;
             xattr_reply(reply, size, r)
         });
@@ -830,14 +857,14 @@ impl Filesystem for WeftFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let name = bytes(name);
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Removexattr, move |w, c| async move {
             empty(reply, w.removexattr(&c, ino.0, name).await)
         });
     }
 
     fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
         let mask = mask.bits();
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Access, move |w, c| async move {
             empty(reply, w.access(&c, ino.0, mask).await)
         });
     }
@@ -867,7 +894,7 @@ impl Filesystem for WeftFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Fallocate, move |w, c| async move {
             empty(reply, w.fallocate(&c, ino.0, offset, length, mode).await)
         });
     }
@@ -885,7 +912,7 @@ impl Filesystem for WeftFs {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::CopyFileRange, move |w, c| async move {
             let r = w
                 .copy_file_range(&c, ino_in.0, offset_in, ino_out.0, offset_out, len)
                 .await;
@@ -908,7 +935,7 @@ impl Filesystem for WeftFs {
         pid: u32,
         reply: ReplyLock,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Getlk, move |w, c| async move {
             match w.getlk(&c, ino.0, lock_owner.0, start, end, typ, pid).await {
                 Ok(l) => reply.locked(l.start, l.end, l.typ, l.pid),
                 Err(e) => reply.error(to_fuse(e)),
@@ -929,7 +956,7 @@ impl Filesystem for WeftFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn(req, move |w, c| async move {
+        self.spawn(req, FuseOp::Setlk, move |w, c| async move {
             let r = w
                 .setlk(&c, ino.0, lock_owner.0, start, end, typ, pid, sleep, fh.0)
                 .await;

@@ -26,6 +26,7 @@ mod fs;
 mod locks;
 mod log_track;
 mod mds_client;
+mod metrics;
 mod mount;
 mod open_files;
 mod options;
@@ -238,6 +239,16 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
         let w = client::Weft::connect(&cli.mds_addr, &cli.opts, PROBE_BUDGET).await?;
         w.start_periodic_flusher();
         w.start_keepalive();
+        if let Some(addr) = cli.opts.http {
+            let registry = Arc::new(metrics::registry(w.clone()));
+            let bound = weft_metrics::serve(addr, registry, None, Default::default())
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            if let Some(path) = &cli.opts.http_addr_file {
+                std::fs::write(path, bound.to_string())
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+        }
         Ok::<_, String>(w)
     })?;
     if stopper.lock().requested {

@@ -202,6 +202,7 @@ impl MdsClient {
         } else {
             0
         };
+        let _timed = crate::metrics::M.mds.guard(weft_proto::op_kind(&op));
         let req = MetaRequest {
             session: self.session,
             seq,

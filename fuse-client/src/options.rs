@@ -84,6 +84,10 @@ pub struct MountOpts {
     pub cache_timeout: Duration,
     pub log: Option<PathBuf>,
     pub log_level: Option<String>,
+    /// Serve Prometheus metrics at /metrics over HTTP here (`http=ADDR`).
+    pub http: Option<std::net::SocketAddr>,
+    /// Write the bound HTTP address to this file (`http_addr_file=PATH`).
+    pub http_addr_file: Option<PathBuf>,
     /// The kernel's readahead window for this mount, KiB (tuning.rs).
     pub readahead_kb: u32,
     /// MiB of weftfs memory for cached file data (cache/data.rs); 0: none.
@@ -124,6 +128,8 @@ impl Default for MountOpts {
             strict: false,
             log: None,
             log_level: None,
+            http: None,
+            http_addr_file: None,
             dev: false,
             suid: false,
         }
@@ -216,6 +222,10 @@ options honoured:
                        them at mount; one mount per DIR; needs data_cache > 0)
   disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
   log=PATH             append logs to PATH
+  --config FILE        read options from a TOML file (data_cache = 256,
+                       strict = true, ...); -o options given here win
+  http=ADDR            serve Prometheus metrics at http://ADDR/metrics
+  http_addr_file=PATH  write the address http= bound to PATH (for port 0)
   log_level=LEVEL      error, warn, info (default), debug, trace, or a
                        tracing filter such as weftfs=debug
 
@@ -235,7 +245,13 @@ where
     let mut positional: Vec<String> = Vec::new();
     let mut foreground = false;
     let mut opts = MountOpts::default();
-    let mut it = args.into_iter().map(Into::into);
+    let args: Vec<String> = args.into_iter().map(Into::into).collect();
+    // A config file's options come first, so -o options given here win.
+    let (args, config) = take_config(args)?;
+    if let Some(file) = config {
+        apply_config_file(&mut opts, &file)?;
+    }
+    let mut it = args.into_iter();
     let mut only_positional = false;
     while let Some(arg) = it.next() {
         if only_positional || !arg.starts_with('-') || arg == "-" {
@@ -325,6 +341,65 @@ fn parse_one_mds_addr(source: &str) -> Result<String, ArgError> {
 }
 
 /// Applies one comma-separated `-o` list.
+/// `args` without `--config FILE` / `--config=FILE`, and the file.
+fn take_config(args: Vec<String>) -> Result<(Vec<String>, Option<PathBuf>), ArgError> {
+    let mut rest = Vec::with_capacity(args.len());
+    let mut file = None;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        if a == "--" {
+            rest.push(a);
+            rest.extend(it.by_ref());
+            break;
+        }
+        if a == "--config" {
+            let f = it
+                .next()
+                .ok_or_else(|| ArgError::Usage("--config needs a file".into()))?;
+            file = Some(PathBuf::from(f));
+        } else if let Some(f) = a.strip_prefix("--config=") {
+            file = Some(PathBuf::from(f));
+        } else {
+            rest.push(a);
+        }
+    }
+    Ok((rest, file))
+}
+
+/// A TOML file of mount options (`data_cache = 256`, `strict = true`).
+fn apply_config_file(opts: &mut MountOpts, file: &std::path::Path) -> Result<(), ArgError> {
+    let name = file.display();
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ArgError::Usage(format!("--config {name}: {e}")))?;
+    apply_config(opts, &text, &name.to_string())
+}
+
+/// Applies a config file's text; errors name the key and the file.
+pub fn apply_config(opts: &mut MountOpts, text: &str, file: &str) -> Result<(), ArgError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        ArgError::Usage(format!("{file}: not valid TOML: {}", e.message()))
+    })?;
+    for (key, value) in &table {
+        let item = match value {
+            toml::Value::Boolean(true) => key.clone(),
+            toml::Value::Boolean(false) => continue,
+            toml::Value::String(s) => format!("{key}={s}"),
+            toml::Value::Integer(i) => format!("{key}={i}"),
+            toml::Value::Float(f) => format!("{key}={f}"),
+            v => {
+                return Err(ArgError::Usage(format!(
+                    "{file}: key '{key}': {v} is not a string, number or boolean"
+                )))
+            }
+        };
+        apply_option(opts, &item).map_err(|e| match e {
+            ArgError::UnknownOption(k) => ArgError::Usage(format!("{file}: unknown key '{k}'")),
+            e => ArgError::Usage(format!("{file}: key '{key}': {e}")),
+        })?;
+    }
+    Ok(())
+}
+
 pub fn apply_option_list(opts: &mut MountOpts, list: &str) -> Result<(), ArgError> {
     for item in list.split(',').filter(|s| !s.is_empty()) {
         apply_option(opts, item)?;
@@ -444,6 +519,14 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         }
         "log" => opts.log = Some(PathBuf::from(need(value)?)),
         "log_level" => opts.log_level = Some(need(value)?),
+        "http" => {
+            let v = need(value)?;
+            opts.http = Some(v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not an address such as 127.0.0.1:9810"),
+            })?)
+        }
+        "http_addr_file" => opts.http_addr_file = Some(PathBuf::from(need(value)?)),
         // fstab annotations for other tools (systemd, mount(8) comments).
         k if k == "comment" || k.starts_with("x-") => {}
         k if value.is_none() && IGNORED.contains(&k) => {}
@@ -636,6 +719,8 @@ mod tests {
             "disk_cache_size=",
             "log=",
             "log_level",
+            "http=",
+            "http_addr_file=",
             "allow_other",
             "fsname",
             "subtype",
@@ -646,6 +731,41 @@ mod tests {
         ] {
             assert!(HELP.contains(opt), "help lacks {opt}");
         }
+    }
+
+    #[test]
+    fn config_file_options_and_the_command_line_wins() {
+        let mut o = MountOpts::default();
+        apply_config(
+            &mut o,
+            "data_cache = 256\nstrict = true\nnoatime = false\nlog_level = \"debug\"\n",
+            "w.toml",
+        )
+        .unwrap();
+        assert_eq!(o.data_cache_mib, 256);
+        assert!(o.strict);
+        assert!(!o.noatime);
+        assert_eq!(o.log_level.as_deref(), Some("debug"));
+        let e = apply_config(&mut o, "data_cach = 1\n", "w.toml").unwrap_err();
+        assert_eq!(e.to_string(), "w.toml: unknown key 'data_cach'");
+        let e = apply_config(&mut o, "readahead = \"lots\"\n", "w.toml").unwrap_err();
+        assert!(
+            e.to_string().starts_with("w.toml: key 'readahead': "),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("w.toml");
+        std::fs::write(&f, "data_cache = 256\nattr_timeout = 5\n").unwrap();
+        let c = run(&[
+            "h:1",
+            "m",
+            "--config",
+            f.to_str().unwrap(),
+            "-o",
+            "data_cache=64",
+        ]);
+        assert_eq!(c.opts.data_cache_mib, 64);
+        assert_eq!(c.opts.attr_timeout, Duration::from_secs(5));
     }
 
     #[test]

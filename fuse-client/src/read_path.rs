@@ -230,15 +230,21 @@ impl Weft {
         if !self.data.enabled() {
             return fetch(off, len).await;
         }
-        if let Some(d) = self.cached_piece(ino, loc, off, len) {
+        use crate::metrics::{cache, Cache};
+        let in_memory = self.cached_piece(ino, loc, off, len);
+        cache(Cache::Data, in_memory.is_some());
+        if let Some(d) = in_memory {
             return Ok((d, None));
         }
         let cs = self.chunk_size;
-        if let Some(d) = self
+        let on_disk = self
             .data
             .disk_piece(ino, loc.chunk_id, loc.version, off, len, cs)
-            .await
-        {
+            .await;
+        if self.data.has_disk() {
+            cache(Cache::Disk, on_disk.is_some());
+        }
+        if let Some(d) = on_disk {
             return Ok((d, None));
         }
         let key = |block| BlockKey {

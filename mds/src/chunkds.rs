@@ -27,6 +27,9 @@ pub struct Daemon {
     chunks: BTreeSet<u64>,
     /// `weft drain`: placement avoids it and repair moves its replicas off.
     pub draining: bool,
+    /// Bytes read and written since it started, as its last heartbeat said.
+    read_bytes: u64,
+    written_bytes: u64,
 }
 
 impl Daemon {
@@ -132,6 +135,8 @@ impl Registry {
                 last_beat: Instant::now(),
                 chunks: BTreeSet::new(),
                 draining: false,
+                read_bytes: 0,
+                written_bytes: 0,
             },
         );
         if let Some(d) = self.daemons.get_mut(&req.chunkd_id) {
@@ -154,6 +159,8 @@ impl Registry {
         d.capacity = req.capacity;
         d.used = req.used;
         d.reported_free = req.free;
+        d.read_bytes = req.read_bytes;
+        d.written_bytes = req.written_bytes;
         for chunk in &req.removed {
             self.drop_replica(*chunk, req.chunkd_id, false);
         }
@@ -341,6 +348,9 @@ impl Registry {
                 used: d.used,
                 chunks: d.chunks.len() as u64,
                 draining: d.draining,
+                free: d.free(),
+                read_bytes: d.read_bytes,
+                written_bytes: d.written_bytes,
             })
             .collect()
     }

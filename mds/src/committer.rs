@@ -134,9 +134,16 @@ fn run(
             answers.push((done, outcome, origin));
         }
         if !frames.is_empty() {
+            let timer = weft_metrics::Timer::start();
             if let Err(e) = log.append(first_index, st.applied_index, &frames) {
                 tracing::error!("write-ahead log append failed, aborting so a restart replays what is durable: {e}");
                 std::process::abort();
+            }
+            let m = &crate::metrics::M;
+            m.wal_append.since(timer);
+            if weft_metrics::on() {
+                m.wal_batch.observe(st.applied_index + 1 - first_index);
+                m.wal_bytes.inc_by(frames.len() as u64);
             }
         }
         drop(st);

@@ -12,8 +12,12 @@ pub const MAX_CHUNK_SIZE: u64 = 1 << 30;
 /// weft metadata server: owns the namespace and the file -> chunk map, and
 /// journals every change to a write-ahead log in --data before answering.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "weft-mds", version)]
+#[command(name = "weft-mds", version, args_override_self = true)]
 pub struct Config {
+    /// Read settings from this TOML file (keys are the long flags, e.g.
+    /// `checkpoint-bytes = 67108864`); flags given here win over it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Address to serve on (127.0.0.1:0 picks a free port; see --addr-file).
     #[arg(long, default_value = "127.0.0.1:9700")]
     pub listen: SocketAddr,
@@ -82,6 +86,13 @@ pub struct Config {
     /// see callers wait for durability.
     #[arg(long, default_value_t = 0, hide = true)]
     pub test_sync_delay_ms: u64,
+    /// Serve Prometheus metrics at /metrics and the status page at / over
+    /// HTTP on this address (e.g. 127.0.0.1:9800).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// Write the HTTP address actually listened on to this file (for --http 127.0.0.1:0).
+    #[arg(long)]
+    pub http_addr_file: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -4,7 +4,7 @@
 //! - `ns`         the namespace as a pure state machine (prepare → record → apply)
 //! - `state`      ns plus the per-session reply table; `apply_entry` is the only mutator
 //! - `wal`        the write-ahead log: frame codec and segment files, replay
-//! - `committer`  group commit: decide, journal with one fsync per batch, apply, answer
+//! - `committer`  group commit: decide, journal with one write per batch, apply, answer (the fdatasync trails, `wal/durable.rs`)
 //! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
 //! - `placement`  where new replicas go (pure)
 //! - `leases`     write leases and version bumps that fence stale writers
@@ -23,6 +23,7 @@ pub mod config;
 pub mod inspect;
 pub mod leases;
 pub mod locks;
+pub mod metrics;
 pub mod ns;
 pub mod placement;
 pub mod repair;
@@ -31,6 +32,7 @@ pub mod service;
 pub mod sessions;
 pub mod snapshot;
 pub mod state;
+pub mod status_page;
 pub mod strict;
 pub mod term;
 pub mod wal;

@@ -15,7 +15,7 @@
 //! (a mount that died: weftfs sends a keepalive every few seconds) loses its
 //! locks at the next lock operation. Locks are not journaled: after an MDS
 //! restart there are none, as after an NFS server reboot without a grace
-//! period (documented in ARCHITECTURE.md).
+//! period (documented in docs/posix.md).
 //!
 //! Invariant: no two locks held in the table conflict.
 

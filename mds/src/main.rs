@@ -2,11 +2,16 @@
 //! until a signal or, with `--check` / `--dump`, inspect the data directory
 //! offline and exit.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use weft_mds::config::Config;
 
 fn main() {
-    let cfg = Config::parse();
+    let argv = weft_config::expand(&Config::command(), std::env::args_os().collect())
+        .unwrap_or_else(|e| {
+            eprintln!("weft-mds: {e}");
+            std::process::exit(2);
+        });
+    let cfg = Config::parse_from(argv);
     if let Err(e) = cfg.validate() {
         eprintln!("weft-mds: {e}");
         std::process::exit(2);

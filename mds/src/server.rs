@@ -63,6 +63,18 @@ pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()>
     Ok(())
 }
 
+/// Writes an address file (--addr-file, --http-addr-file) whole or not at all.
+fn write_addr_file(path: &Path, addr: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("an address file needs a file name")?;
+    write_durably(dir, &name.to_string_lossy(), addr.as_bytes())
+}
+
 fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
     let path = cfg.data.join(FORMAT_FILE);
     if path.exists() {
@@ -134,6 +146,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.data)?;
+    // The MDS always keeps its metrics (`weft stats` reads them through
+    // Status); --http only serves them. A request costs a clock read more.
+    weft_metrics::enable();
     let format = read_or_create_format(&cfg)?;
     let term = Arc::new(crate::term::Term::next_start(&cfg.data, cfg.min_term)?);
     let wal_dir = cfg.data.join("wal");
@@ -195,18 +210,7 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     if let Some(path) = &cfg.addr_file {
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        write_durably(
-            dir,
-            &path
-                .file_name()
-                .context("--addr-file needs a file name")?
-                .to_string_lossy(),
-            addr.to_string().as_bytes(),
-        )?;
+        write_addr_file(path, &addr.to_string())?;
     }
     let mds = Mds {
         state: state.clone(),
@@ -239,6 +243,12 @@ pub async fn run(
             parallel: cfg.repair_parallel,
         },
     );
+    if let Some(http) = cfg.http {
+        let bound = crate::status_page::serve(mds.clone(), http).await?;
+        if let Some(path) = &cfg.http_addr_file {
+            write_addr_file(path, &bound.to_string())?;
+        }
+    }
     tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
 
     let max = weft_proto::MAX_MESSAGE;

@@ -260,6 +260,7 @@ impl pb::meta_server::Meta for Mds {
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
         let parent = contract::changed_dir(&op);
+        let (timer, kind) = (weft_metrics::Timer::start(), weft_proto::op_kind(&op));
         let outcome = self.dispatch(req.session, req.seq, caller, op).await;
         // The change (or the state a read saw) is at or below what is written now.
         let log_index = self.log.durability.appended();
@@ -267,6 +268,10 @@ impl pb::meta_server::Meta for Mds {
             self.log.durability.wait(log_index).await;
         }
         let durable_index = self.log.durability.durable();
+        crate::metrics::M.requests.done(kind, timer);
+        if let Err(e) = &outcome {
+            crate::metrics::M.errors.inc(e.code());
+        }
         let reply = match outcome {
             Ok(result) => {
                 // Spares the client a GetAttr of the directory it just changed.
@@ -360,6 +365,17 @@ impl pb::master_server::Master for Mds {
         &self,
         _req: Request<pb::StatusReq>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        Ok(Response::new(self.status_reply().await))
+    }
+
+    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+        self.fsck_reply().await
+    }
+}
+
+impl Mds {
+    /// The cluster as `weft status`, the metrics and the status page show it.
+    pub async fn status_reply(&self) -> pb::StatusReply {
         let st = self.state.read().await;
         let counts = st.ns.counts();
         let reg = self.registry.lock();
@@ -373,7 +389,7 @@ impl pb::master_server::Master for Mds {
                 under += 1;
             }
         }
-        Ok(Response::new(pb::StatusReply {
+        pb::StatusReply {
             chunkds: reg.status(),
             files: counts.files,
             directories: counts.directories,
@@ -398,10 +414,11 @@ impl pb::master_server::Master for Mds {
                 applied: st.applied_index,
             }],
             leader: self.node_id,
+            ops: crate::metrics::op_stats(),
         }))
     }
 
-    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+    async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {
         let st = self.state.read().await;
         let reg = self.registry.lock();
         let mut problems = Vec::new();

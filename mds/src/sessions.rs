@@ -26,6 +26,18 @@ impl Contacts {
         }
     }
 
+    /// Each session and how long ago it was last heard from, oldest contact last.
+    pub fn list(&self) -> Vec<(u64, Duration)> {
+        let mut v: Vec<(u64, Duration)> = self
+            .0
+            .lock()
+            .iter()
+            .map(|(s, t)| (*s, t.elapsed()))
+            .collect();
+        v.sort_by_key(|(_, ago)| *ago);
+        v
+    }
+
     /// Removes and returns the sessions silent for longer than `timeout`.
     fn take_expired(&self, timeout: Duration) -> Vec<u64> {
         let mut m = self.0.lock();

@@ -302,6 +302,11 @@ impl Checkpointer {
         log::sync_dir(&self.snap_dir)?;
         let segments_dropped = log::drop_covered_in(&self.wal_dir, st.applied_index)
             .map_err(|e: WalError| anyhow::anyhow!(e))?;
+        if weft_metrics::on() {
+            crate::metrics::M
+                .checkpoint
+                .observe(t.elapsed().as_nanos() as u64);
+        }
         Ok(Done {
             index: st.applied_index,
             bytes,

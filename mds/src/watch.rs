@@ -1,9 +1,10 @@
 //! Cache coherence pushes: what each committed record made stale, fanned out
 //! to every mount's `Coherence.Watch` stream except the one that made it.
 //!
-//! Invariants: the committer publishes a batch only after its log append is
-//! durable (so a mount never drops a cache for a change that could still be
-//! lost, and the next lookup it makes sees the change); batches go out in
+//! Invariants: the committer publishes a batch only after it is written to
+//! the log (the page cache; the fdatasync follows right behind, see
+//! `wal::durable`), so the next lookup a mount makes after a push sees the
+//! change, as every reader could already; batches go out in
 //! commit order; a watcher that falls behind the bounded channel gets
 //! `overflow` (drop everything) rather than a silent gap, and an empty batch
 //! goes out every `TICK` so a silent stream is noticed. Mounts keep names and

@@ -1,4 +1,5 @@
-//! weft's wire protocol: the generated gRPC services (`Meta`, `Master`, `Chunk`)
+//! weft's wire protocol: the generated gRPC services (`Meta`, `Coherence`, `Master`,
+//! `Admin`, `Chunk`, `ChunkSpace`, `ChunkAdmin`)
 //! and the few types every side shares — the errno carried in `MetaReply` and
 //! message-size limits; `contract` holds what both ends must agree on.
 
@@ -80,3 +81,71 @@ pub fn now() -> Timespec {
 }
 
 pub mod leader;
+
+/// Label values for the kinds of `Meta` operations, indexed by `op_kind`
+/// (the metrics of the MDS and of weftfs count calls by these).
+pub const OP_KINDS: &[&str] = &[
+    "lookup",
+    "getattr",
+    "setattr",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "readlink",
+    "rename",
+    "link",
+    "readdir",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "statfs",
+    "open",
+    "create",
+    "release",
+    "get_chunks",
+    "alloc_chunk",
+    "commit_write",
+    "setlk",
+    "getlk",
+    "release_locks",
+    "keepalive",
+    "sync_log",
+];
+
+/// Index of `op` in `OP_KINDS`.
+pub fn op_kind(op: &meta_request::Op) -> usize {
+    use meta_request::Op;
+    match op {
+        Op::Lookup(_) => 0,
+        Op::Getattr(_) => 1,
+        Op::Setattr(_) => 2,
+        Op::Mknod(_) => 3,
+        Op::Mkdir(_) => 4,
+        Op::Unlink(_) => 5,
+        Op::Rmdir(_) => 6,
+        Op::Symlink(_) => 7,
+        Op::Readlink(_) => 8,
+        Op::Rename(_) => 9,
+        Op::Link(_) => 10,
+        Op::Readdir(_) => 11,
+        Op::Setxattr(_) => 12,
+        Op::Getxattr(_) => 13,
+        Op::Listxattr(_) => 14,
+        Op::Removexattr(_) => 15,
+        Op::Statfs(_) => 16,
+        Op::Open(_) => 17,
+        Op::Create(_) => 18,
+        Op::Release(_) => 19,
+        Op::GetChunks(_) => 20,
+        Op::AllocChunk(_) => 21,
+        Op::CommitWrite(_) => 22,
+        Op::Setlk(_) => 23,
+        Op::Getlk(_) => 24,
+        Op::ReleaseLocks(_) => 25,
+        Op::Keepalive(_) => 26,
+        Op::SyncLog(_) => 27,
+    }
+}

@@ -8,6 +8,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod http;
 pub mod mds;
 pub mod proxy;
 
@@ -112,6 +113,68 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The SHA-256 of `data` in hex: what a test compares to say two byte
+/// strings (written, read back) are the same.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Corrupts one byte of a file on disk, as a bad disk would (xor 0x40, then
+/// synced): what scrub, reads and replay must notice.
+pub fn flip_byte(path: &Path, pos: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, pos).unwrap();
+    b[0] ^= 0x40;
+    f.write_all_at(&b, pos).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// Opens an existing file for reading and writing.
+pub fn open_rw(p: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+}
+
+/// fstat(2) of an open file: the errno on failure.
+pub fn fstat(f: &std::fs::File) -> Result<libc::stat, i32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: stat is plain data; fstat fills it or fails.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(f.as_raw_fd(), &mut st) } == 0 {
+        Ok(st)
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// lseek(2) (SEEK_DATA and SEEK_HOLE included): the new offset or the errno.
+pub fn lseek(f: &std::fs::File, offset: i64, whence: i32) -> Result<i64, i32> {
+    use std::os::fd::AsRawFd;
+    let r = unsafe { libc::lseek(f.as_raw_fd(), offset, whence) };
+    if r >= 0 {
+        Ok(r)
+    } else {
+        Err(last_errno())
+    }
+}
+
+/// The errno of the last failed system call on this thread.
+pub fn last_errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Bytes of all regular files under `dir` whose name ends with `suffix`.

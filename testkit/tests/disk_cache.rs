@@ -4,19 +4,14 @@
 //! daemon), another mount's write and close is never hidden by an older
 //! block on disk, and DIR stays within its size.
 
-use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::time::Duration;
-use weft_testkit::{pattern, read_all, wait_until, TestCluster};
+use weft_testkit::{pattern, read_all, sha256_hex, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
 
 /// Bytes of the disk cache's block files in `dir`.
 fn cache_bytes(dir: &Path) -> u64 {
@@ -93,7 +88,7 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
     ]);
     let mut v = pattern(6 * MIB as usize + 777, 1);
     fs::write(a.join("f"), &v).unwrap();
-    assert_eq!(sha(&read_all(&b.join("f"))), sha(&v));
+    assert_eq!(sha256_hex(&read_all(&b.join("f"))), sha256_hex(&v));
     // The file is 6x the memory tier; its blocks are on disk once written.
     wait_until("blocks on disk", Duration::from_secs(20), || {
         cache_bytes(&cache) >= 6 * MIB
@@ -106,7 +101,7 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
         let _stopped = stop(pids);
         let got = read_within(&b.join("f"), Duration::from_secs(20))
             .expect("the read waited for a paused chunk daemon: not served from disk");
-        assert_eq!(sha(&got), sha(&v), "bytes from the disk tier");
+        assert_eq!(sha256_hex(&got), sha256_hex(&v), "bytes from the disk tier");
     }
 
     // A corrupt block file is a miss: the right bytes come from a daemon.
@@ -124,15 +119,19 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
     assert!(corrupted >= 96, "{corrupted} block files");
     drop_pages(&b.join("f"));
     assert_eq!(
-        sha(&read_all(&b.join("f"))),
-        sha(&v),
+        sha256_hex(&read_all(&b.join("f"))),
+        sha256_hex(&v),
         "after corrupting the cache"
     );
 
     // Another mount's write and close: B's next open reads the new bytes,
     // not a block of the old content from disk.
     for round in 0..5u64 {
-        assert_eq!(sha(&read_all(&b.join("f"))), sha(&v), "round {round}");
+        assert_eq!(
+            sha256_hex(&read_all(&b.join("f"))),
+            sha256_hex(&v),
+            "round {round}"
+        );
         let at = (round as usize * 1_300_021) % (v.len() - 100);
         v[at..at + 100].copy_from_slice(&pattern(100, 50 + round));
         {
@@ -141,8 +140,8 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
         }
         drop_pages(&b.join("f"));
         assert_eq!(
-            sha(&read_all(&b.join("f"))),
-            sha(&v),
+            sha256_hex(&read_all(&b.join("f"))),
+            sha256_hex(&v),
             "round {round}: stale"
         );
     }
@@ -160,7 +159,7 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
         f.read_exact_at(piece, i as u64 * MIB).unwrap();
         peak = peak.max(cache_bytes(&cache));
     }
-    assert_eq!(sha(&got), sha(&big));
+    assert_eq!(sha256_hex(&got), sha256_hex(&big));
     std::thread::sleep(Duration::from_millis(500));
     peak = peak.max(cache_bytes(&cache));
     assert!(

@@ -2,17 +2,12 @@
 //! directory, and every file closed before the kill is intact; `weft up`
 //! run twice on one directory finds its files.
 
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use weft_testkit::{bin, is_mounted, pattern, read_all, wait_until, TestCluster};
+use weft_testkit::{bin, is_mounted, pattern, read_all, sha256_hex, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(d: &[u8]) -> Vec<u8> {
-    Sha256::digest(d).to_vec()
-}
 
 #[test]
 fn mds_kill9_and_restart_loses_nothing_closed() {
@@ -24,7 +19,7 @@ fn mds_kill9_and_restart_loses_nothing_closed() {
         let p = m.join(format!("dir/sub/f{i}"));
         let data = pattern(i * 100_000 + 1, i as u64);
         fs::write(&p, &data).unwrap();
-        want.push((p, sha(&data)));
+        want.push((p, sha256_hex(&data)));
     }
     fs::rename(m.join("dir/sub/f0"), m.join("dir/renamed")).unwrap();
     want[0].0 = m.join("dir/renamed");
@@ -39,7 +34,7 @@ fn mds_kill9_and_restart_loses_nothing_closed() {
 
     // The same mount keeps working across the restart.
     for (p, h) in &want {
-        assert_eq!(&sha(&read_all(p)), h, "{}", p.display());
+        assert_eq!(&sha256_hex(&read_all(p)), h, "{}", p.display());
     }
     assert_eq!(
         fs::read_link(m.join("dir/link")).unwrap().to_str(),
@@ -49,7 +44,7 @@ fn mds_kill9_and_restart_loses_nothing_closed() {
     let m2 = tc.mount();
     for (p, h) in &want {
         let p2 = m2.join(p.strip_prefix(&m).unwrap());
-        assert_eq!(&sha(&read_all(&p2)), h, "{}", p2.display());
+        assert_eq!(&sha256_hex(&read_all(&p2)), h, "{}", p2.display());
     }
     tc.cluster
         .wait_replicated(Duration::from_secs(20))
@@ -82,7 +77,7 @@ fn weft_up_twice_on_one_dir_keeps_files() {
         if round == 0 {
             fs::write(mnt.join("kept"), &data).unwrap();
         } else {
-            assert_eq!(sha(&read_all(&mnt.join("kept"))), sha(&data));
+            assert_eq!(sha256_hex(&read_all(&mnt.join("kept"))), sha256_hex(&data));
         }
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(up.id() as i32),

@@ -5,19 +5,14 @@
 //! running binary there (it then crashed in ld.so, and when it died before the
 //! kernel's check, the open even succeeded: the intermittent failure).
 
-use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Command;
 use std::time::Duration;
 
-use weft_testkit::TestCluster;
+use weft_testkit::{sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(d: &[u8]) -> String {
-    hex::encode(Sha256::digest(d))
-}
 
 fn open_trunc_readonly(p: &std::path::Path) -> std::io::Result<fs::File> {
     OpenOptions::new()
@@ -55,7 +50,7 @@ fn running_program_is_not_truncated_by_open_o_trunc() {
         "the program died: {:?}",
         child.try_wait()
     );
-    assert_eq!(sha(&fs::read(&prog).unwrap()), sha(&original));
+    assert_eq!(sha256_hex(&fs::read(&prog).unwrap()), sha256_hex(&original));
 
     // Once it has exited, O_TRUNC truncates again.
     child.kill().unwrap();

@@ -2,7 +2,6 @@
 //! mid-write, a flipped byte on disk, a primary paused past its lease, a
 //! daemon that comes back stale, and a daemon that fills up.
 
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -10,13 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use weft_proto::pb;
-use weft_testkit::{bin, pattern, read_all, wait_until, TestCluster};
+use weft_testkit::{bin, flip_byte, pattern, read_all, sha256_hex, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(d: &[u8]) -> String {
-    hex::encode(Sha256::digest(d))
-}
 
 fn fsck_exit(addr: &str) -> (i32, String) {
     let out = Command::new(bin("weft"))
@@ -88,7 +83,7 @@ fn kill9_of_a_daemon_mid_write_loses_nothing_and_heals() {
     });
     let mnt = tc.mount();
     let data = pattern(300 * MIB as usize, 11);
-    let want = sha(&data);
+    let want = sha256_hex(&data);
     let path = mnt.join("big");
     let p2 = path.clone();
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -119,7 +114,7 @@ fn kill9_of_a_daemon_mid_write_loses_nothing_and_heals() {
         );
     }
     drop_caches();
-    assert_eq!(sha(&read_all(&path)), want, "bytes read back differ");
+    assert_eq!(sha256_hex(&read_all(&path)), want, "bytes read back differ");
 
     let t = Instant::now();
     let f = tc
@@ -134,7 +129,7 @@ fn kill9_of_a_daemon_mid_write_loses_nothing_and_heals() {
     let (code, out) = fsck_exit(&tc.mds_addr());
     assert_eq!(code, 0, "{out}");
     drop_caches();
-    assert_eq!(sha(&read_all(&path)), want);
+    assert_eq!(sha256_hex(&read_all(&path)), want);
 }
 
 #[test]
@@ -157,23 +152,12 @@ fn a_flipped_byte_is_never_served_and_the_replica_is_replaced() {
         .next()
         .expect("daemon 2 holds a replica");
     let (chunk_id, _) = header(&victim);
-    {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&victim)
-            .unwrap();
-        let mut b = [0u8; 1];
-        f.read_exact_at(&mut b, 4096 + 1000).unwrap();
-        b[0] ^= 0x40;
-        f.write_all_at(&b, 4096 + 1000).unwrap();
-        f.sync_all().unwrap();
-    }
+    flip_byte(&victim, 4096 + 1000);
     for _ in 0..5 {
         drop_caches();
         assert_eq!(
-            sha(&read_all(&mnt.join("f"))),
-            sha(&data),
+            sha256_hex(&read_all(&mnt.join("f"))),
+            sha256_hex(&data),
             "bad bytes served"
         );
     }
@@ -249,8 +233,8 @@ fn a_stale_daemon_is_never_served_and_its_replicas_go() {
     for _ in 0..5 {
         drop_caches();
         assert_eq!(
-            sha(&read_all(&mnt.join("f"))),
-            sha(&new),
+            sha256_hex(&read_all(&mnt.join("f"))),
+            sha256_hex(&new),
             "stale bytes served"
         );
     }
@@ -272,7 +256,7 @@ fn a_stale_daemon_is_never_served_and_its_replicas_go() {
         .collect();
     assert!(stale.is_empty(), "{stale:?}");
     drop_caches();
-    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&new));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("f"))), sha256_hex(&new));
 }
 
 #[test]
@@ -353,7 +337,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
     assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
 
     drop_caches();
-    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&second));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("f"))), sha256_hex(&second));
     // All replicas end up at the current version with identical bytes.
     tc.cluster
         .wait_replicated(Duration::from_secs(60))
@@ -387,11 +371,14 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 .unwrap()
                 .into_inner()
                 .data;
-            hashes.push(sha(&got));
+            hashes.push(sha256_hex(&got));
         }
     }
     assert_eq!(hashes.len(), 3);
-    assert!(hashes.iter().all(|h| *h == sha(&second)), "replicas differ");
+    assert!(
+        hashes.iter().all(|h| *h == sha256_hex(&second)),
+        "replicas differ"
+    );
 }
 
 #[test]
@@ -409,7 +396,7 @@ fn a_full_daemon_is_avoided_and_writes_carry_on() {
     let data = pattern(16 * MIB as usize, 12);
     fs::write(mnt.join("f"), &data).expect("writes carry on elsewhere");
     drop_caches();
-    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("f"))), sha256_hex(&data));
     let small_id = tc
         .cluster
         .status()
@@ -475,7 +462,7 @@ fn drain_moves_every_replica_off_a_daemon() {
     let f = tc.cluster.fsck().unwrap();
     assert!(f.problems.is_empty(), "{:?}", f.problems);
     drop_caches();
-    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("f"))), sha256_hex(&data));
 }
 
 #[test]
@@ -517,7 +504,7 @@ fn rebalance_evens_out_a_new_empty_daemon() {
     let f = tc.cluster.fsck().unwrap();
     assert!(f.problems.is_empty(), "{:?}", f.problems);
     drop_caches();
-    assert_eq!(sha(&read_all(&mnt.join("f"))), sha(&data));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("f"))), sha256_hex(&data));
 }
 
 /// A copy made by re-replication keeps the source's holes: a 4 MiB chunk
@@ -578,5 +565,5 @@ fn a_drained_replica_copy_stays_sparse() {
         "the copy takes {allocated} bytes on disk for 128 KiB of data"
     );
     drop_caches();
-    assert_eq!(sha(&read_all(&p)), sha(&want));
+    assert_eq!(sha256_hex(&read_all(&p)), sha256_hex(&want));
 }

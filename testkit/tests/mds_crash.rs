@@ -11,12 +11,11 @@
 //! sends FUSE a FLUSH that waits for the very MDS being started.)
 
 use rand::{Rng, SeedableRng};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
 use std::process::Command;
 use std::time::Duration;
-use weft_testkit::{read_all, TestCluster};
+use weft_testkit::{read_all, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,7 +45,7 @@ fn content(i: usize) -> Vec<u8> {
 }
 
 /// What the tree must be after `iters` iterations: name → sha256 (empty for a directory).
-fn expected(iters: usize) -> BTreeMap<String, Vec<u8>> {
+fn expected(iters: usize) -> BTreeMap<String, String> {
     let mut want = BTreeMap::new();
     for i in 0..iters {
         let name = if i % 3 == 0 {
@@ -55,10 +54,10 @@ fn expected(iters: usize) -> BTreeMap<String, Vec<u8>> {
             format!("f{i}")
         };
         if i % 5 != 0 {
-            want.insert(name, Sha256::digest(content(i)).to_vec());
+            want.insert(name, sha256_hex(&content(i)));
         }
         if i % 7 == 0 {
-            want.insert(format!("d{i}"), Vec::new());
+            want.insert(format!("d{i}"), String::new());
         }
     }
     want
@@ -118,9 +117,9 @@ fn workload_survives_random_mds_kills() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().to_string();
         let h = if e.file_type().unwrap().is_dir() {
-            Vec::new()
+            String::new()
         } else {
-            Sha256::digest(read_all(&e.path())).to_vec()
+            sha256_hex(&read_all(&e.path()))
         };
         got.insert(name, h);
     }

@@ -57,8 +57,16 @@ fn checkpoints_bound_the_log_and_survive_kill9() {
             .unwrap();
         }
     });
-    // Checkpoints run in the background: give the last one a moment.
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Checkpoints run in the background: the last one drops the older
+    // snapshot and the segments it covers when it is done.
+    weft_testkit::wait_until(
+        "the last checkpoint to drop what it covers",
+        std::time::Duration::from_secs(20),
+        || {
+            files_in(&data.join("snapshot"), "snap").len() == 1
+                && files_in(&data.join("wal"), "wal").len() <= 3
+        },
+    );
     let snaps = files_in(&data.join("snapshot"), "snap");
     assert_eq!(snaps.len(), 1, "one snapshot is kept: {snaps:?}");
     let segs = files_in(&data.join("wal"), "wal");

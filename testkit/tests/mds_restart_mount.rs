@@ -5,11 +5,10 @@
 //! an operation fails with EIO instead, and the mount works again once the MDS
 //! is back.
 
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
-use weft_testkit::{pattern, read_all, TestCluster};
+use weft_testkit::{pattern, read_all, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
 
@@ -57,12 +56,12 @@ fn mount_rides_through_an_mds_restart() {
     let mut got = Vec::new();
     reader.seek(SeekFrom::Start(0)).unwrap();
     reader.read_to_end(&mut got).unwrap();
-    assert_eq!(Sha256::digest(&got), Sha256::digest(&before));
+    assert_eq!(sha256_hex(&got), sha256_hex(&before));
     let mut g = Vec::new();
     ghost.read_to_end(&mut g).unwrap();
     assert_eq!(
-        Sha256::digest(&g),
-        Sha256::digest(&ghost_data),
+        sha256_hex(&g),
+        sha256_hex(&ghost_data),
         "unlinked open file"
     );
     drop(ghost);
@@ -71,10 +70,7 @@ fn mount_rides_through_an_mds_restart() {
     drop(writer);
     let mut want = pattern(100_000, 2);
     want.extend(pattern(300_000, 4));
-    assert_eq!(
-        Sha256::digest(read_all(&m.join("growing"))),
-        Sha256::digest(&want)
-    );
+    assert_eq!(sha256_hex(&read_all(&m.join("growing"))), sha256_hex(&want));
     assert!(m.join("made-while-down").is_dir());
     assert!(!m.join("moved").exists());
     assert_eq!(fs::read(m.join("kept")).unwrap(), b"kept");

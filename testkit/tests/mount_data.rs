@@ -1,17 +1,12 @@
 //! Bytes through a real FUSE mount of a real cluster: what goes in comes out.
 
-use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
-use weft_testkit::{bytes_under, pattern, read_all, TestCluster};
+use weft_testkit::{bytes_under, pattern, read_all, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
 
 #[test]
 fn a_200_mib_file_spans_chunks_and_reads_back_identical() {
@@ -29,7 +24,7 @@ fn a_200_mib_file_spans_chunks_and_reads_back_identical() {
         fs::metadata(mnt.join("big")).unwrap().len(),
         data.len() as u64
     );
-    assert_eq!(sha(&read_all(&mnt.join("big"))), sha(&data));
+    assert_eq!(sha256_hex(&read_all(&mnt.join("big"))), sha256_hex(&data));
 
     // 13 chunks, each on all 3 daemons; the MDS directory holds none of the data.
     let f = tc
@@ -46,7 +41,7 @@ fn a_200_mib_file_spans_chunks_and_reads_back_identical() {
 
     // Through a second, fresh mount (no client cache) the bytes are the same.
     let mnt2 = tc.mount();
-    assert_eq!(sha(&read_all(&mnt2.join("big"))), sha(&data));
+    assert_eq!(sha256_hex(&read_all(&mnt2.join("big"))), sha256_hex(&data));
 }
 
 #[test]
@@ -93,7 +88,7 @@ fn random_overwrites_and_reads_match_a_model() {
         }
     }
     drop(f);
-    assert_eq!(sha(&read_all(&path)), sha(&model));
+    assert_eq!(sha256_hex(&read_all(&path)), sha256_hex(&model));
 }
 
 #[test]

@@ -2,18 +2,12 @@
 //! 3-replica cluster, the pieces of one chunk are fetched from more than one
 //! daemon, and a read survives a daemon killed in the middle of it.
 
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::{Read, Write};
-use std::time::Duration;
 
-use weft_testkit::{pattern, TestCluster};
+use weft_testkit::{pattern, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
-
-fn sha(d: &[u8]) -> String {
-    hex::encode(Sha256::digest(d))
-}
 
 /// Bytes a process has read with read(2)/pread(2) (`rchar` in /proc/PID/io):
 /// a chunk daemon serves a read by pread'ing the replica file.
@@ -52,7 +46,7 @@ fn one_chunk_is_read_from_several_replicas() {
         .collect();
     let before: Vec<u64> = pids.iter().map(|p| rchar(*p)).collect();
     let got = fs::read(m2.join("big")).unwrap();
-    assert_eq!(sha(&got), sha(&data));
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
     let served: Vec<u64> = pids
         .iter()
         .zip(&before)
@@ -82,9 +76,11 @@ fn read_survives_a_replica_killed_mid_read() {
     f.read_exact(&mut got[..half]).unwrap();
     tc.cluster.chunkds[1].crash();
     f.read_exact(&mut got[half..]).unwrap();
-    assert_eq!(sha(&got), sha(&data));
+    assert_eq!(sha256_hex(&got), sha256_hex(&data));
     // And a fresh open on a third mount, with the daemon still down.
     let m3 = tc.mount();
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(sha(&fs::read(m3.join("f")).unwrap()), sha(&data));
+    assert_eq!(
+        sha256_hex(&fs::read(m3.join("f")).unwrap()),
+        sha256_hex(&data)
+    );
 }

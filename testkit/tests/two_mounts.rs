@@ -9,21 +9,16 @@
 //! default 1 s). The tests poll every 10 ms and allow 1 s plus 250 ms for the
 //! poll and the FUSE round trips.
 
-use sha2::{Digest, Sha256};
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use weft_testkit::{pattern, read_all, TestCluster};
+use weft_testkit::{pattern, read_all, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
 const BOUND: Duration = Duration::from_millis(1250);
-
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
 
 /// Polls `cond` every 10 ms; returns how long it took, panics past BOUND.
 fn visible_within(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
@@ -77,7 +72,7 @@ fn close_to_open_is_exact_over_many_rounds() {
         write_file(w, &data);
         let got = read_all(r);
         assert_eq!(got.len(), data.len(), "round {round}: size");
-        assert_eq!(sha(&got), sha(&data), "round {round}: bytes");
+        assert_eq!(sha256_hex(&got), sha256_hex(&data), "round {round}: bytes");
     }
 }
 
@@ -89,8 +84,8 @@ fn an_open_reader_sees_the_new_version_on_its_next_open() {
     let v1 = pattern(2 * MIB as usize, 1);
     write_file(&a.join("f"), &v1);
     // B reads v1 twice (page cache, location cache warm).
-    assert_eq!(sha(&read_all(&b.join("f"))), sha(&v1));
-    assert_eq!(sha(&read_all(&b.join("f"))), sha(&v1));
+    assert_eq!(sha256_hex(&read_all(&b.join("f"))), sha256_hex(&v1));
+    assert_eq!(sha256_hex(&read_all(&b.join("f"))), sha256_hex(&v1));
     let mut v = v1.clone();
     for round in 2..12u64 {
         // Same size, new bytes in the middle of the second chunk: only the
@@ -108,8 +103,8 @@ fn an_open_reader_sees_the_new_version_on_its_next_open() {
             .read_to_end(&mut got)
             .unwrap();
         assert_eq!(
-            sha(&got),
-            sha(&v),
+            sha256_hex(&got),
+            sha256_hex(&v),
             "round {round}: B served a stale version"
         );
     }
@@ -190,8 +185,8 @@ fn appends_from_two_mounts_in_turn_keep_every_byte() {
         drop(f);
         model.extend_from_slice(&piece);
     }
-    assert_eq!(sha(&read_all(&a.join("log"))), sha(&model));
-    assert_eq!(sha(&read_all(&b.join("log"))), sha(&model));
+    assert_eq!(sha256_hex(&read_all(&a.join("log"))), sha256_hex(&model));
+    assert_eq!(sha256_hex(&read_all(&b.join("log"))), sha256_hex(&model));
 }
 
 /// The data cache (cache/data.rs) keeps blocks keyed by chunk version, and
@@ -216,7 +211,11 @@ fn the_data_cache_never_serves_a_stale_version_after_another_mounts_close() {
                 let n = 4096.min(len - at);
                 f.read_exact_at(&mut got[at..at + n], at as u64).unwrap();
             }
-            assert_eq!(sha(&got), sha(&v), "round {round}: B read a stale version");
+            assert_eq!(
+                sha256_hex(&got),
+                sha256_hex(&v),
+                "round {round}: B read a stale version"
+            );
         }
         // A changes a few bytes in place (same size, same chunks, and
         // usually the same lease and version), in a block B has cached.
@@ -228,8 +227,8 @@ fn the_data_cache_never_serves_a_stale_version_after_another_mounts_close() {
         }
         let got = read_all(&b.join("f"));
         assert_eq!(
-            sha(&got),
-            sha(&v),
+            sha256_hex(&got),
+            sha256_hex(&v),
             "round {round}: B served stale cached data"
         );
     }
@@ -249,7 +248,7 @@ fn weftfs_memory_stays_bounded_by_the_data_cache_option() {
     let pid = tc.cluster.mounts.last().unwrap().proc.pid().unwrap();
     let data = pattern(96 * MIB as usize, 7);
     write_file(&a.join("big"), &data);
-    let want = sha(&data);
+    let want = sha256_hex(&data);
     drop(data);
     let rss_mib = || {
         let s = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -264,7 +263,7 @@ fn weftfs_memory_stays_bounded_by_the_data_cache_option() {
     let mut peak = 0;
     for round in 0..3 {
         // 96 MiB sequentially, then scattered 4 KiB reads over all of it.
-        assert_eq!(sha(&read_all(&b.join("big"))), want, "round {round}");
+        assert_eq!(sha256_hex(&read_all(&b.join("big"))), want, "round {round}");
         peak = peak.max(rss_mib());
         let f = fs::File::open(b.join("big")).unwrap();
         let mut buf = vec![0u8; 4096];

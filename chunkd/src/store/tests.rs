@@ -1,6 +1,6 @@
 //! Unit tests of the chunk store against real files in a temp dir.
 
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 use proptest::prelude::*;
 
@@ -22,18 +22,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Flips one byte of the file at `pos`.
-fn flip(path: &Path, pos: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, pos).unwrap();
-    b[0] ^= 0x40;
-    f.write_all_at(&b, pos).unwrap();
-}
+use weft_testkit::flip_byte as flip;
 
 #[test]
 fn roundtrip_unaligned_across_blocks() {

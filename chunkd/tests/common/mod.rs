@@ -90,20 +90,6 @@ pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// Flips one byte of a file.
-pub fn flip(path: &Path, pos: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, pos).unwrap();
-    b[0] ^= 0xff;
-    f.write_all_at(&b, pos).unwrap();
-}
-
 #[derive(Default)]
 pub struct MdsLog {
     pub registers: Vec<RegisterReq>,

@@ -106,6 +106,11 @@ impl DataCache {
         self.inner.lock().epoch
     }
 
+    /// Whether blocks are kept on disk too.
+    pub fn has_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
     pub fn get(&self, key: &BlockKey) -> Option<Bytes> {
         self.inner.lock().blocks.get(key).cloned()
     }

@@ -113,10 +113,12 @@ impl Durability {
             if !delay.is_zero() {
                 std::thread::sleep(delay);
             }
+            let timer = weft_metrics::Timer::start();
             if let Err(e) = file.sync_data() {
                 tracing::error!("write-ahead log fdatasync failed, aborting so a restart replays what is durable: {e}");
                 std::process::abort();
             }
+            crate::metrics::M.wal_sync.since(timer);
             self.synced(upto);
         }
     }

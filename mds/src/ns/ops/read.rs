@@ -1,6 +1,6 @@
 //! Read-only ops: lookup, readlink, readdir (getattr and the xattr reads are
-//! one-liners elsewhere). None of them change atime: that would need a journal
-//! write per read, so weft behaves as if mounted `noatime`.
+//! one-liners elsewhere). None of them change atime: weftfs asks for an atime
+//! update after a read or readdir when its mount's policy says so (`atime.rs`).
 
 use crate::ns::inode::{Body, Inode, Kind};
 use crate::ns::perm::{check_access, check_name, MAY_EXEC, MAY_READ};

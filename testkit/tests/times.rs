@@ -1,0 +1,164 @@
+//! Access, modification and change times through a real mount: the
+//! atime policies (relatime by default, noatime, strictatime), and times set
+//! or moved by writes around close.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+use weft_testkit::{pattern, wait_until, TestCluster};
+
+const MIB: u64 = 1 << 20;
+
+fn atime(p: &Path) -> (i64, i64) {
+    let md = fs::metadata(p).unwrap();
+    (md.atime(), md.atime_nsec())
+}
+
+fn read(p: &Path) {
+    let mut v = Vec::new();
+    File::open(p).unwrap().read_to_end(&mut v).unwrap();
+}
+
+#[test]
+fn atime_relatime_noatime_strictatime() {
+    let mut tc = TestCluster::start(1, MIB);
+    // No kernel attribute caching, so stat shows the MDS's atime.
+    let rel = tc.mount_with(&["attr_timeout=0", "entry_timeout=0"]);
+    let no = tc.mount_with(&["attr_timeout=0", "entry_timeout=0", "noatime"]);
+    let strict = tc.mount_with(&["attr_timeout=0", "entry_timeout=0", "strictatime"]);
+    fs::write(rel.join("f"), b"x").unwrap();
+    let t0 = atime(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(50));
+
+    // noatime: a read changes nothing.
+    read(&no.join("f"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(atime(&rel.join("f")), t0);
+
+    // relatime: the first read after a write moves atime, the next does not.
+    read(&rel.join("f"));
+    wait_until("relatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t0
+    });
+    let t1 = atime(&rel.join("f"));
+    let ctime = fs::metadata(rel.join("f")).unwrap().ctime_nsec();
+    std::thread::sleep(Duration::from_millis(50));
+    read(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(atime(&rel.join("f")), t1);
+    assert_eq!(
+        fs::metadata(rel.join("f")).unwrap().ctime_nsec(),
+        ctime,
+        "atime moved ctime"
+    );
+
+    // strictatime: every read, also one the kernel could serve from the
+    // pages an earlier open of the unchanged file cached (generic/003).
+    read(&strict.join("f"));
+    wait_until("strictatime update", Duration::from_secs(5), || {
+        atime(&rel.join("f")) > t1
+    });
+    let t2 = atime(&rel.join("f"));
+    std::thread::sleep(Duration::from_millis(50));
+    read(&strict.join("f"));
+    wait_until(
+        "strictatime update of a cached file",
+        Duration::from_secs(5),
+        || atime(&rel.join("f")) > t2,
+    );
+}
+
+/// generic/003: a stat right after a read already shows the read's atime
+/// (the update is sent in the background; a getattr waits for it).
+#[test]
+fn stat_right_after_a_read_shows_its_atime() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    for round in 0..20 {
+        fs::write(&p, format!("round {round}")).unwrap();
+        let before = atime(&p);
+        std::thread::sleep(Duration::from_millis(20));
+        read(&p);
+        assert!(atime(&p) > before, "round {round}: atime not updated yet");
+    }
+}
+
+/// The writer's own mount: with names and attributes kept long while the MDS's
+/// pushes are live, a stat after close must still show the size and mtime the
+/// flush committed, not the attributes weftfs had cached from before the writes.
+#[test]
+fn a_stat_after_close_shows_the_committed_mtime() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("f");
+    File::create(&p).unwrap();
+    let created = fs::metadata(&p).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut f = OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all(&pattern(10_000, 1)).unwrap();
+    // A stat while the bytes are still buffered in weftfs: write(2) has
+    // changed mtime and ctime already.
+    let during = fs::metadata(&p).unwrap();
+    assert_eq!(during.len(), 10_000);
+    assert!(
+        during.mtime() > created.mtime() && during.ctime() > created.ctime(),
+        "mtime/ctime during the write {}/{} are not past the create's {}",
+        during.mtime(),
+        during.ctime(),
+        created.mtime()
+    );
+    drop(f);
+    let after = fs::metadata(&p).unwrap();
+    assert_eq!(after.len(), 10_000);
+    assert!(
+        after.mtime() > created.mtime(),
+        "mtime after the write {} is not past the create's {}",
+        after.mtime(),
+        created.mtime()
+    );
+}
+
+/// Times set through a descriptor before close survive the close: `cp -p`
+/// (and tar) write the data, then futimens, then close. The buffered data's
+/// commit must not move mtime to the time of the close.
+#[test]
+fn times_set_before_close_survive_the_close() {
+    let mut tc = TestCluster::start(1, MIB);
+    let m = tc.mount();
+    let p = m.join("stamped");
+    let old = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    {
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&pattern(10_000, 3)).unwrap();
+        f.set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+            .unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mtime(), 1_000_000_000);
+    }
+    let md = fs::metadata(&p).unwrap();
+    assert_eq!((md.len(), md.mtime()), (10_000, 1_000_000_000));
+
+    // The same through cp -p from the local disk.
+    let local = tempfile::tempdir().unwrap();
+    let src = local.path().join("src");
+    fs::write(&src, pattern(200_000, 4)).unwrap();
+    File::options()
+        .write(true)
+        .open(&src)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(old).set_accessed(old))
+        .unwrap();
+    let st = std::process::Command::new("cp")
+        .arg("-p")
+        .arg(&src)
+        .arg(m.join("copied"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // Past the attribute TTL: what the MDS holds.
+    std::thread::sleep(Duration::from_millis(1200));
+    let md = fs::metadata(m.join("copied")).unwrap();
+    assert_eq!((md.len(), md.mtime()), (200_000, 1_000_000_000));
+}
