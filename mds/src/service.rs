@@ -415,7 +415,7 @@ impl Mds {
             }],
             leader: self.node_id,
             ops: crate::metrics::op_stats(),
-        }))
+        }
     }
 
     async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {
