@@ -169,6 +169,7 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
         peers.clone(),
         reporter.clone(),
         order.clone(),
+        term.clone(),
     );
     let admin = crate::admin::AdminService::new(store.clone(), peers, order, term);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

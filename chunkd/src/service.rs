@@ -68,6 +68,8 @@ pub struct ChunkService {
     peers: Arc<Peers>,
     reporter: CorruptReporter,
     order: Arc<Sequencer>,
+    /// Writes carry their lease's MDS term; older ones are refused.
+    term: Arc<crate::term::TermGuard>,
 }
 
 impl ChunkService {
@@ -76,12 +78,14 @@ impl ChunkService {
         peers: Arc<Peers>,
         reporter: CorruptReporter,
         order: Arc<Sequencer>,
+        term: Arc<crate::term::TermGuard>,
     ) -> ChunkService {
         ChunkService {
             store,
             peers,
             reporter,
             order,
+            term,
         }
     }
 
@@ -180,6 +184,9 @@ impl Chunk for ChunkService {
             .guard(crate::metrics::ChunkOp::Write.index());
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
+        // A lease from an MDS older than one heard from (a deposed leader, a
+        // stale copy): the writer must ask the current MDS for a lease.
+        self.term.admit_status(req.term)?;
         let (id, version, epoch, offset, sync, punch) = (
             req.chunk_id,
             req.version,

@@ -61,9 +61,14 @@ async fn refuses_instructions_from_an_older_term() {
     // A beat comes only after the registration's reply (and term) was taken.
     assert!(eventually(5, || !new.log.lock().beats.is_empty()).await);
     let mut c = client(daemon.addr);
-    c.write(write_req(0x30, 1, 0, b"fenced", &[]))
-        .await
-        .unwrap();
+    // Writes carry their lease's term: an older one is refused.
+    let mut w = write_req(0x30, 1, 0, b"fenced", &[]);
+    w.term = 4;
+    let e = c.write(w.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(daemon.store.summaries().is_empty());
+    w.term = 5;
+    c.write(w).await.unwrap();
     let mut a = admin(daemon.addr);
 
     // Term 5 was seen: term 4's SetVersion and Replicate are refused and

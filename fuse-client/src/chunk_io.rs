@@ -223,6 +223,7 @@ impl ChunkIo {
             punch,
             serial: 0,
             punch_length,
+            term: w.term,
         };
         self.bounded(c.write(req)).await
     }

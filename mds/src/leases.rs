@@ -198,6 +198,9 @@ impl Mds {
         failed: &[String],
     ) -> Result<pb::ChunkWrite, Errno> {
         let chunk_size = cw.chunk_size;
+        // Writes under this lease carry it: replicas that heard from a newer
+        // MDS refuse them, and the writer asks that one for a lease.
+        cw.term = self.term.get();
         let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
         let chunk = loc.chunk_id;
         let lock = self.leases.lock_for(chunk);

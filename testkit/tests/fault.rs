@@ -272,6 +272,8 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
     assert_eq!(files.len(), 1);
     let (chunk_id, version) = header(&files[0]);
     let addrs: Vec<String> = tc.cluster.chunkds.iter().map(|c| c.addr.clone()).collect();
+    // The lease's term is current: only the version can refuse the write.
+    let term = tc.cluster.status().unwrap().mds[0].term;
 
     let rt = runtime();
     // The zombie: daemon 1 as primary of a write at the old version, down the
@@ -301,6 +303,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 punch: false,
                 serial: 0,
                 punch_length: 0,
+                term,
             })
             .await
     });

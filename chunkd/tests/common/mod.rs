@@ -58,6 +58,7 @@ pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[Strin
         punch: false,
         serial: 0,
         punch_length: 0,
+        term: 0,
     }
 }
 

@@ -29,6 +29,7 @@ impl Namespace {
             chunk_size: self.chunk_size,
             lease_epoch: 0,
             lease_expires_ms: 0,
+            term: 0,
         })
     }
 
