@@ -71,6 +71,17 @@ pub struct Registry {
     /// Chunk ids at or above this were created by this MDS process, so no
     /// daemon can hold a replica it has not reported (u64::MAX: not known yet).
     fresh_from: u64,
+    /// Woken at every registration and heartbeat: what waits for daemons'
+    /// reports (`Mds::after_reports`) waits on this, not on a timer.
+    reported: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// What a check of the registry concludes while waiting for reports.
+pub enum Reports<T> {
+    /// Decided: the answer.
+    Done(T),
+    /// Wait for the next report (or the end of the startup grace).
+    Pending,
 }
 
 impl Registry {
@@ -84,7 +95,18 @@ impl Registry {
             dead_after,
             started: Instant::now(),
             fresh_from: u64::MAX,
+            reported: Default::default(),
         }
+    }
+
+    /// Woken by every registration and heartbeat.
+    pub fn reported(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.reported.clone()
+    }
+
+    /// How much of the startup grace is left (zero once it is over).
+    pub fn grace_left(&self) -> Duration {
+        self.dead_after.saturating_sub(self.started.elapsed())
     }
 
     pub fn alive(&self, id: u64) -> bool {
@@ -115,6 +137,7 @@ impl Registry {
 
     /// A daemon's full report. `known` classifies each chunk against the namespace.
     pub fn register(&mut self, req: &pb::RegisterReq, known: impl Fn(u64) -> Known) {
+        self.reported.notify_waiters();
         let (previous, draining) = self
             .daemons
             .remove(&req.chunkd_id)
@@ -154,6 +177,7 @@ impl Registry {
         req: &pb::HeartbeatReq,
         known: impl Fn(u64) -> Known,
     ) -> Option<Vec<u64>> {
+        self.reported.notify_waiters();
         let d = self.daemons.get_mut(&req.chunkd_id)?;
         d.last_beat = Instant::now();
         d.capacity = req.capacity;

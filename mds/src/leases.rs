@@ -16,8 +16,11 @@
 //!
 //! A brand-new chunk (no replica anywhere) is placed fresh at its first
 //! version. Grants for one chunk are serialized by a per-chunk async lock.
+//!
+//! The decision is `decide`, a pure function of what the MDS knows (tested
+//! below); `Mds::grant` gathers that view, then carries the decision out.
 
-use crate::chunkds::Registry;
+use crate::chunkds::{Registry, Reports};
 use crate::committer::Proposal;
 use crate::ns::Record;
 use crate::service::Mds;
@@ -29,7 +32,7 @@ use weft_proto::{pb, Errno};
 
 const SET_VERSION_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub version: u64,
     /// Daemon ids in pipeline order; [0] is the primary.
@@ -86,6 +89,88 @@ impl Leases {
     }
 }
 
+/// What `decide` concludes for an AllocChunk of one chunk. The service only
+/// carries it out (journal, fence, answer): no decision is made there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// The live lease stands, with a new expiry: same holders, same version.
+    Extend(Lease),
+    /// No replica exists anywhere: place the chunk fresh at its version.
+    Place,
+    /// A new lease: journal `new_version`, then fence these daemons (in
+    /// pipeline order, confirmed replicas first; `true` = confirmed). Those
+    /// that adopt it are the new holders.
+    Bump {
+        new_version: u64,
+        holders: Vec<(u64, bool)>,
+    },
+    /// Not now (EAGAIN): replicas exist but none is reachable, or fewer than
+    /// the minimum hold the data and re-replication must restore them first.
+    Wait(&'static str),
+}
+
+/// One replica of a chunk as the registry knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaView {
+    pub daemon: u64,
+    pub version: u64,
+    pub confirmed: bool,
+    pub alive: bool,
+}
+
+/// Decides an AllocChunk's lease, a pure function of what the MDS knows:
+/// the live lease (if any), the chunk's journaled `version`, its replicas,
+/// which daemons are alive, the daemons the writer saw fail, and how many
+/// holders a write needs (`min`).
+pub fn decide(
+    live: Option<&Lease>,
+    version: u64,
+    replicas: &[ReplicaView],
+    alive: impl Fn(u64) -> bool,
+    failed: &[u64],
+    min: usize,
+) -> Grant {
+    // A live lease whose holders are all alive and none reported failed.
+    if let Some(l) = live {
+        if l.version == version && l.holders.iter().all(|d| alive(*d) && !failed.contains(d)) {
+            return Grant::Extend(l.clone());
+        }
+    }
+    if replicas.is_empty() {
+        return Grant::Place;
+    }
+    // Who holds the data now: live replicas at the current version; if
+    // none, the live ones at the highest version any replica has.
+    let usable = |r: &&ReplicaView| r.alive && !failed.contains(&r.daemon);
+    let mut at: Vec<ReplicaView> = replicas
+        .iter()
+        .filter(usable)
+        .filter(|r| r.version == version)
+        .copied()
+        .collect();
+    if at.is_empty() {
+        let best = replicas.iter().map(|r| r.version).max().unwrap_or(0);
+        at = replicas
+            .iter()
+            .filter(usable)
+            .filter(|r| r.version == best)
+            .copied()
+            .collect();
+    }
+    if at.is_empty() {
+        return Grant::Wait("replicas exist but none is reachable");
+    }
+    if at.len() < min {
+        return Grant::Wait("too few replicas to write safely; repairing first");
+    }
+    // Confirmed replicas first: they surely hold the data.
+    at.sort_by_key(|r| (!r.confirmed, r.daemon));
+    Grant::Bump {
+        new_version: version + 1,
+        holders: at.iter().map(|r| (r.daemon, r.confirmed)).collect(),
+    }
+}
+
 fn unix_ms_in(d: Duration) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -134,118 +219,84 @@ impl Mds {
         };
         // Just after an MDS restart daemons may not have reported yet: wait
         // for them rather than place a chunk that has replicas somewhere.
-        loop {
-            let (known, grace) = {
-                let reg = self.registry.lock();
-                (
-                    !reg.replicas_of(chunk).is_empty(),
-                    reg.may_have_unreported(chunk),
-                )
-            };
-            if known || !grace {
-                break;
+        self.after_reports(|reg| {
+            if !reg.replicas_of(chunk).is_empty() || !reg.may_have_unreported(chunk) {
+                Reports::Done(())
+            } else {
+                Reports::Pending
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let now = Instant::now();
-        let expires = now + self.leases.duration;
-
-        // A live lease whose replicas are all alive and not reported failed: extend it.
-        if let Some(l) = self.leases.live(chunk) {
+        })
+        .await;
+        let expires = Instant::now() + self.leases.duration;
+        let want = self.leases.min_replicas.min(self.replicas) as usize;
+        let live = self.leases.live(chunk);
+        let decision = {
             let reg = self.registry.lock();
-            let intact = l.version == version
-                && l.holders
-                    .iter()
-                    .all(|d| reg.alive(*d) && !failed_ids.contains(d));
-            if intact {
+            let view: Vec<ReplicaView> = reg
+                .replicas_of(chunk)
+                .iter()
+                .map(|(d, r)| ReplicaView {
+                    daemon: *d,
+                    version: r.version,
+                    confirmed: r.confirmed,
+                    alive: reg.alive(*d),
+                })
+                .collect();
+            decide(
+                live.as_ref(),
+                version,
+                &view,
+                |d| reg.alive(d),
+                &failed_ids,
+                want,
+            )
+        };
+        let (new_version, holders) = match decision {
+            Grant::Extend(l) => {
+                let reg = self.registry.lock();
                 loc.version = l.version;
                 loc.replicas = replicas(&reg, &l.holders);
+                drop(reg);
+                cw.lease_epoch = l.version;
+                self.leases.set(chunk, Lease { expires, ..l });
+                cw.lease_expires_ms = unix_ms_in(self.leases.duration);
+                return Ok(cw);
+            }
+            Grant::Place => {
+                let mut reg = self.registry.lock();
+                let picked = reg.place(self.replicas as usize, chunk_size, &failed_ids);
+                if picked.is_empty() {
+                    return Err(Errno::ENOSPC);
+                }
+                reg.plan(chunk, version, &picked, chunk_size);
+                loc.version = version;
+                loc.replicas = replicas(&reg, &picked);
                 drop(reg);
                 self.leases.set(
                     chunk,
                     Lease {
+                        version,
+                        holders: picked,
                         expires,
-                        ..l.clone()
                     },
                 );
-                cw.lease_epoch = l.version;
+                cw.lease_epoch = version;
                 cw.lease_expires_ms = unix_ms_in(self.leases.duration);
                 return Ok(cw);
             }
-        }
-
-        // Who holds the data now: live replicas at the current version; if
-        // none, the live ones at the highest version any replica has.
-        let (mut holders, anything_known) = {
-            let reg = self.registry.lock();
-            let all = reg.replicas_of(chunk);
-            let live: Vec<(u64, crate::chunkds::Replica)> = all
-                .iter()
-                .filter(|(d, _)| reg.alive(*d) && !failed_ids.contains(d))
-                .copied()
-                .collect();
-            let mut at: Vec<(u64, crate::chunkds::Replica)> = live
-                .iter()
-                .filter(|(_, r)| r.version == version)
-                .copied()
-                .collect();
-            if at.is_empty() {
-                let best = all.iter().map(|(_, r)| r.version).max().unwrap_or(0);
-                at = live
-                    .into_iter()
-                    .filter(|(_, r)| r.version == best)
-                    .collect();
-            }
-            // Confirmed replicas first: they surely hold the data.
-            at.sort_by_key(|(d, r)| (!r.confirmed, *d));
-            (at, !all.is_empty())
-        };
-
-        if holders.is_empty() {
-            if anything_known {
-                // Replicas exist but none is reachable: the data is not lost, just away.
+            Grant::Wait(why) => {
+                // Re-replication skips chunks under a live lease: drop it.
                 self.leases.drop_lease(chunk);
+                tracing::info!(chunk, want, why, "no write lease now");
                 return Err(Errno::EAGAIN);
             }
-            // Never written anywhere: a fresh placement at the current version.
-            let mut reg = self.registry.lock();
-            let picked = reg.place(self.replicas as usize, chunk_size, &failed_ids);
-            if picked.is_empty() {
-                return Err(Errno::ENOSPC);
-            }
-            reg.plan(chunk, version, &picked, chunk_size);
-            loc.version = version;
-            loc.replicas = replicas(&reg, &picked);
-            drop(reg);
-            self.leases.set(
-                chunk,
-                Lease {
-                    version,
-                    holders: picked,
-                    expires,
-                },
-            );
-            cw.lease_epoch = version;
-            cw.lease_expires_ms = unix_ms_in(self.leases.duration);
-            return Ok(cw);
-        }
-
-        let want = self.leases.min_replicas.min(self.replicas) as usize;
-        if holders.len() < want {
-            // Too few copies to write safely: let re-replication (which
-            // skips chunks under a live lease) restore them first.
-            self.leases.drop_lease(chunk);
-            tracing::info!(
-                chunk,
-                have = holders.len(),
-                want,
-                "too few replicas to grant a lease; repairing first"
-            );
-            return Err(Errno::EAGAIN);
-        }
+            Grant::Bump {
+                new_version,
+                holders,
+            } => (new_version, holders),
+        };
 
         // A new lease: journal the bump, then fence the replicas.
-        let new_version = version + 1;
         let record = Record::BumpVersion {
             ino,
             index,
@@ -261,8 +312,8 @@ impl Mds {
         let targets: Vec<(u64, bool, String)> = {
             let reg = self.registry.lock();
             holders
-                .drain(..)
-                .filter_map(|(d, r)| reg.addr(d).map(|a| (d, r.confirmed, a.to_string())))
+                .into_iter()
+                .filter_map(|(d, confirmed)| reg.addr(d).map(|a| (d, confirmed, a.to_string())))
                 .collect()
         };
         let term = self.term.get();
@@ -339,4 +390,144 @@ async fn set_version(addr: &str, chunk: u64, version: u64, term: u64) -> Result<
     })
     .await
     .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(daemon: u64, version: u64, confirmed: bool, alive: bool) -> ReplicaView {
+        ReplicaView {
+            daemon,
+            version,
+            confirmed,
+            alive,
+        }
+    }
+
+    fn lease(version: u64, holders: &[u64]) -> Lease {
+        Lease {
+            version,
+            holders: holders.to_vec(),
+            expires: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    const ALL_ALIVE: fn(u64) -> bool = |_| true;
+
+    #[test]
+    fn an_intact_live_lease_is_extended_as_it_is() {
+        let l = lease(4, &[1, 2, 3]);
+        let reps = [
+            r(1, 4, true, true),
+            r(2, 4, true, true),
+            r(3, 4, true, true),
+        ];
+        assert_eq!(
+            decide(Some(&l), 4, &reps, ALL_ALIVE, &[], 2),
+            Grant::Extend(l)
+        );
+    }
+
+    #[test]
+    fn a_failed_or_dead_holder_ends_the_lease_with_a_bump_over_the_survivors() {
+        let l = lease(4, &[1, 2, 3]);
+        let reps = [
+            r(1, 4, true, true),
+            r(2, 4, true, true),
+            r(3, 4, true, true),
+        ];
+        assert_eq!(
+            decide(Some(&l), 4, &reps, ALL_ALIVE, &[2], 2),
+            Grant::Bump {
+                new_version: 5,
+                holders: vec![(1, true), (3, true)]
+            }
+        );
+        let reps = [
+            r(1, 4, true, true),
+            r(2, 4, true, false),
+            r(3, 4, true, true),
+        ];
+        assert_eq!(
+            decide(Some(&l), 4, &reps, |d| d != 2, &[], 2),
+            Grant::Bump {
+                new_version: 5,
+                holders: vec![(1, true), (3, true)]
+            }
+        );
+    }
+
+    #[test]
+    fn a_lease_at_an_older_version_is_not_extended() {
+        // The version moved on (a bump by another grant): never hand out the old one.
+        let l = lease(4, &[1, 2]);
+        let reps = [r(1, 5, true, true), r(2, 5, true, true)];
+        assert!(matches!(
+            decide(Some(&l), 5, &reps, ALL_ALIVE, &[], 2),
+            Grant::Bump { new_version: 6, .. }
+        ));
+    }
+
+    #[test]
+    fn a_chunk_no_daemon_holds_is_placed_fresh() {
+        assert_eq!(decide(None, 1, &[], ALL_ALIVE, &[], 2), Grant::Place);
+    }
+
+    #[test]
+    fn replicas_that_exist_but_are_away_mean_wait_not_place() {
+        let reps = [r(1, 3, true, false), r(2, 3, true, false)];
+        assert!(matches!(
+            decide(None, 3, &reps, |_| false, &[], 1),
+            Grant::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn too_few_holders_wait_for_repair() {
+        let reps = [r(1, 3, true, true), r(2, 3, true, false)];
+        assert!(matches!(
+            decide(None, 3, &reps, |d| d == 1, &[], 2),
+            Grant::Wait(_)
+        ));
+        assert!(matches!(
+            decide(None, 3, &reps, |d| d == 1, &[], 1),
+            Grant::Bump { new_version: 4, .. }
+        ));
+    }
+
+    #[test]
+    fn stale_replicas_are_left_out_and_confirmed_ones_lead() {
+        // 7 missed a bump (version 2); 9 is planned but never confirmed.
+        let reps = [
+            r(9, 3, false, true),
+            r(7, 2, true, true),
+            r(8, 3, true, true),
+        ];
+        assert_eq!(
+            decide(None, 3, &reps, ALL_ALIVE, &[], 2),
+            Grant::Bump {
+                new_version: 4,
+                holders: vec![(8, true), (9, false)]
+            }
+        );
+    }
+
+    #[test]
+    fn with_none_at_the_journaled_version_the_highest_version_held_counts() {
+        // After a crash between the journaled bump and the fence, no replica
+        // has version 5 yet; the live ones at 4 hold the data.
+        let reps = [
+            r(1, 4, true, true),
+            r(2, 4, true, true),
+            r(3, 3, true, true),
+        ];
+        assert_eq!(
+            decide(None, 5, &reps, ALL_ALIVE, &[], 2),
+            Grant::Bump {
+                new_version: 6,
+                holders: vec![(1, true), (2, true)]
+            }
+        );
+    }
 }

@@ -63,6 +63,7 @@ pub struct RepairConfig {
     pub parallel: usize,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Copy {
     good: usize,
     chunk_size: u64,
@@ -153,7 +154,7 @@ async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Inst
     for batch in chunks.chunks(PLAN_BATCH) {
         let mut reg = mds.registry.lock();
         for &(chunk, version) in batch {
-            plan_chunk(
+            judge_chunk(
                 mds, &mut reg, chunk, version, chunk_size, target, busy, retry_at, &mut out,
             );
         }
@@ -168,10 +169,12 @@ async fn plan_round(mds: &Mds, busy: &HashSet<u64>, retry_at: &HashMap<u64, Inst
 /// Chunks judged per hold of the registry lock in `plan_round`.
 const PLAN_BATCH: usize = 1024;
 
-/// One chunk of `plan_round`: deletes its stale and surplus replicas, or
-/// pushes the copy it needs onto `out`.
+/// One chunk of `plan_round`: skips chunks being copied, waiting for a
+/// retry or under a live lease; otherwise decides (`plan_chunk`) and carries
+/// the decision out: deletes stale and surplus replicas from the registry
+/// (their daemons are told at their next heartbeat), queues the copy.
 #[allow(clippy::too_many_arguments)]
-fn plan_chunk(
+fn judge_chunk(
     mds: &Mds,
     reg: &mut crate::chunkds::Registry,
     chunk: u64,
@@ -185,68 +188,124 @@ fn plan_chunk(
     if busy.contains(&chunk) || retry_at.contains_key(&chunk) || mds.leases.live(chunk).is_some() {
         return;
     }
-    let reps = reg.replicas_of(chunk);
-    let good: Vec<(u64, u64)> = reps
+    let holders: Vec<Holder> = reg
+        .replicas_of(chunk)
         .iter()
-        .filter(|(d, r)| r.confirmed && r.version == version && reg.alive(*d))
-        .map(|(d, r)| (*d, r.size))
-        .collect();
-    if good.is_empty() {
-        return; // missing: nothing to copy from (fsck reports it)
-    }
-    for (d, r) in &reps {
-        if r.version < version {
-            tracing::info!(
-                chunk,
-                daemon = d,
-                have = r.version,
-                want = version,
-                "deleting stale replica"
-            );
-            reg.remove_replica(chunk, *d);
-        }
-    }
-    let draining = |d: u64| reg.daemon(d).is_some_and(|x| x.draining);
-    let kept: Vec<u64> = good
-        .iter()
-        .map(|(d, _)| *d)
-        .filter(|d| !draining(*d))
-        .collect();
-    if kept.len() < target {
-        let mut exclude: Vec<u64> = reps.iter().map(|(d, _)| *d).collect();
-        exclude.extend(
-            reg.status()
-                .iter()
-                .map(|d| d.id)
-                .filter(|d| reg.delete_pending(*d, chunk)),
-        );
-        out.push(Copy {
-            good: kept.len(),
-            chunk_size,
-            chunk,
-            version,
-            size: good.iter().map(|(_, s)| *s).max().unwrap_or(0),
-            sources: good.iter().map(|(d, _)| *d).collect(),
-            exclude,
-        });
-        return;
-    }
-    // At or above target without the draining ones: drop the surplus,
-    // draining daemons' copies first, then those on the fullest daemons.
-    let mut extra: Vec<(bool, u64, u64)> = good
-        .iter()
-        .map(|(d, _)| {
+        .map(|(d, r)| {
             let dm = reg.daemon(*d);
-            let free = dm.map_or(0, |x| x.capacity.saturating_sub(x.used));
-            (!draining(*d), free, *d)
+            Holder {
+                daemon: *d,
+                version: r.version,
+                confirmed: r.confirmed,
+                size: r.size,
+                alive: reg.alive(*d),
+                draining: dm.is_some_and(|x| x.draining),
+                free: dm.map_or(0, |x| x.capacity.saturating_sub(x.used)),
+            }
         })
         .collect();
-    extra.sort();
-    let surplus = good.len() - target;
-    for (_, _, d) in extra.into_iter().take(surplus) {
+    let pending = |reg: &crate::chunkds::Registry| -> Vec<u64> {
+        reg.status()
+            .iter()
+            .map(|d| d.id)
+            .filter(|d| reg.delete_pending(*d, chunk))
+            .collect()
+    };
+    let plan = plan_chunk(chunk, version, chunk_size, target, &holders, || {
+        pending(reg)
+    });
+    for d in plan.stale {
+        tracing::info!(chunk, daemon = d, want = version, "deleting stale replica");
+        reg.remove_replica(chunk, d);
+    }
+    for d in plan.surplus {
         tracing::info!(chunk, daemon = d, "removing surplus replica");
         reg.remove_replica(chunk, d);
     }
+    out.extend(plan.copy);
+}
+
+/// A replica of one chunk as `plan_chunk` sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    daemon: u64,
+    version: u64,
+    confirmed: bool,
+    /// Bytes of data the daemon reported.
+    size: u64,
+    alive: bool,
+    draining: bool,
+    /// Room the daemon has left.
+    free: u64,
+}
+
+/// What repair does for one chunk.
+#[derive(Debug, Default, PartialEq)]
+struct ChunkPlan {
+    /// Replicas at an older version than the journaled one.
+    stale: Vec<u64>,
+    /// Good replicas above the target: draining daemons' first, then those
+    /// on the fullest daemons.
+    surplus: Vec<u64>,
+    /// The copy that brings the chunk back to its target, if it needs one.
+    copy: Option<Copy>,
+}
+
+/// Decides one chunk, a pure function of its replicas: stale replicas go;
+/// with fewer good copies than `target` (not counting draining daemons') a
+/// copy is wanted, from any good replica to a daemon that holds none and has
+/// none pending deletion (`pending_delete`, asked only then); with more, the
+/// surplus goes. A chunk with no good replica is missing: nothing to copy
+/// from, nothing is deleted (fsck reports it).
+fn plan_chunk(
+    chunk: u64,
+    version: u64,
+    chunk_size: u64,
+    target: usize,
+    holders: &[Holder],
+    pending_delete: impl FnOnce() -> Vec<u64>,
+) -> ChunkPlan {
+    let good: Vec<&Holder> = holders
+        .iter()
+        .filter(|h| h.confirmed && h.version == version && h.alive)
+        .collect();
+    if good.is_empty() {
+        return ChunkPlan::default();
+    }
+    let mut plan = ChunkPlan {
+        stale: holders
+            .iter()
+            .filter(|h| h.version < version)
+            .map(|h| h.daemon)
+            .collect(),
+        ..Default::default()
+    };
+    let kept = good.iter().filter(|h| !h.draining).count();
+    if kept < target {
+        let mut exclude: Vec<u64> = holders.iter().map(|h| h.daemon).collect();
+        exclude.extend(pending_delete());
+        plan.copy = Some(Copy {
+            good: kept,
+            chunk_size,
+            chunk,
+            version,
+            size: good.iter().map(|h| h.size).max().unwrap_or(0),
+            sources: good.iter().map(|h| h.daemon).collect(),
+            exclude,
+        });
+        return plan;
+    }
+    let mut extra: Vec<(bool, u64, u64)> = good
+        .iter()
+        .map(|h| (!h.draining, h.free, h.daemon))
+        .collect();
+    extra.sort();
+    plan.surplus = extra
+        .into_iter()
+        .take(good.len() - target)
+        .map(|(_, _, d)| d)
+        .collect();
+    plan
 }
 
 /// Rebalancing: while the fullest live daemon holds more than two chunks'
@@ -381,5 +440,102 @@ impl pb::admin_server::Admin for Mds {
         self.repair.rebalancing.store(running, Ordering::Relaxed);
         tracing::info!(running, "rebalance requested");
         Ok(Response::new(pb::RebalanceReply { running }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(daemon: u64, version: u64) -> Holder {
+        Holder {
+            daemon,
+            version,
+            confirmed: true,
+            size: 100,
+            alive: true,
+            draining: false,
+            free: 1000,
+        }
+    }
+
+    fn no_pending() -> Vec<u64> {
+        Vec::new()
+    }
+
+    #[test]
+    fn a_chunk_at_its_target_needs_nothing() {
+        let hs = [h(1, 3), h(2, 3), h(3, 3)];
+        assert_eq!(
+            plan_chunk(7, 3, 64, 3, &hs, no_pending),
+            ChunkPlan::default()
+        );
+    }
+
+    #[test]
+    fn a_dead_holder_means_a_copy_from_the_live_ones_to_a_daemon_without_one() {
+        let mut hs = [h(1, 3), h(2, 3), h(3, 3)];
+        hs[1].alive = false;
+        let plan = plan_chunk(7, 3, 64, 3, &hs, || vec![9]);
+        assert_eq!(plan.stale, Vec::<u64>::new());
+        assert_eq!(
+            plan.copy,
+            Some(Copy {
+                good: 2,
+                chunk_size: 64,
+                chunk: 7,
+                version: 3,
+                size: 100,
+                sources: vec![1, 3],
+                // Never onto a daemon that holds it (dead or not) or is
+                // about to delete it.
+                exclude: vec![1, 2, 3, 9],
+            })
+        );
+    }
+
+    #[test]
+    fn stale_replicas_go_and_the_copy_counts_only_current_ones() {
+        let hs = [h(1, 3), h(2, 2), h(3, 3)];
+        let plan = plan_chunk(7, 3, 64, 3, &hs, no_pending);
+        assert_eq!(plan.stale, vec![2]);
+        assert_eq!(
+            plan.copy.map(|c| (c.good, c.sources)),
+            Some((2, vec![1, 3]))
+        );
+    }
+
+    #[test]
+    fn a_chunk_with_no_good_replica_is_left_alone() {
+        // Missing: deleting its stale copies would lose the last bytes.
+        let mut hs = [h(1, 2), h(2, 3)];
+        hs[1].confirmed = false;
+        assert_eq!(
+            plan_chunk(7, 3, 64, 2, &hs, no_pending),
+            ChunkPlan::default()
+        );
+    }
+
+    #[test]
+    fn a_draining_daemons_copy_does_not_count_and_goes_first_once_replaced() {
+        let mut hs = [h(1, 3), h(2, 3)];
+        hs[0].draining = true;
+        let plan = plan_chunk(7, 3, 64, 2, &hs, no_pending);
+        assert_eq!(plan.copy.as_ref().map(|c| c.good), Some(1));
+        assert_eq!(plan.surplus, Vec::<u64>::new());
+        // Replaced: three good copies, one on the draining daemon.
+        let hs = [hs[0], hs[1], h(3, 3)];
+        let plan = plan_chunk(7, 3, 64, 2, &hs, no_pending);
+        assert_eq!(plan.copy, None);
+        assert_eq!(plan.surplus, vec![1]);
+    }
+
+    #[test]
+    fn the_surplus_on_the_fullest_daemons_goes() {
+        let mut hs = [h(1, 3), h(2, 3), h(3, 3), h(4, 3)];
+        hs[2].free = 10;
+        hs[0].free = 20;
+        let plan = plan_chunk(7, 3, 64, 2, &hs, no_pending);
+        assert_eq!(plan.surplus, vec![3, 1]);
     }
 }

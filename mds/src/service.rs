@@ -2,7 +2,7 @@
 //! committer, and fills in what only the registry knows (replica locations).
 //! No file-system decisions are made here.
 
-use crate::chunkds::{Known, Registry};
+use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
 use crate::ns::{Caller, Ctx};
 use crate::state::State;
@@ -97,18 +97,19 @@ impl Mds {
             (OpKind::Mutation, Op::AllocChunk(a)) => {
                 // Just after an MDS start no daemon may have registered yet:
                 // that is not a full cluster, so wait out the startup grace.
-                loop {
-                    let (room, grace) = {
-                        let reg = self.registry.lock();
-                        (!reg.place(1, 0, &[]).is_empty(), reg.in_startup_grace())
-                    };
-                    if room {
-                        break;
-                    }
-                    if !grace {
-                        return Err(Errno::ENOSPC);
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                let room = self
+                    .after_reports(|reg| {
+                        if !reg.place(1, 0, &[]).is_empty() {
+                            Reports::Done(true)
+                        } else if !reg.in_startup_grace() {
+                            Reports::Done(false)
+                        } else {
+                            Reports::Pending
+                        }
+                    })
+                    .await;
+                if !room {
+                    return Err(Errno::ENOSPC);
                 }
                 let failed = a.failed.clone();
                 let reply = self.mutate(session, seq, caller, Op::AllocChunk(a)).await?;
@@ -199,18 +200,41 @@ impl Mds {
     /// reported yet, so wait for them (up to the dead-after time) rather than
     /// tell a reader the data is gone.
     async fn wait_locations(&self, chunk_id: u64, version: u64) -> Vec<pb::Replica> {
-        loop {
-            let (locs, grace) = {
-                let reg = self.registry.lock();
-                (
-                    reg.locations(chunk_id, version),
-                    reg.may_have_unreported(chunk_id),
-                )
-            };
-            if !locs.is_empty() || !grace {
-                return locs;
+        self.after_reports(|reg| {
+            let locs = reg.locations(chunk_id, version);
+            if !locs.is_empty() || !reg.may_have_unreported(chunk_id) {
+                Reports::Done(locs)
+            } else {
+                Reports::Pending
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        })
+        .await
+    }
+
+    /// Asks `check` now and again after every daemon registration or
+    /// heartbeat (never on a timer) until it decides; the end of the startup
+    /// grace also wakes it, and by then every check decides.
+    pub async fn after_reports<T>(&self, mut check: impl FnMut(&Registry) -> Reports<T>) -> T {
+        loop {
+            let reported = self.registry.lock().reported();
+            let next = reported.notified();
+            tokio::pin!(next);
+            // Registered before the check, so a report that lands between the
+            // check and the wait still wakes it.
+            next.as_mut().enable();
+            let grace_left = {
+                let reg = self.registry.lock();
+                if let Reports::Done(t) = check(&reg) {
+                    return t;
+                }
+                reg.grace_left()
+            };
+            tokio::select! {
+                _ = next => {}
+                // At least a tick, so a check that still says Pending after
+                // the grace does not spin.
+                _ = tokio::time::sleep(grace_left.max(Duration::from_millis(10))) => {}
+            }
         }
     }
 
