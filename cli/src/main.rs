@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use weft_cli::cluster::{ClusterSpec, LocalCluster};
+use weft_cli::progress::Progress;
 use weft_cli::{admin, certs};
 use weft_proto::identity::Role;
 
@@ -216,6 +217,7 @@ fn run(cli: Cli) -> Result<i32> {
             }
             println!("{chunkd}: draining, {} replicas to move", r.remaining);
             if wait {
+                let p = Progress::counter(r.remaining, &format!("{chunkd}: moved"));
                 loop {
                     let s = admin::block_on(admin::status(&mds))?;
                     let left = s
@@ -223,12 +225,18 @@ fn run(cli: Cli) -> Result<i32> {
                         .iter()
                         .find(|d| d.id == r.chunkd_id)
                         .map_or(0, |d| d.chunks);
+                    p.set_progress(r.remaining.saturating_sub(left), r.remaining);
                     if left == 0 {
                         break;
                     }
-                    println!("{chunkd}: {left} replicas left");
-                    std::thread::sleep(Duration::from_secs(2));
+                    if p.is_bar() {
+                        std::thread::sleep(Duration::from_millis(500));
+                    } else {
+                        println!("{chunkd}: {left} replicas left");
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
                 }
+                p.finish();
             }
             if wait || r.remaining == 0 {
                 println!("{chunkd}: empty, safe to retire");
@@ -242,8 +250,26 @@ fn run(cli: Cli) -> Result<i32> {
                 return Ok(0);
             }
             println!("rebalancing");
-            while wait && admin::block_on(admin::status(&mds))?.rebalancing {
-                std::thread::sleep(Duration::from_secs(1));
+            if wait {
+                // How much is left is not known ahead (the MDS moves replicas
+                // until usage is even): a spinner with what moved so far.
+                let p = Progress::spinner("rebalancing");
+                let mut start = None;
+                loop {
+                    let s = admin::block_on(admin::status(&mds))?;
+                    let (c0, b0) = *start.get_or_insert((s.copies_done, s.copied_bytes));
+                    p.set_message(format!(
+                        "rebalancing: {} replicas moved, {:.1} MiB copied, {} in flight",
+                        s.copies_done.saturating_sub(c0),
+                        s.copied_bytes.saturating_sub(b0) as f64 / (1 << 20) as f64,
+                        s.copies_in_flight
+                    ));
+                    if !s.rebalancing {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                p.finish();
             }
             if wait {
                 println!("balanced");
@@ -251,7 +277,11 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Fsck { mds } => {
-            let f = admin::block_on(admin::fsck(&mds))?;
+            // One call that walks every chunk at the MDS: a spinner meanwhile.
+            let p = Progress::spinner("fsck: checking every chunk's replicas");
+            let f = admin::block_on(admin::fsck(&mds));
+            p.finish();
+            let f = f?;
             for p in &f.problems {
                 let what = if p.good_replicas == 0 {
                     "MISSING"

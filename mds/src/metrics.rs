@@ -64,6 +64,8 @@ pub struct View {
     pub status: pb::StatusReply,
     pub sessions: u64,
     pub locks: u64,
+    /// This MDS's node id, to find its row in `status.mds`.
+    pub node_id: u64,
     /// Each mount's session and how long ago it was heard from.
     pub session_list: Vec<(u64, std::time::Duration)>,
 }
@@ -76,6 +78,7 @@ impl Mds {
             status: self.status_reply().await,
             sessions: session_list.len() as u64,
             locks: self.locks.lock().held() as u64,
+            node_id: self.node_id,
             session_list,
         }
     }
@@ -219,6 +222,46 @@ impl Collector for ClusterCollector {
             "weft_mds_chunkds_dead",
             "chunk daemons registered but silent past --dead-after-ms",
             s.chunkds.len() as i64 - alive,
+        )?;
+        // The MDS group as this node sees it: commit lag is
+        // last_log_index - applied; no leader means metadata stalls.
+        if let Some(me) = s.mds.iter().find(|n| n.id == v.node_id) {
+            gauge(
+                &mut e,
+                "weft_mds_term",
+                "this MDS's current term",
+                i(me.term),
+            )?;
+            gauge(
+                &mut e,
+                "weft_mds_is_leader",
+                "1 while this MDS is the group's leader",
+                (me.role == "leader") as i64,
+            )?;
+            gauge(
+                &mut e,
+                "weft_mds_last_log_index",
+                "last entry in this MDS's log",
+                i(me.last_log_index),
+            )?;
+            gauge(
+                &mut e,
+                "weft_mds_applied_index",
+                "last log entry this MDS applied to its namespace",
+                i(me.applied),
+            )?;
+        }
+        gauge(
+            &mut e,
+            "weft_mds_has_leader",
+            "1 while this MDS knows a leader of its group",
+            (s.leader != 0) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "weft_mds_leader_node",
+            "node id of the leader this MDS follows (0: none)",
+            i(s.leader),
         )?;
         type Get = fn(&pb::ChunkdStatus) -> i64;
         let per_daemon: [(&str, &str, Get); 6] = [

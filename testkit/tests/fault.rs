@@ -462,6 +462,41 @@ fn drain_moves_every_replica_off_a_daemon() {
 }
 
 #[test]
+fn drain_on_a_terminal_shows_a_progress_bar_with_time_left() {
+    let mut tc = TestCluster::start_with(4, |s| {
+        s.chunk_size = Some(MIB);
+        s.replicas = Some(3);
+        s.lease_ms = Some(1500);
+    });
+    let mnt = tc.mount();
+    fs::write(mnt.join("f"), pattern(8 * MIB as usize, 22)).unwrap();
+    tc.cluster
+        .wait_replicated(Duration::from_secs(30))
+        .expect("replicated");
+    let victim = tc.cluster.chunkds[0].addr.clone();
+    // script(1) gives weft a pseudo-terminal as stdout.
+    let weft = weft_cmd();
+    let mut cmd = weft.get_program().to_string_lossy().to_string();
+    for a in weft.get_args() {
+        cmd.push(' ');
+        cmd.push_str(&a.to_string_lossy());
+    }
+    let cmd = format!("{cmd} drain --mds {} {victim} --wait", tc.mds_addr());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ETA") && text.contains("moved"), "{text}");
+    assert!(!text.contains("replicas left"), "{text}");
+    assert!(text.contains("empty, safe to retire"), "{text}");
+    let s = tc.cluster.status().unwrap();
+    let d = s.chunkds.iter().find(|d| d.addr == victim).unwrap();
+    assert_eq!(d.chunks, 0);
+}
+
+#[test]
 fn rebalance_evens_out_a_new_empty_daemon() {
     let mut tc = TestCluster::start_with(3, |s| {
         s.chunk_size = Some(MIB);

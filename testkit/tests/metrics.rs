@@ -264,6 +264,15 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_a_cluster_doing_io() {
                 assert!(sample(&text, "weft_mds_wal_written_bytes_total") > 0.0);
                 assert!(sample(&text, "weft_mds_wal_fdatasync_duration_seconds_count") > 0.0);
                 assert!(sample(&text, "weft_mds_files") >= 21.0);
+                // A single MDS leads its group of one, nothing left to apply.
+                assert_eq!(sample(&text, "weft_mds_is_leader"), 1.0);
+                assert_eq!(sample(&text, "weft_mds_has_leader"), 1.0);
+                assert!(sample(&text, "weft_mds_term") >= 1.0);
+                assert!(sample(&text, "weft_mds_last_log_index") > 0.0);
+                assert!(
+                    sample(&text, "weft_mds_applied_index")
+                        >= sample(&text, "weft_mds_last_log_index") - 1.0
+                );
             }
             _ => {
                 // 6 chunks of "big" and one per small file; 3 replicas on 3 daemons.

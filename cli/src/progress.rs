@@ -1,0 +1,73 @@
+//! Progress of long admin commands (`drain --wait`, `rebalance --wait`,
+//! `fsck`): an indicatif bar with the time left when stdout is a terminal,
+//! the plain lines scripts and tests parse otherwise.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::Duration;
+
+/// Where progress goes: a bar on a terminal, nothing extra otherwise (the
+/// callers keep printing their plain lines when `bar()` is None).
+pub struct Progress(Option<ProgressBar>);
+
+impl Progress {
+    /// A bar counting up to `total` (items moved), with rate and time left.
+    pub fn counter(total: u64, what: &str) -> Progress {
+        Progress::on_tty(|| {
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
+                )
+                .expect("template"),
+            );
+            b.set_message(what.to_string());
+            // Drawn at once, even if the work ends before the next update.
+            b.tick();
+            b
+        })
+    }
+
+    /// A spinner for work whose size is unknown (the message says how far).
+    pub fn spinner(what: &str) -> Progress {
+        Progress::on_tty(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]")
+                    .expect("template"),
+            );
+            b.set_message(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        })
+    }
+
+    fn on_tty(make: impl FnOnce() -> ProgressBar) -> Progress {
+        Progress(std::io::stdout().is_terminal().then(make))
+    }
+
+    pub fn is_bar(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Items done of `total` (the total can grow while work goes on).
+    pub fn set_progress(&self, pos: u64, total: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(total.max(pos));
+            b.set_position(pos);
+        }
+    }
+
+    pub fn set_message(&self, msg: String) {
+        if let Some(b) = &self.0 {
+            b.set_message(msg);
+        }
+    }
+
+    /// Removes the bar so the final plain line stands alone.
+    pub fn finish(&self) {
+        if let Some(b) = &self.0 {
+            b.finish_and_clear();
+        }
+    }
+}
