@@ -16,11 +16,10 @@
 //! Invariant: a request whose result variant does not match what the op
 //! returns is a protocol error and becomes EIO (never a panic).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use weft_proto::leader::MdsList;
 use weft_proto::meta_client::MetaClient;
 use weft_proto::meta_reply::Result as R;
@@ -41,7 +40,8 @@ pub struct MdsClient {
     pub kernel_notifier: std::sync::OnceLock<fuser::Notifier>,
     /// The MDS nodes, and which one calls go to.
     pub list: MdsList,
-    clients: parking_lot::Mutex<HashMap<String, MetaClient<Channel>>>,
+    /// One lazily connected channel per node (weft's connection settings).
+    channels: weft_proto::net::Pool,
     session: u64,
     seq: AtomicU64,
     timeout: Duration,
@@ -70,34 +70,21 @@ impl From<CallError> for Errno {
     }
 }
 
-/// A lazily connecting endpoint for `addr` with weft's connection settings
-/// (keepalive, so a hung peer is noticed and the call retried; big windows)
-/// and TLS when configured: see `weft_proto::net`.
-pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    weft_proto::net::endpoint(addr)
-}
-
-/// A lazily connecting Meta client for one MDS node.
-fn meta_client(addr: &str) -> Result<MetaClient<Channel>, String> {
-    Ok(MetaClient::new(endpoint(addr)?.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE))
-}
-
 impl MdsClient {
     /// Must be called inside the tokio runtime (the channel spawns its worker).
     /// `addrs`: one MDS address or a comma-separated list of a group's nodes.
     pub fn new(addrs: &str, timeout: Duration) -> Result<MdsClient, String> {
         let list = MdsList::parse(addrs)?;
-        let mut clients = HashMap::new();
+        let channels = weft_proto::net::Pool::new(None);
+        // Every address is checked now, so a bad one fails the mount.
         for a in list.all() {
-            clients.insert(a.clone(), meta_client(&a)?);
+            channels.channel(&a)?;
         }
         Ok(MdsClient {
             meta: MetaCache::default(),
             kernel_notifier: std::sync::OnceLock::new(),
             list,
-            clients: parking_lot::Mutex::new(clients),
+            channels,
             session: rand::random::<u64>() | 1,
             seq: AtomicU64::new(1),
             timeout,
@@ -112,13 +99,10 @@ impl MdsClient {
     /// The MDS node calls go to now, and its client.
     fn current(&self) -> Result<(String, MetaClient<Channel>), String> {
         let addr = self.list.current();
-        let mut clients = self.clients.lock();
-        if let Some(c) = clients.get(&addr) {
-            return Ok((addr, c.clone()));
-        }
-        let c = meta_client(&addr)?;
-        clients.insert(addr.clone(), c.clone());
-        Ok((addr, c))
+        let client = MetaClient::new(self.channels.channel(&addr)?)
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE);
+        Ok((addr, client))
     }
 
     /// One operation, retried on transport failure until `mds_timeout`.

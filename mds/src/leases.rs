@@ -115,7 +115,6 @@ pub struct ReplicaView {
     pub daemon: u64,
     pub version: u64,
     pub confirmed: bool,
-    pub alive: bool,
 }
 
 /// Decides an AllocChunk's lease, a pure function of what the MDS knows:
@@ -141,7 +140,7 @@ pub fn decide(
     }
     // Who holds the data now: live replicas at the current version; if
     // none, the live ones at the highest version any replica has.
-    let usable = |r: &&ReplicaView| r.alive && !failed.contains(&r.daemon);
+    let usable = |r: &&ReplicaView| alive(r.daemon) && !failed.contains(&r.daemon);
     let mut at: Vec<ReplicaView> = replicas
         .iter()
         .filter(usable)
@@ -242,7 +241,6 @@ impl Mds {
                     daemon: *d,
                     version: r.version,
                     confirmed: r.confirmed,
-                    alive: reg.alive(*d),
                 })
                 .collect();
             decide(
@@ -415,12 +413,11 @@ async fn set_version(addr: &str, chunk: u64, version: u64, term: u64) -> Result<
 mod tests {
     use super::*;
 
-    fn r(daemon: u64, version: u64, confirmed: bool, alive: bool) -> ReplicaView {
+    fn r(daemon: u64, version: u64, confirmed: bool) -> ReplicaView {
         ReplicaView {
             daemon,
             version,
             confirmed,
-            alive,
         }
     }
 
@@ -437,11 +434,7 @@ mod tests {
     #[test]
     fn an_intact_live_lease_is_extended_as_it_is() {
         let l = lease(4, &[1, 2, 3]);
-        let reps = [
-            r(1, 4, true, true),
-            r(2, 4, true, true),
-            r(3, 4, true, true),
-        ];
+        let reps = [r(1, 4, true), r(2, 4, true), r(3, 4, true)];
         assert_eq!(
             decide(Some(&l), 4, &reps, ALL_ALIVE, &[], 2),
             Grant::Extend(l)
@@ -451,11 +444,7 @@ mod tests {
     #[test]
     fn a_failed_or_dead_holder_ends_the_lease_with_a_bump_over_the_survivors() {
         let l = lease(4, &[1, 2, 3]);
-        let reps = [
-            r(1, 4, true, true),
-            r(2, 4, true, true),
-            r(3, 4, true, true),
-        ];
+        let reps = [r(1, 4, true), r(2, 4, true), r(3, 4, true)];
         assert_eq!(
             decide(Some(&l), 4, &reps, ALL_ALIVE, &[2], 2),
             Grant::Bump {
@@ -463,11 +452,7 @@ mod tests {
                 holders: vec![(1, true), (3, true)]
             }
         );
-        let reps = [
-            r(1, 4, true, true),
-            r(2, 4, true, false),
-            r(3, 4, true, true),
-        ];
+        let reps = [r(1, 4, true), r(2, 4, true), r(3, 4, true)];
         assert_eq!(
             decide(Some(&l), 4, &reps, |d| d != 2, &[], 2),
             Grant::Bump {
@@ -481,7 +466,7 @@ mod tests {
     fn a_lease_at_an_older_version_is_not_extended() {
         // The version moved on (a bump by another grant): never hand out the old one.
         let l = lease(4, &[1, 2]);
-        let reps = [r(1, 5, true, true), r(2, 5, true, true)];
+        let reps = [r(1, 5, true), r(2, 5, true)];
         assert!(matches!(
             decide(Some(&l), 5, &reps, ALL_ALIVE, &[], 2),
             Grant::Bump { new_version: 6, .. }
@@ -495,7 +480,7 @@ mod tests {
 
     #[test]
     fn replicas_that_exist_but_are_away_mean_wait_not_place() {
-        let reps = [r(1, 3, true, false), r(2, 3, true, false)];
+        let reps = [r(1, 3, true), r(2, 3, true)];
         assert!(matches!(
             decide(None, 3, &reps, |_| false, &[], 1),
             Grant::Wait(_)
@@ -504,7 +489,7 @@ mod tests {
 
     #[test]
     fn too_few_holders_wait_for_repair() {
-        let reps = [r(1, 3, true, true), r(2, 3, true, false)];
+        let reps = [r(1, 3, true), r(2, 3, true)];
         assert!(matches!(
             decide(None, 3, &reps, |d| d == 1, &[], 2),
             Grant::Wait(_)
@@ -518,11 +503,7 @@ mod tests {
     #[test]
     fn stale_replicas_are_left_out_and_confirmed_ones_lead() {
         // 7 missed a bump (version 2); 9 is planned but never confirmed.
-        let reps = [
-            r(9, 3, false, true),
-            r(7, 2, true, true),
-            r(8, 3, true, true),
-        ];
+        let reps = [r(9, 3, false), r(7, 2, true), r(8, 3, true)];
         assert_eq!(
             decide(None, 3, &reps, ALL_ALIVE, &[], 2),
             Grant::Bump {
@@ -536,11 +517,7 @@ mod tests {
     fn with_none_at_the_journaled_version_the_highest_version_held_counts() {
         // After a crash between the journaled bump and the fence, no replica
         // has version 5 yet; the live ones at 4 hold the data.
-        let reps = [
-            r(1, 4, true, true),
-            r(2, 4, true, true),
-            r(3, 3, true, true),
-        ];
+        let reps = [r(1, 4, true), r(2, 4, true), r(3, 3, true)];
         assert_eq!(
             decide(None, 5, &reps, ALL_ALIVE, &[], 2),
             Grant::Bump {

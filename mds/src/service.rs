@@ -215,8 +215,8 @@ impl Mds {
     /// heartbeat (never on a timer) until it decides; the end of the startup
     /// grace also wakes it, and by then every check decides.
     pub async fn after_reports<T>(&self, mut check: impl FnMut(&Registry) -> Reports<T>) -> T {
+        let reported = self.registry.lock().reported();
         loop {
-            let reported = self.registry.lock().reported();
             let next = reported.notified();
             tokio::pin!(next);
             // Registered before the check, so a report that lands between the

@@ -30,7 +30,6 @@ use weft_proto::pb;
 
 use crate::cache::kernel::Inval;
 use crate::client::Weft;
-use crate::mds_client::endpoint;
 
 /// A stream silent this long is treated as broken: less than the 1 s bound,
 /// well above the MDS's 200 ms tick.
@@ -124,7 +123,10 @@ async fn watch_once(
     tx: &std::sync::mpsc::Sender<Inval>,
     passed: &Passed,
 ) -> Result<(), StreamError> {
-    let channel = endpoint(addr)?.connect().await.map_err(|e| e.to_string())?;
+    let channel = weft_proto::net::endpoint(addr)?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
     let mut client = pb::coherence_client::CoherenceClient::new(channel);
     let strict = w.kernel.strict();
     let epoch = EPOCH.fetch_add(1, Relaxed);
