@@ -90,6 +90,31 @@ pub async fn drain(addr: &str, chunkd: &str, cancel: bool) -> Result<pb::DrainRe
     .await
 }
 
+/// Adds MDS node `id` at `addr` to the group (returns once it votes).
+pub async fn mds_add(addr: &str, id: u64, node: &str) -> Result<pb::MdsChangeReply> {
+    on_leader(addr, &format!("mds add {id}"), |ch| async move {
+        Ok(pb::admin_client::AdminClient::new(ch)
+            .mds_add(pb::MdsAddReq {
+                id,
+                addr: node.to_string(),
+            })
+            .await?
+            .into_inner())
+    })
+    .await
+}
+
+/// Removes MDS node `id` from the group.
+pub async fn mds_remove(addr: &str, id: u64) -> Result<pb::MdsChangeReply> {
+    on_leader(addr, &format!("mds remove {id}"), |ch| async move {
+        Ok(pb::admin_client::AdminClient::new(ch)
+            .mds_remove(pb::MdsRemoveReq { id })
+            .await?
+            .into_inner())
+    })
+    .await
+}
+
 /// Starts (or stops) evening out usage across daemons.
 pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
     on_leader(addr, "rebalance", |ch| async move {

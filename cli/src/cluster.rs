@@ -54,6 +54,10 @@ pub struct ClusterSpec {
     /// own admin calls need this process configured with an admin
     /// certificate of the same CA (`weft_proto::net::configure`).
     pub tls_ca: Option<PathBuf>,
+    /// MDS nodes: 1 runs a single MDS as before; 3 or 5 run an MDS group
+    /// (`--node-id`, `--peers`), node 1 being `LocalCluster::mds` and the
+    /// others `LocalCluster::mds_peers`.
+    pub mds_nodes: usize,
 }
 
 impl ClusterSpec {
@@ -76,6 +80,7 @@ impl ClusterSpec {
             extra_mds_addrs: Vec::new(),
             http: false,
             tls_ca: None,
+            mds_nodes: 1,
         }
     }
 }
@@ -156,7 +161,10 @@ pub struct Mount {
 
 pub struct LocalCluster {
     pub spec: ClusterSpec,
+    /// The MDS, or node 1 of the MDS group.
     pub mds: Proc,
+    /// Nodes 2.. of the MDS group (empty for a single MDS).
+    pub mds_peers: Vec<Proc>,
     pub chunkds: Vec<Proc>,
     pub mounts: Vec<Mount>,
 }
@@ -213,11 +221,16 @@ impl LocalCluster {
                 log: spec.dir.join("logs/mds.log"),
                 http: None,
             },
+            mds_peers: Vec::new(),
             chunkds: Vec::new(),
             mounts: Vec::new(),
             spec,
         };
-        c.start_mds(None)?;
+        if c.spec.mds_nodes > 1 {
+            c.start_group()?;
+        } else {
+            c.start_mds(None)?;
+        }
         for i in 0..c.spec.chunkds {
             let p = Proc {
                 name: format!("weft-chunkd-{}", i + 1),
@@ -267,6 +280,133 @@ impl LocalCluster {
                     self.spec.bin_dir.display()
                 )
             })
+    }
+
+    /// Picks a port for every MDS node (kept across restarts: it is the
+    /// node's address in the group) and starts them all.
+    fn start_group(&mut self) -> Result<()> {
+        let n = self.spec.mds_nodes;
+        // The group's addresses are part of its state: kept for the next start.
+        let saved = self.spec.dir.join("mds-group.addrs");
+        let mut addrs: Vec<String> = fs::read_to_string(&saved)
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        if addrs.len() != n {
+            addrs.clear();
+            for _ in 0..n {
+                let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+                addrs.push(l.local_addr()?.to_string());
+            }
+            fs::write(&saved, addrs.join("\n"))?;
+        }
+        self.mds.addr = addrs[0].clone();
+        for (i, addr) in addrs.iter().enumerate().skip(1) {
+            self.mds_peers.push(Proc {
+                name: format!("weft-mds-{}", i + 1),
+                child: None,
+                addr: addr.clone(),
+                data: self.spec.dir.join(format!("mds-{}", i + 1)),
+                log: self.spec.dir.join(format!("logs/mds-{}.log", i + 1)),
+                http: None,
+            });
+        }
+        for id in 1..=n as u64 {
+            self.start_mds_node(id)?;
+        }
+        wait_for("an MDS group leader", Duration::from_secs(30), || {
+            Ok(self.leader_id())
+        })?;
+        Ok(())
+    }
+
+    /// The MDS group's `--peers` value.
+    pub fn peers_arg(&self) -> String {
+        let mut v = vec![format!("1={}", self.mds.addr)];
+        for (i, p) in self.mds_peers.iter().enumerate() {
+            v.push(format!("{}={}", i + 2, p.addr));
+        }
+        v.join(",")
+    }
+
+    /// MDS node `id` (1-based).
+    pub fn mds_node(&mut self, id: u64) -> &mut Proc {
+        if id <= 1 {
+            &mut self.mds
+        } else {
+            &mut self.mds_peers[id as usize - 2]
+        }
+    }
+
+    /// Starts (or restarts) MDS group node `id` on its address with its data dir.
+    pub fn start_mds_node(&mut self, id: u64) -> Result<()> {
+        self.start_mds_node_with(id, &[])
+    }
+
+    /// `start_mds_node` with further flags (e.g. `--join`).
+    pub fn start_mds_node_with(&mut self, id: u64, extra: &[&str]) -> Result<()> {
+        let peers = self.peers_arg();
+        let node = self.mds_node(id);
+        let (addr, data, log) = (node.addr.clone(), node.data.clone(), node.log.clone());
+        let mut args = vec![
+            "--listen".into(),
+            addr.clone(),
+            "--data".into(),
+            data.display().to_string(),
+            "--node-id".into(),
+            id.to_string(),
+            "--peers".into(),
+            peers,
+            "--log-level".into(),
+            self.spec.log_level.clone(),
+            "--replicas".into(),
+            self.spec
+                .replicas
+                .unwrap_or(3.min(self.spec.chunkds.max(1) as u32))
+                .to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(cs) = self.spec.chunk_size {
+            args.extend(["--chunk-size".into(), cs.to_string()]);
+        }
+        if let Some(h) = self.spec.heartbeat_ms {
+            args.extend(["--heartbeat-ms".into(), h.to_string()]);
+        }
+        if let Some(d) = self.spec.dead_after_ms {
+            args.extend(["--dead-after-ms".into(), d.to_string()]);
+        }
+        if let Some(l) = self.spec.lease_ms {
+            args.extend(["--lease-ms".into(), l.to_string()]);
+        }
+        args.extend(self.spec.mds_args.iter().cloned());
+        let name = if id == 1 { "mds".to_string() } else { format!("mds-{id}") };
+        let http_file = self.http_args(&mut args, &name);
+        args.extend(self.tls_args(Role::Mds, &name)?);
+        let child = self.spawn("weft-mds", &args, &log)?;
+        let node = self.mds_node(id);
+        node.child = Some(child);
+        let t = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if !node.running() {
+                bail!("{} exited during startup:\n{}", node.name, node.log_tail());
+            }
+            if t.elapsed() > Duration::from_secs(30) {
+                bail!("{} did not start listening within 30 s", node.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(f) = http_file {
+            let node = self.mds_node(id);
+            node.http = Some(wait_addr_file(node, &f)?);
+        }
+        Ok(())
+    }
+
+    /// The MDS group's leader as its members report it (None while there is
+    /// none, or for a single MDS that does not answer).
+    pub fn leader_id(&self) -> Option<u64> {
+        let s = self.status().ok()?;
+        let leader = s.mds.iter().find(|n| n.role == "leader" && n.id == s.leader)?;
+        Some(leader.id)
     }
 
     /// Starts (or restarts) the MDS; `listen` pins the address, else a free port.
@@ -383,10 +523,12 @@ impl LocalCluster {
         &self.mds.addr
     }
 
-    /// How clients name the MDS: its address, after `extra_mds_addrs`.
+    /// How clients name the MDS: its address (every node's, for a group),
+    /// after `extra_mds_addrs`.
     pub fn mds_list(&self) -> String {
         let mut l = self.spec.extra_mds_addrs.clone();
         l.push(self.mds.addr.clone());
+        l.extend(self.mds_peers.iter().map(|p| p.addr.clone()));
         l.join(",")
     }
 
@@ -500,6 +642,9 @@ impl LocalCluster {
         }
         for c in &mut self.chunkds {
             c.stop(Duration::from_secs(5));
+        }
+        for p in &mut self.mds_peers {
+            p.stop(Duration::from_secs(5));
         }
         self.mds.stop(Duration::from_secs(5));
     }

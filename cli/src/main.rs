@@ -26,6 +26,27 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum MdsCmd {
+    /// Add MDS node ID at ADDR to the group (start it first with
+    /// `weft-mds --node-id ID --join --listen ADDR ...`): it catches up as a
+    /// learner, then votes.
+    Add {
+        /// The group's nodes, comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
+        mds: String,
+        id: u64,
+        addr: String,
+    },
+    /// Remove MDS node ID from the group (stop it afterwards).
+    Remove {
+        /// The group's nodes, comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
+        mds: String,
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
 enum CertsCmd {
     /// Create a cluster certificate authority in DIR (ca.pem, ca-key.pem).
     Init { dir: PathBuf },
@@ -70,7 +91,16 @@ enum Cmd {
         /// Plaintext links instead of mutual TLS (still loopback only).
         #[arg(long)]
         no_tls: bool,
+        /// MDS nodes: 1 (a single MDS) or 3 or 5 (an MDS group that rides
+        /// through the loss of any minority of them).
+        #[arg(long, default_value_t = 1)]
+        mds_nodes: usize,
         mountpoint: PathBuf,
+    },
+    /// Change the MDS group's membership online.
+    Mds {
+        #[command(subcommand)]
+        cmd: MdsCmd,
     },
     /// Make the certificates for mutual TLS (see README, "Securing a cluster").
     Certs {
@@ -243,6 +273,20 @@ fn run(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Cmd::Mds {
+            cmd: MdsCmd::Add { mds, id, addr },
+        } => {
+            let r = admin::block_on(admin::mds_add(&mds, id, &addr))?;
+            println!("MDS node {id} added; voters: {}", r.voters.join(","));
+            Ok(0)
+        }
+        Cmd::Mds {
+            cmd: MdsCmd::Remove { mds, id },
+        } => {
+            let r = admin::block_on(admin::mds_remove(&mds, id))?;
+            println!("MDS node {id} removed; voters: {}", r.voters.join(","));
+            Ok(0)
+        }
         Cmd::Rebalance { mds, wait, stop } => {
             admin::block_on(admin::rebalance(&mds, stop))?;
             if stop {
@@ -317,6 +361,7 @@ fn run(cli: Cli) -> Result<i32> {
             options,
             no_metrics,
             no_tls,
+            mds_nodes,
             mountpoint,
         } => up(
             dir,
@@ -327,6 +372,7 @@ fn run(cli: Cli) -> Result<i32> {
             Serving {
                 metrics: !no_metrics,
                 tls: !no_tls,
+                mds_nodes,
             },
             mountpoint,
         ),
@@ -337,6 +383,8 @@ fn run(cli: Cli) -> Result<i32> {
 struct Serving {
     metrics: bool,
     tls: bool,
+    /// MDS group size (1: a single MDS).
+    mds_nodes: usize,
 }
 
 fn up(
@@ -345,11 +393,18 @@ fn up(
     chunk_size: Option<u64>,
     replicas: Option<u32>,
     options: Option<String>,
-    Serving { metrics, tls }: Serving,
+    Serving {
+        metrics,
+        tls,
+        mds_nodes,
+    }: Serving,
     mountpoint: PathBuf,
 ) -> Result<i32> {
     if chunkds == 0 {
         bail!("--chunkds must be at least 1");
+    }
+    if mds_nodes == 0 || mds_nodes > 7 {
+        bail!("--mds-nodes {mds_nodes}: must be between 1 and 7 (3 or 5 for a group)");
     }
     if !mountpoint.is_dir() {
         bail!(
@@ -363,6 +418,7 @@ fn up(
     spec.chunk_size = chunk_size;
     spec.replicas = replicas;
     spec.http = metrics;
+    spec.mds_nodes = mds_nodes;
     let mut admin_dir = None;
     if tls {
         let ca = dir.join("certs");

@@ -223,7 +223,8 @@ impl MdsClient {
                 continue;
             }
             tokio::time::sleep(backoff.min(deadline - now)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            // Capped low: a new MDS leader answers within a second or two.
+            backoff = (backoff * 2).min(Duration::from_millis(400));
         }
     }
 

@@ -61,9 +61,18 @@ pub enum Proposal {
 /// Most proposals folded into one write.
 const MAX_BATCH: usize = 1024;
 
+/// The answer to a proposal this node could not put in the log because it
+/// is not (or no longer) the MDS group's leader; the RPC layer turns it into
+/// the "not leader" status, and the client retries with the same (session,
+/// seq) on the leader. Never sent to a client as an errno.
+pub const NOT_LEADER: Errno = Errno(-1);
+
+/// Where proposals go: the local commit thread (a single MDS) or the MDS
+/// group's log.
 #[derive(Clone)]
-pub struct Committer {
-    tx: mpsc::UnboundedSender<Proposal>,
+pub enum Committer {
+    Local(mpsc::UnboundedSender<Proposal>),
+    Group(Arc<crate::group::Group>),
 }
 
 impl Committer {
@@ -81,7 +90,7 @@ impl Committer {
             .name("wal-commit".into())
             .spawn(move || run(rx, state, log, registry, hub, checkpoints, rt))
             .expect("spawn the commit thread");
-        Committer { tx }
+        Committer::Local(tx)
     }
 
     pub async fn propose(
@@ -89,10 +98,18 @@ impl Committer {
         make: impl FnOnce(oneshot::Sender<Outcome>) -> Proposal,
     ) -> Outcome {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(make(done)).is_err() {
-            return Err(Errno::EIO);
+        match self {
+            Committer::Local(tx) => {
+                if tx.send(make(done)).is_err() {
+                    return Err(Errno::EIO);
+                }
+                rx.await.unwrap_or(Err(Errno::EIO))
+            }
+            Committer::Group(g) => {
+                let (req, _) = make(done).split();
+                g.propose(req).await
+            }
         }
-        rx.await.unwrap_or(Err(Errno::EIO))
     }
 }
 
@@ -225,6 +242,52 @@ fn start_checkpoint(
     }
 }
 
+/// What a proposal asks, without its reply channel: what the Raft log carries.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Mutate {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::meta_request::Op,
+    },
+    Release {
+        session: u64,
+        ino: u64,
+    },
+    Expire {
+        session: u64,
+    },
+    Internal {
+        record: Record,
+    },
+}
+
+impl Proposal {
+    pub fn split(self) -> (Request, oneshot::Sender<Outcome>) {
+        match self {
+            Proposal::Mutate {
+                session,
+                seq,
+                ctx,
+                op,
+                done,
+            } => (
+                Request::Mutate {
+                    session,
+                    seq,
+                    ctx,
+                    op,
+                },
+                done,
+            ),
+            Proposal::Release { session, ino, done } => (Request::Release { session, ino }, done),
+            Proposal::Expire { session, done } => (Request::Expire { session }, done),
+            Proposal::Internal { record, done } => (Request::Internal { record }, done),
+        }
+    }
+}
+
 /// Decides one proposal against the (already locked) state; a mutation is
 /// applied and its frame appended to `frames`.
 fn decide(
@@ -234,25 +297,39 @@ fn decide(
     freed: &mut Vec<u64>,
     events: &mut Vec<watch::Event>,
 ) -> (Outcome, oneshot::Sender<Outcome>) {
-    match p {
-        Proposal::Mutate {
+    let (req, done) = p.split();
+    let outcome = decide_with(st, req, &mut |st, session, seq, record| {
+        commit(st, session, seq, record, frames, freed, events)
+    });
+    (outcome, done)
+}
+
+/// Decides one request against the (already locked) state. Every record it
+/// makes goes to `commit`, which applies it (and journals it, on the local
+/// log) and returns the record's reply. Deterministic given the state and
+/// the request, so every node of an MDS group that applies the same request
+/// gets the same records and the same answer.
+pub fn decide_with(
+    st: &mut State,
+    req: Request,
+    commit: &mut dyn FnMut(&mut State, u64, u64, Record) -> pb::meta_reply::Result,
+) -> Outcome {
+    match req {
+        Request::Mutate {
             session,
             seq,
             ctx,
             op,
-            done,
         } => {
             if session != 0 {
                 if let Some(reply) = st.sessions.answered(session, seq) {
-                    return (Ok(reply), done);
+                    return Ok(reply);
                 }
             }
             let outcome = match st.ns.prepare(&ctx, &op) {
                 Err(e) => Err(e),
                 Ok(Prepared::Reply(r)) => Ok(r),
-                Ok(Prepared::Record(record)) => {
-                    Ok(commit(st, session, seq, record, frames, freed, events))
-                }
+                Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record)),
             };
             if let (
                 Ok(pb::meta_reply::Result::Attr(a)),
@@ -261,39 +338,29 @@ fn decide(
             {
                 st.opened(session, a.ino);
             }
-            (outcome, done)
+            outcome
         }
-        Proposal::Release { session, ino, done } => {
+        Request::Release { session, ino } => {
             if let Some(record) = st.released(session, ino) {
-                commit(st, 0, 0, record, frames, freed, events);
+                commit(st, 0, 0, record);
             }
-            (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
+            Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
-        Proposal::Expire { session, done } => {
+        Request::Expire { session } => {
             let opens = st.take_opens(session);
             if st.sessions.contains(session) {
-                commit(
-                    st,
-                    0,
-                    0,
-                    Record::ExpireSession { session },
-                    frames,
-                    freed,
-                    events,
-                );
+                commit(st, 0, 0, Record::ExpireSession { session });
             }
             for (ino, n) in opens {
                 for _ in 0..n {
                     if let Some(record) = st.ns.released(ino) {
-                        commit(st, 0, 0, record, frames, freed, events);
+                        commit(st, 0, 0, record);
                     }
                 }
             }
-            (Ok(pb::meta_reply::Result::Empty(pb::Empty {})), done)
+            Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
-        Proposal::Internal { record, done } => {
-            (Ok(commit(st, 0, 0, record, frames, freed, events)), done)
-        }
+        Request::Internal { record } => Ok(commit(st, 0, 0, record)),
     }
 }
 

@@ -104,6 +104,53 @@ pub struct Config {
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// This node's id in an MDS group (1, 2, 3, ...). With --peers.
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// The MDS group: every voter as ID=ADDR, comma-separated
+    /// (1=127.0.0.1:9700,2=...). Without it the MDS runs alone, as before.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peers: Option<String>,
+    /// Join an existing group (a replacement or a wiped node): never start a
+    /// new group, wait for the leader to send the log or a snapshot.
+    #[arg(long)]
+    pub join: bool,
+    /// MDS group: the leader's heartbeat to its followers.
+    #[arg(long, default_value_t = 100)]
+    pub raft_heartbeat_ms: u64,
+    /// MDS group: a follower that hears nothing from the leader for this
+    /// long (up to twice it, at random) starts an election. Reads are served
+    /// under a leader lease shorter than it.
+    #[arg(long, default_value_t = 500)]
+    pub election_timeout_ms: u64,
+    /// MDS group: take a snapshot (and let the log before it go) every this many entries.
+    #[arg(long, default_value_t = 20_000)]
+    pub snapshot_entries: u64,
+}
+
+/// `--peers`: (id, address) of every voter.
+pub fn parse_peers(s: &str) -> Result<Vec<(u64, String)>, String> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--peers: {part:?} is not ID=ADDR"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("--peers: {id:?} is not a node id"))?;
+        if id == 0 {
+            return Err("--peers: node ids start at 1".into());
+        }
+        if out.iter().any(|(i, _)| *i == id) {
+            return Err(format!("--peers: node {id} appears twice"));
+        }
+        out.push((id, addr.trim().to_string()));
+    }
+    if out.is_empty() {
+        return Err("--peers: no nodes".into());
+    }
+    Ok(out)
 }
 
 impl Config {
@@ -136,6 +183,22 @@ impl Config {
         }
         if self.session_timeout_secs == 0 {
             return Err("--session-timeout-secs must be positive".into());
+        }
+        if let Some(p) = &self.peers {
+            let peers = parse_peers(p)?;
+            let id = self
+                .node_id
+                .ok_or("--peers needs --node-id (this node's id in the list)")?;
+            if !peers.iter().any(|(i, _)| *i == id) && !self.join {
+                return Err(format!(
+                    "--node-id {id} is not in --peers (use --join for a node being added)"
+                ));
+            }
+        } else if self.node_id.is_some() && !self.join {
+            return Err("--node-id needs --peers (the group's voters) or --join".into());
+        }
+        if self.raft_heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.raft_heartbeat_ms {
+            return Err("--election-timeout-ms must be at least three --raft-heartbeat-ms".into());
         }
         Ok(())
     }

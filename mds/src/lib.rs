@@ -5,6 +5,7 @@
 //! - `state`      ns plus the per-session reply table; `apply_entry` is the only mutator
 //! - `wal`        the write-ahead log: frame codec and segment files, replay
 //! - `committer`  group commit: decide, journal with one write per batch, apply, answer (the fdatasync trails, `wal/durable.rs`)
+//! - `group`      the MDS group: the log replicated with openraft, leader lease, MDS↔MDS calls
 //! - `chunkds`    chunk daemons and their replicas, rebuilt from their reports
 //! - `placement`  where new replicas go (pure)
 //! - `leases`     write leases and version bumps that fence stale writers
@@ -20,6 +21,7 @@
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod group;
 pub mod inspect;
 pub mod leases;
 pub mod locks;

@@ -92,6 +92,9 @@ pub fn spawn(mds: Mds, cfg: RepairConfig) {
             if mds.registry.lock().in_startup_grace() {
                 continue; // daemons are still reporting what they hold
             }
+            if mds.check_leader(false).is_err() {
+                continue; // in an MDS group only the leader repairs
+            }
             let busy_now = busy.lock().clone();
             let mut copies = plan_round(&mds, &busy_now, &retry_at).await;
             copies.sort_by_key(|c| (c.good, c.chunk));
@@ -420,6 +423,7 @@ async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: 
 #[tonic::async_trait]
 impl pb::admin_server::Admin for Mds {
     async fn drain(&self, req: Request<pb::DrainReq>) -> Result<Response<pb::DrainReply>, Status> {
+        self.check_leader(false)?;
         let req = req.into_inner();
         let mut reg = self.registry.lock();
         let id = reg
@@ -439,11 +443,45 @@ impl pb::admin_server::Admin for Mds {
         &self,
         req: Request<pb::RebalanceReq>,
     ) -> Result<Response<pb::RebalanceReply>, Status> {
+        self.check_leader(false)?;
         let running = !req.into_inner().stop;
         self.repair.rebalancing.store(running, Ordering::Relaxed);
         tracing::info!(running, "rebalance requested");
         Ok(Response::new(pb::RebalanceReply { running }))
     }
+
+    async fn mds_add(
+        &self,
+        req: Request<pb::MdsAddReq>,
+    ) -> Result<Response<pb::MdsChangeReply>, Status> {
+        self.check_leader(false)?;
+        let req = req.into_inner();
+        let g = self.group.as_ref().ok_or_else(not_a_group)?;
+        crate::group::add_node(g, req.id, &req.addr).await?;
+        Ok(Response::new(pb::MdsChangeReply {
+            voters: crate::group::voters(g),
+        }))
+    }
+
+    async fn mds_remove(
+        &self,
+        req: Request<pb::MdsRemoveReq>,
+    ) -> Result<Response<pb::MdsChangeReply>, Status> {
+        self.check_leader(false)?;
+        let req = req.into_inner();
+        let g = self.group.as_ref().ok_or_else(not_a_group)?;
+        crate::group::remove_node(g, req.id).await?;
+        Ok(Response::new(pb::MdsChangeReply {
+            voters: crate::group::voters(g),
+        }))
+    }
+}
+
+fn not_a_group() -> Status {
+    Status::failed_precondition(
+        "this MDS runs alone (started without --node-id/--peers); restart it with \
+         --node-id 1 --peers 1=ADDR to make it a group of one that can grow",
+    )
 }
 
 #[cfg(test)]

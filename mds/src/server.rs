@@ -152,6 +152,172 @@ pub async fn run(
     // Status); --http only serves them. A request costs a clock read more.
     weft_metrics::enable();
     let format = read_or_create_format(&cfg)?;
+    if cfg.node_id.is_some() {
+        run_group(cfg, format, shutdown).await
+    } else {
+        run_single(cfg, format, shutdown).await
+    }
+}
+
+/// The parts of an `Mds` both modes build alike.
+fn mds_parts(
+    cfg: &Config,
+    state: Arc<RwLock<State>>,
+    registry: Arc<Mutex<Registry>>,
+    committer: Committer,
+    log: crate::service::LogPosition,
+    term: Arc<crate::term::Term>,
+    addr: String,
+    group: Option<Arc<crate::group::Group>>,
+) -> Mds {
+    Mds {
+        state,
+        registry,
+        committer,
+        replicas: cfg.replicas,
+        heartbeat_ms: cfg.heartbeat_ms,
+        leases: Arc::new(crate::leases::Leases::new(
+            std::time::Duration::from_millis(cfg.lease_ms),
+            cfg.min_replicas,
+        )),
+        repair: Default::default(),
+        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
+            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
+        ))),
+        contacts: Default::default(),
+        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
+        log,
+        term,
+        node_id: group.as_ref().map(|g| g.id).unwrap_or(1),
+        addr,
+        group,
+    }
+}
+
+/// Background work every MDS runs, then the status page.
+async fn start_background(mds: &Mds, cfg: &Config, sessions: Vec<u64>) -> anyhow::Result<()> {
+    // Sessions known from the log get a full timeout from now to come back.
+    crate::sessions::start_expiry(mds, sessions, cfg.session_timeout());
+    crate::repair::spawn(
+        mds.clone(),
+        crate::repair::RepairConfig {
+            interval: std::time::Duration::from_millis(cfg.heartbeat_ms),
+            bytes_per_sec: cfg.repair_mib_per_sec << 20,
+            parallel: cfg.repair_parallel,
+        },
+    );
+    if let Some(http) = cfg.http {
+        let bound = crate::status_page::serve(mds.clone(), http).await?;
+        if let Some(path) = &cfg.http_addr_file {
+            write_addr_file(path, &bound.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+async fn bind(cfg: &Config) -> anyhow::Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// Serves the MDS's gRPC services (and, in a group, `weft.Raft`) until `shutdown`.
+async fn serve(
+    mds: Mds,
+    hub: Arc<crate::watch::Hub>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let max = weft_proto::MAX_MESSAGE;
+    let raft = mds.group.as_ref().map(|g| {
+        weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(g.raft.clone()))
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max)
+    });
+    weft_proto::net::server()
+        .map_err(anyhow::Error::msg)?
+        .add_service(
+            weft_proto::pb::meta_server::MetaServer::new(mds.clone())
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
+            crate::watch::Service(hub, mds.group.clone()),
+        ))
+        .add_service(weft_proto::pb::admin_server::AdminServer::new(mds.clone()))
+        .add_optional_service(raft)
+        .add_service(
+            weft_proto::pb::master_server::MasterServer::new(mds)
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .serve_with_incoming_shutdown(weft_proto::net::incoming(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// One node of an MDS group (`--node-id`, `--peers`).
+async fn run_group(
+    cfg: Config,
+    format: Format,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (listener, addr) = bind(&cfg).await?;
+    // The address the group knows this node by: its --peers entry if any.
+    let me = cfg.node_id.unwrap_or(1);
+    let advertised = cfg
+        .peers
+        .as_deref()
+        .and_then(|p| crate::config::parse_peers(p).ok())
+        .and_then(|p| p.into_iter().find(|(i, _)| *i == me).map(|(_, a)| a))
+        .unwrap_or_else(|| addr.to_string());
+    let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
+    // Mounts of an earlier leader may hold strict-mode trust leases.
+    let hub = Arc::new(crate::watch::Hub::new(true));
+    let started =
+        crate::group::start(&cfg, format.chunk_size, &advertised, hub.clone(), registry.clone())
+            .await?;
+    let group = started.group.clone();
+    let marker = cfg.data.join(FORMAT_FILE);
+    let durability = crate::wal::Durability::new(Arc::new(fs::File::open(&marker)?), 0);
+    let log = crate::service::LogPosition {
+        durability,
+        epoch: 0,
+        recovered: 0,
+        replicated: true,
+    };
+    let term = Arc::new(crate::term::Term::new(0));
+    let mds = mds_parts(
+        &cfg,
+        started.state.clone(),
+        registry,
+        Committer::Group(group.clone()),
+        log,
+        term,
+        advertised.clone(),
+        Some(group.clone()),
+    );
+    if let Some(path) = &cfg.addr_file {
+        write_addr_file(path, &addr.to_string())?;
+    }
+    start_background(&mds, &cfg, Vec::new()).await?;
+    crate::group::watch_leadership(mds.clone(), cfg.dead_after());
+    tracing::info!(%addr, node = me, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving as a member of an MDS group");
+    serve(mds, hub, listener, shutdown).await?;
+    // The log holds everything on disk already; openraft stops its tasks.
+    let _ = group.raft.shutdown().await;
+    tracing::info!("weft-mds stopped");
+    Ok(())
+}
+
+/// A single MDS: its own write-ahead log and checkpoints, as before groups.
+async fn run_single(
+    cfg: Config,
+    format: Format,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let term = Arc::new(crate::term::Term::next_start(&cfg.data, cfg.min_term)?);
     let wal_dir = cfg.data.join("wal");
     fs::create_dir_all(&wal_dir)?;
@@ -163,6 +329,7 @@ pub async fn run(
         durability: durability.clone(),
         epoch: rand::random::<u64>() | 1,
         recovered: state.applied_index,
+        replicated: false,
     };
     let orphans = state.ns.orphans();
     let sessions: Vec<u64> = state.sessions.ids().collect();
@@ -207,71 +374,23 @@ pub async fn run(
         });
     }
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = bind(&cfg).await?;
     if let Some(path) = &cfg.addr_file {
         write_addr_file(path, &addr.to_string())?;
     }
-    let mds = Mds {
-        state: state.clone(),
+    let mds = mds_parts(
+        &cfg,
+        state.clone(),
         registry,
         committer,
-        replicas: cfg.replicas,
-        heartbeat_ms: cfg.heartbeat_ms,
-        leases: Arc::new(crate::leases::Leases::new(
-            std::time::Duration::from_millis(cfg.lease_ms),
-            cfg.min_replicas,
-        )),
-        repair: Default::default(),
-        locks: Arc::new(Mutex::new(crate::locks::LockTable::new(
-            std::time::Duration::from_secs(cfg.lock_expiry_secs.max(1)),
-        ))),
-        contacts: Default::default(),
-        orphan_grace: std::time::Duration::from_secs(cfg.orphan_grace_secs),
         log,
-        term: term.clone(),
-        node_id: 1,
-        addr: addr.to_string(),
-    };
-    // Sessions known from the log get a full timeout from now to come back.
-    crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
-    crate::repair::spawn(
-        mds.clone(),
-        crate::repair::RepairConfig {
-            interval: std::time::Duration::from_millis(cfg.heartbeat_ms),
-            bytes_per_sec: cfg.repair_mib_per_sec << 20,
-            parallel: cfg.repair_parallel,
-        },
+        term.clone(),
+        addr.to_string(),
+        None,
     );
-    if let Some(http) = cfg.http {
-        let bound = crate::status_page::serve(mds.clone(), http).await?;
-        if let Some(path) = &cfg.http_addr_file {
-            write_addr_file(path, &bound.to_string())?;
-        }
-    }
+    start_background(&mds, &cfg, sessions).await?;
     tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
-
-    let max = weft_proto::MAX_MESSAGE;
-    weft_proto::net::server()
-        .map_err(anyhow::Error::msg)?
-        .add_service(
-            weft_proto::pb::meta_server::MetaServer::new(mds.clone())
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
-            crate::watch::Service(hub),
-        ))
-        .add_service(weft_proto::pb::admin_server::AdminServer::new(mds.clone()))
-        .add_service(
-            weft_proto::pb::master_server::MasterServer::new(mds)
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-        )
-        .serve_with_incoming_shutdown(weft_proto::net::incoming(listener), shutdown)
-        .await?;
+    serve(mds, hub, listener, shutdown).await?;
     // A clean stop leaves a snapshot, so the next start replays (almost) nothing.
     let st = state.read().await;
     // Never let a snapshot cover entries the log does not hold on disk: a

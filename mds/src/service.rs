@@ -40,6 +40,8 @@ pub struct Mds {
     /// This node's id and the address it serves on.
     pub node_id: u64,
     pub addr: String,
+    /// The MDS group this node belongs to (None: a single MDS, as before).
+    pub group: Option<Arc<crate::group::Group>>,
 }
 
 #[derive(Clone)]
@@ -50,6 +52,9 @@ pub struct LogPosition {
     pub epoch: u64,
     /// The last entry replayed at start (on disk: the log is synced at open).
     pub recovered: u64,
+    /// An MDS group answers a change only once a majority has it on disk:
+    /// replies carry epoch 0 ("on disk already") and SyncLog has nothing to wait for.
+    pub replicated: bool,
 }
 
 impl LogPosition {
@@ -57,6 +62,9 @@ impl LogPosition {
     /// gone (from an earlier epoch and past what this start recovered: a
     /// power loss took it).
     pub async fn sync(&self, index: u64, epoch: u64) -> Outcome {
+        if self.replicated {
+            return Ok(Reply::Empty(pb::Empty {}));
+        }
         let index = if epoch == self.epoch {
             // Never wait for an entry that does not exist yet.
             index.min(self.durability.appended())
@@ -76,6 +84,23 @@ impl LogPosition {
 }
 
 impl Mds {
+    /// Ok when this node may answer: always for a single MDS; in a group,
+    /// only the leader (and for reads, only within its lease).
+    pub fn check_leader(&self, read: bool) -> Result<(), Status> {
+        match &self.group {
+            None => Ok(()),
+            Some(g) => g.check_leader(read),
+        }
+    }
+
+    /// The "not leader" answer for a proposal the group did not take.
+    fn lost_leadership(&self) -> Status {
+        match &self.group {
+            Some(g) => g.check_leader(false).err().unwrap_or_else(|| weft_proto::leader::not_leader(None)),
+            None => Status::unavailable("not leader"),
+        }
+    }
+
     pub async fn dispatch(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
         // The kind (weft_proto::contract) decides the route; the client
         // numbered the request by the same table.
@@ -282,16 +307,24 @@ impl pb::meta_server::Meta for Mds {
             .op
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
+        self.check_leader(contract::kind(&op) == OpKind::Read)?;
         self.contacts.touch(req.session);
         let parent = contract::changed_dir(&op);
         let (timer, kind) = (weft_metrics::Timer::start(), weft_proto::op_kind(&op));
         let outcome = self.dispatch(req.session, req.seq, caller, op).await;
-        // The change (or the state a read saw) is at or below what is written now.
-        let log_index = self.log.durability.appended();
-        if req.wait_durable && outcome.is_ok() {
-            self.log.durability.wait(log_index).await;
+        if outcome == Err(crate::committer::NOT_LEADER) {
+            return Err(self.lost_leadership());
         }
-        let durable_index = self.log.durability.durable();
+        let (log_index, durable_index, log_epoch) = if self.log.replicated {
+            (0, 0, 0)
+        } else {
+            // The change (or the state a read saw) is at or below what is written now.
+            let log_index = self.log.durability.appended();
+            if req.wait_durable && outcome.is_ok() {
+                self.log.durability.wait(log_index).await;
+            }
+            (log_index, self.log.durability.durable(), self.log.epoch)
+        };
         crate::metrics::M.requests.done(kind, timer);
         if let Err(e) = &outcome {
             crate::metrics::M.errors.inc(e.code());
@@ -309,7 +342,7 @@ impl pb::meta_server::Meta for Mds {
                     parent_attr,
                     log_index,
                     durable_index,
-                    log_epoch: self.log.epoch,
+                    log_epoch,
                 }
             }
             Err(e) => pb::MetaReply {
@@ -318,7 +351,7 @@ impl pb::meta_server::Meta for Mds {
                 parent_attr: None,
                 log_index,
                 durable_index,
-                log_epoch: self.log.epoch,
+                log_epoch,
             },
         };
         Ok(Response::new(reply))
@@ -331,6 +364,7 @@ impl pb::master_server::Master for Mds {
         &self,
         req: Request<pb::RegisterReq>,
     ) -> Result<Response<pb::RegisterReply>, Status> {
+        self.check_leader(false)?;
         let req = req.into_inner();
         let st = self.state.read().await;
         self.registry.lock().register(&req, Self::classify(&st));
@@ -346,6 +380,7 @@ impl pb::master_server::Master for Mds {
         &self,
         req: Request<pb::HeartbeatReq>,
     ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.check_leader(false)?;
         let req = req.into_inner();
         let st = self.state.read().await;
         let mut reg = self.registry.lock();
@@ -375,6 +410,7 @@ impl pb::master_server::Master for Mds {
         &self,
         req: Request<pb::CorruptReq>,
     ) -> Result<Response<pb::Empty>, Status> {
+        self.check_leader(false)?;
         let req = req.into_inner();
         tracing::warn!(
             chunkd = req.chunkd_id,
@@ -389,10 +425,20 @@ impl pb::master_server::Master for Mds {
         &self,
         _req: Request<pb::StatusReq>,
     ) -> Result<Response<pb::StatusReply>, Status> {
+        // A follower that knows the leader sends the caller there (the
+        // leader sees every node); with no leader it answers itself.
+        if let Some(g) = &self.group {
+            if let Err(s) = g.check_leader(false) {
+                if weft_proto::leader::leader_hint(&s).is_some_and(|h| h.is_some()) {
+                    return Err(s);
+                }
+            }
+        }
         Ok(Response::new(self.status_reply().await))
     }
 
     async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+        self.check_leader(true)?;
         self.fsck_reply().await
     }
 }
@@ -413,6 +459,7 @@ impl Mds {
                 under += 1;
             }
         }
+        let (mds, leader) = self.mds_nodes(st.applied_index);
         pb::StatusReply {
             chunkds: reg.status(),
             files: counts.files,
@@ -428,18 +475,70 @@ impl Mds {
             rebalancing: self.repair.rebalancing(),
             log_appended_index: self.log.durability.appended(),
             log_durable_index: self.log.durability.durable(),
-            // A single MDS leads a group of one.
-            mds: vec![pb::MdsNode {
-                id: self.node_id,
-                addr: self.addr.clone(),
-                role: "leader".into(),
-                term: self.term.get(),
-                last_log_index: self.log.durability.appended(),
-                applied: st.applied_index,
-            }],
-            leader: self.node_id,
+            mds,
+            leader,
             ops: crate::metrics::op_stats(),
         }
+    }
+
+    /// The MDS nodes as this node sees them, and the leader's id (0: none known).
+    fn mds_nodes(&self, applied: u64) -> (Vec<pb::MdsNode>, u64) {
+        let Some(g) = &self.group else {
+            // A single MDS leads a group of one.
+            return (
+                vec![pb::MdsNode {
+                    id: self.node_id,
+                    addr: self.addr.clone(),
+                    role: "leader".into(),
+                    term: self.term.get(),
+                    last_log_index: self.log.durability.appended(),
+                    applied,
+                }],
+                self.node_id,
+            );
+        };
+        let s = g.standing();
+        let m = g.raft.metrics().borrow().clone();
+        let replication = m.replication.clone().unwrap_or_default();
+        let lease = g.read_lease * 4;
+        let nodes = s
+            .nodes
+            .iter()
+            .map(|(id, addr)| {
+                let voter = s.voters.contains(id);
+                if *id == g.id {
+                    return pb::MdsNode {
+                        id: *id,
+                        addr: addr.clone(),
+                        role: s.role.into(),
+                        term: s.term,
+                        last_log_index: s.last_log,
+                        applied: s.applied,
+                    };
+                }
+                // Only the leader knows how far the others are.
+                let matched = replication.get(id).copied().flatten();
+                let heard = g.acks.heard_within(*id, s.term, lease);
+                let role = if s.role != "leader" {
+                    if Some(*id) == s.leader { "leader" } else if voter { "follower" } else { "learner" }
+                } else if !heard {
+                    "unreachable"
+                } else if voter {
+                    "follower"
+                } else {
+                    "learner"
+                };
+                pb::MdsNode {
+                    id: *id,
+                    addr: addr.clone(),
+                    role: role.into(),
+                    term: s.term,
+                    last_log_index: matched.map(|l| l.index).unwrap_or(0),
+                    applied: matched.map(|l| l.index).unwrap_or(0),
+                }
+            })
+            .collect();
+        (nodes, s.leader.unwrap_or(0))
     }
 
     async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {

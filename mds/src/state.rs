@@ -138,13 +138,19 @@ impl State {
     /// Applies the entry at `index` (the next one) and remembers its reply.
     pub fn apply_entry(&mut self, index: u64, entry: &LogEntry) -> Applied {
         debug_assert!(self.applied_index == 0 || index == self.applied_index + 1);
-        let applied = self.ns.apply(&entry.record);
-        if let Record::ExpireSession { session } = entry.record {
-            self.sessions.replies.remove(&session);
-        }
-        self.sessions
-            .remember(entry.session, entry.seq, &applied.reply);
+        let applied = self.apply_record(entry.session, entry.seq, &entry.record);
         self.applied_index = index;
+        applied
+    }
+
+    /// Applies one record and remembers its reply, leaving `applied_index`
+    /// to the caller (one Raft entry may make several records).
+    pub fn apply_record(&mut self, session: u64, seq: u64, record: &Record) -> Applied {
+        let applied = self.ns.apply(record);
+        if let Record::ExpireSession { session } = record {
+            self.sessions.replies.remove(session);
+        }
+        self.sessions.remember(session, seq, &applied.reply);
         applied
     }
 }

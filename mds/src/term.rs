@@ -40,6 +40,24 @@ impl Term {
         Ok(Term::new(term))
     }
 
+    /// The last term recorded in `DATA/term` (0 if none).
+    pub fn last(data: &Path) -> anyhow::Result<u64> {
+        let path = data.join(TERM_FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(s) => s
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("{}: not a term: {:?}", path.display(), s.trim())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// In an MDS group the term is the Raft term this node leads in.
+    pub fn set(&self, term: u64) {
+        self.0.fetch_max(term, Ordering::AcqRel);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Acquire)
     }

@@ -185,7 +185,9 @@ impl Hub {
 }
 
 /// The `Coherence` gRPC service.
-pub struct Service(pub Arc<Hub>);
+/// The push service; in an MDS group only the leader serves it (a mount on
+/// a follower is told "not leader" and follows).
+pub struct Service(pub Arc<Hub>, pub Option<Arc<crate::group::Group>>);
 
 #[tonic::async_trait]
 impl pb::coherence_server::Coherence for Service {
@@ -195,6 +197,9 @@ impl pb::coherence_server::Coherence for Service {
         &self,
         req: tonic::Request<pb::WatchReq>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
+        if let Some(g) = &self.1 {
+            g.check_leader(false)?;
+        }
         let r = req.into_inner();
         Ok(tonic::Response::new(self.0.watch(r.session, r.strict)))
     }

@@ -46,7 +46,7 @@ pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 pub use weft_proto::contract::limits::MAX_CHUNKS_PER_CALL;
 
 /// Who is asking (from `pb::Caller`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Caller {
     pub uid: u32,
     pub gid: u32,
@@ -70,7 +70,7 @@ impl Caller {
 }
 
 /// Inputs `prepare` may use that the state machine can't make itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Ctx {
     pub now: Time,
     pub caller: Caller,

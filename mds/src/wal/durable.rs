@@ -55,6 +55,17 @@ impl Durability {
     }
 
     /// Highest index on disk.
+    /// An MDS group answers only what a majority holds on disk, so written
+    /// and durable move together to the applied index.
+    pub fn advance(&self, index: u64) {
+        {
+            let mut t = self.tail.lock();
+            t.appended = t.appended.max(index);
+        }
+        self.appended.fetch_max(index, Ordering::AcqRel);
+        self.synced(index);
+    }
+
     pub fn durable(&self) -> u64 {
         *self.durable.borrow()
     }

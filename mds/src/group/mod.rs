@@ -1,0 +1,506 @@
+//! The MDS group: several weft-mds nodes agree on one log with openraft, so
+//! any minority of them can crash, pause, be cut off or lose its disk while
+//! the file system carries on.
+//!
+//! - `log_store`      the Raft log and vote on disk (the WAL's frame format)
+//! - `state_machine`  applies entries: each is a client's request, decided
+//!                    (`committer::decide_with`) on every node alike;
+//!                    snapshots are the MDS checkpoints
+//! - `network`        MDS↔MDS calls over tonic (`weft.Raft`), and the
+//!                    acknowledgements the leader lease is computed from
+//!
+//! A request is in the log before anything decides it: the leader appends
+//! (session, seq, caller, op, the leader's clock), and every node runs
+//! `prepare` + `apply` when the entry commits, so a request prepared against a
+//! state that changed meanwhile cannot misapply, and the reply table that
+//! makes retries exactly-once is the same on every node. The answer goes back
+//! once the entry is on disk on a majority and applied on the leader.
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use crate::committer::{Outcome, Request};
+use crate::ns::{Ctx, Record};
+use openraft::{BasicNode, ServerState};
+use parking_lot::Mutex;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_proto::{pb, Errno};
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Cmd,
+        R = Answer,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = std::io::Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// What one log entry asks: a `committer::Request`, with the op as its
+/// protobuf bytes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Cmd {
+    Mutate {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: Vec<u8>,
+    },
+    Release {
+        session: u64,
+        ino: u64,
+    },
+    Expire {
+        session: u64,
+    },
+    Internal {
+        record: Record,
+    },
+}
+
+impl From<Request> for Cmd {
+    fn from(r: Request) -> Cmd {
+        match r {
+            Request::Mutate {
+                session,
+                seq,
+                ctx,
+                op,
+            } => Cmd::Mutate {
+                session,
+                seq,
+                ctx,
+                op: pb::MetaRequest {
+                    op: Some(op),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            },
+            Request::Release { session, ino } => Cmd::Release { session, ino },
+            Request::Expire { session } => Cmd::Expire { session },
+            Request::Internal { record } => Cmd::Internal { record },
+        }
+    }
+}
+
+impl Cmd {
+    /// None for an op this build cannot decode (a newer node's).
+    pub fn into_request(self) -> Option<Request> {
+        Some(match self {
+            Cmd::Mutate {
+                session,
+                seq,
+                ctx,
+                op,
+            } => Request::Mutate {
+                session,
+                seq,
+                ctx,
+                op: pb::MetaRequest::decode(op.as_slice()).ok()?.op?,
+            },
+            Cmd::Release { session, ino } => Request::Release { session, ino },
+            Cmd::Expire { session } => Request::Expire { session },
+            Cmd::Internal { record } => Request::Internal { record },
+        })
+    }
+}
+
+/// The answer to one entry, as the leader's state machine computed it: the
+/// encoded `MetaReply` result or an errno, and the strict-mode wait (hub
+/// sequence, origin session) that must end before the client hears it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Answer {
+    pub reply: Option<Result<Vec<u8>, i32>>,
+    pub strict: Option<(u64, u64)>,
+}
+
+impl Answer {
+    pub fn outcome(&self) -> Outcome {
+        match &self.reply {
+            Some(Ok(bytes)) => pb::MetaReply::decode(bytes.as_slice())
+                .ok()
+                .and_then(|r| r.result)
+                .ok_or(Errno::EIO),
+            Some(Err(code)) => Err(Errno(*code)),
+            None => Ok(pb::meta_reply::Result::Empty(pb::Empty {})),
+        }
+    }
+}
+
+/// The leader lease: when each voter last acknowledged an AppendEntries this
+/// node sent as leader, by the time it was sent (so the lease the follower
+/// grants, counted from when it received it, always outlasts ours).
+#[derive(Default)]
+pub struct Acks(Mutex<HashMap<u64, (u64, Instant)>>);
+
+impl Acks {
+    pub fn ack(&self, node: u64, term: u64, sent: Instant) {
+        let mut m = self.0.lock();
+        let e = m.entry(node).or_insert((term, sent));
+        if (term, sent) > *e {
+            *e = (term, sent);
+        }
+    }
+
+    /// Whether `node` acknowledged this leader of `term` within `d`.
+    pub fn heard_within(&self, node: u64, term: u64, d: Duration) -> bool {
+        self.0
+            .lock()
+            .get(&node)
+            .is_some_and(|(t, at)| *t == term && at.elapsed() < d)
+    }
+
+    /// Whether a majority of `voters` (this node counting as acknowledged)
+    /// acknowledged this node as leader of `term` within `lease`.
+    pub fn quorum_within(&self, me: u64, voters: &[u64], term: u64, lease: Duration) -> bool {
+        let m = self.0.lock();
+        let fresh = voters
+            .iter()
+            .filter(|v| {
+                **v == me
+                    || m.get(v)
+                        .is_some_and(|(t, at)| *t == term && at.elapsed() < lease)
+            })
+            .count();
+        fresh * 2 > voters.len()
+    }
+}
+
+/// One node's handle on the group.
+pub struct Group {
+    pub raft: Raft,
+    pub id: u64,
+    pub acks: Arc<Acks>,
+    /// Reads are served only while a majority acknowledged this leader
+    /// within this (below the followers' election timeout).
+    pub read_lease: Duration,
+    hub: Arc<crate::watch::Hub>,
+}
+
+/// Where a node stands, from openraft's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Standing {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub role: &'static str,
+    /// Leader, and everything committed before its term is applied.
+    pub ready: bool,
+    pub voters: Vec<u64>,
+    pub nodes: BTreeMap<u64, String>,
+    pub last_log: u64,
+    pub applied: u64,
+}
+
+impl Group {
+    pub fn standing(&self) -> Standing {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: Vec<u64> = membership.voter_ids().collect();
+        let nodes: BTreeMap<u64, String> = membership
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower if !voters.contains(&self.id) => "learner",
+            ServerState::Learner => "learner",
+            ServerState::Candidate => "candidate",
+            ServerState::Follower => "follower",
+            ServerState::Shutdown => "stopped",
+        };
+        let ready = m.state == ServerState::Leader
+            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
+        Standing {
+            leader: m.current_leader,
+            term: m.current_term,
+            role,
+            ready,
+            voters,
+            nodes,
+            last_log: m.last_log_index.unwrap_or(0),
+            applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+        }
+    }
+
+    /// Ok when this node may answer clients now: the leader, caught up with
+    /// its own term, and (for reads) within its lease. Otherwise the "not
+    /// leader" answer naming the leader it knows of.
+    pub fn check_leader(&self, read: bool) -> Result<(), tonic::Status> {
+        let s = self.standing();
+        let ok = s.ready
+            && (!read
+                || s.voters.len() <= 1
+                || self
+                    .acks
+                    .quorum_within(self.id, &s.voters, s.term, self.read_lease));
+        if ok {
+            return Ok(());
+        }
+        let hint = s
+            .leader
+            .filter(|l| *l != self.id)
+            .and_then(|l| s.nodes.get(&l).cloned());
+        Err(weft_proto::leader::not_leader(hint.as_deref()))
+    }
+
+    /// Puts a request in the log and returns its answer once it is on disk
+    /// on a majority and applied here. "Not leader" comes back as
+    /// `NOT_LEADER` (the client retries with the same (session, seq)).
+    pub async fn propose(&self, req: Request) -> Outcome {
+        match self.raft.client_write(Cmd::from(req)).await {
+            Ok(resp) => {
+                if let Some((seq, origin)) = resp.data.strict {
+                    self.hub.wait(seq, origin).await;
+                }
+                resp.data.outcome()
+            }
+            Err(e) => {
+                tracing::debug!("proposal not committed here: {e}");
+                Err(crate::committer::NOT_LEADER)
+            }
+        }
+    }
+}
+
+/// The openraft settings for this node.
+pub fn raft_config(cfg: &crate::config::Config) -> anyhow::Result<openraft::Config> {
+    let c = openraft::Config {
+        cluster_name: "weft-mds".into(),
+        heartbeat_interval: cfg.raft_heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_ms,
+        election_timeout_max: cfg.election_timeout_ms * 2,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(cfg.snapshot_entries),
+        max_in_snapshot_log_to_keep: 1000,
+        snapshot_max_chunk_size: 4 << 20,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+pub struct Started {
+    pub group: Arc<Group>,
+    pub state: Arc<tokio::sync::RwLock<crate::state::State>>,
+}
+
+/// Opens this node's log and state machine under `DATA/raft`, starts
+/// openraft, and starts a new group if this is its first node's first start.
+/// A data directory from a single MDS is taken over as a group of one at
+/// the index it had reached.
+pub async fn start(
+    cfg: &crate::config::Config,
+    chunk_size: u64,
+    addr: &str,
+    hub: Arc<crate::watch::Hub>,
+    registry: Arc<Mutex<crate::chunkds::Registry>>,
+) -> anyhow::Result<Started> {
+    let id = cfg.node_id.unwrap_or(1);
+    let peers = match &cfg.peers {
+        Some(p) => crate::config::parse_peers(p).map_err(anyhow::Error::msg)?,
+        None => vec![(id, addr.to_string())],
+    };
+    let dir = cfg.data.join("raft");
+    let fresh = !dir.join("log").exists();
+    let log = log_store::LogStore::open(&dir.join("log"))?;
+    let mut sm = state_machine::StateMachine::open(
+        &dir.join("snapshot"),
+        chunk_size,
+        hub.clone(),
+        registry,
+    )?;
+    if fresh && !cfg.join {
+        if let Some(st) = legacy_state(&cfg.data, chunk_size)? {
+            // A single MDS's data directory: its state becomes the group's
+            // first snapshot, and its term the floor of the Raft terms (the
+            // chunk daemons remember it).
+            let index = st.applied_index;
+            tracing::info!(
+                index,
+                "taking over a single MDS's data directory as a group of one"
+            );
+            let nodes: BTreeMap<u64, BasicNode> = [(id, BasicNode::new(addr))].into();
+            sm.adopt(st, id, nodes).await?;
+            let mut l2 = log.clone();
+            use openraft::storage::RaftLogStorage;
+            l2.purge(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(0, id),
+                index,
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        let last_term = crate::term::Term::last(&cfg.data)?.max(cfg.min_term);
+        if last_term > 0 && log.vote().is_none() {
+            log.save_vote_now(&openraft::Vote::new(last_term, id))?;
+        }
+    }
+    let state = sm.state();
+    let acks = Arc::new(Acks::default());
+    let network = network::Network::new(acks.clone());
+    let config = Arc::new(raft_config(cfg)?);
+    let raft = Raft::new(id, config, network, log, sm)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start openraft: {e}"))?;
+    let initialized = raft
+        .is_initialized()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // Only the lowest id starts a new group; the others wait to be
+    // contacted, so a wiped node never starts a group of its own.
+    let first = peers.iter().map(|(i, _)| *i).min() == Some(id);
+    if !initialized && !cfg.join && first {
+        let members: BTreeMap<u64, BasicNode> = peers
+            .iter()
+            .map(|(i, a)| (*i, BasicNode::new(a)))
+            .collect();
+        tracing::info!(?members, "starting a new MDS group");
+        raft.initialize(members)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot start the group: {e}"))?;
+    }
+    let lease_ms = (cfg.election_timeout_ms * 4 / 5).max(1);
+    Ok(Started {
+        group: Arc::new(Group {
+            raft,
+            id,
+            acks,
+            read_lease: Duration::from_millis(lease_ms),
+            hub,
+        }),
+        state,
+    })
+}
+
+/// The state a single MDS left in `data` (snapshot + write-ahead log), if any.
+fn legacy_state(
+    data: &std::path::Path,
+    chunk_size: u64,
+) -> anyhow::Result<Option<crate::state::State>> {
+    let has_wal = crate::wal::log::list_segments(&data.join("wal"))
+        .map(|s| !s.is_empty())
+        .unwrap_or(false);
+    let has_snap = data.join(crate::snapshot::DIR).exists();
+    if !has_wal && !has_snap {
+        return Ok(None);
+    }
+    let st = crate::server::recover(data, chunk_size, true)?;
+    Ok((st.applied_index > 0).then_some(st))
+}
+
+/// The voters as "ID=ADDR".
+pub fn voters(g: &Group) -> Vec<String> {
+    let s = g.standing();
+    s.voters
+        .iter()
+        .map(|v| format!("{v}={}", s.nodes.get(v).cloned().unwrap_or_default()))
+        .collect()
+}
+
+fn membership_error(e: impl std::fmt::Display) -> tonic::Status {
+    let msg = e.to_string();
+    if msg.contains("forward") || msg.contains("leader") {
+        weft_proto::leader::not_leader(None)
+    } else {
+        tonic::Status::failed_precondition(format!("membership change refused: {msg}"))
+    }
+}
+
+/// `weft mds add`: node `id` joins as a learner, is brought up to date (by
+/// snapshot if need be), then becomes a voter.
+pub async fn add_node(g: &Group, id: u64, addr: &str) -> Result<(), tonic::Status> {
+    if id == 0 {
+        return Err(tonic::Status::invalid_argument("node ids start at 1"));
+    }
+    let s = g.standing();
+    if s.voters.contains(&id) {
+        return Err(tonic::Status::already_exists(format!(
+            "node {id} is already a voter"
+        )));
+    }
+    tracing::info!(id, addr, "adding an MDS node: catching it up as a learner");
+    g.raft
+        .add_learner(id, BasicNode::new(addr), true)
+        .await
+        .map_err(membership_error)?;
+    let add: std::collections::BTreeSet<u64> = [id].into();
+    g.raft
+        .change_membership(openraft::ChangeMembers::AddVoterIds(add), false)
+        .await
+        .map_err(membership_error)?;
+    tracing::info!(id, addr, "MDS node added as a voter");
+    Ok(())
+}
+
+/// `weft mds remove`: node `id` leaves the group.
+pub async fn remove_node(g: &Group, id: u64) -> Result<(), tonic::Status> {
+    let s = g.standing();
+    if !s.voters.contains(&id) && !s.nodes.contains_key(&id) {
+        return Err(tonic::Status::not_found(format!("no MDS node {id} in the group")));
+    }
+    if s.voters.len() == 1 && s.voters.contains(&id) {
+        return Err(tonic::Status::failed_precondition(
+            "cannot remove the group's last voter",
+        ));
+    }
+    let rm: std::collections::BTreeSet<u64> = [id].into();
+    let change = if s.voters.contains(&id) {
+        openraft::ChangeMembers::RemoveVoters(rm)
+    } else {
+        openraft::ChangeMembers::RemoveNodes(rm)
+    };
+    g.raft
+        .change_membership(change, false)
+        .await
+        .map_err(membership_error)?;
+    tracing::info!(id, "MDS node removed from the group");
+    Ok(())
+}
+
+/// Follows this node's standing: each time it becomes the ready leader of a
+/// new term it takes that term as the fencing term (sent to chunk daemons),
+/// forgets leases (the next lease of every chunk bumps its version first),
+/// starts the chunk-daemon registry afresh (daemons re-register with their
+/// replicas, as at an MDS start) and gives every known session a full
+/// timeout from now.
+pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
+    let Some(g) = mds.group.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut rx = g.raft.metrics();
+        let mut led: Option<u64> = None;
+        loop {
+            let s = g.standing();
+            if s.ready && led != Some(s.term) {
+                led = Some(s.term);
+                mds.term.set(s.term);
+                mds.leases.clear();
+                let sessions: Vec<u64> = {
+                    let st = mds.state.read().await;
+                    let mut reg = crate::chunkds::Registry::new(dead_after);
+                    reg.set_fresh_from(st.ns.next_chunk_id());
+                    *mds.registry.lock() = reg;
+                    st.sessions.ids().collect()
+                };
+                for session in sessions {
+                    mds.contacts.touch(session);
+                }
+                tracing::info!(term = s.term, node = g.id, "leading the MDS group");
+            } else if !s.ready && led.is_some() && s.role != "leader" {
+                led = None;
+                tracing::info!(term = s.term, leader = ?s.leader, "no longer leading the MDS group");
+            }
+            if rx.changed().await.is_err() {
+                break;
+            }
+        }
+    });
+}
