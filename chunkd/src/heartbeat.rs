@@ -31,7 +31,8 @@ use crate::store::{ChunkSummary, Store};
 use crate::term::TermGuard;
 
 const REGISTER_BACKOFF_MIN: Duration = Duration::from_millis(200);
-const REGISTER_BACKOFF_MAX: Duration = Duration::from_secs(2);
+// Low: after an MDS failover the daemons must find the new leader quickly.
+const REGISTER_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Used when the MDS's reply carries no period.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Gathers a burst of new replicas into one early beat.

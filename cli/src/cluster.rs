@@ -404,9 +404,18 @@ impl LocalCluster {
     /// The MDS group's leader as its members report it (None while there is
     /// none, or for a single MDS that does not answer).
     pub fn leader_id(&self) -> Option<u64> {
-        let s = self.status().ok()?;
-        let leader = s.mds.iter().find(|n| n.role == "leader" && n.id == s.leader)?;
-        Some(leader.id)
+        // Each node on its own, briefly: one may be paused or cut off.
+        let mut addrs = vec![self.mds.addr.clone()];
+        addrs.extend(self.mds_peers.iter().map(|p| p.addr.clone()));
+        addrs.iter().find_map(|a| {
+            let s = crate::admin::block_on(async {
+                tokio::time::timeout(Duration::from_millis(1500), crate::admin::status(a)).await
+            })
+            .ok()?
+            .ok()?;
+            let leader = s.mds.iter().find(|n| n.role == "leader" && n.id == s.leader)?;
+            Some(leader.id)
+        })
     }
 
     /// Starts (or restarts) the MDS; `listen` pins the address, else a free port.

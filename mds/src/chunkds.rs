@@ -68,6 +68,8 @@ pub struct Registry {
     orphan_seen: HashMap<u64, Instant>,
     dead_after: Duration,
     started: Instant,
+    /// How long after `started` daemons may still be re-registering.
+    grace: Duration,
     /// Chunk ids at or above this were created by this MDS process, so no
     /// daemon can hold a replica it has not reported (u64::MAX: not known yet).
     fresh_from: u64,
@@ -94,9 +96,23 @@ impl Registry {
             orphan_seen: HashMap::new(),
             dead_after,
             started: Instant::now(),
+            grace: dead_after,
             fresh_from: u64::MAX,
             reported: Default::default(),
         }
+    }
+
+    /// Starts over, as an MDS that just became the group's leader: no daemon
+    /// known until it registers, a startup grace of `grace` (daemons first
+    /// try the old leader), chunks from `fresh_from` on known to be new.
+    /// Whoever waits for reports keeps waiting on the same wake-up.
+    pub fn restart(&mut self, grace: Duration, fresh_from: u64) {
+        let reported = self.reported.clone();
+        *self = Registry::new(self.dead_after);
+        self.reported = reported;
+        self.grace = grace.max(self.dead_after);
+        self.fresh_from = fresh_from;
+        self.reported.notify_waiters();
     }
 
     /// Woken by every registration and heartbeat.
@@ -106,7 +122,7 @@ impl Registry {
 
     /// How much of the startup grace is left (zero once it is over).
     pub fn grace_left(&self) -> Duration {
-        self.dead_after.saturating_sub(self.started.elapsed())
+        self.grace.saturating_sub(self.started.elapsed())
     }
 
     pub fn alive(&self, id: u64) -> bool {
@@ -118,7 +134,7 @@ impl Registry {
     /// True for the first `dead_after` after the MDS started: daemons may not
     /// have re-registered yet, so a chunk with no known replica may still have some.
     pub fn in_startup_grace(&self) -> bool {
-        self.started.elapsed() < self.dead_after
+        self.started.elapsed() < self.grace
     }
 
     /// Records the first chunk id this MDS process hands out (the namespace's

@@ -96,6 +96,15 @@ fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
     Ok(f)
 }
 
+/// Records the file system's chunk size in `data/format.json` (a node that
+/// joined an MDS group learns it from the group's snapshot).
+pub fn set_chunk_size(data: &Path, chunk_size: u64) -> anyhow::Result<()> {
+    let path = data.join(FORMAT_FILE);
+    let mut f: Format = serde_json::from_slice(&fs::read(&path)?)?;
+    f.chunk_size = chunk_size;
+    write_durably(data, FORMAT_FILE, &serde_json::to_vec_pretty(&f)?)
+}
+
 /// Rebuilds the state: the newest snapshot in `data/snapshot`, then the log in
 /// `data/wal` after it, cutting off a torn tail when `repair` is set.
 pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<State> {

@@ -154,6 +154,12 @@ pub fn write(dir: &Path, st: &State) -> anyhow::Result<(PathBuf, u64)> {
 
 /// Reads and verifies one snapshot file: (index, namespace, sessions).
 pub fn read(path: &Path, chunk_size: u64) -> anyhow::Result<State> {
+    read_checked(path, Some(chunk_size))
+}
+
+/// `read`, checking the chunk size only if one is given (a node joining an
+/// MDS group takes the group's from the snapshot it is sent).
+pub fn read_checked(path: &Path, chunk_size: Option<u64>) -> anyhow::Result<State> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -207,7 +213,7 @@ pub fn read(path: &Path, chunk_size: u64) -> anyhow::Result<State> {
             sessions: b.sessions,
         }
     };
-    if body.ns.chunk_size() != chunk_size {
+    if let Some(chunk_size) = chunk_size.filter(|cs| *cs != body.ns.chunk_size()) {
         return Err(bad(format!(
             "chunk size {} differs from format.json's {chunk_size}",
             body.ns.chunk_size()

@@ -153,6 +153,7 @@ fn a_paused_leader_is_fenced_and_steps_down() {
     fs::write(mnt.join("before"), b"before").unwrap();
     let old = wait_leader(&c, None);
     let old_term = c.cluster.status().unwrap().mds.iter().map(|n| n.term).max().unwrap();
+    assert!(old_term > 0);
     c.cluster.mds_node(old).signal(Signal::SIGSTOP);
     let new = wait_leader(&c, Some(old));
     // The mount carries on with the new leader.
@@ -161,13 +162,11 @@ fn a_paused_leader_is_fenced_and_steps_down() {
     c.cluster.mds_node(old).signal(Signal::SIGCONT);
     // The old leader hears of the newer term and follows.
     wait_until("the old leader to follow", Duration::from_secs(20), || {
-        c.cluster
-            .status()
-            .map(|s| {
-                s.leader == new
-                    && s.mds.iter().any(|n| n.id == old && n.role == "follower")
-            })
-            .unwrap_or(false)
+        c.cluster.leader_id() == Some(new)
+            && c.cluster
+                .status()
+                .map(|s| s.mds.iter().any(|n| n.id == old && n.role == "follower"))
+                .unwrap_or(false)
     });
     // Every chunk daemon heard the new term: the old one is refused from now on.
     for d in &c.cluster.chunkds {
@@ -235,11 +234,24 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     c.cluster.start_mds_node_with(victim, &["--join"]).unwrap();
     // It comes back empty and is sent a snapshot (the log before it is gone).
     let snap_dir = c.cluster.mds_node(victim).data.join("raft/snapshot");
-    wait_until("the wiped node to install a snapshot", Duration::from_secs(30), || {
-        fs::read_dir(&snap_dir)
-            .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".snap")))
-            .unwrap_or(false)
-    });
+    let t = Instant::now();
+    while !fs::read_dir(&snap_dir)
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".snap")))
+        .unwrap_or(false)
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the wiped node installed no snapshot in 30 s:\n{}",
+            fs::read_to_string(&c.cluster.mds_node(victim).log)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                .take(6)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let leader_log = c.cluster.status().unwrap().mds.iter().find(|n| n.role == "leader").unwrap().last_log_index;
     wait_until("the wiped node to catch up", Duration::from_secs(30), || {
         c.cluster
@@ -254,7 +266,10 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     c.cluster.start_mds_node(other).unwrap();
     wait_leader(&c, Some(leader));
     for (i, h) in &hashes {
-        assert_eq!(&sha256_hex(&fs::read(mnt.join(format!("s{i}"))).unwrap()), h, "s{i}");
+        let bytes = fs::read(mnt.join(format!("s{i}"))).unwrap_or_else(|e| {
+            panic!("s{i}: {e}\n{}", c.cluster.mounts[0].proc.log_tail())
+        });
+        assert_eq!(&sha256_hex(&bytes), h, "s{i}");
     }
     assert_eq!(fs::read_dir(&mnt).unwrap().count(), 500);
 }
@@ -284,7 +299,7 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
         let data = tmp.join(format!("mds-{id}"));
         let log = fs::File::create(tmp.join(format!("mds-{id}.log"))).unwrap();
         let child = std::process::Command::new(weft_testkit::bin("weft-mds"))
-            .args(["--listen", &a, "--data", &data.display().to_string(), "--node-id", &id.to_string(), "--join"])
+            .args(["--listen", &a, "--data", &data.display().to_string(), "--node-id", &id.to_string(), "--join", "--chunk-size", "1048576"])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

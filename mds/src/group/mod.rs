@@ -319,14 +319,17 @@ pub async fn start(
     if fresh && !cfg.join {
         if let Some(st) = legacy_state(&cfg.data, chunk_size)? {
             // A single MDS's data directory: its state becomes the group's
-            // first snapshot, and its term the floor of the Raft terms (the
-            // chunk daemons remember it).
+            // first snapshot (with --peers as the group), and its last term
+            // the floor of the Raft terms (the chunk daemons remember it).
             let index = st.applied_index;
             tracing::info!(
                 index,
-                "taking over a single MDS's data directory as a group of one"
+                "taking over a single MDS's data directory as the group's first snapshot"
             );
-            let nodes: BTreeMap<u64, BasicNode> = [(id, BasicNode::new(addr))].into();
+            let nodes: BTreeMap<u64, BasicNode> = peers
+                .iter()
+                .map(|(i, a)| (*i, BasicNode::new(a)))
+                .collect();
             sm.adopt(st, id, nodes).await?;
             let mut l2 = log.clone();
             use openraft::storage::RaftLogStorage;
@@ -336,10 +339,10 @@ pub async fn start(
             ))
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        }
-        let last_term = crate::term::Term::last(&cfg.data)?.max(cfg.min_term);
-        if last_term > 0 && log.vote().is_none() {
-            log.save_vote_now(&openraft::Vote::new(last_term, id))?;
+            let last_term = crate::term::Term::last(&cfg.data)?.max(cfg.min_term);
+            if last_term > 0 {
+                log.save_vote_now(&openraft::Vote::new(last_term, id))?;
+            }
         }
     }
     let state = sm.state();
@@ -391,8 +394,7 @@ fn legacy_state(
     if !has_wal && !has_snap {
         return Ok(None);
     }
-    let st = crate::server::recover(data, chunk_size, true)?;
-    Ok((st.applied_index > 0).then_some(st))
+    Ok(Some(crate::server::recover(data, chunk_size, true)?))
 }
 
 /// The voters as "ID=ADDR".
@@ -485,9 +487,11 @@ pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
                 mds.leases.clear();
                 let sessions: Vec<u64> = {
                     let st = mds.state.read().await;
-                    let mut reg = crate::chunkds::Registry::new(dead_after);
-                    reg.set_fresh_from(st.ns.next_chunk_id());
-                    *mds.registry.lock() = reg;
+                    // Daemons find the new leader through "not leader"
+                    // hints and their backoff: give them a few seconds more.
+                    mds.registry
+                        .lock()
+                        .restart(dead_after + Duration::from_secs(5), st.ns.next_chunk_id());
                     st.sessions.ids().collect()
                 };
                 for session in sessions {

@@ -278,7 +278,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let bytes = snapshot.into_inner();
         let name = crate::snapshot::snapshot_name(index);
         super::log_store::write_durably(&self.dir, &name, &bytes).map_err(serr)?;
-        let st = crate::snapshot::read(&self.dir.join(&name), self.chunk_size).map_err(serr)?;
+        let st = crate::snapshot::read_checked(&self.dir.join(&name), None).map_err(serr)?;
+        if st.ns.chunk_size() != self.chunk_size {
+            // The group's chunk size wins over the default this node's data
+            // directory was made with when it joined.
+            tracing::info!(
+                chunk_size = st.ns.chunk_size(),
+                "taking the group's chunk size from its snapshot"
+            );
+            self.chunk_size = st.ns.chunk_size();
+            if let Some(data) = self.dir.parent().and_then(|p| p.parent()) {
+                crate::server::set_chunk_size(data, self.chunk_size).map_err(serr)?;
+            }
+        }
         super::log_store::write_durably(
             &self.dir,
             "meta.json",
