@@ -369,7 +369,10 @@ impl ChunkIo {
         let mut c = self.client(head)?;
         let caps = {
             let m = self.caps.lock();
-            chunk_ids.iter().filter_map(|id| m.get(id).cloned()).collect()
+            chunk_ids
+                .iter()
+                .filter_map(|id| m.get(id).cloned())
+                .collect()
         };
         let req = SyncReq {
             chunk_ids,

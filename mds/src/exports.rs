@@ -181,7 +181,9 @@ impl Rules {
                 Patterns::Many(v) => v,
             };
             if clients.is_empty() || clients.iter().any(|c| c.is_empty()) {
-                return Err(format!("export #{n}: clients must name at least one pattern"));
+                return Err(format!(
+                    "export #{n}: clients must name at least one pattern"
+                ));
             }
             let path = normalise(&r.path).map_err(|e| format!("export #{n}: {e}"))?;
             rules.push(Rule {
@@ -404,7 +406,7 @@ pub fn map_reply(
                     if let Some(t) = &top_dir_attr {
                         e.ino = top;
                         if e.attr.is_some() {
-                            e.attr = Some(t.clone());
+                            e.attr = Some(*t);
                         }
                     }
                 }
@@ -509,8 +511,8 @@ impl Exports {
 }
 
 fn read_rules(file: &Path) -> Result<Rules, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("--exports {}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("--exports {}: {e}", file.display()))?;
     Rules::parse(&text).map_err(|e| format!("--exports {}: {e}", file.display()))
 }
 
@@ -560,13 +562,27 @@ mod tests {
         assert_eq!((e.path.as_str(), e.read_only, e.rule), ("/", false, 1));
         assert_eq!(e.squash, Squash::None);
         let e = decide(&r, Some(&peer(Role::Client, "web-7"))).unwrap();
-        assert_eq!((e.path.as_str(), e.read_only, e.rule), ("/srv/web", true, 2));
+        assert_eq!(
+            (e.path.as_str(), e.read_only, e.rule),
+            ("/srv/web", true, 2)
+        );
         // Defaults: root squash to nobody, no setuid, no devices.
-        assert_eq!((e.squash, e.anonuid, e.setuid, e.devices), (Squash::Root, NOBODY, false, false));
+        assert_eq!(
+            (e.squash, e.anonuid, e.setuid, e.devices),
+            (Squash::Root, NOBODY, false, false)
+        );
         // "role/name" patterns match the role too.
-        assert_eq!(decide(&r, Some(&peer(Role::Gateway, "s31"))).unwrap().rule, 2);
+        assert_eq!(
+            decide(&r, Some(&peer(Role::Gateway, "s31"))).unwrap().rule,
+            2
+        );
         assert_eq!(decide(&r, Some(&peer(Role::Client, "s31"))), None);
-        assert_eq!(decide(&r, Some(&peer(Role::Client, "batch"))).unwrap().anonuid, 1000);
+        assert_eq!(
+            decide(&r, Some(&peer(Role::Client, "batch")))
+                .unwrap()
+                .anonuid,
+            1000
+        );
         // Without a certificate: "anonymous".
         assert_eq!(decide(&r, None).unwrap().path, "/pub");
         assert_eq!(decide(&r, Some(&peer(Role::Client, "stranger"))), None);
@@ -575,7 +591,10 @@ mod tests {
 
     #[test]
     fn bad_files_are_refused() {
-        assert!(Rules::parse("[[export]]\npath = \"/\"").is_err(), "no clients");
+        assert!(
+            Rules::parse("[[export]]\npath = \"/\"").is_err(),
+            "no clients"
+        );
         assert!(Rules::parse("[[export]]\nclients = \"*\"\npath = \"rel\"").is_err());
         assert!(Rules::parse("[[export]]\nclients = \"*\"\npath = \"/a/../b\"").is_err());
         assert!(Rules::parse("[[export]]\nclients = \"*\"\naccess = \"rwx\"").is_err());
@@ -618,7 +637,10 @@ mod tests {
         assert_eq!(squash(&e, &root), root);
         e.squash = Squash::Root;
         let r = squash(&e, &root);
-        assert_eq!((r.uid, r.gid, r.groups.clone()), (NOBODY, NOBODY, vec![NOBODY, 5]));
+        assert_eq!(
+            (r.uid, r.gid, r.groups.clone()),
+            (NOBODY, NOBODY, vec![NOBODY, 5])
+        );
         // A non-root user keeps its ids; only group 0 goes.
         let u = squash(&e, &user);
         assert_eq!((u.uid, u.gid, u.groups), (1000, 100, vec![NOBODY, 10]));
@@ -635,8 +657,14 @@ mod tests {
         e.read_only = true;
         let ok = |op: Op| check_op(&e, &op, |_| false);
         assert_eq!(ok(Op::Mkdir(pb::MkdirReq::default())), Err(Errno::EROFS));
-        assert_eq!(ok(Op::Setattr(pb::SetAttrReq::default())), Err(Errno::EROFS));
-        assert_eq!(ok(Op::AllocChunk(pb::AllocChunkReq::default())), Err(Errno::EROFS));
+        assert_eq!(
+            ok(Op::Setattr(pb::SetAttrReq::default())),
+            Err(Errno::EROFS)
+        );
+        assert_eq!(
+            ok(Op::AllocChunk(pb::AllocChunkReq::default())),
+            Err(Errno::EROFS)
+        );
         assert_eq!(ok(Op::Rename(pb::RenameReq::default())), Err(Errno::EROFS));
         let open = |flags: i32| {
             Op::Open(pb::OpenReq {
@@ -667,7 +695,11 @@ mod tests {
         let dirs = |ino: u64| ino == 5;
         assert_eq!(check_op(&e, &chmod(4, 0o4755), dirs), Err(Errno::EPERM));
         assert_eq!(check_op(&e, &chmod(4, 0o2755), dirs), Err(Errno::EPERM));
-        assert_eq!(check_op(&e, &chmod(5, 0o2775), dirs), Ok(()), "setgid directory");
+        assert_eq!(
+            check_op(&e, &chmod(5, 0o2775), dirs),
+            Ok(()),
+            "setgid directory"
+        );
         assert_eq!(check_op(&e, &chmod(4, 0o755), dirs), Ok(()));
         let mknod = |mode| {
             Op::Mknod(pb::MknodReq {
@@ -675,8 +707,14 @@ mod tests {
                 ..Default::default()
             })
         };
-        assert_eq!(check_op(&e, &mknod(libc::S_IFCHR | 0o600), dirs), Err(Errno::EPERM));
-        assert_eq!(check_op(&e, &mknod(libc::S_IFBLK | 0o600), dirs), Err(Errno::EPERM));
+        assert_eq!(
+            check_op(&e, &mknod(libc::S_IFCHR | 0o600), dirs),
+            Err(Errno::EPERM)
+        );
+        assert_eq!(
+            check_op(&e, &mknod(libc::S_IFBLK | 0o600), dirs),
+            Err(Errno::EPERM)
+        );
         assert_eq!(check_op(&e, &mknod(libc::S_IFIFO | 0o600), dirs), Ok(()));
         e.devices = true;
         e.setuid = true;
@@ -691,7 +729,10 @@ mod tests {
             new_parent: 4,
             ..Default::default()
         });
-        let got: Vec<(u64, Slot)> = op_inodes(&mut op).into_iter().map(|(i, s)| (*i, s)).collect();
+        let got: Vec<(u64, Slot)> = op_inodes(&mut op)
+            .into_iter()
+            .map(|(i, s)| (*i, s))
+            .collect();
         assert_eq!(got, vec![(3, Slot::Object), (4, Slot::Target)]);
         let mut op = Op::Link(pb::LinkReq {
             ino: 9,
@@ -703,7 +744,14 @@ mod tests {
                 *i = 77;
             }
         }
-        assert!(matches!(op, Op::Link(pb::LinkReq { ino: 9, new_parent: 77, .. })));
+        assert!(matches!(
+            op,
+            Op::Link(pb::LinkReq {
+                ino: 9,
+                new_parent: 77,
+                ..
+            })
+        ));
         assert!(op_inodes(&mut Op::Statfs(pb::StatFsReq {})).is_empty());
     }
 }

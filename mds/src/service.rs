@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
+use weft_proto::caps::Mode;
 use weft_proto::contract::{self, limits::MAX_CHUNKS_PER_CALL, OpKind};
 use weft_proto::pb::meta_reply::Result as Reply;
 use weft_proto::pb::meta_request::Op;
-use weft_proto::caps::Mode;
 use weft_proto::{pb, Errno};
 
 #[derive(Clone)]
@@ -94,7 +94,8 @@ impl Mds {
         match (contract::kind(&op), op) {
             (OpKind::Read, Op::Statfs(_)) => Ok(self.statfs().await),
             (OpKind::Read, Op::GetChunks(g)) => {
-                self.may_touch_chunks(session, &caller, g.ino, false).await?;
+                self.may_touch_chunks(session, &caller, g.ino, false)
+                    .await?;
                 self.get_chunks(g).await
             }
             (OpKind::Read, Op::SyncLog(s)) => self.log.sync(s.index, s.epoch).await,
@@ -211,7 +212,8 @@ impl Mds {
         let what = format!("Meta.{}", weft_proto::OP_KINDS[weft_proto::op_kind(op)]);
         let refuse = |why: &str, e: Errno| {
             let why = format!("{why} ({})", e);
-            let _ = weft_proto::gate::refuse_as(weft_proto::gate::Refusal::Export, peer, &what, &why);
+            let _ =
+                weft_proto::gate::refuse_as(weft_proto::gate::Refusal::Export, peer, &what, &why);
             Err(e)
         };
         let Some(export) = self.exports.export_for(peer) else {
@@ -253,7 +255,10 @@ impl Mds {
             }
         }
         if let Err(e) = exports::check_op(&export, op, is_dir) {
-            let why = format!("export rule #{} ({}) forbids this", export.rule, export.path);
+            let why = format!(
+                "export rule #{} ({}) forbids this",
+                export.rule, export.path
+            );
             return refuse(&why, e);
         }
         Ok((caller, top))
@@ -620,7 +625,6 @@ impl Mds {
         }))
     }
 }
-
 
 /// The `Coherence` service with export rules: a mount of a subtree gets its
 /// invalidations with the exported directory as inode 1; a client no rule

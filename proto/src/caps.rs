@@ -62,7 +62,7 @@ pub fn format_key(id: u32, key: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -151,7 +151,13 @@ impl KeyRing {
             .get(&c.key_id)
             .ok_or_else(|| format!("capability signed with unknown key {}", c.key_id))?;
         let mut m = mac(key);
-        m.update(&message(c.chunk_id, c.version, c.write, c.expires_ms, c.key_id));
+        m.update(&message(
+            c.chunk_id,
+            c.version,
+            c.write,
+            c.expires_ms,
+            c.key_id,
+        ));
         m.verify_slice(&c.mac)
             .map_err(|_| "capability signature does not verify (forged or altered)".to_string())?;
         if c.chunk_id != chunk_id {
@@ -189,8 +195,8 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 }
 
 fn read_ring(path: &Path) -> Result<KeyRing, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("--cap-key {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--cap-key {}: {e}", path.display()))?;
     KeyRing::parse(&text).map_err(|e| format!("--cap-key {}: {e}", path.display()))
 }
 
@@ -259,10 +265,20 @@ mod tests {
         let now = 1_000_000;
         let w = r.sign(7, 3, Mode::Write, now + 5000);
         assert_eq!(r.verify(Some(&w), 7, 3, Mode::Write, now), Ok(()));
-        assert_eq!(r.verify(Some(&w), 7, 3, Mode::Read, now), Ok(()), "write implies read");
+        assert_eq!(
+            r.verify(Some(&w), 7, 3, Mode::Read, now),
+            Ok(()),
+            "write implies read"
+        );
         assert_eq!(r.verify(Some(&w), 7, 0, Mode::Read, now), Ok(()));
-        assert!(r.verify(Some(&w), 8, 3, Mode::Write, now).is_err(), "another chunk");
-        assert!(r.verify(Some(&w), 7, 4, Mode::Write, now).is_err(), "another version");
+        assert!(
+            r.verify(Some(&w), 8, 3, Mode::Write, now).is_err(),
+            "another chunk"
+        );
+        assert!(
+            r.verify(Some(&w), 7, 4, Mode::Write, now).is_err(),
+            "another version"
+        );
         let rd = r.sign(7, 3, Mode::Read, now + 5000);
         let e = r.verify(Some(&rd), 7, 3, Mode::Write, now).unwrap_err();
         assert!(e.contains("read capability"), "{e}");
@@ -274,10 +290,16 @@ mod tests {
         let r = ring(K1);
         let now = 1_000_000;
         let c = r.sign(7, 3, Mode::Read, now);
-        assert!(r.verify(Some(&c), 7, 3, Mode::Read, now).unwrap_err().contains("expired"));
+        assert!(r
+            .verify(Some(&c), 7, 3, Mode::Read, now)
+            .unwrap_err()
+            .contains("expired"));
         let mut c = r.sign(7, 3, Mode::Read, now + 10);
         c.write = true;
-        assert!(r.verify(Some(&c), 7, 3, Mode::Write, now).unwrap_err().contains("signature"));
+        assert!(r
+            .verify(Some(&c), 7, 3, Mode::Write, now)
+            .unwrap_err()
+            .contains("signature"));
         let mut c = r.sign(7, 3, Mode::Read, now + 10);
         c.chunk_id = 8;
         assert!(r.verify(Some(&c), 8, 3, Mode::Read, now).is_err());
@@ -289,7 +311,10 @@ mod tests {
         let c = other.sign(7, 3, Mode::Read, now + 10);
         assert!(r.verify(Some(&c), 7, 3, Mode::Read, now).is_err());
         let c = ring(K2).sign(7, 3, Mode::Read, now + 10);
-        assert!(r.verify(Some(&c), 7, 3, Mode::Read, now).unwrap_err().contains("unknown key"));
+        assert!(r
+            .verify(Some(&c), 7, 3, Mode::Read, now)
+            .unwrap_err()
+            .contains("unknown key"));
     }
 
     #[test]
@@ -312,7 +337,10 @@ mod tests {
         assert!(KeyRing::parse("x 00").is_err());
         assert!(KeyRing::parse("1 zz").is_err());
         assert!(KeyRing::parse("1 0011").is_err(), "too short");
-        assert!(KeyRing::parse(&format!("{K1}{K1}")).is_err(), "duplicate id");
+        assert!(
+            KeyRing::parse(&format!("{K1}{K1}")).is_err(),
+            "duplicate id"
+        );
         let key = [7u8; KEY_LEN];
         assert_eq!(ring(&format_key(4, &key)).newest(), Some(4));
     }

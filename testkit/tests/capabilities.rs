@@ -65,7 +65,11 @@ fn user(uid: u32) -> pb::Caller {
 }
 
 async fn chunk_client(addr: &str) -> pb::chunk_client::ChunkClient<tonic::transport::Channel> {
-    let ch = weft_proto::net::endpoint(addr).unwrap().connect().await.unwrap();
+    let ch = weft_proto::net::endpoint(addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     pb::chunk_client::ChunkClient::new(ch)
 }
 
@@ -123,11 +127,16 @@ fn a_chunk_is_served_only_with_a_valid_capability() {
         });
         // uid 1000 may not open the file: no locations, no capability.
         assert_eq!(
-            meta.call_as(user(1000), session, 0, get_chunks.clone()).await.err(),
+            meta.call_as(user(1000), session, 0, get_chunks.clone())
+                .await
+                .err(),
             Some(libc::EACCES)
         );
         // The owner may: its answer tells us (the attacker) the id and version.
-        let loc = match meta.call_as(user(2000), session, 0, get_chunks.clone()).await {
+        let loc = match meta
+            .call_as(user(2000), session, 0, get_chunks.clone())
+            .await
+        {
             Ok(R::Chunks(l)) => l.chunks[0].clone(),
             other => panic!("get_chunks: {other:?}"),
         };
@@ -163,7 +172,10 @@ fn a_chunk_is_served_only_with_a_valid_capability() {
             .data;
         assert_eq!(&d[..], &secret[..4096]);
         // A read capability does not write; no capability does not write.
-        let s = chunk.write(write_req(&loc, Some(good.clone()))).await.unwrap_err();
+        let s = chunk
+            .write(write_req(&loc, Some(good.clone())))
+            .await
+            .unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
         assert!(s.message().contains("read capability for a write"), "{s:?}");
         let s = chunk.write(write_req(&loc, None)).await.unwrap_err();
@@ -186,12 +198,23 @@ fn a_chunk_is_served_only_with_a_valid_capability() {
         assert!(why.contains("expired"), "{why}");
     });
     // Nothing changed.
-    assert_eq!(sha256_hex(&fs::read(m.join("private")).unwrap()), sha256_hex(&secret));
+    assert_eq!(
+        sha256_hex(&fs::read(m.join("private")).unwrap()),
+        sha256_hex(&secret)
+    );
     // Logged with who and why, and counted.
-    assert!(cap_refusals(&c, "admin/test-admin") >= 8, "{}", chunkd_log(&c));
+    assert!(
+        cap_refusals(&c, "admin/test-admin") >= 8,
+        "{}",
+        chunkd_log(&c)
+    );
     assert!(cap_refusals(&c, "expired") >= 1, "{}", chunkd_log(&c));
     assert!(cap_refusals(&c, "signature") >= 1, "{}", chunkd_log(&c));
-    assert!(refused_metric(&c) >= before + 8, "metric {}", refused_metric(&c));
+    assert!(
+        refused_metric(&c) >= before + 8,
+        "metric {}",
+        refused_metric(&c)
+    );
 }
 
 #[test]
@@ -221,8 +244,14 @@ fn a_long_open_file_keeps_working_past_capability_expiry() {
         let off = (rounds * block as u64 * 7) % (data.len() as u64 - block as u64);
         let off = off / 4096 * 4096;
         reader.seek(SeekFrom::Start(off)).unwrap();
-        reader.read_exact(&mut buf[..]).unwrap_or_else(|e| panic!("read after {:?}: {e}", t.elapsed()));
-        assert_eq!(&buf[..], &data[off as usize..off as usize + block], "at {off}");
+        reader
+            .read_exact(&mut buf[..])
+            .unwrap_or_else(|e| panic!("read after {:?}: {e}", t.elapsed()));
+        assert_eq!(
+            &buf[..],
+            &data[off as usize..off as usize + block],
+            "at {off}"
+        );
         writer.write_all(&pattern(block, rounds)).unwrap();
         writer
             .sync_all()
@@ -235,7 +264,10 @@ fn a_long_open_file_keeps_working_past_capability_expiry() {
     for r in 0..rounds {
         want.extend(pattern(block, r));
     }
-    assert_eq!(sha256_hex(&fs::read(m.join("new")).unwrap()), sha256_hex(&want));
+    assert_eq!(
+        sha256_hex(&fs::read(m.join("new")).unwrap()),
+        sha256_hex(&want)
+    );
     // Renewed ahead of time: the daemon never had to refuse this mount.
     assert_eq!(cap_refusals(&c, "client/client-1"), 0, "{}", chunkd_log(&c));
 }

@@ -93,7 +93,12 @@ fn handle_of(p: &Path) -> Vec<u8> {
             0,
         )
     };
-    assert_eq!(r, 0, "name_to_handle_at: {}", std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "name_to_handle_at: {}",
+        std::io::Error::last_os_error()
+    );
     buf
 }
 
@@ -122,7 +127,10 @@ struct Setup {
 
 /// The cluster and the full mount, with /proj/a and /sibling/secret.
 fn setup() -> Setup {
-    let dir = tempfile::Builder::new().prefix("weft-exports-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("weft-exports-")
+        .tempdir()
+        .unwrap();
     let rules = dir.path().join("exports.toml");
     fs::write(&rules, RULES).unwrap();
     let mut c = cluster(&rules);
@@ -155,11 +163,17 @@ fn a_subtree_mount_reaches_nothing_outside_its_export() {
     assert_eq!(names, vec!["a"], "the mount's root is /proj");
     assert_eq!(fs::read(sub.join("a")).unwrap(), b"in the export");
     fs::write(sub.join("new"), b"made in the subtree").unwrap();
-    assert_eq!(fs::read(full.join("proj/new")).unwrap(), b"made in the subtree");
+    assert_eq!(
+        fs::read(full.join("proj/new")).unwrap(),
+        b"made in the subtree"
+    );
 
     // `..` of the mount's root is the host directory above the mount point
     // (the kernel's business), never the export's parent.
-    assert_eq!(errno_of(fs::read(sub.join("../sibling/secret"))), libc::ENOENT);
+    assert_eq!(
+        errno_of(fs::read(sub.join("../sibling/secret"))),
+        libc::ENOENT
+    );
     // Symlinks are resolved by the kernel inside the mount's view: neither a
     // relative one climbing out nor an absolute one lands on the sibling.
     std::os::unix::fs::symlink("../sibling/secret", sub.join("up")).unwrap();
@@ -225,9 +239,14 @@ fn a_subtree_mount_reaches_nothing_outside_its_export() {
             other => panic!("readdir: {other:?}"),
         }
         // Inodes outside: stale.
-        assert_eq!(m.call(session, 0, getattr(secret_ino)).await.err(), Some(libc::ESTALE));
         assert_eq!(
-            m.call(session, 0, lookup(sibling_ino, "secret")).await.err(),
+            m.call(session, 0, getattr(secret_ino)).await.err(),
+            Some(libc::ESTALE)
+        );
+        assert_eq!(
+            m.call(session, 0, lookup(sibling_ino, "secret"))
+                .await
+                .err(),
             Some(libc::ESTALE)
         );
         let chunks = weft_proto::pb::meta_request::Op::GetChunks(weft_proto::pb::GetChunksReq {
@@ -238,11 +257,15 @@ fn a_subtree_mount_reaches_nothing_outside_its_export() {
         assert_eq!(m.call(session, 0, chunks).await.err(), Some(libc::ESTALE));
         // Moving a name out, or a sibling's in: EXDEV, ESTALE.
         assert_eq!(
-            m.call(session, 1, rename(1, "a", sibling_ino, "a")).await.err(),
+            m.call(session, 1, rename(1, "a", sibling_ino, "a"))
+                .await
+                .err(),
             Some(libc::EXDEV)
         );
         assert_eq!(
-            m.call(session, 2, rename(sibling_ino, "secret", 1, "stolen")).await.err(),
+            m.call(session, 2, rename(sibling_ino, "secret", 1, "stolen"))
+                .await
+                .err(),
             Some(libc::ESTALE)
         );
         let link = weft_proto::pb::meta_request::Op::Link(weft_proto::pb::LinkReq {
@@ -259,7 +282,10 @@ fn a_subtree_mount_reaches_nothing_outside_its_export() {
         assert_eq!(m.call(session, 4, link).await.err(), Some(libc::ESTALE));
     });
     // Nothing moved.
-    assert_eq!(fs::read(full.join("sibling/secret")).unwrap(), b"not for client-2");
+    assert_eq!(
+        fs::read(full.join("sibling/secret")).unwrap(),
+        b"not for client-2"
+    );
     assert!(full.join("proj/a").exists());
     assert!(!full.join("sibling/a").exists() && !full.join("proj/stolen").exists());
 
@@ -274,7 +300,11 @@ fn a_subtree_mount_reaches_nothing_outside_its_export() {
     let mknod = |p: &Path| {
         let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
         let r = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) };
-        if r == 0 { 0 } else { weft_testkit::last_errno() }
+        if r == 0 {
+            0
+        } else {
+            weft_testkit::last_errno()
+        }
     };
     assert_eq!(mknod(&sub.join("null")), libc::EPERM);
     assert_eq!(mknod(&full.join("proj/null")), 0);
@@ -304,12 +334,22 @@ fn read_only_root_squash_live_rules_and_strangers() {
         libc::EROFS
     );
     assert_eq!(
-        errno_of(fs::set_permissions(ro.join("proj/a"), fs::Permissions::from_mode(0o600))),
+        errno_of(fs::set_permissions(
+            ro.join("proj/a"),
+            fs::Permissions::from_mode(0o600)
+        )),
         libc::EROFS
     );
-    assert_eq!(errno_of(fs::rename(ro.join("proj/a"), ro.join("proj/b"))), libc::EROFS);
+    assert_eq!(
+        errno_of(fs::rename(ro.join("proj/a"), ro.join("proj/b"))),
+        libc::EROFS
+    );
     assert_eq!(fs::read(full.join("proj/a")).unwrap(), b"in the export");
-    assert!(refusals(&c, "client/client-3", "Read-only file system") >= 1, "{}", mds_log(&c));
+    assert!(
+        refusals(&c, "client/client-3", "Read-only file system") >= 1,
+        "{}",
+        mds_log(&c)
+    );
 
     // Root squash: root acts as nobody. Its new files are nobody's, and
     // root's private file is closed to it.
@@ -329,16 +369,25 @@ fn read_only_root_squash_live_rules_and_strangers() {
     );
     assert_ne!(changed, RULES);
     fs::write(&rules, changed).unwrap();
-    wait_until("the changed rules to apply", Duration::from_secs(20), || {
-        fs::create_dir(ro.join("now-writable")).is_ok()
-    });
+    wait_until(
+        "the changed rules to apply",
+        Duration::from_secs(20),
+        || fs::create_dir(ro.join("now-writable")).is_ok(),
+    );
     assert!(full.join("now-writable").is_dir());
 
     // A client no rule names cannot mount (client-5).
     let stranger = c.tmp.path().join("mnt-stranger");
-    let err = c.cluster.mount(&stranger, &[]).expect_err("a stranger mounted");
+    let err = c
+        .cluster
+        .mount(&stranger, &[])
+        .expect_err("a stranger mounted");
     assert!(format!("{err:#}").contains("Permission denied"), "{err:#}");
-    assert!(refusals(&c, "client/client-5", "no export rule") >= 1, "{}", mds_log(&c));
+    assert!(
+        refusals(&c, "client/client-5", "no export rule") >= 1,
+        "{}",
+        mds_log(&c)
+    );
     // And the MDS counts refusals for its metrics.
     let _ = rules;
 }

@@ -182,6 +182,7 @@ fn a_flipped_byte_is_never_served_and_the_replica_is_replaced() {
                         version,
                         offset: 0,
                         length: MIB as u32,
+                        cap: None,
                     })
                     .await
             });
@@ -304,6 +305,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 serial: 0,
                 punch_length: 0,
                 term,
+                cap: None,
             })
             .await
     });
@@ -361,6 +363,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                             version: v,
                             offset: 0,
                             length: MIB as u32,
+                            cap: None,
                         })
                         .await
                 })

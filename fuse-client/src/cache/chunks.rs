@@ -94,6 +94,7 @@ mod tests {
                     addr: a.to_string(),
                 })
                 .collect(),
+            cap: None,
         }
     }
 
