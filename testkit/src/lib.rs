@@ -138,7 +138,12 @@ impl TestCluster {
     /// directly (as an operator holding the key could); None when the
     /// cluster runs without capabilities.
     pub fn cap(&self, chunk_id: u64, version: u64, write: bool) -> Option<weft_proto::ChunkCap> {
-        let ca = self.cluster.spec.tls_ca.as_ref().filter(|_| self.cluster.spec.caps)?;
+        let ca = self
+            .cluster
+            .spec
+            .tls_ca
+            .as_ref()
+            .filter(|_| self.cluster.spec.caps)?;
         let keys = weft_proto::caps::KeyFile::load(&ca.join(weft_cli::certs::CAP_KEY_FILE))
             .expect("the cluster's capability key");
         let mode = if write {
