@@ -21,6 +21,7 @@
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod exports;
 pub mod group;
 pub mod inspect;
 pub mod leases;

@@ -156,15 +156,44 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     weft_proto::net::configure_dir(cfg.tls_dir.as_deref()).map_err(anyhow::Error::msg)?;
     weft_proto::net::check_listen(cfg.listen, cfg.insecure).map_err(anyhow::Error::msg)?;
+    let exports = Arc::new(match &cfg.exports {
+        Some(f) => crate::exports::Exports::load(f).map_err(anyhow::Error::msg)?,
+        None => crate::exports::Exports::open_to_all(),
+    });
+    let caps = match &cfg.cap_key {
+        Some(f) => Some(Arc::new(crate::service::Caps {
+            keys: weft_proto::caps::KeyFile::load(f).map_err(anyhow::Error::msg)?,
+            ttl: std::time::Duration::from_millis(cfg.cap_ttl_ms),
+        })),
+        None => None,
+    };
     let _lock = lock_data_dir(&cfg.data)?;
     // The MDS always keeps its metrics (`weft stats` reads them through
     // Status); --http only serves them. A request costs a clock read more.
     weft_metrics::enable();
     let format = read_or_create_format(&cfg)?;
+    if let Some(c) = &caps {
+        c.keys.spawn_watcher(std::time::Duration::from_millis(500));
+    }
+    exports.spawn_watcher(std::time::Duration::from_millis(500));
+    let guards = Guards { exports, caps };
     if cfg.node_id.is_some() {
-        run_group(cfg, format, shutdown).await
+        run_group(cfg, format, guards, shutdown).await
     } else {
-        run_single(cfg, format, shutdown).await
+        run_single(cfg, format, guards, shutdown).await
+    }
+}
+
+/// Who may do what: export rules and the chunk capability key.
+struct Guards {
+    exports: Arc<crate::exports::Exports>,
+    caps: Option<Arc<crate::service::Caps>>,
+}
+
+impl Guards {
+    fn install(self, mds: &mut Mds) {
+        mds.exports = self.exports;
+        mds.caps = self.caps;
     }
 }
 
@@ -176,8 +205,7 @@ fn mds_parts(
     committer: Committer,
     log: crate::service::LogPosition,
     term: Arc<crate::term::Term>,
-    addr: String,
-    group: Option<Arc<crate::group::Group>>,
+    (addr, group): (String, Option<Arc<crate::group::Group>>),
 ) -> Mds {
     Mds {
         state,
@@ -200,6 +228,8 @@ fn mds_parts(
         node_id: group.as_ref().map(|g| g.id).unwrap_or(1),
         addr,
         group,
+        exports: Arc::new(crate::exports::Exports::open_to_all()),
+        caps: None,
     }
 }
 
@@ -253,7 +283,10 @@ async fn serve(
                 .max_encoding_message_size(max),
         )
         .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
-            crate::watch::Service(hub, mds.group.clone()),
+            crate::service::Watch {
+                hub,
+                mds: mds.clone(),
+            },
         ))
         .add_service(weft_proto::pb::admin_server::AdminServer::new(mds.clone()))
         .add_optional_service(raft)
@@ -271,6 +304,7 @@ async fn serve(
 async fn run_group(
     cfg: Config,
     format: Format,
+    guards: Guards,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (listener, addr) = bind(&cfg).await?;
@@ -298,16 +332,16 @@ async fn run_group(
         replicated: true,
     };
     let term = Arc::new(crate::term::Term::new(0));
-    let mds = mds_parts(
+    let mut mds = mds_parts(
         &cfg,
         started.state.clone(),
         registry,
         Committer::Group(group.clone()),
         log,
         term,
-        advertised.clone(),
-        Some(group.clone()),
+        (advertised.clone(), Some(group.clone())),
     );
+    guards.install(&mut mds);
     if let Some(path) = &cfg.addr_file {
         write_addr_file(path, &addr.to_string())?;
     }
@@ -325,6 +359,7 @@ async fn run_group(
 async fn run_single(
     cfg: Config,
     format: Format,
+    guards: Guards,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let term = Arc::new(crate::term::Term::next_start(&cfg.data, cfg.min_term)?);
@@ -387,16 +422,16 @@ async fn run_single(
     if let Some(path) = &cfg.addr_file {
         write_addr_file(path, &addr.to_string())?;
     }
-    let mds = mds_parts(
+    let mut mds = mds_parts(
         &cfg,
         state.clone(),
         registry,
         committer,
         log,
         term.clone(),
-        addr.to_string(),
-        None,
+        (addr.to_string(), None),
     );
+    guards.install(&mut mds);
     start_background(&mds, &cfg, sessions).await?;
     tracing::info!(%addr, term = term.get(), data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving");
     serve(mds, hub, listener, shutdown).await?;

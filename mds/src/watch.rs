@@ -54,7 +54,7 @@ impl Default for Hub {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
 
 /// Marks a strict watch ended when its stream is dropped.
 struct Registered {
@@ -185,9 +185,7 @@ impl Hub {
 }
 
 /// The `Coherence` gRPC service.
-/// The push service; in an MDS group only the leader serves it (a mount on
-/// a follower is told "not leader" and follows).
-pub struct Service(pub Arc<Hub>, pub Option<Arc<crate::group::Group>>);
+pub struct Service(pub Arc<Hub>);
 
 #[tonic::async_trait]
 impl pb::coherence_server::Coherence for Service {
@@ -197,9 +195,6 @@ impl pb::coherence_server::Coherence for Service {
         &self,
         req: tonic::Request<pb::WatchReq>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
-        if let Some(g) = &self.1 {
-            g.check_leader(false)?;
-        }
         let r = req.into_inner();
         Ok(tonic::Response::new(self.0.watch(r.session, r.strict)))
     }
