@@ -388,7 +388,11 @@ impl LocalCluster {
             args.extend(["--lease-ms".into(), l.to_string()]);
         }
         args.extend(self.spec.mds_args.iter().cloned());
-        let name = if id == 1 { "mds".to_string() } else { format!("mds-{id}") };
+        let name = if id == 1 {
+            "mds".to_string()
+        } else {
+            format!("mds-{id}")
+        };
         let http_file = self.http_args(&mut args, &name);
         args.extend(self.tls_args(Role::Mds, &name)?);
         let child = self.spawn("weft-mds", &args, &log)?;
@@ -423,7 +427,10 @@ impl LocalCluster {
             })
             .ok()?
             .ok()?;
-            let leader = s.mds.iter().find(|n| n.role == "leader" && n.id == s.leader)?;
+            let leader = s
+                .mds
+                .iter()
+                .find(|n| n.role == "leader" && n.id == s.leader)?;
             Some(leader.id)
         })
     }

@@ -319,9 +319,14 @@ async fn run_group(
     let registry = Arc::new(Mutex::new(Registry::new(cfg.dead_after())));
     // Mounts of an earlier leader may hold strict-mode trust leases.
     let hub = Arc::new(crate::watch::Hub::new(true));
-    let started =
-        crate::group::start(&cfg, format.chunk_size, &advertised, hub.clone(), registry.clone())
-            .await?;
+    let started = crate::group::start(
+        &cfg,
+        format.chunk_size,
+        &advertised,
+        hub.clone(),
+        registry.clone(),
+    )
+    .await?;
     let group = started.group.clone();
     let marker = cfg.data.join(FORMAT_FILE);
     let durability = crate::wal::Durability::new(Arc::new(fs::File::open(&marker)?), 0);

@@ -108,7 +108,10 @@ impl Mds {
     /// The "not leader" answer for a proposal the group did not take.
     fn lost_leadership(&self) -> Status {
         match &self.group {
-            Some(g) => g.check_leader(false).err().unwrap_or_else(|| weft_proto::leader::not_leader(None)),
+            Some(g) => g
+                .check_leader(false)
+                .err()
+                .unwrap_or_else(|| weft_proto::leader::not_leader(None)),
             None => Status::unavailable("not leader"),
         }
     }
@@ -676,7 +679,13 @@ impl Mds {
                 let matched = replication.get(id).copied().flatten();
                 let heard = g.acks.heard_within(*id, s.term, lease);
                 let role = if s.role != "leader" {
-                    if Some(*id) == s.leader { "leader" } else if voter { "follower" } else { "learner" }
+                    if Some(*id) == s.leader {
+                        "leader"
+                    } else if voter {
+                        "follower"
+                    } else {
+                        "learner"
+                    }
                 } else if !heard {
                     "unreachable"
                 } else if voter {

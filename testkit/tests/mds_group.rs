@@ -68,8 +68,12 @@ fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Result<
     f.write_all(&data)?;
     f.sync_all()?;
     drop(f);
-    acked.lock().unwrap().files.insert(p.clone(), sha256_hex(&data));
-    if i % 3 == 0 {
+    acked
+        .lock()
+        .unwrap()
+        .files
+        .insert(p.clone(), sha256_hex(&data));
+    if i.is_multiple_of(3) {
         let q = dir.join(format!("r{i}"));
         fs::rename(&p, &q)?;
         let mut a = acked.lock().unwrap();
@@ -90,7 +94,8 @@ fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Result<
 
 fn check_acked(acked: &Acked) {
     for (p, h) in &acked.files {
-        let bytes = fs::read(p).unwrap_or_else(|e| panic!("{}: acknowledged, now {e}", p.display()));
+        let bytes =
+            fs::read(p).unwrap_or_else(|e| panic!("{}: acknowledged, now {e}", p.display()));
         assert_eq!(&sha256_hex(&bytes), h, "{}: bytes differ", p.display());
     }
     for p in &acked.gone {
@@ -139,7 +144,10 @@ fn workload_rides_through_leader_kills() {
     stop.store(true, Ordering::Relaxed);
     let (steps, err) = worker.join().unwrap();
     assert!(err.is_none(), "the workload saw an error: {err:?}");
-    assert!(steps > 10, "the workload made too little progress: {steps} steps");
+    assert!(
+        steps > 10,
+        "the workload made too little progress: {steps} steps"
+    );
     check_acked(&acked.lock().unwrap());
     let f = c.cluster.wait_replicated(Duration::from_secs(60)).unwrap();
     assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
@@ -152,7 +160,15 @@ fn a_paused_leader_is_fenced_and_steps_down() {
     let mnt = c.mount();
     fs::write(mnt.join("before"), b"before").unwrap();
     let old = wait_leader(&c, None);
-    let old_term = c.cluster.status().unwrap().mds.iter().map(|n| n.term).max().unwrap();
+    let old_term = c
+        .cluster
+        .status()
+        .unwrap()
+        .mds
+        .iter()
+        .map(|n| n.term)
+        .max()
+        .unwrap();
     assert!(old_term > 0);
     c.cluster.mds_node(old).signal(Signal::SIGSTOP);
     let new = wait_leader(&c, Some(old));
@@ -175,10 +191,17 @@ fn a_paused_leader_is_fenced_and_steps_down() {
             .trim()
             .parse()
             .unwrap();
-        assert!(seen > old_term, "{}: term {seen}, not above {old_term}", d.name);
+        assert!(
+            seen > old_term,
+            "{}: term {seen}, not above {old_term}",
+            d.name
+        );
     }
     assert_eq!(fs::read(mnt.join("before")).unwrap(), b"before");
-    assert_eq!(sha256_hex(&fs::read(mnt.join("during")).unwrap()), sha256_hex(&data));
+    assert_eq!(
+        sha256_hex(&fs::read(mnt.join("during")).unwrap()),
+        sha256_hex(&data)
+    );
     fs::write(mnt.join("after"), b"after").unwrap();
     assert_eq!(fs::read(mnt.join("after")).unwrap(), b"after");
 }
@@ -200,7 +223,10 @@ fn minority_down_works_majority_down_waits() {
         std::thread::spawn(move || fs::write(p, b"waited"))
     };
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!writer.is_finished(), "a change finished without a majority");
+    assert!(
+        !writer.is_finished(),
+        "a change finished without a majority"
+    );
     c.cluster.start_mds_node(followers[0]).unwrap();
     let r = writer.join().unwrap();
     assert!(r.is_ok(), "after a majority came back: {r:?}");
@@ -236,7 +262,10 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     let snap_dir = c.cluster.mds_node(victim).data.join("raft/snapshot");
     let t = Instant::now();
     while !fs::read_dir(&snap_dir)
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".snap")))
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+        })
         .unwrap_or(false)
     {
         assert!(
@@ -252,13 +281,29 @@ fn a_wiped_follower_catches_up_by_snapshot() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let leader_log = c.cluster.status().unwrap().mds.iter().find(|n| n.role == "leader").unwrap().last_log_index;
-    wait_until("the wiped node to catch up", Duration::from_secs(30), || {
-        c.cluster
-            .status()
-            .map(|s| s.mds.iter().any(|n| n.id == victim && n.applied >= leader_log))
-            .unwrap_or(false)
-    });
+    let leader_log = c
+        .cluster
+        .status()
+        .unwrap()
+        .mds
+        .iter()
+        .find(|n| n.role == "leader")
+        .unwrap()
+        .last_log_index;
+    wait_until(
+        "the wiped node to catch up",
+        Duration::from_secs(30),
+        || {
+            c.cluster
+                .status()
+                .map(|s| {
+                    s.mds
+                        .iter()
+                        .any(|n| n.id == victim && n.applied >= leader_log)
+                })
+                .unwrap_or(false)
+        },
+    );
     // A failover that needs it for a majority loses nothing.
     let other = (1..=3).find(|i| *i != leader && *i != victim).unwrap();
     c.cluster.mds_node(leader).crash();
@@ -266,9 +311,8 @@ fn a_wiped_follower_catches_up_by_snapshot() {
     c.cluster.start_mds_node(other).unwrap();
     wait_leader(&c, Some(leader));
     for (i, h) in &hashes {
-        let bytes = fs::read(mnt.join(format!("s{i}"))).unwrap_or_else(|e| {
-            panic!("s{i}: {e}\n{}", c.cluster.mounts[0].proc.log_tail())
-        });
+        let bytes = fs::read(mnt.join(format!("s{i}")))
+            .unwrap_or_else(|e| panic!("s{i}: {e}\n{}", c.cluster.mounts[0].proc.log_tail()));
         assert_eq!(&sha256_hex(&bytes), h, "s{i}");
     }
     assert_eq!(fs::read_dir(&mnt).unwrap().count(), 500);
@@ -284,7 +328,12 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
     let addr = c.cluster.mds.addr.clone();
     c.cluster.mds.stop(Duration::from_secs(5));
     // ...restarted as node 1 of a group of one, on the same address.
-    c.cluster.spec.mds_args = vec!["--node-id".into(), "1".into(), "--peers".into(), format!("1={addr}")];
+    c.cluster.spec.mds_args = vec![
+        "--node-id".into(),
+        "1".into(),
+        "--peers".into(),
+        format!("1={addr}"),
+    ];
     c.cluster.start_mds(Some(&addr)).unwrap();
     c.cluster.wait_alive(2, Duration::from_secs(30)).unwrap();
     let mnt = c.mount();
@@ -299,7 +348,17 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
         let data = tmp.join(format!("mds-{id}"));
         let log = fs::File::create(tmp.join(format!("mds-{id}.log"))).unwrap();
         let child = std::process::Command::new(weft_testkit::bin("weft-mds"))
-            .args(["--listen", &a, "--data", &data.display().to_string(), "--node-id", &id.to_string(), "--join", "--chunk-size", "1048576"])
+            .args([
+                "--listen",
+                &a,
+                "--data",
+                &data.display().to_string(),
+                "--node-id",
+                &id.to_string(),
+                "--join",
+                "--chunk-size",
+                "1048576",
+            ])
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -309,7 +368,11 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
             .args(["mds", "add", "--mds", &addr, &id.to_string(), &a])
             .output()
             .unwrap();
-        assert!(out.status.success(), "weft mds add: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "weft mds add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         fs::write(mnt.join(format!("after-add-{id}")), b"ok").unwrap();
     }
     let s = c.cluster.status().unwrap();
@@ -319,7 +382,11 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
         .args(["mds", "remove", "--mds", &addr, "3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "weft mds remove: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "weft mds remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     fs::write(mnt.join("after-remove"), b"ok").unwrap();
     let s = c.cluster.status().unwrap();
     assert_eq!(s.mds.len(), 2, "{:?}", s.mds);

@@ -80,7 +80,10 @@ impl LogStore {
         for e in fs::read_dir(dir)? {
             let e = e?;
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(n) = name.strip_suffix(".log").and_then(|n| n.parse::<u64>().ok()) {
+            if let Some(n) = name
+                .strip_suffix(".log")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
                 segments.push((n, e.path()));
             }
         }
@@ -311,7 +314,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut batch = Vec::new();
         for e in entries {
             let payload = postcard::to_allocvec(&e).map_err(werr)?;
-            codec::encode_frame(e.log_id.index, e.log_id.leader_id.term, &payload, &mut bytes);
+            codec::encode_frame(
+                e.log_id.index,
+                e.log_id.leader_id.term,
+                &payload,
+                &mut bytes,
+            );
             batch.push(e);
         }
         let Some(first) = batch.first().map(|e| e.log_id.index) else {

@@ -2,12 +2,12 @@
 //! any minority of them can crash, pause, be cut off or lose its disk while
 //! the file system carries on.
 //!
-//! - `log_store`      the Raft log and vote on disk (the WAL's frame format)
-//! - `state_machine`  applies entries: each is a client's request, decided
-//!                    (`committer::decide_with`) on every node alike;
-//!                    snapshots are the MDS checkpoints
-//! - `network`        MDS↔MDS calls over tonic (`weft.Raft`), and the
-//!                    acknowledgements the leader lease is computed from
+//! - `log_store`: the Raft log and vote on disk (the WAL's frame format)
+//! - `state_machine`: applies entries, each a client's request decided
+//!   (`committer::decide_with`) on every node alike; snapshots are the MDS
+//!   checkpoints
+//! - `network`: MDS↔MDS calls over tonic (`weft.Raft`), and the
+//!   acknowledgements the leader lease is computed from
 //!
 //! A request is in the log before anything decides it: the leader appends
 //! (session, seq, caller, op, the leader's clock), and every node runs
@@ -326,10 +326,8 @@ pub async fn start(
                 index,
                 "taking over a single MDS's data directory as the group's first snapshot"
             );
-            let nodes: BTreeMap<u64, BasicNode> = peers
-                .iter()
-                .map(|(i, a)| (*i, BasicNode::new(a)))
-                .collect();
+            let nodes: BTreeMap<u64, BasicNode> =
+                peers.iter().map(|(i, a)| (*i, BasicNode::new(a))).collect();
             sm.adopt(st, id, nodes).await?;
             let mut l2 = log.clone();
             use openraft::storage::RaftLogStorage;
@@ -360,10 +358,8 @@ pub async fn start(
     // contacted, so a wiped node never starts a group of its own.
     let first = peers.iter().map(|(i, _)| *i).min() == Some(id);
     if !initialized && !cfg.join && first {
-        let members: BTreeMap<u64, BasicNode> = peers
-            .iter()
-            .map(|(i, a)| (*i, BasicNode::new(a)))
-            .collect();
+        let members: BTreeMap<u64, BasicNode> =
+            peers.iter().map(|(i, a)| (*i, BasicNode::new(a))).collect();
         tracing::info!(?members, "starting a new MDS group");
         raft.initialize(members)
             .await
@@ -445,7 +441,9 @@ pub async fn add_node(g: &Group, id: u64, addr: &str) -> Result<(), tonic::Statu
 pub async fn remove_node(g: &Group, id: u64) -> Result<(), tonic::Status> {
     let s = g.standing();
     if !s.voters.contains(&id) && !s.nodes.contains_key(&id) {
-        return Err(tonic::Status::not_found(format!("no MDS node {id} in the group")));
+        return Err(tonic::Status::not_found(format!(
+            "no MDS node {id} in the group"
+        )));
     }
     if s.voters.len() == 1 && s.voters.contains(&id) {
         return Err(tonic::Status::failed_precondition(

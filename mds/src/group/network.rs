@@ -80,7 +80,8 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let data = postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let data =
+            postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self
             .pool
             .channel(&self.addr)
@@ -103,8 +104,9 @@ impl Peer {
                 RPCError::Network(NetworkError::new(&e))
             }
         })?;
-        let res: Result<Resp, RaftError<Nid, E>> = postcard::from_bytes(&reply.into_inner().data)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let res: Result<Resp, RaftError<Nid, E>> =
+            postcard::from_bytes(&reply.into_inner().data)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

@@ -64,7 +64,10 @@ impl StateMachine {
         };
         if let Some(meta) = read_meta(dir)? {
             let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
-            let st = crate::snapshot::read(&dir.join(crate::snapshot::snapshot_name(index)), chunk_size)?;
+            let st = crate::snapshot::read(
+                &dir.join(crate::snapshot::snapshot_name(index)),
+                chunk_size,
+            )?;
             sm.state = Arc::new(RwLock::new(st));
             sm.last_applied = meta.last_log_id;
             sm.membership = meta.last_membership.clone();
@@ -298,7 +301,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         )
         .map_err(serr)?;
         drop_older(&self.dir, index);
-        tracing::info!(index, bytes = bytes.len(), "installed a snapshot from the leader");
+        tracing::info!(
+            index,
+            bytes = bytes.len(),
+            "installed a snapshot from the leader"
+        );
         *self.state.write().await = st;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
