@@ -523,6 +523,29 @@ impl Weft {
     /// Fills one readdir reply through `add` (which returns true when the
     /// kernel's buffer is full). Entries come from the handle's buffered page
     /// when the kernel continues where it left off, else from a fresh ReadDir.
+    /// Every entry of directory `ino` but `.` and `..`, with attributes (a
+    /// front end without directory handles: weft-s3's listings).
+    pub async fn readdir_all(
+        &self,
+        c: &Caller,
+        ino: u64,
+    ) -> Result<Vec<(DirEntry, FileAttr)>, Errno> {
+        let fh = self.files.open_dir(None);
+        let mut out = Vec::new();
+        let r = self
+            .readdir(c, ino, fh, 0, true, |e, a| {
+                if e.name != b"." && e.name != b".." {
+                    if let Some(a) = a {
+                        out.push((e.clone(), a));
+                    }
+                }
+                false
+            })
+            .await;
+        self.files.close_dir(fh);
+        r.map(|()| out)
+    }
+
     pub async fn readdir(
         &self,
         c: &Caller,

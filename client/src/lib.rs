@@ -37,4 +37,5 @@ pub mod write_path;
 pub mod writeback;
 
 pub use client::{ClientOpts, SetAttrArgs, Weft};
+pub use fuser::{FileAttr, FileType};
 pub use weft_proto::{Caller, Errno};
