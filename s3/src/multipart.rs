@@ -217,13 +217,12 @@ pub fn check_complete<'a>(
             "The XML you provided did not have any parts"
         ));
     }
+    // S3's order of checks: the list's order, then each part, then sizes.
+    if asked.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(s3_error!(InvalidPartOrder));
+    }
     let mut out = vec![];
-    let mut prev = 0;
-    for (i, (n, etag)) in asked.iter().enumerate() {
-        if *n <= prev {
-            return Err(s3_error!(InvalidPartOrder));
-        }
-        prev = *n;
+    for (n, etag) in asked {
         let Some(p) = stored.iter().find(|p| p.0 == *n) else {
             return Err(s3_error!(InvalidPart, "part {} was not uploaded", n));
         };
@@ -232,10 +231,10 @@ pub fn check_complete<'a>(
                 return Err(s3_error!(InvalidPart, "part {} has another ETag", n));
             }
         }
-        if i + 1 < asked.len() && p.1.size < MIN_PART {
-            return Err(s3_error!(EntityTooSmall));
-        }
         out.push(p);
+    }
+    if out[..out.len() - 1].iter().any(|p| p.1.size < MIN_PART) {
+        return Err(s3_error!(EntityTooSmall));
     }
     Ok(out)
 }

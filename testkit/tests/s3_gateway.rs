@@ -393,42 +393,42 @@ fn multipart_uploads_read_back_on_the_mount() {
     let mut tc = TestCluster::start(3, MIB);
     let mnt = tc.mount();
     let gw = Gateway::start(&tc);
-    gw.ok(&["mb", "mp"]);
+    gw.ok(&["mb", "multi"]);
     let data = pattern((12 * MIB + 777) as usize, 3);
     fs::write(gw.file("big"), &data).unwrap();
     let big = gw.file("big");
     let big = big.to_str().unwrap();
     let part = (5 * MIB).to_string();
 
-    let v = gw.ok(&["mpu", "mp", "dir/big.bin", big, &part]);
+    let v = gw.ok(&["mpu", "multi", "dir/big.bin", big, &part]);
     assert_eq!(v["parts"], 3);
     assert!(
         v["etag"].as_str().unwrap().ends_with("-3"),
         "S3's multipart ETag"
     );
     assert_eq!(
-        sha256_hex(&read_all(&mnt.join("mp/dir/big.bin"))),
+        sha256_hex(&read_all(&mnt.join("multi/dir/big.bin"))),
         sha256_hex(&data)
     );
-    let head = gw.ok(&["head", "mp", "dir/big.bin"]);
+    let head = gw.ok(&["head", "multi", "dir/big.bin"]);
     assert_eq!(head["etag"], v["etag"]);
 
     assert_eq!(
-        gw.err(&["mpu", "mp", "bad1", big, &part, "reverse"]),
+        gw.err(&["mpu", "multi", "bad1", big, &part, "reverse"]),
         "InvalidPartOrder"
     );
     assert_eq!(
-        gw.err(&["mpu", "mp", "bad2", big, &part, "missing"]),
+        gw.err(&["mpu", "multi", "bad2", big, &part, "missing"]),
         "InvalidPart"
     );
     assert_eq!(
-        gw.err(&["mpu", "mp", "bad3", big, &(4 * MIB).to_string()]),
+        gw.err(&["mpu", "multi", "bad3", big, &(4 * MIB).to_string()]),
         "EntityTooSmall"
     );
     for k in ["bad1", "bad2", "bad3"] {
-        assert!(!mnt.join("mp").join(k).exists(), "{k} was written");
+        assert!(!mnt.join("multi").join(k).exists(), "{k} was written");
     }
-    assert!(keys(&gw.ok(&["uploads", "mp"]), "uploads").is_empty());
+    assert!(keys(&gw.ok(&["uploads", "multi"]), "uploads").is_empty());
     wait_until("upload dirs removed", Duration::from_secs(5), || {
         fs::read_dir(mnt.join(".weft-s3/uploads"))
             .unwrap()

@@ -39,12 +39,14 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def listing(s3, bucket, prefix="", delimiter="", max_keys=1000, v1=False):
+def listing(s3, bucket, prefix="", delimiter="", max_keys=1000, start_after="", v1=False):
     """Every page, following continuation tokens (or markers)."""
     keys, prefixes, pages = [], [], 0
     kw = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": max_keys}
     if delimiter:
         kw["Delimiter"] = delimiter
+    if start_after:
+        kw["Marker" if v1 else "StartAfter"] = start_after
     while True:
         r = s3.list_objects(**kw) if v1 else s3.list_objects_v2(**kw)
         pages += 1
