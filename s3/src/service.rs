@@ -325,7 +325,6 @@ impl S3 for Gateway {
         }
         Ok(S3Response::new(CreateBucketOutput {
             location: Some(format!("/{name}")),
-            ..Default::default()
         }))
     }
 
