@@ -80,13 +80,18 @@ impl Gateway {
     }
 
     fn s3_as(&self, access: &str, secret: &str, args: &[&str]) -> Result<Value, String> {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/s3cli.py");
-        let out = Command::new("python3")
-            .arg(script)
-            .args(args)
-            .env("WEFT_S3_ENDPOINT", &self.endpoint)
-            .env("WEFT_S3_ACCESS_KEY", access)
-            .env("WEFT_S3_SECRET_KEY", secret)
+        self.s3_env(access, secret, "us-east-1", args)
+    }
+
+    fn s3_env(
+        &self,
+        access: &str,
+        secret: &str,
+        region: &str,
+        args: &[&str],
+    ) -> Result<Value, String> {
+        let out = self
+            .cmd(access, secret, region, args)
             .output()
             .expect("python3 (scripts/install-test-deps installs boto3)");
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -101,6 +106,18 @@ impl Gateway {
             fs::read_to_string(self.dir.path().join("weft-s3.log")).unwrap_or_default()
         );
         Ok(serde_json::from_str(&stdout).unwrap())
+    }
+
+    fn cmd(&self, access: &str, secret: &str, region: &str, args: &[&str]) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/s3cli.py");
+        let mut c = Command::new("python3");
+        c.arg(script)
+            .args(args)
+            .env("WEFT_S3_ENDPOINT", &self.endpoint)
+            .env("WEFT_S3_ACCESS_KEY", access)
+            .env("WEFT_S3_SECRET_KEY", secret)
+            .env("WEFT_S3_REGION", region);
+        c
     }
 
     fn ok(&self, args: &[&str]) -> Value {
@@ -435,4 +452,107 @@ fn multipart_uploads_read_back_on_the_mount() {
             .next()
             .is_none()
     });
+}
+
+#[test]
+fn conditions_presigned_urls_regions_and_atomic_puts() {
+    let mut tc = TestCluster::start(3, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "cond"]);
+    let a = pattern((4 * MIB) as usize, 1);
+    let b = pattern((4 * MIB + 4096) as usize, 2);
+    fs::write(gw.file("a"), &a).unwrap();
+    fs::write(gw.file("b"), &b).unwrap();
+    let (fa, fb) = (gw.file("a"), gw.file("b"));
+    let (fa, fb) = (fa.to_str().unwrap(), fb.to_str().unwrap());
+    let out = gw.file("out");
+    let out = out.to_str().unwrap();
+    let etag = gw.ok(&["put", "cond", "k", fa])["etag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Conditional GET.
+    let quoted = format!("\"{etag}\"");
+    assert_eq!(
+        gw.err(&["get", "cond", "k", out, &format!("if-none-match={quoted}")]),
+        "304"
+    );
+    assert_eq!(
+        gw.err(&["get", "cond", "k", out, "if-match=\"0123\""]),
+        "PreconditionFailed"
+    );
+    let v = gw.ok(&["get", "cond", "k", out, &format!("if-match={quoted}")]);
+    assert_eq!(v["sha256"], sha256_hex(&a));
+
+    // Presigned URLs: good until they expire.
+    let url = gw.ok(&["presign", "cond", "k", "1"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = gw.ok(&["presign", "cond", "k", "600"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(gw.ok(&["fetch", &long, out])["sha256"], sha256_hex(&a));
+    wait_until(
+        "the presigned URL to expire",
+        Duration::from_secs(10),
+        || gw.s3(&["fetch", &url, out]) == Err("AccessDenied".to_string()),
+    );
+    // The same URL with one hex digit of its signature changed.
+    let i = long.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &long[i..i + 1] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &long[..i], &long[i + 1..]);
+    assert_eq!(gw.err(&["fetch", &tampered, out]), "SignatureDoesNotMatch");
+
+    // A request signed for another region.
+    assert_eq!(
+        gw.s3_env(ACCESS, SECRET, "eu-west-1", &["get", "cond", "k", out])
+            .unwrap_err(),
+        "AuthorizationHeaderMalformed"
+    );
+
+    // PUTs over a key while a mount reads it: every read is one whole
+    // version; two PUTs at once leave one of them whole.
+    let path = mnt.join("cond/k");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), path.clone());
+        let ok = [sha256_hex(&a), sha256_hex(&b)];
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = sha256_hex(&read_all(&path));
+                assert!(ok.contains(&h), "a reader saw part of an object");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..6 {
+        gw.ok(&["put", "cond", "k", if i % 2 == 0 { fb } else { fa }]);
+    }
+    let mut both: Vec<_> = [fa, fb]
+        .iter()
+        .map(|f| {
+            gw.cmd(ACCESS, SECRET, "us-east-1", &["put", "cond", "k", f])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in &mut both {
+        assert!(c.wait().unwrap().success());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let last = sha256_hex(&read_all(&path));
+    assert!(last == sha256_hex(&a) || last == sha256_hex(&b));
+    let v = gw.ok(&["get", "cond", "k", out]);
+    assert_eq!(v["sha256"], last);
+    gw.ok(&["rm", "cond", "k"]);
+    gw.ok(&["rb", "cond"]);
+    assert!(!mnt.join("cond").exists());
 }

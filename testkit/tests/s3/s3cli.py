@@ -164,6 +164,27 @@ def main(argv):
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up)
             raise
         return {"etag": r["ETag"].strip('"'), "parts": len(parts)}
+    if op == "presign":
+        # presign BUCKET KEY SECONDS: a presigned GET URL.
+        url = s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": args[0], "Key": args[1]},
+            ExpiresIn=int(args[2]),
+        )
+        return {"url": url}
+    if op == "fetch":
+        # fetch URL OUT: a plain HTTP GET (no SDK); S3's code on failure.
+        import urllib.error
+        import urllib.request
+        import xml.etree.ElementTree as ET
+
+        try:
+            with urllib.request.urlopen(args[0]) as r, open(args[1], "wb") as f:
+                f.write(r.read())
+        except urllib.error.HTTPError as e:
+            print("ERROR " + ET.fromstring(e.read()).findtext("Code"))
+            sys.exit(3)
+        return {"sha256": sha256_file(args[1])}
     if op == "uploads":
         r = s3.list_multipart_uploads(Bucket=args[0])
         return {"uploads": [u["Key"] for u in r.get("Uploads", [])]}
