@@ -66,11 +66,18 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("cannot make the gateway's directory /.weft-s3: {e}"))?;
         let gateway = Gateway::new(Arc::new(store), args.region.clone());
         let nkeys = keys.len();
-        let service = weft_s3::server::service(gateway, keys, &args.domain)?;
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let bound = listener.local_addr().map_err(|e| e.to_string())?;
+        // Clients send Host with the port unless it is the scheme's default.
+        let mut domains = args.domain.clone();
+        for d in &args.domain {
+            if !d.contains(':') {
+                domains.push(format!("{d}:{}", bound.port()));
+            }
+        }
+        let service = weft_s3::server::service(gateway, keys, &domains)?;
         if let Some(p) = &args.addr_file {
             std::fs::write(p, bound.to_string())
                 .map_err(|e| format!("cannot write {}: {e}", p.display()))?;

@@ -19,12 +19,18 @@ const SECRET: &str = "weft-test-secret-0123456789";
 /// A weft-s3 process, stopped (SIGTERM, then SIGKILL) when dropped.
 struct Gateway {
     child: Child,
+    /// Drive it virtual-host style under this domain.
+    vhost: Option<String>,
     endpoint: String,
     dir: tempfile::TempDir,
 }
 
 impl Gateway {
     fn start(tc: &TestCluster) -> Gateway {
+        Gateway::start_with(tc, &[])
+    }
+
+    fn start_with(tc: &TestCluster, extra: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("credentials.toml");
         fs::write(
@@ -40,6 +46,7 @@ impl Gateway {
             .arg(&creds)
             .arg("--addr-file")
             .arg(&addr_file)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);
@@ -69,6 +76,7 @@ impl Gateway {
         };
         Gateway {
             child,
+            vhost: None,
             endpoint,
             dir,
         }
@@ -111,6 +119,9 @@ impl Gateway {
     fn cmd(&self, access: &str, secret: &str, region: &str, args: &[&str]) -> Command {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/s3cli.py");
         let mut c = Command::new("python3");
+        if let Some(d) = &self.vhost {
+            c.env("WEFT_S3_VHOST_DOMAIN", d);
+        }
         c.arg(script)
             .args(args)
             .env("WEFT_S3_ENDPOINT", &self.endpoint)
@@ -555,4 +566,27 @@ fn conditions_presigned_urls_regions_and_atomic_puts() {
     gw.ok(&["rm", "cond", "k"]);
     gw.ok(&["rb", "cond"]);
     assert!(!mnt.join("cond").exists());
+}
+
+#[test]
+fn virtual_host_style_with_a_domain() {
+    let mut tc = TestCluster::start(2, MIB);
+    let mnt = tc.mount();
+    let mut gw = Gateway::start_with(&tc, &["--domain", "s3.weft.test"]);
+    let data = pattern((2 * MIB + 3) as usize, 5);
+    fs::write(gw.file("d"), &data).unwrap();
+    let (d, out) = (gw.file("d"), gw.file("out"));
+    let (d, out) = (d.to_str().unwrap(), out.to_str().unwrap());
+    gw.vhost = Some("s3.weft.test".into());
+    gw.ok(&["mb", "vhost-bucket"]);
+    gw.ok(&["put", "vhost-bucket", "a/b", d]);
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("vhost-bucket/a/b"))),
+        sha256_hex(&data)
+    );
+    assert_eq!(keys(&gw.ok(&["list", "vhost-bucket"]), "keys"), ["a/b"]);
+    // Path style still works on the same gateway.
+    gw.vhost = None;
+    let v = gw.ok(&["get", "vhost-bucket", "a/b", out]);
+    assert_eq!(v["sha256"], sha256_hex(&data));
 }

@@ -17,14 +17,32 @@ from botocore.exceptions import ClientError
 
 
 def client():
+    endpoint = os.environ["WEFT_S3_ENDPOINT"]
+    style = "path"
+    domain = os.environ.get("WEFT_S3_VHOST_DOMAIN")
+    if domain:
+        # Virtual-host style: BUCKET.DOMAIN, every such name resolved to
+        # the gateway's loopback address (no DNS involved).
+        import socket
+
+        real = socket.getaddrinfo
+
+        def loopback(host, *a, **kw):
+            if host == domain or host.endswith("." + domain):
+                host = "127.0.0.1"
+            return real(host, *a, **kw)
+
+        socket.getaddrinfo = loopback
+        endpoint = endpoint.replace("127.0.0.1", domain)
+        style = "virtual"
     return boto3.client(
         "s3",
-        endpoint_url=os.environ["WEFT_S3_ENDPOINT"],
+        endpoint_url=endpoint,
         aws_access_key_id=os.environ["WEFT_S3_ACCESS_KEY"],
         aws_secret_access_key=os.environ["WEFT_S3_SECRET_KEY"],
         region_name=os.environ.get("WEFT_S3_REGION", "us-east-1"),
         config=Config(
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": style},
             retries={"max_attempts": 1},
             signature_version="s3v4",
         ),
