@@ -111,7 +111,7 @@ impl Gateway {
             "s3cli {args:?} failed: {}\n{stdout}\n{}\ngateway log:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr),
-            fs::read_to_string(self.dir.path().join("weft-s3.log")).unwrap_or_default()
+            self.log()
         );
         Ok(serde_json::from_str(&stdout).unwrap())
     }
@@ -132,8 +132,12 @@ impl Gateway {
     }
 
     fn ok(&self, args: &[&str]) -> Value {
-        self.s3(args)
-            .unwrap_or_else(|code| panic!("s3cli {args:?}: S3 error {code}"))
+        self.s3(args).unwrap_or_else(|code| {
+            panic!(
+                "s3cli {args:?}: S3 error {code}\ngateway log:\n{}",
+                self.log()
+            )
+        })
     }
 
     fn err(&self, args: &[&str]) -> String {
@@ -141,6 +145,10 @@ impl Gateway {
             Ok(v) => panic!("s3cli {args:?} succeeded ({v}); an S3 error was expected"),
             Err(code) => code,
         }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("weft-s3.log")).unwrap_or_default()
     }
 
     fn file(&self, name: &str) -> PathBuf {
