@@ -302,9 +302,16 @@ pub async fn complete(
                 }
             })
             .try_flatten();
-        g.put_stream(&b, &key, body, &meta, Some(etag.clone()))
-            .await?
-            .1
+        g.put_stream(
+            &b,
+            &key,
+            body,
+            &meta,
+            Some(etag.clone()),
+            &Default::default(),
+        )
+        .await?
+        .1
     };
     remove_upload(g, &up).await;
     tracing::debug!(key = %input.key, size = a.size, "multipart upload completed");

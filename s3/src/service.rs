@@ -23,6 +23,65 @@ pub struct Gateway {
     pub region: String,
 }
 
+/// Checksums a client sent with a body (Content-MD5; x-amz-checksum-crc32c
+/// as a header or an aws-chunked trailer), checked before the object is
+/// put in place: a mismatch is BadDigest and writes nothing.
+#[derive(Default)]
+pub struct Expect {
+    pub md5: Option<String>,
+    pub crc32c: Option<String>,
+    pub trailers: Option<s3s::TrailingHeaders>,
+}
+
+impl Expect {
+    fn check(&self, t: &crate::store::Temp) -> S3Result<()> {
+        if let Some(m) = &self.md5 {
+            if m.trim() != base64(&t.md5) {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The Content-MD5 you specified did not match what we received."
+                ));
+            }
+        }
+        let trailer = self.trailers.as_ref().and_then(|t| {
+            t.read(|h| {
+                h.get("x-amz-checksum-crc32c")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .flatten()
+        });
+        if let Some(c) = self.crc32c.as_ref().or(trailer.as_ref()) {
+            if c.trim() != base64(&t.crc32c.to_be_bytes()) {
+                return Err(s3_error!(
+                    BadDigest,
+                    "The CRC32C you specified did not match the calculated checksum."
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Standard base64 with padding (the checksums' form in S3 headers).
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// Refuses a request signed for another region, as S3 does.
 fn check_region<T>(req: &S3Request<T>, region: &str) -> S3Result<()> {
     match &req.region {
@@ -153,6 +212,7 @@ impl Gateway {
         body: S,
         meta: &ObjMeta,
         etag: Option<String>,
+        expect: &Expect,
     ) -> S3Result<(String, FileAttr)>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
@@ -160,6 +220,10 @@ impl Gateway {
     {
         let st = &self.store;
         let t = st.write_temp(body).await?;
+        if let Err(e) = expect.check(&t) {
+            st.discard(&t.name).await;
+            return Err(e);
+        }
         let staged = async {
             let a = st.getattr(t.ino).await.map_err(s3err)?;
             let etag = etag.unwrap_or_else(|| hex::encode(t.md5));
@@ -373,6 +437,7 @@ impl S3 for Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         check_region(&req, &self.region)?;
+        let trailers = req.trailing_headers.clone();
         let input = req.input;
         let key = keys::split(&input.key)?;
         let b = self.store.bucket(&input.bucket).await?;
@@ -408,7 +473,14 @@ impl S3 for Gateway {
             Some(b) => futures::future::Either::Left(b),
             None => futures::future::Either::Right(futures::stream::empty()),
         };
-        let (etag, a) = self.put_stream(&b, &key, body, &meta, None).await?;
+        let expect = Expect {
+            md5: input.content_md5,
+            crc32c: input.checksum_crc32c,
+            trailers,
+        };
+        let (etag, a) = self
+            .put_stream(&b, &key, body, &meta, None, &expect)
+            .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             size: Some(a.size as i64),
@@ -578,7 +650,9 @@ impl S3 for Gateway {
             ));
         }
         let body = self.store.reader(src.ino.0, 0, src.size).await?;
-        let (etag, a) = self.put_stream(&b, &dst_key, body, &meta, None).await?;
+        let (etag, a) = self
+            .put_stream(&b, &dst_key, body, &meta, None, &Expect::default())
+            .await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(etag)),
@@ -762,5 +836,17 @@ impl Gateway {
             .tidy(b.ino.0, &key.parts[..key.parts.len() - 1])
             .await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_as_s3_writes_it() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"foobar"), "Zm9vYmFy");
     }
 }

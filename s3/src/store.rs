@@ -53,6 +53,7 @@ pub struct Temp {
     pub name: String,
     pub size: u64,
     pub md5: [u8; 16],
+    pub crc32c: u32,
 }
 
 /// S3's answer for a file-system error.
@@ -264,11 +265,12 @@ impl Store {
         let written = self.fill(ino, fh, body).await;
         let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
         match (written, closed) {
-            (Ok((size, md5)), Ok(())) => Ok(Temp {
+            (Ok((size, md5, crc32c)), Ok(())) => Ok(Temp {
                 ino,
                 name,
                 size,
                 md5,
+                crc32c,
             }),
             (Err(e), _) | (Ok(_), Err(e)) => {
                 self.discard(&name).await;
@@ -277,13 +279,14 @@ impl Store {
         }
     }
 
-    async fn fill<S, E>(&self, ino: u64, fh: u64, body: S) -> S3Result<(u64, [u8; 16])>
+    async fn fill<S, E>(&self, ino: u64, fh: u64, body: S) -> S3Result<(u64, [u8; 16], u32)>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         let mut body = std::pin::pin!(body);
         let mut md5 = Md5::new();
+        let mut crc = 0u32;
         let mut off = 0u64;
         let mut flushed = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
@@ -294,6 +297,7 @@ impl Store {
                 let piece =
                     piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
                 md5.update(&piece);
+                crc = crc32c::crc32c_append(crc, &piece);
                 buf.extend_from_slice(&piece);
             }
             if buf.len() >= PIECE || (last && !buf.is_empty()) {
@@ -312,7 +316,7 @@ impl Store {
             if last {
                 let mut sum = [0u8; 16];
                 sum.copy_from_slice(&md5.finalize());
-                return Ok((off, sum));
+                return Ok((off, sum, crc));
             }
         }
     }

@@ -401,6 +401,17 @@ fn bad_input_gets_s3_errors_and_writes_nothing() {
         gw.err(&["get", "safe", "missing", gw.file("o").to_str().unwrap()]),
         "NoSuchKey"
     );
+    // Checksums the client sends are checked before the object appears.
+    assert_eq!(
+        gw.err(&["put", "safe", "k", f, "md5=AAAAAAAAAAAAAAAAAAAAAA=="]),
+        "BadDigest"
+    );
+    assert_eq!(
+        gw.err(&["put", "safe", "k", f, "crc32c=AAAAAA=="]),
+        "BadDigest"
+    );
+    gw.ok(&["put", "safe", "summed", f, "crc32c=auto"]);
+    gw.ok(&["rm", "safe", "summed"]);
     gw.ok(&["put", "safe", "empty", gw.file("f").to_str().unwrap()]);
     assert_eq!(
         gw.err(&[

@@ -6,8 +6,10 @@ exits 3 so the test can assert S3's code.
 Endpoint and keys from WEFT_S3_ENDPOINT, WEFT_S3_ACCESS_KEY,
 WEFT_S3_SECRET_KEY (WEFT_S3_REGION, default us-east-1).
 """
+import base64
 import hashlib
 import json
+import struct
 import os
 import sys
 
@@ -47,6 +49,15 @@ def client():
             signature_version="s3v4",
         ),
     )
+
+
+def crc32c(data):
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
 
 
 def sha256_file(path):
@@ -100,6 +111,17 @@ def main(argv):
             k, v = a.split("=", 1)
             if k == "content-type":
                 extra["ContentType"] = v
+            elif k == "md5":
+                extra["ContentMD5"] = v
+            elif k == "crc32c":
+                # "auto": the right one, computed here (botocore's own CRC32C
+                # needs the awscrt package).
+                if v == "auto":
+                    with open(path, "rb") as f:
+                        v = base64.b64encode(struct.pack(">I", crc32c(f.read()))).decode()
+                extra["ChecksumCRC32C"] = v
+            elif k == "algo":
+                extra["ChecksumAlgorithm"] = v
             else:
                 extra.setdefault("Metadata", {})[k] = v
         with open(path, "rb") as f:
