@@ -83,6 +83,7 @@ impl ChunkAdmin for AdminService {
                 version,
                 offset: 0,
                 length,
+                cap: req.cap.clone(),
             })
             .await
         {
@@ -120,6 +121,7 @@ impl ChunkAdmin for AdminService {
                     version,
                     offset: off,
                     length: n,
+                    cap: req.cap.clone(),
                 })
                 .await
                 .map(|r| (off, r.into_inner().data.to_vec()))

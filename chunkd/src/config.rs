@@ -72,6 +72,12 @@ pub struct Config {
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
 
+    /// Chunk capability key file (as the MDS's --cap-key; `weft certs init`
+    /// writes one): a client's read or write is served only with a valid
+    /// capability from the MDS for that chunk. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub cap_key: Option<PathBuf>,
+
     /// Allow plaintext on a non-loopback address (anyone reaching it can do anything).
     #[arg(long)]
     pub insecure: bool,
@@ -123,6 +129,7 @@ impl Config {
             advertise: None,
             log_level: "info".into(),
             tls_dir: None,
+            cap_key: None,
             insecure: false,
         }
     }

@@ -164,13 +164,22 @@ pub async fn start(cfg: &Config) -> anyhow::Result<Daemon> {
     let (reporter, report_task) = CorruptReporter::spawn(masters.clone(), chunkd_id);
     let peers = Arc::new(Peers::new());
     let order = Arc::new(crate::ordering::Sequencer::default());
+    let caps = match &cfg.cap_key {
+        Some(f) => {
+            let k = weft_proto::caps::KeyFile::load(f).map_err(anyhow::Error::msg)?;
+            k.spawn_watcher(Duration::from_millis(500));
+            Some(k)
+        }
+        None => None,
+    };
     let service = ChunkService::new(
         store.clone(),
         peers.clone(),
         reporter.clone(),
         order.clone(),
         term.clone(),
-    );
+    )
+    .with_caps(caps);
     let admin = crate::admin::AdminService::new(store.clone(), peers, order, term);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(

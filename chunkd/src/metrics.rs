@@ -119,6 +119,20 @@ impl Collector for StoreCollector {
             "replicas the current (or last) scrub pass has checked",
             done,
         )?;
+        {
+            use weft_proto::gate::{refused, Refusal};
+            let mut fam = e.encode_descriptor(
+                "weft_chunkd_refused",
+                "calls and connections refused, by why (connection, role, capability)",
+                None,
+                MetricType::Counter,
+            )?;
+            for k in Refusal::ALL {
+                let labels = [("kind", k.as_str())];
+                prometheus_client::metrics::counter::ConstCounter::new(refused(k))
+                    .encode(fam.encode_family(&labels)?)?;
+            }
+        }
         let mut fam = e.encode_descriptor(
             "weft_chunkd_request_errors",
             "chunk requests that failed, by gRPC code",

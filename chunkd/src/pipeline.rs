@@ -106,6 +106,7 @@ impl Peers {
         let fwd = SyncReq {
             chunk_ids: req.chunk_ids.clone(),
             chain: rest.to_vec(),
+            caps: req.caps.clone(),
         };
         let mut client = self.client(next)?;
         client

@@ -30,6 +30,11 @@ use weft_proto::{
     ReadReq, SyncReq, TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
 };
 
+use weft_proto::caps::{unix_ms, KeyFile, Mode};
+use weft_proto::gate::{peer_of, refuse_as, Refusal};
+use weft_proto::identity::{Peer, Role};
+use weft_proto::ChunkCap;
+
 use crate::heartbeat::CorruptReporter;
 use crate::ordering::{SeqError, Sequencer};
 use crate::pipeline::{self, Peers};
@@ -70,6 +75,8 @@ pub struct ChunkService {
     order: Arc<Sequencer>,
     /// Writes carry their lease's MDS term; older ones are refused.
     term: Arc<crate::term::TermGuard>,
+    /// With a key: a client needs the MDS's capability for each chunk.
+    caps: Option<Arc<KeyFile>>,
 }
 
 impl ChunkService {
@@ -86,7 +93,45 @@ impl ChunkService {
             reporter,
             order,
             term,
+            caps: None,
         }
+    }
+
+    /// Requires chunk capabilities signed with these keys (--cap-key).
+    pub fn with_caps(mut self, caps: Option<Arc<KeyFile>>) -> ChunkService {
+        self.caps = caps;
+        self
+    }
+
+    /// Lets a call touch `chunk_id` in `mode` only with a valid capability,
+    /// unless no key is configured or the caller is a chunk daemon (a
+    /// pipeline's upstream replica, a repair copy) by its certificate. A
+    /// refusal is logged with who and why, counted, and answered
+    /// UNAUTHENTICATED before anything is done.
+    fn authorize(
+        &self,
+        peer: Option<&Peer>,
+        what: &str,
+        chunk_id: u64,
+        version: u64,
+        mode: Mode,
+        cap: Option<&ChunkCap>,
+    ) -> Result<(), Status> {
+        let Some(keys) = &self.caps else {
+            return Ok(());
+        };
+        if peer.is_some_and(|p| p.role == Role::Chunkd) {
+            return Ok(());
+        }
+        keys.ring()
+            .verify(cap, chunk_id, version, mode, unix_ms())
+            .map_err(|why| {
+                let why = format!("chunk {chunk_id:016x} v{version}: {why}");
+                let s = refuse_as(Refusal::Capability, peer, what, &why);
+                let s = Status::unauthenticated(s.message().to_string());
+                crate::metrics::error(&s);
+                s
+            })
     }
 
     /// Refuses a stale mutation before it takes a serial or a place in line;
@@ -182,8 +227,17 @@ impl Chunk for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Write.index());
+        let peer = peer_of(&request).cloned();
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
+        self.authorize(
+            peer.as_ref(),
+            "Chunk.Write",
+            req.chunk_id,
+            req.version,
+            Mode::Write,
+            req.cap.as_ref(),
+        )?;
         // A lease from an MDS older than one heard from (a deposed leader, a
         // stale copy): the writer must ask the current MDS for a lease.
         self.term.admit_status(req.term)?;
@@ -250,7 +304,16 @@ impl Chunk for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Read.index());
+        let peer = peer_of(&request).cloned();
         let req = request.into_inner();
+        self.authorize(
+            peer.as_ref(),
+            "Chunk.Read",
+            req.chunk_id,
+            req.version,
+            Mode::Read,
+            req.cap.as_ref(),
+        )?;
         let len = req.length as usize;
         if len > MAX_IO {
             return Err(Status::invalid_argument(format!(
@@ -272,8 +335,15 @@ impl Chunk for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Sync.index());
+        let peer = peer_of(&request).cloned();
         let req = request.into_inner();
         check_chain(&req.chain)?;
+        for &id in &req.chunk_ids {
+            let cap = req.caps.iter().find(|c| c.chunk_id == id);
+            // Any capability for the chunk: a sync changes no byte.
+            let version = cap.map_or(0, |c| c.version);
+            self.authorize(peer.as_ref(), "Chunk.Sync", id, version, Mode::Read, cap)?;
+        }
         let ids = req.chunk_ids.clone();
         let local = self.local("sync", move |s| ids.iter().try_for_each(|&id| s.sync(id)));
         let (l, r) = tokio::join!(local, self.peers.sync(&req));
@@ -284,9 +354,18 @@ impl Chunk for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Truncate.index());
+        let peer = peer_of(&request).cloned();
         let mut req = request.into_inner();
         check_chain(&req.chain)?;
         let (id, version, epoch, length) = (req.chunk_id, req.version, req.lease_epoch, req.length);
+        self.authorize(
+            peer.as_ref(),
+            "Chunk.Truncate",
+            id,
+            version,
+            Mode::Write,
+            req.cap.as_ref(),
+        )?;
         req.serial = self.admit(id, version, epoch, req.serial)?;
         let serial = req.serial;
         let this = self.clone();
@@ -312,8 +391,17 @@ impl ChunkSpace for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::DataExtents.index());
+        let peer = peer_of(&request).cloned();
         let req = request.into_inner();
         let (id, version, offset, len) = (req.chunk_id, req.version, req.offset, req.length);
+        self.authorize(
+            peer.as_ref(),
+            "ChunkSpace.DataExtents",
+            id,
+            version,
+            Mode::Read,
+            req.cap.as_ref(),
+        )?;
         let runs = self
             .local("data_extents", move |s| {
                 s.data_extents(id, version, offset, len)
@@ -336,8 +424,17 @@ impl ChunkSpace for ChunkService {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Allocate.index());
+        let peer = peer_of(&request).cloned();
         let req = request.into_inner();
         check_chain(&req.chain)?;
+        self.authorize(
+            peer.as_ref(),
+            "ChunkSpace.Allocate",
+            req.chunk_id,
+            req.version,
+            Mode::Write,
+            req.cap.as_ref(),
+        )?;
         let (id, version, epoch, offset, len) = (
             req.chunk_id,
             req.version,

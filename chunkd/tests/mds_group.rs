@@ -89,6 +89,7 @@ async fn refuses_instructions_from_an_older_term() {
             source: daemon.addr.to_string(),
             length: 1,
             term: 4,
+            cap: None,
         })
         .await
         .unwrap_err();

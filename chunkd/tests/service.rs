@@ -52,6 +52,7 @@ async fn pipeline_write_lands_on_all_replicas() {
         .sync(SyncReq {
             chunk_ids: vec![0xc0ffee],
             chain: addrs[1..].to_vec(),
+            caps: vec![],
         })
         .await
         .unwrap();
@@ -63,6 +64,7 @@ async fn pipeline_write_lands_on_all_replicas() {
             chain: addrs[1..].to_vec(),
             lease_epoch: 1,
             serial: 0,
+            cap: None,
         })
         .await
         .unwrap();
@@ -92,6 +94,7 @@ async fn pipeline_write_lands_on_all_replicas() {
         .sync(SyncReq {
             chunk_ids: vec![absent_id()],
             chain: addrs[1..].to_vec(),
+            caps: vec![],
         })
         .await
         .unwrap_err();
@@ -149,6 +152,7 @@ async fn dead_replica_in_chain_is_unavailable() {
             chain: vec![dead.clone()],
             lease_epoch: 1,
             serial: 0,
+            cap: None,
         })
         .await
         .unwrap_err();
@@ -157,6 +161,7 @@ async fn dead_replica_in_chain_is_unavailable() {
         .sync(SyncReq {
             chunk_ids: vec![2],
             chain: vec![dead.clone()],
+            caps: vec![],
         })
         .await
         .unwrap_err();
@@ -177,6 +182,7 @@ async fn stale_version_and_epoch_refused() {
             version: 2,
             offset: 0,
             length: 2,
+            cap: None,
         })
         .await
         .unwrap_err();
@@ -195,6 +201,7 @@ async fn stale_version_and_epoch_refused() {
             version: 4,
             offset: 0,
             length: 2,
+            cap: None,
         })
         .await
         .unwrap();
@@ -292,6 +299,7 @@ async fn concurrent_overlapping_writes_leave_identical_replicas() {
                             chain,
                             lease_epoch: 1,
                             serial: 0,
+                            cap: None,
                         })
                         .await
                         .expect("concurrent truncate");

@@ -61,7 +61,73 @@ pub fn init(dir: &Path) -> Result<()> {
         0o600,
     )?;
     write_file(&dir.join("ca.pem"), cert.pem().as_bytes(), 0o644)?;
+    ensure_cap_key(dir)?;
     Ok(())
+}
+
+/// The chunk capability key file beside a CA (`DIR/cap.key`): made with
+/// one key if missing. Give it (a copy, 0600) to the MDS and every chunk
+/// daemon as --cap-key.
+pub fn ensure_cap_key(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join(CAP_KEY_FILE);
+    if !path.exists() {
+        let text = format!(
+            "# weft chunk capability keys: \"ID HEX-KEY\" a line; the highest id signs,\n\
+             # every listed key verifies (rotate: `weft certs cap-key FILE --rotate`).\n{}",
+            weft_proto::caps::format_key(1, &random_key()?)
+        );
+        // Whole or not at all (readers never see a half-written file), and
+        // another process making it at the same time is as good.
+        let tmp = dir.join(format!(".{CAP_KEY_FILE}.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        write_file(&tmp, text.as_bytes(), 0o600)?;
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        if let Err(e) = linked {
+            if !path.exists() {
+                return Err(e).with_context(|| format!("cannot create {}", path.display()));
+            }
+        }
+    }
+    Ok(path)
+}
+
+/// The key file's name in a CA directory.
+pub const CAP_KEY_FILE: &str = "cap.key";
+
+fn random_key() -> Result<[u8; weft_proto::caps::KEY_LEN]> {
+    use std::io::Read;
+    let mut k = [0u8; weft_proto::caps::KEY_LEN];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut k))
+        .context("cannot read /dev/urandom")?;
+    Ok(k)
+}
+
+/// Adds a key with an id above every other to the key file `path` (made
+/// if missing): the MDS signs with it once it re-reads the file, and every
+/// daemon accepts it. Returns the new key's id.
+pub fn rotate_cap_key(path: &Path) -> Result<u32> {
+    let old = fs::read_to_string(path).unwrap_or_default();
+    let newest = if old.trim().is_empty() {
+        0
+    } else {
+        weft_proto::caps::KeyRing::parse(&old)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            .newest()
+            .unwrap_or(0)
+    };
+    let id = newest + 1;
+    let mut text = old;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&weft_proto::caps::format_key(id, &random_key()?));
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_file(&tmp, text.as_bytes(), 0o600)?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
+    Ok(id)
 }
 
 /// Issues a certificate for `role`/`name` valid for `days` from now (a

@@ -54,6 +54,8 @@ pub struct ClusterSpec {
     /// own admin calls need this process configured with an admin
     /// certificate of the same CA (`weft_proto::net::configure`).
     pub tls_ca: Option<PathBuf>,
+    /// With `tls_ca`: chunk capabilities too (the CA's `cap.key`). On by default.
+    pub caps: bool,
 }
 
 impl ClusterSpec {
@@ -76,6 +78,7 @@ impl ClusterSpec {
             extra_mds_addrs: Vec::new(),
             http: false,
             tls_ca: None,
+            caps: true,
         }
     }
 }
@@ -243,13 +246,20 @@ impl LocalCluster {
         }
     }
 
-    /// `--tls-dir DIR` for process `name` of `role`, when TLS is on.
+    /// `--tls-dir DIR` for process `name` of `role`, when TLS is on; for
+    /// the MDS and chunk daemons also `--cap-key` (the CA's `cap.key`):
+    /// with TLS, chunk capabilities are on too.
     fn tls_args(&self, role: Role, name: &str) -> Result<Vec<String>> {
         let Some(ca) = &self.spec.tls_ca else {
             return Ok(Vec::new());
         };
         let dir = crate::certs::ensure(ca, &self.spec.dir.join("certs").join(name), role, name)?;
-        Ok(vec!["--tls-dir".into(), dir.display().to_string()])
+        let mut args = vec!["--tls-dir".into(), dir.display().to_string()];
+        if matches!(role, Role::Mds | Role::Chunkd) && self.spec.caps {
+            let key = crate::certs::ensure_cap_key(ca)?;
+            args.extend(["--cap-key".into(), key.display().to_string()]);
+        }
+        Ok(args)
     }
 
     fn spawn(&self, bin: &str, args: &[String], log: &Path) -> Result<Child> {

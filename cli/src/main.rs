@@ -41,6 +41,15 @@ enum CertsCmd {
         #[arg(long, default_value_t = 825, allow_negative_numbers = true)]
         days: i64,
     },
+    /// Make a chunk capability key file (the MDS's and chunk daemons'
+    /// --cap-key) if FILE is missing; with --rotate add a new signing key.
+    CapKey {
+        file: PathBuf,
+        /// Add a key with a higher id: the MDS signs with it once it has
+        /// re-read the file; older keys still verify until removed.
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -166,6 +175,17 @@ fn run(cli: Cli) -> Result<i32> {
                 bail!("--interval {interval}: must be at least 0.1 seconds");
             }
             admin::block_on(stats(&mds, Duration::from_secs_f64(interval), count))?;
+            Ok(0)
+        }
+        Cmd::Certs {
+            cmd: CertsCmd::CapKey { file, rotate },
+        } => {
+            if rotate || !file.exists() {
+                let id = certs::rotate_cap_key(&file)?;
+                println!("{}: key {id} added (the newest signs)", file.display());
+            } else {
+                println!("{}: exists (give --rotate to add a key)", file.display());
+            }
             Ok(0)
         }
         Cmd::Certs {

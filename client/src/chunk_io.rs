@@ -70,6 +70,23 @@ pub struct ChunkIo {
     /// when: tried last for a while, so spreading reads does not keep paying
     /// for a dead daemon.
     failed_at: Mutex<HashMap<String, Instant>>,
+    /// The newest capability seen for each chunk (from its location or
+    /// lease), for the calls that name chunks by id only (Sync).
+    caps: Mutex<HashMap<u64, ChunkCap>>,
+}
+
+/// Capabilities remembered for Sync at most; the map starts over past it.
+const MAX_CAPS: usize = 16384;
+
+/// A cached location or lease whose capability runs out within this long is
+/// renewed from the MDS before it is used.
+pub const CAP_MARGIN_MS: u64 = 2000;
+
+/// Whether `loc`'s capability (if it has one) is still good for a while.
+pub fn cap_fresh(loc: &ChunkLoc) -> bool {
+    loc.cap
+        .as_ref()
+        .is_none_or(|c| c.expires_ms > weft_proto::caps::unix_ms() + CAP_MARGIN_MS)
 }
 
 /// How long a replica that failed a read is tried after the others.
@@ -89,6 +106,18 @@ impl ChunkIo {
             channels: weft_proto::net::Pool::new(None),
             op_timeout,
             failed_at: Mutex::new(HashMap::new()),
+            caps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Remembers `loc`'s capability for later calls naming only its chunk.
+    pub fn remember(&self, loc: &ChunkLoc) {
+        if let Some(c) = &loc.cap {
+            let mut m = self.caps.lock();
+            if m.len() >= MAX_CAPS {
+                m.clear();
+            }
+            m.insert(loc.chunk_id, c.clone());
         }
     }
 
@@ -135,6 +164,7 @@ impl ChunkIo {
             offset,
             length,
             chain,
+            cap: loc.cap.clone(),
         };
         self.bounded(c.allocate(req)).await.map(|r| r.allocated)
     }
@@ -158,6 +188,7 @@ impl ChunkIo {
                 version: loc.version,
                 offset,
                 length,
+                cap: loc.cap.clone(),
             };
             let mut c = self.space_client(&r.addr)?;
             match self.bounded(c.data_extents(req)).await {
@@ -204,6 +235,7 @@ impl ChunkIo {
             .as_ref()
             .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
         let (head, chain) = pipeline(loc)?;
+        self.remember(loc);
         debug_assert!(data.len() <= MAX_IO);
         let mut c = self.client(&head)?;
         // A punch's data is zeros: the replicas make them, only the length travels.
@@ -224,6 +256,7 @@ impl ChunkIo {
             serial: 0,
             punch_length,
             term: w.term,
+            cap: loc.cap.clone(),
         };
         self.bounded(c.write(req)).await
     }
@@ -236,6 +269,7 @@ impl ChunkIo {
         version: u64,
         offset: u64,
         length: u32,
+        cap: Option<ChunkCap>,
     ) -> Result<bytes::Bytes, Status> {
         let _timed = crate::metrics::M
             .chunk
@@ -246,6 +280,7 @@ impl ChunkIo {
             version,
             offset,
             length,
+            cap,
         };
         let reply = self.bounded(c.read(req)).await?;
         if reply.data.len() != length as usize {
@@ -273,7 +308,14 @@ impl ChunkIo {
         let mut last = None;
         for (i, addr) in order.iter().enumerate() {
             match self
-                .read_from(addr, loc.chunk_id, loc.version, offset, length)
+                .read_from(
+                    addr,
+                    loc.chunk_id,
+                    loc.version,
+                    offset,
+                    length,
+                    loc.cap.clone(),
+                )
                 .await
             {
                 Ok(d) => {
@@ -325,9 +367,17 @@ impl ChunkIo {
             .split_first()
             .ok_or_else(|| Status::unavailable("chunk has no replicas"))?;
         let mut c = self.client(head)?;
+        let caps = {
+            let m = self.caps.lock();
+            chunk_ids
+                .iter()
+                .filter_map(|id| m.get(id).cloned())
+                .collect()
+        };
         let req = SyncReq {
             chunk_ids,
             chain: chain.to_vec(),
+            caps,
         };
         self.bounded(c.sync(req)).await.map(|_| ())
     }
@@ -345,6 +395,7 @@ impl ChunkIo {
             .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
         let (head, chain) = pipeline(loc)?;
         let mut c = self.client(&head)?;
+        self.remember(loc);
         let req = TruncateReq {
             chunk_id: loc.chunk_id,
             version: loc.version,
@@ -352,6 +403,7 @@ impl ChunkIo {
             chain,
             lease_epoch: w.lease_epoch,
             serial: 0,
+            cap: loc.cap.clone(),
         };
         self.bounded(c.truncate(req)).await.map(|_| ())
     }
@@ -485,6 +537,7 @@ mod tests {
                     addr: a.to_string(),
                 })
                 .collect(),
+            cap: None,
         };
         assert_eq!(
             pipeline(&loc).unwrap(),

@@ -529,7 +529,10 @@ impl Weft {
     ) -> Result<ChunkWrite, Errno> {
         let now_ms = unix_ms();
         if let Some(w) = st.inner.lock().allocs.get(&index) {
-            if w.lease_expires_ms == 0 || w.lease_expires_ms > now_ms + LEASE_MARGIN_MS {
+            let lease_ok = w.lease_expires_ms == 0 || w.lease_expires_ms > now_ms + LEASE_MARGIN_MS;
+            // The capability is renewed with the lease (a fresh AllocChunk).
+            let cap_ok = w.chunk.as_ref().is_none_or(crate::chunk_io::cap_fresh);
+            if lease_ok && cap_ok {
                 return Ok(w.clone());
             }
         }
@@ -670,6 +673,8 @@ impl Weft {
                 return Ok(());
             }
             let addrs: Vec<String> = loc.replicas.iter().map(|r| r.addr.clone()).collect();
+            // A fresh capability, should the one the writes had have run out.
+            self.chunks.remember(&loc);
             match self.chunks.sync(&addrs, vec![id]).await {
                 Ok(()) => return Ok(()),
                 Err(s) => status = s,

@@ -98,6 +98,22 @@ pub struct Config {
     /// and listens only on loopback unless --insecure.
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Export rules (TOML): which client certificate may mount which
+    /// subtree, read-only or read-write, with root or all squash (see
+    /// README "Securing a cluster"). Re-read when it changes or on SIGHUP.
+    /// Without it every client may do everything.
+    #[arg(long, value_name = "FILE")]
+    pub exports: Option<PathBuf>,
+    /// Chunk capability key file ("ID HEX-KEY" lines; `weft certs init`
+    /// writes one): every chunk location and write lease carries a capability
+    /// signed with the newest key, which chunk daemons given the same file
+    /// check. Re-read when it changes.
+    #[arg(long, value_name = "FILE")]
+    pub cap_key: Option<PathBuf>,
+    /// How long a chunk capability lasts, in milliseconds (clients renew
+    /// before it runs out).
+    #[arg(long, default_value_t = 600_000)]
+    pub cap_ttl_ms: u64,
     /// Allow plaintext on a non-loopback address (anyone reaching it can do anything).
     #[arg(long)]
     pub insecure: bool,
@@ -133,6 +149,9 @@ impl Config {
         }
         if self.checkpoint_bytes < 4096 {
             return Err("--checkpoint-bytes must be at least 4096".into());
+        }
+        if self.cap_ttl_ms < 1000 {
+            return Err("--cap-ttl-ms must be at least 1000".into());
         }
         if self.session_timeout_secs == 0 {
             return Err("--session-timeout-secs must be positive".into());

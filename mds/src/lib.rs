@@ -20,6 +20,7 @@
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod exports;
 pub mod inspect;
 pub mod leases;
 pub mod locks;

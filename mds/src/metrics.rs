@@ -110,6 +110,23 @@ fn counter(
     ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
+/// Refusals (logged with who and why) by kind: failed TLS handshakes, a role
+/// that may not call, export rules, chunk capabilities.
+pub fn refused_family(e: &mut DescriptorEncoder, name: &str) -> Result<(), std::fmt::Error> {
+    use weft_proto::gate::{refused, Refusal};
+    let mut fam = e.encode_descriptor(
+        name,
+        "calls and connections refused, by why (connection, role, export, capability)",
+        None,
+        MetricType::Counter,
+    )?;
+    for k in Refusal::ALL {
+        let labels = [("kind", k.as_str())];
+        ConstCounter::new(refused(k)).encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 impl Collector for ClusterCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(ViewDbg(v)) = self.0.lock().clone() else {
@@ -118,6 +135,7 @@ impl Collector for ClusterCollector {
         let s = &v.status;
         let i = |x: u64| x as i64;
         gauge(&mut e, "weft_mds_up", "1 while this MDS serves", 1)?;
+        refused_family(&mut e, "weft_mds_refused")?;
         gauge(&mut e, "weft_mds_files", "regular files", i(s.files))?;
         gauge(
             &mut e,

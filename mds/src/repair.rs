@@ -385,6 +385,7 @@ async fn copy(mds: &Mds, c: &Copy, target: u64, target_addr: &str, source_addr: 
                 source: source_addr.to_string(),
                 length: c.size,
                 term: mds.term.get(),
+                cap: mds.cap(c.chunk, c.version, weft_proto::caps::Mode::Read),
             }),
         )
         .await

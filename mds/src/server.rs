@@ -147,6 +147,17 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     weft_proto::net::configure_dir(cfg.tls_dir.as_deref()).map_err(anyhow::Error::msg)?;
     weft_proto::net::check_listen(cfg.listen, cfg.insecure).map_err(anyhow::Error::msg)?;
+    let exports = Arc::new(match &cfg.exports {
+        Some(f) => crate::exports::Exports::load(f).map_err(anyhow::Error::msg)?,
+        None => crate::exports::Exports::open_to_all(),
+    });
+    let caps = match &cfg.cap_key {
+        Some(f) => Some(Arc::new(crate::service::Caps {
+            keys: weft_proto::caps::KeyFile::load(f).map_err(anyhow::Error::msg)?,
+            ttl: std::time::Duration::from_millis(cfg.cap_ttl_ms),
+        })),
+        None => None,
+    };
     let _lock = lock_data_dir(&cfg.data)?;
     // The MDS always keeps its metrics (`weft stats` reads them through
     // Status); --http only serves them. A request costs a clock read more.
@@ -234,7 +245,13 @@ pub async fn run(
         term: term.clone(),
         node_id: 1,
         addr: addr.to_string(),
+        exports: exports.clone(),
+        caps: caps.clone(),
     };
+    if let Some(c) = &caps {
+        c.keys.spawn_watcher(std::time::Duration::from_millis(500));
+    }
+    exports.spawn_watcher(std::time::Duration::from_millis(500));
     // Sessions known from the log get a full timeout from now to come back.
     crate::sessions::start_expiry(&mds, sessions, cfg.session_timeout());
     crate::repair::spawn(
@@ -262,7 +279,10 @@ pub async fn run(
                 .max_encoding_message_size(max),
         )
         .add_service(weft_proto::pb::coherence_server::CoherenceServer::new(
-            crate::watch::Service(hub),
+            crate::service::Watch {
+                hub,
+                mds: mds.clone(),
+            },
         ))
         .add_service(weft_proto::pb::admin_server::AdminServer::new(mds.clone()))
         .add_service(

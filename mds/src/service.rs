@@ -4,13 +4,15 @@
 
 use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
-use crate::ns::{Caller, Ctx};
+use crate::exports::{self, Slot};
+use crate::ns::{Caller, Ctx, ROOT_INO};
 use crate::state::State;
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
+use weft_proto::caps::Mode;
 use weft_proto::contract::{self, limits::MAX_CHUNKS_PER_CALL, OpKind};
 use weft_proto::pb::meta_reply::Result as Reply;
 use weft_proto::pb::meta_request::Op;
@@ -40,6 +42,16 @@ pub struct Mds {
     /// This node's id and the address it serves on.
     pub node_id: u64,
     pub addr: String,
+    /// Who may mount what (exports.rs); open to all without --exports.
+    pub exports: Arc<crate::exports::Exports>,
+    /// Signs chunk capabilities (--cap-key); None: the cluster runs without.
+    pub caps: Option<Arc<Caps>>,
+}
+
+/// The capability key file and how long a capability lasts.
+pub struct Caps {
+    pub keys: Arc<weft_proto::caps::KeyFile>,
+    pub ttl: Duration,
 }
 
 #[derive(Clone)]
@@ -81,7 +93,11 @@ impl Mds {
         // numbered the request by the same table.
         match (contract::kind(&op), op) {
             (OpKind::Read, Op::Statfs(_)) => Ok(self.statfs().await),
-            (OpKind::Read, Op::GetChunks(g)) => self.get_chunks(g).await,
+            (OpKind::Read, Op::GetChunks(g)) => {
+                self.may_touch_chunks(session, &caller, g.ino, false)
+                    .await?;
+                self.get_chunks(g).await
+            }
             (OpKind::Read, Op::SyncLog(s)) => self.log.sync(s.index, s.epoch).await,
             (OpKind::Read, op) => self.state.read().await.ns.read(&caller, &op),
             (OpKind::Session, op) => self.lock_op(session, op),
@@ -95,6 +111,7 @@ impl Mds {
                     .await
             }
             (OpKind::Mutation, Op::AllocChunk(a)) => {
+                self.may_touch_chunks(session, &caller, a.ino, true).await?;
                 // Just after an MDS start no daemon may have registered yet:
                 // that is not a full cluster, so wait out the startup grace.
                 let room = self
@@ -114,7 +131,13 @@ impl Mds {
                 let failed = a.failed.clone();
                 let reply = self.mutate(session, seq, caller, Op::AllocChunk(a)).await?;
                 match reply {
-                    Reply::ChunkWrite(cw) => self.grant(cw, &failed).await.map(Reply::ChunkWrite),
+                    Reply::ChunkWrite(cw) => {
+                        let mut cw = self.grant(cw, &failed).await?;
+                        if let Some(loc) = cw.chunk.as_mut() {
+                            loc.cap = self.cap(loc.chunk_id, loc.version, Mode::Write);
+                        }
+                        Ok(Reply::ChunkWrite(cw))
+                    }
                     other => Ok(other),
                 }
             }
@@ -136,6 +159,118 @@ impl Mds {
                 done,
             })
             .await
+    }
+
+    /// A capability for `chunk` at `version` in `mode`, expiring a
+    /// --cap-ttl-ms from now; None without a key.
+    pub fn cap(&self, chunk: u64, version: u64, mode: Mode) -> Option<pb::ChunkCap> {
+        let c = self.caps.as_ref()?;
+        let expires = weft_proto::caps::unix_ms() + c.ttl.as_millis() as u64;
+        Some(c.keys.ring().sign(chunk, version, mode, expires))
+    }
+
+    /// Whether `caller` of `session` may have `ino`'s chunk locations (and
+    /// so read capabilities) or, with `write`, a write lease: the session
+    /// holds the file open (the kernel checked the mode at open, and a file
+    /// chmod'ed after its open stays usable through that descriptor), or
+    /// the caller may read (write) it now. EACCES otherwise.
+    async fn may_touch_chunks(
+        &self,
+        session: u64,
+        caller: &Caller,
+        ino: u64,
+        write: bool,
+    ) -> Result<(), Errno> {
+        if self.caps.is_none() {
+            // Without capabilities a chunk daemon serves whoever asks: the
+            // check would guard nothing (and costs a lock).
+            return Ok(());
+        }
+        let st = self.state.read().await;
+        let inode = st.ns.get(ino).ok_or(Errno::ENOENT)?;
+        if st.opens.get(&session).is_some_and(|m| m.contains_key(&ino)) {
+            return Ok(());
+        }
+        let mask = if write {
+            crate::ns::MAY_WRITE
+        } else {
+            crate::ns::MAY_READ
+        };
+        if crate::ns::may_access(inode, caller, mask) {
+            Ok(())
+        } else {
+            Err(Errno::EACCES)
+        }
+    }
+
+    /// Applies the caller's export to one request: the caller as squashed,
+    /// and the exported directory's inode (`top`). Inode 1 in the request
+    /// stands for `top`; any inode outside it is refused (ESTALE, EXDEV for
+    /// where a rename or link would put a name), as are changes a read-only
+    /// export or its setuid/device rules forbid. Refusals are logged and counted.
+    async fn admit(
+        &self,
+        peer: Option<&weft_proto::identity::Peer>,
+        op: &mut Op,
+        caller: &Caller,
+    ) -> Result<(Caller, u64), Errno> {
+        if !self.exports.configured() {
+            // No --exports: everyone may do everything, at no cost.
+            return Ok((caller.clone(), ROOT_INO));
+        }
+        let what = format!("Meta.{}", weft_proto::OP_KINDS[weft_proto::op_kind(op)]);
+        let refuse = |why: &str, e: Errno| {
+            let why = format!("{why} ({})", e);
+            let _ =
+                weft_proto::gate::refuse_as(weft_proto::gate::Refusal::Export, peer, &what, &why);
+            Err(e)
+        };
+        let Some(export) = self.exports.export_for(peer) else {
+            return refuse("no export rule matches this client", Errno::EACCES);
+        };
+        let caller = exports::squash(&export, caller);
+        let st = self.state.read().await;
+        let ns = &st.ns;
+        let is_dir = |ino| ns.get(ino).is_some_and(|i| i.is_dir());
+        let top = if export.path == "/" {
+            ROOT_INO
+        } else {
+            match ns.resolve_dir(&export.path) {
+                Ok(t) => t,
+                Err(_) => {
+                    let why = format!("exported directory {} does not exist", export.path);
+                    return refuse(&why, Errno::ESTALE);
+                }
+            }
+        };
+        if top != ROOT_INO {
+            for (ino, slot) in exports::op_inodes(op) {
+                if *ino == ROOT_INO {
+                    *ino = top;
+                } else if !ns.within(top, *ino) {
+                    let (why, e) = match slot {
+                        Slot::Object => ("inode outside the exported subtree", Errno::ESTALE),
+                        Slot::Target => ("target outside the exported subtree", Errno::EXDEV),
+                    };
+                    let why = format!("{why} {} (ino {})", export.path, *ino);
+                    return refuse(&why, e);
+                }
+            }
+            // ".." of the export's root is the root itself, as at "/".
+            if let Op::Lookup(l) = op {
+                if l.parent == top && l.name == b".." {
+                    l.name = b".".to_vec();
+                }
+            }
+        }
+        if let Err(e) = exports::check_op(&export, op, is_dir) {
+            let why = format!(
+                "export rule #{} ({}) forbids this",
+                export.rule, export.path
+            );
+            return refuse(&why, e);
+        }
+        Ok((caller, top))
     }
 
     /// Advisory locks: answered from the in-memory table, never journaled.
@@ -257,6 +392,9 @@ impl Mds {
                 chunk_id,
                 version,
                 replicas,
+                cap: (chunk_id != 0)
+                    .then(|| self.cap(chunk_id, version, Mode::Read))
+                    .flatten(),
             });
         }
         Ok(Reply::Chunks(pb::ChunkList {
@@ -277,15 +415,25 @@ impl Mds {
 #[tonic::async_trait]
 impl pb::meta_server::Meta for Mds {
     async fn call(&self, req: Request<pb::MetaRequest>) -> Result<Response<pb::MetaReply>, Status> {
+        let peer = weft_proto::gate::peer_of(&req).cloned();
         let req = req.into_inner();
-        let op = req
+        let mut op = req
             .op
             .ok_or_else(|| Status::invalid_argument("MetaRequest without an op"))?;
         let caller = Caller::from(&req.caller.unwrap_or_default());
         self.contacts.touch(req.session);
-        let parent = contract::changed_dir(&op);
         let (timer, kind) = (weft_metrics::Timer::start(), weft_proto::op_kind(&op));
-        let outcome = self.dispatch(req.session, req.seq, caller, op).await;
+        // The export decides the caller, the root and what may be touched.
+        let admitted = self.admit(peer.as_ref(), &mut op, &caller).await;
+        let parent = contract::changed_dir(&op);
+        let listed = match &op {
+            Op::Readdir(r) => Some(r.ino),
+            _ => None,
+        };
+        let (outcome, top) = match admitted {
+            Ok((caller, top)) => (self.dispatch(req.session, req.seq, caller, op).await, top),
+            Err(e) => (Err(e), ROOT_INO),
+        };
         // The change (or the state a read saw) is at or below what is written now.
         let log_index = self.log.durability.appended();
         if req.wait_durable && outcome.is_ok() {
@@ -299,10 +447,18 @@ impl pb::meta_server::Meta for Mds {
         let reply = match outcome {
             Ok(result) => {
                 // Spares the client a GetAttr of the directory it just changed.
-                let parent_attr = match parent {
+                let mut parent_attr = match parent {
                     Some(p) => self.state.read().await.ns.getattr(p).ok(),
                     None => None,
                 };
+                let mut result = result;
+                if top != ROOT_INO {
+                    let top_attr = match listed {
+                        Some(d) if d == top => self.state.read().await.ns.getattr(top).ok(),
+                        _ => None,
+                    };
+                    exports::map_reply(top, &mut result, parent_attr.as_mut(), top_attr);
+                }
                 pb::MetaReply {
                     errno: 0,
                     result: Some(result),
@@ -476,5 +632,59 @@ impl Mds {
             orphan_replicas,
             missing_chunks,
         }))
+    }
+}
+
+/// The `Coherence` service with export rules: a mount of a subtree gets its
+/// invalidations with the exported directory as inode 1; a client no rule
+/// admits gets no stream.
+pub struct Watch {
+    pub hub: Arc<crate::watch::Hub>,
+    pub mds: Mds,
+}
+
+#[tonic::async_trait]
+impl pb::coherence_server::Coherence for Watch {
+    type WatchStream = crate::watch::WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchReq>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let peer = weft_proto::gate::peer_of(&req).cloned();
+        let r = req.into_inner();
+        let Some(export) = self.mds.exports.export_for(peer.as_ref()) else {
+            return Err(weft_proto::gate::refuse_as(
+                weft_proto::gate::Refusal::Export,
+                peer.as_ref(),
+                "Coherence.Watch",
+                "no export rule matches this client",
+            ));
+        };
+        let stream = self.hub.watch(r.session, r.strict);
+        if export.path == "/" {
+            return Ok(Response::new(stream));
+        }
+        let top = self.mds.state.read().await.ns.resolve_dir(&export.path);
+        let top = top.map_err(|_| Status::not_found("the exported directory does not exist"))?;
+        use tokio_stream::StreamExt;
+        let mapped = stream.map(move |b| {
+            b.map(|mut b| {
+                for i in b.items.iter_mut() {
+                    if i.ino == top {
+                        i.ino = ROOT_INO;
+                    }
+                    if i.parent == top {
+                        i.parent = ROOT_INO;
+                    }
+                }
+                b
+            })
+        });
+        Ok(Response::new(Box::pin(mapped)))
+    }
+
+    async fn ack(&self, req: Request<pb::AckReq>) -> Result<Response<pb::AckReply>, Status> {
+        crate::watch::Service(self.hub.clone()).ack(req).await
     }
 }

@@ -54,7 +54,7 @@ impl Default for Hub {
     }
 }
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::Invalidations, tonic::Status>> + Send>>;
 
 /// Marks a strict watch ended when its stream is dropped.
 struct Registered {

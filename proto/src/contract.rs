@@ -210,12 +210,17 @@ pub fn next(call: Call, status: &tonic::Status) -> Next {
         Call::Meta => Next::Fail(Errno::EIO),
         Call::ChunkRead if transport => Next::NextReplica,
         Call::ChunkRead => match status.code() {
-            DataLoss | NotFound | FailedPrecondition | Internal => Next::NextReplica,
+            // Unauthenticated: the capability expired or its key rotated;
+            // after every replica the reader asks the MDS again.
+            DataLoss | NotFound | FailedPrecondition | Internal | Unauthenticated => {
+                Next::NextReplica
+            }
             _ => Next::Fail(status_errno(status)),
         },
         Call::ChunkWrite if transport => Next::Realloc,
         Call::ChunkWrite => match status.code() {
-            FailedPrecondition | NotFound => Next::Realloc,
+            // Unauthenticated: a new lease brings a new capability.
+            FailedPrecondition | NotFound | Unauthenticated => Next::Realloc,
             _ => Next::Fail(status_errno(status)),
         },
     }

@@ -19,23 +19,78 @@ use crate::identity::{Peer, Role};
 
 static REFUSED: AtomicU64 = AtomicU64::new(0);
 
+/// Why something was refused, for the `refused` metric of each daemon.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A TLS handshake failed (plaintext, another CA, expired, no certificate).
+    Connection,
+    /// The certificate's role may not make the call (this gate).
+    Role,
+    /// The MDS's export rules (no rule, outside the subtree, read-only, ...).
+    Export,
+    /// A chunk daemon found no valid capability for the chunk and mode.
+    Capability,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 4] = [
+        Refusal::Connection,
+        Refusal::Role,
+        Refusal::Export,
+        Refusal::Capability,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Connection => "connection",
+            Refusal::Role => "role",
+            Refusal::Export => "export",
+            Refusal::Capability => "capability",
+        }
+    }
+}
+
+static BY_KIND: [AtomicU64; 4] = [
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+    AtomicU64::new(0),
+];
+
 /// Calls refused by this process's gate (and capability checks) since it started.
 pub fn refused_count() -> u64 {
     REFUSED.load(Relaxed)
 }
 
-/// Logs and counts one refusal; used by the gate and by services that refuse
-/// a call on their own grounds (a bad capability, an export rule).
+/// Refusals of one kind since this process started (the `refused` metric).
+pub fn refused(kind: Refusal) -> u64 {
+    BY_KIND[kind as usize].load(Relaxed)
+}
+
+fn count(kind: Refusal) -> u64 {
+    BY_KIND[kind as usize].fetch_add(1, Relaxed);
+    REFUSED.fetch_add(1, Relaxed) + 1
+}
+
+/// Logs and counts one refusal by this gate (a role that may not call).
 pub fn refuse(peer: Option<&Peer>, what: &str, why: &str) -> tonic::Status {
-    let n = REFUSED.fetch_add(1, Relaxed) + 1;
+    refuse_as(Refusal::Role, peer, what, why)
+}
+
+/// Logs (who, what, why) and counts one refusal of `kind`; used by the gate
+/// and by services that refuse a call on their own grounds (a bad
+/// capability, an export rule). The status to answer, if the service answers
+/// with one (the MDS answers an export refusal with an errno instead).
+pub fn refuse_as(kind: Refusal, peer: Option<&Peer>, what: &str, why: &str) -> tonic::Status {
+    let n = count(kind);
     let who = peer.map_or_else(|| "unauthenticated".to_string(), |p| p.to_string());
-    tracing::warn!(peer = %who, call = what, reason = why, refused_total = n, "refused");
+    tracing::warn!(peer = %who, call = what, kind = kind.as_str(), reason = why, refused_total = n, "refused");
     tonic::Status::permission_denied(format!("{what} refused for {who}: {why}"))
 }
 
 /// Logs and counts a connection refused before any call (a failed handshake).
 pub fn refuse_connection(remote: std::net::SocketAddr, why: &str) {
-    let n = REFUSED.fetch_add(1, Relaxed) + 1;
+    let n = count(Refusal::Connection);
     tracing::warn!(peer = %remote, reason = why, refused_total = n, "connection refused");
 }
 

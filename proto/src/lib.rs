@@ -12,6 +12,7 @@ pub mod pb {
 pub use pb::*;
 
 pub mod accept;
+pub mod caps;
 pub mod contract;
 pub mod gate;
 pub mod identity;

@@ -132,6 +132,30 @@ impl TestCluster {
     }
 }
 
+impl TestCluster {
+    /// A capability for `chunk_id` at `version`, signed with the cluster's
+    /// key as the MDS would sign it, for tests that talk to chunk daemons
+    /// directly (as an operator holding the key could); None when the
+    /// cluster runs without capabilities.
+    pub fn cap(&self, chunk_id: u64, version: u64, write: bool) -> Option<weft_proto::ChunkCap> {
+        let ca = self
+            .cluster
+            .spec
+            .tls_ca
+            .as_ref()
+            .filter(|_| self.cluster.spec.caps)?;
+        let keys = weft_proto::caps::KeyFile::load(&ca.join(weft_cli::certs::CAP_KEY_FILE))
+            .expect("the cluster's capability key");
+        let mode = if write {
+            weft_proto::caps::Mode::Write
+        } else {
+            weft_proto::caps::Mode::Read
+        };
+        let expires = weft_proto::caps::unix_ms() + 600_000;
+        Some(keys.ring().sign(chunk_id, version, mode, expires))
+    }
+}
+
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.stop();

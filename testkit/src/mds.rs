@@ -147,8 +147,14 @@ impl RawMeta {
     pub async fn connect(addr: &str) -> RawMeta {
         let t = Instant::now();
         loop {
-            match pb::meta_client::MetaClient::connect(format!("http://{addr}")).await {
-                Ok(c) => return RawMeta { client: c },
+            // Over TLS when this process has a certificate (net::configure).
+            let ep = weft_proto::net::endpoint(addr).expect("endpoint");
+            match ep.connect().await {
+                Ok(c) => {
+                    return RawMeta {
+                        client: pb::meta_client::MetaClient::new(c),
+                    }
+                }
                 Err(e) if t.elapsed() > Duration::from_secs(30) => {
                     panic!("connect to the MDS at {addr}: {e}")
                 }
@@ -158,10 +164,15 @@ impl RawMeta {
     }
 
     pub async fn call(&self, session: u64, seq: u64, op: Op) -> Answer {
+        self.call_as(pb::Caller::default(), session, seq, op).await
+    }
+
+    /// `call` on behalf of `caller` (uid, gid, groups) instead of root.
+    pub async fn call_as(&self, caller: pb::Caller, session: u64, seq: u64, op: Op) -> Answer {
         let req = pb::MetaRequest {
             session,
             seq,
-            caller: Some(pb::Caller::default()),
+            caller: Some(caller),
             op: Some(op),
             wait_durable: false,
         };

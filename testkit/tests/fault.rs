@@ -182,6 +182,7 @@ fn a_flipped_byte_is_never_served_and_the_replica_is_replaced() {
                         version,
                         offset: 0,
                         length: MIB as u32,
+                        cap: tc.cap(id, version, false),
                     })
                     .await
             });
@@ -290,6 +291,8 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 .is_some_and(|(_, rest)| rest.starts_with('T'))
         })
     });
+    // The zombie held a write capability for its old lease.
+    let zombie_cap = tc.cap(chunk_id, version, true);
     let late = rt.spawn(async move {
         zombie
             .write(pb::WriteReq {
@@ -304,6 +307,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 serial: 0,
                 punch_length: 0,
                 term,
+                cap: zombie_cap,
             })
             .await
     });
@@ -361,6 +365,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                             version: v,
                             offset: 0,
                             length: MIB as u32,
+                            cap: tc.cap(id, v, false),
                         })
                         .await
                 })

@@ -59,6 +59,7 @@ pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[Strin
         serial: 0,
         punch_length: 0,
         term: 0,
+        cap: None,
     }
 }
 
@@ -73,6 +74,7 @@ pub async fn read(
         version: 0,
         offset,
         length: len,
+        cap: None,
     })
     .await
     .map(|r| r.into_inner().data.to_vec())

@@ -24,8 +24,16 @@ impl ChunkLocCache {
         }
     }
 
+    /// The location, unless its capability is about to run out (then it
+    /// is dropped, and the caller asks the MDS again: a renewal).
     pub fn get(&self, ino: u64, index: u64) -> Option<ChunkLoc> {
-        self.map.lock().get(&(ino, index)).cloned()
+        let mut map = self.map.lock();
+        let loc = map.get(&(ino, index))?;
+        if !crate::chunk_io::cap_fresh(loc) {
+            map.pop(&(ino, index));
+            return None;
+        }
+        Some(loc.clone())
     }
 
     pub fn put(&self, ino: u64, loc: ChunkLoc) {
@@ -86,6 +94,7 @@ mod tests {
                     addr: a.to_string(),
                 })
                 .collect(),
+            cap: None,
         }
     }
 

@@ -449,6 +449,61 @@ impl Namespace {
         self.inodes.get(&ino)
     }
 
+    /// The directory an absolute, normalised path ("/" or "/a/b") names,
+    /// without permission checks (export roots). ENOENT / ENOTDIR otherwise.
+    pub fn resolve_dir(&self, path: &str) -> Result<u64, Errno> {
+        let mut cur = ROOT_INO;
+        for name in path.split('/').filter(|c| !c.is_empty()) {
+            let (_, dir) = self.live_dir(cur)?;
+            let child = self.child(dir, name.as_bytes()).ok_or(Errno::ENOENT)?;
+            if !child.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            cur = child.ino;
+        }
+        self.live_dir(cur)?;
+        Ok(cur)
+    }
+
+    /// Whether `ino` lies in the subtree of directory `top` (is `top` or
+    /// below it): a directory by its parent chain; a file by the link it
+    /// remembers, else (hard links) by any directory below `top` naming it;
+    /// an unlinked file by the directory it was last in.
+    pub fn within(&self, top: u64, ino: u64) -> bool {
+        if top == ROOT_INO {
+            return true;
+        }
+        let Some(i) = self.inodes.get(&ino) else {
+            return false;
+        };
+        if i.is_dir() {
+            return self.is_ancestor(top, ino);
+        }
+        if i.nlink == 0 {
+            return i.parent != 0 && self.is_ancestor(top, i.parent);
+        }
+        let remembered = self
+            .inodes
+            .get(&i.parent)
+            .and_then(|p| p.dir())
+            .and_then(|d| d.get(&i.name))
+            .is_some_and(|e| e.ino == ino);
+        if remembered {
+            if self.is_ancestor(top, i.parent) {
+                return true;
+            }
+            if i.nlink == 1 {
+                return false;
+            }
+        }
+        // Hard links (or an unknown remembered link): a full scan, rare.
+        self.inodes.values().any(|d| {
+            d.dir()
+                .is_some_and(|dir| dir.iter().any(|(_, e)| e.ino == ino))
+                && self.is_ancestor(top, d.ino)
+        })
+    }
+
     // ---------------------------------------------------------------- helpers
 
     fn is_open(&self, ino: u64) -> bool {

@@ -25,6 +25,7 @@ impl Namespace {
                 chunk_id,
                 version,
                 replicas: vec![],
+                cap: None,
             }),
             chunk_size: self.chunk_size,
             lease_epoch: 0,

@@ -12,6 +12,7 @@ mod readdir;
 mod remove;
 mod rename;
 mod setattr;
+mod subtree;
 mod xattr;
 
 use super::*;
