@@ -19,10 +19,10 @@ use std::time::{Duration, SystemTime};
 use fuser::*;
 use tokio::runtime::Handle as Rt;
 
-use crate::cache::kernel::Ticket;
-use crate::client::{SetAttrArgs, Weft};
-use crate::errno::to_fuse;
-use crate::metrics::{FuseOp, M};
+use weft_client::cache::kernel::Ticket;
+use weft_client::client::{SetAttrArgs, Weft};
+use weft_client::errno::to_fuse;
+use weft_client::metrics::{FuseOp, M};
 
 pub struct WeftFs {
     w: Arc<Weft>,
@@ -134,7 +134,7 @@ fn negative(w: &Weft, reply: ReplyEntry) {
         reply.entry_with_ttls(
             &Duration::ZERO,
             &ttl,
-            &crate::convert::negative_entry(),
+            &weft_client::convert::negative_entry(),
             Generation(0),
         );
     }
@@ -211,10 +211,10 @@ impl Filesystem for WeftFs {
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let t = self.w.kernel.ticket();
         // Answered here, without a hand-off to the runtime, when weftfs knows it.
-        if name.len() <= crate::client::NAME_MAX {
+        if name.len() <= weft_client::client::NAME_MAX {
             let timer = weft_metrics::Timer::start();
             let found = self.w.lookup_cached(parent.0, name.as_bytes());
-            crate::metrics::cache(crate::metrics::Cache::Meta, found.is_some());
+            weft_client::metrics::cache(weft_client::metrics::Cache::Meta, found.is_some());
             match found {
                 Some(Err(weft_proto::Errno::ENOENT)) => {
                     negative(&self.w, reply);
@@ -251,7 +251,7 @@ impl Filesystem for WeftFs {
         if !atime_pending {
             let timer = weft_metrics::Timer::start();
             let cached = self.w.getattr_cached(ino.0);
-            crate::metrics::cache(crate::metrics::Cache::Meta, cached.is_some());
+            weft_client::metrics::cache(weft_client::metrics::Cache::Meta, cached.is_some());
             if let Some(a) = cached {
                 reply.attr(&self.w.kernel.attr_ttl(), &a);
                 M.fuse.done(FuseOp::Getattr.index(), timer);
@@ -268,7 +268,7 @@ impl Filesystem for WeftFs {
                 // inode (it passes no handle for directories).
                 Err(weft_proto::Errno::ENOENT) if w.files.removed_dir_attr(ino.0).is_some() => {
                     let a = w.files.removed_dir_attr(ino.0).unwrap();
-                    reply.attr(&Duration::ZERO, &crate::convert::file_attr(&a, None))
+                    reply.attr(&Duration::ZERO, &weft_client::convert::file_attr(&a, None))
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
@@ -667,7 +667,7 @@ impl Filesystem for WeftFs {
                     reply.add(
                         INodeNo(e.ino),
                         e.cookie,
-                        crate::convert::file_type(e.kind),
+                        weft_client::convert::file_type(e.kind),
                         OsStr::from_bytes(&e.name),
                     )
                 })
@@ -761,8 +761,8 @@ impl Filesystem for WeftFs {
     ) {
         // The kernel itself handles SEEK_SET/CUR/END; only these come here.
         let seek = match whence {
-            libc::SEEK_DATA => crate::seek::Seek::Data,
-            libc::SEEK_HOLE => crate::seek::Seek::Hole,
+            libc::SEEK_DATA => weft_client::seek::Seek::Data,
+            libc::SEEK_HOLE => weft_client::seek::Seek::Hole,
             _ => return reply.error(Errno::EINVAL),
         };
         self.spawn(req, FuseOp::Lseek, move |w, c| async move {

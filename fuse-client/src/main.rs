@@ -11,33 +11,12 @@
 //! 6. serve until unmounted (`umount`, `fusermount3 -u`, SIGTERM/SIGINT),
 //!    store all buffered data, exit 0.
 
-mod atime;
-mod cache;
-mod caller;
-mod chunk_io;
-mod client;
-#[cfg(test)]
-mod client_tests;
-mod convert;
 mod daemon;
-mod errno;
-mod fallocate;
 mod fs;
-mod locks;
-mod log_track;
-mod mds_client;
-mod metrics;
 mod mount;
-mod open_files;
 mod options;
-mod read_path;
 mod remount;
-mod seek;
-#[cfg(test)]
-mod test_cluster;
 mod tuning;
-mod write_path;
-mod writeback;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -46,6 +25,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tracing_subscriber::EnvFilter;
+
+use weft_client::{cache, client, metrics};
 
 use crate::daemon::ReadyPipe;
 use crate::options::{parse_args, Cli, Parsed, HELP};
@@ -240,7 +221,7 @@ fn run(cli: &Cli, ready: &mut Option<ReadyPipe>) -> Result<(), String> {
         });
     }
     let w = rt.block_on(async {
-        let w = client::Weft::connect(&cli.mds_addr, &cli.opts, PROBE_BUDGET).await?;
+        let w = client::Weft::connect(&cli.mds_addr, &cli.opts.client_opts(), PROBE_BUDGET).await?;
         w.start_periodic_flusher();
         w.start_keepalive();
         if let Some(addr) = cli.opts.http {

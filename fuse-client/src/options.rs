@@ -58,7 +58,7 @@ pub struct Cli {
 }
 
 /// The data cache's default size, MiB.
-pub const DEFAULT_DATA_CACHE_MIB: u64 = 128;
+pub const DEFAULT_DATA_CACHE_MIB: u64 = weft_client::client::DEFAULT_DATA_CACHE_MIB;
 
 /// The `-o` options weftfs honours.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,7 +70,7 @@ pub struct MountOpts {
     /// Change an existing mount's flags (mount -o remount,ro|rw) and exit.
     pub remount: bool,
     /// When reads update atime: relatime (default), strictatime or noatime.
-    pub atime: crate::atime::AtimeMode,
+    pub atime: weft_client::atime::AtimeMode,
     pub fsname: Option<String>,
     pub subtype: Option<String>,
     /// Mount as plain `fuse` instead of `fuse.<subtype>`.
@@ -114,7 +114,7 @@ impl Default for MountOpts {
             allow_other: false,
             allow_root: false,
             noatime: false,
-            atime: crate::atime::AtimeMode::Relatime,
+            atime: weft_client::atime::AtimeMode::Relatime,
             remount: false,
             fsname: None,
             subtype: None,
@@ -140,6 +140,21 @@ impl Default for MountOpts {
 }
 
 impl MountOpts {
+    /// The options the client library (weft-client) is tuned with.
+    pub fn client_opts(&self) -> weft_client::ClientOpts {
+        weft_client::ClientOpts {
+            mds_timeout: self.mds_timeout,
+            attr_timeout: self.attr_timeout,
+            entry_timeout: self.entry_timeout,
+            cache_timeout: self.cache_timeout,
+            atime: self.atime,
+            data_cache_mib: self.data_cache_mib,
+            disk_cache: self.disk_cache.clone(),
+            disk_cache_mib: self.disk_cache_mib,
+            strict: self.strict,
+        }
+    }
+
     /// The subtype the kernel should show (`fuse.<subtype>`), or None for plain `fuse`.
     pub fn effective_subtype(&self) -> Option<&str> {
         if self.nosubtype {
@@ -453,12 +468,12 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "noatime" => {
             flag(value)?;
             opts.noatime = true;
-            opts.atime = crate::atime::AtimeMode::Never;
+            opts.atime = weft_client::atime::AtimeMode::Never;
         }
         "relatime" | "atime" => {
             flag(value)?;
             opts.noatime = false;
-            opts.atime = crate::atime::AtimeMode::Relatime;
+            opts.atime = weft_client::atime::AtimeMode::Relatime;
         }
         // The FUSE kernel options weftfs sets itself; mount(8) passes them
         // back from /proc/self/mountinfo on a remount.
@@ -484,7 +499,7 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
         "strictatime" => {
             flag(value)?;
             opts.noatime = false;
-            opts.atime = crate::atime::AtimeMode::Strict;
+            opts.atime = weft_client::atime::AtimeMode::Strict;
         }
         "nosubtype" => {
             flag(value)?;

@@ -25,7 +25,6 @@ use crate::chunk_io::ChunkIo;
 use crate::convert::{file_attr, file_type, time_set};
 use crate::mds_client::{CallError, MdsClient};
 use crate::open_files::OpenFiles;
-use crate::options::MountOpts;
 
 pub const NAME_MAX: usize = 255;
 /// Directory entries asked of the MDS per ReadDir page.
@@ -54,6 +53,49 @@ pub struct Weft {
     pub atime: crate::atime::Atime,
 }
 
+/// What a client is tuned with (weftfs takes them from its `-o` options,
+/// fuse-client/src/options.rs; weft-s3 from its flags).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientOpts {
+    /// How long one operation keeps retrying an unreachable MDS before EIO.
+    pub mds_timeout: Duration,
+    pub attr_timeout: Duration,
+    pub entry_timeout: Duration,
+    /// Kernel TTL of names and attributes while the MDS's pushes are live
+    /// (cache/kernel.rs); 0 keeps the short ones always.
+    pub cache_timeout: Duration,
+    /// When reads update atime (atime.rs).
+    pub atime: crate::atime::AtimeMode,
+    /// MiB of memory for cached file data (cache/data.rs); 0: none.
+    pub data_cache_mib: u64,
+    /// A directory for the data cache's local-disk tier (cache/disk.rs).
+    pub disk_cache: Option<std::path::PathBuf>,
+    /// MiB the disk tier may fill.
+    pub disk_cache_mib: u64,
+    /// Strict coherence: another client's change returns only after this
+    /// client's caches dropped it (cache/coherence.rs).
+    pub strict: bool,
+}
+
+/// The data cache's default size, MiB.
+pub const DEFAULT_DATA_CACHE_MIB: u64 = 128;
+
+impl Default for ClientOpts {
+    fn default() -> Self {
+        ClientOpts {
+            mds_timeout: Duration::from_secs(60),
+            attr_timeout: Duration::from_secs(1),
+            entry_timeout: Duration::from_secs(1),
+            cache_timeout: Duration::from_secs(60),
+            atime: crate::atime::AtimeMode::Relatime,
+            data_cache_mib: DEFAULT_DATA_CACHE_MIB,
+            disk_cache: None,
+            disk_cache_mib: 1024,
+            strict: false,
+        }
+    }
+}
+
 /// Arguments of setattr that map onto SetAttrReq.
 #[derive(Debug, Default, Clone)]
 pub struct SetAttrArgs {
@@ -73,7 +115,7 @@ impl Weft {
     /// runtime. The error names the address.
     pub async fn connect(
         mds_addr: &str,
-        opts: &MountOpts,
+        opts: &ClientOpts,
         probe_budget: Duration,
     ) -> Result<Arc<Weft>, String> {
         let mds = MdsClient::new(mds_addr, opts.mds_timeout)?;
@@ -481,6 +523,29 @@ impl Weft {
     /// Fills one readdir reply through `add` (which returns true when the
     /// kernel's buffer is full). Entries come from the handle's buffered page
     /// when the kernel continues where it left off, else from a fresh ReadDir.
+    /// Every entry of directory `ino` but `.` and `..`, with attributes (a
+    /// front end without directory handles: weft-s3's listings).
+    pub async fn readdir_all(
+        &self,
+        c: &Caller,
+        ino: u64,
+    ) -> Result<Vec<(DirEntry, FileAttr)>, Errno> {
+        let fh = self.files.open_dir(None);
+        let mut out = Vec::new();
+        let r = self
+            .readdir(c, ino, fh, 0, true, |e, a| {
+                if e.name != b"." && e.name != b".." {
+                    if let Some(a) = a {
+                        out.push((e.clone(), a));
+                    }
+                }
+                false
+            })
+            .await;
+        self.files.close_dir(fh);
+        r.map(|()| out)
+    }
+
     pub async fn readdir(
         &self,
         c: &Caller,

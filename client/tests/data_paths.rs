@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use weft_proto::{Caller, Errno};
 
-use crate::client::{SetAttrArgs, Weft};
-use crate::options::MountOpts;
-use crate::test_cluster::{ChunkdSpec, RealCluster};
+mod common;
+
+use common::{ChunkdSpec, RealCluster};
+use weft_client::{ClientOpts, SetAttrArgs, Weft};
 
 /// The MDS's smallest chunk size, so a few MiB span several chunks.
 const CS: u64 = 1 << 20;
@@ -35,7 +36,7 @@ async fn client(mc: &RealCluster) -> Arc<Weft> {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-    let opts = MountOpts {
+    let opts = ClientOpts {
         mds_timeout: Duration::from_secs(5),
         ..Default::default()
     };

@@ -73,10 +73,16 @@ impl Weft {
             self.discard_from(&st, 0);
             let r = self.mds.attr(c, req).await;
             self.files.maybe_drop(ino);
-            r?
+            r
         } else {
-            self.mds.attr(c, req).await?
+            self.mds.attr(c, req).await
         };
+        // The inode is gone (another client renamed a file over this name
+        // and the old one was purged) while the kernel still had the name
+        // cached: ESTALE makes the kernel walk the path again once, with
+        // its dentries revalidated (fs/namei.c do_filp_open, LOOKUP_REVAL),
+        // and open the name's new inode, as a local rename promises.
+        let a = a.map_err(|e| if e == Errno::ENOENT { Errno::ESTALE } else { e })?;
         // Close-to-open consistency: another client may have written since.
         self.locs.invalidate_file(ino);
         let unchanged = self.data.open_check(ino, stamp(&a));

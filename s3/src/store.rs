@@ -1,0 +1,480 @@
+//! The namespace as the gateway sees it, over weft-client: buckets are the
+//! top-level directories, an object is the file its key names, its user
+//! metadata and Content-Type are xattrs (`user.s3.meta.NAME`,
+//! `user.s3.content-type`), its ETag the xattr `user.s3.etag`.
+//!
+//! Writes are atomic: a PUT streams into a new file in the hidden directory
+//! `/.weft-s3/tmp` (never a valid bucket name), then renames it over the
+//! key, so no GET and no reader on a mount sees half an object, and of two
+//! concurrent PUTs of one key one stays whole. Reads and writes stream in
+//! pieces of at most `PIECE` bytes.
+//!
+//! The ETag xattr carries the size and mtime it was computed for; a file
+//! changed since (written on a mount) gets its MD5 computed again on the
+//! next HEAD or GET, and stored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use md5::{Digest, Md5};
+use s3s::{s3_error, S3Error, S3Result};
+use tokio_stream::wrappers::ReceiverStream;
+use weft_client::{Caller, Errno, FileAttr, FileType, Weft};
+
+use crate::keys::KeyPath;
+
+pub const ROOT: u64 = 1;
+/// The gateway's own directory at the root: temp files and uploads.
+pub const HIDDEN: &str = ".weft-s3";
+/// Bytes per read from or write to the cluster.
+pub const PIECE: usize = 1 << 20;
+/// A PUT's written data is flushed to the chunk daemons every this many
+/// bytes, so one upload holds little dirty memory.
+const FLUSH_EVERY: u64 = 8 << 20;
+
+const X_ETAG: &[u8] = b"user.s3.etag";
+const X_TYPE: &[u8] = b"user.s3.content-type";
+const X_META: &str = "user.s3.meta.";
+
+/// An object's stored headers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ObjMeta {
+    pub content_type: Option<String>,
+    pub user: HashMap<String, String>,
+}
+
+/// A written, flushed and closed temp file, not yet at its key.
+#[derive(Debug)]
+pub struct Temp {
+    pub ino: u64,
+    pub name: String,
+    pub size: u64,
+    pub md5: [u8; 16],
+    pub crc32c: u32,
+}
+
+/// S3's answer for a file-system error.
+pub fn s3err(e: Errno) -> S3Error {
+    match e.0 {
+        libc::ENOENT => s3_error!(NoSuchKey),
+        libc::EACCES | libc::EPERM | libc::EROFS => s3_error!(AccessDenied),
+        libc::ENAMETOOLONG => s3_error!(KeyTooLongError),
+        libc::ENOTDIR | libc::EISDIR | libc::EEXIST | libc::ENOTEMPTY => s3_error!(
+            InvalidRequest,
+            "the key conflicts with a directory or a file of the same path"
+        ),
+        libc::ENOSPC | libc::EDQUOT => s3_error!(ServiceUnavailable, "the cluster is out of space"),
+        _ => s3_error!(InternalError, "file system error: {}", e),
+    }
+}
+
+fn ns(t: SystemTime) -> u128 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+}
+
+/// What an ETag xattr must say to be current for `a`.
+fn stamp(a: &FileAttr) -> String {
+    format!("{} {}", a.size, ns(a.mtime))
+}
+
+pub struct Store {
+    w: Arc<Weft>,
+    c: Caller,
+    tmp: u64,
+    uploads: u64,
+}
+
+impl Store {
+    /// Makes the hidden directories if missing.
+    pub async fn open(w: Arc<Weft>) -> Result<Store, Errno> {
+        let c = Caller {
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            groups: vec![],
+            pid: std::process::id(),
+        };
+        let mut s = Store {
+            w,
+            c,
+            tmp: 0,
+            uploads: 0,
+        };
+        let hidden = s.mkdir_p(ROOT, HIDDEN).await?;
+        s.tmp = s.mkdir_p(hidden, "tmp").await?;
+        s.uploads = s.mkdir_p(hidden, "uploads").await?;
+        Ok(s)
+    }
+
+    pub fn uploads_dir(&self) -> u64 {
+        self.uploads
+    }
+
+    async fn mkdir_p(&self, parent: u64, name: &str) -> Result<u64, Errno> {
+        match self.w.mkdir(&self.c, parent, name.into(), 0o755, 0).await {
+            Ok(a) => Ok(a.ino.0),
+            Err(Errno(libc::EEXIST)) => match self.lookup(parent, name).await? {
+                Some(a) if a.kind == FileType::Directory => Ok(a.ino.0),
+                Some(_) => Err(Errno(libc::ENOTDIR)),
+                None => Err(Errno(libc::ENOENT)),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &str) -> Result<Option<FileAttr>, Errno> {
+        match self.w.lookup(&self.c, parent, name.into()).await {
+            Ok(a) => Ok(Some(a)),
+            Err(Errno(libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn getattr(&self, ino: u64) -> Result<FileAttr, Errno> {
+        self.w.getattr(&self.c, ino).await
+    }
+
+    /// The bucket's directory, or NoSuchBucket.
+    pub async fn bucket(&self, name: &str) -> S3Result<FileAttr> {
+        if !crate::keys::is_bucket_name(name) {
+            return Err(s3_error!(NoSuchBucket));
+        }
+        match self.lookup(ROOT, name).await.map_err(s3err)? {
+            Some(a) if a.kind == FileType::Directory => Ok(a),
+            _ => Err(s3_error!(NoSuchBucket)),
+        }
+    }
+
+    /// Walks `parts` below `dir`; None where a component is missing or not a
+    /// directory on the way.
+    pub async fn resolve(&self, dir: u64, parts: &[&str]) -> Result<Option<FileAttr>, Errno> {
+        let mut cur = self.getattr(dir).await?;
+        for p in parts {
+            if cur.kind != FileType::Directory {
+                return Ok(None);
+            }
+            match self.lookup(cur.ino.0, p).await? {
+                Some(a) => cur = a,
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(cur))
+    }
+
+    /// The object `key` of `bucket` names: a regular file, or a directory
+    /// for a key ending in `/`. NoSuchBucket or NoSuchKey otherwise.
+    pub async fn object(&self, bucket: &str, key: &KeyPath<'_>) -> S3Result<FileAttr> {
+        let b = self.bucket(bucket).await?;
+        match self.resolve(b.ino.0, &key.parts).await.map_err(s3err)? {
+            Some(a) if key.dir == (a.kind == FileType::Directory) => {
+                if key.dir || a.kind == FileType::RegularFile {
+                    Ok(a)
+                } else {
+                    Err(s3_error!(NoSuchKey))
+                }
+            }
+            _ => Err(s3_error!(NoSuchKey)),
+        }
+    }
+
+    /// Makes the directories `parts` below `dir` as needed; returns the last.
+    pub async fn mkdirs(&self, dir: u64, parts: &[&str]) -> S3Result<u64> {
+        let mut cur = dir;
+        for p in parts {
+            cur = match self.lookup(cur, p).await.map_err(s3err)? {
+                Some(a) if a.kind == FileType::Directory => a.ino.0,
+                Some(_) => return Err(s3err(Errno(libc::ENOTDIR))),
+                None => self.mkdir_p(cur, p).await.map_err(s3err)?,
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Removes the directories `parents` (below `bucket`) that are now
+    /// empty, deepest first; stops at the first that is not.
+    pub async fn tidy(&self, bucket: u64, parents: &[&str]) {
+        let mut inos = vec![bucket];
+        for p in parents {
+            match self.lookup(*inos.last().unwrap(), p).await {
+                Ok(Some(a)) if a.kind == FileType::Directory => inos.push(a.ino.0),
+                _ => return,
+            }
+        }
+        for (i, name) in parents.iter().enumerate().rev() {
+            if self
+                .w
+                .rmdir(&self.c, inos[i], (*name).into())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+
+    pub async fn unlink(&self, dir: u64, name: &str) -> Result<(), Errno> {
+        self.w.unlink(&self.c, dir, name.into()).await
+    }
+
+    pub async fn rmdir(&self, dir: u64, name: &str) -> Result<(), Errno> {
+        self.w.rmdir(&self.c, dir, name.into()).await
+    }
+
+    pub async fn mkdir(&self, dir: u64, name: &str) -> Result<FileAttr, Errno> {
+        self.w.mkdir(&self.c, dir, name.into(), 0o755, 0).await
+    }
+
+    pub async fn rename(&self, dir: u64, name: &str, to_dir: u64, to: &str) -> Result<(), Errno> {
+        self.w
+            .rename(&self.c, dir, name.into(), to_dir, to.into(), 0)
+            .await
+    }
+
+    pub async fn children(&self, dir: u64) -> Result<Vec<(String, FileAttr)>, Errno> {
+        let entries = self.w.readdir_all(&self.c, dir).await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(e, a)| String::from_utf8(e.name).ok().map(|n| (n, a)))
+            .collect())
+    }
+
+    /// Streams `body` into a new temp file; flushed and closed on return.
+    /// The temp file is removed if anything fails.
+    pub async fn write_temp<S, E>(&self, body: S) -> S3Result<Temp>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let name = format!("put-{:032x}", rand::random::<u128>());
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let (a, fh) = self
+            .w
+            .create(
+                &self.c,
+                self.tmp,
+                name.clone().into_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+                flags,
+            )
+            .await
+            .map_err(s3err)?;
+        let ino = a.ino.0;
+        let written = self.fill(ino, fh, body).await;
+        let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
+        match (written, closed) {
+            (Ok((size, md5, crc32c)), Ok(())) => Ok(Temp {
+                ino,
+                name,
+                size,
+                md5,
+                crc32c,
+            }),
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                self.discard(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn fill<S, E>(&self, ino: u64, fh: u64, body: S) -> S3Result<(u64, [u8; 16], u32)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let mut body = std::pin::pin!(body);
+        let mut md5 = Md5::new();
+        let mut crc = 0u32;
+        let mut off = 0u64;
+        let mut flushed = 0u64;
+        let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
+        loop {
+            let next = body.next().await;
+            let last = next.is_none();
+            if let Some(piece) = next {
+                let piece =
+                    piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
+                md5.update(&piece);
+                crc = crc32c::crc32c_append(crc, &piece);
+                buf.extend_from_slice(&piece);
+            }
+            if buf.len() >= PIECE || (last && !buf.is_empty()) {
+                let data = std::mem::replace(&mut buf, Vec::with_capacity(PIECE));
+                let n = data.len() as u64;
+                self.w
+                    .write(self.c.clone(), ino, off, data)
+                    .await
+                    .map_err(s3err)?;
+                off += n;
+            }
+            if off - flushed >= FLUSH_EVERY || last {
+                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
+                flushed = off;
+            }
+            if last {
+                let mut sum = [0u8; 16];
+                sum.copy_from_slice(&md5.finalize());
+                return Ok((off, sum, crc));
+            }
+        }
+    }
+
+    /// Removes a temp file (best effort: a leftover is only garbage).
+    pub async fn discard(&self, name: &str) {
+        if let Err(e) = self.unlink(self.tmp, name).await {
+            tracing::warn!(name, error = %e, "cannot remove a temp file");
+        }
+    }
+
+    /// Moves a temp file to `name` in `dir` (replacing a file there).
+    pub async fn install(&self, t: &Temp, dir: u64, name: &str) -> S3Result<FileAttr> {
+        if let Err(e) = self.rename(self.tmp, &t.name, dir, name).await {
+            self.discard(&t.name).await;
+            return Err(s3err(e));
+        }
+        self.getattr(t.ino).await.map_err(s3err)
+    }
+
+    /// A stream of `len` bytes of file `ino` from `start`: a task reads
+    /// pieces one ahead of the client and closes the file at the end, or when
+    /// the client hangs up.
+    pub async fn reader(
+        self: &Arc<Self>,
+        ino: u64,
+        start: u64,
+        len: u64,
+    ) -> S3Result<ReceiverStream<Result<Bytes, std::io::Error>>> {
+        let (fh, _) = self
+            .w
+            .open(&self.c, ino, libc::O_RDONLY)
+            .await
+            .map_err(s3err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let me = self.clone();
+        tokio::spawn(async move {
+            let end = start + len;
+            let mut off = start;
+            while off < end {
+                let n = (end - off).min(PIECE as u64) as u32;
+                let piece = match me.w.read(&me.c, ino, off, n).await {
+                    Ok(b) if b.is_empty() => {
+                        Err(std::io::Error::other("the file shrank while being read"))
+                    }
+                    Ok(b) => Ok(b),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                };
+                let failed = piece.is_err();
+                off += piece.as_ref().map_or(0, |b| b.len() as u64);
+                if tx.send(piece).await.is_err() || failed {
+                    break;
+                }
+            }
+            let _ = me.w.release(&me.c, ino, fh).await;
+        });
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// The object's stored headers.
+    pub async fn meta(&self, ino: u64) -> S3Result<ObjMeta> {
+        let names = self.w.listxattr(&self.c, ino).await.map_err(s3err)?;
+        let mut m = ObjMeta::default();
+        for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            let is_type = name.as_bytes() == X_TYPE;
+            let user = name.strip_prefix(X_META);
+            if !is_type && user.is_none() {
+                continue;
+            }
+            let v = match self.w.getxattr(&self.c, ino, name.into()).await {
+                Ok(v) => String::from_utf8_lossy(&v).into_owned(),
+                Err(Errno(libc::ENODATA)) => continue,
+                Err(e) => return Err(s3err(e)),
+            };
+            match user {
+                Some(k) => {
+                    m.user.insert(k.to_owned(), v);
+                }
+                None => m.content_type = Some(v),
+            }
+        }
+        Ok(m)
+    }
+
+    pub async fn set_meta(&self, ino: u64, m: &ObjMeta) -> S3Result<()> {
+        if let Some(t) = &m.content_type {
+            self.setx(ino, X_TYPE.to_vec(), t.as_bytes()).await?;
+        }
+        for (k, v) in &m.user {
+            let name = format!("{X_META}{}", k.to_ascii_lowercase());
+            self.setx(ino, name.into_bytes(), v.as_bytes()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn setx(&self, ino: u64, name: Vec<u8>, value: &[u8]) -> S3Result<()> {
+        self.w
+            .setxattr(&self.c, ino, name, value.to_vec(), 0)
+            .await
+            .map_err(s3err)
+    }
+
+    /// An xattr as text; None if absent.
+    pub async fn getx(&self, ino: u64, name: &[u8]) -> S3Result<Option<String>> {
+        match self.w.getxattr(&self.c, ino, name.to_vec()).await {
+            Ok(v) => Ok(Some(String::from_utf8_lossy(&v).into_owned())),
+            Err(Errno(libc::ENODATA)) => Ok(None),
+            Err(e) => Err(s3err(e)),
+        }
+    }
+
+    /// Records `etag` as current for the file as `a` describes it.
+    pub async fn set_etag(&self, a: &FileAttr, etag: &str) -> S3Result<()> {
+        let v = format!("{etag} {}", stamp(a));
+        self.setx(a.ino.0, X_ETAG.to_vec(), v.as_bytes()).await
+    }
+
+    /// The stored ETag if current for a file of this size and mtime (a
+    /// listing does not read files to hash them).
+    pub async fn current_etag(&self, ino: u64, size: u64, mtime: SystemTime) -> Option<String> {
+        let v = self.w.getxattr(&self.c, ino, X_ETAG.to_vec()).await.ok()?;
+        let v = String::from_utf8_lossy(&v);
+        let (etag, st) = v.split_once(' ')?;
+        (st == format!("{size} {}", ns(mtime))).then(|| etag.to_owned())
+    }
+
+    /// The stored ETag if still current, else the MD5 of the bytes (read
+    /// through once, then stored).
+    pub async fn etag(self: &Arc<Self>, a: &FileAttr) -> S3Result<String> {
+        if a.kind == FileType::Directory {
+            return Ok("d41d8cd98f00b204e9800998ecf8427e".into());
+        }
+        match self.w.getxattr(&self.c, a.ino.0, X_ETAG.to_vec()).await {
+            Ok(v) => {
+                let v = String::from_utf8_lossy(&v);
+                if let Some((etag, st)) = v.split_once(' ') {
+                    if st == stamp(a) {
+                        return Ok(etag.to_owned());
+                    }
+                }
+            }
+            Err(Errno(libc::ENODATA)) => {}
+            Err(e) => return Err(s3err(e)),
+        }
+        let mut md5 = Md5::new();
+        let mut s = std::pin::pin!(self.reader(a.ino.0, 0, a.size).await?);
+        while let Some(b) = s.next().await {
+            md5.update(b.map_err(|e| s3_error!(InternalError, "{}", e))?);
+        }
+        let etag = hex::encode(md5.finalize());
+        // Only if the file did not change meanwhile.
+        let now = self.getattr(a.ino.0).await.map_err(s3err)?;
+        if stamp(&now) == stamp(a) {
+            self.set_etag(a, &etag).await?;
+        }
+        Ok(etag)
+    }
+}

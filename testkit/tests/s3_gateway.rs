@@ -1,0 +1,611 @@
+//! weft-s3 and FUSE mounts over one cluster: real daemons, a real weft-s3
+//! process, a real mount, and a real S3 client (boto3, through
+//! tests/s3/s3cli.py; scripts/install-test-deps installs it). Bytes are
+//! compared by SHA-256 both ways; errors by S3's code.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use weft_testkit::{bin, pattern, read_all, sha256_hex, wait_until, TestCluster};
+
+const MIB: u64 = 1 << 20;
+const ACCESS: &str = "weft-test-access";
+const SECRET: &str = "weft-test-secret-0123456789";
+
+/// A weft-s3 process, stopped (SIGTERM, then SIGKILL) when dropped.
+struct Gateway {
+    child: Child,
+    /// Drive it virtual-host style under this domain.
+    vhost: Option<String>,
+    endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start(tc: &TestCluster) -> Gateway {
+        Gateway::start_with(tc, &[])
+    }
+
+    fn start_with(tc: &TestCluster, extra: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials.toml");
+        fs::write(
+            &creds,
+            format!("[[keys]]\naccess_key = \"{ACCESS}\"\nsecret_key = \"{SECRET}\"\n"),
+        )
+        .unwrap();
+        let addr_file = dir.path().join("addr");
+        let log = fs::File::create(dir.path().join("weft-s3.log")).unwrap();
+        let mut cmd = Command::new(bin("weft-s3"));
+        cmd.args(["--mds", &tc.mds_addr(), "--listen", "127.0.0.1:0"])
+            .arg("--credentials")
+            .arg(&creds)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(t) = weft_proto::net::tls() {
+            cmd.arg("--tls-dir").arg(&t.dir);
+        }
+        let mut child = cmd.spawn().expect("start weft-s3");
+        let t = Instant::now();
+        let endpoint = loop {
+            if let Some(a) = fs::read_to_string(&addr_file)
+                .ok()
+                .filter(|a| !a.is_empty())
+            {
+                break format!("http://{a}");
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "weft-s3 exited ({st}) before listening:\n{}",
+                    fs::read_to_string(dir.path().join("weft-s3.log")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "weft-s3 did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Gateway {
+            child,
+            vhost: None,
+            endpoint,
+            dir,
+        }
+    }
+
+    /// Runs one boto3 operation; Ok(its JSON) or Err(S3's error code).
+    fn s3(&self, args: &[&str]) -> Result<Value, String> {
+        self.s3_as(ACCESS, SECRET, args)
+    }
+
+    fn s3_as(&self, access: &str, secret: &str, args: &[&str]) -> Result<Value, String> {
+        self.s3_env(access, secret, "us-east-1", args)
+    }
+
+    fn s3_env(
+        &self,
+        access: &str,
+        secret: &str,
+        region: &str,
+        args: &[&str],
+    ) -> Result<Value, String> {
+        let out = self
+            .cmd(access, secret, region, args)
+            .output()
+            .expect("python3 (scripts/install-test-deps installs boto3)");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if let Some(code) = stdout.strip_prefix("ERROR ") {
+            return Err(code.to_string());
+        }
+        assert!(
+            out.status.success(),
+            "s3cli {args:?} failed: {}\n{stdout}\n{}\ngateway log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        Ok(serde_json::from_str(&stdout).unwrap())
+    }
+
+    fn cmd(&self, access: &str, secret: &str, region: &str, args: &[&str]) -> Command {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/s3cli.py");
+        let mut c = Command::new("python3");
+        if let Some(d) = &self.vhost {
+            c.env("WEFT_S3_VHOST_DOMAIN", d);
+        }
+        c.arg(script)
+            .args(args)
+            .env("WEFT_S3_ENDPOINT", &self.endpoint)
+            .env("WEFT_S3_ACCESS_KEY", access)
+            .env("WEFT_S3_SECRET_KEY", secret)
+            .env("WEFT_S3_REGION", region);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> Value {
+        self.s3(args).unwrap_or_else(|code| {
+            panic!(
+                "s3cli {args:?}: S3 error {code}\ngateway log:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    fn err(&self, args: &[&str]) -> String {
+        match self.s3(args) {
+            Ok(v) => panic!("s3cli {args:?} succeeded ({v}); an S3 error was expected"),
+            Err(code) => code,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("weft-s3.log")).unwrap_or_default()
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keys(v: &Value, field: &str) -> Vec<String> {
+    v[field]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn getxattr(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let cn = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (n >= 0).then(|| {
+        buf.truncate(n as usize);
+        buf
+    })
+}
+
+#[test]
+fn a_file_is_an_object_and_an_object_a_file() {
+    let mut tc = TestCluster::start(3, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+
+    gw.ok(&["mb", "photos"]);
+    assert!(
+        mnt.join("photos").is_dir(),
+        "a bucket is a top-level directory"
+    );
+    assert!(keys(&gw.ok(&["buckets"]), "buckets").contains(&"photos".to_string()));
+    assert_eq!(gw.err(&["mb", "photos"]), "BucketAlreadyOwnedByYou");
+
+    // Written and closed on the mount: an object at once, same bytes.
+    fs::create_dir_all(mnt.join("photos/2024")).unwrap();
+    let data = pattern((3 * MIB + 12345) as usize, 7);
+    fs::write(mnt.join("photos/2024/jan.bin"), &data).unwrap();
+    let got = gw.ok(&[
+        "get",
+        "photos",
+        "2024/jan.bin",
+        gw.file("jan").to_str().unwrap(),
+    ]);
+    assert_eq!(got["sha256"], sha256_hex(&data));
+    assert_eq!(got["length"], data.len());
+    assert_eq!(got["etag"].as_str().unwrap().len(), 32, "an MD5 ETag");
+    let head = gw.ok(&["head", "photos", "2024/jan.bin"]);
+    let mtime = fs::metadata(mnt.join("photos/2024/jan.bin"))
+        .unwrap()
+        .mtime();
+    assert_eq!(head["mtime"].as_f64().unwrap() as i64, mtime, "same mtime");
+
+    // PUT: a file on the mount at once, same bytes; headers are xattrs.
+    let put = pattern((MIB + MIB / 2) as usize, 9);
+    fs::write(gw.file("put"), &put).unwrap();
+    let etag = gw.ok(&[
+        "put",
+        "photos",
+        "docs/a/b.txt",
+        gw.file("put").to_str().unwrap(),
+        "content-type=text/plain",
+        "owner=ana",
+    ])["etag"]
+        .clone();
+    let on_mount = mnt.join("photos/docs/a/b.txt");
+    assert_eq!(sha256_hex(&read_all(&on_mount)), sha256_hex(&put));
+    assert_eq!(
+        getxattr(&on_mount, "user.s3.content-type").as_deref(),
+        Some(&b"text/plain"[..])
+    );
+    assert_eq!(
+        getxattr(&on_mount, "user.s3.meta.owner").as_deref(),
+        Some(&b"ana"[..])
+    );
+    let head = gw.ok(&["head", "photos", "docs/a/b.txt"]);
+    assert_eq!(head["etag"], etag);
+    assert_eq!(head["content_type"], "text/plain");
+    assert_eq!(head["metadata"]["owner"], "ana");
+    assert!(
+        fs::read_dir(mnt.join(".weft-s3/tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no temp file left behind"
+    );
+
+    // A rename on the mount moves the key.
+    fs::rename(&on_mount, mnt.join("photos/docs/moved.txt")).unwrap();
+    assert_eq!(
+        gw.err(&[
+            "get",
+            "photos",
+            "docs/a/b.txt",
+            gw.file("x").to_str().unwrap()
+        ]),
+        "NoSuchKey"
+    );
+    let got = gw.ok(&[
+        "get",
+        "photos",
+        "docs/moved.txt",
+        gw.file("m").to_str().unwrap(),
+    ]);
+    assert_eq!(got["sha256"], sha256_hex(&put));
+    assert_eq!(got["etag"], etag, "the ETag follows the bytes");
+
+    // Ranges.
+    let r = gw.ok(&[
+        "get",
+        "photos",
+        "2024/jan.bin",
+        gw.file("r").to_str().unwrap(),
+        "range=bytes=1048570-1048600",
+    ]);
+    assert_eq!(r["sha256"], sha256_hex(&data[1048570..=1048600]));
+    assert_eq!(
+        gw.err(&[
+            "get",
+            "photos",
+            "2024/jan.bin",
+            gw.file("r").to_str().unwrap(),
+            &format!("range=bytes={}-", data.len() + 10),
+        ]),
+        "InvalidRange"
+    );
+
+    // Overwritten on the mount: the old ETag no longer matches.
+    fs::write(mnt.join("photos/docs/moved.txt"), b"changed").unwrap();
+    let got = gw.ok(&[
+        "get",
+        "photos",
+        "docs/moved.txt",
+        gw.file("m2").to_str().unwrap(),
+    ]);
+    assert_eq!(got["sha256"], sha256_hex(b"changed"));
+    assert_ne!(got["etag"], etag);
+
+    // Copy, then delete: empty directories are tidied.
+    gw.ok(&["copy", "photos", "2024/jan.bin", "photos", "deep/x/y/z.bin"]);
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("photos/deep/x/y/z.bin"))),
+        sha256_hex(&data)
+    );
+    gw.ok(&["rm", "photos", "deep/x/y/z.bin"]);
+    assert!(!mnt.join("photos/deep").exists(), "emptied directories go");
+    gw.ok(&["rm", "photos", "no/such/key"]);
+    assert_eq!(gw.err(&["rb", "photos"]), "BucketNotEmpty");
+}
+
+#[test]
+fn listings_follow_s3_order_prefixes_and_pages() {
+    let mut tc = TestCluster::start(2, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "lst"]);
+    let all = [
+        "a-z",
+        "a.txt",
+        "a/b/c",
+        "a/b/d",
+        "a/e",
+        "b",
+        "p/2024/jan",
+        "p/2024/jun",
+        "p/2025/feb",
+    ];
+    for k in all {
+        let p = mnt.join("lst").join(k);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, k).unwrap();
+    }
+    let v = gw.ok(&["list", "lst"]);
+    let mut sorted = all.map(String::from).to_vec();
+    sorted.sort();
+    assert_eq!(keys(&v, "keys"), sorted, "S3's byte order");
+    let v = gw.ok(&["list", "lst", "delimiter=/"]);
+    assert_eq!(keys(&v, "keys"), ["a-z", "a.txt", "b"]);
+    assert_eq!(keys(&v, "prefixes"), ["a/", "p/"]);
+    let v = gw.ok(&["list", "lst", "prefix=p/2024/j"]);
+    assert_eq!(keys(&v, "keys"), ["p/2024/jan", "p/2024/jun"]);
+    let v = gw.ok(&["list", "lst", "prefix=p/", "delimiter=/"]);
+    assert_eq!(keys(&v, "prefixes"), ["p/2024/", "p/2025/"]);
+    for op in ["list", "list-v1"] {
+        let v = gw.ok(&[op, "lst", "max-keys=2"]);
+        assert_eq!(keys(&v, "keys"), sorted, "{op}: pages of 2");
+        assert_eq!(v["pages"], 5);
+        let v = gw.ok(&[op, "lst", "max-keys=1", "delimiter=/"]);
+        assert_eq!(keys(&v, "keys"), ["a-z", "a.txt", "b"], "{op}");
+        assert_eq!(keys(&v, "prefixes"), ["a/", "p/"], "{op}");
+    }
+    let v = gw.ok(&["list", "lst", "start-after=a/e"]);
+    assert_eq!(keys(&v, "keys")[0], "b");
+    let v = gw.ok(&["rm-many", "lst", "a/b/c", "a/b/d", "nothing"]);
+    assert_eq!(keys(&v, "deleted"), ["a/b/c", "a/b/d", "nothing"]);
+    assert!(!mnt.join("lst/a/b").exists());
+}
+
+#[test]
+fn bad_input_gets_s3_errors_and_writes_nothing() {
+    let mut tc = TestCluster::start(2, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "safe"]);
+    fs::write(gw.file("f"), b"payload").unwrap();
+    let f = gw.file("f");
+    let f = f.to_str().unwrap();
+
+    assert_eq!(
+        gw.s3_as(ACCESS, "wrong-secret", &["put", "safe", "k", f])
+            .unwrap_err(),
+        "SignatureDoesNotMatch"
+    );
+    assert_eq!(
+        gw.s3_as("nobody", SECRET, &["put", "safe", "k", f])
+            .unwrap_err(),
+        "InvalidAccessKeyId"
+    );
+    assert_eq!(gw.err(&["mb", "Bad_Bucket"]), "InvalidBucketName");
+    assert_eq!(
+        gw.err(&["put", "safe", "a/../../escape", f]),
+        "InvalidArgument"
+    );
+    assert_eq!(gw.err(&["put", "safe", "a//b", f]), "InvalidArgument");
+    assert_eq!(gw.err(&["put", "nosuchbucket", "k", f]), "NoSuchBucket");
+    assert_eq!(
+        gw.err(&["get", "safe", "missing", gw.file("o").to_str().unwrap()]),
+        "NoSuchKey"
+    );
+    // Checksums the client sends are checked before the object appears.
+    assert_eq!(
+        gw.err(&["put", "safe", "k", f, "md5=AAAAAAAAAAAAAAAAAAAAAA=="]),
+        "BadDigest"
+    );
+    assert_eq!(
+        gw.err(&["put", "safe", "k", f, "crc32c=AAAAAA=="]),
+        "BadDigest"
+    );
+    gw.ok(&["put", "safe", "summed", f, "crc32c=auto"]);
+    gw.ok(&["rm", "safe", "summed"]);
+    gw.ok(&["put", "safe", "empty", gw.file("f").to_str().unwrap()]);
+    assert_eq!(
+        gw.err(&[
+            "get",
+            "safe",
+            "empty",
+            gw.file("o").to_str().unwrap(),
+            "range=bytes=100-200"
+        ]),
+        "InvalidRange"
+    );
+    let names: Vec<_> = fs::read_dir(mnt.join("safe"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["empty"], "refused requests wrote nothing");
+    assert!(!mnt.join("escape").exists());
+    assert!(fs::read_dir(mnt.join(".weft-s3/tmp"))
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn multipart_uploads_read_back_on_the_mount() {
+    let mut tc = TestCluster::start(3, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "multi"]);
+    let data = pattern((12 * MIB + 777) as usize, 3);
+    fs::write(gw.file("big"), &data).unwrap();
+    let big = gw.file("big");
+    let big = big.to_str().unwrap();
+    let part = (5 * MIB).to_string();
+
+    let v = gw.ok(&["mpu", "multi", "dir/big.bin", big, &part]);
+    assert_eq!(v["parts"], 3);
+    assert!(
+        v["etag"].as_str().unwrap().ends_with("-3"),
+        "S3's multipart ETag"
+    );
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("multi/dir/big.bin"))),
+        sha256_hex(&data)
+    );
+    let head = gw.ok(&["head", "multi", "dir/big.bin"]);
+    assert_eq!(head["etag"], v["etag"]);
+
+    assert_eq!(
+        gw.err(&["mpu", "multi", "bad1", big, &part, "reverse"]),
+        "InvalidPartOrder"
+    );
+    assert_eq!(
+        gw.err(&["mpu", "multi", "bad2", big, &part, "missing"]),
+        "InvalidPart"
+    );
+    assert_eq!(
+        gw.err(&["mpu", "multi", "bad3", big, &(4 * MIB).to_string()]),
+        "EntityTooSmall"
+    );
+    for k in ["bad1", "bad2", "bad3"] {
+        assert!(!mnt.join("multi").join(k).exists(), "{k} was written");
+    }
+    assert!(keys(&gw.ok(&["uploads", "multi"]), "uploads").is_empty());
+    wait_until("upload dirs removed", Duration::from_secs(5), || {
+        fs::read_dir(mnt.join(".weft-s3/uploads"))
+            .unwrap()
+            .next()
+            .is_none()
+    });
+}
+
+#[test]
+fn conditions_presigned_urls_regions_and_atomic_puts() {
+    let mut tc = TestCluster::start(3, MIB);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "cond"]);
+    let a = pattern((4 * MIB) as usize, 1);
+    let b = pattern((4 * MIB + 4096) as usize, 2);
+    fs::write(gw.file("a"), &a).unwrap();
+    fs::write(gw.file("b"), &b).unwrap();
+    let (fa, fb) = (gw.file("a"), gw.file("b"));
+    let (fa, fb) = (fa.to_str().unwrap(), fb.to_str().unwrap());
+    let out = gw.file("out");
+    let out = out.to_str().unwrap();
+    let etag = gw.ok(&["put", "cond", "k", fa])["etag"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Conditional GET.
+    let quoted = format!("\"{etag}\"");
+    assert_eq!(
+        gw.err(&["get", "cond", "k", out, &format!("if-none-match={quoted}")]),
+        "304"
+    );
+    assert_eq!(
+        gw.err(&["get", "cond", "k", out, "if-match=\"0123\""]),
+        "PreconditionFailed"
+    );
+    let v = gw.ok(&["get", "cond", "k", out, &format!("if-match={quoted}")]);
+    assert_eq!(v["sha256"], sha256_hex(&a));
+
+    // Presigned URLs: good until they expire.
+    let url = gw.ok(&["presign", "cond", "k", "1"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let long = gw.ok(&["presign", "cond", "k", "600"])["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(gw.ok(&["fetch", &long, out])["sha256"], sha256_hex(&a));
+    wait_until(
+        "the presigned URL to expire",
+        Duration::from_secs(10),
+        || gw.s3(&["fetch", &url, out]) == Err("AccessDenied".to_string()),
+    );
+    // The same URL with one hex digit of its signature changed.
+    let i = long.find("X-Amz-Signature=").unwrap() + "X-Amz-Signature=".len();
+    let flipped = if &long[i..i + 1] == "0" { "1" } else { "0" };
+    let tampered = format!("{}{flipped}{}", &long[..i], &long[i + 1..]);
+    assert_eq!(gw.err(&["fetch", &tampered, out]), "SignatureDoesNotMatch");
+
+    // A request signed for another region.
+    assert_eq!(
+        gw.s3_env(ACCESS, SECRET, "eu-west-1", &["get", "cond", "k", out])
+            .unwrap_err(),
+        "AuthorizationHeaderMalformed"
+    );
+
+    // PUTs over a key while a mount reads it: every read is one whole
+    // version; two PUTs at once leave one of them whole.
+    let path = mnt.join("cond/k");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (stop, path) = (stop.clone(), path.clone());
+        let ok = [sha256_hex(&a), sha256_hex(&b)];
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let h = sha256_hex(&read_all(&path));
+                assert!(ok.contains(&h), "a reader saw part of an object");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..6 {
+        gw.ok(&["put", "cond", "k", if i % 2 == 0 { fb } else { fa }]);
+    }
+    let mut both: Vec<_> = [fa, fb]
+        .iter()
+        .map(|f| {
+            gw.cmd(ACCESS, SECRET, "us-east-1", &["put", "cond", "k", f])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in &mut both {
+        assert!(c.wait().unwrap().success());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    let last = sha256_hex(&read_all(&path));
+    assert!(last == sha256_hex(&a) || last == sha256_hex(&b));
+    let v = gw.ok(&["get", "cond", "k", out]);
+    assert_eq!(v["sha256"], last);
+    gw.ok(&["rm", "cond", "k"]);
+    gw.ok(&["rb", "cond"]);
+    assert!(!mnt.join("cond").exists());
+}
+
+#[test]
+fn virtual_host_style_with_a_domain() {
+    let mut tc = TestCluster::start(2, MIB);
+    let mnt = tc.mount();
+    let mut gw = Gateway::start_with(&tc, &["--domain", "s3.weft.test"]);
+    let data = pattern((2 * MIB + 3) as usize, 5);
+    fs::write(gw.file("d"), &data).unwrap();
+    let (d, out) = (gw.file("d"), gw.file("out"));
+    let (d, out) = (d.to_str().unwrap(), out.to_str().unwrap());
+    gw.vhost = Some("s3.weft.test".into());
+    gw.ok(&["mb", "vhost-bucket"]);
+    gw.ok(&["put", "vhost-bucket", "a/b", d]);
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("vhost-bucket/a/b"))),
+        sha256_hex(&data)
+    );
+    assert_eq!(keys(&gw.ok(&["list", "vhost-bucket"]), "keys"), ["a/b"]);
+    // Path style still works on the same gateway.
+    gw.vhost = None;
+    let v = gw.ok(&["get", "vhost-bucket", "a/b", out]);
+    assert_eq!(v["sha256"], sha256_hex(&data));
+}
