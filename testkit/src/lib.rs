@@ -105,6 +105,13 @@ impl TestCluster {
         if std::env::var_os("WEFT_TEST_TLS").is_some_and(|v| v == "1") {
             spec.tls_ca = Some(test_ca());
         }
+        // scripts/test reruns the mount suites with an MDS group underneath.
+        if let Some(n) = std::env::var("WEFT_TEST_MDS_NODES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            spec.mds_nodes = n;
+        }
         tweak(&mut spec);
         let cluster = LocalCluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
         TestCluster { cluster, tmp }
