@@ -368,9 +368,26 @@ impl LocalCluster {
             peers,
             "--log-level".into(),
             self.spec.log_level.clone(),
+            "--replicas".into(),
+            self.spec
+                .replicas
+                .unwrap_or(3.min(self.spec.chunkds.max(1) as u32))
+                .to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        args.extend(self.mds_tuning_args());
+        if let Some(cs) = self.spec.chunk_size {
+            args.extend(["--chunk-size".into(), cs.to_string()]);
+        }
+        if let Some(h) = self.spec.heartbeat_ms {
+            args.extend(["--heartbeat-ms".into(), h.to_string()]);
+        }
+        if let Some(d) = self.spec.dead_after_ms {
+            args.extend(["--dead-after-ms".into(), d.to_string()]);
+        }
+        if let Some(l) = self.spec.lease_ms {
+            args.extend(["--lease-ms".into(), l.to_string()]);
+        }
+        args.extend(self.spec.mds_args.iter().cloned());
         let name = if id == 1 {
             "mds".to_string()
         } else {
@@ -418,28 +435,6 @@ impl LocalCluster {
         })
     }
 
-    /// The flags every MDS of this cluster gets from the spec, group node or not.
-    fn mds_tuning_args(&self) -> Vec<String> {
-        let replicas = self
-            .spec
-            .replicas
-            .unwrap_or(3.min(self.spec.chunkds.max(1) as u32));
-        let mut args = vec!["--replicas".to_string(), replicas.to_string()];
-        let optional = [
-            ("--chunk-size", self.spec.chunk_size),
-            ("--heartbeat-ms", self.spec.heartbeat_ms),
-            ("--dead-after-ms", self.spec.dead_after_ms),
-            ("--lease-ms", self.spec.lease_ms),
-        ];
-        for (flag, value) in optional {
-            if let Some(v) = value {
-                args.extend([flag.to_string(), v.to_string()]);
-            }
-        }
-        args.extend(self.spec.mds_args.iter().cloned());
-        args
-    }
-
     /// Starts (or restarts) the MDS; `listen` pins the address, else a free port.
     pub fn start_mds(&mut self, listen: Option<&str>) -> Result<()> {
         let addr_file = self.spec.dir.join("run/mds.addr");
@@ -453,8 +448,25 @@ impl LocalCluster {
             addr_file.display().to_string(),
             "--log-level".into(),
             self.spec.log_level.clone(),
+            "--replicas".into(),
+            self.spec
+                .replicas
+                .unwrap_or(3.min(self.spec.chunkds.max(1) as u32))
+                .to_string(),
         ];
-        args.extend(self.mds_tuning_args());
+        if let Some(cs) = self.spec.chunk_size {
+            args.extend(["--chunk-size".into(), cs.to_string()]);
+        }
+        if let Some(h) = self.spec.heartbeat_ms {
+            args.extend(["--heartbeat-ms".into(), h.to_string()]);
+        }
+        if let Some(d) = self.spec.dead_after_ms {
+            args.extend(["--dead-after-ms".into(), d.to_string()]);
+        }
+        if let Some(l) = self.spec.lease_ms {
+            args.extend(["--lease-ms".into(), l.to_string()]);
+        }
+        args.extend(self.spec.mds_args.iter().cloned());
         let http_file = self.http_args(&mut args, "mds");
         args.extend(self.tls_args(Role::Mds, "mds")?);
         let child = self.spawn("weft-mds", &args, &self.mds.log.clone())?;

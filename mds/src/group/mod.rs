@@ -201,8 +201,7 @@ pub struct Standing {
 
 impl Group {
     pub fn standing(&self) -> Standing {
-        let m = self.raft.metrics();
-        let m = m.borrow();
+        let m = self.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let nodes: BTreeMap<u64, String> = membership
@@ -217,11 +216,13 @@ impl Group {
             ServerState::Follower => "follower",
             ServerState::Shutdown => "stopped",
         };
+        let ready = m.state == ServerState::Leader
+            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
         Standing {
             leader: m.current_leader,
             term: m.current_term,
             role,
-            ready: ready(&m),
+            ready,
             voters,
             nodes,
             last_log: m.last_log_index.unwrap_or(0),
@@ -231,30 +232,22 @@ impl Group {
 
     /// Ok when this node may answer clients now: the leader, caught up with
     /// its own term, and (for reads) within its lease. Otherwise the "not
-    /// leader" answer naming the leader it knows of. Runs on every request:
-    /// it reads openraft's metrics in place and builds the hint only when
-    /// refusing.
+    /// leader" answer naming the leader it knows of.
     pub fn check_leader(&self, read: bool) -> Result<(), tonic::Status> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let ok = ready(&m) && {
-            let membership = m.membership_config.membership();
-            !read || {
-                let voters: Vec<u64> = membership.voter_ids().collect();
-                voters.len() <= 1
-                    || self
-                        .acks
-                        .quorum_within(self.id, &voters, m.current_term, self.read_lease)
-            }
-        };
+        let s = self.standing();
+        let ok = s.ready
+            && (!read
+                || s.voters.len() <= 1
+                || self
+                    .acks
+                    .quorum_within(self.id, &s.voters, s.term, self.read_lease));
         if ok {
             return Ok(());
         }
-        let hint = m
-            .current_leader
+        let hint = s
+            .leader
             .filter(|l| *l != self.id)
-            .and_then(|l| m.membership_config.membership().get_node(&l))
-            .map(|n| n.addr.clone());
+            .and_then(|l| s.nodes.get(&l).cloned());
         Err(weft_proto::leader::not_leader(hint.as_deref()))
     }
 
@@ -275,13 +268,6 @@ impl Group {
             }
         }
     }
-}
-
-/// The leader, with everything committed before its term applied (its
-/// term's first entry is).
-fn ready(m: &openraft::RaftMetrics<u64, BasicNode>) -> bool {
-    m.state == ServerState::Leader
-        && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
 }
 
 /// The openraft settings for this node.
