@@ -149,7 +149,7 @@ fn workload_rides_through_leader_kills() {
         "the workload made too little progress: {steps} steps"
     );
     check_acked(&acked.lock().unwrap());
-    let f = c.cluster.wait_replicated(Duration::from_secs(60)).unwrap();
+    let f = c.cluster.wait_replicated(Duration::from_secs(180)).unwrap();
     assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
     eprintln!("{steps} workload steps through {kills} leader kills");
 }
