@@ -69,10 +69,46 @@ pub async fn status(addr: &str) -> Result<pb::StatusReply> {
 }
 
 pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
-    on_leader(addr, "fsck", |ch| async move {
-        Ok(master(ch).fsck(pb::FsckReq {}).await?.into_inner())
-    })
-    .await
+    fsck_paged(addr, FSCK_PAGE, |_, _| {}).await
+}
+
+/// Inodes per fsck call: the MDS holds its locks for one page at a time.
+pub const FSCK_PAGE: u64 = 20_000;
+
+/// fsck a page of `page` inodes at a time (each page on whichever node
+/// leads then), calling `progress(walked, inodes)` after each; the pages'
+/// findings summed into one reply. Not a snapshot: a file created meanwhile
+/// is checked if its inode comes after the page being walked.
+pub async fn fsck_paged(
+    addr: &str,
+    page: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<pb::FsckReply> {
+    let mut all = pb::FsckReply::default();
+    let mut after = 0;
+    loop {
+        let r = on_leader(addr, "fsck", |ch| async move {
+            let req = pb::FsckReq {
+                after_ino: after,
+                max_inodes: page,
+            };
+            Ok(master(ch).fsck(req).await?.into_inner())
+        })
+        .await?;
+        all.files = r.files;
+        all.inodes = r.inodes;
+        all.chunks += r.chunks;
+        all.walked += r.walked;
+        all.missing_chunks += r.missing_chunks;
+        all.problems.extend(r.problems);
+        all.orphan_chunks = r.orphan_chunks;
+        all.orphan_replicas = r.orphan_replicas;
+        progress(all.walked, all.inodes);
+        if r.next_ino == 0 {
+            return Ok(all);
+        }
+        after = r.next_ino;
+    }
 }
 
 /// Starts (or with `cancel` stops) draining the daemon at `chunkd`; returns

@@ -596,9 +596,14 @@ impl pb::master_server::Master for Mds {
         Ok(Response::new(self.status_reply().await))
     }
 
-    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+    async fn fsck(&self, req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
         self.check_leader(true)?;
-        self.fsck_reply().await
+        let r = req.into_inner();
+        let max = match r.max_inodes {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        self.fsck_reply(r.after_ino, max).await
     }
 }
 
@@ -706,12 +711,15 @@ impl Mds {
         (nodes, s.leader.unwrap_or(0))
     }
 
-    async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {
+    /// One page of fsck: the chunks of at most `max` inodes after `after`;
+    /// orphans are counted on the last page.
+    async fn fsck_reply(&self, after: u64, max: usize) -> Result<Response<pb::FsckReply>, Status> {
         let st = self.state.read().await;
         let reg = self.registry.lock();
         let mut problems = Vec::new();
         let mut chunks = 0;
-        for (ino, index, chunk, version) in st.ns.all_chunks() {
+        let (page, walked, next) = st.ns.chunks_after(after, max);
+        for (ino, index, chunk, version) in page {
             chunks += 1;
             let good = reg.good_replicas(chunk, version);
             if good < self.replicas {
@@ -727,18 +735,24 @@ impl Mds {
             }
         }
         let (mut orphan_chunks, mut orphan_replicas) = (0, 0);
-        for (_, n) in reg.orphans() {
-            orphan_chunks += 1;
-            orphan_replicas += n as u64;
+        if next.is_none() {
+            for (_, n) in reg.orphans() {
+                orphan_chunks += 1;
+                orphan_replicas += n as u64;
+            }
         }
         let missing_chunks = problems.iter().filter(|p| p.good_replicas == 0).count() as u64;
+        let counts = st.ns.counts();
         Ok(Response::new(pb::FsckReply {
-            files: st.ns.counts().files,
+            files: counts.files,
             chunks,
             problems,
             orphan_chunks,
             orphan_replicas,
             missing_chunks,
+            next_ino: next.unwrap_or(0),
+            inodes: counts.inodes,
+            walked: walked as u64,
         }))
     }
 }
