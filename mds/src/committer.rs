@@ -40,10 +40,12 @@ pub enum Proposal {
         op: pb::meta_request::Op,
         done: oneshot::Sender<Outcome>,
     },
-    /// A client closed a file: may purge an unlinked inode.
+    /// A client closed a file (`write`: an open for writing): may purge an
+    /// unlinked inode.
     Release {
         session: u64,
         ino: u64,
+        write: bool,
         done: oneshot::Sender<Outcome>,
     },
     /// A session was silent too long: journal its expiry, release its opens.
@@ -254,6 +256,7 @@ pub enum Request {
     Release {
         session: u64,
         ino: u64,
+        write: bool,
     },
     Expire {
         session: u64,
@@ -281,7 +284,19 @@ impl Proposal {
                 },
                 done,
             ),
-            Proposal::Release { session, ino, done } => (Request::Release { session, ino }, done),
+            Proposal::Release {
+                session,
+                ino,
+                write,
+                done,
+            } => (
+                Request::Release {
+                    session,
+                    ino,
+                    write,
+                },
+                done,
+            ),
             Proposal::Expire { session, done } => (Request::Expire { session }, done),
             Proposal::Internal { record, done } => (Request::Internal { record }, done),
         }
@@ -331,17 +346,24 @@ pub fn decide_with(
                 Ok(Prepared::Reply(r)) => Ok(r),
                 Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record)),
             };
-            if let (
-                Ok(pb::meta_reply::Result::Attr(a)),
-                pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_),
-            ) = (&outcome, &op)
-            {
-                st.opened(session, a.ino);
+            if let Ok(pb::meta_reply::Result::Attr(a)) = &outcome {
+                let flags = match &op {
+                    pb::meta_request::Op::Open(o) => Some(o.flags),
+                    pb::meta_request::Op::Create(c) => Some(c.flags),
+                    _ => None,
+                };
+                if let Some(flags) = flags {
+                    st.opened(session, a.ino, crate::state::writes(flags));
+                }
             }
             outcome
         }
-        Request::Release { session, ino } => {
-            if let Some(record) = st.released(session, ino) {
+        Request::Release {
+            session,
+            ino,
+            write,
+        } => {
+            if let Some(record) = st.released(session, ino, write) {
                 commit(st, 0, 0, record);
             }
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
