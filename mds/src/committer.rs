@@ -137,6 +137,8 @@ fn run(
             }
         }
         let mut st = state.blocking_write();
+        // Subtree exports being watched: each event is scoped for them.
+        let tops = hub.subtrees();
         let first_index = st.applied_index + 1;
         let mut answers = Vec::with_capacity(batch.len());
         let mut freed = Vec::new();
@@ -144,7 +146,7 @@ fn run(
         frames.clear();
         for p in batch.drain(..) {
             let first_event = events.len();
-            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events);
+            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events, &tops);
             // Whose change other mounts must see before this answer (strict mode).
             let origin = events[first_event..]
                 .iter()
@@ -311,10 +313,12 @@ fn decide(
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
     events: &mut Vec<watch::Event>,
+    tops: &[u64],
 ) -> (Outcome, oneshot::Sender<Outcome>) {
     let (req, done) = p.split();
     let outcome = decide_with(st, req, &mut |st, session, seq, record| {
-        commit(st, session, seq, record, frames, freed, events)
+        events.push(watch::Event::new(session, &record, &st.ns, tops));
+        commit(st, session, seq, record, frames, freed)
     });
     (outcome, done)
 }
@@ -393,12 +397,7 @@ fn commit(
     record: Record,
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
-    events: &mut Vec<watch::Event>,
 ) -> pb::meta_reply::Result {
-    events.push(watch::Event {
-        origin: session,
-        items: watch::invalidations(&record),
-    });
     let index = st.applied_index + 1;
     let entry = LogEntry {
         session,

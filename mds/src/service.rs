@@ -782,9 +782,10 @@ impl Mds {
     }
 }
 
-/// The `Coherence` service with export rules: a mount of a subtree gets its
-/// invalidations with the exported directory as inode 1; a client no rule
-/// admits gets no stream.
+/// The `Coherence` service with export rules: a mount of a subtree gets only
+/// the invalidations inside it, with the exported directory as inode 1; a
+/// client no rule admits gets no stream, and a stream ends when the rules
+/// change what its client may see (the mount watches again, under the new rule).
 pub struct Watch {
     pub hub: Arc<crate::watch::Hub>,
     pub mds: Mds,
@@ -810,25 +811,45 @@ impl pb::coherence_server::Coherence for Watch {
                 "no export rule matches this client",
             ));
         };
-        let stream = self.hub.watch(r.session, r.strict);
-        if export.path == "/" {
-            return Ok(Response::new(stream));
+        if !self.mds.exports.configured() {
+            return Ok(Response::new(self.hub.watch(r.session, r.strict, ROOT_INO)));
         }
-        let top = self.mds.state.read().await.ns.resolve_dir(&export.path);
-        let top = top.map_err(|_| Status::not_found("the exported directory does not exist"))?;
+        let top = if export.path == "/" {
+            ROOT_INO
+        } else {
+            let top = self.mds.state.read().await.ns.resolve_dir(&export.path);
+            top.map_err(|_| Status::not_found("the exported directory does not exist"))?
+        };
+        let stream = self.hub.watch(r.session, r.strict, top);
         use tokio_stream::StreamExt;
-        let mapped = stream.map(move |b| {
-            b.map(|mut b| {
-                for i in b.items.iter_mut() {
-                    if i.ino == top {
-                        i.ino = ROOT_INO;
-                    }
-                    if i.parent == top {
-                        i.parent = ROOT_INO;
+        let exports = self.mds.exports.clone();
+        let path = export.path;
+        let mut ended = false;
+        let mapped = stream.map_while(move |b| {
+            if ended {
+                return None;
+            }
+            // New rules apply to a running stream too (checked at every
+            // message, ticks included: within 200 ms).
+            if exports.export_for(peer.as_ref()).map(|e| e.path).as_ref() != Some(&path) {
+                ended = true;
+                return Some(Err(Status::unavailable(
+                    "the export rules changed: watch again",
+                )));
+            }
+            Some(b.map(|mut b| {
+                if top != ROOT_INO {
+                    for i in b.items.iter_mut() {
+                        if i.ino == top {
+                            i.ino = ROOT_INO;
+                        }
+                        if i.parent == top {
+                            i.parent = ROOT_INO;
+                        }
                     }
                 }
                 b
-            })
+            }))
         });
         Ok(Response::new(Box::pin(mapped)))
     }
