@@ -253,7 +253,10 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
         wait_until(what, Duration::from_secs(60), || {
             steps.load(Ordering::Relaxed) >= from + n || worker.is_finished()
         });
-        assert!(!worker.is_finished(), "the workload stopped: {what}");
+        assert!(
+            !worker.is_finished(),
+            "the workload stopped on an error, waiting for {what}"
+        );
     };
     // A second mount that knows only the leader, with a long mds_timeout: a
     // client that stays with the old leader through the cut.
