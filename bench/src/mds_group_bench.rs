@@ -290,8 +290,17 @@ fn leader_answers(rt: &tokio::runtime::Runtime, addr: &str) -> bool {
 fn wait_leader(c: &weft_testkit::TestCluster) -> u64 {
     let t = Instant::now();
     loop {
-        if let Some(l) = c.cluster.leader_id() {
-            // A restarted node may still be catching up: only count a stable leader.
+        // Each kill starts from a whole group: the restarted node follows
+        // again (else the kill would leave no majority to elect in time).
+        let whole = || {
+            c.cluster.status().is_ok_and(|s| {
+                s.mds.len() == 3
+                    && s.mds
+                        .iter()
+                        .all(|n| n.role == "leader" || n.role == "follower")
+            })
+        };
+        if let Some(l) = c.cluster.leader_id().filter(|_| whole()) {
             return l;
         }
         assert!(t.elapsed() < Duration::from_secs(30), "no leader");
