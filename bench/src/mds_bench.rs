@@ -244,7 +244,8 @@ fn main() {
             async move {
                 let ino = inos[(i * per + k) as usize];
                 ok(
-                    &c.mutate(Op::Release(pb::ReleaseReq { ino })).await,
+                    &c.mutate(Op::Release(pb::ReleaseReq { ino, write: true }))
+                        .await,
                     "release",
                 );
             }
@@ -334,7 +335,8 @@ fn main() {
                         .await;
                     ok(&r, "alloc_chunk");
                     ok(
-                        &c.mutate(Op::Release(pb::ReleaseReq { ino })).await,
+                        &c.mutate(Op::Release(pb::ReleaseReq { ino, write: true }))
+                            .await,
                         "release",
                     );
                 }

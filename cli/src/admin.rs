@@ -14,12 +14,13 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A connection to the MDS at `addr` (host:port or a URI); the error says
 /// which address could not be reached.
-async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
+async fn mds_channel(addr: &str) -> Result<weft_proto::net::Channel> {
     weft_proto::net::endpoint(addr)
         .map_err(anyhow::Error::msg)?
         .timeout(Duration::from_secs(30))
         .connect()
         .await
+        .map(weft_proto::net::Channel::from)
         .with_context(|| format!("cannot reach the MDS at {addr}"))
 }
 
@@ -28,7 +29,7 @@ async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
 /// passes the call on (to the leader it names, else to the next node).
 async fn on_leader<T, F, Fut>(addrs: &str, what: &str, call: F) -> Result<T>
 where
-    F: Fn(tonic::transport::Channel) -> Fut,
+    F: Fn(weft_proto::net::Channel) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 {
     let list =
@@ -55,8 +56,8 @@ where
 }
 
 fn master(
-    ch: tonic::transport::Channel,
-) -> pb::master_client::MasterClient<tonic::transport::Channel> {
+    ch: weft_proto::net::Channel,
+) -> pb::master_client::MasterClient<weft_proto::net::Channel> {
     pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE)
 }
 
@@ -68,10 +69,46 @@ pub async fn status(addr: &str) -> Result<pb::StatusReply> {
 }
 
 pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {
-    on_leader(addr, "fsck", |ch| async move {
-        Ok(master(ch).fsck(pb::FsckReq {}).await?.into_inner())
-    })
-    .await
+    fsck_paged(addr, FSCK_PAGE, |_, _| {}).await
+}
+
+/// Inodes per fsck call: the MDS holds its locks for one page at a time.
+pub const FSCK_PAGE: u64 = 20_000;
+
+/// fsck a page of `page` inodes at a time (each page on whichever node
+/// leads then), calling `progress(walked, inodes)` after each; the pages'
+/// findings summed into one reply. Not a snapshot: a file created meanwhile
+/// is checked if its inode comes after the page being walked.
+pub async fn fsck_paged(
+    addr: &str,
+    page: u64,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<pb::FsckReply> {
+    let mut all = pb::FsckReply::default();
+    let mut after = 0;
+    loop {
+        let r = on_leader(addr, "fsck", |ch| async move {
+            let req = pb::FsckReq {
+                after_ino: after,
+                max_inodes: page,
+            };
+            Ok(master(ch).fsck(req).await?.into_inner())
+        })
+        .await?;
+        all.files = r.files;
+        all.inodes = r.inodes;
+        all.chunks += r.chunks;
+        all.walked += r.walked;
+        all.missing_chunks += r.missing_chunks;
+        all.problems.extend(r.problems);
+        all.orphan_chunks = r.orphan_chunks;
+        all.orphan_replicas = r.orphan_replicas;
+        progress(all.walked, all.inodes);
+        if r.next_ino == 0 {
+            return Ok(all);
+        }
+        after = r.next_ino;
+    }
 }
 
 /// Starts (or with `cancel` stops) draining the daemon at `chunkd`; returns

@@ -315,19 +315,28 @@ fn run(cli: Cli) -> Result<i32> {
             }
             println!("rebalancing");
             if wait {
-                // How much is left is not known ahead (the MDS moves replicas
-                // until usage is even): a spinner with what moved so far.
-                let p = Progress::spinner("rebalancing");
+                // Bytes copied so far against an estimate of what is left to
+                // move (recomputed each second from the daemons' usage).
+                let p = Progress::bytes(0, "rebalancing");
                 let mut start = None;
                 loop {
                     let s = admin::block_on(admin::status(&mds))?;
                     let (c0, b0) = *start.get_or_insert((s.copies_done, s.copied_bytes));
+                    let copied = s.copied_bytes.saturating_sub(b0);
+                    let left = weft_cli::progress::rebalance_left(&s.chunkds, s.chunk_size);
+                    p.set_progress(copied, copied + left);
                     p.set_message(format!(
-                        "rebalancing: {} replicas moved, {:.1} MiB copied, {} in flight",
+                        "rebalancing: {} replicas moved, {} in flight",
                         s.copies_done.saturating_sub(c0),
-                        s.copied_bytes.saturating_sub(b0) as f64 / (1 << 20) as f64,
                         s.copies_in_flight
                     ));
+                    if !p.is_bar() {
+                        println!(
+                            "rebalancing: {:.1} MiB copied, about {:.1} MiB left",
+                            copied as f64 / (1 << 20) as f64,
+                            left as f64 / (1 << 20) as f64
+                        );
+                    }
                     if !s.rebalancing {
                         break;
                     }
@@ -341,9 +350,11 @@ fn run(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Cmd::Fsck { mds } => {
-            // One call that walks every chunk at the MDS: a spinner meanwhile.
-            let p = Progress::spinner("fsck: checking every chunk's replicas");
-            let f = admin::block_on(admin::fsck(&mds));
+            // A page of inodes per call: a bar of inodes walked, with the time left.
+            let p = Progress::counter(0, "fsck: inodes checked");
+            let f = admin::block_on(admin::fsck_paged(&mds, admin::FSCK_PAGE, |n, of| {
+                p.set_progress(n, of)
+            }));
             p.finish();
             let f = f?;
             for p in &f.problems {

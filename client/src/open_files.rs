@@ -135,6 +135,8 @@ pub struct Handle {
     pub seen_err: u64,
     /// Opened by execve(2) (__FMODE_EXEC): the program runs until released.
     pub exec: bool,
+    /// Opened for writing (O_WRONLY, O_RDWR): its Release tells the MDS so.
+    pub write: bool,
 }
 
 /// An open directory stream: a page of entries from the MDS not yet handed to
@@ -218,9 +220,9 @@ impl OpenFiles {
         self.get(ino).and_then(|f| f.overlay())
     }
 
-    /// Registers an open handle of `ino` (`exec`: opened by execve); returns
-    /// the fh.
-    pub fn open(&self, ino: u64, exec: bool) -> u64 {
+    /// Registers an open handle of `ino` (`exec`: opened by execve; `write`:
+    /// for writing); returns the fh.
+    pub fn open(&self, ino: u64, exec: bool, write: bool) -> u64 {
         let st = self.get_or_create(ino);
         let seen_err = {
             let mut g = st.inner.lock();
@@ -235,6 +237,7 @@ impl OpenFiles {
                 ino,
                 seen_err,
                 exec,
+                write,
             },
         );
         fh
@@ -346,15 +349,15 @@ mod tests {
     #[test]
     fn errseq_reports_once_per_handle() {
         let of = OpenFiles::new(1 << 20);
-        let a = of.open(5, false);
-        let b = of.open(5, false);
+        let a = of.open(5, false, false);
+        let b = of.open(5, false, false);
         let st = of.get(5).unwrap();
         assert_eq!(of.take_unseen_error(a, &st), None);
         st.record_error(Errno::ENOSPC);
         assert_eq!(of.take_unseen_error(a, &st), Some(Errno::ENOSPC));
         assert_eq!(of.take_unseen_error(a, &st), None, "seen once");
         // A handle opened after the failure does not see it.
-        let c = of.open(5, false);
+        let c = of.open(5, false, false);
         assert_eq!(of.take_unseen_error(c, &st), None);
         assert_eq!(of.take_unseen_error(b, &st), Some(Errno::ENOSPC));
     }
@@ -362,10 +365,10 @@ mod tests {
     #[test]
     fn executing_while_an_exec_handle_is_open() {
         let of = OpenFiles::new(1 << 20);
-        let plain = of.open(3, false);
+        let plain = of.open(3, false, false);
         assert!(!of.executing(3));
-        let a = of.open(3, true);
-        let b = of.open(3, true);
+        let a = of.open(3, true, false);
+        let b = of.open(3, true, false);
         of.close(plain);
         of.close(a);
         assert!(of.executing(3), "one program still runs");
@@ -376,7 +379,7 @@ mod tests {
     #[test]
     fn state_lives_while_needed() {
         let of = OpenFiles::new(1 << 20);
-        let fh = of.open(9, false);
+        let fh = of.open(9, false, false);
         let st = of.get(9).unwrap();
         st.inner.lock().dirty.write(0, b"x");
         assert_eq!(st.size_override(), Some(1));

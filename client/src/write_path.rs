@@ -91,7 +91,8 @@ impl Weft {
         // weftfs, so each open reads through once to update atime.
         let strict = self.atime.mode == crate::atime::AtimeMode::Strict;
         let keep = unchanged && flags & libc::O_TRUNC == 0 && !strict;
-        Ok((self.files.open(ino, flags & FMODE_EXEC != 0), keep))
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        Ok((self.files.open(ino, flags & FMODE_EXEC != 0, write), keep))
     }
 
     /// create(2): returns the new file's attributes and an open handle.
@@ -122,7 +123,9 @@ impl Weft {
         }
         self.locs.invalidate_file(a.ino);
         self.data.open_check(a.ino, stamp(&a));
-        let fh = self.files.open(a.ino, false);
+        let fh = self
+            .files
+            .open(a.ino, false, flags & libc::O_ACCMODE != libc::O_RDONLY);
         Ok((self.fattr(&a), fh))
     }
 
@@ -200,11 +203,24 @@ impl Weft {
 
     fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
         let w = self.clone();
-        tokio::spawn(async move {
+        // Part of the request that kicked it (its request id), else one of its own.
+        use weft_proto::reqid;
+        let id = reqid::current().unwrap_or_else(reqid::new_id);
+        let span = tracing::info_span!("writeback", req = %reqid::Id(id), ino = st.ino);
+        let flush = async move {
+            let start = std::time::Instant::now();
             if let Err(e) = w.flush_file(&st).await {
-                tracing::warn!(ino = st.ino, error = %e, "background flush failed");
+                tracing::warn!(error = %e, "background flush failed");
             }
-        });
+            let took = start.elapsed();
+            if took >= reqid::slow_threshold() {
+                tracing::info!(ms = took.as_millis() as u64, "write-back flush took");
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            reqid::scope(id, flush),
+            span,
+        ));
     }
 
     fn flush_all_in_background(self: &Arc<Self>) {
@@ -684,13 +700,16 @@ impl Weft {
 
     /// release: the last close of a handle. Stores remaining data (errors
     /// stay recorded for other handles; close(2) already got flush's verdict)
-    /// and tells the MDS.
+    /// and tells the MDS, with the handle's mode (the MDS lends write leases
+    /// only while the session holds the file open for writing, or may write it).
     pub async fn release(self: &Arc<Self>, c: &Caller, ino: u64, fh: u64) -> Result<(), Errno> {
         if let Some(st) = self.files.get(ino) {
             let _ = self.flush_file(&st).await;
         }
-        self.files.close(fh);
-        self.mds.empty(c, Op::Release(ReleaseReq { ino })).await
+        let write = self.files.close(fh).is_some_and(|h| h.write);
+        self.mds
+            .empty(c, Op::Release(ReleaseReq { ino, write }))
+            .await
     }
 
     /// Drops dirty data at or beyond `size` (accounting for the memory).

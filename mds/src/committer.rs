@@ -40,10 +40,12 @@ pub enum Proposal {
         op: pb::meta_request::Op,
         done: oneshot::Sender<Outcome>,
     },
-    /// A client closed a file: may purge an unlinked inode.
+    /// A client closed a file (`write`: an open for writing): may purge an
+    /// unlinked inode.
     Release {
         session: u64,
         ino: u64,
+        write: bool,
         done: oneshot::Sender<Outcome>,
     },
     /// A session was silent too long: journal its expiry, release its opens.
@@ -135,6 +137,8 @@ fn run(
             }
         }
         let mut st = state.blocking_write();
+        // Subtree exports being watched: each event is scoped for them.
+        let tops = hub.subtrees();
         let first_index = st.applied_index + 1;
         let mut answers = Vec::with_capacity(batch.len());
         let mut freed = Vec::new();
@@ -142,7 +146,7 @@ fn run(
         frames.clear();
         for p in batch.drain(..) {
             let first_event = events.len();
-            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events);
+            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events, &tops);
             // Whose change other mounts must see before this answer (strict mode).
             let origin = events[first_event..]
                 .iter()
@@ -254,6 +258,7 @@ pub enum Request {
     Release {
         session: u64,
         ino: u64,
+        write: bool,
     },
     Expire {
         session: u64,
@@ -281,7 +286,19 @@ impl Proposal {
                 },
                 done,
             ),
-            Proposal::Release { session, ino, done } => (Request::Release { session, ino }, done),
+            Proposal::Release {
+                session,
+                ino,
+                write,
+                done,
+            } => (
+                Request::Release {
+                    session,
+                    ino,
+                    write,
+                },
+                done,
+            ),
             Proposal::Expire { session, done } => (Request::Expire { session }, done),
             Proposal::Internal { record, done } => (Request::Internal { record }, done),
         }
@@ -296,10 +313,12 @@ fn decide(
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
     events: &mut Vec<watch::Event>,
+    tops: &[u64],
 ) -> (Outcome, oneshot::Sender<Outcome>) {
     let (req, done) = p.split();
     let outcome = decide_with(st, req, &mut |st, session, seq, record| {
-        commit(st, session, seq, record, frames, freed, events)
+        events.push(watch::Event::new(session, &record, &st.ns, tops));
+        commit(st, session, seq, record, frames, freed)
     });
     (outcome, done)
 }
@@ -331,17 +350,24 @@ pub fn decide_with(
                 Ok(Prepared::Reply(r)) => Ok(r),
                 Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record)),
             };
-            if let (
-                Ok(pb::meta_reply::Result::Attr(a)),
-                pb::meta_request::Op::Open(_) | pb::meta_request::Op::Create(_),
-            ) = (&outcome, &op)
-            {
-                st.opened(session, a.ino);
+            if let Ok(pb::meta_reply::Result::Attr(a)) = &outcome {
+                let flags = match &op {
+                    pb::meta_request::Op::Open(o) => Some(o.flags),
+                    pb::meta_request::Op::Create(c) => Some(c.flags),
+                    _ => None,
+                };
+                if let Some(flags) = flags {
+                    st.opened(session, a.ino, crate::state::writes(flags));
+                }
             }
             outcome
         }
-        Request::Release { session, ino } => {
-            if let Some(record) = st.released(session, ino) {
+        Request::Release {
+            session,
+            ino,
+            write,
+        } => {
+            if let Some(record) = st.released(session, ino, write) {
                 commit(st, 0, 0, record);
             }
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
@@ -371,12 +397,7 @@ fn commit(
     record: Record,
     frames: &mut Vec<u8>,
     freed: &mut Vec<u64>,
-    events: &mut Vec<watch::Event>,
 ) -> pb::meta_reply::Result {
-    events.push(watch::Event {
-        origin: session,
-        items: watch::invalidations(&record),
-    });
     let index = st.applied_index + 1;
     let entry = LogEntry {
         session,

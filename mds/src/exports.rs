@@ -677,7 +677,13 @@ mod tests {
         assert_eq!(ok(open(libc::O_RDONLY | libc::O_TRUNC)), Err(Errno::EROFS));
         assert_eq!(ok(Op::Getattr(pb::GetAttrReq { ino: 1 })), Ok(()));
         assert_eq!(ok(Op::GetChunks(pb::GetChunksReq::default())), Ok(()));
-        assert_eq!(ok(Op::Release(pb::ReleaseReq { ino: 2 })), Ok(()));
+        assert_eq!(
+            ok(Op::Release(pb::ReleaseReq {
+                ino: 2,
+                write: false
+            })),
+            Ok(())
+        );
     }
 
     #[test]

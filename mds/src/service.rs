@@ -116,13 +116,20 @@ impl Mds {
         }
     }
 
-    pub async fn dispatch(&self, session: u64, seq: u64, caller: Caller, op: Op) -> Outcome {
+    pub async fn dispatch(
+        &self,
+        peer: Option<&weft_proto::identity::Peer>,
+        session: u64,
+        seq: u64,
+        caller: Caller,
+        op: Op,
+    ) -> Outcome {
         // The kind (weft_proto::contract) decides the route; the client
         // numbered the request by the same table.
         match (contract::kind(&op), op) {
             (OpKind::Read, Op::Statfs(_)) => Ok(self.statfs().await),
             (OpKind::Read, Op::GetChunks(g)) => {
-                self.may_touch_chunks(session, &caller, g.ino, false)
+                self.may_touch_chunks(peer, "Meta.GetChunks", session, &caller, g.ino, false)
                     .await?;
                 self.get_chunks(g).await
             }
@@ -134,12 +141,28 @@ impl Mds {
                     .propose(|done| Proposal::Release {
                         session,
                         ino: r.ino,
+                        write: r.write,
                         done,
                     })
                     .await
             }
+            (OpKind::Mutation, Op::Setattr(mut s)) if s.has_fh && s.size.is_some() => {
+                // A truncate through a descriptor skips the write-permission
+                // check (as ftruncate does) only if this session holds the
+                // file open for writing: a read-only open lends no write.
+                if self.state.read().await.opens_of(session, s.ino).write == 0 {
+                    s.has_fh = false;
+                }
+                self.mutate(session, seq, caller, Op::Setattr(s)).await
+            }
+            (OpKind::Mutation, Op::CommitWrite(c)) => {
+                self.may_touch_chunks(peer, "Meta.CommitWrite", session, &caller, c.ino, true)
+                    .await?;
+                self.mutate(session, seq, caller, Op::CommitWrite(c)).await
+            }
             (OpKind::Mutation, Op::AllocChunk(a)) => {
-                self.may_touch_chunks(session, &caller, a.ino, true).await?;
+                self.may_touch_chunks(peer, "Meta.AllocChunk", session, &caller, a.ino, true)
+                    .await?;
                 // Just after an MDS start no daemon may have registered yet:
                 // that is not a full cluster, so wait out the startup grace.
                 let room = self
@@ -198,12 +221,18 @@ impl Mds {
     }
 
     /// Whether `caller` of `session` may have `ino`'s chunk locations (and
-    /// so read capabilities) or, with `write`, a write lease: the session
-    /// holds the file open (the kernel checked the mode at open, and a file
-    /// chmod'ed after its open stays usable through that descriptor), or
-    /// the caller may read (write) it now. EACCES otherwise.
+    /// so read capabilities) or, with `write`, a write lease (and its write
+    /// capability) or commit a write: the session holds the file open in
+    /// that mode (the kernel checked the mode at open, and a file chmod'ed
+    /// after its open stays usable through that descriptor; any open reads,
+    /// only one for writing writes), or the caller may read (write) it now,
+    /// as an open in that mode would be allowed (truncate(2) by path writes
+    /// with no open). So a read-only open lends no write. EACCES otherwise,
+    /// logged and counted (kind capability).
     async fn may_touch_chunks(
         &self,
+        peer: Option<&weft_proto::identity::Peer>,
+        what: &str,
         session: u64,
         caller: &Caller,
         ino: u64,
@@ -216,19 +245,25 @@ impl Mds {
         }
         let st = self.state.read().await;
         let inode = st.ns.get(ino).ok_or(Errno::ENOENT)?;
-        if st.opens.get(&session).is_some_and(|m| m.contains_key(&ino)) {
+        let opens = st.opens_of(session, ino);
+        let (held, mask) = if write {
+            (opens.write > 0, crate::ns::MAY_WRITE)
+        } else {
+            (opens.total() > 0, crate::ns::MAY_READ)
+        };
+        if held || crate::ns::may_access(inode, caller, mask) {
             return Ok(());
         }
-        let mask = if write {
-            crate::ns::MAY_WRITE
-        } else {
-            crate::ns::MAY_READ
+        drop(st);
+        let why = match (write, opens.total() > 0) {
+            (true, true) => "the session holds the file open read-only and may not write it",
+            (true, false) => "no open for writing and the caller may not write the file",
+            (false, _) => "no open and the caller may not read the file",
         };
-        if crate::ns::may_access(inode, caller, mask) {
-            Ok(())
-        } else {
-            Err(Errno::EACCES)
-        }
+        let why = format!("ino {ino}, uid {}: {why} (EACCES)", caller.uid);
+        let _ =
+            weft_proto::gate::refuse_as(weft_proto::gate::Refusal::Capability, peer, what, &why);
+        Err(Errno::EACCES)
     }
 
     /// Applies the caller's export to one request: the caller as squashed,
@@ -460,7 +495,11 @@ impl pb::meta_server::Meta for Mds {
             _ => None,
         };
         let (outcome, top) = match admitted {
-            Ok((caller, top)) => (self.dispatch(req.session, req.seq, caller, op).await, top),
+            Ok((caller, top)) => (
+                self.dispatch(peer.as_ref(), req.session, req.seq, caller, op)
+                    .await,
+                top,
+            ),
             Err(e) => (Err(e), ROOT_INO),
         };
         if outcome == Err(crate::committer::NOT_LEADER) {
@@ -596,9 +635,14 @@ impl pb::master_server::Master for Mds {
         Ok(Response::new(self.status_reply().await))
     }
 
-    async fn fsck(&self, _req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
+    async fn fsck(&self, req: Request<pb::FsckReq>) -> Result<Response<pb::FsckReply>, Status> {
         self.check_leader(true)?;
-        self.fsck_reply().await
+        let r = req.into_inner();
+        let max = match r.max_inodes {
+            0 => usize::MAX,
+            n => n as usize,
+        };
+        self.fsck_reply(r.after_ino, max).await
     }
 }
 
@@ -706,12 +750,15 @@ impl Mds {
         (nodes, s.leader.unwrap_or(0))
     }
 
-    async fn fsck_reply(&self) -> Result<Response<pb::FsckReply>, Status> {
+    /// One page of fsck: the chunks of at most `max` inodes after `after`;
+    /// orphans are counted on the last page.
+    async fn fsck_reply(&self, after: u64, max: usize) -> Result<Response<pb::FsckReply>, Status> {
         let st = self.state.read().await;
         let reg = self.registry.lock();
         let mut problems = Vec::new();
         let mut chunks = 0;
-        for (ino, index, chunk, version) in st.ns.all_chunks() {
+        let (page, walked, next) = st.ns.chunks_after(after, max);
+        for (ino, index, chunk, version) in page {
             chunks += 1;
             let good = reg.good_replicas(chunk, version);
             if good < self.replicas {
@@ -727,25 +774,32 @@ impl Mds {
             }
         }
         let (mut orphan_chunks, mut orphan_replicas) = (0, 0);
-        for (_, n) in reg.orphans() {
-            orphan_chunks += 1;
-            orphan_replicas += n as u64;
+        if next.is_none() {
+            for (_, n) in reg.orphans() {
+                orphan_chunks += 1;
+                orphan_replicas += n as u64;
+            }
         }
         let missing_chunks = problems.iter().filter(|p| p.good_replicas == 0).count() as u64;
+        let counts = st.ns.counts();
         Ok(Response::new(pb::FsckReply {
-            files: st.ns.counts().files,
+            files: counts.files,
             chunks,
             problems,
             orphan_chunks,
             orphan_replicas,
             missing_chunks,
+            next_ino: next.unwrap_or(0),
+            inodes: counts.inodes,
+            walked: walked as u64,
         }))
     }
 }
 
-/// The `Coherence` service with export rules: a mount of a subtree gets its
-/// invalidations with the exported directory as inode 1; a client no rule
-/// admits gets no stream.
+/// The `Coherence` service with export rules: a mount of a subtree gets only
+/// the invalidations inside it, with the exported directory as inode 1; a
+/// client no rule admits gets no stream, and a stream ends when the rules
+/// change what its client may see (the mount watches again, under the new rule).
 pub struct Watch {
     pub hub: Arc<crate::watch::Hub>,
     pub mds: Mds,
@@ -771,25 +825,45 @@ impl pb::coherence_server::Coherence for Watch {
                 "no export rule matches this client",
             ));
         };
-        let stream = self.hub.watch(r.session, r.strict);
-        if export.path == "/" {
-            return Ok(Response::new(stream));
+        if !self.mds.exports.configured() {
+            return Ok(Response::new(self.hub.watch(r.session, r.strict, ROOT_INO)));
         }
-        let top = self.mds.state.read().await.ns.resolve_dir(&export.path);
-        let top = top.map_err(|_| Status::not_found("the exported directory does not exist"))?;
+        let top = if export.path == "/" {
+            ROOT_INO
+        } else {
+            let top = self.mds.state.read().await.ns.resolve_dir(&export.path);
+            top.map_err(|_| Status::not_found("the exported directory does not exist"))?
+        };
+        let stream = self.hub.watch(r.session, r.strict, top);
         use tokio_stream::StreamExt;
-        let mapped = stream.map(move |b| {
-            b.map(|mut b| {
-                for i in b.items.iter_mut() {
-                    if i.ino == top {
-                        i.ino = ROOT_INO;
-                    }
-                    if i.parent == top {
-                        i.parent = ROOT_INO;
+        let exports = self.mds.exports.clone();
+        let path = export.path;
+        let mut ended = false;
+        let mapped = stream.map_while(move |b| {
+            if ended {
+                return None;
+            }
+            // New rules apply to a running stream too (checked at every
+            // message, ticks included: within 200 ms).
+            if exports.export_for(peer.as_ref()).map(|e| e.path).as_ref() != Some(&path) {
+                ended = true;
+                return Some(Err(Status::unavailable(
+                    "the export rules changed: watch again",
+                )));
+            }
+            Some(b.map(|mut b| {
+                if top != ROOT_INO {
+                    for i in b.items.iter_mut() {
+                        if i.ino == top {
+                            i.ino = ROOT_INO;
+                        }
+                        if i.parent == top {
+                            i.parent = ROOT_INO;
+                        }
                     }
                 }
                 b
-            })
+            }))
         });
         Ok(Response::new(Box::pin(mapped)))
     }

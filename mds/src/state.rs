@@ -6,7 +6,9 @@
 //!
 //! Which session holds which inode open is memory only (like the namespace's
 //! open counts): after a restart nothing is open. It exists so that an expired
-//! session's opens can be released — purging inodes it kept alive unlinked.
+//! session's opens can be released — purging inodes it kept alive unlinked —
+//! and so that the MDS lends a session chunk access only in the mode it
+//! opened the file (`Opens`: a read-only open lends no write).
 
 use crate::ns::{Applied, Namespace, Record};
 use prost::Message;
@@ -77,6 +79,27 @@ impl Sessions {
     }
 }
 
+/// One session's opens of one inode, by access mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Opens {
+    /// O_RDONLY opens.
+    pub read: u32,
+    /// O_WRONLY and O_RDWR opens.
+    pub write: u32,
+}
+
+impl Opens {
+    pub fn total(&self) -> u32 {
+        self.read + self.write
+    }
+}
+
+/// Whether open(2) `flags` open for writing (the access mode; O_TRUNC of a
+/// read-only open truncates but gives no descriptor to write through).
+pub fn writes(flags: u32) -> bool {
+    flags as i32 & libc::O_ACCMODE != libc::O_RDONLY
+}
+
 #[derive(Clone)]
 pub struct State {
     pub ns: Namespace,
@@ -84,7 +107,7 @@ pub struct State {
     /// Index of the last entry applied.
     pub applied_index: u64,
     /// session → ino → opens by that session. Memory only.
-    pub opens: HashMap<u64, HashMap<u64, u32>>,
+    pub opens: HashMap<u64, HashMap<u64, Opens>>,
 }
 
 impl State {
@@ -97,26 +120,52 @@ impl State {
         }
     }
 
-    /// `session` opened `ino` (the namespace's count is raised too).
-    pub fn opened(&mut self, session: u64, ino: u64) {
+    /// `session` opened `ino`, for writing or not (the namespace's count is
+    /// raised too).
+    pub fn opened(&mut self, session: u64, ino: u64, write: bool) {
         self.ns.opened(ino);
         if session != 0 {
-            *self
+            let o = self
                 .opens
                 .entry(session)
                 .or_default()
                 .entry(ino)
-                .or_insert(0) += 1;
+                .or_default();
+            if write {
+                o.write += 1;
+            } else {
+                o.read += 1;
+            }
         }
     }
 
-    /// `session` closed `ino`: the purge record if that was the last open of
-    /// an unlinked inode.
-    pub fn released(&mut self, session: u64, ino: u64) -> Option<Record> {
+    /// What `session` holds open of `ino`.
+    pub fn opens_of(&self, session: u64, ino: u64) -> Opens {
+        self.opens
+            .get(&session)
+            .and_then(|m| m.get(&ino))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// `session` closed an open of `ino` made for writing or not: the purge
+    /// record if that was the last open of an unlinked inode. A release that
+    /// names the other mode than any open left (a client that does not say
+    /// which it closes says read) takes one of the other kind.
+    pub fn released(&mut self, session: u64, ino: u64, write: bool) -> Option<Record> {
         if let Some(m) = self.opens.get_mut(&session) {
-            if let Some(n) = m.get_mut(&ino) {
-                *n -= 1;
-                if *n == 0 {
+            if let Some(o) = m.get_mut(&ino) {
+                let (mine, other) = if write {
+                    (&mut o.write, &mut o.read)
+                } else {
+                    (&mut o.read, &mut o.write)
+                };
+                if *mine > 0 {
+                    *mine -= 1;
+                } else {
+                    *other = other.saturating_sub(1);
+                }
+                if o.total() == 0 {
                     m.remove(&ino);
                 }
             }
@@ -131,7 +180,7 @@ impl State {
     pub fn take_opens(&mut self, session: u64) -> Vec<(u64, u32)> {
         self.opens
             .remove(&session)
-            .map(|m| m.into_iter().collect())
+            .map(|m| m.into_iter().map(|(ino, o)| (ino, o.total())).collect())
             .unwrap_or_default()
     }
 

@@ -10,6 +10,9 @@
 //! goes out every `TICK` so a silent stream is noticed. Mounts keep names and
 //! attributes long only while their stream is live; on a gap they invalidate
 //! everything and fall back to their short TTLs.
+//!
+//! A mount of a subtree export hears only of what lies inside its subtree
+//! (`Event::inside`): names and inode numbers elsewhere are never sent to it.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,7 +23,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio_stream::{Stream, StreamExt};
 use weft_proto::pb;
 
-use crate::ns::Record;
+use crate::ns::{Namespace, Record, ROOT_INO};
 use crate::strict::{Table, LEASE};
 
 /// Batches a slow watcher may lag before it is told `overflow`.
@@ -36,6 +39,44 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 pub struct Event {
     pub origin: u64,
     pub items: Vec<pb::Invalidation>,
+    /// For each subtree export watched when the record was committed (its
+    /// directory's inode): which `items` lie inside it, bit i for items[i].
+    /// A watch of a subtree not listed gets `overflow` for this event.
+    pub inside: Vec<(u64, u64)>,
+}
+
+impl Event {
+    /// What `record` made stale, by `origin`, scoped for the watched subtree
+    /// exports `tops`. `ns` is the state before the record applies, where a
+    /// mount could have seen what the record changes: an entry counts as
+    /// inside by its directory, an inode by its links (a file renamed out of
+    /// a subtree is still invalidated there; one renamed in was never seen).
+    pub fn new(origin: u64, record: &Record, ns: &Namespace, tops: &[u64]) -> Event {
+        let items = invalidations(record);
+        debug_assert!(items.len() <= 64);
+        let inside = tops
+            .iter()
+            .map(|&top| {
+                let mut mask = 0u64;
+                for (i, it) in items.iter().enumerate().take(64) {
+                    let ino = if it.name.is_empty() {
+                        it.ino
+                    } else {
+                        it.parent
+                    };
+                    if ns.within(top, ino) {
+                        mask |= 1 << i;
+                    }
+                }
+                (top, mask)
+            })
+            .collect();
+        Event {
+            origin,
+            items,
+            inside,
+        }
+    }
 }
 
 type Batch = Arc<(u64, Vec<Event>)>;
@@ -46,6 +87,8 @@ pub struct Hub {
     /// this lock, so a watcher owes exactly the batches its stream carries.
     strict: Mutex<Table>,
     acked: Notify,
+    /// Subtree watches: exported directory inode → how many streams.
+    subtrees: Mutex<std::collections::HashMap<u64, usize>>,
 }
 
 impl Default for Hub {
@@ -68,6 +111,24 @@ impl Drop for Registered {
     }
 }
 
+/// Counts a subtree watch while its stream lives.
+struct Scoped {
+    hub: Arc<Hub>,
+    top: u64,
+}
+
+impl Drop for Scoped {
+    fn drop(&mut self) {
+        let mut m = self.hub.subtrees.lock();
+        if let Some(n) = m.get_mut(&self.top) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.top);
+            }
+        }
+    }
+}
+
 impl Hub {
     /// `restarted`: the MDS recovered state, so strict mounts of its previous
     /// run may still trust their caches for up to one lease.
@@ -76,7 +137,14 @@ impl Hub {
             tx: broadcast::channel(CHANNEL).0,
             strict: Mutex::new(Table::new(Instant::now(), restarted)),
             acked: Notify::new(),
+            subtrees: Mutex::new(Default::default()),
         }
+    }
+
+    /// The directories of the subtree exports being watched now: the
+    /// committer scopes each batch's events for them (`Event::new`).
+    pub fn subtrees(&self) -> Vec<u64> {
+        self.subtrees.lock().keys().copied().collect()
     }
 
     /// Called by the committer after the batch is durable. Returns the batch
@@ -131,8 +199,19 @@ impl Hub {
     }
 
     /// The stream of invalidations for `session`: everyone's changes but its
-    /// own. A strict watch's messages carry its id and batch numbers.
-    pub fn watch(self: &Arc<Self>, session: u64, strict: bool) -> WatchStream {
+    /// own, and of those only what lies inside `top` (the mount's exported
+    /// directory; ROOT_INO: everything). A strict watch's messages carry its
+    /// id and batch numbers.
+    pub fn watch(self: &Arc<Self>, session: u64, strict: bool, top: u64) -> WatchStream {
+        // Counted before subscribing: every batch this stream receives was
+        // scoped for `top`, except one judged in between (then `overflow`).
+        let scoped = (top != ROOT_INO).then(|| {
+            *self.subtrees.lock().entry(top).or_insert(0) += 1;
+            Scoped {
+                hub: self.clone(),
+                top,
+            }
+        });
         let (rx, registered) = {
             let mut table = self.strict.lock();
             let rx = self.tx.subscribe();
@@ -155,19 +234,35 @@ impl Hub {
             })
         });
         let changes = rx.filter_map(move |r| {
-            // Lives as long as the stream.
-            let _ = &registered;
+            // Live as long as the stream.
+            let _ = (&registered, &scoped);
             match r {
                 Ok(batch) => {
                     let (seq, events) = &*batch;
-                    let items: Vec<_> = events
-                        .iter()
-                        .filter(|e| e.origin != session)
-                        .flat_map(|e| e.items.iter().cloned())
-                        .collect();
-                    (!items.is_empty()).then_some(Ok(pb::Invalidations {
+                    let (mut items, mut owed, mut overflow) = (Vec::new(), false, false);
+                    for e in events.iter().filter(|e| e.origin != session) {
+                        owed |= !e.items.is_empty();
+                        if top == ROOT_INO {
+                            items.extend(e.items.iter().cloned());
+                            continue;
+                        }
+                        match e.inside.iter().find(|(t, _)| *t == top) {
+                            Some(&(_, mask)) => items.extend(
+                                e.items
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|(i, _)| mask & (1 << i) != 0)
+                                    .map(|(_, it)| it.clone()),
+                            ),
+                            None => overflow |= !e.items.is_empty(),
+                        }
+                    }
+                    // A strict watcher acknowledges every batch it is owed,
+                    // even one with nothing inside its subtree.
+                    let send = !items.is_empty() || overflow || (owed && watcher != 0);
+                    send.then_some(Ok(pb::Invalidations {
                         items,
-                        overflow: false,
+                        overflow,
                         seq: *seq,
                         watcher,
                     }))
@@ -196,7 +291,9 @@ impl pb::coherence_server::Coherence for Service {
         req: tonic::Request<pb::WatchReq>,
     ) -> Result<tonic::Response<Self::WatchStream>, tonic::Status> {
         let r = req.into_inner();
-        Ok(tonic::Response::new(self.0.watch(r.session, r.strict)))
+        Ok(tonic::Response::new(
+            self.0.watch(r.session, r.strict, ROOT_INO),
+        ))
     }
 
     async fn ack(
@@ -319,14 +416,16 @@ mod tests {
     #[tokio::test]
     async fn a_watcher_sees_others_changes_not_its_own() {
         let hub = Arc::new(Hub::default());
-        let mut s = hub.watch(7, false);
+        let mut s = hub.watch(7, false, ROOT_INO);
         hub.publish(vec![Event {
             origin: 7,
             items: vec![inode(5, true)],
+            inside: vec![],
         }]);
         hub.publish(vec![Event {
             origin: 8,
             items: vec![inode(6, false)],
+            inside: vec![],
         }]);
         // Ticks (empty batches) may come first.
         let got = loop {
@@ -341,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn a_change_is_answered_after_the_strict_watcher_acks_it() {
         let hub = Arc::new(Hub::default());
-        let mut s = hub.watch(2, true);
+        let mut s = hub.watch(2, true, ROOT_INO);
         let first = s.next().await.unwrap().unwrap();
         let id = first.watcher;
         assert!(
@@ -351,6 +450,7 @@ mod tests {
         let seq = hub.publish(vec![Event {
             origin: 1,
             items: vec![inode(6, false)],
+            inside: vec![],
         }]);
         assert!(hub.must_wait(seq, 1));
         assert!(!hub.must_wait(seq, 2), "never for its own change");

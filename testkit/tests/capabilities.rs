@@ -6,6 +6,10 @@
 //!   the chunk daemon refuses it the chunk even with its id and version
 //!   known: without a capability, with a forged or altered one, with an
 //!   expired one, with a read capability for a write; nothing changes;
+//! - a read-only open lends no write: a session that opened a file O_RDONLY
+//!   (and may not write it) gets no write lease, no write capability and no
+//!   commit from the MDS, and its read capability writes nothing on the
+//!   chunk daemon; an open for writing lends them until it is released;
 //! - every refusal is logged with who and why and counted in the daemon's
 //!   metrics;
 //! - a file held open across many capability lifetimes keeps working
@@ -215,6 +219,156 @@ fn a_chunk_is_served_only_with_a_valid_capability() {
         "metric {}",
         refused_metric(&c)
     );
+}
+
+fn mds_log(c: &TestCluster) -> String {
+    fs::read_to_string(&c.cluster.mds.log).unwrap_or_default()
+}
+
+fn open(ino: u64, flags: i32) -> pb::meta_request::Op {
+    pb::meta_request::Op::Open(pb::OpenReq {
+        ino,
+        flags: flags as u32,
+    })
+}
+
+fn alloc(ino: u64) -> pb::meta_request::Op {
+    pb::meta_request::Op::AllocChunk(pb::AllocChunkReq {
+        ino,
+        index: 0,
+        failed: vec![],
+    })
+}
+
+fn commit(ino: u64, end: u64) -> pb::meta_request::Op {
+    pb::meta_request::Op::CommitWrite(pb::CommitWriteReq {
+        ino,
+        end,
+        ..Default::default()
+    })
+}
+
+#[test]
+fn a_read_only_open_lends_no_write() {
+    let mut c = cluster();
+    let m = c.mount(); // client-1, root
+    let data = pattern(MIB as usize, 5);
+    fs::write(m.join("shared"), &data).unwrap();
+    // Owned by 2000, readable by everyone, writable by its owner only.
+    std::os::unix::fs::chown(m.join("shared"), Some(2000), Some(2000)).unwrap();
+    fs::set_permissions(m.join("shared"), fs::Permissions::from_mode(0o644)).unwrap();
+    let chunkd = c.cluster.chunkds[0].addr.clone();
+    let before = refused_metric(&c);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let meta = RawMeta::connect(&c.mds_addr()).await;
+        let reader = rand::random::<u64>() | 1;
+        let ino = match meta.call(reader, 0, lookup(1, "shared")).await {
+            Ok(R::Attr(a)) => a.ino,
+            other => panic!("lookup: {other:?}"),
+        };
+        // uid 1000 may read the file: its read-only open succeeds.
+        let as_reader = |seq, op| meta.call_as(user(1000), reader, seq, op);
+        assert!(as_reader(1, open(ino, libc::O_RDONLY)).await.is_ok());
+        // ... and lends no write: no lease (so no write capability), no commit.
+        assert_eq!(as_reader(2, alloc(ino)).await.err(), Some(libc::EACCES));
+        assert_eq!(
+            as_reader(3, commit(ino, 64 * MIB)).await.err(),
+            Some(libc::EACCES)
+        );
+        // Nor a truncate claiming to come through a descriptor (ftruncate).
+        let ftruncate = pb::meta_request::Op::Setattr(pb::SetAttrReq {
+            ino,
+            size: Some(0),
+            has_fh: true,
+            ..Default::default()
+        });
+        assert_eq!(as_reader(6, ftruncate).await.err(), Some(libc::EACCES));
+        // An O_TRUNC read-only open would truncate: refused (EACCES) as ext4
+        // refuses it, and it leaves no write either.
+        assert_eq!(
+            as_reader(4, open(ino, libc::O_RDONLY | libc::O_TRUNC))
+                .await
+                .err(),
+            Some(libc::EACCES)
+        );
+        assert_eq!(as_reader(5, alloc(ino)).await.err(), Some(libc::EACCES));
+        // It reads: a read capability, which the chunk daemon takes for a read
+        // and refuses for a write.
+        let get_chunks = pb::meta_request::Op::GetChunks(pb::GetChunksReq {
+            ino,
+            first_index: 0,
+            count: 1,
+        });
+        let loc = match as_reader(0, get_chunks).await {
+            Ok(R::Chunks(l)) => l.chunks[0].clone(),
+            other => panic!("get_chunks: {other:?}"),
+        };
+        let cap = loc.cap.clone().expect("a read capability");
+        assert!(!cap.write);
+        let mut chunk = chunk_client(&chunkd).await;
+        let d = chunk
+            .read(read_req(&loc, Some(cap.clone())))
+            .await
+            .expect("the read capability reads")
+            .into_inner()
+            .data;
+        assert_eq!(&d[..], &data[..4096]);
+        let s = chunk
+            .write(write_req(&loc, Some(cap.clone())))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        assert!(s.message().contains("read capability for a write"), "{s:?}");
+
+        // The contrast: the owner's open for writing lends a write lease with
+        // a write capability, even once the file is chmod'ed read-only
+        // (as a local descriptor stays writable)...
+        let writer = rand::random::<u64>() | 1;
+        let as_writer = |seq, op| meta.call_as(user(2000), writer, seq, op);
+        assert!(as_writer(1, open(ino, libc::O_RDWR)).await.is_ok());
+        let chmod = pb::meta_request::Op::Setattr(pb::SetAttrReq {
+            ino,
+            mode: Some(0o444),
+            ..Default::default()
+        });
+        assert!(as_writer(2, chmod).await.is_ok());
+        match as_writer(3, alloc(ino)).await {
+            Ok(R::ChunkWrite(w)) => {
+                let wcap = w.chunk.and_then(|l| l.cap).expect("a write capability");
+                assert!(wcap.write);
+            }
+            other => panic!("the writer's lease: {other:?}"),
+        }
+        // ... until it is closed: a read-only open then lends nothing.
+        assert!(as_writer(4, open(ino, libc::O_RDONLY)).await.is_ok());
+        let release = pb::meta_request::Op::Release(pb::ReleaseReq { ino, write: true });
+        assert!(as_writer(5, release).await.is_ok());
+        assert_eq!(as_writer(6, alloc(ino)).await.err(), Some(libc::EACCES));
+        assert_eq!(
+            as_writer(7, commit(ino, 64 * MIB)).await.err(),
+            Some(libc::EACCES)
+        );
+    });
+    // Nothing changed: the bytes and the size.
+    let now = fs::read(m.join("shared")).unwrap();
+    assert_eq!(now.len(), data.len());
+    assert_eq!(sha256_hex(&now), sha256_hex(&data));
+    // Each refusal logged with who and why, and the daemon's counted.
+    let log = mds_log(&c);
+    let mds_refusals = log
+        .lines()
+        .filter(|l| {
+            l.contains("refused") && l.contains("admin/test-admin") && l.contains("(EACCES)")
+        })
+        .count();
+    assert!(mds_refusals >= 5, "{log}");
+    assert!(
+        log.contains("holds the file open read-only and may not write it"),
+        "{log}"
+    );
+    assert!(refused_metric(&c) > before, "metric {}", refused_metric(&c));
 }
 
 #[test]

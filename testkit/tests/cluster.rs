@@ -82,6 +82,31 @@ fn fsck_clean_then_reports_a_dead_daemon() {
     let s = tc.cluster.status().unwrap();
     assert_eq!(s.under_replicated, 4);
     assert_eq!(s.missing, 0);
+
+    // A page of one inode at a time finds the same: every inode walked once
+    // (root, /f, /g), the four problem chunks of /f and the three of /g once.
+    std::fs::write(mnt.join("g"), pattern(2 * MIB as usize + 1, 2)).unwrap();
+    let mut pages = Vec::new();
+    let paged = weft_cli::admin::block_on(weft_cli::admin::fsck_paged(
+        &tc.mds_addr(),
+        1,
+        |walked, of| pages.push((walked, of)),
+    ))
+    .unwrap();
+    assert_eq!(pages, vec![(1, 3), (2, 3), (3, 3)]);
+    assert_eq!((paged.walked, paged.inodes, paged.chunks), (3, 3, 7));
+    let mut bad: Vec<(String, u64)> = paged
+        .problems
+        .iter()
+        .map(|p| (p.path.clone(), p.index))
+        .collect();
+    bad.sort();
+    let want: Vec<(String, u64)> = [("/f", 0..4), ("/g", 0..3)]
+        .into_iter()
+        .flat_map(|(p, r)| r.map(move |i| (p.to_string(), i)))
+        .collect();
+    assert_eq!(bad, want);
+    assert_eq!(tc.cluster.fsck().unwrap().problems.len(), 7);
 }
 
 #[test]

@@ -12,12 +12,15 @@
 //!   it cannot read root's private files;
 //! - no setuid bits and no device files unless the rule allows them;
 //! - changed rules apply to new requests without a restart;
+//! - the coherence stream of a subtree export carries nothing from outside
+//!   it (no names, no inode numbers), and ends when the rules change;
 //! - a client no rule names cannot mount; every refusal is logged with who.
 
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use weft_proto::pb::meta_reply::Result as R;
 use weft_testkit::mds::{getattr, ino_of, lookup, rename, RawMeta};
@@ -390,4 +393,146 @@ fn read_only_root_squash_live_rules_and_strangers() {
     );
     // And the MDS counts refusals for its metrics.
     let _ = rules;
+}
+
+/// What a raw `Coherence.Watch` stream brought: its invalidations, and how it
+/// ended (None while it runs).
+#[derive(Default)]
+struct Heard {
+    items: Vec<weft_proto::pb::Invalidation>,
+    overflows: usize,
+    ended: Option<String>,
+}
+
+#[test]
+fn a_subtree_watch_hears_nothing_from_outside() {
+    let Setup {
+        c,
+        rules,
+        full,
+        _dir: _keep,
+    } = setup();
+    let proj_ino = fs::metadata(full.join("proj")).unwrap().ino();
+    let sibling_ino = fs::metadata(full.join("sibling")).unwrap().ino();
+    let secret_ino = fs::metadata(full.join("sibling/secret")).unwrap().ino();
+    let a_ino = fs::metadata(full.join("proj/a")).unwrap().ino();
+
+    // This process (test-admin) is exported /proj: its stream is a subtree's.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let heard = Arc::new(Mutex::new(Heard::default()));
+    let mut stream = rt.block_on(async {
+        let ch = weft_proto::net::endpoint(&c.mds_addr())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut w = weft_proto::pb::coherence_client::CoherenceClient::new(ch);
+        w.watch(weft_proto::pb::WatchReq {
+            session: rand::random::<u64>() | 1,
+            strict: false,
+        })
+        .await
+        .expect("a watch of the export")
+        .into_inner()
+    });
+    // Subscribed once answered: from here on nothing is missed.
+    rt.spawn({
+        let heard = heard.clone();
+        async move {
+            loop {
+                match stream.message().await {
+                    Ok(Some(b)) => {
+                        let mut h = heard.lock().unwrap();
+                        h.items.extend(b.items);
+                        h.overflows += usize::from(b.overflow);
+                    }
+                    Ok(None) => {
+                        heard.lock().unwrap().ended = Some("end of stream".into());
+                        return;
+                    }
+                    Err(s) => {
+                        heard.lock().unwrap().ended =
+                            Some(format!("{:?}: {}", s.code(), s.message()));
+                        return;
+                    }
+                }
+            }
+        }
+    });
+
+    // Changes outside /proj, by the full mount: none of their names or
+    // inode numbers may reach the stream.
+    fs::write(full.join("sibling/leak-file"), b"outside").unwrap();
+    fs::create_dir(full.join("sibling/leak-dir")).unwrap();
+    fs::rename(
+        full.join("sibling/secret"),
+        full.join("sibling/leak-renamed"),
+    )
+    .unwrap();
+    fs::set_permissions(
+        full.join("sibling/leak-renamed"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    fs::write(full.join("leak-top"), b"at the root").unwrap();
+    fs::remove_file(full.join("leak-top")).unwrap();
+    // A file moved out: the mount saw it, so its old name and its inode are
+    // invalidated; its new name outside is not told.
+    fs::rename(full.join("proj/a"), full.join("sibling/leak-moved-out")).unwrap();
+    // Inside: these must arrive (the stream works).
+    fs::write(full.join("proj/inside"), b"in the export").unwrap();
+    wait_until(
+        "the change inside /proj to be pushed",
+        Duration::from_secs(20),
+        || {
+            heard
+                .lock()
+                .unwrap()
+                .items
+                .iter()
+                .any(|i| i.parent == 1 && i.name == b"inside")
+        },
+    );
+    {
+        let h = heard.lock().unwrap();
+        assert!(
+            h.items.iter().any(|i| i.parent == 1 && i.name == b"a"),
+            "the moved-out file's old name: {:?}",
+            h.items
+        );
+        assert!(
+            h.items.iter().any(|i| i.ino == a_ino && i.name.is_empty()),
+            "the moved-out inode: {:?}",
+            h.items
+        );
+        for i in &h.items {
+            let name = String::from_utf8_lossy(&i.name);
+            assert!(
+                !name.starts_with("leak-") && name != "secret",
+                "leaked {i:?}"
+            );
+            for outside in [sibling_ino, secret_ino] {
+                assert!(i.ino != outside && i.parent != outside, "leaked {i:?}");
+            }
+            // /proj is inode 1 on this stream.
+            assert!(i.ino != proj_ino && i.parent != proj_ino, "unmapped {i:?}");
+        }
+        assert_eq!(h.overflows, 0);
+        assert!(h.ended.is_none(), "{:?}", h.ended);
+    }
+
+    // New rules end the stream (the mount watches again under them).
+    let changed = RULES.replace(
+        "clients = \"test-admin\"\npath = \"/proj\"",
+        "clients = \"test-admin\"\npath = \"/sibling\"",
+    );
+    assert_ne!(changed, RULES);
+    fs::write(&rules, changed).unwrap();
+    wait_until(
+        "the stream to end under new rules",
+        Duration::from_secs(20),
+        || heard.lock().unwrap().ended.is_some(),
+    );
+    let ended = heard.lock().unwrap().ended.clone().unwrap();
+    assert!(ended.contains("export rules changed"), "{ended}");
 }

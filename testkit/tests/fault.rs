@@ -530,6 +530,8 @@ fn rebalance_evens_out_a_new_empty_daemon() {
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("balanced"), "{text}");
+    // Off a terminal, a plain line a second with what is left (the bar's ETA).
+    assert!(text.contains("MiB left"), "{text}");
     // Generous: under load (other clusters on the machine) beats lag.
     wait_until("counts to settle", Duration::from_secs(60), || {
         tc.cluster.status().is_ok_and(|s| {

@@ -51,7 +51,10 @@ fn checkpoints_bound_the_log_and_survive_kill9() {
             c.call(
                 S,
                 2 * i + 2,
-                weft_proto::pb::meta_request::Op::Release(weft_proto::pb::ReleaseReq { ino }),
+                weft_proto::pb::meta_request::Op::Release(weft_proto::pb::ReleaseReq {
+                    ino,
+                    write: true,
+                }),
             )
             .await
             .unwrap();

@@ -58,9 +58,16 @@ fn retries_after_kill9_and_restart_get_the_original_answers() {
         let dir = ino_of(&c.call(S, 1, mkdir(1, "d")).await);
         let f = ino_of(&c.call(S, 2, create(dir, "a", libc::O_EXCL)).await);
         ino_of(&c.call(S, 3, create(dir, "gone", libc::O_EXCL)).await);
-        c.call(S, 4, Op::Release(pb::ReleaseReq { ino: f }))
-            .await
-            .unwrap();
+        c.call(
+            S,
+            4,
+            Op::Release(pb::ReleaseReq {
+                ino: f,
+                write: true,
+            }),
+        )
+        .await
+        .unwrap();
         assert!(c.call(S, 5, unlink(dir, "gone")).await.is_ok());
         assert!(c.call(S, 6, rename(dir, "a", 1, "b")).await.is_ok());
         (dir, f)

@@ -64,6 +64,12 @@ pub enum Cmd {
     Internal {
         record: Record,
     },
+    /// A Release of an open for writing (`Release` is one for reading: the
+    /// variant older logs hold). Last, so older entries decode unchanged.
+    ReleaseWrite {
+        session: u64,
+        ino: u64,
+    },
 }
 
 impl From<Request> for Cmd {
@@ -84,7 +90,16 @@ impl From<Request> for Cmd {
                 }
                 .encode_to_vec(),
             },
-            Request::Release { session, ino } => Cmd::Release { session, ino },
+            Request::Release {
+                session,
+                ino,
+                write: false,
+            } => Cmd::Release { session, ino },
+            Request::Release {
+                session,
+                ino,
+                write: true,
+            } => Cmd::ReleaseWrite { session, ino },
             Request::Expire { session } => Cmd::Expire { session },
             Request::Internal { record } => Cmd::Internal { record },
         }
@@ -106,7 +121,16 @@ impl Cmd {
                 ctx,
                 op: pb::MetaRequest::decode(op.as_slice()).ok()?.op?,
             },
-            Cmd::Release { session, ino } => Request::Release { session, ino },
+            Cmd::Release { session, ino } => Request::Release {
+                session,
+                ino,
+                write: false,
+            },
+            Cmd::ReleaseWrite { session, ino } => Request::Release {
+                session,
+                ino,
+                write: true,
+            },
             Cmd::Expire { session } => Request::Expire { session },
             Cmd::Internal { record } => Request::Internal { record },
         })

@@ -188,6 +188,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut freed: Vec<u64> = Vec::new();
         let mut origins = Vec::new();
         let mut st = self.state.write().await;
+        // Subtree exports being watched: each event is scoped for them.
+        let tops = self.hub.subtrees();
         for entry in entries {
             self.last_applied = Some(entry.log_id);
             let mut answer = Answer::default();
@@ -204,10 +206,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             &mut st,
                             req,
                             &mut |st, session, seq, record| {
-                                events.push(watch::Event {
-                                    origin: session,
-                                    items: watch::invalidations(&record),
-                                });
+                                events.push(watch::Event::new(session, &record, &st.ns, &tops));
                                 let applied = st.apply_record(session, seq, &record);
                                 freed.extend(applied.freed_chunks);
                                 applied.reply

@@ -93,6 +93,10 @@ pub struct Applied {
     pub freed_chunks: Vec<u64>,
 }
 
+/// A page of `Namespace::chunks_after`: (ino, index, chunk id, version) of
+/// each chunk, the inodes walked, and where the next page starts (None: done).
+pub type ChunksPage = (Vec<(u64, u64, u64, u64)>, usize, Option<u64>);
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Non-directories, orphans included.
@@ -349,6 +353,25 @@ impl Namespace {
                 .flatten()
                 .map(move |(&index, c)| (i.ino, index, c.id, c.version))
         })
+    }
+
+    /// The chunks (ino, index, chunk id, version) of at most `max` inodes
+    /// numbered above `after`, in inode order; and the last inode walked if
+    /// inodes remain after it (where the next page starts).
+    pub fn chunks_after(&self, after: u64, max: usize) -> ChunksPage {
+        let mut out = Vec::new();
+        let mut range = self.inodes.range(after.saturating_add(1)..).peekable();
+        let mut walked = 0;
+        while walked < max {
+            let Some((&ino, i)) = range.next() else { break };
+            walked += 1;
+            let chunks = i.chunks().into_iter().flatten();
+            out.extend(chunks.map(|(&index, c)| (ino, index, c.id, c.version)));
+            if walked == max && range.peek().is_some() {
+                return (out, walked, Some(ino));
+            }
+        }
+        (out, walked, None)
     }
 
     /// A path for messages: "/a/b"; with hard links one of them; "<ino N>"

@@ -198,6 +198,31 @@ fn all_chunks_counts_and_paths() {
     assert_eq!(h.getattr(f).blocks, (CHUNK + 512) / 512);
 }
 
+#[test]
+fn chunks_after_pages_through_every_inode_once() {
+    let mut h = Harness::new();
+    let d = h.mkdir(1, "dir");
+    let f = h.create(d, "f");
+    let g = h.create(1, "g");
+    let a = h.write(f, 0, 10);
+    let b = h.write(f, 2, 2 * CHUNK + 1);
+    let c = h.write(g, 0, 7);
+    // Inodes 1 (root), d, f, g: pages of two.
+    let (p1, n1, next) = h.ns.chunks_after(0, 2);
+    assert_eq!((p1, n1, next), (vec![], 2, Some(d)));
+    let (p2, n2, next) = h.ns.chunks_after(d, 2);
+    assert_eq!(
+        (p2, n2, next),
+        (vec![(f, 0, a, 1), (f, 2, b, 1), (g, 0, c, 1)], 2, None)
+    );
+    // A page that ends exactly on the last inode says it is the last.
+    let (_, _, next) = h.ns.chunks_after(0, 4);
+    assert_eq!(next, None);
+    let (all, n, next) = h.ns.chunks_after(0, usize::MAX);
+    assert_eq!((all.len(), n, next), (3, 4, None));
+    assert_eq!(h.ns.chunks_after(g, 5), (vec![], 0, None));
+}
+
 fn commit_allocs(
     h: &mut Harness,
     ino: u64,

@@ -467,7 +467,13 @@ fn unhandled_ops_are_einval() {
         Err(Errno::EINVAL)
     );
     assert_eq!(
-        h.op(&root(), Op::Release(pb::ReleaseReq { ino: 1 })),
+        h.op(
+            &root(),
+            Op::Release(pb::ReleaseReq {
+                ino: 1,
+                write: false
+            })
+        ),
         Err(Errno::EINVAL)
     );
     assert_eq!(
