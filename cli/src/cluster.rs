@@ -415,8 +415,9 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The MDS group's leader as its members report it (None while there is
-    /// none, or for a single MDS that does not answer).
+    /// The MDS group's leader as its members report it: one that a majority
+    /// of the nodes hears from (None while there is none, or for a single
+    /// MDS that does not answer).
     pub fn leader_id(&self) -> Option<u64> {
         // Each node on its own, briefly: one may be paused or cut off.
         let mut addrs = vec![self.mds.addr.clone()];
@@ -431,7 +432,15 @@ impl LocalCluster {
                 .mds
                 .iter()
                 .find(|n| n.role == "leader" && n.id == s.leader)?;
-            Some(leader.id)
+            // A "leader" that no majority hears from is none: one cut off,
+            // or a leader just restarted (openraft restores it as leader of
+            // its old term until it hears of a newer one).
+            let heard = s
+                .mds
+                .iter()
+                .filter(|n| n.role == "leader" || n.role == "follower")
+                .count();
+            (heard * 2 > s.mds.len()).then_some(leader.id)
         })
     }
 

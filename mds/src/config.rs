@@ -127,6 +127,12 @@ pub struct Config {
     /// (1=127.0.0.1:9700,2=...). Without it the MDS runs alone, as before.
     #[arg(long, value_name = "ID=ADDR,...")]
     pub peers: Option<String>,
+    /// MDS group: dial peer ID through ADDR instead of its --peers address
+    /// (NAT, or a test's fault proxy on one link), comma-separated
+    /// (2=127.0.0.1:7001,...). What clients are told as the leader's
+    /// address stays its --peers address.
+    #[arg(long, value_name = "ID=ADDR,...")]
+    pub peer_via: Option<String>,
     /// Join an existing group (a replacement or a wiped node): never start a
     /// new group, wait for the leader to send the log or a snapshot.
     #[arg(long)]
@@ -146,25 +152,47 @@ pub struct Config {
 
 /// `--peers`: (id, address) of every voter.
 pub fn parse_peers(s: &str) -> Result<Vec<(u64, String)>, String> {
+    parse_id_addrs("--peers", s)
+}
+
+/// `--peer-via`: (id, address to dial it through); every id must be in
+/// `--peers`.
+pub fn parse_peer_via(s: &str, peers: &str) -> Result<Vec<(u64, String)>, String> {
+    let via = parse_id_addrs("--peer-via", s)?;
+    let peers = parse_peers(peers)?;
+    for (id, _) in &via {
+        if !peers.iter().any(|(p, _)| p == id) {
+            return Err(format!("--peer-via: node {id} is not in --peers"));
+        }
+    }
+    Ok(via)
+}
+
+/// "ID=ADDR,..." as (id, address) pairs; `flag` names the flag in errors.
+fn parse_id_addrs(flag: &str, s: &str) -> Result<Vec<(u64, String)>, String> {
     let mut out: Vec<(u64, String)> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part
             .split_once('=')
-            .ok_or_else(|| format!("--peers: {part:?} is not ID=ADDR"))?;
+            .ok_or_else(|| format!("{flag}: {part:?} is not ID=ADDR"))?;
         let id: u64 = id
             .trim()
             .parse()
-            .map_err(|_| format!("--peers: {id:?} is not a node id"))?;
+            .map_err(|_| format!("{flag}: {id:?} is not a node id"))?;
         if id == 0 {
-            return Err("--peers: node ids start at 1".into());
+            return Err(format!("{flag}: node ids start at 1"));
         }
         if out.iter().any(|(i, _)| *i == id) {
-            return Err(format!("--peers: node {id} appears twice"));
+            return Err(format!("{flag}: node {id} appears twice"));
         }
-        out.push((id, addr.trim().to_string()));
+        let addr = addr.trim();
+        if addr.is_empty() {
+            return Err(format!("{flag}: node {id} has no address"));
+        }
+        out.push((id, addr.to_string()));
     }
     if out.is_empty() {
-        return Err("--peers: no nodes".into());
+        return Err(format!("{flag}: no nodes"));
     }
     Ok(out)
 }
@@ -216,6 +244,13 @@ impl Config {
         } else if self.node_id.is_some() && !self.join {
             return Err("--node-id needs --peers (the group's voters) or --join".into());
         }
+        if let Some(v) = &self.peer_via {
+            let peers = self
+                .peers
+                .as_deref()
+                .ok_or("--peer-via needs --peers (the nodes it names)")?;
+            parse_peer_via(v, peers)?;
+        }
         if self.raft_heartbeat_ms == 0 || self.election_timeout_ms < 3 * self.raft_heartbeat_ms {
             return Err("--election-timeout-ms must be at least three --raft-heartbeat-ms".into());
         }
@@ -228,5 +263,49 @@ impl Config {
 
     pub fn dead_after(&self) -> Duration {
         Duration::from_millis(self.dead_after_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Config {
+        let mut argv = vec!["weft-mds", "--data", "/nonexistent"];
+        argv.extend_from_slice(args);
+        Config::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn peer_via_names_only_known_peers() {
+        let peers = "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3";
+        let ok = cfg(&[
+            "--node-id",
+            "1",
+            "--peers",
+            peers,
+            "--peer-via",
+            "2=127.0.0.1:12, 3=127.0.0.1:13",
+        ]);
+        assert_eq!(ok.validate(), Ok(()));
+        assert_eq!(
+            parse_peer_via(ok.peer_via.as_deref().unwrap(), peers).unwrap(),
+            vec![(2, "127.0.0.1:12".into()), (3, "127.0.0.1:13".into())]
+        );
+        let unknown = cfg(&[
+            "--node-id",
+            "1",
+            "--peers",
+            peers,
+            "--peer-via",
+            "4=127.0.0.1:14",
+        ]);
+        assert!(unknown.validate().unwrap_err().contains("node 4"));
+        for bad in ["2", "x=127.0.0.1:1", "0=127.0.0.1:1", "2=a:1,2=b:2", "2="] {
+            let c = cfg(&["--node-id", "1", "--peers", peers, "--peer-via", bad]);
+            assert!(c.validate().is_err(), "{bad:?} accepted");
+        }
+        let alone = cfg(&["--peer-via", "2=127.0.0.1:12"]);
+        assert!(alone.validate().unwrap_err().contains("--peers"));
     }
 }

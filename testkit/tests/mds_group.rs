@@ -1,7 +1,8 @@
 //! The MDS group (issue: metadata that survives losing any MDS machine):
 //! three weft-mds nodes on openraft under a real mount, with real faults —
-//! kill -9 of the leader during a workload, SIGSTOP past an election, a
-//! wiped follower, a majority down — and online membership changes.
+//! kill -9 of the leader during a workload, SIGSTOP past an election, the
+//! leader cut off from both followers (a fault proxy on every MDS→MDS link),
+//! a wiped follower, a majority down — and online membership changes.
 
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weft_testkit::proxy::{FaultProxy, Mode};
 use weft_testkit::{sha256_hex, wait_until, TestCluster};
 
 fn group(chunkds: usize, tweak: impl FnOnce(&mut weft_cli::cluster::ClusterSpec)) -> TestCluster {
@@ -152,6 +154,252 @@ fn workload_rides_through_leader_kills() {
     let f = c.cluster.wait_replicated(Duration::from_secs(180)).unwrap();
     assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
     eprintln!("{steps} workload steps through {kills} leader kills");
+}
+
+/// `weft status --mds ADDR` as the node at `addr` answers it: a follower
+/// that knows the leader passes the question on to it, a leader (or a node
+/// that knows none) answers itself. None if nothing answers within 3 s.
+fn status_at(addr: &str) -> Option<weft_proto::pb::StatusReply> {
+    weft_cli::admin::block_on(async {
+        tokio::time::timeout(Duration::from_secs(3), weft_cli::admin::status(addr)).await
+    })
+    .ok()?
+    .ok()
+}
+
+/// Restarts every node of a three-node group so that each dials each other
+/// node through its own fault proxy (`--peer-via`); returns the proxies by
+/// (from, to).
+fn proxy_every_link(c: &mut TestCluster) -> BTreeMap<(u64, u64), FaultProxy> {
+    let addr = |c: &mut TestCluster, id: u64| c.cluster.mds_node(id).addr.clone();
+    let mut links = BTreeMap::new();
+    for from in 1..=3u64 {
+        for to in (1..=3u64).filter(|t| *t != from) {
+            links.insert((from, to), FaultProxy::start(&addr(c, to)));
+        }
+    }
+    for id in 1..=3u64 {
+        let via: Vec<String> = (1..=3u64)
+            .filter(|t| *t != id)
+            .map(|t| format!("{t}={}", links[&(id, t)].addr()))
+            .collect();
+        c.cluster.mds_node(id).stop(Duration::from_secs(10));
+        c.cluster
+            .start_mds_node_with(id, &["--peer-via", &via.join(",")])
+            .unwrap();
+        // The group is whole again before the next node goes.
+        wait_until(
+            "all three MDS nodes in the group",
+            Duration::from_secs(30),
+            || {
+                c.cluster.status().is_ok_and(|s| {
+                    s.mds.len() == 3
+                        && s.mds
+                            .iter()
+                            .all(|n| n.role == "leader" || n.role == "follower")
+                })
+            },
+        );
+    }
+    links
+}
+
+#[test]
+fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
+    let mut c = group(3, |_| {});
+    let links = proxy_every_link(&mut c);
+    c.cluster.wait_alive(3, Duration::from_secs(30)).unwrap();
+    let old = wait_leader(&c, None);
+    let old_addr = c.cluster.mds_node(old).addr.clone();
+    let others: Vec<u64> = (1..=3).filter(|i| *i != old).collect();
+    let other_addrs: Vec<String> = others
+        .iter()
+        .map(|o| c.cluster.mds_node(*o).addr.clone())
+        .collect();
+    // The leader's traffic to its followers goes through the proxies.
+    wait_until(
+        "the leader's links to go through their proxies",
+        Duration::from_secs(10),
+        || {
+            others
+                .iter()
+                .all(|f| links[&(old, *f)].open_connections() > 0)
+        },
+    );
+
+    // A mount given every MDS address, doing a live workload.
+    let mnt = c.mount();
+    let dir = mnt.join("work");
+    fs::create_dir(&dir).unwrap();
+    let acked = Arc::new(Mutex::new(Acked::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let steps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let worker = {
+        let (dir, acked, stop, steps) = (dir.clone(), acked.clone(), stop.clone(), steps.clone());
+        std::thread::spawn(move || -> Option<String> {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                if let Err(e) = workload_step(&dir, i, &acked) {
+                    return Some(format!("step {i}: {e}"));
+                }
+                i += 1;
+                steps.store(i, Ordering::Relaxed);
+            }
+            None
+        })
+    };
+    let progress = |n: usize, what: &str| {
+        let from = steps.load(Ordering::Relaxed);
+        wait_until(what, Duration::from_secs(60), || {
+            steps.load(Ordering::Relaxed) >= from + n || worker.is_finished()
+        });
+        assert!(
+            !worker.is_finished(),
+            "the workload stopped on an error, waiting for {what}"
+        );
+    };
+    // A second mount that knows only the leader, with a long mds_timeout: a
+    // client that stays with the old leader through the cut.
+    let lone_mnt = c.tmp.path().join("lone");
+    c.cluster
+        .mount_source(&lone_mnt, &old_addr, &["mds_timeout=300"])
+        .unwrap();
+    let lone_mnt = c.cluster.mounts.last().unwrap().path.clone();
+    let lone_bytes = weft_testkit::pattern(200 << 10, 5);
+    fs::write(lone_mnt.join("lone-a"), &lone_bytes).unwrap();
+    let lone_file = fs::File::open(lone_mnt.join("lone-a")).unwrap();
+    progress(5, "the workload to start");
+
+    // Cut the old leader off from both followers (both directions).
+    for f in &others {
+        links[&(old, *f)].set(Mode::Cut);
+        links[&(*f, old)].set(Mode::Cut);
+    }
+    let cut_at = Instant::now();
+    // The lone mount's changes: a chmod through an open descriptor (no
+    // lookup first: it goes straight to the old leader), a rename, a mkdir.
+    let lone = {
+        let m = lone_mnt.clone();
+        std::thread::spawn(move || -> Vec<std::io::Result<()>> {
+            vec![
+                lone_file.set_permissions(fs::Permissions::from_mode(0o640)),
+                fs::rename(m.join("lone-a"), m.join("lone-b")),
+                fs::create_dir(m.join("lone-dir")),
+            ]
+        })
+    };
+    // The majority elects a new leader, which both of them name.
+    let mut new = 0;
+    wait_until(
+        "the majority side to elect a new leader",
+        Duration::from_secs(30),
+        || {
+            let seen: Vec<u64> = other_addrs
+                .iter()
+                .map(|a| status_at(a).map(|s| s.leader).unwrap_or(0))
+                .collect();
+            new = seen[0];
+            seen.iter().all(|l| *l == new) && new != 0 && new != old
+        },
+    );
+    eprintln!(
+        "cut off leader {old}; node {new} leads after {:.1} s",
+        cut_at.elapsed().as_secs_f64()
+    );
+    // The old leader, asked directly, still thinks it leads (nobody told it
+    // otherwise) but applies nothing from now on.
+    let old_view = status_at(&old_addr).expect("the old leader answers status");
+    assert_eq!(old_view.leader, old, "the cut-off leader heard of another");
+    let old_applied = old_view
+        .mds
+        .iter()
+        .find(|n| n.id == old)
+        .map(|n| n.applied)
+        .unwrap();
+    // The workload carries on with the new leader, for a few seconds of cut
+    // (past the old leader's grace, 4 x the election timeout).
+    progress(10, "the workload to carry on during the cut");
+    wait_until("a few seconds of cut", Duration::from_secs(60), || {
+        cut_at.elapsed() > Duration::from_secs(5)
+    });
+    progress(3, "more of the workload during the cut");
+    assert!(
+        !lone.is_finished(),
+        "a mount talking only to the cut-off leader got an answer: {:?}",
+        lone.join()
+    );
+    let old_now = status_at(&old_addr).expect("the old leader answers status");
+    let n = old_now.mds.iter().find(|n| n.id == old).unwrap();
+    assert_eq!(
+        n.applied, old_applied,
+        "the cut-off leader applied (acknowledged) entries during the cut"
+    );
+    for f in &others {
+        let seen = old_now.mds.iter().find(|n| n.id == *f).unwrap();
+        assert_eq!(seen.role, "unreachable", "node {f} from the old leader");
+    }
+
+    // Heal: the old leader steps down, follows the new one and catches up.
+    for l in links.values() {
+        l.set(Mode::Pass);
+    }
+    wait_until(
+        "the old leader to follow the new one and catch up",
+        Duration::from_secs(60),
+        || {
+            status_at(&old_addr).is_some_and(|s| {
+                let leader_applied = s.mds.iter().find(|n| n.id == new).map(|n| n.applied);
+                s.leader == new
+                    && s.mds.iter().any(|n| {
+                        n.id == old && n.role == "follower" && Some(n.applied) >= leader_applied
+                    })
+            })
+        },
+    );
+    // The lone mount's changes now go to the new leader, each applied once.
+    wait_until(
+        "the lone mount's changes to finish after the heal",
+        Duration::from_secs(60),
+        || lone.is_finished(),
+    );
+    let results = lone.join().unwrap();
+    for r in &results {
+        assert!(r.is_ok(), "the lone mount after the heal: {results:?}");
+    }
+    let check_lone = || {
+        assert!(
+            !mnt.join("lone-a").exists(),
+            "lone-a renamed away, yet there"
+        );
+        let p = mnt.join("lone-b");
+        assert_eq!(sha256_hex(&fs::read(&p).unwrap()), sha256_hex(&lone_bytes));
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
+        assert!(mnt.join("lone-dir").is_dir());
+    };
+    check_lone();
+    progress(3, "the workload after the heal");
+    check_acked(&acked.lock().unwrap());
+
+    // kill -9 the new leader: the old one (now a follower that caught up)
+    // and the third node carry on with everything that was acknowledged.
+    c.cluster.mds_node(new).crash();
+    let last = wait_leader(&c, Some(new));
+    eprintln!("killed node {new}; node {last} leads");
+    progress(3, "the workload after the new leader's kill");
+    stop.store(true, Ordering::Relaxed);
+    let err = worker.join().unwrap();
+    assert!(err.is_none(), "the workload saw an error: {err:?}");
+    check_acked(&acked.lock().unwrap());
+    check_lone();
+    let f = c.cluster.wait_replicated(Duration::from_secs(180)).unwrap();
+    assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
+    eprintln!(
+        "{} workload steps through the cut, the heal and a kill",
+        steps.load(Ordering::Relaxed)
+    );
 }
 
 #[test]

@@ -206,6 +206,11 @@ pub struct Group {
     /// Reads are served only while a majority acknowledged this leader
     /// within this (below the followers' election timeout).
     pub read_lease: Duration,
+    /// Anything else (mutations, chunk daemons' calls, admin) is answered
+    /// only while a majority acknowledged this leader within this (4 x the
+    /// election timeout): a leader cut off from its majority stops taking
+    /// work and says "not leader" (`propose`).
+    pub write_grace: Duration,
     hub: Arc<crate::watch::Hub>,
 }
 
@@ -255,17 +260,18 @@ impl Group {
     }
 
     /// Ok when this node may answer clients now: the leader, caught up with
-    /// its own term, and (for reads) within its lease. Otherwise the "not
-    /// leader" answer naming the leader it knows of.
+    /// its own term, and heard from by a majority within its read lease (for
+    /// reads) or within `write_grace` (for everything else). Otherwise the
+    /// "not leader" answer naming the leader it knows of (none, for a leader
+    /// cut off from its majority: the client moves to its next address).
     pub fn check_leader(&self, read: bool) -> Result<(), tonic::Status> {
         let s = self.standing();
-        let ok = s.ready
-            && (!read
-                || s.voters.len() <= 1
-                || self
-                    .acks
-                    .quorum_within(self.id, &s.voters, s.term, self.read_lease));
-        if ok {
+        let within = if read {
+            self.read_lease
+        } else {
+            self.write_grace
+        };
+        if s.ready && self.majority_within(&s, within) {
             return Ok(());
         }
         let hint = s
@@ -275,11 +281,47 @@ impl Group {
         Err(weft_proto::leader::not_leader(hint.as_deref()))
     }
 
+    /// Whether a majority of the voters (this node included) acknowledged
+    /// this node as leader of its current term within `d`; always true in a
+    /// group of one.
+    fn majority_within(&self, s: &Standing, d: Duration) -> bool {
+        s.voters.len() <= 1 || self.acks.quorum_within(self.id, &s.voters, s.term, d)
+    }
+
     /// Puts a request in the log and returns its answer once it is on disk
     /// on a majority and applied here. "Not leader" comes back as
     /// `NOT_LEADER` (the client retries with the same (session, seq)).
+    ///
+    /// openraft's `client_write` on a leader cut off from its followers
+    /// waits until it learns of a newer term, which it may never do while
+    /// the cut lasts. So every `write_grace / 2` this checks that a majority
+    /// acknowledged this leader within `write_grace`; when not, the client
+    /// is told "not leader" and retries elsewhere. The entry may still
+    /// commit (a slow majority, not a lost one): the retry with the same
+    /// (session, seq) then gets its stored reply, so it applies once.
     pub async fn propose(&self, req: Request) -> Outcome {
-        match self.raft.client_write(Cmd::from(req)).await {
+        let write = self.raft.client_write(Cmd::from(req));
+        tokio::pin!(write);
+        let every = self.write_grace / 2;
+        let mut check = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let written = loop {
+            tokio::select! {
+                biased;
+                r = &mut write => break r,
+                _ = check.tick() => {
+                    let s = self.standing();
+                    if !self.majority_within(&s, self.write_grace) {
+                        tracing::warn!(
+                            term = s.term,
+                            grace = ?self.write_grace,
+                            "no majority heard from within the grace: answering not leader"
+                        );
+                        return Err(crate::committer::NOT_LEADER);
+                    }
+                }
+            }
+        };
+        match written {
             Ok(resp) => {
                 if let Some((seq, origin)) = resp.data.strict {
                     self.hub.wait(seq, origin).await;
@@ -369,7 +411,14 @@ pub async fn start(
     }
     let state = sm.state();
     let acks = Arc::new(Acks::default());
-    let network = network::Network::new(acks.clone());
+    let via = match (&cfg.peer_via, &cfg.peers) {
+        (Some(v), Some(p)) => crate::config::parse_peer_via(v, p)
+            .map_err(anyhow::Error::msg)?
+            .into_iter()
+            .collect(),
+        _ => HashMap::new(),
+    };
+    let network = network::Network::new(acks.clone(), via);
     let config = Arc::new(raft_config(cfg)?);
     let raft = Raft::new(id, config, network, log, sm)
         .await
@@ -396,6 +445,7 @@ pub async fn start(
             id,
             acks,
             read_lease: Duration::from_millis(lease_ms),
+            write_grace: Duration::from_millis(cfg.election_timeout_ms * 4),
             hub,
         }),
         state,

@@ -4,6 +4,10 @@
 //!
 //! The client side also feeds the leader lease: each AppendEntries a
 //! follower accepted is recorded with the time it was sent (`Acks`).
+//!
+//! A peer is dialled at its address in the membership unless `--peer-via`
+//! names another way to it (NAT, or a test's fault proxy on that one link);
+//! the membership address is still what clients are told.
 
 use super::{Acks, Raft, TypeConfig};
 use openraft::error::{
@@ -17,6 +21,7 @@ use openraft::raft::{
 use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tonic::{Request, Response, Status};
@@ -30,13 +35,16 @@ type RpcErr<E> = RPCError<Nid, BasicNode, RaftError<Nid, E>>;
 pub struct Network {
     pool: Arc<Pool>,
     acks: Arc<Acks>,
+    /// `--peer-via`: node id → the address to dial it through.
+    via: HashMap<Nid, String>,
 }
 
 impl Network {
-    pub fn new(acks: Arc<Acks>) -> Network {
+    pub fn new(acks: Arc<Acks>, via: HashMap<Nid, String>) -> Network {
         Network {
             pool: Arc::new(Pool::new(None)),
             acks,
+            via,
         }
     }
 }
@@ -47,7 +55,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: Nid, node: &BasicNode) -> Peer {
         Peer {
             target,
-            addr: node.addr.clone(),
+            addr: self.via.get(&target).unwrap_or(&node.addr).clone(),
             pool: self.pool.clone(),
             acks: self.acks.clone(),
         }
