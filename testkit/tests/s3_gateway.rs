@@ -368,6 +368,19 @@ fn listings_follow_s3_order_prefixes_and_pages() {
     let v = gw.ok(&["rm-many", "lst", "a/b/c", "a/b/d", "nothing"]);
     assert_eq!(keys(&v, "deleted"), ["a/b/c", "a/b/d", "nothing"]);
     assert!(!mnt.join("lst/a/b").exists());
+
+    // A directory of more entries than one MDS readdir page (256), and a
+    // listing of more keys than one S3 page (1,000).
+    fs::create_dir_all(mnt.join("lst/many")).unwrap();
+    let many: Vec<String> = (0..1300).map(|i| format!("many/k{i:05}")).collect();
+    for k in &many {
+        fs::write(mnt.join("lst").join(k), b"x").unwrap();
+    }
+    let v = gw.ok(&["list", "lst", "prefix=many/"]);
+    assert_eq!(keys(&v, "keys"), many, "every key of a large directory");
+    assert_eq!(v["pages"], 2);
+    let v = gw.ok(&["list", "lst", "prefix=many/", "delimiter=/"]);
+    assert_eq!(keys(&v, "keys").len(), many.len());
 }
 
 #[test]
