@@ -6,8 +6,13 @@
 //! Writes are atomic: a PUT streams into a new file in the hidden directory
 //! `/.weft-s3/tmp` (never a valid bucket name), then renames it over the
 //! key, so no GET and no reader on a mount sees half an object, and of two
-//! concurrent PUTs of one key one stays whole. Reads and writes stream in
-//! pieces of at most `PIECE` bytes.
+//! concurrent PUTs of one key one stays whole. Writes go to the client
+//! library in pieces of `PIECE` bytes; its write-back stores them on the
+//! chunk daemons in the background while the body keeps arriving (past 8 MiB
+//! dirty per file; writers wait while all files hold 64 MiB), and the PUT
+//! waits for all of it once, at the end. Reads go in pieces of `READ_PIECE`,
+//! which the library reads as 1 MiB stripes in parallel, one piece ahead of
+//! the client.
 //!
 //! The ETag xattr carries the size and mtime it was computed for, and the
 //! additional checksums a PUT was sent with (checksum.rs); a file changed
@@ -34,9 +39,8 @@ pub const ROOT: u64 = 1;
 pub const HIDDEN: &str = ".weft-s3";
 /// Bytes per read from or write to the cluster.
 pub const PIECE: usize = 1 << 20;
-/// A PUT's written data is flushed to the chunk daemons every this many
-/// bytes, so one upload holds little dirty memory.
-const FLUSH_EVERY: u64 = 8 << 20;
+/// Bytes per read from the cluster (several stripes fetched in parallel).
+pub const READ_PIECE: u64 = 4 << 20;
 
 const X_ETAG: &[u8] = b"user.s3.etag";
 const X_TYPE: &[u8] = b"user.s3.content-type";
@@ -312,7 +316,6 @@ impl Store {
         let mut body = std::pin::pin!(body);
         let mut md5 = Md5::new();
         let mut off = 0u64;
-        let mut flushed = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
         loop {
             let next = body.next().await;
@@ -333,11 +336,10 @@ impl Store {
                     .map_err(s3err)?;
                 off += n;
             }
-            if off - flushed >= FLUSH_EVERY || last {
-                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
-                flushed = off;
-            }
             if last {
+                // Everything stored (the library flushed most of it in the
+                // background meanwhile) before the file is closed.
+                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
                 let mut sum = [0u8; 16];
                 sum.copy_from_slice(&md5.finalize());
                 return Ok((off, sum, sums.finalize()));
@@ -381,7 +383,7 @@ impl Store {
             let end = start + len;
             let mut off = start;
             while off < end {
-                let n = (end - off).min(PIECE as u64) as u32;
+                let n = (end - off).min(READ_PIECE) as u32;
                 let piece = match me.w.read(&me.c, ino, off, n).await {
                     Ok(b) if b.is_empty() => {
                         Err(std::io::Error::other("the file shrank while being read"))
