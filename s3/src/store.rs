@@ -10,7 +10,8 @@
 //! library in pieces of `PIECE` bytes; its write-back stores them on the
 //! chunk daemons in the background while the body keeps arriving (past 8 MiB
 //! dirty per file; writers wait while all files hold 64 MiB), and the PUT
-//! waits for all of it once, at the end. Reads go in pieces of `READ_PIECE`,
+//! waits for all of it once, at the end; MD5 and the checksums are computed
+//! on a blocking thread beside it. Reads go in pieces of `READ_PIECE`,
 //! which the library reads as 1 MiB stripes in parallel, one piece ahead of
 //! the client.
 //!
@@ -40,7 +41,7 @@ pub const HIDDEN: &str = ".weft-s3";
 /// Bytes per read from or write to the cluster.
 pub const PIECE: usize = 1 << 20;
 /// Bytes per read from the cluster (several stripes fetched in parallel).
-pub const READ_PIECE: u64 = 4 << 20;
+pub const READ_PIECE: u64 = 8 << 20;
 
 const X_ETAG: &[u8] = b"user.s3.etag";
 const X_TYPE: &[u8] = b"user.s3.content-type";
@@ -314,7 +315,20 @@ impl Store {
         E: std::fmt::Display,
     {
         let mut body = std::pin::pin!(body);
-        let mut md5 = Md5::new();
+        // MD5 and the checksums on a thread of their own, so hashing one
+        // piece overlaps receiving and storing the next.
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            while let Some(b) = hrx.blocking_recv() {
+                md5.update(&b);
+                sums.update(&b);
+            }
+            let mut sum = [0u8; 16];
+            sum.copy_from_slice(&md5.finalize());
+            (sum, sums.finalize())
+        });
+        let hasher_gone = || s3_error!(InternalError, "the hashing thread stopped");
         let mut off = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
         loop {
@@ -323,9 +337,8 @@ impl Store {
             if let Some(piece) = next {
                 let piece =
                     piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
-                md5.update(&piece);
-                sums.update(&piece);
                 buf.extend_from_slice(&piece);
+                htx.send(piece).await.map_err(|_| hasher_gone())?;
             }
             if buf.len() >= PIECE || (last && !buf.is_empty()) {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(PIECE));
@@ -340,9 +353,9 @@ impl Store {
                 // Everything stored (the library flushed most of it in the
                 // background meanwhile) before the file is closed.
                 self.w.flush_handle(ino, fh).await.map_err(s3err)?;
-                let mut sum = [0u8; 16];
-                sum.copy_from_slice(&md5.finalize());
-                return Ok((off, sum, sums.finalize()));
+                drop(htx);
+                let (sum, sums) = hasher.await.map_err(|_| hasher_gone())?;
+                return Ok((off, sum, sums));
             }
         }
     }
