@@ -22,9 +22,9 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, sleep_until, Instant};
-use tonic::transport::Channel;
 use weft_proto::leader::MdsList;
 use weft_proto::master_client::MasterClient;
+use weft_proto::net::Channel;
 use weft_proto::{ChunkReport, CorruptReq, HeartbeatReq, RegisterReq, MAX_MESSAGE};
 
 use crate::store::{ChunkSummary, Store};
@@ -47,7 +47,7 @@ pub fn master_client(addr: &str) -> anyhow::Result<MasterClient<Channel>> {
     let ep = weft_proto::net::endpoint(addr)
         .map_err(|e| anyhow::anyhow!("--mds {addr}: {e}"))?
         .timeout(MDS_CALL_TIMEOUT);
-    Ok(MasterClient::new(ep.connect_lazy())
+    Ok(MasterClient::new(Channel::from(ep.connect_lazy()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE))
 }

@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_space_client::ChunkSpaceClient;
+use weft_proto::net::Channel;
 use weft_proto::net::Pool;
 use weft_proto::{AllocateReq, SyncReq, TruncateReq, WriteReq, MAX_MESSAGE};
 

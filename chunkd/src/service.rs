@@ -268,7 +268,7 @@ impl Chunk for ChunkService {
         // and the forward run to the end even if the caller goes away, or
         // every later serial here and downstream would wait on a gap.
         let this = self.clone();
-        let run = tokio::spawn(async move {
+        let run = tokio::spawn(weft_proto::reqid::carry(async move {
             let data: Bytes = zeros.unwrap_or_else(|| req.data.clone());
             crate::metrics::M.written_bytes.inc_by(data.len() as u64);
             let local = this.local_in_order("write", (id, epoch, serial), move |s| {
@@ -287,7 +287,7 @@ impl Chunk for ChunkService {
                 tracing::warn!(chunk = format_args!("{id:016x}"), error = %e.message(), "pipeline write failed downstream");
             }
             pipeline::join_results(l, r)
-        });
+        }));
         run.await
             .map_err(|e| Status::internal(format!("write task failed: {e}")))?
             // Measured under the chunk's lock right after this mutation, in
@@ -369,13 +369,13 @@ impl Chunk for ChunkService {
         req.serial = self.admit(id, version, epoch, req.serial)?;
         let serial = req.serial;
         let this = self.clone();
-        let run = tokio::spawn(async move {
+        let run = tokio::spawn(weft_proto::reqid::carry(async move {
             let local = this.local_in_order("truncate", (id, epoch, serial), move |s| {
                 s.truncate(id, version, length)
             });
             let (l, r) = tokio::join!(local, this.peers.truncate(&req));
             pipeline::join_results(l, r)
-        });
+        }));
         run.await
             .map_err(|e| Status::internal(format!("truncate task failed: {e}")))?
             .map(|()| Response::new(Empty {}))

@@ -14,12 +14,13 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 /// A connection to the MDS at `addr` (host:port or a URI); the error says
 /// which address could not be reached.
-async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
+async fn mds_channel(addr: &str) -> Result<weft_proto::net::Channel> {
     weft_proto::net::endpoint(addr)
         .map_err(anyhow::Error::msg)?
         .timeout(Duration::from_secs(30))
         .connect()
         .await
+        .map(weft_proto::net::Channel::from)
         .with_context(|| format!("cannot reach the MDS at {addr}"))
 }
 
@@ -28,7 +29,7 @@ async fn mds_channel(addr: &str) -> Result<tonic::transport::Channel> {
 /// passes the call on (to the leader it names, else to the next node).
 async fn on_leader<T, F, Fut>(addrs: &str, what: &str, call: F) -> Result<T>
 where
-    F: Fn(tonic::transport::Channel) -> Fut,
+    F: Fn(weft_proto::net::Channel) -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, tonic::Status>>,
 {
     let list =
@@ -55,8 +56,8 @@ where
 }
 
 fn master(
-    ch: tonic::transport::Channel,
-) -> pb::master_client::MasterClient<tonic::transport::Channel> {
+    ch: weft_proto::net::Channel,
+) -> pb::master_client::MasterClient<weft_proto::net::Channel> {
     pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE)
 }
 

@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tonic::transport::Channel;
 use tonic::Status;
 use weft_proto::chunk_client::ChunkClient;
 use weft_proto::chunk_space_client::ChunkSpaceClient;
+use weft_proto::net::Channel;
 use weft_proto::*;
 
 use weft_proto::contract::{Call, Next};

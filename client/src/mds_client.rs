@@ -19,11 +19,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use weft_proto::leader::MdsList;
 use weft_proto::meta_client::MetaClient;
 use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
+use weft_proto::net::Channel;
 use weft_proto::*;
 
 use crate::cache::meta::MetaCache;

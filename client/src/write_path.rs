@@ -200,11 +200,24 @@ impl Weft {
 
     fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
         let w = self.clone();
-        tokio::spawn(async move {
+        // Part of the request that kicked it (its request id), else one of its own.
+        use weft_proto::reqid;
+        let id = reqid::current().unwrap_or_else(reqid::new_id);
+        let span = tracing::info_span!("writeback", req = %reqid::Id(id), ino = st.ino);
+        let flush = async move {
+            let start = std::time::Instant::now();
             if let Err(e) = w.flush_file(&st).await {
-                tracing::warn!(ino = st.ino, error = %e, "background flush failed");
+                tracing::warn!(error = %e, "background flush failed");
             }
-        });
+            let took = start.elapsed();
+            if took >= reqid::slow_threshold() {
+                tracing::info!(ms = took.as_millis() as u64, "write-back flush took");
+            }
+        };
+        tokio::spawn(tracing::Instrument::instrument(
+            reqid::scope(id, flush),
+            span,
+        ));
     }
 
     fn flush_all_in_background(self: &Arc<Self>) {

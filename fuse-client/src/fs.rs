@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use fuser::*;
 use tokio::runtime::Handle as Rt;
+use tracing::Instrument;
 
 use weft_client::cache::kernel::Ticket;
 use weft_client::client::{SetAttrArgs, Weft};
@@ -52,11 +53,27 @@ impl WeftFs {
         let w = self.w.clone();
         let (uid, gid, pid) = (req.uid(), req.gid(), req.pid());
         let timed = M.fuse.guard(op.index());
-        self.rt.spawn(async move {
-            let caller = w.caller(uid, gid, pid);
-            f(w, caller).await;
-            drop(timed);
-        });
+        // One request id per FUSE request: the MDS and chunk daemons log it
+        // for the calls this request makes (weft_proto::reqid).
+        let id = weft_proto::reqid::new_id();
+        let span = tracing::info_span!(
+            "fuse",
+            req = %weft_proto::reqid::Id(id),
+            op = FuseOp::LABELS[op.index()],
+        );
+        self.rt.spawn(
+            weft_proto::reqid::scope(id, async move {
+                let start = std::time::Instant::now();
+                let caller = w.caller(uid, gid, pid);
+                f(w, caller).await;
+                drop(timed);
+                let took = start.elapsed();
+                if took >= weft_proto::reqid::slow_threshold() {
+                    tracing::info!(ms = took.as_millis() as u64, pid, "fuse request took");
+                }
+            })
+            .instrument(span),
+        );
     }
 }
 

@@ -378,7 +378,7 @@ static ADMIN_POOL: std::sync::OnceLock<weft_proto::net::Pool> = std::sync::OnceL
 /// A ChunkAdmin client for the daemon at `addr`, on its pooled connection.
 pub fn chunk_admin(
     addr: &str,
-) -> Result<pb::chunk_admin_client::ChunkAdminClient<tonic::transport::Channel>, tonic::Status> {
+) -> Result<pb::chunk_admin_client::ChunkAdminClient<weft_proto::net::Channel>, tonic::Status> {
     let ch = ADMIN_POOL
         .get_or_init(|| weft_proto::net::Pool::new(None))
         .channel(addr)

@@ -13,7 +13,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::task::{Context, Poll};
 
+use tracing::Instrument;
+
 use crate::accept::ConnInfo;
+use crate::reqid;
 
 use crate::identity::{Peer, Role};
 
@@ -176,27 +179,45 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        if !self.tls {
-            return Box::pin(self.inner.call(req));
-        }
-        let info = req.extensions().get::<ConnInfo>();
-        let peer = info.and_then(|i| i.peer.clone());
-        let remote = info.and_then(|i| i.remote);
         let path = req.uri().path().to_string();
-        match check(&path, peer.as_deref()) {
-            Ok(peer) => {
-                req.extensions_mut().insert(peer);
-                Box::pin(self.inner.call(req))
-            }
-            Err((peer, why)) => {
-                let why = match remote {
-                    Some(a) => format!("{why} (from {a})"),
-                    None => why,
-                };
-                let status = refuse(peer.as_ref(), &path, &why);
-                Box::pin(async move { Ok(status.into_http()) })
+        let id = req
+            .headers()
+            .get(reqid::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(reqid::parse)
+            .unwrap_or_else(reqid::new_id);
+        let span = tracing::info_span!("rpc", req = %reqid::Id(id), call = %path);
+        if self.tls {
+            let info = req.extensions().get::<ConnInfo>();
+            let peer = info.and_then(|i| i.peer.clone());
+            let remote = info.and_then(|i| i.remote);
+            match check(&path, peer.as_deref()) {
+                Ok(peer) => {
+                    req.extensions_mut().insert(peer);
+                }
+                Err((peer, why)) => {
+                    let why = match remote {
+                        Some(a) => format!("{why} (from {a})"),
+                        None => why,
+                    };
+                    let status = span.in_scope(|| refuse(peer.as_ref(), &path, &why));
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
             }
         }
+        let handler = self.inner.call(req);
+        Box::pin(
+            async move {
+                let start = std::time::Instant::now();
+                let out = reqid::scope(id, handler).await;
+                let took = start.elapsed();
+                if took >= reqid::slow_threshold() {
+                    tracing::info!(ms = took.as_millis() as u64, "rpc took");
+                }
+                out
+            }
+            .instrument(span),
+        )
     }
 }
 

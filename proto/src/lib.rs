@@ -17,6 +17,7 @@ pub mod contract;
 pub mod gate;
 pub mod identity;
 pub mod net;
+pub mod reqid;
 
 /// Largest gRPC message any weft service sends or accepts: a 4 MiB data block
 /// plus headroom for the envelope.

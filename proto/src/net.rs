@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server};
 
 use crate::gate::GateLayer;
 use crate::identity::{TlsDir, SERVER_NAME};
@@ -130,6 +130,44 @@ pub fn incoming(
     crate::accept::incoming(listener, cfg)
 }
 
+/// A lazily connected channel to `addr` with weft's settings (see [`endpoint`]).
+pub fn lazy(addr: &str) -> Result<Channel, String> {
+    Ok(Channel::from(endpoint(addr)?.connect_lazy()))
+}
+
+/// A tonic channel that stamps every call with the caller's request id
+/// ([`reqid`](crate::reqid)); every weft client talks through one.
+#[derive(Clone, Debug)]
+pub struct Channel(tonic::transport::Channel);
+
+impl From<tonic::transport::Channel> for Channel {
+    fn from(c: tonic::transport::Channel) -> Channel {
+        Channel(c)
+    }
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Channel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        if let Some(id) = crate::reqid::current() {
+            if let Ok(v) = http::HeaderValue::from_str(&crate::reqid::format(id)) {
+                req.headers_mut().insert(crate::reqid::HEADER, v);
+            }
+        }
+        tower::Service::call(&mut self.0, req)
+    }
+}
+
 /// One lazily connected channel per address, reused by every call to it.
 pub struct Pool {
     channels: Mutex<HashMap<String, Channel>>,
@@ -155,7 +193,7 @@ impl Pool {
         if let Some(t) = self.call_timeout {
             ep = ep.timeout(t);
         }
-        let c = ep.connect_lazy();
+        let c = Channel::from(ep.connect_lazy());
         map.insert(addr.to_string(), c.clone());
         Ok(c)
     }

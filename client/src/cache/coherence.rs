@@ -126,6 +126,7 @@ async fn watch_once(
     let channel = weft_proto::net::endpoint(addr)?
         .connect()
         .await
+        .map(weft_proto::net::Channel::from)
         .map_err(|e| e.to_string())?;
     let mut client = pb::coherence_client::CoherenceClient::new(channel);
     let strict = w.kernel.strict();
@@ -210,7 +211,7 @@ async fn watch_once(
 /// and renews the trust lease every RENEW.
 async fn ack(
     w: Arc<Weft>,
-    mut client: pb::coherence_client::CoherenceClient<tonic::transport::Channel>,
+    mut client: pb::coherence_client::CoherenceClient<weft_proto::net::Channel>,
     watcher: u64,
     epoch: u64,
     mut passed: Passed,
