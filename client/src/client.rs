@@ -532,16 +532,27 @@ impl Weft {
     ) -> Result<Vec<(DirEntry, FileAttr)>, Errno> {
         let fh = self.files.open_dir(None);
         let mut out = Vec::new();
-        let r = self
-            .readdir(c, ino, fh, 0, true, |e, a| {
-                if e.name != b"." && e.name != b".." {
-                    if let Some(a) = a {
-                        out.push((e.clone(), a));
+        // `readdir` answers at most one MDS page per call: ask again from
+        // the last cookie until a call adds nothing (the end).
+        let mut offset = 0;
+        let r = loop {
+            let mut last = None;
+            let r = self
+                .readdir(c, ino, fh, offset, true, |e, a| {
+                    last = Some(e.cookie);
+                    if e.name != b"." && e.name != b".." {
+                        if let Some(a) = a {
+                            out.push((e.clone(), a));
+                        }
                     }
-                }
-                false
-            })
-            .await;
+                    false
+                })
+                .await;
+            match (r, last) {
+                (Ok(()), Some(cookie)) => offset = cookie,
+                (r, _) => break r,
+            }
+        };
         self.files.close_dir(fh);
         r.map(|()| out)
     }

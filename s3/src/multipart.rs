@@ -13,12 +13,13 @@
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use s3s::dto::*;
-use s3s::{s3_error, S3Response, S3Result};
+use s3s::{s3_error, S3Request, S3Response, S3Result};
 use weft_client::{FileAttr, FileType};
 
+use crate::checksum::Expect;
 use crate::keys;
 use crate::service::Gateway;
-use crate::store::{s3err, ObjMeta};
+use crate::store::s3err;
 
 /// S3's smallest part but the last.
 pub const MIN_PART: u64 = 5 << 20;
@@ -85,10 +86,7 @@ pub async fn create(
         .await?;
     st.setx(dir.ino.0, X_KEY.to_vec(), input.key.as_bytes())
         .await?;
-    let meta = ObjMeta {
-        content_type: input.content_type.map(|t| t.to_string()),
-        user: input.metadata.unwrap_or_default().into_iter().collect(),
-    };
+    let meta = Gateway::meta_from(input.content_type, input.metadata, input.tagging.as_deref())?;
     st.set_meta(dir.ino.0, &meta).await?;
     Ok(S3Response::new(CreateMultipartUploadOutput {
         bucket: Some(input.bucket),
@@ -98,23 +96,27 @@ pub async fn create(
     }))
 }
 
-/// Stores a part from `body` (temp file, then rename into the upload).
+/// Stores a part from `body` (temp file, then rename into the upload)
+/// once it matches what `expect` says; returns its ETag, attributes and
+/// the checksums computed.
 async fn store_part<S, E>(
     g: &Gateway,
     up: &FileAttr,
     n: i32,
     body: S,
-) -> S3Result<(String, FileAttr)>
+    expect: &Expect,
+) -> S3Result<(String, FileAttr, Checksum)>
 where
     S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
     E: std::fmt::Display,
 {
     let st = &g.store;
-    let t = st.write_temp(body).await?;
+    let t = st.write_temp(body, expect.hasher()).await?;
     let etag = hex::encode(t.md5);
     let tagged = async {
+        expect.check(&t.md5, &t.sums)?;
         let a = st.getattr(t.ino).await.map_err(s3err)?;
-        st.set_etag(&a, &etag).await
+        st.set_etag(&a, &etag, &t.sums).await
     }
     .await;
     if let Err(e) = tagged {
@@ -122,22 +124,48 @@ where
         return Err(e);
     }
     let a = st.install(&t, up.ino.0, &part_name(n)).await?;
-    Ok((etag, a))
+    Ok((etag, a, t.sums))
 }
 
 pub async fn upload_part(
     g: &Gateway,
-    input: UploadPartInput,
+    req: S3Request<UploadPartInput>,
 ) -> S3Result<S3Response<UploadPartOutput>> {
+    let S3Request {
+        input,
+        headers,
+        trailing_headers,
+        ..
+    } = req;
     check_part_number(input.part_number)?;
     let up = upload_dir(g, &input.bucket, &input.key, &input.upload_id).await?;
+    let sent = Checksum {
+        checksum_crc32: input.checksum_crc32,
+        checksum_crc32c: input.checksum_crc32c,
+        checksum_sha1: input.checksum_sha1,
+        checksum_sha256: input.checksum_sha256,
+        checksum_crc64nvme: input.checksum_crc64nvme,
+        ..Default::default()
+    };
+    let expect = Expect::new(
+        input.content_md5,
+        sent,
+        input.checksum_algorithm.as_ref(),
+        &headers,
+        trailing_headers,
+    )?;
     let body = match input.body {
         Some(b) => futures::future::Either::Left(b),
         None => futures::future::Either::Right(futures::stream::empty()),
     };
-    let (etag, _) = store_part(g, &up, input.part_number, body).await?;
+    let (etag, _, sums) = store_part(g, &up, input.part_number, body, &expect).await?;
     Ok(S3Response::new(UploadPartOutput {
         e_tag: Some(ETag::Strong(etag)),
+        checksum_crc32: sums.checksum_crc32,
+        checksum_crc32c: sums.checksum_crc32c,
+        checksum_sha1: sums.checksum_sha1,
+        checksum_sha256: sums.checksum_sha256,
+        checksum_crc64nvme: sums.checksum_crc64nvme,
         ..Default::default()
     }))
 }
@@ -178,7 +206,7 @@ pub async fn upload_part_copy(
         None => (0, src.size),
     };
     let body = g.store.reader(src.ino.0, start, len).await?;
-    let (etag, a) = store_part(g, &up, input.part_number, body).await?;
+    let (etag, a, _) = store_part(g, &up, input.part_number, body, &Expect::default()).await?;
     Ok(S3Response::new(UploadPartCopyOutput {
         copy_part_result: Some(CopyPartResult {
             e_tag: Some(ETag::Strong(etag)),
@@ -277,7 +305,7 @@ pub async fn complete(
         // One part: it is the object already.
         let f = &only.1;
         st.set_meta(f.ino.0, &meta).await?;
-        st.set_etag(f, &etag).await?;
+        st.set_etag(f, &etag, &Checksum::default()).await?;
         let dir = st.mkdirs(b.ino.0, key.parents()).await?;
         st.rename(
             up.ino.0,

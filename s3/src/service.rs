@@ -11,9 +11,11 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result, S3};
 use weft_client::{FileAttr, FileType};
 
+use crate::checksum::Expect;
 use crate::keys::{self, KeyPath};
 use crate::listing::{self, Child, Item, Query};
-use crate::store::{s3err, ObjMeta, Store, ROOT};
+use crate::store::{s3err, ObjMeta, Store, ROOT, X_TAGS};
+use crate::tagging;
 
 /// MD5 of nothing: the ETag of an empty object (a directory key).
 pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
@@ -21,46 +23,6 @@ pub const EMPTY_MD5: &str = "d41d8cd98f00b204e9800998ecf8427e";
 pub struct Gateway {
     pub store: Arc<Store>,
     pub region: String,
-}
-
-/// Checksums a client sent with a body (Content-MD5; x-amz-checksum-crc32c
-/// as a header or an aws-chunked trailer), checked before the object is
-/// put in place: a mismatch is BadDigest and writes nothing.
-#[derive(Default)]
-pub struct Expect {
-    pub md5: Option<String>,
-    pub crc32c: Option<String>,
-    pub trailers: Option<s3s::TrailingHeaders>,
-}
-
-impl Expect {
-    fn check(&self, t: &crate::store::Temp) -> S3Result<()> {
-        if let Some(m) = &self.md5 {
-            if m.trim() != base64(&t.md5) {
-                return Err(s3_error!(
-                    BadDigest,
-                    "The Content-MD5 you specified did not match what we received."
-                ));
-            }
-        }
-        let trailer = self.trailers.as_ref().and_then(|t| {
-            t.read(|h| {
-                h.get("x-amz-checksum-crc32c")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            })
-            .flatten()
-        });
-        if let Some(c) = self.crc32c.as_ref().or(trailer.as_ref()) {
-            if c.trim() != base64(&t.crc32c.to_be_bytes()) {
-                return Err(s3_error!(
-                    BadDigest,
-                    "The CRC32C you specified did not match the calculated checksum."
-                ));
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Standard base64 with padding (the checksums' form in S3 headers).
@@ -196,15 +158,27 @@ impl Gateway {
         Gateway { store, region }
     }
 
-    fn meta_from(content_type: Option<ContentType>, metadata: Option<Metadata>) -> ObjMeta {
-        ObjMeta {
+    /// An object's headers from a request's; tags are checked
+    /// (InvalidTag).
+    pub fn meta_from(
+        content_type: Option<ContentType>,
+        metadata: Option<Metadata>,
+        tagging: Option<&str>,
+    ) -> S3Result<ObjMeta> {
+        let tagging = match tagging {
+            Some(t) => Some(tagging::encode(&tagging::parse(t)?)),
+            None => None,
+        };
+        Ok(ObjMeta {
             content_type: content_type.map(|t| t.to_string()),
             user: metadata.unwrap_or_default().into_iter().collect(),
-        }
+            tagging,
+        })
     }
 
     /// Writes `body` to the key atomically (temp file, then rename) with
-    /// its headers; returns the ETag and the file's attributes.
+    /// its headers, once it matches what `expect` says; returns the ETag,
+    /// the file's attributes and the checksums computed.
     pub async fn put_stream<S, E>(
         &self,
         bucket: &FileAttr,
@@ -213,14 +187,14 @@ impl Gateway {
         meta: &ObjMeta,
         etag: Option<String>,
         expect: &Expect,
-    ) -> S3Result<(String, FileAttr)>
+    ) -> S3Result<(String, FileAttr, Checksum)>
     where
         S: futures::Stream<Item = Result<bytes::Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         let st = &self.store;
-        let t = st.write_temp(body).await?;
-        if let Err(e) = expect.check(&t) {
+        let t = st.write_temp(body, expect.hasher()).await?;
+        if let Err(e) = expect.check(&t.md5, &t.sums) {
             st.discard(&t.name).await;
             return Err(e);
         }
@@ -228,7 +202,7 @@ impl Gateway {
             let a = st.getattr(t.ino).await.map_err(s3err)?;
             let etag = etag.unwrap_or_else(|| hex::encode(t.md5));
             st.set_meta(t.ino, meta).await?;
-            st.set_etag(&a, &etag).await?;
+            st.set_etag(&a, &etag, &t.sums).await?;
             let dir = st.mkdirs(bucket.ino.0, key.parents()).await?;
             Ok::<_, s3s::S3Error>((etag, dir))
         }
@@ -242,7 +216,7 @@ impl Gateway {
         };
         let name = key.name().unwrap_or_default();
         let a = st.install(&t, dir, name).await?;
-        Ok((etag, a))
+        Ok((etag, a, t.sums))
     }
 
     async fn list(
@@ -319,13 +293,14 @@ impl Gateway {
         Ok(listed)
     }
 
-    async fn object_output(&self, a: &FileAttr) -> S3Result<(String, ObjMeta)> {
+    /// The object's ETag, headers and stored checksums.
+    async fn object_output(&self, a: &FileAttr) -> S3Result<(String, ObjMeta, Checksum)> {
         if a.kind == FileType::Directory {
-            return Ok((EMPTY_MD5.into(), ObjMeta::default()));
+            return Ok((EMPTY_MD5.into(), ObjMeta::default(), Checksum::default()));
         }
-        let etag = self.store.etag(a).await?;
+        let (etag, sums) = self.store.etag_sums(a).await?;
         let meta = self.store.meta(a.ino.0).await?;
-        Ok((etag, meta))
+        Ok((etag, meta, sums))
     }
 }
 
@@ -343,6 +318,16 @@ fn copy_source(cs: &CopySource) -> S3Result<(&str, &str)> {
         CopySource::Bucket { bucket, key, .. } => Ok((&**bucket, &**key)),
         _ => Err(s3_error!(NotImplemented, "only bucket/key copy sources")),
     }
+}
+
+fn checksums_asked(mode: Option<&ChecksumMode>) -> bool {
+    mode.is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
+/// `x-amz-tagging-count`: only for an object with tags.
+fn tag_count(m: &ObjMeta) -> Option<i32> {
+    let n = m.tagging.as_deref().map_or(0, |t| t.split('&').count());
+    (n > 0).then_some(n as i32)
 }
 
 fn user_meta(m: &ObjMeta) -> Option<Metadata> {
@@ -437,8 +422,12 @@ impl S3 for Gateway {
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
         check_region(&req, &self.region)?;
-        let trailers = req.trailing_headers.clone();
-        let input = req.input;
+        let S3Request {
+            input,
+            headers,
+            trailing_headers,
+            ..
+        } = req;
         let key = keys::split(&input.key)?;
         let b = self.store.bucket(&input.bucket).await?;
         if input.if_none_match.is_some() || input.if_match.is_some() {
@@ -468,22 +457,38 @@ impl S3 for Gateway {
                 ..Default::default()
             }));
         }
-        let meta = Gateway::meta_from(input.content_type, input.metadata);
+        let meta =
+            Gateway::meta_from(input.content_type, input.metadata, input.tagging.as_deref())?;
         let body = match input.body {
             Some(b) => futures::future::Either::Left(b),
             None => futures::future::Either::Right(futures::stream::empty()),
         };
-        let expect = Expect {
-            md5: input.content_md5,
-            crc32c: input.checksum_crc32c,
-            trailers,
+        let sent = Checksum {
+            checksum_crc32: input.checksum_crc32,
+            checksum_crc32c: input.checksum_crc32c,
+            checksum_sha1: input.checksum_sha1,
+            checksum_sha256: input.checksum_sha256,
+            checksum_crc64nvme: input.checksum_crc64nvme,
+            ..Default::default()
         };
-        let (etag, a) = self
+        let expect = Expect::new(
+            input.content_md5,
+            sent,
+            input.checksum_algorithm.as_ref(),
+            &headers,
+            trailing_headers,
+        )?;
+        let (etag, a, sums) = self
             .put_stream(&b, &key, body, &meta, None, &expect)
             .await?;
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(etag)),
             size: Some(a.size as i64),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
             ..Default::default()
         }))
     }
@@ -496,7 +501,7 @@ impl S3 for Gateway {
         let input = req.input;
         let key = keys::split(&input.key)?;
         let a = self.store.object(&input.bucket, &key).await?;
-        let (etag, meta) = self.object_output(&a).await?;
+        let (etag, meta, sums) = self.object_output(&a).await?;
         Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -518,6 +523,12 @@ impl S3 for Gateway {
             }
         };
         let len = range.end - range.start;
+        // S3 returns an object's checksums only for the whole object.
+        let sums = if checksums_asked(input.checksum_mode.as_ref()) && len == size {
+            sums
+        } else {
+            Checksum::default()
+        };
         let body = if len == 0 {
             StreamingBlob::wrap(futures::stream::empty::<Result<bytes::Bytes, std::io::Error>>())
         } else {
@@ -533,6 +544,12 @@ impl S3 for Gateway {
             e_tag: Some(ETag::Strong(etag)),
             content_type: meta.content_type.as_ref().and_then(|t| t.parse().ok()),
             metadata: user_meta(&meta),
+            tag_count: tag_count(&meta),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
             ..Default::default()
         }))
     }
@@ -545,7 +562,7 @@ impl S3 for Gateway {
         let input = req.input;
         let key = keys::split(&input.key)?;
         let a = self.store.object(&input.bucket, &key).await?;
-        let (etag, meta) = self.object_output(&a).await?;
+        let (etag, meta, sums) = self.object_output(&a).await?;
         Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -558,6 +575,11 @@ impl S3 for Gateway {
         } else {
             a.size
         };
+        let sums = if checksums_asked(input.checksum_mode.as_ref()) {
+            sums
+        } else {
+            Checksum::default()
+        };
         Ok(S3Response::new(HeadObjectOutput {
             content_length: Some(size as i64),
             accept_ranges: Some("bytes".into()),
@@ -565,6 +587,11 @@ impl S3 for Gateway {
             e_tag: Some(ETag::Strong(etag)),
             content_type: meta.content_type.as_ref().and_then(|t| t.parse().ok()),
             metadata: user_meta(&meta),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
             ..Default::default()
         }))
     }
@@ -626,7 +653,7 @@ impl S3 for Gateway {
         let dst_key = keys::split(&input.key)?;
         let src = self.store.object(sb, &src_key).await?;
         let b = self.store.bucket(&input.bucket).await?;
-        let (etag, src_meta) = self.object_output(&src).await?;
+        let (etag, src_meta, _) = self.object_output(&src).await?;
         Conditions {
             if_match: input.copy_source_if_match.as_ref(),
             if_none_match: input.copy_source_if_none_match.as_ref(),
@@ -638,10 +665,20 @@ impl S3 for Gateway {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let meta = if replace {
-            Gateway::meta_from(input.content_type, input.metadata)
+        let mut meta = if replace {
+            Gateway::meta_from(input.content_type, input.metadata, None)?
         } else {
-            src_meta
+            src_meta.clone()
+        };
+        // Tags are the source's unless the request replaces them.
+        meta.tagging = if input
+            .tagging_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE)
+        {
+            Gateway::meta_from(None, None, Some(input.tagging.as_deref().unwrap_or("")))?.tagging
+        } else {
+            src_meta.tagging
         };
         if dst_key.dir {
             return Err(s3_error!(
@@ -650,7 +687,7 @@ impl S3 for Gateway {
             ));
         }
         let body = self.store.reader(src.ino.0, 0, src.size).await?;
-        let (etag, a) = self
+        let (etag, a, _) = self
             .put_stream(&b, &dst_key, body, &meta, None, &Expect::default())
             .await?;
         Ok(S3Response::new(CopyObjectOutput {
@@ -746,6 +783,124 @@ impl S3 for Gateway {
         }))
     }
 
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        check_region(&req, &self.region)?;
+        let input = req.input;
+        let key = keys::split(&input.key)?;
+        let a = self.store.object(&input.bucket, &key).await?;
+        let tags = tagging::from_set(input.tagging.tag_set)?;
+        if tags.is_empty() {
+            self.store.removex(a.ino.0, X_TAGS).await?;
+        } else {
+            let v = tagging::encode(&tags);
+            self.store
+                .setx(a.ino.0, X_TAGS.to_vec(), v.as_bytes())
+                .await?;
+        }
+        Ok(S3Response::new(PutObjectTaggingOutput::default()))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        check_region(&req, &self.region)?;
+        let input = req.input;
+        let key = keys::split(&input.key)?;
+        let a = self.store.object(&input.bucket, &key).await?;
+        let tags = match self.store.getx(a.ino.0, X_TAGS).await? {
+            Some(v) => tagging::parse(&v)?,
+            None => vec![],
+        };
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set: tagging::to_set(tags),
+            version_id: None,
+        }))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        check_region(&req, &self.region)?;
+        let input = req.input;
+        let key = keys::split(&input.key)?;
+        let a = self.store.object(&input.bucket, &key).await?;
+        self.store.removex(a.ino.0, X_TAGS).await?;
+        Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
+    }
+
+    /// Buckets are never versioned: the answer of a bucket whose
+    /// versioning was never set (no Status).
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        check_region(&req, &self.region)?;
+        self.store.bucket(&req.input.bucket).await?;
+        Ok(S3Response::new(GetBucketVersioningOutput::default()))
+    }
+
+    /// In an unversioned bucket every object has one version, `null`, the
+    /// latest: the listing of ListObjects with those fields (clients and
+    /// tools empty buckets with it).
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        check_region(&req, &self.region)?;
+        let input = req.input;
+        let url = input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let l = self
+            .list(
+                &input.bucket,
+                input.prefix.as_deref().unwrap_or(""),
+                input.delimiter.as_deref().filter(|d| !d.is_empty()),
+                input.key_marker.as_deref().filter(|m| !m.is_empty()),
+                input.max_keys,
+                url,
+            )
+            .await?;
+        let versions: Vec<ObjectVersion> = l
+            .contents
+            .into_iter()
+            .map(|o| ObjectVersion {
+                key: o.key,
+                size: o.size,
+                last_modified: o.last_modified,
+                e_tag: o.e_tag,
+                is_latest: Some(true),
+                version_id: Some("null".into()),
+                storage_class: Some(ObjectVersionStorageClass::from_static(
+                    ObjectVersionStorageClass::STANDARD,
+                )),
+                ..Default::default()
+            })
+            .collect();
+        let enc = |o: Option<String>| o.map(|v| if url { url_encode(&v) } else { v });
+        Ok(S3Response::new(ListObjectVersionsOutput {
+            name: Some(input.bucket),
+            prefix: enc(input.prefix),
+            delimiter: enc(input.delimiter),
+            key_marker: enc(input.key_marker),
+            version_id_marker: input.version_id_marker,
+            max_keys: Some(input.max_keys.unwrap_or(1000)),
+            is_truncated: Some(l.truncated),
+            next_key_marker: enc(l.next.clone()),
+            next_version_id_marker: l.next.map(|_| "null".into()),
+            encoding_type: input.encoding_type,
+            versions: (!versions.is_empty()).then_some(versions),
+            common_prefixes: (!l.prefixes.is_empty()).then_some(l.prefixes),
+            ..Default::default()
+        }))
+    }
+
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
@@ -759,7 +914,7 @@ impl S3 for Gateway {
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
         check_region(&req, &self.region)?;
-        crate::multipart::upload_part(self, req.input).await
+        crate::multipart::upload_part(self, req).await
     }
 
     async fn upload_part_copy(

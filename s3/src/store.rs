@@ -6,12 +6,19 @@
 //! Writes are atomic: a PUT streams into a new file in the hidden directory
 //! `/.weft-s3/tmp` (never a valid bucket name), then renames it over the
 //! key, so no GET and no reader on a mount sees half an object, and of two
-//! concurrent PUTs of one key one stays whole. Reads and writes stream in
-//! pieces of at most `PIECE` bytes.
+//! concurrent PUTs of one key one stays whole. Writes go to the client
+//! library in pieces of `PIECE` bytes; its write-back stores them on the
+//! chunk daemons in the background while the body keeps arriving (past 8 MiB
+//! dirty per file; writers wait while all files hold 64 MiB), and the PUT
+//! waits for all of it once, at the end; MD5 and the checksums are computed
+//! on a blocking thread beside it. Reads go in pieces of `READ_PIECE`,
+//! which the library reads as 1 MiB stripes in parallel, one piece ahead of
+//! the client.
 //!
-//! The ETag xattr carries the size and mtime it was computed for; a file
-//! changed since (written on a mount) gets its MD5 computed again on the
-//! next HEAD or GET, and stored.
+//! The ETag xattr carries the size and mtime it was computed for, and the
+//! additional checksums a PUT was sent with (checksum.rs); a file changed
+//! since (written on a mount) gets its MD5 computed again on the next HEAD
+//! or GET, and stored, and has no additional checksums any more.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +27,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use md5::{Digest, Md5};
+use s3s::checksum::ChecksumHasher;
+use s3s::dto::Checksum;
 use s3s::{s3_error, S3Error, S3Result};
 use tokio_stream::wrappers::ReceiverStream;
 use weft_client::{Caller, Errno, FileAttr, FileType, Weft};
@@ -31,19 +40,21 @@ pub const ROOT: u64 = 1;
 pub const HIDDEN: &str = ".weft-s3";
 /// Bytes per read from or write to the cluster.
 pub const PIECE: usize = 1 << 20;
-/// A PUT's written data is flushed to the chunk daemons every this many
-/// bytes, so one upload holds little dirty memory.
-const FLUSH_EVERY: u64 = 8 << 20;
+/// Bytes per read from the cluster (several stripes fetched in parallel).
+pub const READ_PIECE: u64 = 8 << 20;
 
 const X_ETAG: &[u8] = b"user.s3.etag";
 const X_TYPE: &[u8] = b"user.s3.content-type";
 const X_META: &str = "user.s3.meta.";
+pub const X_TAGS: &[u8] = b"user.s3.tagging";
 
 /// An object's stored headers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ObjMeta {
     pub content_type: Option<String>,
     pub user: HashMap<String, String>,
+    /// Tags in the `x-amz-tagging` form (tagging.rs).
+    pub tagging: Option<String>,
 }
 
 /// A written, flushed and closed temp file, not yet at its key.
@@ -53,7 +64,8 @@ pub struct Temp {
     pub name: String,
     pub size: u64,
     pub md5: [u8; 16],
-    pub crc32c: u32,
+    /// The additional checksums asked for (checksum.rs).
+    pub sums: Checksum,
 }
 
 /// S3's answer for a file-system error.
@@ -78,6 +90,17 @@ fn ns(t: SystemTime) -> u128 {
 /// What an ETag xattr must say to be current for `a`.
 fn stamp(a: &FileAttr) -> String {
     format!("{} {}", a.size, ns(a.mtime))
+}
+
+/// The ETag xattr's `ETAG SIZE MTIME_NS [NAME=SUM]...`: the ETag and the
+/// checksums, if current for a file of this size and mtime.
+fn current(v: &[u8], size: u64, mtime: SystemTime) -> Option<(String, Checksum)> {
+    let v = std::str::from_utf8(v).ok()?;
+    let mut words = v.split(' ');
+    let etag = words.next()?;
+    let (s, m) = (words.next()?, words.next()?);
+    (s == size.to_string() && m == ns(mtime).to_string())
+        .then(|| (etag.to_owned(), crate::checksum::decode(words)))
 }
 
 pub struct Store {
@@ -240,9 +263,10 @@ impl Store {
             .collect())
     }
 
-    /// Streams `body` into a new temp file; flushed and closed on return.
-    /// The temp file is removed if anything fails.
-    pub async fn write_temp<S, E>(&self, body: S) -> S3Result<Temp>
+    /// Streams `body` into a new temp file, computing its MD5 and what
+    /// `sums` asks for; flushed and closed on return. The temp file is
+    /// removed if anything fails.
+    pub async fn write_temp<S, E>(&self, body: S, sums: ChecksumHasher) -> S3Result<Temp>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
@@ -262,15 +286,15 @@ impl Store {
             .await
             .map_err(s3err)?;
         let ino = a.ino.0;
-        let written = self.fill(ino, fh, body).await;
+        let written = self.fill(ino, fh, body, sums).await;
         let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
         match (written, closed) {
-            (Ok((size, md5, crc32c)), Ok(())) => Ok(Temp {
+            (Ok((size, md5, sums)), Ok(())) => Ok(Temp {
                 ino,
                 name,
                 size,
                 md5,
-                crc32c,
+                sums,
             }),
             (Err(e), _) | (Ok(_), Err(e)) => {
                 self.discard(&name).await;
@@ -279,16 +303,33 @@ impl Store {
         }
     }
 
-    async fn fill<S, E>(&self, ino: u64, fh: u64, body: S) -> S3Result<(u64, [u8; 16], u32)>
+    async fn fill<S, E>(
+        &self,
+        ino: u64,
+        fh: u64,
+        body: S,
+        mut sums: ChecksumHasher,
+    ) -> S3Result<(u64, [u8; 16], Checksum)>
     where
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
         let mut body = std::pin::pin!(body);
-        let mut md5 = Md5::new();
-        let mut crc = 0u32;
+        // MD5 and the checksums on a thread of their own, so hashing one
+        // piece overlaps receiving and storing the next.
+        let (htx, mut hrx) = tokio::sync::mpsc::channel::<Bytes>(16);
+        let hasher = tokio::task::spawn_blocking(move || {
+            let mut md5 = Md5::new();
+            while let Some(b) = hrx.blocking_recv() {
+                md5.update(&b);
+                sums.update(&b);
+            }
+            let mut sum = [0u8; 16];
+            sum.copy_from_slice(&md5.finalize());
+            (sum, sums.finalize())
+        });
+        let hasher_gone = || s3_error!(InternalError, "the hashing thread stopped");
         let mut off = 0u64;
-        let mut flushed = 0u64;
         let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
         loop {
             let next = body.next().await;
@@ -296,9 +337,8 @@ impl Store {
             if let Some(piece) = next {
                 let piece =
                     piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
-                md5.update(&piece);
-                crc = crc32c::crc32c_append(crc, &piece);
                 buf.extend_from_slice(&piece);
+                htx.send(piece).await.map_err(|_| hasher_gone())?;
             }
             if buf.len() >= PIECE || (last && !buf.is_empty()) {
                 let data = std::mem::replace(&mut buf, Vec::with_capacity(PIECE));
@@ -309,14 +349,13 @@ impl Store {
                     .map_err(s3err)?;
                 off += n;
             }
-            if off - flushed >= FLUSH_EVERY || last {
-                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
-                flushed = off;
-            }
             if last {
-                let mut sum = [0u8; 16];
-                sum.copy_from_slice(&md5.finalize());
-                return Ok((off, sum, crc));
+                // Everything stored (the library flushed most of it in the
+                // background meanwhile) before the file is closed.
+                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
+                drop(htx);
+                let (sum, sums) = hasher.await.map_err(|_| hasher_gone())?;
+                return Ok((off, sum, sums));
             }
         }
     }
@@ -357,7 +396,7 @@ impl Store {
             let end = start + len;
             let mut off = start;
             while off < end {
-                let n = (end - off).min(PIECE as u64) as u32;
+                let n = (end - off).min(READ_PIECE) as u32;
                 let piece = match me.w.read(&me.c, ino, off, n).await {
                     Ok(b) if b.is_empty() => {
                         Err(std::io::Error::other("the file shrank while being read"))
@@ -385,8 +424,9 @@ impl Store {
                 continue;
             };
             let is_type = name.as_bytes() == X_TYPE;
+            let is_tags = name.as_bytes() == X_TAGS;
             let user = name.strip_prefix(X_META);
-            if !is_type && user.is_none() {
+            if !is_type && !is_tags && user.is_none() {
                 continue;
             }
             let v = match self.w.getxattr(&self.c, ino, name.into()).await {
@@ -398,6 +438,7 @@ impl Store {
                 Some(k) => {
                     m.user.insert(k.to_owned(), v);
                 }
+                None if is_tags => m.tagging = Some(v),
                 None => m.content_type = Some(v),
             }
         }
@@ -412,7 +453,18 @@ impl Store {
             let name = format!("{X_META}{}", k.to_ascii_lowercase());
             self.setx(ino, name.into_bytes(), v.as_bytes()).await?;
         }
+        if let Some(t) = m.tagging.as_ref().filter(|t| !t.is_empty()) {
+            self.setx(ino, X_TAGS.to_vec(), t.as_bytes()).await?;
+        }
         Ok(())
+    }
+
+    /// Removes an xattr; absent is fine.
+    pub async fn removex(&self, ino: u64, name: &[u8]) -> S3Result<()> {
+        match self.w.removexattr(&self.c, ino, name.to_vec()).await {
+            Ok(()) | Err(Errno(libc::ENODATA)) => Ok(()),
+            Err(e) => Err(s3err(e)),
+        }
     }
 
     pub async fn setx(&self, ino: u64, name: Vec<u8>, value: &[u8]) -> S3Result<()> {
@@ -431,9 +483,15 @@ impl Store {
         }
     }
 
-    /// Records `etag` as current for the file as `a` describes it.
-    pub async fn set_etag(&self, a: &FileAttr, etag: &str) -> S3Result<()> {
-        let v = format!("{etag} {}", stamp(a));
+    /// Records `etag` (and the checksums computed on the way in) as
+    /// current for the file as `a` describes it.
+    pub async fn set_etag(&self, a: &FileAttr, etag: &str, sums: &Checksum) -> S3Result<()> {
+        let mut v = format!("{etag} {}", stamp(a));
+        let extra = crate::checksum::encode(sums);
+        if !extra.is_empty() {
+            v.push(' ');
+            v.push_str(&extra);
+        }
         self.setx(a.ino.0, X_ETAG.to_vec(), v.as_bytes()).await
     }
 
@@ -441,24 +499,28 @@ impl Store {
     /// listing does not read files to hash them).
     pub async fn current_etag(&self, ino: u64, size: u64, mtime: SystemTime) -> Option<String> {
         let v = self.w.getxattr(&self.c, ino, X_ETAG.to_vec()).await.ok()?;
-        let v = String::from_utf8_lossy(&v);
-        let (etag, st) = v.split_once(' ')?;
-        (st == format!("{size} {}", ns(mtime))).then(|| etag.to_owned())
+        current(&v, size, mtime).map(|(etag, _)| etag)
     }
 
     /// The stored ETag if still current, else the MD5 of the bytes (read
     /// through once, then stored).
     pub async fn etag(self: &Arc<Self>, a: &FileAttr) -> S3Result<String> {
+        Ok(self.etag_sums(a).await?.0)
+    }
+
+    /// `etag`, and the checksums stored with it (none once the file has
+    /// changed since).
+    pub async fn etag_sums(self: &Arc<Self>, a: &FileAttr) -> S3Result<(String, Checksum)> {
         if a.kind == FileType::Directory {
-            return Ok("d41d8cd98f00b204e9800998ecf8427e".into());
+            return Ok((
+                "d41d8cd98f00b204e9800998ecf8427e".into(),
+                Checksum::default(),
+            ));
         }
         match self.w.getxattr(&self.c, a.ino.0, X_ETAG.to_vec()).await {
             Ok(v) => {
-                let v = String::from_utf8_lossy(&v);
-                if let Some((etag, st)) = v.split_once(' ') {
-                    if st == stamp(a) {
-                        return Ok(etag.to_owned());
-                    }
+                if let Some(found) = current(&v, a.size, a.mtime) {
+                    return Ok(found);
                 }
             }
             Err(Errno(libc::ENODATA)) => {}
@@ -473,8 +535,8 @@ impl Store {
         // Only if the file did not change meanwhile.
         let now = self.getattr(a.ino.0).await.map_err(s3err)?;
         if stamp(&now) == stamp(a) {
-            self.set_etag(a, &etag).await?;
+            self.set_etag(a, &etag, &Checksum::default()).await?;
         }
-        Ok(etag)
+        Ok((etag, Checksum::default()))
     }
 }

@@ -12,6 +12,7 @@ import json
 import struct
 import os
 import sys
+import zlib
 
 import boto3
 from botocore.client import Config
@@ -58,6 +59,24 @@ def crc32c(data):
         for _ in range(8):
             crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
     return crc ^ 0xFFFFFFFF
+
+
+SUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256", "ChecksumCRC64NVME")
+
+
+def sums(r):
+    """The checksums an answer carries, by algorithm."""
+    return {k[len("Checksum"):]: r[k] for k in SUMS if k in r}
+
+
+def local_sums(data):
+    """CRC32, SHA1 and SHA256 of data, computed here (not by botocore)."""
+    b64 = lambda b: base64.b64encode(b).decode()
+    return {
+        "CRC32": b64(struct.pack(">I", zlib.crc32(data))),
+        "SHA1": b64(hashlib.sha1(data).digest()),
+        "SHA256": b64(hashlib.sha256(data).digest()),
+    }
 
 
 def sha256_file(path):
@@ -122,17 +141,31 @@ def main(argv):
                 extra["ChecksumCRC32C"] = v
             elif k == "algo":
                 extra["ChecksumAlgorithm"] = v
+            elif k == "sha256":
+                # A SHA-256 header: "wrong" sends another body's.
+                extra["ChecksumSHA256"] = local_sums(b"other")["SHA256"]
+            elif k == "tagging":
+                extra["Tagging"] = v
             else:
                 extra.setdefault("Metadata", {})[k] = v
         with open(path, "rb") as f:
             r = s3.put_object(Bucket=bucket, Key=key, Body=f, **extra)
-        return {"etag": r["ETag"].strip('"')}
+        with open(path, "rb") as f:
+            local = local_sums(f.read())
+        return {"etag": r["ETag"].strip('"'), "sums": sums(r), "local": local}
     if op == "get":
         bucket, key, out = args[:3]
         kw = {"Bucket": bucket, "Key": key}
         for a in args[3:]:
             k, v = a.split("=", 1)
-            kw[{"range": "Range", "if-none-match": "IfNoneMatch", "if-match": "IfMatch"}[k]] = v
+            kw[
+                {
+                    "range": "Range",
+                    "if-none-match": "IfNoneMatch",
+                    "if-match": "IfMatch",
+                    "checksum-mode": "ChecksumMode",
+                }[k]
+            ] = v
         r = s3.get_object(**kw)
         with open(out, "wb") as f:
             for b in r["Body"].iter_chunks(1 << 20):
@@ -143,6 +176,8 @@ def main(argv):
             "content_type": r.get("ContentType"),
             "metadata": r.get("Metadata", {}),
             "sha256": sha256_file(out),
+            "sums": sums(r),
+            "tag_count": r.get("TagCount", 0),
         }
     if op == "head":
         r = s3.head_object(Bucket=args[0], Key=args[1])
@@ -225,6 +260,61 @@ def main(argv):
             print("ERROR " + ET.fromstring(e.read()).findtext("Code"))
             sys.exit(3)
         return {"sha256": sha256_file(args[1])}
+    if op == "tag":
+        # tag BUCKET KEY [K=V...]: PutObjectTagging (no pairs: an empty set).
+        tags = [dict(zip(("Key", "Value"), a.split("=", 1))) for a in args[2:]]
+        s3.put_object_tagging(Bucket=args[0], Key=args[1], Tagging={"TagSet": tags})
+        return {}
+    if op == "tags":
+        r = s3.get_object_tagging(Bucket=args[0], Key=args[1])
+        return {"tags": {t["Key"]: t["Value"] for t in r["TagSet"]}}
+    if op == "untag":
+        s3.delete_object_tagging(Bucket=args[0], Key=args[1])
+        return {}
+    if op == "versioning":
+        r = s3.get_bucket_versioning(Bucket=args[0])
+        return {"status": r.get("Status")}
+    if op == "versions":
+        # versions BUCKET [max-keys=N] [prefix=P] [delimiter=D]: every page.
+        kw = {"Bucket": args[0]}
+        for a in args[1:]:
+            k, v = a.split("=", 1)
+            kw[{"max-keys": "MaxKeys", "prefix": "Prefix", "delimiter": "Delimiter"}[k]] = (
+                int(v) if k == "max-keys" else v
+            )
+        versions, prefixes, pages = [], [], 0
+        while True:
+            r = s3.list_object_versions(**kw)
+            pages += 1
+            versions += [
+                {"key": v["Key"], "id": v["VersionId"], "latest": v["IsLatest"], "etag": v["ETag"].strip('"')}
+                for v in r.get("Versions", [])
+            ]
+            prefixes += [p["Prefix"] for p in r.get("CommonPrefixes", [])]
+            if not r.get("IsTruncated"):
+                break
+            kw["KeyMarker"] = r["NextKeyMarker"]
+            kw["VersionIdMarker"] = r["NextVersionIdMarker"]
+        return {"versions": versions, "prefixes": prefixes, "pages": pages}
+    if op == "part-sum":
+        # part-sum BUCKET KEY FILE ALGO [wrong]: one UploadPart with an
+        # additional checksum; its answer, then the upload's parts; aborted.
+        bucket, key, path, algo = args[:4]
+        up = s3.create_multipart_upload(Bucket=bucket, Key=key, ChecksumAlgorithm=algo)["UploadId"]
+        with open(path, "rb") as f:
+            data = f.read()
+        kw = {"ChecksumAlgorithm": algo}
+        if args[4:] == ["wrong"]:
+            kw = {"ChecksumSHA256": local_sums(b"other")["SHA256"]}
+        try:
+            r = s3.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=1, Body=data, **kw)
+            return {"sums": sums(r), "local": local_sums(data)}
+        except ClientError as e:
+            parts = s3.list_parts(Bucket=bucket, Key=key, UploadId=up).get("Parts", [])
+            print("ERROR " + e.response["Error"]["Code"] + (" +parts" if parts else ""))
+            sys.exit(3)
+        finally:
+            s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up)
     if op == "uploads":
         r = s3.list_multipart_uploads(Bucket=args[0])
         return {"uploads": [u["Key"] for u in r.get("Uploads", [])]}
