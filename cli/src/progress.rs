@@ -13,32 +13,23 @@ pub struct Progress(Option<ProgressBar>);
 impl Progress {
     /// A bar counting up to `total` (items moved), with rate and time left.
     pub fn counter(total: u64, what: &str) -> Progress {
-        Progress::on_tty(|| {
-            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{elapsed_precise}] {wide_bar} {pos}/{len} {per_sec} ETA {eta}",
-                )
-                .expect("template"),
-            );
-            b.set_message(what.to_string());
-            // Drawn at once, even if the work ends before the next update.
-            b.tick();
-            b
-        })
+        Progress::bar(total, what, "{pos}/{len} {per_sec}")
     }
 
     /// A bar of bytes moved of `total`, with rate and time left.
     pub fn bytes(total: u64, what: &str) -> Progress {
+        Progress::bar(total, what, "{bytes}/{total_bytes} {bytes_per_sec}")
+    }
+
+    /// A bar to `total` showing `amounts` (indicatif keys) and the time left.
+    fn bar(total: u64, what: &str, amounts: &str) -> Progress {
         Progress::on_tty(|| {
             let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stdout());
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{msg} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-                )
-                .expect("template"),
-            );
+            let template =
+                format!("{{msg}} [{{elapsed_precise}}] {{wide_bar}} {amounts} ETA {{eta}}");
+            b.set_style(ProgressStyle::with_template(&template).expect("template"));
             b.set_message(what.to_string());
+            // Drawn at once, even if the work ends before the next update.
             b.tick();
             b
         })

@@ -207,16 +207,11 @@ impl Weft {
         use weft_proto::reqid;
         let id = reqid::current().unwrap_or_else(reqid::new_id);
         let span = tracing::info_span!("writeback", req = %reqid::Id(id), ino = st.ino);
-        let flush = async move {
-            let start = std::time::Instant::now();
+        let flush = reqid::log_if_slow("write-back flush", async move {
             if let Err(e) = w.flush_file(&st).await {
                 tracing::warn!(error = %e, "background flush failed");
             }
-            let took = start.elapsed();
-            if took >= reqid::slow_threshold() {
-                tracing::info!(ms = took.as_millis() as u64, "write-back flush took");
-            }
-        };
+        });
         tokio::spawn(tracing::Instrument::instrument(
             reqid::scope(id, flush),
             span,

@@ -60,18 +60,17 @@ impl WeftFs {
             "fuse",
             req = %weft_proto::reqid::Id(id),
             op = FuseOp::LABELS[op.index()],
+            pid,
         );
         self.rt.spawn(
-            weft_proto::reqid::scope(id, async move {
-                let start = std::time::Instant::now();
-                let caller = w.caller(uid, gid, pid);
-                f(w, caller).await;
-                drop(timed);
-                let took = start.elapsed();
-                if took >= weft_proto::reqid::slow_threshold() {
-                    tracing::info!(ms = took.as_millis() as u64, pid, "fuse request took");
-                }
-            })
+            weft_proto::reqid::scope(
+                id,
+                weft_proto::reqid::log_if_slow("fuse request", async move {
+                    let caller = w.caller(uid, gid, pid);
+                    f(w, caller).await;
+                    drop(timed);
+                }),
+            )
             .instrument(span),
         );
     }

@@ -179,19 +179,19 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let path = req.uri().path().to_string();
         let id = req
             .headers()
             .get(reqid::HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(reqid::parse)
             .unwrap_or_else(reqid::new_id);
-        let span = tracing::info_span!("rpc", req = %reqid::Id(id), call = %path);
+        let span = tracing::info_span!("rpc", req = %reqid::Id(id), call = %req.uri().path());
         if self.tls {
             let info = req.extensions().get::<ConnInfo>();
             let peer = info.and_then(|i| i.peer.clone());
             let remote = info.and_then(|i| i.remote);
-            match check(&path, peer.as_deref()) {
+            let path = req.uri().path();
+            match check(path, peer.as_deref()) {
                 Ok(peer) => {
                     req.extensions_mut().insert(peer);
                 }
@@ -200,24 +200,13 @@ where
                         Some(a) => format!("{why} (from {a})"),
                         None => why,
                     };
-                    let status = span.in_scope(|| refuse(peer.as_ref(), &path, &why));
+                    let status = span.in_scope(|| refuse(peer.as_ref(), path, &why));
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
             }
         }
-        let handler = self.inner.call(req);
-        Box::pin(
-            async move {
-                let start = std::time::Instant::now();
-                let out = reqid::scope(id, handler).await;
-                let took = start.elapsed();
-                if took >= reqid::slow_threshold() {
-                    tracing::info!(ms = took.as_millis() as u64, "rpc took");
-                }
-                out
-            }
-            .instrument(span),
-        )
+        let handler = reqid::scope(id, self.inner.call(req));
+        Box::pin(reqid::log_if_slow("rpc", handler).instrument(span))
     }
 }
 

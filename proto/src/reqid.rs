@@ -104,6 +104,18 @@ pub fn slow_threshold() -> Duration {
     })
 }
 
+/// Runs `f`, and logs `what took ms=…` (in the current span, with its id)
+/// when it took at least [`slow_threshold`].
+pub async fn log_if_slow<F: Future>(what: &'static str, f: F) -> F::Output {
+    let start = std::time::Instant::now();
+    let out = f.await;
+    let took = start.elapsed();
+    if took >= slow_threshold() {
+        tracing::info!(ms = took.as_millis() as u64, "{what} took");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -35,6 +35,22 @@ fn field_mut(c: &mut Checksum, i: usize) -> &mut Option<String> {
     }
 }
 
+/// The `x-amz-checksum-*` values a request (PutObject, UploadPart) sent, as
+/// one `Checksum`; moves those fields out of `input`.
+macro_rules! sent_checksums {
+    ($input:ident) => {
+        s3s::dto::Checksum {
+            checksum_crc32: $input.checksum_crc32,
+            checksum_crc32c: $input.checksum_crc32c,
+            checksum_sha1: $input.checksum_sha1,
+            checksum_sha256: $input.checksum_sha256,
+            checksum_crc64nvme: $input.checksum_crc64nvme,
+            ..Default::default()
+        }
+    };
+}
+pub(crate) use sent_checksums;
+
 /// What a request sent to check its body with.
 #[derive(Default)]
 pub struct Expect {

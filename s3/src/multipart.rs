@@ -139,14 +139,7 @@ pub async fn upload_part(
     } = req;
     check_part_number(input.part_number)?;
     let up = upload_dir(g, &input.bucket, &input.key, &input.upload_id).await?;
-    let sent = Checksum {
-        checksum_crc32: input.checksum_crc32,
-        checksum_crc32c: input.checksum_crc32c,
-        checksum_sha1: input.checksum_sha1,
-        checksum_sha256: input.checksum_sha256,
-        checksum_crc64nvme: input.checksum_crc64nvme,
-        ..Default::default()
-    };
+    let sent = crate::checksum::sent_checksums!(input);
     let expect = Expect::new(
         input.content_md5,
         sent,

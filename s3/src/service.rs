@@ -463,14 +463,7 @@ impl S3 for Gateway {
             Some(b) => futures::future::Either::Left(b),
             None => futures::future::Either::Right(futures::stream::empty()),
         };
-        let sent = Checksum {
-            checksum_crc32: input.checksum_crc32,
-            checksum_crc32c: input.checksum_crc32c,
-            checksum_sha1: input.checksum_sha1,
-            checksum_sha256: input.checksum_sha256,
-            checksum_crc64nvme: input.checksum_crc64nvme,
-            ..Default::default()
-        };
+        let sent = crate::checksum::sent_checksums!(input);
         let expect = Expect::new(
             input.content_md5,
             sent,
