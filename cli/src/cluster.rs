@@ -168,6 +168,9 @@ pub struct LocalCluster {
     pub mds: Proc,
     /// Nodes 2.. of the MDS group (empty for a single MDS).
     pub mds_peers: Vec<Proc>,
+    /// MDS group nodes removed from the group (`retire_mds_node`): left out
+    /// of every list the cluster names the group by.
+    pub retired_mds: Vec<u64>,
     pub chunkds: Vec<Proc>,
     pub mounts: Vec<Mount>,
 }
@@ -225,6 +228,7 @@ impl LocalCluster {
                 http: None,
             },
             mds_peers: Vec::new(),
+            retired_mds: Vec::new(),
             chunkds: Vec::new(),
             mounts: Vec::new(),
             spec,
@@ -329,13 +333,62 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The MDS group's `--peers` value.
+    /// The MDS group's `--peers` value (its nodes not retired).
     pub fn peers_arg(&self) -> String {
-        let mut v = vec![format!("1={}", self.mds.addr)];
-        for (i, p) in self.mds_peers.iter().enumerate() {
-            v.push(format!("{}={}", i + 2, p.addr));
+        self.mds_ids()
+            .into_iter()
+            .map(|id| format!("{id}={}", self.mds_node_ref(id).addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The ids of the MDS nodes (1 for a single MDS), retired ones left out.
+    pub fn mds_ids(&self) -> Vec<u64> {
+        (1..=1 + self.mds_peers.len() as u64)
+            .filter(|id| !self.retired_mds.contains(id))
+            .collect()
+    }
+
+    fn mds_node_ref(&self, id: u64) -> &Proc {
+        if id <= 1 {
+            &self.mds
+        } else {
+            &self.mds_peers[id as usize - 2]
         }
-        v.join(",")
+    }
+
+    /// Starts a new MDS node, the next id, on a free port with an empty data
+    /// directory and `--join` (it waits to be added: `weft mds add`);
+    /// returns its id and address.
+    pub fn add_mds_node(&mut self) -> Result<(u64, String)> {
+        let id = self.mds_peers.len() as u64 + 2;
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?.to_string();
+        drop(l);
+        self.mds_peers.push(Proc {
+            name: format!("weft-mds-{id}"),
+            child: None,
+            addr: addr.clone(),
+            data: self.spec.dir.join(format!("mds-{id}")),
+            log: self.spec.dir.join(format!("logs/mds-{id}.log")),
+            http: None,
+        });
+        self.start_mds_node_with(id, &["--join"])?;
+        Ok((id, addr))
+    }
+
+    /// Node `id`, removed from the group (`weft mds remove`), is stopped and
+    /// its data deleted, as an operator retiring the machine would.
+    pub fn retire_mds_node(&mut self, id: u64) -> Result<()> {
+        let node = self.mds_node(id);
+        node.stop(Duration::from_secs(10));
+        let data = node.data.clone();
+        if data.exists() {
+            fs::remove_dir_all(&data)
+                .with_context(|| format!("cannot delete {}", data.display()))?;
+        }
+        self.retired_mds.push(id);
+        Ok(())
     }
 
     /// MDS node `id` (1-based).
@@ -420,8 +473,11 @@ impl LocalCluster {
     /// MDS that does not answer).
     pub fn leader_id(&self) -> Option<u64> {
         // Each node on its own, briefly: one may be paused or cut off.
-        let mut addrs = vec![self.mds.addr.clone()];
-        addrs.extend(self.mds_peers.iter().map(|p| p.addr.clone()));
+        let addrs: Vec<String> = self
+            .mds_ids()
+            .into_iter()
+            .map(|id| self.mds_node_ref(id).addr.clone())
+            .collect();
         addrs.iter().find_map(|a| {
             let s = crate::admin::block_on(async {
                 tokio::time::timeout(Duration::from_millis(1500), crate::admin::status(a)).await
@@ -562,8 +618,11 @@ impl LocalCluster {
     /// after `extra_mds_addrs`.
     pub fn mds_list(&self) -> String {
         let mut l = self.spec.extra_mds_addrs.clone();
-        l.push(self.mds.addr.clone());
-        l.extend(self.mds_peers.iter().map(|p| p.addr.clone()));
+        l.extend(
+            self.mds_ids()
+                .into_iter()
+                .map(|id| self.mds_node_ref(id).addr.clone()),
+        );
         l.join(",")
     }
 

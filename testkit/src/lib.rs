@@ -9,6 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub mod group;
 pub mod http;
 pub mod mds;
 pub mod proxy;

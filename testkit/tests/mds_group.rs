@@ -7,12 +7,11 @@
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use weft_testkit::group::{check_acked, wait_leader, workload_step, Acked};
 use weft_testkit::proxy::{FaultProxy, Mode};
 use weft_testkit::{sha256_hex, wait_until, TestCluster};
 
@@ -30,84 +29,6 @@ fn rounds(ci: usize, full: usize) -> usize {
         full
     } else {
         ci
-    }
-}
-
-/// Waits for a leader other than `not` (None: any), returns its id.
-fn wait_leader(c: &TestCluster, not: Option<u64>) -> u64 {
-    let mut id = 0;
-    wait_until("an MDS group leader", Duration::from_secs(30), || {
-        match c.cluster.leader_id() {
-            Some(l) if Some(l) != not => {
-                id = l;
-                true
-            }
-            _ => false,
-        }
-    });
-    id
-}
-
-/// What the workload was told succeeded, to check afterwards.
-#[derive(Default)]
-struct Acked {
-    /// path → sha256 of the bytes, for files that must exist.
-    files: BTreeMap<PathBuf, String>,
-    /// paths that must not exist (unlinked, or renamed away).
-    gone: Vec<PathBuf>,
-    /// path → mode bits set by chmod.
-    modes: BTreeMap<PathBuf, u32>,
-}
-
-/// One round of mutations; every step that returns Ok is recorded.
-fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Result<()> {
-    let data = format!("file {i} {}\n", "x".repeat(i % 3000)).into_bytes();
-    let p = dir.join(format!("f{i}"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&p)?;
-    f.write_all(&data)?;
-    f.sync_all()?;
-    drop(f);
-    acked
-        .lock()
-        .unwrap()
-        .files
-        .insert(p.clone(), sha256_hex(&data));
-    if i.is_multiple_of(3) {
-        let q = dir.join(format!("r{i}"));
-        fs::rename(&p, &q)?;
-        let mut a = acked.lock().unwrap();
-        let h = a.files.remove(&p).unwrap();
-        a.files.insert(q, h);
-        a.gone.push(p);
-    } else if i % 3 == 1 {
-        fs::set_permissions(&p, fs::Permissions::from_mode(0o600))?;
-        acked.lock().unwrap().modes.insert(p, 0o600);
-    } else if i % 5 == 2 {
-        fs::remove_file(&p)?;
-        let mut a = acked.lock().unwrap();
-        a.files.remove(&p);
-        a.gone.push(p);
-    }
-    Ok(())
-}
-
-fn check_acked(acked: &Acked) {
-    for (p, h) in &acked.files {
-        let bytes =
-            fs::read(p).unwrap_or_else(|e| panic!("{}: acknowledged, now {e}", p.display()));
-        assert_eq!(&sha256_hex(&bytes), h, "{}: bytes differ", p.display());
-    }
-    for p in &acked.gone {
-        assert!(!p.exists(), "{}: removed, yet it exists", p.display());
-    }
-    for (p, m) in &acked.modes {
-        if acked.files.contains_key(p) {
-            let mode = fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-            assert_eq!(mode, *m, "{}: mode", p.display());
-        }
     }
 }
 
