@@ -61,11 +61,44 @@ fn master(
     pb::master_client::MasterClient::new(ch).max_decoding_message_size(weft_proto::MAX_MESSAGE)
 }
 
+/// The cluster's status as the MDS leader sees it. A node that leads no
+/// majority (a stale leader: cut off, or restarted and not yet told of a
+/// newer term; or a node that knows no leader) answers for itself; then each
+/// other node of `addr` is asked too, and the answer of the leader a
+/// majority follows wins, if one gives it.
 pub async fn status(addr: &str) -> Result<pb::StatusReply> {
+    let first = status_on_leader(addr).await?;
+    let list = weft_proto::leader::parse_list(addr).map_err(|e| anyhow::anyhow!("--mds {e}"))?;
+    if leads(&first) || list.len() < 2 {
+        return Ok(first);
+    }
+    let mut others = tokio::task::JoinSet::new();
+    for a in list {
+        others.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(3), status_on_leader(&a)).await
+        });
+    }
+    while let Some(r) = others.join_next().await {
+        if let Ok(Ok(Ok(r))) = r {
+            if leads(&r) {
+                return Ok(r);
+            }
+        }
+    }
+    Ok(first)
+}
+
+async fn status_on_leader(addr: &str) -> Result<pb::StatusReply> {
     on_leader(addr, "status", |ch| async move {
         Ok(master(ch).status(pb::StatusReq {}).await?.into_inner())
     })
     .await
+}
+
+/// Whether a status reply comes from (or through) a leader that a majority
+/// acknowledges: the node it names as leader reports itself as "leader".
+fn leads(s: &pb::StatusReply) -> bool {
+    s.mds.iter().any(|n| n.id == s.leader && n.role == "leader")
 }
 
 pub async fn fsck(addr: &str) -> Result<pb::FsckReply> {

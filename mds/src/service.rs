@@ -710,10 +710,18 @@ impl Mds {
             .map(|(id, addr)| {
                 let voter = s.voters.contains(id);
                 if *id == g.id {
+                    // A leader no majority acknowledges (cut off, or
+                    // restarted into its old term) is not the one the
+                    // group follows: "stale", not "leader".
+                    let role = if s.role == "leader" && !g.majority_heard(&s) {
+                        "stale"
+                    } else {
+                        s.role
+                    };
                     return pb::MdsNode {
                         id: *id,
                         addr: addr.clone(),
-                        role: s.role.into(),
+                        role: role.into(),
                         term: s.term,
                         last_log_index: s.last_log,
                         applied: s.applied,

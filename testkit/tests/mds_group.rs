@@ -259,6 +259,32 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
         let seen = old_now.mds.iter().find(|n| n.id == *f).unwrap();
         assert_eq!(seen.role, "unreachable", "node {f} from the old leader");
     }
+    // It calls itself stale, not leader; and `weft status` given every node
+    // shows the leader the majority follows, whichever node answers first.
+    assert_eq!(n.role, "stale", "the cut-off leader's own role");
+    let out = weft_testkit::weft_cmd()
+        .args(["status", "--json", "--mds", &c.cluster.mds_list()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["leader"], new, "weft status during the cut: {v}");
+    for node in v["mds"].as_array().unwrap() {
+        let want = if node["id"] == new {
+            "leader"
+        } else {
+            "follower"
+        };
+        if node["id"] != old {
+            assert_eq!(node["role"], want, "weft status during the cut: {v}");
+        } else {
+            assert_ne!(node["role"], "leader", "weft status during the cut: {v}");
+        }
+    }
 
     // Heal: the old leader steps down, follows the new one and catches up.
     for l in links.values() {

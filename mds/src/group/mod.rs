@@ -281,6 +281,13 @@ impl Group {
         Err(weft_proto::leader::not_leader(hint.as_deref()))
     }
 
+    /// Whether a majority of the voters acknowledged this node as leader of
+    /// its current term within `write_grace`: false for a leader cut off,
+    /// or restarted and not yet told of a newer term (a stale leader).
+    pub fn majority_heard(&self, s: &Standing) -> bool {
+        self.majority_within(s, self.write_grace)
+    }
+
     /// Whether a majority of the voters (this node included) acknowledged
     /// this node as leader of its current term within `d`; always true in a
     /// group of one.
