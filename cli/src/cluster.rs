@@ -377,11 +377,27 @@ impl LocalCluster {
         Ok((id, addr))
     }
 
-    /// Node `id`, removed from the group (`weft mds remove`), is stopped and
-    /// its data deleted, as an operator retiring the machine would.
+    /// Node `id`, removed from the group (`weft mds remove`), is stopped
+    /// (SIGTERM: it must exit on its own, promptly and cleanly, with mounts
+    /// still attached) and its data deleted, as an operator retiring the
+    /// machine would.
     pub fn retire_mds_node(&mut self, id: u64) -> Result<()> {
         let node = self.mds_node(id);
-        node.stop(Duration::from_secs(10));
+        node.signal(Signal::SIGTERM);
+        let t = Instant::now();
+        while node.running() {
+            if t.elapsed() > Duration::from_secs(30) {
+                node.crash();
+                bail!("{} did not stop within 30 s of SIGTERM", node.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(mut child) = node.child.take() {
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("{} stopped with {status}:\n{}", node.name, node.log_tail());
+            }
+        }
         let data = node.data.clone();
         if data.exists() {
             fs::remove_dir_all(&data)

@@ -270,6 +270,15 @@ async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let max = weft_proto::MAX_MESSAGE;
+    // The graceful shutdown waits for every open stream: mounts' pushes end
+    // first, or a stop with a mount attached would never finish.
+    let shutdown = {
+        let hub = hub.clone();
+        async move {
+            shutdown.await;
+            hub.close();
+        }
+    };
     let raft = mds.group.as_ref().map(|g| {
         weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(g.raft.clone()))
             .max_decoding_message_size(max)

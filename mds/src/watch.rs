@@ -89,6 +89,8 @@ pub struct Hub {
     acked: Notify,
     /// Subtree watches: exported directory inode → how many streams.
     subtrees: Mutex<std::collections::HashMap<u64, usize>>,
+    /// Set when the MDS stops (`close`): every stream ends.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Hub {
@@ -138,7 +140,15 @@ impl Hub {
             strict: Mutex::new(Table::new(Instant::now(), restarted)),
             acked: Notify::new(),
             subtrees: Mutex::new(Default::default()),
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The MDS is stopping: every stream ends with "not leader" (a mount
+    /// watches again, at its next address), so the server's graceful
+    /// shutdown, which waits for open streams, can finish.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// The directories of the subtree exports being watched now: the
@@ -275,7 +285,10 @@ impl Hub {
                 })),
             }
         });
-        Box::pin(changes.merge(ticks))
+        let closed = tokio_stream::wrappers::WatchStream::new(self.closed.subscribe())
+            .filter_map(|closed| closed.then(|| Err(weft_proto::leader::not_leader(None))));
+        // A stream ends at its first error.
+        Box::pin(changes.merge(ticks).merge(closed))
     }
 }
 

@@ -103,3 +103,37 @@ fn short_mds_timeout_gives_eio_then_recovers() {
     assert_eq!(fs::read(m.join("a")).unwrap(), b"hello");
     assert!(!m.join("never").exists());
 }
+
+#[test]
+fn a_clean_stop_with_a_mount_attached_finishes_and_checkpoints() {
+    let mut tc = TestCluster::start(2, MIB);
+    let m = tc.mount();
+    fs::write(m.join("before"), b"before the stop").unwrap();
+    let addr = tc.mds_addr();
+    // SIGTERM with the mount's push stream open: the MDS ends that stream
+    // rather than waiting for it, and stops on its own with its checkpoint.
+    tc.cluster.mds.signal(nix::sys::signal::Signal::SIGTERM);
+    let t = Instant::now();
+    while tc.cluster.mds.running() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the MDS did not stop within 30 s of SIGTERM:\n{}",
+            tc.cluster.mds.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = tc.cluster.mds.child.take().unwrap().wait().unwrap();
+    assert!(status.success(), "weft-mds stopped with {status}");
+    let log = fs::read_to_string(&tc.cluster.mds.log).unwrap();
+    assert!(
+        log.contains("checkpoint at shutdown") && !log.contains("checkpoint at shutdown failed"),
+        "{log}"
+    );
+    tc.cluster
+        .start_mds(Some(&addr))
+        .expect("restart the MDS on the same address");
+    // The same mount carries on.
+    assert_eq!(fs::read(m.join("before")).unwrap(), b"before the stop");
+    fs::write(m.join("after"), b"after").unwrap();
+    assert_eq!(fs::read(m.join("after")).unwrap(), b"after");
+}
