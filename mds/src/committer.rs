@@ -455,3 +455,47 @@ fn commit(
     freed.extend(applied.freed_chunks);
     applied.reply
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::locks::{LockChange, F_WRLCK};
+
+    fn run(st: &mut State, req: Request) -> Outcome {
+        decide_with(st, req, &mut |st, session, seq, record| {
+            st.apply_record(session, seq, &record).reply
+        })
+    }
+
+    fn lock(session: u64) -> Request {
+        Request::Lock {
+            session,
+            change: LockChange::Set {
+                ino: 5,
+                owner: 1,
+                start: 0,
+                end: u64::MAX,
+                typ: F_WRLCK,
+                pid: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_session_expiry_drops_its_locks_and_drain_marks_toggle() {
+        let mut st = State::new(1 << 20);
+        run(&mut st, lock(7)).unwrap();
+        assert_eq!(run(&mut st, lock(8)), Err(Errno::EAGAIN));
+        run(&mut st, Request::Expire { session: 7 }).unwrap();
+        assert_eq!(st.locks.held(), 0);
+        run(&mut st, lock(8)).unwrap();
+        let drain = |draining| Request::Drain {
+            chunkd: 3,
+            draining,
+        };
+        run(&mut st, drain(true)).unwrap();
+        assert!(st.draining.contains(&3));
+        run(&mut st, drain(false)).unwrap();
+        assert!(st.draining.is_empty());
+    }
+}
