@@ -111,6 +111,8 @@ pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<Sta
     let t = Instant::now();
     let mut st = snapshot::load_newest(&data.join(snapshot::DIR), chunk_size)?
         .unwrap_or_else(|| State::new(chunk_size));
+    // The log does not rebuild opens: after a restart nothing is open.
+    st.forget_unlogged();
     let from_snapshot = st.applied_index;
     let snap_ms = t.elapsed().as_millis() as u64;
     let wal_dir = data.join("wal");

@@ -70,6 +70,16 @@ pub enum Cmd {
         session: u64,
         ino: u64,
     },
+    /// An advisory lock change (`locks::LockChange`): EAGAIN if it conflicts.
+    Lock {
+        session: u64,
+        change: crate::locks::LockChange,
+    },
+    /// `weft drain` (or its cancel) of chunk daemon `chunkd`.
+    Drain {
+        chunkd: u64,
+        draining: bool,
+    },
 }
 
 impl From<Request> for Cmd {
@@ -102,6 +112,8 @@ impl From<Request> for Cmd {
             } => Cmd::ReleaseWrite { session, ino },
             Request::Expire { session } => Cmd::Expire { session },
             Request::Internal { record } => Cmd::Internal { record },
+            Request::Lock { session, change } => Cmd::Lock { session, change },
+            Request::Drain { chunkd, draining } => Cmd::Drain { chunkd, draining },
         }
     }
 }
@@ -133,6 +145,8 @@ impl Cmd {
             },
             Cmd::Expire { session } => Request::Expire { session },
             Cmd::Internal { record } => Request::Internal { record },
+            Cmd::Lock { session, change } => Request::Lock { session, change },
+            Cmd::Drain { chunkd, draining } => Request::Drain { chunkd, draining },
         })
     }
 }
@@ -542,8 +556,9 @@ pub async fn remove_node(g: &Group, id: u64) -> Result<(), tonic::Status> {
 /// new term it takes that term as the fencing term (sent to chunk daemons),
 /// forgets leases (the next lease of every chunk bumps its version first),
 /// starts the chunk-daemon registry afresh (daemons re-register with their
-/// replicas, as at an MDS start) and gives every known session a full
-/// timeout from now.
+/// replicas, as at an MDS start; the group's drain marks are set again as
+/// they do) and gives every known session a full timeout, and every session
+/// holding locks a full lock expiry, from now.
 pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
     let Some(g) = mds.group.clone() else {
         return;
@@ -564,6 +579,13 @@ pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
                     mds.registry
                         .lock()
                         .restart(dead_after + Duration::from_secs(5), st.ns.next_chunk_id());
+                    // Lock holders get a full lock expiry from now to be
+                    // heard from, as sessions get a full timeout.
+                    let now = Instant::now();
+                    let mut locks = mds.locks.lock();
+                    for s in st.locks.sessions() {
+                        locks.touch(s, now);
+                    }
                     st.sessions.ids().collect()
                 };
                 for session in sessions {
