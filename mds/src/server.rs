@@ -273,9 +273,12 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let max = weft_proto::MAX_MESSAGE;
     let raft = mds.group.as_ref().map(|g| {
-        weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(g.raft.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(
+            g.raft.clone(),
+            g.log_store(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
     });
     weft_proto::net::server()
         .map_err(anyhow::Error::msg)?
@@ -378,7 +381,8 @@ async fn run_single(
     durability.start_sync_thread(std::time::Duration::from_millis(cfg.test_sync_delay_ms));
     let log = crate::service::LogPosition {
         durability: durability.clone(),
-        epoch: rand::random::<u64>() | 1,
+        // Top bit clear: a group's epochs set it (`group::GROUP_EPOCH`).
+        epoch: (rand::random::<u64>() >> 1) | 1,
         recovered: state.applied_index,
         replicated: false,
     };

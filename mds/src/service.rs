@@ -65,8 +65,8 @@ pub struct LogPosition {
     pub epoch: u64,
     /// The last entry replayed at start (on disk: the log is synced at open).
     pub recovered: u64,
-    /// An MDS group answers a change only once a majority has it on disk:
-    /// replies carry epoch 0 ("on disk already") and SyncLog has nothing to wait for.
+    /// An MDS group: replies carry the Raft log's positions and SyncLog
+    /// waits for a majority (`Group::sync_log`); this is unused.
     pub replicated: bool,
 }
 
@@ -75,9 +75,6 @@ impl LogPosition {
     /// gone (from an earlier epoch and past what this start recovered: a
     /// power loss took it).
     pub async fn sync(&self, index: u64, epoch: u64) -> Outcome {
-        if self.replicated {
-            return Ok(Reply::Empty(pb::Empty {}));
-        }
         let index = if epoch == self.epoch {
             // Never wait for an entry that does not exist yet.
             index.min(self.durability.appended())
@@ -134,7 +131,10 @@ impl Mds {
                     .await?;
                 self.get_chunks(g).await
             }
-            (OpKind::Read, Op::SyncLog(s)) => self.log.sync(s.index, s.epoch).await,
+            (OpKind::Read, Op::SyncLog(s)) => match &self.group {
+                Some(g) => g.sync_log(s.index, s.epoch).await,
+                None => self.log.sync(s.index, s.epoch).await,
+            },
             (OpKind::Read, op) => self.state.read().await.ns.read(&caller, &op),
             (OpKind::Session, op) if self.group.is_some() => self.group_lock_op(session, op).await,
             (OpKind::Session, op) => self.lock_op(session, op),
@@ -577,8 +577,17 @@ impl pb::meta_server::Meta for Mds {
         if outcome == Err(crate::committer::NOT_LEADER) {
             return Err(self.lost_leadership());
         }
-        let (log_index, durable_index, log_epoch) = if self.log.replicated {
-            (0, 0, 0)
+        let (log_index, durable_index, log_epoch) = if let Some(g) = &self.group {
+            let (index, durable, epoch) = g.reply_position();
+            if req.wait_durable && outcome.is_ok() && index > durable {
+                if let Err(e) = g.sync_log(index, epoch).await {
+                    return Err(match e {
+                        crate::committer::NOT_LEADER => self.lost_leadership(),
+                        e => Status::unavailable(format!("not on disk on a majority: {e:?}")),
+                    });
+                }
+            }
+            (index, durable, epoch)
         } else {
             // The change (or the state a read saw) is at or below what is written now.
             let log_index = self.log.durability.appended();
