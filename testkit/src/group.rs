@@ -50,8 +50,11 @@ pub fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Res
         .write(true)
         .create_new(true)
         .open(&p)?;
+    // A lock change is a log entry too: taken and released around the write.
+    flock(&f, libc::LOCK_EX)?;
     f.write_all(&data)?;
     f.sync_all()?;
+    flock(&f, libc::LOCK_UN)?;
     drop(f);
     acked
         .lock()
@@ -77,6 +80,15 @@ pub fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Res
         a.gone.push(p);
     }
     Ok(())
+}
+
+fn flock(f: &fs::File, op: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Every acknowledged file has its bytes and mode, every removed one is gone.
