@@ -62,6 +62,17 @@ pub enum Proposal {
         record: Record,
         done: oneshot::Sender<Outcome>,
     },
+    /// An AllocChunk whose new write lease raises the chunk's version (see
+    /// `Request::Lease`).
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::AllocChunkReq,
+        chunk_id: u64,
+        version: u64,
+        done: oneshot::Sender<Outcome>,
+    },
 }
 
 /// Most proposals folded into one write.
@@ -324,6 +335,19 @@ pub enum Request {
     Internal {
         record: Record,
     },
+    /// An AllocChunk of an existing chunk whose new write lease (decided
+    /// before, `leases::decide`) raises the chunk's version: the bump
+    /// (`Record::BumpVersion`, journaled only while `chunk_id` is still at
+    /// that index below `version`) and then the AllocChunk, as `Mutate`
+    /// decides it, in one request: one pass through the log.
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::AllocChunkReq,
+        chunk_id: u64,
+        version: u64,
+    },
 }
 
 impl Proposal {
@@ -359,6 +383,25 @@ impl Proposal {
             ),
             Proposal::Expire { session, done } => (Request::Expire { session }, done),
             Proposal::Internal { record, done } => (Request::Internal { record }, done),
+            Proposal::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+                done,
+            } => (
+                Request::Lease {
+                    session,
+                    seq,
+                    ctx,
+                    op,
+                    chunk_id,
+                    version,
+                },
+                done,
+            ),
         }
     }
 }
@@ -427,6 +470,41 @@ pub fn decide_with(
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
         Request::Internal { record } => Ok(commit(st, 0, 0, record)),
+        Request::Lease {
+            session,
+            seq,
+            ctx,
+            op,
+            chunk_id,
+            version,
+        } => {
+            let (ino, index) = (op.ino, op.index);
+            // Before the stored-reply check: a retry needs the new lease too.
+            let fits = st
+                .ns
+                .chunk_owner(chunk_id)
+                .is_some_and(|(i, x, v)| (i, x) == (ino, index) && v < version);
+            if fits {
+                let bump = Record::BumpVersion {
+                    ino,
+                    index,
+                    chunk_id,
+                    version,
+                };
+                commit(st, 0, 0, bump);
+            }
+            let op = pb::meta_request::Op::AllocChunk(op);
+            decide_with(
+                st,
+                Request::Mutate {
+                    session,
+                    seq,
+                    ctx,
+                    op,
+                },
+                commit,
+            )
+        }
     }
 }
 
@@ -720,6 +798,113 @@ mod tests {
         // An unknown session: nothing to journal.
         let (_, entries, _) = batch(&mut st, vec![Request::Expire { session: 9 }]);
         assert!(entries.is_empty());
+    }
+
+    fn lease(session: u64, seq: u64, ino: u64, index: u64, chunk_id: u64, version: u64) -> Request {
+        Request::Lease {
+            session,
+            seq,
+            ctx: Ctx {
+                now: Time { sec: 1000, nsec: 0 },
+                caller: Caller::root(),
+            },
+            op: pb::AllocChunkReq {
+                ino,
+                index,
+                failed: vec![],
+            },
+            chunk_id,
+            version,
+        }
+    }
+
+    fn version_of(o: &Outcome) -> u64 {
+        match o {
+            Ok(R::ChunkWrite(cw)) => cw.chunk.as_ref().unwrap().version,
+            other => panic!("not a chunk write: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_lease_journals_its_bump_in_the_allocchunks_own_pass() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (c, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let chunk = chunk_id(&c[0].outcome);
+        let (answers, entries, _) = batch(&mut st, vec![lease(7, 3, f, 0, chunk, 2)]);
+        // One request, one record: the bump, by the MDS (not remembered as
+        // the client's reply), and the answer names the new version.
+        assert_eq!(
+            entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            vec![LogEntry {
+                session: 0,
+                seq: 0,
+                record: Record::BumpVersion {
+                    ino: f,
+                    index: 0,
+                    chunk_id: chunk,
+                    version: 2
+                }
+            }]
+        );
+        assert_eq!(chunk_id(&answers[0].outcome), chunk);
+        assert_eq!(version_of(&answers[0].outcome), 2);
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 2)));
+    }
+
+    #[test]
+    fn a_bump_that_no_longer_fits_journals_nothing() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (c, _, _) = batch(
+            &mut st,
+            vec![mutate(7, 2, alloc(f, 0)), lease(7, 3, f, 0, 0, 2)],
+        );
+        let chunk = chunk_id(&c[0].outcome);
+        let bumps = |entries: &[(u64, LogEntry)]| {
+            entries
+                .iter()
+                .filter(|(_, e)| matches!(e.record, Record::BumpVersion { .. }))
+                .count()
+        };
+        batch(&mut st, vec![lease(7, 4, f, 0, chunk, 3)]);
+        // Already at (or past) that version; another chunk id; another index.
+        for (seq, id, index, v) in [
+            (5, chunk, 0, 3),
+            (6, chunk, 0, 2),
+            (7, chunk + 1, 0, 9),
+            (8, chunk, 1, 9),
+        ] {
+            let (answers, entries, _) = batch(&mut st, vec![lease(7, seq, f, index, id, v)]);
+            assert_eq!(bumps(&entries), 0, "seq {seq}");
+            assert!(answers[0].outcome.is_ok());
+        }
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 3)));
+        // The AllocChunk half still allocates a hole (index 1 above).
+        assert!(st.ns.file_chunks(f, 1, 1).unwrap().1[0].1 != 0);
+    }
+
+    #[test]
+    fn a_retried_allocchunk_gets_its_stored_reply_and_still_its_bump() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (first, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let chunk = chunk_id(&first[0].outcome);
+        // The reply to (7, 2) was lost; the retry's lease raises the version.
+        let (again, entries, _) = batch(&mut st, vec![lease(7, 2, f, 0, chunk, 2)]);
+        assert_eq!(again[0].outcome, first[0].outcome);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 2)));
+    }
+
+    #[test]
+    fn a_lease_request_crosses_the_group_log_unchanged() {
+        let req = lease(7, 3, 42, 5, 99, 4);
+        let back = crate::group::Cmd::from(req.clone()).into_request();
+        assert_eq!(format!("{back:?}"), format!("{:?}", Some(req)));
     }
 
     #[test]

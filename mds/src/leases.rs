@@ -18,7 +18,10 @@
 //! version. Grants for one chunk are serialized by a per-chunk async lock.
 //!
 //! The decision is `decide`, a pure function of what the MDS knows (tested
-//! below); `Mds::grant` gathers that view, then carries the decision out.
+//! below); `Mds::decide_lease` gathers that view and `Mds::grant` carries the
+//! decision out. For a chunk already there the lease is decided before the
+//! AllocChunk goes through the committer, so its bump is journaled in that
+//! same pass (`committer::Request::Lease`): one pass per AllocChunk.
 
 use crate::chunkds::{Registry, Reports};
 use crate::committer::Proposal;
@@ -195,37 +198,44 @@ fn replicas(reg: &Registry, ids: &[u64]) -> Vec<pb::Replica> {
         .collect()
 }
 
+/// A lease `decide`d for one chunk, with the chunk's grant lock held until
+/// `Mds::grant` carries it out.
+pub struct Decided {
+    pub chunk: u64,
+    /// The chunk's journaled version it was decided against.
+    pub version: u64,
+    pub grant: Grant,
+    _serial: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Decided {
+    /// The version the new lease raises the chunk to, if it does: journaled
+    /// in the AllocChunk's own pass through the committer
+    /// (`committer::Request::Lease`).
+    pub fn bump(&self) -> Option<u64> {
+        match self.grant {
+            Grant::Bump { new_version, .. } => Some(new_version),
+            _ => None,
+        }
+    }
+}
+
 impl Mds {
-    /// Fills an AllocChunk answer with the lease: pipeline, version, epoch
-    /// (= version) and expiry. `failed` are replica addresses the writer saw fail.
-    pub async fn grant(
-        &self,
-        mut cw: pb::ChunkWrite,
-        failed: &[String],
-    ) -> Result<pb::ChunkWrite, Errno> {
-        let chunk_size = cw.chunk_size;
-        // Writes under this lease carry it: replicas that heard from a newer
-        // MDS refuse them, and the writer asks that one for a lease.
-        cw.term = self.term.get();
-        let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
-        let chunk = loc.chunk_id;
-        let lock = self.leases.lock_for(chunk);
-        let _g = lock.lock().await;
+    /// The daemons at the replica addresses a writer saw fail.
+    pub fn failed_ids(&self, failed: &[String]) -> Vec<u64> {
+        let reg = self.registry.lock();
+        failed
+            .iter()
+            .filter_map(|a| reg.daemon_by_addr(a))
+            .collect()
+    }
+
+    /// Decides `chunk`'s lease (`decide`) under its grant lock, once the
+    /// daemons have reported; None if no file holds the chunk now.
+    pub async fn decide_lease(&self, chunk: u64, failed: &[u64]) -> Option<Decided> {
+        let serial = self.leases.lock_for(chunk).lock_owned().await;
         // The version may have moved while we waited for the lock.
-        let (ino, index, version) = self
-            .state
-            .read()
-            .await
-            .ns
-            .chunk_owner(chunk)
-            .ok_or(Errno::ENOENT)?;
-        let failed_ids: Vec<u64> = {
-            let reg = self.registry.lock();
-            failed
-                .iter()
-                .filter_map(|a| reg.daemon_by_addr(a))
-                .collect()
-        };
+        let version = self.state.read().await.ns.chunk_owner(chunk)?.2;
         // Just after an MDS restart daemons may not have reported yet: wait
         // for them rather than place a chunk that has replicas somewhere.
         self.after_reports(|reg| {
@@ -236,30 +246,69 @@ impl Mds {
             }
         })
         .await;
-        let expires = Instant::now() + self.leases.duration;
         let want = self.leases.min_replicas.min(self.replicas) as usize;
         let live = self.leases.live(chunk);
-        let decision = {
-            let reg = self.registry.lock();
-            let view: Vec<ReplicaView> = reg
-                .replicas_of(chunk)
-                .iter()
-                .map(|(d, r)| ReplicaView {
-                    daemon: *d,
-                    version: r.version,
-                    confirmed: r.confirmed,
-                })
-                .collect();
-            decide(
-                live.as_ref(),
-                version,
-                &view,
-                |d| reg.alive(d),
-                &failed_ids,
-                want,
-            )
+        let reg = self.registry.lock();
+        let view: Vec<ReplicaView> = reg
+            .replicas_of(chunk)
+            .iter()
+            .map(|(d, r)| ReplicaView {
+                daemon: *d,
+                version: r.version,
+                confirmed: r.confirmed,
+            })
+            .collect();
+        let grant = decide(
+            live.as_ref(),
+            version,
+            &view,
+            |d| reg.alive(d),
+            failed,
+            want,
+        );
+        Some(Decided {
+            chunk,
+            version,
+            grant,
+            _serial: serial,
+        })
+    }
+
+    /// Fills an AllocChunk answer with the lease: pipeline, version, epoch
+    /// (= version) and expiry. `failed` are the daemons the writer saw fail;
+    /// `before` the lease decided before the AllocChunk went through the
+    /// committer (which journaled its bump, if any). A lease decided only
+    /// now (a new chunk, or another than `before`'s) journals its bump
+    /// itself: rare, as a new chunk has no replica to bump.
+    pub async fn grant(
+        &self,
+        mut cw: pb::ChunkWrite,
+        failed: &[u64],
+        before: Option<Decided>,
+    ) -> Result<pb::ChunkWrite, Errno> {
+        let chunk_size = cw.chunk_size;
+        // Writes under this lease carry it: replicas that heard from a newer
+        // MDS refuse them, and the writer asks that one for a lease.
+        cw.term = self.term.get();
+        let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
+        let chunk = loc.chunk_id;
+        let (decided, journaled) = match before {
+            Some(d) if d.chunk == chunk => (d, true),
+            other => {
+                drop(other);
+                let d = self.decide_lease(chunk, failed).await;
+                (d.ok_or(Errno::ENOENT)?, false)
+            }
         };
-        let (new_version, holders) = match decision {
+        let Decided {
+            version,
+            grant,
+            _serial,
+            ..
+        } = decided;
+        let expires = Instant::now() + self.leases.duration;
+        let want = self.leases.min_replicas.min(self.replicas) as usize;
+        let (new_version, holders) = match grant {
             Grant::Extend(l) => {
                 let reg = self.registry.lock();
                 loc.version = l.version;
@@ -272,7 +321,7 @@ impl Mds {
             }
             Grant::Place => {
                 let mut reg = self.registry.lock();
-                let picked = reg.place(self.replicas as usize, chunk_size, &failed_ids);
+                let picked = reg.place(self.replicas as usize, chunk_size, failed);
                 if picked.is_empty() {
                     return Err(Errno::ENOSPC);
                 }
@@ -304,16 +353,25 @@ impl Mds {
             } => (new_version, holders),
         };
 
-        // A new lease: journal the bump, then fence the replicas.
-        let record = Record::BumpVersion {
-            ino,
-            index,
-            chunk_id: chunk,
-            version: new_version,
-        };
-        self.committer
-            .propose(|done| Proposal::Internal { record, done })
-            .await?;
+        if !journaled {
+            let (ino, index, _) = self
+                .state
+                .read()
+                .await
+                .ns
+                .chunk_owner(chunk)
+                .ok_or(Errno::ENOENT)?;
+            let record = Record::BumpVersion {
+                ino,
+                index,
+                chunk_id: chunk,
+                version: new_version,
+            };
+            self.committer
+                .propose(|done| Proposal::Internal { record, done })
+                .await?;
+        }
+        // A new lease: the bump is journaled; fence the replicas.
         if self.state.read().await.ns.chunk_owner(chunk).map(|o| o.2) != Some(new_version) {
             return Err(Errno::EAGAIN);
         }

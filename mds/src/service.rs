@@ -179,11 +179,43 @@ impl Mds {
                 if !room {
                     return Err(Errno::ENOSPC);
                 }
-                let failed = a.failed.clone();
-                let reply = self.mutate(session, seq, caller, Op::AllocChunk(a)).await?;
+                let failed = self.failed_ids(&a.failed);
+                // A chunk already there has its lease decided first, so a
+                // new version goes into the log in the AllocChunk's own
+                // pass through the committer (a new chunk is placed fresh).
+                let existing = {
+                    let st = self.state.read().await;
+                    let at = st.ns.file_chunks(a.ino, a.index, 1).ok();
+                    at.and_then(|(_, l)| l.first().map(|c| c.1))
+                        .filter(|chunk| *chunk != 0)
+                };
+                let before = match existing {
+                    Some(chunk) => self.decide_lease(chunk, &failed).await,
+                    None => None,
+                };
+                let reply = match before.as_ref().and_then(|d| Some((d.chunk, d.bump()?))) {
+                    Some((chunk_id, version)) => {
+                        let ctx = Ctx {
+                            now: weft_proto::now().into(),
+                            caller,
+                        };
+                        self.committer
+                            .propose(|done| Proposal::Lease {
+                                session,
+                                seq,
+                                ctx,
+                                op: a,
+                                chunk_id,
+                                version,
+                                done,
+                            })
+                            .await?
+                    }
+                    None => self.mutate(session, seq, caller, Op::AllocChunk(a)).await?,
+                };
                 match reply {
                     Reply::ChunkWrite(cw) => {
-                        let mut cw = self.grant(cw, &failed).await?;
+                        let mut cw = self.grant(cw, &failed, before).await?;
                         if let Some(loc) = cw.chunk.as_mut() {
                             loc.cap = self.cap(loc.chunk_id, loc.version, Mode::Write);
                         }

@@ -70,6 +70,16 @@ pub enum Cmd {
         session: u64,
         ino: u64,
     },
+    /// `committer::Request::Lease`: an AllocChunk (its protobuf bytes) whose
+    /// lease raises `chunk_id` to `version` in the same entry.
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: Vec<u8>,
+        chunk_id: u64,
+        version: u64,
+    },
 }
 
 impl From<Request> for Cmd {
@@ -102,6 +112,21 @@ impl From<Request> for Cmd {
             } => Cmd::ReleaseWrite { session, ino },
             Request::Expire { session } => Cmd::Expire { session },
             Request::Internal { record } => Cmd::Internal { record },
+            Request::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+            } => Cmd::Lease {
+                session,
+                seq,
+                ctx,
+                op: op.encode_to_vec(),
+                chunk_id,
+                version,
+            },
         }
     }
 }
@@ -133,6 +158,21 @@ impl Cmd {
             },
             Cmd::Expire { session } => Request::Expire { session },
             Cmd::Internal { record } => Request::Internal { record },
+            Cmd::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+            } => Request::Lease {
+                session,
+                seq,
+                ctx,
+                op: pb::AllocChunkReq::decode(op.as_slice()).ok()?,
+                chunk_id,
+                version,
+            },
         })
     }
 }
