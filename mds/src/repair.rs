@@ -21,7 +21,7 @@
 //! the source with crc-checked reads and installs it whole. A copy that
 //! finishes after the chunk's version moved on is simply a stale replica.
 
-use crate::leases::{chunk_admin, within};
+use crate::service::chunk_admin::{chunk_admin, within};
 use crate::service::Mds;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -2,9 +2,13 @@
 //! committer, and fills in what only the registry knows (replica locations).
 //! No file-system decisions are made here.
 
+pub mod chunk_admin;
+mod grant;
+
 use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
 use crate::exports::{self, Slot};
+use crate::leases::Decided;
 use crate::ns::{Caller, Ctx, ROOT_INO};
 use crate::state::State;
 use parking_lot::Mutex;
@@ -193,7 +197,10 @@ impl Mds {
                     Some(chunk) => self.decide_lease(chunk, &failed).await,
                     None => None,
                 };
-                let reply = match before.as_ref().and_then(|d| Some((d.chunk, d.bump()?))) {
+                let reply = match before
+                    .as_ref()
+                    .and_then(|d: &Decided| Some((d.chunk, d.bump()?)))
+                {
                     Some((chunk_id, version)) => {
                         let ctx = Ctx {
                             now: weft_proto::now().into(),
