@@ -4,6 +4,8 @@
 
 pub mod chunk_admin;
 mod grant;
+mod repair;
+pub use repair::spawn as spawn_repair;
 
 use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
