@@ -1,11 +1,21 @@
 //! gRPC glue: decodes requests, routes reads to the state and mutations to the
 //! committer, and fills in what only the registry knows (replica locations).
 //! No file-system decisions are made here.
+//!
+//! The feature files (`leases.rs`, `repair.rs`, `sessions.rs`, `metrics.rs`)
+//! decide and keep their own state without knowing of `Mds`; the modules
+//! under `service/` carry out what they decide: `grant` (write leases),
+//! `repair` (the re-replication loop and the `Admin` service), `expiry`
+//! (session expiry), `view` (what status and metrics show), `chunk_admin`
+//! (calls to chunk daemons).
 
 pub mod chunk_admin;
+mod expiry;
 mod grant;
 mod repair;
 pub use repair::spawn as spawn_repair;
+mod view;
+pub use expiry::start_expiry;
 
 use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
