@@ -479,11 +479,26 @@ pub fn decide_with(
             version,
         } => {
             let (ino, index) = (op.ino, op.index);
-            // Before the stored-reply check: a retry needs the new lease too.
-            let fits = st
-                .ns
-                .chunk_owner(chunk_id)
-                .is_some_and(|(i, x, v)| (i, x) == (ino, index) && v < version);
+            // Before the stored-reply check: a retry needs the new lease
+            // too, unless its stored reply names another chunk (the index
+            // was truncated away and refilled since): the service then
+            // carries out no lease for this one, so nothing may bump it.
+            let stored = match session {
+                0 => None,
+                _ => st.sessions.answered(session, seq),
+            };
+            let answers_it = match &stored {
+                None => true,
+                Some(pb::meta_reply::Result::ChunkWrite(cw)) => {
+                    cw.chunk.as_ref().map(|c| c.chunk_id) == Some(chunk_id)
+                }
+                Some(_) => false,
+            };
+            let fits = answers_it
+                && st
+                    .ns
+                    .chunk_owner(chunk_id)
+                    .is_some_and(|(i, x, v)| (i, x) == (ino, index) && v < version);
             if fits {
                 let bump = Record::BumpVersion {
                     ino,
@@ -898,6 +913,35 @@ mod tests {
         assert_eq!(again[0].outcome, first[0].outcome);
         assert_eq!(entries.len(), 1);
         assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 2)));
+    }
+
+    #[test]
+    fn a_retry_whose_stored_reply_names_another_chunk_bumps_nothing() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (first, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let old = chunk_id(&first[0].outcome);
+        // Truncated to nothing, and index 0 filled again by another chunk.
+        let truncate = Op::Setattr(pb::SetAttrReq {
+            ino: f,
+            size: Some(0),
+            ..Default::default()
+        });
+        let write = Op::CommitWrite(pb::CommitWriteReq {
+            ino: f,
+            end: 100,
+            ..Default::default()
+        });
+        batch(&mut st, vec![mutate(8, 0, write), mutate(8, 1, truncate)]);
+        let (b, _, _) = batch(&mut st, vec![mutate(8, 2, alloc(f, 0))]);
+        let new = chunk_id(&b[0].outcome);
+        assert_ne!(old, new);
+        // (7, 2) retried, with a lease decided for the chunk there now.
+        let (again, entries, _) = batch(&mut st, vec![lease(7, 2, f, 0, new, 2)]);
+        assert_eq!(again[0].outcome, first[0].outcome);
+        assert!(entries.is_empty());
+        assert_eq!(st.ns.chunk_owner(new), Some((f, 0, 1)));
     }
 
     #[test]
