@@ -3,9 +3,10 @@
 //! 1. Throughput, one run, same machine: a single weft-mds and a group of
 //!    three (on one machine: every node shares the two cores and the disk),
 //!    each driven over `Meta` by C concurrent clients: creates/s (O_EXCL,
-//!    each answered once durable: the group's answer waits for a majority's
-//!    fdatasync, the single MDS's for its own) and stats/s, printed as group
-//!    / single ratios (goals: creates >= 0.8x, stats >= 1x).
+//!    each answered as a mount's create is: by the group once a majority
+//!    has it written, by the single MDS once it is in its log, each
+//!    fdatasyncing right behind) and stats/s, printed as group / single
+//!    ratios (goals: creates >= 0.8x, stats >= 1x).
 //! 2. Failover: a three-node group under a real mount; K times kill -9 the
 //!    leader and time, from the kill, until a mkdir on the mount succeeds
 //!    (the first metadata operation) and, at the same time in another

@@ -1,18 +1,15 @@
 //! The weft-chunkd binary's contract: argument and data-dir errors, the
 //! address file, the data-dir lock, a stable identity, clean exit on SIGTERM.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_weft-chunkd");
+use weft_testkit::chunkd::*;
+use weft_testkit::wait_for_file;
 
 fn spawn(data: &Path, addr_file: &Path, mds: &str) -> Child {
-    Command::new(BIN)
+    Command::new(weft_testkit::bin("weft-chunkd"))
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -31,31 +28,12 @@ fn spawn(data: &Path, addr_file: &Path, mds: &str) -> Child {
         .unwrap()
 }
 
-fn wait_for_file(p: &Path, secs: u64) -> String {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if let Ok(s) = std::fs::read_to_string(p) {
-            if !s.is_empty() {
-                return s;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("{} never appeared", p.display());
-}
-
+/// The daemon's exit status; kills it and fails if it runs on past `secs`.
 fn wait_exit(child: &mut Child, secs: u64) -> std::process::ExitStatus {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("weft-chunkd did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    weft_testkit::wait_exit(child, Duration::from_secs(secs)).unwrap_or_else(|| {
+        child.kill().unwrap();
+        panic!("weft-chunkd did not exit");
+    })
 }
 
 fn stderr_of(child: Child) -> String {
@@ -88,7 +66,7 @@ async fn serves_locks_keeps_identity_and_exits_cleanly() {
     let addr_file = t.path().join("addr");
     let mds = dead_addr(); // the MDS never comes up: the daemon serves anyway
     let mut child = spawn(&data, &addr_file, &mds);
-    let addr = wait_for_file(&addr_file, 10);
+    let addr = wait_for_file(&addr_file, Duration::from_secs(10));
     assert!(
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "{addr}"
@@ -120,7 +98,7 @@ async fn serves_locks_keeps_identity_and_exits_cleanly() {
     // Restart (new port): same identity, same data.
     std::fs::remove_file(&addr_file).unwrap();
     let mut child = spawn(&data, &addr_file, &mds);
-    let addr2 = wait_for_file(&addr_file, 10);
+    let addr2 = wait_for_file(&addr_file, Duration::from_secs(10));
     assert_eq!(
         std::fs::read_to_string(data.join("chunkd.id")).unwrap(),
         id1

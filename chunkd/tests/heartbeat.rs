@@ -1,14 +1,13 @@
 //! Registration, heartbeats, deletes, corruption reports and the scrubber,
 //! against a fake MDS in-process.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use tonic::Code;
 use weft_chunkd::store::format::header_len;
+use weft_testkit::chunkd::*;
 use weft_testkit::flip_byte as flip;
+use weft_testkit::wait_until_async;
 
 const MIB: u64 = 1 << 20;
 
@@ -24,16 +23,25 @@ async fn registers_late_mds_and_reports_deltas() {
     .await;
     let mut c = client(daemon.addr);
     c.write(write_req(0x10, 2, 0, b"early", &[])).await.unwrap();
+    // A duration, not a wait: the MDS stays down a while, so registration
+    // has to be retried.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mds = FakeMds::new(MIB, 100);
     mds.serve(&mds_addr).await;
     let log = mds.log.clone();
-    assert!(
-        eventually(10, || !log.lock().registers.is_empty()).await,
-        "registration retried until the MDS came up"
-    );
-    assert!(eventually(2, || daemon.store.chunk_size() == Some(MIB)).await);
+    wait_until_async(
+        "registration retried until the MDS came up",
+        Duration::from_secs(10),
+        async || !log.lock().registers.is_empty(),
+    )
+    .await;
+    wait_until_async(
+        "the chunk size from the registration reply",
+        Duration::from_secs(2),
+        async || daemon.store.chunk_size() == Some(MIB),
+    )
+    .await;
     {
         let l = log.lock();
         let r = &l.registers[0];
@@ -57,15 +65,13 @@ async fn registers_late_mds_and_reports_deltas() {
     // A new replica is announced early, well before the 3 s period.
     let t0 = Instant::now();
     c.write(write_req(0x12, 1, 0, b"new", &[])).await.unwrap();
-    assert!(
-        eventually(2, || log
-            .lock()
+    wait_until_async("early beat", Duration::from_secs(2), async || {
+        log.lock()
             .beats
             .iter()
-            .any(|b| b.added.iter().any(|a| a.chunk_id == 0x12)))
-        .await,
-        "early beat"
-    );
+            .any(|b| b.added.iter().any(|a| a.chunk_id == 0x12))
+    })
+    .await;
     assert!(
         t0.elapsed() < Duration::from_millis(1000),
         "early beat took {:?}",
@@ -98,41 +104,49 @@ async fn deletes_reregisters_and_resends_failed_deltas() {
     let mds_addr = mds.serve("127.0.0.1:0").await.to_string();
     let log = mds.log.clone();
     let daemon = start_chunkd(d.path(), &mds_addr, |c| c.heartbeat_ms = Some(100)).await;
-    assert!(eventually(5, || !log.lock().registers.is_empty()).await);
+    wait_until_async("registration", Duration::from_secs(5), async || {
+        !log.lock().registers.is_empty()
+    })
+    .await;
     let mut c = client(daemon.addr);
 
     // Beats fail for a while: the delta is kept and resent.
     log.lock().fail_beats = true;
     c.write(write_req(0x20, 1, 0, b"kept", &[])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Two beats failed since the write: at least one of them carried it.
+    let failed = log.lock().failed_beats;
+    wait_until_async("two failed beats", Duration::from_secs(3), async || {
+        log.lock().failed_beats >= failed + 2
+    })
+    .await;
     assert!(log
         .lock()
         .beats
         .iter()
         .all(|b| b.added.iter().all(|a| a.chunk_id != 0x20)));
     log.lock().fail_beats = false;
-    assert!(
-        eventually(3, || log
-            .lock()
-            .beats
-            .iter()
-            .any(|b| b.added.iter().any(|a| a.chunk_id == 0x20)))
-        .await,
-        "delta resent after failures"
-    );
+    wait_until_async(
+        "delta resent after failures",
+        Duration::from_secs(3),
+        async || {
+            log.lock()
+                .beats
+                .iter()
+                .any(|b| b.added.iter().any(|a| a.chunk_id == 0x20))
+        },
+    )
+    .await;
 
     // delete_chunks removes the replica and the next beat reports it removed.
     let path = daemon.store.chunk_path(0x20);
     assert!(path.exists());
     log.lock().delete_next = vec![0x20];
-    assert!(
-        eventually(3, || log
-            .lock()
-            .beats
-            .iter()
-            .any(|b| b.removed.contains(&0x20)))
-        .await
-    );
+    wait_until_async(
+        "a beat reporting 0x20 removed",
+        Duration::from_secs(3),
+        async || log.lock().beats.iter().any(|b| b.removed.contains(&0x20)),
+    )
+    .await;
     assert!(!path.exists());
     assert_eq!(
         read(&mut c, 0x20, 0, 1).await.unwrap_err().code(),
@@ -142,10 +156,10 @@ async fn deletes_reregisters_and_resends_failed_deltas() {
     // reregister: a fresh Register with everything held.
     c.write(write_req(0x21, 5, 0, b"z", &[])).await.unwrap();
     log.lock().reregister_next = true;
-    assert!(
-        eventually(3, || log.lock().registers.len() >= 2).await,
-        "re-registered"
-    );
+    wait_until_async("re-registered", Duration::from_secs(3), async || {
+        log.lock().registers.len() >= 2
+    })
+    .await;
     let r = log.lock().registers[1].clone();
     assert_eq!(
         r.chunks
@@ -166,9 +180,12 @@ async fn corrupt_read_is_reported() {
     let mds_addr = mds.serve("127.0.0.1:0").await.to_string();
     let log = mds.log.clone();
     let daemon = start_chunkd(d.path(), &mds_addr, |_| {}).await;
-    assert!(eventually(5, || daemon.store.chunk_size().is_some()).await);
+    wait_until_async("registration", Duration::from_secs(5), async || {
+        daemon.store.chunk_size().is_some()
+    })
+    .await;
     let mut c = client(daemon.addr);
-    c.write(write_req(0x30, 1, 0, &pattern(200_000, 3), &[]))
+    c.write(write_req(0x30, 1, 0, &nonzero_pattern(200_000, 3), &[]))
         .await
         .unwrap();
     flip(
@@ -180,15 +197,21 @@ async fn corrupt_read_is_reported() {
         Code::DataLoss
     );
     // The other blocks still serve.
-    assert_eq!(read(&mut c, 0x30, 0, 10).await.unwrap(), pattern(10, 3));
-    assert!(
-        eventually(5, || log
-            .lock()
-            .corrupt
-            .iter()
-            .any(|r| r.chunk_id == 0x30 && r.chunkd_id == daemon.chunkd_id))
-        .await
+    assert_eq!(
+        read(&mut c, 0x30, 0, 10).await.unwrap(),
+        nonzero_pattern(10, 3)
     );
+    wait_until_async(
+        "a corruption report of 0x30",
+        Duration::from_secs(5),
+        async || {
+            log.lock()
+                .corrupt
+                .iter()
+                .any(|r| r.chunk_id == 0x30 && r.chunkd_id == daemon.chunkd_id)
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -202,32 +225,33 @@ async fn scrubber_finds_and_quarantines_corruption() {
         c.heartbeat_ms = Some(100);
     })
     .await;
-    assert!(eventually(5, || daemon.store.chunk_size().is_some()).await);
+    wait_until_async("registration", Duration::from_secs(5), async || {
+        daemon.store.chunk_size().is_some()
+    })
+    .await;
     let mut c = client(daemon.addr);
-    c.write(write_req(0x40, 1, 0, &pattern(300_000, 1), &[]))
+    c.write(write_req(0x40, 1, 0, &nonzero_pattern(300_000, 1), &[]))
         .await
         .unwrap();
-    c.write(write_req(0x41, 1, 0, &pattern(300_000, 2), &[]))
+    c.write(write_req(0x41, 1, 0, &nonzero_pattern(300_000, 2), &[]))
         .await
         .unwrap();
     flip(
         &daemon.store.chunk_path(0x40),
         header_len(64 * MIB) + 250_000,
     );
-    assert!(
-        eventually(10, || log.lock().corrupt.iter().any(|r| r.chunk_id == 0x40)).await,
-        "scrub reported"
-    );
+    wait_until_async("scrub reported", Duration::from_secs(10), async || {
+        log.lock().corrupt.iter().any(|r| r.chunk_id == 0x40)
+    })
+    .await;
     assert!(daemon.store.corrupt_path(0x40).exists());
     assert!(!daemon.store.chunk_path(0x40).exists());
-    assert!(
-        eventually(3, || log
-            .lock()
-            .beats
-            .iter()
-            .any(|b| b.removed.contains(&0x40)))
-        .await
-    );
+    wait_until_async(
+        "a beat reporting 0x40 removed",
+        Duration::from_secs(3),
+        async || log.lock().beats.iter().any(|b| b.removed.contains(&0x40)),
+    )
+    .await;
     // Never served again; the healthy chunk is untouched.
     assert_eq!(
         read(&mut c, 0x40, 0, 1).await.unwrap_err().code(),
@@ -235,7 +259,7 @@ async fn scrubber_finds_and_quarantines_corruption() {
     );
     assert_eq!(
         read(&mut c, 0x41, 0, 300_000).await.unwrap(),
-        pattern(300_000, 2)
+        nonzero_pattern(300_000, 2)
     );
     assert!(!log.lock().corrupt.iter().any(|r| r.chunk_id == 0x41));
 }

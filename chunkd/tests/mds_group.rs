@@ -3,12 +3,13 @@
 //! addresses, and term fencing — it refuses instructions from an MDS whose
 //! term is older than one it has seen, also after a restart.
 
-mod common;
+use std::time::Duration;
 
-use common::*;
 use tonic::Code;
 use weft_proto::chunk_admin_client::ChunkAdminClient;
 use weft_proto::{ReplicateReq, SetVersionReq};
+use weft_testkit::chunkd::*;
+use weft_testkit::wait_until_async;
 
 const MIB: u64 = 1 << 20;
 
@@ -30,21 +31,33 @@ async fn follows_the_leader_past_dead_nodes_and_hints() {
     follower.log.lock().not_leader = Some(leader_addr.clone());
     let list = format!("{},{follower_addr}", dead_addr());
     let daemon = start_chunkd(d.path(), &list, |c| c.heartbeat_ms = Some(100)).await;
-    assert!(
-        eventually(10, || !leader.log.lock().registers.is_empty()).await,
-        "registered with the leader named by the follower"
-    );
+    wait_until_async(
+        "registered with the leader named by the follower",
+        Duration::from_secs(10),
+        async || !leader.log.lock().registers.is_empty(),
+    )
+    .await;
     assert!(follower.log.lock().registers.is_empty());
-    assert!(eventually(3, || leader.log.lock().beats.len() >= 2).await);
+    wait_until_async("beats to the leader", Duration::from_secs(3), async || {
+        leader.log.lock().beats.len() >= 2
+    })
+    .await;
 
     // The leader steps down naming the other node, which now leads.
     follower.log.lock().not_leader = None;
     leader.log.lock().not_leader = Some(follower_addr.clone());
-    assert!(
-        eventually(10, || !follower.log.lock().registers.is_empty()).await,
-        "moved to the new leader"
-    );
-    assert!(eventually(3, || follower.log.lock().beats.len() >= 2).await);
+    wait_until_async(
+        "moved to the new leader",
+        Duration::from_secs(10),
+        async || !follower.log.lock().registers.is_empty(),
+    )
+    .await;
+    wait_until_async(
+        "beats to the new leader",
+        Duration::from_secs(3),
+        async || follower.log.lock().beats.len() >= 2,
+    )
+    .await;
     drop(daemon);
 }
 
@@ -59,7 +72,12 @@ async fn refuses_instructions_from_an_older_term() {
     let new_addr = new.serve("127.0.0.1:0").await.to_string();
     let daemon = start_chunkd(d.path(), &new_addr, |c| c.heartbeat_ms = Some(100)).await;
     // A beat comes only after the registration's reply (and term) was taken.
-    assert!(eventually(5, || !new.log.lock().beats.is_empty()).await);
+    wait_until_async(
+        "a beat to the new-term MDS",
+        Duration::from_secs(5),
+        async || !new.log.lock().beats.is_empty(),
+    )
+    .await;
     let mut c = client(daemon.addr);
     // Writes carry their lease's term: an older one is refused.
     let mut w = write_req(0x30, 1, 0, b"fenced", &[]);
@@ -115,13 +133,15 @@ async fn refuses_instructions_from_an_older_term() {
     }
     // The delete went out in a reply; the daemon then looks for a leader of
     // a current term (registering again, refusing each answer).
-    assert!(
-        eventually(5, || {
+    wait_until_async(
+        "the stale delete taken and two more registrations",
+        Duration::from_secs(5),
+        async || {
             let log = new.log.lock();
             log.delete_next.is_empty() && log.registers.len() >= registers + 2
-        })
-        .await
-    );
+        },
+    )
+    .await;
     assert!(
         daemon.store.chunk_path(0x30).exists(),
         "a stale term's delete was obeyed"
@@ -131,7 +151,12 @@ async fn refuses_instructions_from_an_older_term() {
     // on disk); it never gets past registration there.
     daemon.shutdown().await;
     let daemon = start_chunkd(d.path(), &old_addr, |c| c.heartbeat_ms = Some(100)).await;
-    assert!(eventually(5, || old.log.lock().registers.len() >= 2).await);
+    wait_until_async(
+        "registrations with the deposed leader",
+        Duration::from_secs(5),
+        async || old.log.lock().registers.len() >= 2,
+    )
+    .await;
     assert!(old.log.lock().beats.is_empty(), "beat a deposed leader");
     let mut a = admin(daemon.addr);
     let e = a

@@ -1,13 +1,11 @@
 //! The Chunk service end to end: three in-process daemons (no MDS — the
 //! heartbeat loop keeps retrying an address where nothing listens).
 
-mod common;
-
-use common::*;
 use tonic::Code;
 use weft_chunkd::pipeline::failed_addr;
 use weft_chunkd::store::format::{header_len, Header};
 use weft_proto::{SyncReq, TruncateReq, MAX_IO};
+use weft_testkit::chunkd::*;
 use weft_testkit::flip_byte as flip;
 
 const BS: usize = 65536;
@@ -17,11 +15,11 @@ async fn pipeline_write_lands_on_all_replicas() {
     let (_dirs, ds, addrs) = start_chain(3).await;
     let mut first = client(&addrs[0]);
 
-    let data = pattern(3 * BS + 123, 5);
+    let data = nonzero_pattern(3 * BS + 123, 5);
     let mut req = write_req(0xc0ffee, 1, 1000, &data, &addrs[1..]);
     req.sync = true;
     first.write(req).await.expect("pipelined write");
-    let big = pattern(MAX_IO, 9);
+    let big = nonzero_pattern(MAX_IO, 9);
     first
         .write(write_req(0xc0ffee, 1, 4 << 20, &big, &addrs[1..]))
         .await
@@ -248,7 +246,7 @@ async fn error_codes() {
             2,
             1,
             0,
-            &pattern(512 << 10, 1),
+            &nonzero_pattern(512 << 10, 1),
             &[small.addr.to_string()],
         ))
         .await
@@ -361,7 +359,7 @@ async fn concurrent_overlapping_writes_leave_identical_replicas() {
 async fn a_punch_without_data_zeros_the_range_on_every_replica() {
     let (_dirs, _ds, addrs) = start_chain(3).await;
     let mut first = client(&addrs[0]);
-    let data = pattern(8 * BS, 3);
+    let data = nonzero_pattern(8 * BS, 3);
     let full = first
         .write(write_req(0xbeef, 1, 0, &data, &addrs[1..]))
         .await

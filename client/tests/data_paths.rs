@@ -1,6 +1,6 @@
 //! Tests of the client's data paths (`Weft`: write-back, flush, fsync, read,
 //! truncate, error reporting) against a real MDS and real chunk daemons
-//! started in this process (test_cluster.rs), over loopback gRPC. No FUSE
+//! started in this process (`weft_testkit::inproc`), over loopback gRPC. No FUSE
 //! mount is involved; faults are real (a stopped daemon, a flipped byte on
 //! disk, a daemon without room).
 
@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use weft_proto::{Caller, Errno};
 
-mod common;
-
-use common::{ChunkdSpec, RealCluster};
 use weft_client::{ClientOpts, SetAttrArgs, Weft};
+use weft_testkit::inproc::InProcCluster;
+use weft_testkit::{pattern, wait_until_async, ChunkdSpec, TestCluster};
 
 /// The MDS's smallest chunk size, so a few MiB span several chunks.
 const CS: u64 = 1 << 20;
@@ -26,11 +25,7 @@ fn me() -> Caller {
     }
 }
 
-fn daemons(n: usize) -> Vec<ChunkdSpec> {
-    (0..n).map(|_| ChunkdSpec::default()).collect()
-}
-
-async fn client(mc: &RealCluster) -> Arc<Weft> {
+async fn client(mc: &InProcCluster) -> Arc<Weft> {
     // RUST_LOG=… shows the client's and the daemons' logs of a failing test.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -47,31 +42,31 @@ async fn client(mc: &RealCluster) -> Arc<Weft> {
     w
 }
 
-async fn setup(replicas: u32, specs: &[ChunkdSpec]) -> (RealCluster, Arc<Weft>) {
-    let mc = RealCluster::start(replicas, CS, specs).await;
+/// `daemons` chunk daemons keeping `replicas` copies, and a client.
+async fn setup(replicas: u32, daemons: usize) -> (InProcCluster, Arc<Weft>) {
+    let mc = TestCluster::builder()
+        .replicas(replicas)
+        .chunk_size(CS)
+        .chunkds(daemons)
+        .start_in_process()
+        .await;
     let w = client(&mc).await;
     (mc, w)
 }
 
 /// The size another mount sees now: a fresh client with empty caches, so
 /// what the MDS has committed.
-async fn size_elsewhere(mc: &RealCluster, ino: u64) -> u64 {
+async fn size_elsewhere(mc: &InProcCluster, ino: u64) -> u64 {
     client(mc).await.getattr(&me(), ino).await.unwrap().size
 }
 
 /// What a fresh client (another mount, empty caches) reads.
-async fn read_elsewhere(mc: &RealCluster, ino: u64, len: u32) -> Result<Vec<u8>, Errno> {
+async fn read_elsewhere(mc: &InProcCluster, ino: u64, len: u32) -> Result<Vec<u8>, Errno> {
     client(mc)
         .await
         .read(&me(), ino, 0, len)
         .await
         .map(|b| b.to_vec())
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i as u64 * 2654435761) >> 7) as u8 ^ seed)
-        .collect()
 }
 
 async fn create(w: &Arc<Weft>, name: &str) -> (u64, u64) {
@@ -91,7 +86,7 @@ async fn create(w: &Arc<Weft>, name: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_flush_read_round_trip_across_chunks() {
-    let (mc, w) = setup(3, &daemons(3)).await;
+    let (mc, w) = setup(3, 3).await;
     let (ino, fh) = create(&w, "f").await;
     let data = pattern((3 * CS + 1234) as usize, 1);
     // Written in odd-sized, out-of-order pieces.
@@ -151,7 +146,7 @@ async fn write_flush_read_round_trip_across_chunks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_dirty_data_flushes_it_first() {
-    let (mc, w) = setup(1, &daemons(1)).await;
+    let (mc, w) = setup(1, 1).await;
     let (ino, _fh) = create(&w, "g").await;
     w.write(me(), ino, 10, b"hello".to_vec()).await.unwrap();
     let got = w.read(&me(), ino, 0, 100).await.unwrap();
@@ -167,7 +162,7 @@ async fn reading_dirty_data_flushes_it_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_fails_over_to_a_good_replica() {
-    let (mc, w) = setup(2, &daemons(2)).await;
+    let (mc, w) = setup(2, 2).await;
     let (ino, fh) = create(&w, "h").await;
     let data = pattern(200_000, 9);
     w.write(me(), ino, 0, data.clone()).await.unwrap();
@@ -203,14 +198,16 @@ async fn read_fails_over_to_a_good_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_errors_reach_every_open_handle_once() {
     // The only daemon has room for less than one chunk.
-    let (mut mc, w) = setup(
-        1,
-        &[ChunkdSpec {
+    let mut mc = TestCluster::builder()
+        .replicas(1)
+        .chunk_size(CS)
+        .chunkd(ChunkdSpec {
             capacity: Some(CS / 2),
             ..Default::default()
-        }],
-    )
-    .await;
+        })
+        .start_in_process()
+        .await;
+    let w = client(&mc).await;
     let (ino, fh1) = create(&w, "full").await;
     let (fh2, _) = w.open(&me(), ino, libc::O_RDWR).await.unwrap();
     w.write(me(), ino, 0, vec![7; 100]).await.unwrap();
@@ -242,23 +239,21 @@ async fn write_errors_reach_every_open_handle_once() {
 async fn a_failed_pipeline_is_reallocated_and_retried() {
     // Two racks: placement always puts one replica on rack b's only daemon,
     // which is stopped — but the MDS has not noticed yet.
-    let specs = [
-        ChunkdSpec {
-            rack: "a",
-            ..Default::default()
-        },
-        ChunkdSpec {
-            rack: "a",
-            ..Default::default()
-        },
-        ChunkdSpec {
-            rack: "b",
-            ..Default::default()
-        },
-    ];
+    let rack = |rack| ChunkdSpec {
+        rack,
+        ..Default::default()
+    };
     // The MDS takes 3 s to declare a silent daemon dead: the client, not the
     // heartbeat, must notice this one.
-    let mut mc = RealCluster::start_with(2, CS, &specs, Duration::from_secs(3)).await;
+    let mut mc = TestCluster::builder()
+        .replicas(2)
+        .chunk_size(CS)
+        .chunkd(rack("a"))
+        .chunkd(rack("a"))
+        .chunkd(rack("b"))
+        .dead_after(Duration::from_secs(3))
+        .start_in_process()
+        .await;
     let w = client(&mc).await;
     let dead = mc.chunkd(2).addr.to_string();
     mc.stop_chunkd(2).await;
@@ -279,7 +274,7 @@ async fn a_failed_pipeline_is_reallocated_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_down_then_up_reads_zeros() {
-    let (mc, w) = setup(2, &daemons(2)).await;
+    let (mc, w) = setup(2, 2).await;
     let (ino, fh) = create(&w, "t").await;
     let data = pattern((CS + 500) as usize, 3);
     w.write(me(), ino, 0, data.clone()).await.unwrap();
@@ -303,7 +298,7 @@ async fn truncate_down_then_up_reads_zeros() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
-    let (mc, w) = setup(1, &daemons(1)).await;
+    let (mc, w) = setup(1, 1).await;
     let (ino, _fh) = create(&w, "d").await;
     w.write(me(), ino, 0, vec![1; 3000]).await.unwrap();
     let a = w
@@ -333,7 +328,7 @@ async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn big_files_flush_in_the_background() {
-    let (mc, w) = setup(1, &daemons(1)).await;
+    let (mc, w) = setup(1, 1).await;
     let (ino, fh) = create(&w, "big").await;
     let block = pattern(1 << 20, 5);
     for i in 0..20u64 {
@@ -341,15 +336,12 @@ async fn big_files_flush_in_the_background() {
     }
     // Past the 8 MiB per-file limit, flushes ran without being asked: another
     // mount sees part of the file before any fsync.
-    let mut seen = 0;
-    for _ in 0..200 {
-        seen = size_elsewhere(&mc, ino).await;
-        if seen > 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(seen > 0, "nothing was flushed in the background");
+    wait_until_async(
+        "a flush in the background",
+        Duration::from_secs(5),
+        async || size_elsewhere(&mc, ino).await > 0,
+    )
+    .await;
     w.fsync(ino, fh).await.unwrap();
     assert_eq!(w.files.dirty_total(), 0);
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 20 << 20);

@@ -62,6 +62,19 @@ pub enum Proposal {
         record: Record,
         done: oneshot::Sender<Outcome>,
     },
+    /// An MDS group's advisory lock change (a single MDS keeps its locks in
+    /// memory, `locks::LockTable`).
+    Lock {
+        session: u64,
+        change: crate::locks::LockChange,
+        done: oneshot::Sender<Outcome>,
+    },
+    /// An MDS group's drain mark of one chunk daemon, set or cleared.
+    Drain {
+        chunkd: u64,
+        draining: bool,
+        done: oneshot::Sender<Outcome>,
+    },
     /// An AllocChunk whose new write lease raises the chunk's version (see
     /// `Request::Lease`).
     Lease {
@@ -335,6 +348,14 @@ pub enum Request {
     Internal {
         record: Record,
     },
+    Lock {
+        session: u64,
+        change: crate::locks::LockChange,
+    },
+    Drain {
+        chunkd: u64,
+        draining: bool,
+    },
     /// An AllocChunk of an existing chunk whose new write lease (decided
     /// before, `leases::decide`) raises the chunk's version: the bump
     /// (`Record::BumpVersion`, journaled only while `chunk_id` is still at
@@ -383,6 +404,16 @@ impl Proposal {
             ),
             Proposal::Expire { session, done } => (Request::Expire { session }, done),
             Proposal::Internal { record, done } => (Request::Internal { record }, done),
+            Proposal::Lock {
+                session,
+                change,
+                done,
+            } => (Request::Lock { session, change }, done),
+            Proposal::Drain {
+                chunkd,
+                draining,
+                done,
+            } => (Request::Drain { chunkd, draining }, done),
             Proposal::Lease {
                 session,
                 seq,
@@ -456,6 +487,7 @@ pub fn decide_with(
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
         Request::Expire { session } => {
+            st.locks.release(session, None, None);
             let opens = st.take_opens(session);
             if st.sessions.contains(session) {
                 commit(st, 0, 0, Record::ExpireSession { session });
@@ -470,6 +502,20 @@ pub fn decide_with(
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
         Request::Internal { record } => Ok(commit(st, 0, 0, record)),
+        // No record: the lock table and drain marks are not the namespace's,
+        // and only an MDS group (whose log holds the request) sends these.
+        Request::Lock { session, change } => st
+            .locks
+            .apply(session, &change)
+            .map(|()| pb::meta_reply::Result::Empty(pb::Empty {})),
+        Request::Drain { chunkd, draining } => {
+            if draining {
+                st.draining.insert(chunkd);
+            } else {
+                st.draining.remove(&chunkd);
+            }
+            Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
+        }
         Request::Lease {
             session,
             seq,
@@ -972,5 +1018,45 @@ mod tests {
         assert!(!checkpoint_due(99, 100, false));
         assert!(checkpoint_due(100, 100, false));
         assert!(!checkpoint_due(500, 100, true));
+    }
+
+    use crate::locks::{LockChange, F_WRLCK};
+
+    fn run(st: &mut State, req: Request) -> Outcome {
+        decide_with(st, req, &mut |st, session, seq, record| {
+            st.apply_record(session, seq, &record).reply
+        })
+    }
+
+    fn lock(session: u64) -> Request {
+        Request::Lock {
+            session,
+            change: LockChange::Set {
+                ino: 5,
+                owner: 1,
+                start: 0,
+                end: u64::MAX,
+                typ: F_WRLCK,
+                pid: 1,
+            },
+        }
+    }
+
+    #[test]
+    fn a_session_expiry_drops_its_locks_and_drain_marks_toggle() {
+        let mut st = State::new(1 << 20);
+        run(&mut st, lock(7)).unwrap();
+        assert_eq!(run(&mut st, lock(8)), Err(Errno::EAGAIN));
+        run(&mut st, Request::Expire { session: 7 }).unwrap();
+        assert_eq!(st.locks.held(), 0);
+        run(&mut st, lock(8)).unwrap();
+        let drain = |draining| Request::Drain {
+            chunkd: 3,
+            draining,
+        };
+        run(&mut st, drain(true)).unwrap();
+        assert!(st.draining.contains(&3));
+        run(&mut st, drain(false)).unwrap();
+        assert!(st.draining.is_empty());
     }
 }

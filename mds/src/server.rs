@@ -111,6 +111,8 @@ pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<Sta
     let t = Instant::now();
     let mut st = snapshot::load_newest(&data.join(snapshot::DIR), chunk_size)?
         .unwrap_or_else(|| State::new(chunk_size));
+    // The log does not rebuild opens: after a restart nothing is open.
+    st.forget_unlogged();
     let from_snapshot = st.applied_index;
     let snap_ms = t.elapsed().as_millis() as u64;
     let wal_dir = data.join("wal");
@@ -271,9 +273,12 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let max = weft_proto::MAX_MESSAGE;
     let raft = mds.group.as_ref().map(|g| {
-        weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(g.raft.clone()))
-            .max_decoding_message_size(max)
-            .max_encoding_message_size(max)
+        weft_proto::pb::raft_server::RaftServer::new(crate::group::network::Service(
+            g.raft.clone(),
+            g.log_store(),
+        ))
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
     });
     weft_proto::net::server()
         .map_err(anyhow::Error::msg)?
@@ -376,7 +381,8 @@ async fn run_single(
     durability.start_sync_thread(std::time::Duration::from_millis(cfg.test_sync_delay_ms));
     let log = crate::service::LogPosition {
         durability: durability.clone(),
-        epoch: rand::random::<u64>() | 1,
+        // Top bit clear: a group's epochs set it (`group::GROUP_EPOCH`).
+        epoch: (rand::random::<u64>() >> 1) | 1,
         recovered: state.applied_index,
         replicated: false,
     };

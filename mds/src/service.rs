@@ -45,7 +45,8 @@ pub struct Mds {
     pub leases: Arc<crate::leases::Leases>,
     /// Re-replication progress (repair.rs).
     pub repair: Arc<crate::repair::RepairStats>,
-    /// Advisory locks: in memory only, see locks.rs.
+    /// Advisory locks: a single MDS's, in memory only; in a group, only when
+    /// each lock-holding session was last heard from (see locks.rs).
     pub locks: Arc<Mutex<crate::locks::LockTable>>,
     /// When each client session was last heard from (see `sessions`).
     pub contacts: crate::sessions::Contacts,
@@ -80,8 +81,8 @@ pub struct LogPosition {
     pub epoch: u64,
     /// The last entry replayed at start (on disk: the log is synced at open).
     pub recovered: u64,
-    /// An MDS group answers a change only once a majority has it on disk:
-    /// replies carry epoch 0 ("on disk already") and SyncLog has nothing to wait for.
+    /// An MDS group: replies carry the Raft log's positions and SyncLog
+    /// waits for a majority (`Group::sync_log`); this is unused.
     pub replicated: bool,
 }
 
@@ -90,9 +91,6 @@ impl LogPosition {
     /// gone (from an earlier epoch and past what this start recovered: a
     /// power loss took it).
     pub async fn sync(&self, index: u64, epoch: u64) -> Outcome {
-        if self.replicated {
-            return Ok(Reply::Empty(pb::Empty {}));
-        }
         let index = if epoch == self.epoch {
             // Never wait for an entry that does not exist yet.
             index.min(self.durability.appended())
@@ -149,8 +147,12 @@ impl Mds {
                     .await?;
                 self.get_chunks(g).await
             }
-            (OpKind::Read, Op::SyncLog(s)) => self.log.sync(s.index, s.epoch).await,
+            (OpKind::Read, Op::SyncLog(s)) => match &self.group {
+                Some(g) => g.sync_log(s.index, s.epoch).await,
+                None => self.log.sync(s.index, s.epoch).await,
+            },
             (OpKind::Read, op) => self.state.read().await.ns.read(&caller, &op),
+            (OpKind::Session, op) if self.group.is_some() => self.group_lock_op(session, op).await,
             (OpKind::Session, op) => self.lock_op(session, op),
             (OpKind::Mutation, Op::Release(r)) => {
                 self.committer
@@ -387,7 +389,8 @@ impl Mds {
         Ok((caller, top))
     }
 
-    /// Advisory locks: answered from the in-memory table, never journaled.
+    /// A single MDS's advisory locks: answered from the in-memory table,
+    /// never journaled.
     fn lock_op(&self, session: u64, op: Op) -> Outcome {
         let now = std::time::Instant::now();
         let mut t = self.locks.lock();
@@ -398,22 +401,7 @@ impl Mds {
             }
             Op::Getlk(l) => {
                 let c = t.test(now, l.ino, session, l.owner, l.start, l.end, l.typ)?;
-                Ok(Reply::Lock(match c {
-                    Some(c) => pb::LockInfo {
-                        typ: if c.write {
-                            crate::locks::F_WRLCK
-                        } else {
-                            crate::locks::F_RDLCK
-                        },
-                        start: c.start,
-                        end: c.end,
-                        pid: c.pid,
-                    },
-                    None => pb::LockInfo {
-                        typ: crate::locks::F_UNLCK,
-                        ..Default::default()
-                    },
-                }))
+                Ok(lock_info(c))
             }
             Op::ReleaseLocks(r) => {
                 if r.all {
@@ -428,6 +416,90 @@ impl Mds {
                 Ok(Reply::Empty(pb::Empty {}))
             }
         }
+    }
+
+    /// An MDS group's advisory locks: every change is a log entry, applied
+    /// to the replicated table on every node (`locks::Locks`), so the locks
+    /// outlive a failover. F_GETLK, and a conflict or a release of nothing,
+    /// are answered from the leader's applied table without a log entry
+    /// (anything answered before is applied here already), so an F_SETLKW
+    /// that waits does not fill the log. The leader drops the locks of
+    /// sessions silent past the lock expiry, by a logged `ReleaseSession`.
+    async fn group_lock_op(&self, session: u64, op: Op) -> Outcome {
+        use crate::locks::LockChange;
+        let expired = {
+            let now = std::time::Instant::now();
+            let mut t = self.locks.lock();
+            t.touch(session, now);
+            t.take_expired(now)
+        };
+        for gone in expired {
+            if self.state.read().await.locks.holds(gone, None, None) {
+                self.propose_lock(gone, LockChange::ReleaseSession).await?;
+            }
+        }
+        // Answered from this node's table: only while it surely leads.
+        if self.check_leader(true).is_err() {
+            return Err(crate::committer::NOT_LEADER);
+        }
+        let change = match op {
+            Op::Setlk(l) => {
+                let st = self.state.read().await;
+                if l.typ == crate::locks::F_UNLCK {
+                    if !st.locks.holds(session, Some(l.ino), Some(l.owner)) {
+                        return Ok(Reply::Empty(pb::Empty {}));
+                    }
+                } else if st
+                    .locks
+                    .test(l.ino, session, l.owner, (l.start, l.end), l.typ)?
+                    .is_some()
+                {
+                    return Err(Errno::EAGAIN);
+                }
+                LockChange::Set {
+                    ino: l.ino,
+                    owner: l.owner,
+                    start: l.start,
+                    end: l.end,
+                    typ: l.typ,
+                    pid: l.pid,
+                }
+            }
+            Op::Getlk(l) => {
+                let st = self.state.read().await;
+                let c = st
+                    .locks
+                    .test(l.ino, session, l.owner, (l.start, l.end), l.typ)?;
+                return Ok(lock_info(c));
+            }
+            Op::ReleaseLocks(r) => {
+                let (ino, owner) = if r.all {
+                    (None, None)
+                } else {
+                    (Some(r.ino), Some(r.owner))
+                };
+                if !self.state.read().await.locks.holds(session, ino, owner) {
+                    return Ok(Reply::Empty(pb::Empty {}));
+                }
+                match (ino, owner) {
+                    (Some(ino), Some(owner)) => LockChange::Release { ino, owner },
+                    _ => LockChange::ReleaseSession,
+                }
+            }
+            // A keepalive: the touch above is all it does.
+            _ => return Ok(Reply::Empty(pb::Empty {})),
+        };
+        self.propose_lock(session, change).await
+    }
+
+    async fn propose_lock(&self, session: u64, change: crate::locks::LockChange) -> Outcome {
+        self.committer
+            .propose(|done| Proposal::Lock {
+                session,
+                change,
+                done,
+            })
+            .await
     }
 
     async fn statfs(&self) -> Reply {
@@ -556,8 +628,17 @@ impl pb::meta_server::Meta for Mds {
         if outcome == Err(crate::committer::NOT_LEADER) {
             return Err(self.lost_leadership());
         }
-        let (log_index, durable_index, log_epoch) = if self.log.replicated {
-            (0, 0, 0)
+        let (log_index, durable_index, log_epoch) = if let Some(g) = &self.group {
+            let (index, durable, epoch) = g.reply_position();
+            if req.wait_durable && outcome.is_ok() && index > durable {
+                if let Err(e) = g.sync_log(index, epoch).await {
+                    return Err(match e {
+                        crate::committer::NOT_LEADER => self.lost_leadership(),
+                        e => Status::unavailable(format!("not on disk on a majority: {e:?}")),
+                    });
+                }
+            }
+            (index, durable, epoch)
         } else {
             // The change (or the state a read saw) is at or below what is written now.
             let log_index = self.log.durability.appended();
@@ -616,7 +697,14 @@ impl pb::master_server::Master for Mds {
         self.check_leader(false)?;
         let req = req.into_inner();
         let st = self.state.read().await;
-        self.registry.lock().register(&req, Self::classify(&st));
+        {
+            let mut reg = self.registry.lock();
+            reg.register(&req, Self::classify(&st));
+            // An MDS group's drain marks outlive its leaders' registries.
+            if st.draining.contains(&req.chunkd_id) {
+                reg.set_draining(req.chunkd_id, true);
+            }
+        }
         tracing::info!(chunkd = req.chunkd_id, addr = %req.addr, rack = %req.rack, chunks = req.chunks.len(), "chunk daemon registered");
         Ok(Response::new(pb::RegisterReply {
             chunk_size: st.ns.chunk_size(),
@@ -922,4 +1010,24 @@ impl pb::coherence_server::Coherence for Watch {
     async fn ack(&self, req: Request<pb::AckReq>) -> Result<Response<pb::AckReply>, Status> {
         crate::watch::Service(self.hub.clone()).ack(req).await
     }
+}
+
+/// F_GETLK's answer: the conflicting lock, or F_UNLCK for none.
+fn lock_info(c: Option<crate::locks::Lock>) -> Reply {
+    Reply::Lock(match c {
+        Some(c) => pb::LockInfo {
+            typ: if c.write {
+                crate::locks::F_WRLCK
+            } else {
+                crate::locks::F_RDLCK
+            },
+            start: c.start,
+            end: c.end,
+            pid: c.pid,
+        },
+        None => pb::LockInfo {
+            typ: crate::locks::F_UNLCK,
+            ..Default::default()
+        },
+    })
 }

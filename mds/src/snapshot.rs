@@ -6,24 +6,26 @@
 //! ```text
 //! offset size  field (little-endian)
 //! 0      8     magic "WEFTSNP1"
-//! 8      4     format version (2; 1 still loads)
+//! 8      4     format version (3; 1 and 2 still load)
 //! 12     4     reserved (0)
 //! 16     8     index: the last log entry the state includes
 //! 24     8     payload length
 //! 32     4     crc32c of the payload
 //! 36     4     crc32c of bytes 0..36
-//! 40     ...   payload: postcard of (Namespace, Sessions, chunk allocations)
+//! 40     ...   payload: postcard of (Namespace, Sessions, chunk allocations,
+//!              the unlogged tables an MDS group replicates: opens, open
+//!              counts, advisory locks, drain marks)
 //! ```
 //! Invariants: a `.snap` file that exists is complete and fsync'd (written as
 //! `.tmp`, fsync, rename, fsync of the directory); it is only ever trusted after
 //! both checksums pass; log segments are dropped only after the snapshot that
 //! covers them is durable; at most one writer at a time (`Checkpointer::lock`).
 
-use crate::state::{Sessions, State};
+use crate::state::{Opens, Sessions, State};
 use crate::wal::log::{self, WalError};
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -31,10 +33,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub const MAGIC: &[u8; 8] = b"WEFTSNP1";
-/// 2 adds each file's chunk allocations after the session table; 1 (without
-/// them) still loads, its files' st_blocks estimated until their next write.
-pub const VERSION: u32 = 2;
+/// 3 adds the tables an MDS group builds from its log but a single MDS's
+/// log does not (`Live`); 2 adds each file's chunk allocations after the
+/// session table; 1 (without them) still loads, its files' st_blocks
+/// estimated until their next write. 1 and 2 load with nothing open, locked
+/// or draining.
+pub const VERSION: u32 = 3;
 const VERSION_WITHOUT_ALLOCS: u32 = 1;
+const VERSION_WITHOUT_LIVE: u32 = 2;
 pub const HEADER_LEN: usize = 40;
 pub const DIR: &str = "snapshot";
 
@@ -47,6 +53,35 @@ struct BodyRef<'a> {
     ns: &'a crate::ns::Namespace,
     sessions: &'a Sessions,
     allocs: Allocs<'a>,
+    live: LiveRef<'a>,
+}
+
+/// Who holds what open, the namespace's open counts, advisory locks and
+/// drain marks: an MDS group's nodes build them alike from the log, so a
+/// node that loads a snapshot needs them to go on where the log resumes.
+/// A single MDS forgets them at its restart (`State::forget_unlogged`).
+#[derive(Serialize)]
+struct LiveRef<'a> {
+    opens: &'a HashMap<u64, HashMap<u64, Opens>>,
+    open_counts: Vec<(u64, u32)>,
+    locks: &'a crate::locks::Locks,
+    draining: &'a BTreeSet<u64>,
+}
+
+#[derive(Deserialize)]
+struct Live {
+    opens: HashMap<u64, HashMap<u64, Opens>>,
+    open_counts: Vec<(u64, u32)>,
+    locks: crate::locks::Locks,
+    draining: BTreeSet<u64>,
+}
+
+#[derive(Deserialize)]
+struct BodyWithLive {
+    ns: crate::ns::Namespace,
+    sessions: Sessions,
+    allocs: Vec<(u64, BTreeMap<u64, u64>)>,
+    live: Live,
 }
 
 #[derive(Deserialize)]
@@ -135,6 +170,12 @@ pub fn write(dir: &Path, st: &State) -> anyhow::Result<(PathBuf, u64)> {
             ns: &st.ns,
             sessions: &st.sessions,
             allocs: st.ns.allocations().collect(),
+            live: LiveRef {
+                opens: &st.opens,
+                open_counts: st.ns.open_counts(),
+                locks: &st.locks,
+                draining: &st.draining,
+            },
         },
         &mut tee,
     )
@@ -180,9 +221,9 @@ pub fn read_checked(path: &Path, chunk_size: Option<u64>) -> anyhow::Result<Stat
         return Err(bad("header checksum mismatch at offset 0".into()));
     }
     let version = u32::from_le_bytes(h[8..12].try_into().unwrap());
-    if version != VERSION && version != VERSION_WITHOUT_ALLOCS {
+    if !(VERSION_WITHOUT_ALLOCS..=VERSION).contains(&version) {
         return Err(bad(format!(
-            "snapshot format version {version}, this MDS reads {VERSION_WITHOUT_ALLOCS} and {VERSION}"
+            "snapshot format version {version}, this MDS reads {VERSION_WITHOUT_ALLOCS} to {VERSION}"
         )));
     }
     let index = u64::from_le_bytes(h[16..24].try_into().unwrap());
@@ -202,16 +243,29 @@ pub fn read_checked(path: &Path, chunk_size: Option<u64>) -> anyhow::Result<Stat
         )));
     }
     let undecodable = |e: postcard::Error| bad(format!("payload does not decode: {e}"));
-    let body = if version == VERSION_WITHOUT_ALLOCS {
-        postcard::from_bytes::<Body>(payload).map_err(undecodable)?
-    } else {
+    let (body, live) = if version == VERSION_WITHOUT_ALLOCS {
+        (
+            postcard::from_bytes::<Body>(payload).map_err(undecodable)?,
+            None,
+        )
+    } else if version == VERSION_WITHOUT_LIVE {
         let b: BodyWithAllocs = postcard::from_bytes(payload).map_err(undecodable)?;
         let mut ns = b.ns;
         ns.restore_allocations(b.allocs);
-        Body {
+        let body = Body {
             ns,
             sessions: b.sessions,
-        }
+        };
+        (body, None)
+    } else {
+        let b: BodyWithLive = postcard::from_bytes(payload).map_err(undecodable)?;
+        let mut ns = b.ns;
+        ns.restore_allocations(b.allocs);
+        let body = Body {
+            ns,
+            sessions: b.sessions,
+        };
+        (body, Some(b.live))
     };
     if let Some(chunk_size) = chunk_size.filter(|cs| *cs != body.ns.chunk_size()) {
         return Err(bad(format!(
@@ -219,12 +273,21 @@ pub fn read_checked(path: &Path, chunk_size: Option<u64>) -> anyhow::Result<Stat
             body.ns.chunk_size()
         )));
     }
-    Ok(State {
+    let mut st = State {
         ns: body.ns,
         sessions: body.sessions,
         applied_index: index,
         opens: Default::default(),
-    })
+        locks: Default::default(),
+        draining: Default::default(),
+    };
+    if let Some(live) = live {
+        st.opens = live.opens;
+        st.ns.set_open_counts(live.open_counts);
+        st.locks = live.locks;
+        st.draining = live.draining;
+    }
+    Ok(st)
 }
 
 /// The newest snapshot, verified; `None` for a file system that has none yet.
@@ -409,5 +472,56 @@ mod tests {
         assert_eq!(back.applied_index, 7);
         // The chunk's part below the size: the whole chunk.
         assert_eq!(back.ns.getattr(ino).unwrap().blocks * 512, CHUNK);
+    }
+
+    #[test]
+    fn opens_locks_and_drain_marks_survive_a_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut st, ino) = state_with_a_reported_chunk();
+        st.opened(9, ino, true);
+        st.opened(10, ino, false);
+        st.locks
+            .set(ino, 9, 1, (0, u64::MAX), crate::locks::F_WRLCK, 42)
+            .unwrap();
+        st.draining.insert(3);
+        let (path, _) = write(dir.path(), &st).unwrap();
+        let mut back = read(&path, CHUNK).unwrap();
+        assert_eq!(back.opens, st.opens);
+        assert_eq!(back.ns.open_counts(), vec![(ino, 2)]);
+        assert_eq!(back.locks, st.locks);
+        assert_eq!(back.draining, st.draining);
+        // One close of two keeps the inode open; the lock still excludes.
+        assert_eq!(back.released(9, ino, true), None);
+        assert_eq!(back.ns.open_counts(), vec![(ino, 1)]);
+        assert!(back
+            .locks
+            .test(ino, 10, 1, (0, 0), crate::locks::F_RDLCK)
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_version_2_snapshot_loads_with_nothing_open_or_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut st, ino) = state_with_a_reported_chunk();
+        st.opened(9, ino, true);
+        // What an MDS before the replicated tables wrote.
+        let payload = postcard::to_allocvec(&(
+            &st.ns,
+            &st.sessions,
+            st.ns.allocations().collect::<Allocs>(),
+        ))
+        .unwrap();
+        let mut h = encode_header(7, payload.len() as u64, crc32c::crc32c(&payload));
+        h[8..12].copy_from_slice(&VERSION_WITHOUT_LIVE.to_le_bytes());
+        let hcrc = crc32c::crc32c(&h[..36]);
+        h[36..40].copy_from_slice(&hcrc.to_le_bytes());
+        let path = dir.path().join(snapshot_name(7));
+        fs::write(&path, [h.as_slice(), &payload].concat()).unwrap();
+        let back = read(&path, CHUNK).unwrap();
+        assert_eq!(back.ns, st.ns);
+        assert_eq!(back.ns.getattr(ino).unwrap().blocks, 8);
+        assert!(back.opens.is_empty() && back.ns.open_counts().is_empty());
+        assert_eq!(back.locks.held(), 0);
     }
 }

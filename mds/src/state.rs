@@ -4,16 +4,23 @@
 //! `apply_entry` is the only way state changes, on the live path and on replay
 //! alike, so both produce the same state and the same replies.
 //!
-//! Which session holds which inode open is memory only (like the namespace's
-//! open counts): after a restart nothing is open. It exists so that an expired
-//! session's opens can be released — purging inodes it kept alive unlinked —
-//! and so that the MDS lends a session chunk access only in the mode it
-//! opened the file (`Opens`: a read-only open lends no write).
+//! Which session holds which inode open is not journaled (like the
+//! namespace's open counts): after a single MDS's restart nothing is open.
+//! In an MDS group every node builds it alike from the log, and snapshots
+//! carry it, so a file unlinked while open stays readable through a failover.
+//! It exists so that an expired session's opens can be released — purging
+//! inodes it kept alive unlinked — and so that the MDS lends a session chunk
+//! access only in the mode it opened the file (`Opens`: a read-only open
+//! lends no write).
+//!
+//! An MDS group's advisory locks (`locks`) and drain marks (`draining`) live
+//! here too, changed by their own log entries; a single MDS keeps its locks
+//! and drain marks elsewhere in memory (`locks::LockTable`, the registry).
 
 use crate::ns::{Applied, Namespace, Record};
 use prost::Message;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use weft_proto::pb;
 
 /// Replies remembered per session. A client has at most a few hundred requests
@@ -80,7 +87,7 @@ impl Sessions {
 }
 
 /// One session's opens of one inode, by access mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Opens {
     /// O_RDONLY opens.
     pub read: u32,
@@ -106,8 +113,12 @@ pub struct State {
     pub sessions: Sessions,
     /// Index of the last entry applied.
     pub applied_index: u64,
-    /// session → ino → opens by that session. Memory only.
+    /// session → ino → opens by that session. Not journaled.
     pub opens: HashMap<u64, HashMap<u64, Opens>>,
+    /// An MDS group's advisory locks (a single MDS: always empty).
+    pub locks: crate::locks::Locks,
+    /// Chunk daemons an MDS group drains (a single MDS: always empty).
+    pub draining: BTreeSet<u64>,
 }
 
 impl State {
@@ -117,7 +128,19 @@ impl State {
             sessions: Sessions::default(),
             applied_index: 0,
             opens: HashMap::new(),
+            locks: Default::default(),
+            draining: BTreeSet::new(),
         }
+    }
+
+    /// Forgets what a single MDS's log does not rebuild (opens, and the
+    /// group-only locks and drain marks) after loading a snapshot that may
+    /// carry them, so a restart starts with nothing open, as before.
+    pub fn forget_unlogged(&mut self) {
+        self.opens.clear();
+        self.ns.set_open_counts([]);
+        self.locks = Default::default();
+        self.draining.clear();
     }
 
     /// `session` opened `ino`, for writing or not (the namespace's count is

@@ -7,11 +7,19 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub mod chunkd;
 pub mod http;
+pub mod inproc;
 pub mod mds;
 pub mod proxy;
+pub mod wait;
+
+pub use wait::{
+    poll_every, poll_until, poll_until_async, wait_exit, wait_for_file, wait_until,
+    wait_until_async,
+};
 
 pub use weft_cli::cluster::{is_mounted, ClusterSpec, LocalCluster};
 
@@ -87,20 +95,90 @@ pub struct TestCluster {
     pub tmp: tempfile::TempDir,
 }
 
-impl TestCluster {
-    pub fn start(chunkds: usize, chunk_size: u64) -> TestCluster {
-        Self::start_with(chunkds, |s| s.chunk_size = Some(chunk_size))
+/// One chunk daemon of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ChunkdSpec {
+    pub rack: &'static str,
+    /// `--capacity` in bytes; None is the whole disk.
+    pub capacity: Option<u64>,
+}
+
+impl Default for ChunkdSpec {
+    fn default() -> Self {
+        ChunkdSpec {
+            rack: "default",
+            capacity: None,
+        }
+    }
+}
+
+/// The one way tests build a cluster: an MDS and chunk daemons either as
+/// real processes (`start`: a `TestCluster`, mountable) or inside the test
+/// process (`start_in_process`: an `inproc::InProcCluster`, no FUSE, each
+/// daemon's store at hand). Unset options keep each kind's defaults.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterBuilder {
+    chunkds: Vec<ChunkdSpec>,
+    chunk_size: Option<u64>,
+    replicas: Option<u32>,
+    dead_after: Option<Duration>,
+}
+
+impl ClusterBuilder {
+    /// `n` more chunk daemons with default specs.
+    pub fn chunkds(mut self, n: usize) -> Self {
+        self.chunkds
+            .extend(std::iter::repeat_n(ChunkdSpec::default(), n));
+        self
     }
 
-    pub fn start_with(chunkds: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+    /// One more chunk daemon.
+    pub fn chunkd(mut self, spec: ChunkdSpec) -> Self {
+        self.chunkds.push(spec);
+        self
+    }
+
+    pub fn chunk_size(mut self, bytes: u64) -> Self {
+        self.chunk_size = Some(bytes);
+        self
+    }
+
+    /// Replica target; default min(3, chunk daemons).
+    pub fn replicas(mut self, n: u32) -> Self {
+        self.replicas = Some(n);
+        self
+    }
+
+    /// How long the MDS waits before declaring a silent daemon dead (also
+    /// how long after its start it waits for daemons before placing chunks).
+    pub fn dead_after(mut self, d: Duration) -> Self {
+        self.dead_after = Some(d);
+        self
+    }
+
+    /// Real processes on loopback, each in the cluster's temp dir.
+    pub fn start(self) -> TestCluster {
+        self.start_with(|_| {})
+    }
+
+    /// `start`, with `tweak` applied last to the process cluster's spec.
+    pub fn start_with(self, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
         let tmp = tempfile::Builder::new()
             .prefix("weft-test-")
             .tempdir()
             .expect("tempdir");
-        let mut spec = ClusterSpec::new(tmp.path().join("cluster"), chunkds);
+        let mut spec = ClusterSpec::new(tmp.path().join("cluster"), self.chunkds.len());
         spec.bin_dir = bin_dir();
         spec.heartbeat_ms = Some(200);
-        spec.dead_after_ms = Some(1500);
+        spec.dead_after_ms = Some(self.dead_after.map_or(1500, |d| d.as_millis() as u64));
+        spec.chunk_size = self.chunk_size;
+        spec.replicas = self.replicas;
+        if self.chunkds.iter().any(|c| c.rack != "default") {
+            spec.racks = self.chunkds.iter().map(|c| c.rack.to_string()).collect();
+        }
+        if self.chunkds.iter().any(|c| c.capacity.is_some()) {
+            spec.capacities = self.chunkds.iter().map(|c| c.capacity).collect();
+        }
         spec.log_level = "info".into();
         if std::env::var_os("WEFT_TEST_TLS").is_some_and(|v| v == "1") {
             spec.tls_ca = Some(test_ca());
@@ -115,6 +193,29 @@ impl TestCluster {
         tweak(&mut spec);
         let cluster = LocalCluster::start(spec).unwrap_or_else(|e| panic!("cluster start: {e:#}"));
         TestCluster { cluster, tmp }
+    }
+
+    /// The MDS and chunk daemons inside this process, on a runtime of their
+    /// own (see `inproc`); returns once the MDS counts every daemon alive.
+    pub async fn start_in_process(self) -> inproc::InProcCluster {
+        inproc::InProcCluster::start(self).await
+    }
+}
+
+impl TestCluster {
+    pub fn builder() -> ClusterBuilder {
+        ClusterBuilder::default()
+    }
+
+    pub fn start(chunkds: usize, chunk_size: u64) -> TestCluster {
+        Self::builder()
+            .chunkds(chunkds)
+            .chunk_size(chunk_size)
+            .start()
+    }
+
+    pub fn start_with(chunkds: usize, tweak: impl FnOnce(&mut ClusterSpec)) -> TestCluster {
+        Self::builder().chunkds(chunkds).start_with(tweak)
     }
 
     /// Mounts at <tmp>/mnt<N> and returns the mount point.
@@ -166,18 +267,6 @@ impl TestCluster {
 impl Drop for TestCluster {
     fn drop(&mut self) {
         self.cluster.stop();
-    }
-}
-
-/// Polls `cond` every 50 ms until true or `timeout`; panics with `what` on timeout.
-pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

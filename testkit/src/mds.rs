@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use weft_proto::pb;
 use weft_proto::pb::meta_reply::Result as R;
 use weft_proto::pb::meta_request::Op;
@@ -56,28 +56,27 @@ impl MdsProc {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("spawn weft-mds: {e}"))?;
-        let t = Instant::now();
-        loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if !a.is_empty() {
-                    self.addr = a.trim().to_string();
-                    self.child = Some(child);
-                    return Ok(());
-                }
-            }
-            if let Ok(Some(st)) = child.try_wait() {
-                return Err(format!(
-                    "weft-mds exited ({st}) before serving:\n{}",
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                ));
-            }
-            if t.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("weft-mds did not start within 60 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let mut served = String::new();
+        let mut exited = None;
+        crate::poll_until(Duration::from_secs(60), || {
+            served = std::fs::read_to_string(&addr_file).unwrap_or_default();
+            exited = child.try_wait().ok().flatten();
+            !served.is_empty() || exited.is_some()
+        });
+        if !served.is_empty() {
+            self.addr = served.trim().to_string();
+            self.child = Some(child);
+            return Ok(());
         }
+        if let Some(st) = exited {
+            return Err(format!(
+                "weft-mds exited ({st}) before serving:\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            ));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        Err("weft-mds did not start within 60 s".into())
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -99,12 +98,8 @@ impl MdsProc {
                 nix::unistd::Pid::from_raw(c.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(60) {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if crate::wait_exit(&mut c, Duration::from_secs(60)).is_some() {
+                return;
             }
             let _ = c.kill();
             let _ = c.wait();
@@ -145,21 +140,20 @@ pub type Answer = Result<R, i32>;
 
 impl RawMeta {
     pub async fn connect(addr: &str) -> RawMeta {
-        let t = Instant::now();
-        loop {
-            // Over TLS when this process has a certificate (net::configure).
-            let ep = weft_proto::net::endpoint(addr).expect("endpoint");
-            match ep.connect().await {
-                Ok(c) => {
-                    return RawMeta {
-                        client: pb::meta_client::MetaClient::new(c),
-                    }
-                }
-                Err(e) if t.elapsed() > Duration::from_secs(30) => {
-                    panic!("connect to the MDS at {addr}: {e}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+        // Over TLS when this process has a certificate (net::configure).
+        let ep = weft_proto::net::endpoint(addr).expect("endpoint");
+        let mut conn = None;
+        crate::wait_until_async(
+            &format!("a connection to the MDS at {addr}"),
+            Duration::from_secs(30),
+            async || {
+                conn = ep.connect().await.ok();
+                conn.is_some()
+            },
+        )
+        .await;
+        RawMeta {
+            client: pb::meta_client::MetaClient::new(conn.expect("connected")),
         }
     }
 

@@ -187,6 +187,7 @@ async fn pump(
         let m = *mode.borrow();
         match m {
             Mode::Pass => {}
+            // A duration: the delay is the fault this link injects.
             Mode::Delay(d) => tokio::time::sleep(d).await,
             // A cut is handled by the connection; until then, nothing passes.
             Mode::Drop | Mode::Cut => continue,

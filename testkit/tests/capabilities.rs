@@ -195,7 +195,8 @@ fn a_chunk_is_served_only_with_a_valid_capability() {
         };
         let s = chunk.truncate(trunc).await.unwrap_err();
         assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
-        // Expired: the same capability once its time is up.
+        // Expired: the same capability once its time is up (a duration:
+        // expiry is by the clock).
         let wait = good.expires_ms.saturating_sub(weft_proto::caps::unix_ms()) + 200;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let why = refused(chunk.read(read_req(&loc, Some(good.clone()))).await);
@@ -411,6 +412,7 @@ fn a_long_open_file_keeps_working_past_capability_expiry() {
             .sync_all()
             .unwrap_or_else(|e| panic!("fsync after {:?}: {e}", t.elapsed()));
         rounds += 1;
+        // A duration: the rounds are spread over the capabilities' lifetime.
         std::thread::sleep(Duration::from_millis(250));
     }
     drop(writer);

@@ -160,6 +160,8 @@ fn the_disk_tier_serves_right_bytes_misses_corrupt_files_and_stays_bounded() {
         peak = peak.max(cache_bytes(&cache));
     }
     assert_eq!(sha256_hex(&got), sha256_hex(&big));
+    // A duration: fills of the disk tier land in the background, with no
+    // sign when the last has; the bound must hold after them too.
     std::thread::sleep(Duration::from_millis(500));
     peak = peak.max(cache_bytes(&cache));
     assert!(

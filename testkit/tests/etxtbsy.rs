@@ -44,6 +44,8 @@ fn running_program_is_not_truncated_by_open_o_trunc() {
             assert_eq!(e.raw_os_error(), Some(libc::ETXTBSY));
         }
     }
+    // A duration: a truncated program dies when it next pages in, which
+    // nothing announces; give that a moment before checking it lives.
     std::thread::sleep(Duration::from_millis(200));
     assert!(
         child.try_wait().unwrap().is_none(),

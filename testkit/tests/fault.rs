@@ -214,8 +214,9 @@ fn a_stale_daemon_is_never_served_and_its_replicas_go() {
             .status()
             .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
     });
-    std::thread::sleep(Duration::from_millis(1600)); // the first write's leases end
-                                                     // Rewrite in place (same chunks): the two live replicas take a new version.
+    // A duration: the first write's leases end (leases run out by the clock, lease_ms).
+    std::thread::sleep(Duration::from_millis(1600));
+    // Rewrite in place (same chunks): the two live replicas take a new version.
     let new = pattern(4 * MIB as usize, 6);
     {
         let f = fs::OpenOptions::new()
@@ -320,8 +321,9 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 .is_ok_and(|s| s.chunkds.iter().filter(|d| d.alive).count() == 2)
         },
     );
-    std::thread::sleep(Duration::from_millis(1600)); // past any lease it held
-                                                     // Another client writes through a new primary.
+    // A duration: past any lease it held (leases run out by the clock, lease_ms).
+    std::thread::sleep(Duration::from_millis(1600));
+    // Another client writes through a new primary.
     let second = pattern(MIB as usize, 9);
     {
         let f = fs::OpenOptions::new()
@@ -523,7 +525,8 @@ fn rebalance_evens_out_a_new_empty_daemon() {
         .expect("replicated");
     tc.cluster.start_chunkd(2).unwrap();
     tc.cluster.wait_alive(3, Duration::from_secs(20)).unwrap();
-    std::thread::sleep(Duration::from_millis(1600)); // leases end
+    // A duration: leases end (leases run out by the clock, lease_ms).
+    std::thread::sleep(Duration::from_millis(1600));
     let out = weft_cmd()
         .args(["rebalance", "--mds", &tc.mds_addr(), "--wait"])
         .output()
@@ -584,7 +587,8 @@ fn a_drained_replica_copy_stays_sparse() {
     assert_eq!(holders.len(), 2, "one chunk, two replicas");
     let fresh = (0..3).find(|i| !holders.contains(i)).unwrap();
     let victim = tc.cluster.chunkds[holders[0]].addr.clone();
-    std::thread::sleep(Duration::from_millis(1600)); // the write lease ends
+    // A duration: the write lease ends (leases run out by the clock, lease_ms).
+    std::thread::sleep(Duration::from_millis(1600));
     let out = weft_cmd()
         .args(["drain", "--mds", &tc.mds_addr(), &victim, "--wait"])
         .output()

@@ -27,6 +27,7 @@ fn still_waiting<T>(h: &std::thread::JoinHandle<T>, d: Duration, what: &str) {
     let until = Instant::now() + d;
     while Instant::now() < until {
         assert!(!h.is_finished(), "{what} finished through a broken link");
+        // A duration: the link stays broken for `d`, checked all along.
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -164,18 +164,17 @@ fn a_dead_mounts_locks_expire() {
     // Kill mount 1's daemon outright: no unlock, no keepalive any more.
     tc.cluster.mounts[0].proc.crash();
     drop(a); // the connection is gone: this close reaches nobody
-    let t = Instant::now();
-    loop {
-        match lock(&b, libc::F_SETLK, libc::F_WRLCK, 0, 0) {
-            Ok(_) => break,
-            Err(e) => assert_eq!(e, libc::EAGAIN),
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "the dead mount's lock never expired"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        "the dead mount's lock to expire",
+        Duration::from_secs(15),
+        || match lock(&b, libc::F_SETLK, libc::F_WRLCK, 0, 0) {
+            Ok(_) => true,
+            Err(e) => {
+                assert_eq!(e, libc::EAGAIN);
+                false
+            }
+        },
+    );
 }
 
 /// generic/478: an OFD lock or a flock is gone for the very next lock request

@@ -84,6 +84,8 @@ fn workload_survives_random_mds_kills() {
         .unwrap();
     let addr = tc.mds_addr();
     for k in 0..5 {
+        // Durations, the fault itself: the workload runs a random while, then
+        // the MDS stays down a random while.
         std::thread::sleep(Duration::from_millis(rng.random_range(300..2000)));
         if worker.try_wait().unwrap().is_some() {
             let out = worker.wait_with_output().unwrap();
@@ -98,6 +100,7 @@ fn workload_survives_random_mds_kills() {
             .start_mds(Some(&addr))
             .unwrap_or_else(|e| panic!("restart {k}: {e:#}"));
     }
+    // A duration: the workload runs on a while against the last MDS.
     std::thread::sleep(Duration::from_millis(500));
     fs::write(&stop, b"").unwrap();
     let out = worker.wait_with_output().unwrap();

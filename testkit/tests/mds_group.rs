@@ -2,7 +2,9 @@
 //! three weft-mds nodes on openraft under a real mount, with real faults —
 //! kill -9 of the leader during a workload, SIGSTOP past an election, the
 //! leader cut off from both followers (a fault proxy on every MDS→MDS link),
-//! a wiped follower, a majority down — and online membership changes.
+//! a wiped follower, a majority down — and online membership changes; and
+//! what a failover must keep besides the namespace: advisory locks (and
+//! their expiry), files unlinked while open, drain marks.
 
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
@@ -67,8 +69,11 @@ fn workload_step(dir: &Path, i: usize, acked: &Mutex<Acked>) -> std::io::Result<
         .write(true)
         .create_new(true)
         .open(&p)?;
+    // A lock change is a log entry too: taken and released around the write.
+    flock(&f, libc::LOCK_EX).map_err(std::io::Error::from_raw_os_error)?;
     f.write_all(&data)?;
     f.sync_all()?;
+    flock(&f, libc::LOCK_UN).map_err(std::io::Error::from_raw_os_error)?;
     drop(f);
     acked
         .lock()
@@ -647,4 +652,287 @@ fn a_single_mds_becomes_a_group_and_grows_then_shrinks() {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+fn open_rw(p: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// fcntl(cmd) of a lock over the whole file; the lock as F_GETLK reports it,
+/// or the errno.
+fn fcntl_lock(f: &fs::File, cmd: i32, typ: i32) -> Result<libc::flock, i32> {
+    use std::os::fd::AsRawFd;
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    if unsafe { libc::fcntl(f.as_raw_fd(), cmd, &mut fl) } == 0 {
+        Ok(fl)
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+fn flock(f: &fs::File, op: i32) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+    }
+}
+
+/// Makes every follower's state come from its own snapshot: enough changes
+/// that each writes one (with `--snapshot-entries 50`) past everything done
+/// so far, then a kill -9 and restart of each follower, which loads it and
+/// replays only the log after it. So the next leader knows what came before
+/// only through a snapshot.
+fn followers_through_snapshots(c: &mut TestCluster, mnt: &Path, leader: u64) {
+    let dir = mnt.join("filler");
+    fs::create_dir(&dir).unwrap();
+    for i in 0..60 {
+        fs::write(dir.join(format!("f{i}")), b"filler").unwrap();
+    }
+    for id in (1..=3u64).filter(|i| *i != leader) {
+        let snaps = c.cluster.mds_node(id).data.join("raft/snapshot");
+        wait_until("a follower's snapshot", Duration::from_secs(30), || {
+            fs::read_dir(&snaps).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+            })
+        });
+        c.cluster.mds_node(id).crash();
+        c.cluster.start_mds_node(id).unwrap();
+    }
+    let last = |c: &TestCluster| {
+        c.cluster.status().ok().and_then(|s| {
+            let top = s.mds.iter().map(|n| n.last_log_index).max()?;
+            Some(s.mds.len() == 3 && s.mds.iter().all(|n| n.applied + 5 >= top))
+        })
+    };
+    wait_until(
+        "the restarted followers caught up",
+        Duration::from_secs(30),
+        || last(c) == Some(true),
+    );
+}
+
+/// A flock and an fcntl write lock taken by mount A through the group stay
+/// held through a kill -9 of the leader: mount B's non-blocking attempts
+/// still fail, F_GETLK names A's lock, and once A lets go B gets both.
+fn locks_survive_a_leader_kill(through_snapshot: bool) {
+    let mut c = group(2, |s| {
+        if through_snapshot {
+            s.mds_args = vec!["--snapshot-entries".into(), "50".into()];
+        }
+    });
+    let a = c.mount();
+    let b = c.mount();
+    fs::write(a.join("flocked"), b"flock").unwrap();
+    fs::write(a.join("fcntl"), b"fcntl").unwrap();
+    let fa = open_rw(&a.join("flocked"));
+    let ga = open_rw(&a.join("fcntl"));
+    flock(&fa, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    fcntl_lock(&ga, libc::F_SETLK, libc::F_WRLCK).unwrap();
+    let fb = open_rw(&b.join("flocked"));
+    let gb = open_rw(&b.join("fcntl"));
+    assert_eq!(
+        flock(&fb, libc::LOCK_SH | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    assert_eq!(
+        fcntl_lock(&gb, libc::F_SETLK, libc::F_RDLCK).unwrap_err(),
+        libc::EAGAIN
+    );
+    let leader = wait_leader(&c, None);
+    if through_snapshot {
+        followers_through_snapshots(&mut c, &a, leader);
+    }
+    c.cluster.mds_node(leader).crash();
+    let next = wait_leader(&c, Some(leader));
+    eprintln!("killed leader {leader}, node {next} leads");
+    assert_eq!(
+        flock(&fb, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK),
+        "a flock held through the failover"
+    );
+    assert_eq!(
+        fcntl_lock(&gb, libc::F_SETLK, libc::F_WRLCK).unwrap_err(),
+        libc::EAGAIN,
+        "an fcntl lock held through the failover"
+    );
+    let held = fcntl_lock(&gb, libc::F_GETLK, libc::F_RDLCK).unwrap();
+    assert_eq!(held.l_type as i32, libc::F_WRLCK, "F_GETLK names A's lock");
+    // A lets go (unlock, and close), and B gets both.
+    flock(&fa, libc::LOCK_UN).unwrap();
+    drop(ga);
+    flock(&fb, libc::LOCK_EX | libc::LOCK_NB).unwrap();
+    fcntl_lock(&gb, libc::F_SETLK, libc::F_WRLCK).unwrap();
+    // And A is shut out in turn.
+    let fa2 = open_rw(&a.join("flocked"));
+    assert_eq!(
+        flock(&fa2, libc::LOCK_EX | libc::LOCK_NB),
+        Err(libc::EWOULDBLOCK)
+    );
+    c.cluster.start_mds_node(leader).unwrap();
+}
+
+#[test]
+fn locks_are_held_through_a_leader_kill() {
+    locks_survive_a_leader_kill(false);
+}
+
+#[test]
+fn locks_are_held_through_a_leader_kill_from_a_snapshot() {
+    locks_survive_a_leader_kill(true);
+}
+
+#[test]
+fn a_dead_mounts_locks_expire_after_a_failover() {
+    let mut c = group(2, |s| {
+        s.mds_args = vec!["--lock-expiry-secs".into(), "5".into()];
+    });
+    let a = c.mount();
+    let b = c.mount();
+    fs::write(a.join("f"), b"x").unwrap();
+    let fa = open_rw(&a.join("f"));
+    fcntl_lock(&fa, libc::F_SETLK, libc::F_WRLCK).unwrap();
+    let fb = open_rw(&b.join("f"));
+    assert_eq!(
+        fcntl_lock(&fb, libc::F_SETLK, libc::F_WRLCK).unwrap_err(),
+        libc::EAGAIN
+    );
+    // Mount A dies (no unlock, no keepalive any more), then so does the leader.
+    c.cluster.mounts[0].proc.crash();
+    drop(fa);
+    let leader = wait_leader(&c, None);
+    c.cluster.mds_node(leader).crash();
+    wait_leader(&c, Some(leader));
+    let t = Instant::now();
+    // The new leader holds the lock for a lock expiry from its election...
+    assert_eq!(
+        fcntl_lock(&fb, libc::F_SETLK, libc::F_WRLCK).unwrap_err(),
+        libc::EAGAIN,
+        "the dead mount's lock held through the failover"
+    );
+    // ...and then lets it go, though nobody unlocked it.
+    loop {
+        match fcntl_lock(&fb, libc::F_SETLK, libc::F_WRLCK) {
+            Ok(_) => break,
+            Err(e) => assert_eq!(e, libc::EAGAIN),
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the dead mount's lock never expired after the failover"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.cluster.start_mds_node(leader).unwrap();
+}
+
+/// A file unlinked while two mounts hold it open stays readable through a
+/// failover to a leader whose state came from a snapshot, after one of the
+/// two closes it.
+#[test]
+fn an_unlinked_open_file_stays_readable_through_a_failover() {
+    let mut c = group(2, |s| {
+        s.mds_args = vec!["--snapshot-entries".into(), "50".into()];
+    });
+    let a = c.mount();
+    let b = c.mount();
+    let data = weft_testkit::pattern(3 << 20, 12);
+    fs::write(a.join("u"), &data).unwrap();
+    let fa = fs::File::open(a.join("u")).unwrap();
+    let fb = fs::File::open(b.join("u")).unwrap();
+    fs::remove_file(a.join("u")).unwrap();
+    let leader = wait_leader(&c, None);
+    followers_through_snapshots(&mut c, &a, leader);
+    c.cluster.mds_node(leader).crash();
+    wait_leader(&c, Some(leader));
+    // A's close is not the last one: B still has it open. Once the group
+    // has it (the release is the only change now), B reads the file, which
+    // B's mount never cached.
+    let logged = |c: &TestCluster| {
+        c.cluster
+            .status()
+            .ok()
+            .and_then(|s| s.mds.iter().map(|n| n.last_log_index).max())
+            .unwrap_or(0)
+    };
+    let before = logged(&c);
+    drop(fa);
+    wait_until("A's close in the log", Duration::from_secs(10), || {
+        logged(&c) > before
+    });
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut &fb, &mut back)
+        .unwrap_or_else(|e| panic!("reading the unlinked file through B: {e}"));
+    assert_eq!(sha256_hex(&back), sha256_hex(&data));
+    assert!(!b.join("u").exists());
+    drop(fb);
+    c.cluster.start_mds_node(leader).unwrap();
+}
+
+/// `weft drain` marks a daemon in the group's log: the next leader shows it
+/// draining and finishes the drain.
+#[test]
+fn a_drain_goes_on_after_a_failover() {
+    let mut c = group(4, |s| s.replicas = Some(2));
+    let mnt = c.mount();
+    let data = weft_testkit::pattern(8 << 20, 5);
+    fs::write(mnt.join("f"), &data).unwrap();
+    c.cluster
+        .wait_replicated(Duration::from_secs(60))
+        .expect("replicated");
+    let victim = c.cluster.chunkds[0].addr.clone();
+    let out = weft_testkit::weft_cmd()
+        .args(["drain", "--mds", &c.cluster.mds_list(), &victim])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "weft drain: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leader = wait_leader(&c, None);
+    c.cluster.mds_node(leader).crash();
+    wait_leader(&c, Some(leader));
+    wait_until(
+        "the drain to finish under the new leader",
+        Duration::from_secs(90),
+        || {
+            c.cluster.status().is_ok_and(|s| {
+                s.chunkds
+                    .iter()
+                    .any(|d| d.addr == victim && d.alive && d.draining && d.chunks == 0)
+            })
+        },
+    );
+    let out = weft_testkit::weft_cmd()
+        .args(["status", "--mds", &c.cluster.mds_list(), "--json"])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "weft status --json: {e}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    let d = json["chunkds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["address"] == victim.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(d["draining"], true, "{d}");
+    assert_eq!(
+        sha256_hex(&fs::read(mnt.join("f")).unwrap()),
+        sha256_hex(&data)
+    );
+    c.cluster.start_mds_node(leader).unwrap();
 }

@@ -41,6 +41,7 @@ fn mount_rides_through_an_mds_restart() {
         fs::write(mm.join("kept"), b"kept")?;
         Ok(t.elapsed())
     });
+    // A duration: the MDS stays down 3 s, the outage the operations wait out.
     std::thread::sleep(Duration::from_secs(3));
     assert!(!worker.is_finished(), "operations must wait for the MDS");
     tc.cluster

@@ -177,6 +177,7 @@ fn attributes_permissions_and_times() {
 
     // A write moves mtime forward and clears setuid.
     fs::set_permissions(&f, fs::Permissions::from_mode(0o4755)).unwrap();
+    // A duration: the write's mtime must differ from the chmod's.
     std::thread::sleep(std::time::Duration::from_millis(20));
     fs::OpenOptions::new()
         .append(true)

@@ -7,10 +7,10 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use weft_testkit::{bin, pattern, read_all, sha256_hex, wait_until, TestCluster};
+use weft_testkit::{bin, pattern, read_all, sha256_hex, wait_exit, wait_until, TestCluster};
 
 const MIB: u64 = 1 << 20;
 const ACCESS: &str = "weft-test-access";
@@ -54,26 +54,18 @@ impl Gateway {
             cmd.arg("--tls-dir").arg(&t.dir);
         }
         let mut child = cmd.spawn().expect("start weft-s3");
-        let t = Instant::now();
-        let endpoint = loop {
-            if let Some(a) = fs::read_to_string(&addr_file)
-                .ok()
-                .filter(|a| !a.is_empty())
-            {
-                break format!("http://{a}");
-            }
+        let mut addr = String::new();
+        wait_until("weft-s3 to listen", Duration::from_secs(30), || {
+            addr = fs::read_to_string(&addr_file).unwrap_or_default();
             if let Some(st) = child.try_wait().unwrap() {
                 panic!(
                     "weft-s3 exited ({st}) before listening:\n{}",
                     fs::read_to_string(dir.path().join("weft-s3.log")).unwrap_or_default()
                 );
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "weft-s3 did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+            !addr.is_empty()
+        });
+        let endpoint = format!("http://{addr}");
         Gateway {
             child,
             vhost: None,
@@ -160,12 +152,8 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if wait_exit(&mut self.child, Duration::from_secs(10)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -675,20 +663,13 @@ fn s3s_e2e_conformance_suite() {
         .stderr(out)
         .spawn()
         .expect("start s3s-e2e");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t.elapsed() > Duration::from_secs(600) {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "s3s-e2e did not finish in 600 s:\n{}",
-                fs::read_to_string(work.path().join("s3s-e2e.log")).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let Some(status) = wait_exit(&mut child, Duration::from_secs(600)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "s3s-e2e did not finish in 600 s:\n{}",
+            fs::read_to_string(work.path().join("s3s-e2e.log")).unwrap_or_default()
+        );
     };
     let log = fs::read_to_string(work.path().join("s3s-e2e.log")).unwrap_or_default();
     println!("s3s-e2e ({status}):\n{log}");

@@ -30,11 +30,13 @@ fn atime_relatime_noatime_strictatime() {
     let strict = tc.mount_with(&["attr_timeout=0", "entry_timeout=0", "strictatime"]);
     fs::write(rel.join("f"), b"x").unwrap();
     let t0 = atime(&rel.join("f"));
+    // A duration: a later read's atime must differ from t0 (clock granularity).
     std::thread::sleep(Duration::from_millis(50));
 
-    // noatime: a read changes nothing.
+    // noatime: a read changes nothing. A stat on the reading mount waits for
+    // any update its read sent (atime.rs), so it comes after that update.
     read(&no.join("f"));
-    std::thread::sleep(Duration::from_millis(500));
+    atime(&no.join("f"));
     assert_eq!(atime(&rel.join("f")), t0);
 
     // relatime: the first read after a write moves atime, the next does not.
@@ -44,9 +46,10 @@ fn atime_relatime_noatime_strictatime() {
     });
     let t1 = atime(&rel.join("f"));
     let ctime = fs::metadata(rel.join("f")).unwrap().ctime_nsec();
+    // A duration: an update now would show as a later atime.
     std::thread::sleep(Duration::from_millis(50));
     read(&rel.join("f"));
-    std::thread::sleep(Duration::from_millis(500));
+    // The stat on the reading mount waits for any update the read sent.
     assert_eq!(atime(&rel.join("f")), t1);
     assert_eq!(
         fs::metadata(rel.join("f")).unwrap().ctime_nsec(),
@@ -61,6 +64,7 @@ fn atime_relatime_noatime_strictatime() {
         atime(&rel.join("f")) > t1
     });
     let t2 = atime(&rel.join("f"));
+    // A duration: the next update must show as a later atime.
     std::thread::sleep(Duration::from_millis(50));
     read(&strict.join("f"));
     wait_until(
@@ -80,6 +84,7 @@ fn stat_right_after_a_read_shows_its_atime() {
     for round in 0..20 {
         fs::write(&p, format!("round {round}")).unwrap();
         let before = atime(&p);
+        // A duration: the read's atime must differ from the write's.
         std::thread::sleep(Duration::from_millis(20));
         read(&p);
         assert!(atime(&p) > before, "round {round}: atime not updated yet");
@@ -96,6 +101,7 @@ fn a_stat_after_close_shows_the_committed_mtime() {
     let p = m.join("f");
     File::create(&p).unwrap();
     let created = fs::metadata(&p).unwrap();
+    // A duration: the writes' mtime must be in a later second than the create's.
     std::thread::sleep(Duration::from_millis(1100));
     let mut f = OpenOptions::new().write(true).open(&p).unwrap();
     f.write_all(&pattern(10_000, 1)).unwrap();
@@ -157,7 +163,8 @@ fn times_set_before_close_survive_the_close() {
         .status()
         .unwrap();
     assert!(st.success());
-    // Past the attribute TTL: what the MDS holds.
+    // A duration: past the attribute TTL, the stat shows what the MDS holds
+    // (a late flush's mtime would show), not what the kernel cached.
     std::thread::sleep(Duration::from_millis(1200));
     let md = fs::metadata(m.join("copied")).unwrap();
     assert_eq!((md.len(), md.mtime()), (200_000, 1_000_000_000));

@@ -15,25 +15,20 @@ use std::os::unix::fs::FileExt as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use weft_testkit::{pattern, read_all, sha256_hex, TestCluster};
+use weft_testkit::{pattern, poll_every, read_all, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
 const BOUND: Duration = Duration::from_millis(1250);
 
 /// Polls `cond` every 10 ms; returns how long it took, panics past BOUND.
-fn visible_within(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+fn visible_within(what: &str, cond: impl FnMut() -> bool) -> Duration {
     let t = Instant::now();
-    loop {
-        if cond() {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < BOUND,
-            "{what}: not visible on the other mount after {:?}",
-            t.elapsed()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    assert!(
+        poll_every(Duration::from_millis(10), BOUND, cond),
+        "{what}: not visible on the other mount after {:?}",
+        t.elapsed()
+    );
+    t.elapsed()
 }
 
 fn write_file(path: &Path, data: &[u8]) {
@@ -295,7 +290,8 @@ fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
     visible_within("new file", || {
         fs::read(b.join("d/f")).is_ok_and(|d| d == b"one")
     });
-    // Let B's stream settle, then have B cache the name and attributes.
+    // Let B's stream settle, then have B cache the name and attributes. A
+    // duration: nothing outside weftfs shows when its push stream is up.
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
         assert_eq!(
@@ -321,7 +317,8 @@ fn changes_made_while_the_push_stream_is_down_show_within_the_bound() {
         fs::read(b.join("d/g")).is_ok_and(|d| d == b"one")
     });
 
-    // With the stream back, pushes carry changes again.
+    // With the stream back, pushes carry changes again. A duration: B's
+    // reconnect is not visible from outside, so give it its retry period.
     std::thread::sleep(Duration::from_secs(3));
     assert!(b.join("d/g").exists());
     fs::remove_file(a.join("d/g")).unwrap();

@@ -4,10 +4,15 @@
 //! and the purge point in `DATA/raft/purged`, each written durably (temp,
 //! fsync, rename, fsync dir) before openraft is told.
 //!
-//! Appends go to the page cache at once; one thread (`wal-sync`) fdatasyncs
-//! behind them and only then tells openraft the entries are flushed, so an
-//! entry counts towards a majority only once it is on that node's disk. Many
-//! appends share one fdatasync (group commit).
+//! Appends go to the page cache and are reported to openraft as flushed at
+//! once, so an entry counts towards a majority once a majority has it
+//! written: a kill -9 of every node loses nothing committed (the page cache
+//! outlives a process), and neither does the power loss of a minority. One
+//! thread (`raft-log-sync`) fdatasyncs right behind; `durable` says whether
+//! an entry is on this node's disk, and a client's fsync or close waits until
+//! it is on a majority's (`Group::sync_log`). Many appends share one
+//! fdatasync (group commit); a failed fdatasync aborts the node, so a restart
+//! serves only what its disk holds.
 //!
 //! Entries after the purge point are also kept in memory (openraft reads them
 //! to replicate and to apply); a snapshot lets openraft purge them.
@@ -23,7 +28,9 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use tokio::sync::watch;
 
 type Nid = u64;
 type SErr = StorageError<Nid>;
@@ -59,19 +66,51 @@ struct Inner {
     vote: Option<Vote<Nid>>,
     purged: Option<LogId<Nid>>,
     committed: Option<LogId<Nid>>,
-    sync: mpsc::Sender<(Arc<File>, LogFlushed<TypeConfig>)>,
+    sync: mpsc::Sender<(Arc<File>, u64)>,
+    /// Number of the last append (entries read at open count as 0: synced).
+    seq: u64,
+    /// First index of each append still in the log → its number: an
+    /// entry's append is the last one starting at or below it.
+    appends: BTreeMap<u64, u64>,
+}
+
+/// How far this node's log is on disk, shared with the sync thread and with
+/// waiters: the highest append number fdatasync'd, and a tick on every
+/// append and every sync, to wake whoever waits for an entry.
+struct Progress {
+    synced: AtomicU64,
+    tick: watch::Sender<u64>,
+}
+
+impl Progress {
+    fn tick(&self) {
+        self.tick.send_modify(|t| *t = t.wrapping_add(1));
+    }
+}
+
+/// Whether an entry (index, term) is on this node's disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDisk {
+    Yes,
+    /// Not yet: not synced, not arrived, or an older term's entry sits at
+    /// that index (a lagging follower).
+    NotYet,
+    /// A newer term's entry replaced it here: it was never committed.
+    Replaced,
 }
 
 /// Cheap to clone; every clone is the same log (the reader openraft asks
 /// for is a clone).
 #[derive(Clone)]
-pub struct LogStore(Arc<Mutex<Inner>>);
+pub struct LogStore(Arc<Mutex<Inner>>, Arc<Progress>);
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`. A torn frame at the very end of
     /// the last segment (a crash mid-write; nothing was acknowledged for it)
     /// is cut off; damage anywhere else refuses to start.
-    pub fn open(dir: &Path) -> anyhow::Result<LogStore> {
+    /// `sync_delay` (a test hook, `--test-sync-delay-ms`) holds each
+    /// fdatasync back, so tests can see who waits for the disk.
+    pub fn open(dir: &Path, sync_delay: std::time::Duration) -> anyhow::Result<LogStore> {
         use anyhow::Context;
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let vote: Option<Vote<Nid>> = read_json(&dir.join("vote"))?;
@@ -162,21 +201,94 @@ impl LogStore {
         let file = OpenOptions::new().append(true).open(&path)?;
         file.sync_all()?;
         let size = file.metadata()?.len();
-        let (tx, rx) = mpsc::channel::<(Arc<File>, LogFlushed<TypeConfig>)>();
+        let (tx, rx) = mpsc::channel::<(Arc<File>, u64)>();
+        let progress = Arc::new(Progress {
+            synced: AtomicU64::new(0),
+            tick: watch::Sender::new(0),
+        });
+        let p = progress.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
-            .spawn(move || sync_loop(rx))?;
-        Ok(LogStore(Arc::new(Mutex::new(Inner {
-            dir: dir.to_path_buf(),
-            entries,
-            segments,
-            file: Arc::new(file),
-            size,
-            vote,
-            purged,
-            committed: None,
-            sync: tx,
-        }))))
+            .spawn(move || sync_loop(rx, &p, sync_delay))?;
+        Ok(LogStore(
+            Arc::new(Mutex::new(Inner {
+                dir: dir.to_path_buf(),
+                entries,
+                segments,
+                file: Arc::new(file),
+                size,
+                vote,
+                purged,
+                committed: None,
+                sync: tx,
+                seq: 0,
+                appends: BTreeMap::new(),
+            })),
+            progress,
+        ))
+    }
+
+    /// Whether entry (`index`, `term`) is on this node's disk. Entries at or
+    /// below the purge point are: a snapshot written durably holds them.
+    pub fn on_disk(&self, index: u64, term: u64) -> OnDisk {
+        let g = self.0.lock();
+        if g.purged.is_some_and(|p| index <= p.index) {
+            return OnDisk::Yes;
+        }
+        match g.entries.get(&index).map(|e| e.log_id.leader_id.term) {
+            None => OnDisk::NotYet,
+            Some(t) if t > term => OnDisk::Replaced,
+            Some(t) if t < term => OnDisk::NotYet,
+            Some(_) => {
+                let seq = g
+                    .appends
+                    .range(..=index)
+                    .next_back()
+                    .map(|(_, s)| *s)
+                    .unwrap_or(0);
+                if seq <= self.1.synced.load(Ordering::Acquire) {
+                    OnDisk::Yes
+                } else {
+                    OnDisk::NotYet
+                }
+            }
+        }
+    }
+
+    /// Waits until entry (`index`, `term`) is on this node's disk; false if
+    /// it was replaced, or on a leader (`have_all`: it holds every committed
+    /// entry) if it is missing or older, or once `until` passes.
+    pub async fn wait_on_disk(
+        &self,
+        index: u64,
+        term: u64,
+        have_all: bool,
+        until: tokio::time::Instant,
+    ) -> bool {
+        let mut ticks = self.1.tick.subscribe();
+        loop {
+            match self.on_disk(index, term) {
+                OnDisk::Yes => return true,
+                OnDisk::Replaced => return false,
+                OnDisk::NotYet if have_all && !self.holds(index, term) => return false,
+                OnDisk::NotYet => {}
+            }
+            if tokio::time::timeout_at(until, ticks.changed())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Whether entry (`index`, `term`) is in the log (or purged into a snapshot).
+    fn holds(&self, index: u64, term: u64) -> bool {
+        let g = self.0.lock();
+        g.purged.is_some_and(|p| index <= p.index)
+            || g.entries
+                .get(&index)
+                .is_some_and(|e| e.log_id.leader_id.term == term)
     }
 
     /// The last entry's index (0 for an empty log).
@@ -213,32 +325,37 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Opti
     }
 }
 
-/// fdatasyncs behind the appends: takes every flush waiting, syncs each file
-/// once, then tells openraft in order.
-fn sync_loop(rx: mpsc::Receiver<(Arc<File>, LogFlushed<TypeConfig>)>) {
+/// fdatasyncs behind the appends: takes every append waiting, syncs each
+/// file once, then publishes the highest append number synced.
+fn sync_loop(
+    rx: mpsc::Receiver<(Arc<File>, u64)>,
+    progress: &Progress,
+    delay: std::time::Duration,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while let Ok(more) = rx.try_recv() {
             batch.push(more);
         }
-        let mut synced: Vec<(Arc<File>, Result<(), std::io::ErrorKind>)> = Vec::new();
+        // After the batch is taken: every append waits at least `delay`.
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let mut synced: Vec<Arc<File>> = Vec::new();
         for (file, _) in &batch {
-            if !synced.iter().any(|(f, _)| Arc::ptr_eq(f, file)) {
-                let r = file.sync_data().map_err(|e| e.kind());
-                synced.push((file.clone(), r));
+            if !synced.iter().any(|f| Arc::ptr_eq(f, file)) {
+                if let Err(e) = file.sync_data() {
+                    // Entries were acknowledged as written: memory and
+                    // peers are ahead of this disk, which cannot be undone.
+                    tracing::error!("Raft log fdatasync failed, aborting so a restart serves only what is on disk: {e}");
+                    std::process::abort();
+                }
+                synced.push(file.clone());
             }
         }
-        for (file, cb) in batch {
-            let r = synced
-                .iter()
-                .find(|(f, _)| Arc::ptr_eq(f, &file))
-                .map(|(_, r)| *r)
-                .unwrap_or(Ok(()));
-            if let Err(kind) = r {
-                tracing::error!("Raft log fdatasync failed: {kind}");
-            }
-            cb.log_io_completed(r.map_err(std::io::Error::from));
-        }
+        let top = batch.iter().map(|(_, seq)| *seq).max().unwrap_or(0);
+        progress.synced.fetch_max(top, Ordering::AcqRel);
+        progress.tick();
     }
 }
 
@@ -334,10 +451,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in batch {
             g.entries.insert(e.log_id.index, e);
         }
+        g.seq += 1;
+        let seq = g.seq;
+        g.appends.insert(first, seq);
         let file = g.file.clone();
         g.sync
-            .send((file, callback))
+            .send((file, seq))
             .map_err(|_| werr(std::io::Error::other("the log sync thread stopped")))?;
+        drop(g);
+        // Written (in the page cache): counts towards a majority now.
+        callback.log_io_completed(Ok(()));
+        self.1.tick();
         Ok(())
     }
 
@@ -347,6 +471,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut g = self.0.lock();
         let from = log_id.index;
         g.entries.split_off(&from);
+        g.appends.split_off(&from);
         let dir = g.dir.clone();
         while g.segments.len() > 1 && g.segments.last().unwrap().0 >= from {
             let (_, path) = g.segments.pop().unwrap();
@@ -373,6 +498,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         g.purged = Some(log_id);
         let keep = g.entries.split_off(&(log_id.index + 1));
         g.entries = keep;
+        // Keep the append that covers the first entry left.
+        if let Some((&first, _)) = g.appends.range(..=log_id.index + 1).next_back() {
+            g.appends = g.appends.split_off(&first);
+        }
         // Whole segments whose every entry is purged (never the last one).
         while g.segments.len() > 1 && g.segments[1].0 <= log_id.index + 1 {
             let (_, path) = g.segments.remove(0);

@@ -14,7 +14,9 @@
 //! `prepare` + `apply` when the entry commits, so a request prepared against a
 //! state that changed meanwhile cannot misapply, and the reply table that
 //! makes retries exactly-once is the same on every node. The answer goes back
-//! once the entry is on disk on a majority and applied on the leader.
+//! once the entry is written on a majority (each fdatasyncs right behind) and
+//! applied on the leader; a client's fsync or close then waits until its
+//! changes are on disk on a majority (`Group::sync_log`).
 
 pub mod log_store;
 pub mod network;
@@ -70,6 +72,16 @@ pub enum Cmd {
         session: u64,
         ino: u64,
     },
+    /// An advisory lock change (`locks::LockChange`): EAGAIN if it conflicts.
+    Lock {
+        session: u64,
+        change: crate::locks::LockChange,
+    },
+    /// `weft drain` (or its cancel) of chunk daemon `chunkd`.
+    Drain {
+        chunkd: u64,
+        draining: bool,
+    },
     /// `committer::Request::Lease`: an AllocChunk (its protobuf bytes) whose
     /// lease raises `chunk_id` to `version` in the same entry.
     Lease {
@@ -112,6 +124,8 @@ impl From<Request> for Cmd {
             } => Cmd::ReleaseWrite { session, ino },
             Request::Expire { session } => Cmd::Expire { session },
             Request::Internal { record } => Cmd::Internal { record },
+            Request::Lock { session, change } => Cmd::Lock { session, change },
+            Request::Drain { chunkd, draining } => Cmd::Drain { chunkd, draining },
             Request::Lease {
                 session,
                 seq,
@@ -158,6 +172,8 @@ impl Cmd {
             },
             Cmd::Expire { session } => Request::Expire { session },
             Cmd::Internal { record } => Request::Internal { record },
+            Cmd::Lock { session, change } => Request::Lock { session, change },
+            Cmd::Drain { chunkd, draining } => Request::Drain { chunkd, draining },
             Cmd::Lease {
                 session,
                 seq,
@@ -252,7 +268,16 @@ pub struct Group {
     /// work and says "not leader" (`propose`).
     pub write_grace: Duration,
     hub: Arc<crate::watch::Hub>,
+    log: log_store::LogStore,
+    dial: Arc<network::Dial>,
+    /// The newest entry (index, term) known on disk on a majority: replies
+    /// carry it, so a close whose changes are older needs no SyncLog.
+    confirmed: Mutex<(u64, u64)>,
 }
+
+/// Marks a reply's `log_epoch` as a group's: the rest is the term of the
+/// entry at `log_index`. A single MDS's epochs have this bit clear.
+pub const GROUP_EPOCH: u64 = 1 << 63;
 
 /// Where a node stands, from openraft's metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -328,7 +353,100 @@ impl Group {
         s.voters.len() <= 1 || self.acks.quorum_within(self.id, &s.voters, s.term, d)
     }
 
-    /// Puts a request in the log and returns its answer once it is on disk
+    /// This node's Raft log (for the `Synced` RPC).
+    pub fn log_store(&self) -> log_store::LogStore {
+        self.log.clone()
+    }
+
+    /// The log position a reply carries: (index, durable index, epoch). The
+    /// index is the last entry applied here (at or past the change just
+    /// answered, and committed), the epoch its term.
+    pub fn reply_position(&self) -> (u64, u64, u64) {
+        let m = self.raft.metrics();
+        let (index, term) = m
+            .borrow()
+            .last_applied
+            .map(|l| (l.index, l.leader_id.term))
+            .unwrap_or((0, 0));
+        let (c_index, c_term) = *self.confirmed.lock();
+        // Within one term the durable index compares with the index; an
+        // older confirmation says nothing the client could use.
+        let durable = if c_term == term { c_index } else { 0 };
+        (index, durable, GROUP_EPOCH | term)
+    }
+
+    /// SyncLog in a group: Ok once entry (`index`, term in `epoch`) is on
+    /// disk on a majority of the voters; EIO if it is not in the log (a
+    /// newer term replaced it: it was never answered); "not leader" when no
+    /// majority confirms within the write grace (the client retries).
+    pub async fn sync_log(&self, index: u64, epoch: u64) -> Outcome {
+        let done = Ok(pb::meta_reply::Result::Empty(pb::Empty {}));
+        if epoch & GROUP_EPOCH == 0 {
+            // A position from the single MDS this group took over: its log
+            // was synced when the group started from it.
+            return done;
+        }
+        let term = epoch & !GROUP_EPOCH;
+        {
+            let (c_index, c_term) = *self.confirmed.lock();
+            if c_term == term && index <= c_index {
+                return done;
+            }
+        }
+        let s = self.standing();
+        if term > s.term {
+            // Answered by a newer leader than this node knows of.
+            return Err(crate::committer::NOT_LEADER);
+        }
+        let until = tokio::time::Instant::now() + self.write_grace;
+        let wait = self.write_grace / 2;
+        let mut asks = futures::stream::FuturesUnordered::new();
+        for v in s.voters.iter().filter(|v| **v != self.id) {
+            let addr = s.nodes.get(v).cloned().unwrap_or_default();
+            let (dial, v) = (self.dial.clone(), *v);
+            asks.push(async move { dial.synced(v, &addr, index, term, wait).await });
+        }
+        let need = s.voters.len() / 2 + 1;
+        let mine = self.log.wait_on_disk(index, term, true, until);
+        tokio::pin!(mine);
+        let (mut yes, mut mine_done) = (0usize, false);
+        use futures::StreamExt;
+        while yes < need {
+            tokio::select! {
+                on_disk = &mut mine, if !mine_done => {
+                    mine_done = true;
+                    if !on_disk {
+                        if self.log.on_disk(index, term) == log_store::OnDisk::Yes {
+                            yes += 1;
+                            continue;
+                        }
+                        if tokio::time::Instant::now() < until {
+                            tracing::warn!(index, term, "a client waits for a log entry this group does not hold (never answered)");
+                            return Err(Errno::EIO);
+                        }
+                        return Err(crate::committer::NOT_LEADER);
+                    }
+                    yes += 1;
+                }
+                Some(on_disk) = asks.next() => {
+                    if on_disk {
+                        yes += 1;
+                    }
+                }
+                else => break,
+            }
+        }
+        if yes < need {
+            return Err(crate::committer::NOT_LEADER);
+        }
+        let mut c = self.confirmed.lock();
+        if (term, index) > (c.1, c.0) {
+            *c = (index, term);
+        }
+        done
+    }
+
+    /// Puts a request in the log and returns its answer once it is written
     /// on a majority and applied here. "Not leader" comes back as
     /// `NOT_LEADER` (the client retries with the same (session, seq)).
     ///
@@ -415,7 +533,10 @@ pub async fn start(
     };
     let dir = cfg.data.join("raft");
     let fresh = !dir.join("log").exists();
-    let log = log_store::LogStore::open(&dir.join("log"))?;
+    let log = log_store::LogStore::open(
+        &dir.join("log"),
+        Duration::from_millis(cfg.test_sync_delay_ms),
+    )?;
     let mut sm = state_machine::StateMachine::open(
         &dir.join("snapshot"),
         chunk_size,
@@ -458,9 +579,10 @@ pub async fn start(
             .collect(),
         _ => HashMap::new(),
     };
-    let network = network::Network::new(acks.clone(), via);
+    let dial = Arc::new(network::Dial::new(via));
+    let network = network::Network::new(acks.clone(), dial.clone());
     let config = Arc::new(raft_config(cfg)?);
-    let raft = Raft::new(id, config, network, log, sm)
+    let raft = Raft::new(id, config, network, log.clone(), sm)
         .await
         .map_err(|e| anyhow::anyhow!("cannot start openraft: {e}"))?;
     let initialized = raft
@@ -487,6 +609,9 @@ pub async fn start(
             read_lease: Duration::from_millis(lease_ms),
             write_grace: Duration::from_millis(cfg.election_timeout_ms * 4),
             hub,
+            log,
+            dial,
+            confirmed: Mutex::new((0, 0)),
         }),
         state,
     })
@@ -582,8 +707,9 @@ pub async fn remove_node(g: &Group, id: u64) -> Result<(), tonic::Status> {
 /// new term it takes that term as the fencing term (sent to chunk daemons),
 /// forgets leases (the next lease of every chunk bumps its version first),
 /// starts the chunk-daemon registry afresh (daemons re-register with their
-/// replicas, as at an MDS start) and gives every known session a full
-/// timeout from now.
+/// replicas, as at an MDS start; the group's drain marks are set again as
+/// they do) and gives every known session a full timeout, and every session
+/// holding locks a full lock expiry, from now.
 pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
     let Some(g) = mds.group.clone() else {
         return;
@@ -604,6 +730,13 @@ pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
                     mds.registry
                         .lock()
                         .restart(dead_after + Duration::from_secs(5), st.ns.next_chunk_id());
+                    // Lock holders get a full lock expiry from now to be
+                    // heard from, as sessions get a full timeout.
+                    let now = Instant::now();
+                    let mut locks = mds.locks.lock();
+                    for s in st.locks.sessions() {
+                        locks.touch(s, now);
+                    }
                     st.sessions.ids().collect()
                 };
                 for session in sessions {

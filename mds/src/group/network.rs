@@ -9,6 +9,7 @@
 //! names another way to it (NAT, or a test's fault proxy on that one link);
 //! the membership address is still what clients are told.
 
+use super::log_store::LogStore;
 use super::{Acks, Raft, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -33,19 +34,61 @@ type Nid = u64;
 type RpcErr<E> = RPCError<Nid, BasicNode, RaftError<Nid, E>>;
 
 pub struct Network {
-    pool: Arc<Pool>,
+    dial: Arc<Dial>,
     acks: Arc<Acks>,
-    /// `--peer-via`: node id → the address to dial it through.
+}
+
+/// How this node reaches its peers: one pooled channel per address, and
+/// `--peer-via` (node id → the address to dial it through).
+pub struct Dial {
+    pool: Pool,
     via: HashMap<Nid, String>,
 }
 
-impl Network {
-    pub fn new(acks: Arc<Acks>, via: HashMap<Nid, String>) -> Network {
-        Network {
-            pool: Arc::new(Pool::new(None)),
-            acks,
+impl Dial {
+    pub fn new(via: HashMap<Nid, String>) -> Dial {
+        Dial {
+            pool: Pool::new(None),
             via,
         }
+    }
+
+    fn addr<'a>(&'a self, target: Nid, member_addr: &'a str) -> &'a str {
+        self.via
+            .get(&target)
+            .map(String::as_str)
+            .unwrap_or(member_addr)
+    }
+
+    /// Asks `target` whether entry (`index`, `term`) is on its disk, letting
+    /// it wait up to `wait`; false if it says no or cannot be reached.
+    pub async fn synced(
+        &self,
+        target: Nid,
+        member_addr: &str,
+        index: u64,
+        term: u64,
+        wait: std::time::Duration,
+    ) -> bool {
+        let Ok(channel) = self.pool.channel(self.addr(target, member_addr)) else {
+            return false;
+        };
+        let mut request = Request::new(pb::SyncedReq {
+            index,
+            term,
+            wait_ms: wait.as_millis() as u32,
+        });
+        request.set_timeout(wait + std::time::Duration::from_millis(500));
+        RaftClient::new(channel)
+            .synced(request)
+            .await
+            .is_ok_and(|r| r.into_inner().on_disk)
+    }
+}
+
+impl Network {
+    pub fn new(acks: Arc<Acks>, dial: Arc<Dial>) -> Network {
+        Network { dial, acks }
     }
 }
 
@@ -55,8 +98,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: Nid, node: &BasicNode) -> Peer {
         Peer {
             target,
-            addr: self.via.get(&target).unwrap_or(&node.addr).clone(),
-            pool: self.pool.clone(),
+            addr: self.dial.addr(target, &node.addr).to_string(),
+            dial: self.dial.clone(),
             acks: self.acks.clone(),
         }
     }
@@ -65,7 +108,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct Peer {
     target: Nid,
     addr: String,
-    pool: Arc<Pool>,
+    dial: Arc<Dial>,
     acks: Arc<Acks>,
 }
 
@@ -91,6 +134,7 @@ impl Peer {
         let data =
             postcard::to_allocvec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let channel = self
+            .dial
             .pool
             .channel(&self.addr)
             .map_err(|e| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e))))?;
@@ -154,9 +198,10 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The server side: hands each call to this node's openraft.
+/// The server side: hands each call to this node's openraft, and answers
+/// `Synced` from its log.
 #[derive(Clone)]
-pub struct Service(pub Raft);
+pub struct Service(pub Raft, pub LogStore);
 
 fn decode<T: DeserializeOwned>(req: Request<pb::RaftBytes>) -> Result<T, Status> {
     postcard::from_bytes(&req.into_inner().data)
@@ -190,5 +235,16 @@ impl pb::raft_server::Raft for Service {
     ) -> Result<Response<pb::RaftBytes>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(req)?;
         encode(&self.0.install_snapshot(rpc).await)
+    }
+
+    async fn synced(
+        &self,
+        req: Request<pb::SyncedReq>,
+    ) -> Result<Response<pb::SyncedReply>, Status> {
+        let r = req.into_inner();
+        let wait = std::time::Duration::from_millis(u64::from(r.wait_ms.min(10_000)));
+        let until = tokio::time::Instant::now() + wait;
+        let on_disk = self.1.wait_on_disk(r.index, r.term, false, until).await;
+        Ok(Response::new(pb::SyncedReply { on_disk }))
     }
 }

@@ -118,7 +118,9 @@ pub struct Namespace {
     chunk_owners: BTreeMap<u64, (u64, u64)>,
     dirs: u64,
     bytes: u64,
-    /// ino → open count. Not journaled, not serialized: after a restart nothing is open.
+    /// ino → open count. Not journaled, not serialized with the namespace:
+    /// after a single MDS's restart nothing is open (an MDS group's snapshot
+    /// carries them, `snapshot.rs`).
     #[serde(skip)]
     open: HashMap<u64, u32>,
 }
@@ -425,6 +427,18 @@ impl Namespace {
             inodes,
             bytes: self.bytes,
         }
+    }
+
+    /// Every inode's open count (an MDS group's snapshot carries them).
+    pub fn open_counts(&self) -> Vec<(u64, u32)> {
+        let mut v: Vec<(u64, u32)> = self.open.iter().map(|(i, n)| (*i, *n)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Replaces the open counts (from a snapshot; empty: nothing is open).
+    pub fn set_open_counts(&mut self, counts: impl IntoIterator<Item = (u64, u32)>) {
+        self.open = counts.into_iter().filter(|(_, n)| *n > 0).collect();
     }
 
     /// A client opened `ino` (after a successful Open or Create).

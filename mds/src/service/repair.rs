@@ -176,10 +176,31 @@ impl pb::admin_server::Admin for Mds {
     async fn drain(&self, req: Request<pb::DrainReq>) -> Result<Response<pb::DrainReply>, Status> {
         self.check_leader(false)?;
         let req = req.into_inner();
-        let mut reg = self.registry.lock();
-        let id = reg
+        let id = self
+            .registry
+            .lock()
             .daemon_by_addr(&req.addr)
             .ok_or_else(|| Status::not_found(format!("no chunk daemon at {}", req.addr)))?;
+        if self.group.is_some() {
+            // In the group's log, so the next leader drains on.
+            let draining = !req.cancel;
+            let done = self
+                .committer
+                .propose(|done| crate::committer::Proposal::Drain {
+                    chunkd: id,
+                    draining,
+                    done,
+                })
+                .await;
+            match done {
+                Ok(_) => {}
+                Err(crate::committer::NOT_LEADER) => {
+                    return Err(weft_proto::leader::not_leader(None))
+                }
+                Err(e) => return Err(Status::internal(format!("drain not recorded: {e}"))),
+            }
+        }
+        let mut reg = self.registry.lock();
         reg.set_draining(id, !req.cancel);
         if !req.cancel {
             tracing::info!(chunkd = id, addr = %req.addr, "draining");

@@ -1,15 +1,16 @@
-//! Test-only: a real weft cluster inside the test process — the real MDS
+//! A real weft cluster inside the test process — the real MDS
 //! (`weft_mds::server::run`) and real chunk daemons (`weft_chunkd::start`) on
 //! 127.0.0.1 ports of their own, each with its own temporary data directory —
-//! so the client's data paths (`Weft`) are tested against the components they
-//! talk to in production, without FUSE. Faults are real too: a daemon shut
-//! down, a byte flipped in a replica file, a daemon with no room.
+//! for tests of libraries that talk to them (the client's data paths)
+//! without FUSE, with each daemon's store at hand. Faults are real too: a
+//! daemon shut down, a byte flipped in a replica file, a daemon with no room.
+//! Built with `ClusterBuilder::start_in_process`.
 //!
 //! The daemons run on a runtime of their own, as they would in their own
 //! processes: the MDS blocks its worker threads briefly (group commit), which
-//! must not starve the client under test.
+//! must not starve the code under test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -20,22 +21,9 @@ use weft_chunkd::Daemon;
 use weft_proto::master_client::MasterClient;
 use weft_proto::StatusReq;
 
-pub struct ChunkdSpec {
-    pub rack: &'static str,
-    /// `--capacity` in bytes; None is the whole disk.
-    pub capacity: Option<u64>,
-}
+use crate::{ChunkdSpec, ClusterBuilder};
 
-impl Default for ChunkdSpec {
-    fn default() -> Self {
-        ChunkdSpec {
-            rack: "default",
-            capacity: None,
-        }
-    }
-}
-
-pub struct RealCluster {
+pub struct InProcCluster {
     pub mds_addr: String,
     /// None once stopped with `stop_chunkd`.
     pub chunkds: Vec<Option<Daemon>>,
@@ -46,36 +34,30 @@ pub struct RealCluster {
     rt: Option<tokio::runtime::Runtime>,
 }
 
-impl RealCluster {
-    /// An MDS keeping `replicas` copies of `chunk_size`-byte chunks, and one
-    /// chunk daemon per spec; returns once the MDS counts them all alive.
-    pub async fn start(replicas: u32, chunk_size: u64, specs: &[ChunkdSpec]) -> RealCluster {
-        Self::start_with(replicas, chunk_size, specs, Duration::from_secs(1)).await
-    }
-
-    /// As `start`, with the MDS declaring a silent daemon dead after
-    /// `dead_after` (which is also how long after its start the MDS waits for
-    /// daemons to report before placing new chunks).
-    pub async fn start_with(
-        replicas: u32,
-        chunk_size: u64,
-        specs: &[ChunkdSpec],
-        dead_after: Duration,
-    ) -> RealCluster {
+impl InProcCluster {
+    /// The MDS (a silent daemon is dead after `dead_after`, 1 s unless set),
+    /// then every chunk daemon of `b`; returns once the MDS counts them all
+    /// alive.
+    pub(crate) async fn start(b: ClusterBuilder) -> InProcCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mds_data = dir.path().join("mds");
         let addr_file = dir.path().join("mds.addr");
-        let cfg = weft_mds::config::Config::parse_from([
-            "weft-mds",
-            "--listen=127.0.0.1:0",
-            &format!("--data={}", mds_data.display()),
-            &format!("--addr-file={}", addr_file.display()),
-            &format!("--chunk-size={chunk_size}"),
-            &format!("--replicas={replicas}"),
-            &format!("--min-replicas={}", replicas.min(2)),
-            "--heartbeat-ms=100",
-            &format!("--dead-after-ms={}", dead_after.as_millis()),
-        ]);
+        let replicas = b.replicas.unwrap_or(b.chunkds.len().min(3) as u32);
+        let dead_after = b.dead_after.unwrap_or(Duration::from_secs(1));
+        let mut args = vec![
+            "weft-mds".to_string(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data={}", mds_data.display()),
+            format!("--addr-file={}", addr_file.display()),
+            format!("--replicas={replicas}"),
+            format!("--min-replicas={}", replicas.min(2)),
+            "--heartbeat-ms=100".into(),
+            format!("--dead-after-ms={}", dead_after.as_millis()),
+        ];
+        if let Some(cs) = b.chunk_size {
+            args.push(format!("--chunk-size={cs}"));
+        }
+        let cfg = weft_mds::config::Config::parse_from(args);
         cfg.validate().expect("mds config");
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -86,9 +68,21 @@ impl RealCluster {
         let mds_task = rt.spawn(weft_mds::server::run(cfg, async {
             let _ = rx.await;
         }));
-        let mds_addr = wait_for_file(&addr_file).await;
+        let mut mds_addr = String::new();
+        crate::wait_until_async(
+            "the MDS's address file",
+            Duration::from_secs(10),
+            async || {
+                mds_addr = std::fs::read_to_string(&addr_file)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+                !mds_addr.is_empty()
+            },
+        )
+        .await;
 
-        let mut cluster = RealCluster {
+        let mut cluster = InProcCluster {
             mds_addr,
             chunkds: Vec::new(),
             chunkd_dirs: Vec::new(),
@@ -97,10 +91,10 @@ impl RealCluster {
             dir,
             rt: Some(rt),
         };
-        for spec in specs {
+        for spec in &b.chunkds {
             cluster.add_chunkd(spec).await;
         }
-        cluster.wait_alive(specs.len()).await;
+        cluster.wait_alive(b.chunkds.len()).await;
         cluster
     }
 
@@ -145,10 +139,8 @@ impl RealCluster {
         let d = self.chunkd(i);
         for id in d.store.ids() {
             let path = d.store.chunk_path(id);
-            let mut bytes = std::fs::read(&path).expect("read replica file");
-            let at = bytes.len() - 1;
-            bytes[at] ^= 0xff;
-            std::fs::write(&path, bytes).expect("write replica file");
+            let len = std::fs::metadata(&path).expect("replica file").len();
+            crate::flip_byte(&path, len - 1);
         }
     }
 
@@ -182,18 +174,19 @@ impl RealCluster {
     /// Waits until the MDS counts `n` chunk daemons alive.
     pub async fn wait_alive(&self, n: usize) {
         let mut m = self.master().await;
-        for _ in 0..200 {
-            let st = m.status(StatusReq {}).await.expect("status").into_inner();
-            if st.chunkds.iter().filter(|c| c.alive).count() >= n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("the MDS did not see {n} chunk daemons alive in 5 s");
+        crate::wait_until_async(
+            &format!("the MDS to see {n} chunk daemons alive"),
+            Duration::from_secs(5),
+            async || {
+                let st = m.status(StatusReq {}).await.expect("status").into_inner();
+                st.chunkds.iter().filter(|c| c.alive).count() >= n
+            },
+        )
+        .await;
     }
 }
 
-impl Drop for RealCluster {
+impl Drop for InProcCluster {
     fn drop(&mut self) {
         let Some(rt) = self.rt.take() else { return };
         let guard = rt.enter();
@@ -210,16 +203,4 @@ impl Drop for RealCluster {
         // Dropping a runtime may not block inside the test's async context.
         rt.shutdown_background();
     }
-}
-
-async fn wait_for_file(path: &Path) -> String {
-    for _ in 0..400 {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            if !s.trim().is_empty() {
-                return s.trim().to_string();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{} did not appear in 10 s", path.display());
 }

@@ -1,12 +1,10 @@
-//! Helpers shared by the in-process tests: daemons on 127.0.0.1:0 with temp
-//! data dirs, Chunk clients, and a fake MDS `Master` service that records what
-//! the daemons tell it and answers as scripted.
-#![allow(dead_code)]
+//! For tests of the chunk daemon alone: daemons in this process on
+//! 127.0.0.1:0 with temp data dirs, `Chunk` clients, and a fake MDS `Master`
+//! service that records what the daemons tell it and answers as scripted.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::net::TcpListener;
@@ -40,7 +38,8 @@ pub fn client(addr: impl ToString) -> ChunkClient<Channel> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
+/// Bytes with no zero among them, so a hole never passes for data.
+pub fn nonzero_pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed) | 0x80)
         .collect()
@@ -80,18 +79,6 @@ pub async fn read(
     .map(|r| r.into_inner().data.to_vec())
 }
 
-/// Polls `f` every 20 ms until it is true or `secs` pass.
-pub async fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    while tokio::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
 #[derive(Default)]
 pub struct MdsLog {
     pub registers: Vec<RegisterReq>,
@@ -102,6 +89,8 @@ pub struct MdsLog {
     pub reregister_next: bool,
     /// While set, heartbeats fail with UNAVAILABLE.
     pub fail_beats: bool,
+    /// Heartbeats failed so (while `fail_beats` was set).
+    pub failed_beats: u64,
     /// The term this MDS answers with.
     pub term: u64,
     /// While set, every call is answered "not leader" naming this leader
@@ -138,6 +127,7 @@ impl Master for FakeMds {
     ) -> Result<Response<HeartbeatReply>, Status> {
         let mut log = self.log.lock();
         if log.fail_beats {
+            log.failed_beats += 1;
             return Err(Status::unavailable("scripted failure"));
         }
         if let Some(leader) = &log.not_leader {
@@ -189,7 +179,6 @@ impl FakeMds {
 
 /// `n` daemons, each in its own temp dir, reporting to no MDS (pipeline
 /// tests): the dirs (keep them alive), the daemons and their addresses.
-#[allow(dead_code)]
 pub async fn start_chain(n: usize) -> (Vec<tempfile::TempDir>, Vec<Daemon>, Vec<String>) {
     let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let mds = dead_addr();
