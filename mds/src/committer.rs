@@ -15,6 +15,10 @@
 //! log were written since the last one: roll the log to a fresh segment, copy
 //! the state under the read lock (readers go on; mutations wait only for the
 //! copy), and write the copy on another thread.
+//!
+//! The deciding is `decide_batch`, with no I/O: it returns the frames to
+//! write, each waiter's answer and what to publish; `run` only does the I/O
+//! around it (the lock, the append, the answers). Unit tests below.
 
 use crate::chunkds::Registry;
 use crate::ns::{Ctx, Prepared, Record};
@@ -69,6 +73,17 @@ pub enum Proposal {
     Drain {
         chunkd: u64,
         draining: bool,
+        done: oneshot::Sender<Outcome>,
+    },
+    /// An AllocChunk whose new write lease raises the chunk's version (see
+    /// `Request::Lease`).
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::AllocChunkReq,
+        chunk_id: u64,
+        version: u64,
         done: oneshot::Sender<Outcome>,
     },
 }
@@ -142,31 +157,15 @@ fn run(
     let mut since_checkpoint = 0u64;
     let busy = Arc::new(AtomicBool::new(false));
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        fill_batch(&mut batch, first, || rx.try_recv().ok());
+        let (requests, waiters): (Vec<Request>, Vec<oneshot::Sender<Outcome>>) =
+            batch.drain(..).map(Proposal::split).unzip();
         let mut st = state.blocking_write();
         // Subtree exports being watched: each event is scoped for them.
         let tops = hub.subtrees();
         let first_index = st.applied_index + 1;
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut freed = Vec::new();
-        let mut events = Vec::new();
         frames.clear();
-        for p in batch.drain(..) {
-            let first_event = events.len();
-            let (outcome, done) = decide(&mut st, p, &mut frames, &mut freed, &mut events, &tops);
-            // Whose change other mounts must see before this answer (strict mode).
-            let origin = events[first_event..]
-                .iter()
-                .find(|e| !e.items.is_empty())
-                .map(|e| e.origin);
-            answers.push((done, outcome, origin));
-        }
+        let decided = decide_batch(&mut st, requests, &tops, &mut frames);
         if !frames.is_empty() {
             let timer = weft_metrics::Timer::start();
             if let Err(e) = log.append(first_index, st.applied_index, &frames) {
@@ -183,34 +182,104 @@ fn run(
         drop(st);
         // In the log now (durable a moment later): other mounts may drop what
         // these changes made stale, as they could read them already.
-        let seq = hub.publish(events);
-        if !freed.is_empty() {
-            registry.lock().forget_chunks(&freed);
+        let seq = hub.publish(decided.events);
+        if !decided.freed.is_empty() {
+            registry.lock().forget_chunks(&decided.freed);
         }
-        for (done, outcome, origin) in answers {
-            match origin {
+        for (done, answer) in waiters.into_iter().zip(decided.answers) {
+            match answer.origin {
                 // Strict mounts drop their copies first; the wait holds no
                 // lock and delays no other batch.
                 Some(origin) if hub.must_wait(seq, origin) => {
                     let hub = hub.clone();
                     rt.spawn(async move {
                         hub.wait(seq, origin).await;
-                        let _ = done.send(outcome);
+                        let _ = done.send(answer.outcome);
                     });
                 }
                 _ => {
-                    let _ = done.send(outcome);
+                    let _ = done.send(answer.outcome);
                 }
             }
         }
         since_checkpoint += frames.len() as u64;
         if let Some((cp, every)) = &checkpoints {
-            if since_checkpoint >= *every && !busy.load(Ordering::Acquire) {
+            if checkpoint_due(since_checkpoint, *every, busy.load(Ordering::Acquire)) {
                 since_checkpoint = 0;
                 start_checkpoint(&state, &mut log, cp.clone(), busy.clone());
             }
         }
     }
+}
+
+/// Takes `first` and whatever else is waiting (`next`), up to `MAX_BATCH`
+/// proposals; the rest waits for the next batch.
+fn fill_batch<P>(batch: &mut Vec<P>, first: P, mut next: impl FnMut() -> Option<P>) {
+    batch.push(first);
+    while batch.len() < MAX_BATCH {
+        match next() {
+            Some(p) => batch.push(p),
+            None => break,
+        }
+    }
+}
+
+/// Whether to start a checkpoint after a batch: `every` bytes of log were
+/// written since the last one, and none is being written.
+fn checkpoint_due(since: u64, every: u64, busy: bool) -> bool {
+    since >= every && !busy
+}
+
+/// What one batch decided: the answer to each request (in order) and what
+/// the commit thread does once the batch's frames are in the log.
+#[derive(Debug)]
+pub struct Decided {
+    pub answers: Vec<Answer>,
+    /// Chunks no file references any more: the registry forgets them.
+    pub freed: Vec<u64>,
+    /// The coherence events to publish, in log order.
+    pub events: Vec<watch::Event>,
+}
+
+/// The answer to one request.
+#[derive(Debug, PartialEq)]
+pub struct Answer {
+    pub outcome: Outcome,
+    /// The session whose change other mounts must see before this answer
+    /// goes (strict mode); None if the request changed nothing visible.
+    pub origin: Option<u64>,
+}
+
+/// Decides a batch against the (already locked) state, with no I/O: every
+/// record is applied and framed into `frames` at consecutive log indexes
+/// from `st.applied_index + 1`, which the caller writes as one append.
+pub fn decide_batch(
+    st: &mut State,
+    requests: impl IntoIterator<Item = Request>,
+    tops: &[u64],
+    frames: &mut Vec<u8>,
+) -> Decided {
+    let mut d = Decided {
+        answers: Vec::new(),
+        freed: Vec::new(),
+        events: Vec::new(),
+    };
+    for req in requests {
+        let first_event = d.events.len();
+        let events = &mut d.events;
+        let freed = &mut d.freed;
+        let outcome = decide_with(st, req, &mut |st, session, seq, record| {
+            events.push(watch::Event::new(session, &record, &st.ns, tops));
+            commit(st, session, seq, record, frames, freed)
+        });
+        // Whose change other mounts must see before this answer (strict mode).
+        let origin = d.events[first_event..]
+            .iter()
+            .find(|e| !e.items.is_empty())
+            .map(|e| e.origin);
+        d.answers.push(Answer { outcome, origin });
+    }
+    d
 }
 
 /// Rolls the log and hands a copy of the state to a checkpoint thread. Runs
@@ -287,6 +356,19 @@ pub enum Request {
         chunkd: u64,
         draining: bool,
     },
+    /// An AllocChunk of an existing chunk whose new write lease (decided
+    /// before, `leases::decide`) raises the chunk's version: the bump
+    /// (`Record::BumpVersion`, journaled only while `chunk_id` is still at
+    /// that index below `version`) and then the AllocChunk, as `Mutate`
+    /// decides it, in one request: one pass through the log.
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: pb::AllocChunkReq,
+        chunk_id: u64,
+        version: u64,
+    },
 }
 
 impl Proposal {
@@ -332,26 +414,27 @@ impl Proposal {
                 draining,
                 done,
             } => (Request::Drain { chunkd, draining }, done),
+            Proposal::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+                done,
+            } => (
+                Request::Lease {
+                    session,
+                    seq,
+                    ctx,
+                    op,
+                    chunk_id,
+                    version,
+                },
+                done,
+            ),
         }
     }
-}
-
-/// Decides one proposal against the (already locked) state; a mutation is
-/// applied and its frame appended to `frames`.
-fn decide(
-    st: &mut State,
-    p: Proposal,
-    frames: &mut Vec<u8>,
-    freed: &mut Vec<u64>,
-    events: &mut Vec<watch::Event>,
-    tops: &[u64],
-) -> (Outcome, oneshot::Sender<Outcome>) {
-    let (req, done) = p.split();
-    let outcome = decide_with(st, req, &mut |st, session, seq, record| {
-        events.push(watch::Event::new(session, &record, &st.ns, tops));
-        commit(st, session, seq, record, frames, freed)
-    });
-    (outcome, done)
 }
 
 /// Decides one request against the (already locked) state. Every record it
@@ -433,6 +516,56 @@ pub fn decide_with(
             }
             Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
         }
+        Request::Lease {
+            session,
+            seq,
+            ctx,
+            op,
+            chunk_id,
+            version,
+        } => {
+            let (ino, index) = (op.ino, op.index);
+            // Before the stored-reply check: a retry needs the new lease
+            // too, unless its stored reply names another chunk (the index
+            // was truncated away and refilled since): the service then
+            // carries out no lease for this one, so nothing may bump it.
+            let stored = match session {
+                0 => None,
+                _ => st.sessions.answered(session, seq),
+            };
+            let answers_it = match &stored {
+                None => true,
+                Some(pb::meta_reply::Result::ChunkWrite(cw)) => {
+                    cw.chunk.as_ref().map(|c| c.chunk_id) == Some(chunk_id)
+                }
+                Some(_) => false,
+            };
+            let fits = answers_it
+                && st
+                    .ns
+                    .chunk_owner(chunk_id)
+                    .is_some_and(|(i, x, v)| (i, x) == (ino, index) && v < version);
+            if fits {
+                let bump = Record::BumpVersion {
+                    ino,
+                    index,
+                    chunk_id,
+                    version,
+                };
+                commit(st, 0, 0, bump);
+            }
+            let op = pb::meta_request::Op::AllocChunk(op);
+            decide_with(
+                st,
+                Request::Mutate {
+                    session,
+                    seq,
+                    ctx,
+                    op,
+                },
+                commit,
+            )
+        }
     }
 }
 
@@ -459,6 +592,434 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ns::{Caller, Time, ROOT_INO};
+    use crate::state::decode_entry;
+    use crate::wal::codec::{decode_frame, Decoded};
+    use pb::meta_reply::Result as R;
+    use pb::meta_request::Op;
+
+    fn mutate(session: u64, seq: u64, op: Op) -> Request {
+        Request::Mutate {
+            session,
+            seq,
+            ctx: Ctx {
+                now: Time { sec: 1000, nsec: 0 },
+                caller: Caller::root(),
+            },
+            op,
+        }
+    }
+
+    fn mkdir(name: &str) -> Op {
+        Op::Mkdir(pb::MkdirReq {
+            parent: ROOT_INO,
+            name: name.into(),
+            mode: 0o755,
+            umask: 0,
+        })
+    }
+
+    fn create(name: &str) -> Op {
+        Op::Create(pb::CreateReq {
+            parent: ROOT_INO,
+            name: name.into(),
+            mode: 0o644,
+            umask: 0,
+            flags: (libc::O_CREAT | libc::O_EXCL | libc::O_RDWR) as u32,
+        })
+    }
+
+    fn unlink(name: &str) -> Op {
+        Op::Unlink(pb::UnlinkReq {
+            parent: ROOT_INO,
+            name: name.into(),
+        })
+    }
+
+    fn alloc(ino: u64, index: u64) -> Op {
+        Op::AllocChunk(pb::AllocChunkReq {
+            ino,
+            index,
+            failed: vec![],
+        })
+    }
+
+    /// Decides one batch; its answers and the entries it journaled, with
+    /// their log indexes, decoded from the frames as replay would.
+    fn batch(st: &mut State, reqs: Vec<Request>) -> (Vec<Answer>, Vec<(u64, LogEntry)>, Decided) {
+        let mut frames = Vec::new();
+        let mut d = decide_batch(st, reqs, &[], &mut frames);
+        let mut entries = Vec::new();
+        let mut at = 0;
+        loop {
+            match decode_frame(&frames[at..]) {
+                Decoded::Frame(f, len) => {
+                    entries.push((f.index, decode_entry(&f.payload).unwrap()));
+                    at += len;
+                }
+                Decoded::End => break,
+                other => panic!("the batch's frames do not decode: {other:?}"),
+            }
+        }
+        (std::mem::take(&mut d.answers), entries, d)
+    }
+
+    fn ino(o: &Outcome) -> u64 {
+        match o {
+            Ok(R::Attr(a)) => a.ino,
+            other => panic!("not an attr: {other:?}"),
+        }
+    }
+
+    fn chunk_id(o: &Outcome) -> u64 {
+        match o {
+            Ok(R::ChunkWrite(cw)) => cw.chunk.as_ref().unwrap().chunk_id,
+            other => panic!("not a chunk write: {other:?}"),
+        }
+    }
+
+    fn empty() -> Outcome {
+        Ok(R::Empty(pb::Empty {}))
+    }
+
+    #[test]
+    fn each_change_is_journaled_at_the_next_index_with_who_asked() {
+        let mut st = State::new(1 << 20);
+        let (answers, entries, _) = batch(
+            &mut st,
+            vec![mutate(7, 1, mkdir("a")), mutate(7, 2, mkdir("b"))],
+        );
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            entries
+                .iter()
+                .map(|(i, e)| (*i, e.session, e.seq))
+                .collect::<Vec<_>>(),
+            vec![(1, 7, 1), (2, 7, 2)]
+        );
+        assert!(matches!(entries[0].1.record, Record::Create { ref name, .. } if name == b"a"));
+        assert_eq!(st.applied_index, 2);
+        assert_ne!(ino(&answers[0].outcome), ino(&answers[1].outcome));
+        // Other mounts must see a change before its maker hears back.
+        assert_eq!(answers[0].origin, Some(7));
+        // The next batch goes on from where this one ended.
+        let (_, entries, _) = batch(&mut st, vec![mutate(7, 3, mkdir("c"))]);
+        assert_eq!(entries[0].0, 3);
+    }
+
+    #[test]
+    fn a_retried_request_gets_its_first_reply_and_journals_nothing() {
+        let mut st = State::new(1 << 20);
+        let (first, _, _) = batch(&mut st, vec![mutate(7, 1, mkdir("a"))]);
+        // Same (session, seq), in a later batch: even a different op (a
+        // client never sends one) gets the stored answer, not EEXIST.
+        let (again, entries, _) = batch(&mut st, vec![mutate(7, 1, mkdir("z"))]);
+        assert_eq!(again[0].outcome, first[0].outcome);
+        assert_eq!(again[0].origin, None);
+        assert!(entries.is_empty());
+        assert_eq!(st.applied_index, 1);
+        // Twice within one batch: applied once, both answered alike.
+        let (both, entries, _) = batch(
+            &mut st,
+            vec![mutate(7, 2, mkdir("b")), mutate(7, 2, mkdir("b"))],
+        );
+        assert_eq!(entries.len(), 1);
+        assert_eq!(both[0].outcome, both[1].outcome);
+        assert!(st.ns.lookup(&Caller::root(), ROOT_INO, b"z").is_err());
+    }
+
+    #[test]
+    fn a_refusal_journals_nothing_and_is_decided_again_on_retry() {
+        let mut st = State::new(1 << 20);
+        let (answers, entries, _) = batch(
+            &mut st,
+            vec![mutate(7, 1, mkdir("a")), mutate(7, 2, mkdir("a"))],
+        );
+        assert_eq!(answers[1].outcome, Err(Errno::EEXIST));
+        assert_eq!(entries.len(), 1);
+        // An errno is not remembered: once the name is free the retry succeeds.
+        batch(
+            &mut st,
+            vec![mutate(
+                8,
+                1,
+                Op::Rmdir(pb::RmdirReq {
+                    parent: ROOT_INO,
+                    name: b"a".to_vec(),
+                }),
+            )],
+        );
+        let (retry, entries, _) = batch(&mut st, vec![mutate(7, 2, mkdir("a"))]);
+        assert!(retry[0].outcome.is_ok());
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[test]
+    fn the_mds_own_requests_are_journaled_as_session_zero_and_not_remembered() {
+        let mut st = State::new(1 << 20);
+        let (_, entries, _) = batch(&mut st, vec![mutate(0, 1, mkdir("a"))]);
+        assert_eq!((entries[0].1.session, entries[0].1.seq), (0, 1));
+        let (again, entries, _) = batch(&mut st, vec![mutate(0, 1, mkdir("a"))]);
+        assert_eq!(again[0].outcome, Err(Errno::EEXIST));
+        assert!(entries.is_empty());
+        let record = Record::Purge { ino: 999 };
+        let (answers, entries, _) = batch(
+            &mut st,
+            vec![Request::Internal {
+                record: record.clone(),
+            }],
+        );
+        assert_eq!(answers[0].outcome, empty());
+        assert_eq!(
+            entries[0].1,
+            LogEntry {
+                session: 0,
+                seq: 0,
+                record
+            }
+        );
+    }
+
+    #[test]
+    fn an_answer_that_changes_nothing_journals_nothing() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (first, entries, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        assert!(
+            matches!(entries[0].1.record, Record::AllocChunk { ino, index: 0, .. } if ino == f)
+        );
+        // The chunk is there now: a second AllocChunk only answers it.
+        let (second, entries, _) = batch(&mut st, vec![mutate(7, 3, alloc(f, 0))]);
+        assert!(entries.is_empty());
+        assert_eq!(second[0].origin, None);
+        assert_eq!(chunk_id(&second[0].outcome), chunk_id(&first[0].outcome));
+    }
+
+    #[test]
+    fn the_last_release_of_an_unlinked_file_journals_its_purge_and_frees_its_chunks() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        assert_eq!(st.opens_of(7, f).write, 1);
+        let (c, _, _) = batch(
+            &mut st,
+            vec![mutate(7, 2, alloc(f, 0)), mutate(7, 3, unlink("f"))],
+        );
+        let chunk = chunk_id(&c[0].outcome);
+        // Open: the unlink keeps the inode.
+        assert!(st.ns.get(f).is_some());
+        let release = Request::Release {
+            session: 7,
+            ino: f,
+            write: true,
+        };
+        let (answers, entries, d) = batch(&mut st, vec![release.clone()]);
+        assert_eq!(answers[0].outcome, empty());
+        assert_eq!(entries.len(), 1);
+        assert_eq!(
+            entries[0].1,
+            LogEntry {
+                session: 0,
+                seq: 0,
+                record: Record::Purge { ino: f }
+            }
+        );
+        assert_eq!(d.freed, vec![chunk]);
+        assert!(st.ns.get(f).is_none());
+        // A release with no open left answers and journals nothing.
+        let (answers, entries, _) = batch(&mut st, vec![release]);
+        assert_eq!(answers[0].outcome, empty());
+        assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn expiry_journals_the_sessions_end_then_purges_what_only_it_kept_open() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(
+            &mut st,
+            vec![mutate(7, 1, create("f")), mutate(7, 2, unlink("f"))],
+        );
+        let f = ino(&a[0].outcome);
+        let (answers, entries, _) = batch(&mut st, vec![Request::Expire { session: 7 }]);
+        assert_eq!(answers[0].outcome, empty());
+        assert_eq!(
+            entries
+                .into_iter()
+                .map(|(_, e)| e.record)
+                .collect::<Vec<_>>(),
+            vec![
+                Record::ExpireSession { session: 7 },
+                Record::Purge { ino: f }
+            ]
+        );
+        // Its replies are forgotten: a late retry is decided afresh.
+        assert_eq!(st.sessions.answered(7, 1), None);
+        assert!(st.opens_of(7, f).total() == 0);
+        // An unknown session: nothing to journal.
+        let (_, entries, _) = batch(&mut st, vec![Request::Expire { session: 9 }]);
+        assert!(entries.is_empty());
+    }
+
+    fn lease(session: u64, seq: u64, ino: u64, index: u64, chunk_id: u64, version: u64) -> Request {
+        Request::Lease {
+            session,
+            seq,
+            ctx: Ctx {
+                now: Time { sec: 1000, nsec: 0 },
+                caller: Caller::root(),
+            },
+            op: pb::AllocChunkReq {
+                ino,
+                index,
+                failed: vec![],
+            },
+            chunk_id,
+            version,
+        }
+    }
+
+    fn version_of(o: &Outcome) -> u64 {
+        match o {
+            Ok(R::ChunkWrite(cw)) => cw.chunk.as_ref().unwrap().version,
+            other => panic!("not a chunk write: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_new_lease_journals_its_bump_in_the_allocchunks_own_pass() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (c, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let chunk = chunk_id(&c[0].outcome);
+        let (answers, entries, _) = batch(&mut st, vec![lease(7, 3, f, 0, chunk, 2)]);
+        // One request, one record: the bump, by the MDS (not remembered as
+        // the client's reply), and the answer names the new version.
+        assert_eq!(
+            entries.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+            vec![LogEntry {
+                session: 0,
+                seq: 0,
+                record: Record::BumpVersion {
+                    ino: f,
+                    index: 0,
+                    chunk_id: chunk,
+                    version: 2
+                }
+            }]
+        );
+        assert_eq!(chunk_id(&answers[0].outcome), chunk);
+        assert_eq!(version_of(&answers[0].outcome), 2);
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 2)));
+    }
+
+    #[test]
+    fn a_bump_that_no_longer_fits_journals_nothing() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (c, _, _) = batch(
+            &mut st,
+            vec![mutate(7, 2, alloc(f, 0)), lease(7, 3, f, 0, 0, 2)],
+        );
+        let chunk = chunk_id(&c[0].outcome);
+        let bumps = |entries: &[(u64, LogEntry)]| {
+            entries
+                .iter()
+                .filter(|(_, e)| matches!(e.record, Record::BumpVersion { .. }))
+                .count()
+        };
+        batch(&mut st, vec![lease(7, 4, f, 0, chunk, 3)]);
+        // Already at (or past) that version; another chunk id; another index.
+        for (seq, id, index, v) in [
+            (5, chunk, 0, 3),
+            (6, chunk, 0, 2),
+            (7, chunk + 1, 0, 9),
+            (8, chunk, 1, 9),
+        ] {
+            let (answers, entries, _) = batch(&mut st, vec![lease(7, seq, f, index, id, v)]);
+            assert_eq!(bumps(&entries), 0, "seq {seq}");
+            assert!(answers[0].outcome.is_ok());
+        }
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 3)));
+        // The AllocChunk half still allocates a hole (index 1 above).
+        assert!(st.ns.file_chunks(f, 1, 1).unwrap().1[0].1 != 0);
+    }
+
+    #[test]
+    fn a_retried_allocchunk_gets_its_stored_reply_and_still_its_bump() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (first, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let chunk = chunk_id(&first[0].outcome);
+        // The reply to (7, 2) was lost; the retry's lease raises the version.
+        let (again, entries, _) = batch(&mut st, vec![lease(7, 2, f, 0, chunk, 2)]);
+        assert_eq!(again[0].outcome, first[0].outcome);
+        assert_eq!(entries.len(), 1);
+        assert_eq!(st.ns.chunk_owner(chunk), Some((f, 0, 2)));
+    }
+
+    #[test]
+    fn a_retry_whose_stored_reply_names_another_chunk_bumps_nothing() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (first, _, _) = batch(&mut st, vec![mutate(7, 2, alloc(f, 0))]);
+        let old = chunk_id(&first[0].outcome);
+        // Truncated to nothing, and index 0 filled again by another chunk.
+        let truncate = Op::Setattr(pb::SetAttrReq {
+            ino: f,
+            size: Some(0),
+            ..Default::default()
+        });
+        let write = Op::CommitWrite(pb::CommitWriteReq {
+            ino: f,
+            end: 100,
+            ..Default::default()
+        });
+        batch(&mut st, vec![mutate(8, 0, write), mutate(8, 1, truncate)]);
+        let (b, _, _) = batch(&mut st, vec![mutate(8, 2, alloc(f, 0))]);
+        let new = chunk_id(&b[0].outcome);
+        assert_ne!(old, new);
+        // (7, 2) retried, with a lease decided for the chunk there now.
+        let (again, entries, _) = batch(&mut st, vec![lease(7, 2, f, 0, new, 2)]);
+        assert_eq!(again[0].outcome, first[0].outcome);
+        assert!(entries.is_empty());
+        assert_eq!(st.ns.chunk_owner(new), Some((f, 0, 1)));
+    }
+
+    #[test]
+    fn a_lease_request_crosses_the_group_log_unchanged() {
+        let req = lease(7, 3, 42, 5, 99, 4);
+        let back = crate::group::Cmd::from(req.clone()).into_request();
+        assert_eq!(format!("{back:?}"), format!("{:?}", Some(req)));
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_waiting_up_to_its_limit() {
+        let mut waiting: std::collections::VecDeque<usize> = (1..MAX_BATCH + 5).collect();
+        let mut b = Vec::new();
+        fill_batch(&mut b, 0, || waiting.pop_front());
+        assert_eq!(b.len(), MAX_BATCH);
+        assert_eq!(b.last(), Some(&(MAX_BATCH - 1)));
+        b.clear();
+        let first = waiting.pop_front().unwrap();
+        fill_batch(&mut b, first, || waiting.pop_front());
+        assert_eq!(b, (MAX_BATCH..MAX_BATCH + 5).collect::<Vec<_>>());
+        b.clear();
+        fill_batch(&mut b, 42, || None);
+        assert_eq!(b, vec![42]);
+    }
+
+    #[test]
+    fn a_checkpoint_starts_once_enough_log_is_written_and_none_is_running() {
+        assert!(!checkpoint_due(99, 100, false));
+        assert!(checkpoint_due(100, 100, false));
+        assert!(!checkpoint_due(500, 100, true));
+    }
+
     use crate::locks::{LockChange, F_WRLCK};
 
     fn run(st: &mut State, req: Request) -> Outcome {

@@ -18,19 +18,17 @@
 //! version. Grants for one chunk are serialized by a per-chunk async lock.
 //!
 //! The decision is `decide`, a pure function of what the MDS knows (tested
-//! below); `Mds::grant` gathers that view, then carries the decision out.
+//! below). The service (`service/grant.rs`) gathers that view
+//! (`Mds::decide_lease`) and carries the decision out (`Mds::grant`); this
+//! file does no I/O and knows nothing of the service. For a chunk already
+//! there the lease is decided before the AllocChunk goes through the
+//! committer, so its bump is journaled in that same pass
+//! (`committer::Request::Lease`): one pass per AllocChunk.
 
-use crate::chunkds::{Registry, Reports};
-use crate::committer::Proposal;
-use crate::ns::Record;
-use crate::service::Mds;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use weft_proto::{pb, Errno};
-
-const SET_VERSION_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -82,17 +80,21 @@ impl Leases {
         self.table.lock().remove(&chunk);
     }
 
-    fn set(&self, chunk: u64, lease: Lease) {
+    pub fn set(&self, chunk: u64, lease: Lease) {
         self.table.lock().insert(chunk, lease);
     }
 
-    fn lock_for(&self, chunk: u64) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock();
-        // Drop locks nobody holds so the map stays small.
-        if locks.len() > 4096 {
-            locks.retain(|_, l| Arc::strong_count(l) > 1);
-        }
-        locks.entry(chunk).or_default().clone()
+    /// Waits for `chunk`'s grant lock.
+    pub async fn serialize(&self, chunk: u64) -> Serial {
+        let lock = {
+            let mut locks = self.locks.lock();
+            // Drop locks nobody holds so the map stays small.
+            if locks.len() > 4096 {
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(chunk).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 }
 
@@ -177,243 +179,31 @@ pub fn decide(
     }
 }
 
-fn unix_ms_in(d: Duration) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    (now + d).as_millis() as u64
+/// A lease `decide`d for one chunk, with the chunk's grant lock held until
+/// `Mds::grant` carries it out.
+pub struct Decided {
+    pub chunk: u64,
+    /// The chunk's journaled version it was decided against.
+    pub version: u64,
+    pub grant: Grant,
+    /// The chunk's grant lock (`Leases::serialize`).
+    pub serial: Serial,
 }
 
-fn replicas(reg: &Registry, ids: &[u64]) -> Vec<pb::Replica> {
-    ids.iter()
-        .filter_map(|d| {
-            reg.addr(*d).map(|a| pb::Replica {
-                chunkd_id: *d,
-                addr: a.to_string(),
-            })
-        })
-        .collect()
-}
+/// Held while one chunk's lease is decided and carried out: grants for one
+/// chunk are serialized.
+pub type Serial = tokio::sync::OwnedMutexGuard<()>;
 
-impl Mds {
-    /// Fills an AllocChunk answer with the lease: pipeline, version, epoch
-    /// (= version) and expiry. `failed` are replica addresses the writer saw fail.
-    pub async fn grant(
-        &self,
-        mut cw: pb::ChunkWrite,
-        failed: &[String],
-    ) -> Result<pb::ChunkWrite, Errno> {
-        let chunk_size = cw.chunk_size;
-        // Writes under this lease carry it: replicas that heard from a newer
-        // MDS refuse them, and the writer asks that one for a lease.
-        cw.term = self.term.get();
-        let loc = cw.chunk.as_mut().ok_or(Errno::EIO)?;
-        let chunk = loc.chunk_id;
-        let lock = self.leases.lock_for(chunk);
-        let _g = lock.lock().await;
-        // The version may have moved while we waited for the lock.
-        let (ino, index, version) = self
-            .state
-            .read()
-            .await
-            .ns
-            .chunk_owner(chunk)
-            .ok_or(Errno::ENOENT)?;
-        let failed_ids: Vec<u64> = {
-            let reg = self.registry.lock();
-            failed
-                .iter()
-                .filter_map(|a| reg.daemon_by_addr(a))
-                .collect()
-        };
-        // Just after an MDS restart daemons may not have reported yet: wait
-        // for them rather than place a chunk that has replicas somewhere.
-        self.after_reports(|reg| {
-            if !reg.replicas_of(chunk).is_empty() || !reg.may_have_unreported(chunk) {
-                Reports::Done(())
-            } else {
-                Reports::Pending
-            }
-        })
-        .await;
-        let expires = Instant::now() + self.leases.duration;
-        let want = self.leases.min_replicas.min(self.replicas) as usize;
-        let live = self.leases.live(chunk);
-        let decision = {
-            let reg = self.registry.lock();
-            let view: Vec<ReplicaView> = reg
-                .replicas_of(chunk)
-                .iter()
-                .map(|(d, r)| ReplicaView {
-                    daemon: *d,
-                    version: r.version,
-                    confirmed: r.confirmed,
-                })
-                .collect();
-            decide(
-                live.as_ref(),
-                version,
-                &view,
-                |d| reg.alive(d),
-                &failed_ids,
-                want,
-            )
-        };
-        let (new_version, holders) = match decision {
-            Grant::Extend(l) => {
-                let reg = self.registry.lock();
-                loc.version = l.version;
-                loc.replicas = replicas(&reg, &l.holders);
-                drop(reg);
-                cw.lease_epoch = l.version;
-                self.leases.set(chunk, Lease { expires, ..l });
-                cw.lease_expires_ms = unix_ms_in(self.leases.duration);
-                return Ok(cw);
-            }
-            Grant::Place => {
-                let mut reg = self.registry.lock();
-                let picked = reg.place(self.replicas as usize, chunk_size, &failed_ids);
-                if picked.is_empty() {
-                    return Err(Errno::ENOSPC);
-                }
-                reg.plan(chunk, version, &picked, chunk_size);
-                loc.version = version;
-                loc.replicas = replicas(&reg, &picked);
-                drop(reg);
-                self.leases.set(
-                    chunk,
-                    Lease {
-                        version,
-                        holders: picked,
-                        expires,
-                    },
-                );
-                cw.lease_epoch = version;
-                cw.lease_expires_ms = unix_ms_in(self.leases.duration);
-                return Ok(cw);
-            }
-            Grant::Wait(why) => {
-                // Re-replication skips chunks under a live lease: drop it.
-                self.leases.drop_lease(chunk);
-                tracing::info!(chunk, want, why, "no write lease now");
-                return Err(Errno::EAGAIN);
-            }
-            Grant::Bump {
-                new_version,
-                holders,
-            } => (new_version, holders),
-        };
-
-        // A new lease: journal the bump, then fence the replicas.
-        let record = Record::BumpVersion {
-            ino,
-            index,
-            chunk_id: chunk,
-            version: new_version,
-        };
-        self.committer
-            .propose(|done| Proposal::Internal { record, done })
-            .await?;
-        if self.state.read().await.ns.chunk_owner(chunk).map(|o| o.2) != Some(new_version) {
-            return Err(Errno::EAGAIN);
+impl Decided {
+    /// The version the new lease raises the chunk to, if it does: journaled
+    /// in the AllocChunk's own pass through the committer
+    /// (`committer::Request::Lease`).
+    pub fn bump(&self) -> Option<u64> {
+        match self.grant {
+            Grant::Bump { new_version, .. } => Some(new_version),
+            _ => None,
         }
-        let targets: Vec<(u64, bool, String)> = {
-            let reg = self.registry.lock();
-            holders
-                .into_iter()
-                .filter_map(|(d, confirmed)| reg.addr(d).map(|a| (d, confirmed, a.to_string())))
-                .collect()
-        };
-        let term = self.term.get();
-        let calls = targets.into_iter().map(|(d, confirmed, addr)| async move {
-            let r = set_version(&addr, chunk, new_version, term).await;
-            let ok = match &r {
-                Ok(()) => true,
-                // A planned replica that never got a byte is created by the write.
-                Err(s) if s.code() == tonic::Code::NotFound => !confirmed,
-                Err(_) => false,
-            };
-            if !ok {
-                tracing::warn!(chunk, daemon = d, %addr, error = ?r.err().map(|s| s.message().to_string()), "replica did not take the new version");
-            }
-            (d, ok)
-        });
-        let acked: Vec<u64> = futures::future::join_all(calls)
-            .await
-            .into_iter()
-            .filter_map(|(d, ok)| ok.then_some(d))
-            .collect();
-        if acked.is_empty() {
-            self.leases.drop_lease(chunk);
-            return Err(Errno::EAGAIN);
-        }
-        let mut reg = self.registry.lock();
-        reg.set_version(chunk, &acked, new_version);
-        loc.version = new_version;
-        loc.replicas = replicas(&reg, &acked);
-        drop(reg);
-        tracing::info!(
-            chunk,
-            version = new_version,
-            replicas = acked.len(),
-            "write lease granted with a new version"
-        );
-        self.leases.set(
-            chunk,
-            Lease {
-                version: new_version,
-                holders: acked,
-                expires,
-            },
-        );
-        cw.lease_epoch = new_version;
-        cw.lease_expires_ms = unix_ms_in(self.leases.duration);
-        Ok(cw)
     }
-}
-
-/// Connections to chunk daemons' ChunkAdmin service, one per daemon, reused.
-static ADMIN_POOL: std::sync::OnceLock<weft_proto::net::Pool> = std::sync::OnceLock::new();
-
-/// A ChunkAdmin client for the daemon at `addr`, on its pooled connection.
-pub fn chunk_admin(
-    addr: &str,
-) -> Result<pb::chunk_admin_client::ChunkAdminClient<weft_proto::net::Channel>, tonic::Status> {
-    let ch = ADMIN_POOL
-        .get_or_init(|| weft_proto::net::Pool::new(None))
-        .channel(addr)
-        .map_err(tonic::Status::invalid_argument)?;
-    Ok(pb::chunk_admin_client::ChunkAdminClient::new(ch))
-}
-
-/// `call` bounded by `timeout`; running out is UNAVAILABLE naming `addr`.
-pub async fn within<T>(
-    addr: &str,
-    timeout: Duration,
-    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
-) -> Result<T, tonic::Status> {
-    tokio::time::timeout(timeout, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(tonic::Status::unavailable(format!(
-                "{addr}: no answer within {timeout:?}"
-            )))
-        })
-}
-
-async fn set_version(addr: &str, chunk: u64, version: u64, term: u64) -> Result<(), tonic::Status> {
-    let mut c = chunk_admin(addr)?;
-    within(
-        addr,
-        SET_VERSION_TIMEOUT,
-        c.set_version(pb::SetVersionReq {
-            chunk_id: chunk,
-            version,
-            term,
-        }),
-    )
-    .await
-    .map(drop)
 }
 
 #[cfg(test)]

@@ -4,7 +4,6 @@
 //! capacity, replication, repair, drain, sessions, locks), read from the
 //! same view as `weft status` at scrape time.
 
-use crate::service::Mds;
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -68,23 +67,6 @@ pub struct View {
     pub node_id: u64,
     /// Each mount's session and how long ago it was heard from.
     pub session_list: Vec<(u64, std::time::Duration)>,
-}
-
-impl Mds {
-    /// What `weft status`, the metrics and the status page show.
-    pub async fn view(&self) -> View {
-        let session_list = self.contacts.list();
-        // A group's locks are in its replicated state; a single MDS's in memory.
-        let group_locks = self.state.read().await.locks.held();
-        let locks = self.locks.lock().held() + group_locks;
-        View {
-            status: self.status_reply().await,
-            sessions: session_list.len() as u64,
-            locks: locks as u64,
-            node_id: self.node_id,
-            session_list,
-        }
-    }
 }
 
 /// Encodes the last `View` taken (refreshed before each scrape).
@@ -333,8 +315,13 @@ impl Collector for ClusterCollector {
     }
 }
 
-/// The registry served at /metrics and the refresh that runs before each scrape.
-pub fn registry(mds: Mds) -> (Registry, weft_metrics::Refresh) {
+/// The registry served at /metrics and the refresh that runs before each
+/// scrape, which takes a `View` from `take_view`.
+pub fn registry<F, Fut>(take_view: F) -> (Registry, weft_metrics::Refresh)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = View> + Send + 'static,
+{
     let m: &'static MdsMetrics = &M;
     let mut r = Registry::default();
     r.register_collector(Box::new(&m.requests));
@@ -367,9 +354,9 @@ pub fn registry(mds: Mds) -> (Registry, weft_metrics::Refresh) {
     let view: Arc<Mutex<Option<ViewDbg>>> = Default::default();
     r.register_collector(Box::new(ClusterCollector(view.clone())));
     let refresh: weft_metrics::Refresh = Arc::new(move || {
-        let (mds, view) = (mds.clone(), view.clone());
+        let (next, view) = (take_view(), view.clone());
         Box::pin(async move {
-            let v = mds.view().await;
+            let v = next.await;
             *view.lock() = Some(ViewDbg(v));
         })
     });

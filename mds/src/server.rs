@@ -238,8 +238,8 @@ fn mds_parts(
 /// Background work every MDS runs, then the status page.
 async fn start_background(mds: &Mds, cfg: &Config, sessions: Vec<u64>) -> anyhow::Result<()> {
     // Sessions known from the log get a full timeout from now to come back.
-    crate::sessions::start_expiry(mds, sessions, cfg.session_timeout());
-    crate::repair::spawn(
+    crate::service::start_expiry(mds, sessions, cfg.session_timeout());
+    crate::service::spawn_repair(
         mds.clone(),
         crate::repair::RepairConfig {
             interval: std::time::Duration::from_millis(cfg.heartbeat_ms),

@@ -1,10 +1,26 @@
 //! gRPC glue: decodes requests, routes reads to the state and mutations to the
 //! committer, and fills in what only the registry knows (replica locations).
 //! No file-system decisions are made here.
+//!
+//! The feature files (`leases.rs`, `repair.rs`, `sessions.rs`, `metrics.rs`)
+//! decide and keep their own state without knowing of `Mds`; the modules
+//! under `service/` carry out what they decide: `grant` (write leases),
+//! `repair` (the re-replication loop and the `Admin` service), `expiry`
+//! (session expiry), `view` (what status and metrics show), `chunk_admin`
+//! (calls to chunk daemons).
+
+pub mod chunk_admin;
+mod expiry;
+mod grant;
+mod repair;
+pub use repair::spawn as spawn_repair;
+mod view;
+pub use expiry::start_expiry;
 
 use crate::chunkds::{Known, Registry, Reports};
 use crate::committer::{Committer, Outcome, Proposal};
 use crate::exports::{self, Slot};
+use crate::leases::Decided;
 use crate::ns::{Caller, Ctx, ROOT_INO};
 use crate::state::State;
 use parking_lot::Mutex;
@@ -181,11 +197,46 @@ impl Mds {
                 if !room {
                     return Err(Errno::ENOSPC);
                 }
-                let failed = a.failed.clone();
-                let reply = self.mutate(session, seq, caller, Op::AllocChunk(a)).await?;
+                let failed = self.failed_ids(&a.failed);
+                // A chunk already there has its lease decided first, so a
+                // new version goes into the log in the AllocChunk's own
+                // pass through the committer (a new chunk is placed fresh).
+                let existing = {
+                    let st = self.state.read().await;
+                    let at = st.ns.file_chunks(a.ino, a.index, 1).ok();
+                    at.and_then(|(_, l)| l.first().map(|c| c.1))
+                        .filter(|chunk| *chunk != 0)
+                };
+                let before = match existing {
+                    Some(chunk) => self.decide_lease(chunk, &failed).await,
+                    None => None,
+                };
+                let reply = match before
+                    .as_ref()
+                    .and_then(|d: &Decided| Some((d.chunk, d.bump()?)))
+                {
+                    Some((chunk_id, version)) => {
+                        let ctx = Ctx {
+                            now: weft_proto::now().into(),
+                            caller,
+                        };
+                        self.committer
+                            .propose(|done| Proposal::Lease {
+                                session,
+                                seq,
+                                ctx,
+                                op: a,
+                                chunk_id,
+                                version,
+                                done,
+                            })
+                            .await?
+                    }
+                    None => self.mutate(session, seq, caller, Op::AllocChunk(a)).await?,
+                };
                 match reply {
                     Reply::ChunkWrite(cw) => {
-                        let mut cw = self.grant(cw, &failed).await?;
+                        let mut cw = self.grant(cw, &failed, before).await?;
                         if let Some(loc) = cw.chunk.as_mut() {
                             loc.cap = self.cap(loc.chunk_id, loc.version, Mode::Write);
                         }

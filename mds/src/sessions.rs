@@ -6,9 +6,10 @@
 //! records for inodes only that session kept open), so replay agrees with
 //! what the live MDS did. After a restart every session in the replayed table
 //! gets a full timeout, counted from startup, to come back.
+//!
+//! The task that proposes the expiries is the service's
+//! (`service/expiry.rs` `start_expiry`).
 
-use crate::committer::Proposal;
-use crate::service::Mds;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ impl Contacts {
     }
 
     /// Removes and returns the sessions silent for longer than `timeout`.
-    fn take_expired(&self, timeout: Duration) -> Vec<u64> {
+    pub fn take_expired(&self, timeout: Duration) -> Vec<u64> {
         let mut m = self.0.lock();
         let expired: Vec<u64> = m
             .iter()
@@ -51,31 +52,4 @@ impl Contacts {
         }
         expired
     }
-}
-
-/// Starts the expiry task; `known` are the sessions the replayed state remembers.
-pub fn start_expiry(mds: &Mds, known: Vec<u64>, timeout: Duration) {
-    for s in known {
-        mds.contacts.touch(s);
-    }
-    let mds = mds.clone();
-    let every = (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            for session in mds.contacts.take_expired(timeout) {
-                tracing::info!(
-                    session,
-                    secs = timeout.as_secs(),
-                    "session expired (no contact)"
-                );
-                let _ = mds
-                    .committer
-                    .propose(|done| Proposal::Expire { session, done })
-                    .await;
-            }
-        }
-    });
 }

@@ -12,7 +12,11 @@ use std::sync::Arc;
 
 /// Serves in the background; returns the bound address.
 pub async fn serve(mds: Mds, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
-    let (registry, refresh) = crate::metrics::registry(mds.clone());
+    let m = mds.clone();
+    let (registry, refresh) = crate::metrics::registry(move || {
+        let m = m.clone();
+        async move { m.view().await }
+    });
     let routes = Router::new()
         .route("/", get(|| async { Html(PAGE) }))
         .route(

@@ -82,6 +82,16 @@ pub enum Cmd {
         chunkd: u64,
         draining: bool,
     },
+    /// `committer::Request::Lease`: an AllocChunk (its protobuf bytes) whose
+    /// lease raises `chunk_id` to `version` in the same entry.
+    Lease {
+        session: u64,
+        seq: u64,
+        ctx: Ctx,
+        op: Vec<u8>,
+        chunk_id: u64,
+        version: u64,
+    },
 }
 
 impl From<Request> for Cmd {
@@ -116,6 +126,21 @@ impl From<Request> for Cmd {
             Request::Internal { record } => Cmd::Internal { record },
             Request::Lock { session, change } => Cmd::Lock { session, change },
             Request::Drain { chunkd, draining } => Cmd::Drain { chunkd, draining },
+            Request::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+            } => Cmd::Lease {
+                session,
+                seq,
+                ctx,
+                op: op.encode_to_vec(),
+                chunk_id,
+                version,
+            },
         }
     }
 }
@@ -149,6 +174,21 @@ impl Cmd {
             Cmd::Internal { record } => Request::Internal { record },
             Cmd::Lock { session, change } => Request::Lock { session, change },
             Cmd::Drain { chunkd, draining } => Request::Drain { chunkd, draining },
+            Cmd::Lease {
+                session,
+                seq,
+                ctx,
+                op,
+                chunk_id,
+                version,
+            } => Request::Lease {
+                session,
+                seq,
+                ctx,
+                op: pb::AllocChunkReq::decode(op.as_slice()).ok()?,
+                chunk_id,
+                version,
+            },
         })
     }
 }
