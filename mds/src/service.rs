@@ -503,8 +503,10 @@ impl Mds {
     }
 
     async fn statfs(&self) -> Reply {
-        let counts = self.state.read().await.ns.counts();
-        let chunk_size = self.state.read().await.ns.chunk_size();
+        let (counts, chunk_size) = {
+            let st = self.state.read().await;
+            (st.ns.counts(), st.ns.chunk_size())
+        };
         let (capacity, free) = self.registry.lock().space();
         let r = self.replicas.max(1) as u64;
         Reply::Statfs(pb::StatFs {

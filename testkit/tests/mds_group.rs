@@ -11,10 +11,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weft_testkit::group::{check_acked, wait_leader, workload_step, Acked};
+use weft_testkit::group::{check_acked, wait_leader, Workload};
 use weft_testkit::proxy::{FaultProxy, Mode};
 use weft_testkit::{sha256_hex, wait_until, TestCluster};
 
@@ -39,23 +37,7 @@ fn rounds(ci: usize, full: usize) -> usize {
 fn workload_rides_through_leader_kills() {
     let mut c = group(3, |_| {});
     let mnt = c.mount();
-    let dir = mnt.join("work");
-    fs::create_dir(&dir).unwrap();
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let worker = {
-        let (dir, acked, stop) = (dir.clone(), acked.clone(), stop.clone());
-        std::thread::spawn(move || -> (usize, Option<String>) {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = workload_step(&dir, i, &acked) {
-                    return (i, Some(format!("step {i}: {e}")));
-                }
-                i += 1;
-            }
-            (i, None)
-        })
-    };
+    let mut work = Workload::start(&mnt.join("work"));
     // CI: 3 kills; the 10 by hand (WEFT_FULL=1).
     let kills = rounds(3, 10);
     for round in 0..kills {
@@ -67,14 +49,12 @@ fn workload_rides_through_leader_kills() {
         c.cluster.start_mds_node(leader).unwrap();
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let (steps, err) = worker.join().unwrap();
-    assert!(err.is_none(), "the workload saw an error: {err:?}");
+    let steps = work.finish();
     assert!(
         steps > 10,
         "the workload made too little progress: {steps} steps"
     );
-    check_acked(&acked.lock().unwrap());
+    check_acked(&work.acked.lock().unwrap());
     let f = c.cluster.wait_replicated(Duration::from_secs(180)).unwrap();
     assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
     eprintln!("{steps} workload steps through {kills} leader kills");
@@ -153,35 +133,7 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
 
     // A mount given every MDS address, doing a live workload.
     let mnt = c.mount();
-    let dir = mnt.join("work");
-    fs::create_dir(&dir).unwrap();
-    let acked = Arc::new(Mutex::new(Acked::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let steps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let worker = {
-        let (dir, acked, stop, steps) = (dir.clone(), acked.clone(), stop.clone(), steps.clone());
-        std::thread::spawn(move || -> Option<String> {
-            let mut i = 0;
-            while !stop.load(Ordering::Relaxed) {
-                if let Err(e) = workload_step(&dir, i, &acked) {
-                    return Some(format!("step {i}: {e}"));
-                }
-                i += 1;
-                steps.store(i, Ordering::Relaxed);
-            }
-            None
-        })
-    };
-    let progress = |n: usize, what: &str| {
-        let from = steps.load(Ordering::Relaxed);
-        wait_until(what, Duration::from_secs(60), || {
-            steps.load(Ordering::Relaxed) >= from + n || worker.is_finished()
-        });
-        assert!(
-            !worker.is_finished(),
-            "the workload stopped on an error, waiting for {what}"
-        );
-    };
+    let mut work = Workload::start(&mnt.join("work"));
     // A second mount that knows only the leader, with a long mds_timeout: a
     // client that stays with the old leader through the cut.
     let lone_mnt = c.tmp.path().join("lone");
@@ -192,7 +144,7 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
     let lone_bytes = weft_testkit::pattern(200 << 10, 5);
     fs::write(lone_mnt.join("lone-a"), &lone_bytes).unwrap();
     let lone_file = fs::File::open(lone_mnt.join("lone-a")).unwrap();
-    progress(5, "the workload to start");
+    work.progress(5, "the workload to start", Duration::from_secs(60));
 
     // Cut the old leader off from both followers (both directions).
     for f in &others {
@@ -242,11 +194,19 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
         .unwrap();
     // The workload carries on with the new leader, for a few seconds of cut
     // (past the old leader's grace, 4 x the election timeout).
-    progress(10, "the workload to carry on during the cut");
+    work.progress(
+        10,
+        "the workload to carry on during the cut",
+        Duration::from_secs(60),
+    );
     wait_until("a few seconds of cut", Duration::from_secs(60), || {
         cut_at.elapsed() > Duration::from_secs(5)
     });
-    progress(3, "more of the workload during the cut");
+    work.progress(
+        3,
+        "more of the workload during the cut",
+        Duration::from_secs(60),
+    );
     assert!(
         !lone.is_finished(),
         "a mount talking only to the cut-off leader got an answer: {:?}",
@@ -330,26 +290,25 @@ fn a_cut_off_leader_acknowledges_nothing_and_catches_up_when_healed() {
         assert!(mnt.join("lone-dir").is_dir());
     };
     check_lone();
-    progress(3, "the workload after the heal");
-    check_acked(&acked.lock().unwrap());
+    work.progress(3, "the workload after the heal", Duration::from_secs(60));
+    check_acked(&work.acked.lock().unwrap());
 
     // kill -9 the new leader: the old one (now a follower that caught up)
     // and the third node carry on with everything that was acknowledged.
     c.cluster.mds_node(new).crash();
     let last = wait_leader(&c, Some(new));
     eprintln!("killed node {new}; node {last} leads");
-    progress(3, "the workload after the new leader's kill");
-    stop.store(true, Ordering::Relaxed);
-    let err = worker.join().unwrap();
-    assert!(err.is_none(), "the workload saw an error: {err:?}");
-    check_acked(&acked.lock().unwrap());
+    work.progress(
+        3,
+        "the workload after the new leader's kill",
+        Duration::from_secs(60),
+    );
+    let steps = work.finish();
+    check_acked(&work.acked.lock().unwrap());
     check_lone();
     let f = c.cluster.wait_replicated(Duration::from_secs(180)).unwrap();
     assert!(f.problems.is_empty(), "fsck: {:?}", f.problems);
-    eprintln!(
-        "{} workload steps through the cut, the heal and a kill",
-        steps.load(Ordering::Relaxed)
-    );
+    eprintln!("{steps} workload steps through the cut, the heal and a kill");
 }
 
 #[test]

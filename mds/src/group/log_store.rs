@@ -92,9 +92,11 @@ impl Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnDisk {
     Yes,
-    /// Not yet: not synced, not arrived, or an older term's entry sits at
-    /// that index (a lagging follower).
-    NotYet,
+    /// In the log, not yet fdatasync'd.
+    Unsynced,
+    /// Not in the log: not arrived yet, or an older term's entry sits at
+    /// that index (a lagging follower; a leader holds every committed entry).
+    Absent,
     /// A newer term's entry replaced it here: it was never committed.
     Replaced,
 }
@@ -236,9 +238,9 @@ impl LogStore {
             return OnDisk::Yes;
         }
         match g.entries.get(&index).map(|e| e.log_id.leader_id.term) {
-            None => OnDisk::NotYet,
+            None => OnDisk::Absent,
             Some(t) if t > term => OnDisk::Replaced,
-            Some(t) if t < term => OnDisk::NotYet,
+            Some(t) if t < term => OnDisk::Absent,
             Some(_) => {
                 let seq = g
                     .appends
@@ -249,46 +251,38 @@ impl LogStore {
                 if seq <= self.1.synced.load(Ordering::Acquire) {
                     OnDisk::Yes
                 } else {
-                    OnDisk::NotYet
+                    OnDisk::Unsynced
                 }
             }
         }
     }
 
-    /// Waits until entry (`index`, `term`) is on this node's disk; false if
-    /// it was replaced, or on a leader (`have_all`: it holds every committed
-    /// entry) if it is missing or older, or once `until` passes.
+    /// Waits until entry (`index`, `term`) is on this node's disk, or until
+    /// waiting cannot help (replaced; absent on a leader, `have_all`: it
+    /// holds every committed entry), or until `until`; returns where it
+    /// stands then.
     pub async fn wait_on_disk(
         &self,
         index: u64,
         term: u64,
         have_all: bool,
         until: tokio::time::Instant,
-    ) -> bool {
+    ) -> OnDisk {
         let mut ticks = self.1.tick.subscribe();
         loop {
-            match self.on_disk(index, term) {
-                OnDisk::Yes => return true,
-                OnDisk::Replaced => return false,
-                OnDisk::NotYet if have_all && !self.holds(index, term) => return false,
-                OnDisk::NotYet => {}
+            let now = self.on_disk(index, term);
+            match now {
+                OnDisk::Yes | OnDisk::Replaced => return now,
+                OnDisk::Absent if have_all => return now,
+                OnDisk::Absent | OnDisk::Unsynced => {}
             }
             if tokio::time::timeout_at(until, ticks.changed())
                 .await
                 .is_err()
             {
-                return false;
+                return now;
             }
         }
-    }
-
-    /// Whether entry (`index`, `term`) is in the log (or purged into a snapshot).
-    fn holds(&self, index: u64, term: u64) -> bool {
-        let g = self.0.lock();
-        g.purged.is_some_and(|p| index <= p.index)
-            || g.entries
-                .get(&index)
-                .is_some_and(|e| e.log_id.leader_id.term == term)
     }
 
     /// The last entry's index (0 for an empty log).

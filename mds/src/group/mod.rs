@@ -420,20 +420,17 @@ impl Group {
         use futures::StreamExt;
         while yes < need {
             tokio::select! {
-                on_disk = &mut mine, if !mine_done => {
+                here = &mut mine, if !mine_done => {
                     mine_done = true;
-                    if !on_disk {
-                        if self.log.on_disk(index, term) == log_store::OnDisk::Yes {
-                            yes += 1;
-                            continue;
-                        }
-                        if tokio::time::Instant::now() < until {
+                    match here {
+                        log_store::OnDisk::Yes => yes += 1,
+                        log_store::OnDisk::Replaced | log_store::OnDisk::Absent => {
                             tracing::warn!(index, term, "a client waits for a log entry this group does not hold (never answered)");
                             return Err(Errno::EIO);
                         }
-                        return Err(crate::committer::NOT_LEADER);
+                        // Its own disk did not sync within the grace.
+                        log_store::OnDisk::Unsynced => return Err(crate::committer::NOT_LEADER),
                     }
-                    yes += 1;
                 }
                 Some(on_disk) = asks.next() => {
                     if on_disk {

@@ -9,7 +9,7 @@
 //! names another way to it (NAT, or a test's fault proxy on that one link);
 //! the membership address is still what clients are told.
 
-use super::log_store::LogStore;
+use super::log_store::{LogStore, OnDisk};
 use super::{Acks, Raft, TypeConfig};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -244,7 +244,7 @@ impl pb::raft_server::Raft for Service {
         let r = req.into_inner();
         let wait = std::time::Duration::from_millis(u64::from(r.wait_ms.min(10_000)));
         let until = tokio::time::Instant::now() + wait;
-        let on_disk = self.1.wait_on_disk(r.index, r.term, false, until).await;
+        let on_disk = self.1.wait_on_disk(r.index, r.term, false, until).await == OnDisk::Yes;
         Ok(Response::new(pb::SyncedReply { on_disk }))
     }
 }
