@@ -31,26 +31,26 @@ pub const NAME_MAX: usize = 255;
 const READDIR_PAGE: u32 = 256;
 
 pub struct Weft {
-    pub mds: MdsClient,
-    pub chunks: ChunkIo,
-    pub attrs: AttrCache,
-    pub locs: ChunkLocCache,
+    pub(crate) mds: MdsClient,
+    pub(crate) chunks: ChunkIo,
+    pub(crate) attrs: AttrCache,
+    pub(crate) locs: ChunkLocCache,
     /// File data read from chunk daemons (cache/data.rs).
-    pub data: crate::cache::DataCache,
-    pub files: OpenFiles,
-    pub groups: GroupCache,
-    pub chunk_size: u64,
+    pub(crate) data: crate::cache::DataCache,
+    pub(crate) files: OpenFiles,
+    pub(crate) groups: GroupCache,
+    pub(crate) chunk_size: u64,
     /// What TTLs the kernel gets, and taking names back (cache/kernel.rs).
-    pub kernel: KernelCache,
+    pub(crate) kernel: KernelCache,
     /// How long a chunk write keeps re-allocating its pipeline after replica
     /// failures (the MDS drops a dead daemon from pipelines only once it has
     /// missed heartbeats for a while).
-    pub write_retry_budget: Duration,
+    pub(crate) write_retry_budget: Duration,
     /// Which lock owners hold advisory locks through this mount (locks.rs).
-    pub held_locks: crate::locks::HeldLocks,
-    pub pending_releases: crate::locks::PendingReleases,
+    pub(crate) held_locks: crate::locks::HeldLocks,
+    pub(crate) pending_releases: crate::locks::PendingReleases,
     /// The mount's atime policy (atime.rs).
-    pub atime: crate::atime::Atime,
+    pub(crate) atime: crate::atime::Atime,
 }
 
 /// What a client is tuned with (weftfs takes them from its `-o` options,
@@ -194,6 +194,71 @@ impl Weft {
         self.attrs.clear();
         self.locs.clear();
         self.data.clear();
+    }
+
+    /// The TTLs and name bookkeeping the FUSE adapter replies with
+    /// (cache/kernel.rs); other front ends ignore it.
+    pub fn kernel(&self) -> &KernelCache {
+        &self.kernel
+    }
+
+    /// The cluster's chunk size, as the MDS said at connect.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// Whether the MDS's pushes say this xattr is absent, so a getxattr can
+    /// answer ENODATA without asking (only while the push stream is live).
+    pub fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        self.kernel.trusted() && self.mds.meta.xattr_absent(ino, name)
+    }
+
+    /// A directory handle; `opened_as` answers fstat of the handle after the
+    /// directory is removed.
+    pub fn open_dir(&self, opened_as: Option<Attr>) -> u64 {
+        self.files.open_dir(opened_as)
+    }
+
+    pub fn close_dir(&self, fh: u64) {
+        self.files.close_dir(fh)
+    }
+
+    /// The attributes a still-open directory had when it was opened, once it
+    /// is removed (the kernel asks by inode, with no handle).
+    pub fn removed_dir_attr(&self, ino: u64) -> Option<Attr> {
+        self.files.removed_dir_attr(ino)
+    }
+
+    /// Waits until every change this client was answered for is durable
+    /// (the MDS's early replies; syncfs).
+    pub async fn sync_all(&self, c: &Caller) -> Result<(), Errno> {
+        self.mds.log_durable_all(c).await
+    }
+
+    /// Bytes written and not yet on the chunk daemons, over all files.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.files.dirty_total()
+    }
+
+    /// Whether this client keeps state for the file (open, or dirty data).
+    pub fn holds_file_state(&self, ino: u64) -> bool {
+        self.files.get(ino).is_some()
+    }
+
+    /// Where chunks `first..first + count` of a file live, asked of the MDS.
+    pub async fn chunk_locations(
+        &self,
+        c: &Caller,
+        ino: u64,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<ChunkLoc>, Errno> {
+        Ok(self.mds.get_chunks(c, ino, first, count).await?.chunks)
+    }
+
+    /// The location of one chunk as this client has it cached, if it does.
+    pub fn cached_chunk_location(&self, ino: u64, index: u64) -> Option<ChunkLoc> {
+        self.locs.get(ino, index)
     }
 
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
