@@ -281,7 +281,7 @@ impl Weft {
     }
 
     /// The flush itself; the caller holds `st.flush_lock`.
-    async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
+    pub(crate) async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
         let (chunks, caller, end, bytes) = {
             let mut g = st.inner.lock();
             g.flush_queued = false;
@@ -340,7 +340,7 @@ impl Weft {
     /// retrying when the lease/version went stale or a replica is missing.
     /// Returns what the chunk's primary holds on disk afterwards (for
     /// st_blocks), if it said.
-    async fn store_chunk(
+    pub(crate) async fn store_chunk(
         &self,
         st: &FileState,
         caller: &Caller,
@@ -531,7 +531,7 @@ impl Weft {
 
     /// The write pipeline for chunk `index`: the cached lease if still good,
     /// else a fresh `AllocChunk`.
-    async fn chunk_alloc(
+    pub(crate) async fn chunk_alloc(
         &self,
         st: &FileState,
         caller: &Caller,

@@ -226,6 +226,15 @@ pub fn next(call: Call, status: &tonic::Status) -> Next {
     }
 }
 
+/// Metadata entry on a failed Chunk.Copy whose source could not be read:
+/// the destination pipeline is fine, the source's locations may be stale.
+pub const COPY_SOURCE_KEY: &str = "weft-copy-source";
+
+/// Whether a failed Chunk.Copy failed reading its source.
+pub fn copy_source_failed(status: &tonic::Status) -> bool {
+    status.metadata().get(COPY_SOURCE_KEY).is_some()
+}
+
 /// The errno a chunk daemon's `status` means once retrying is over (the
 /// table in weft.proto's Chunk service comment).
 pub fn status_errno(status: &tonic::Status) -> Errno {

@@ -15,6 +15,10 @@
 //! which the library reads as 1 MiB stripes in parallel, one piece ahead of
 //! the client.
 //!
+//! A copy (CopyObject, UploadPartCopy) fills its temp file with
+//! `copy_temp`: the chunk daemons copy the bytes and hash them (client
+//! copy.rs), then it is installed as a PUT's is.
+//!
 //! The ETag xattr carries the size and mtime it was computed for, and the
 //! additional checksums a PUT was sent with (checksum.rs); a file changed
 //! since (written on a mount) gets its MD5 computed again on the next HEAD
@@ -271,6 +275,26 @@ impl Store {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
+        let (ino, fh, name) = self.create_temp().await?;
+        let written = self.fill(ino, fh, body, sums).await;
+        let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
+        match (written, closed) {
+            (Ok((size, md5, sums)), Ok(())) => Ok(Temp {
+                ino,
+                name,
+                size,
+                md5,
+                sums,
+            }),
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                self.discard(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// A new empty temp file, open for writing: (ino, handle, name).
+    async fn create_temp(&self) -> S3Result<(u64, u64, String)> {
         let name = format!("put-{:032x}", rand::random::<u128>());
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let (a, fh) = self
@@ -285,16 +309,41 @@ impl Store {
             )
             .await
             .map_err(s3err)?;
-        let ino = a.ino.0;
-        let written = self.fill(ino, fh, body, sums).await;
+        Ok((a.ino.0, fh, name))
+    }
+
+    /// A new temp file holding the `len` bytes of file `src` from `start`,
+    /// copied by the chunk daemons (server-side: no byte passes through the
+    /// gateway), with their MD5 (hashed by the daemons too); closed on
+    /// return, removed if anything fails.
+    pub async fn copy_temp(&self, src: u64, start: u64, len: u64) -> S3Result<Temp> {
+        let (ino, fh, name) = self.create_temp().await?;
+        let copied = async {
+            let done = self
+                .w
+                .copy_range(&self.c, src, start, ino, 0, len, true)
+                .await
+                .map_err(s3err)?;
+            if done.bytes != len {
+                return Err(s3_error!(
+                    InternalError,
+                    "the source shrank while being copied"
+                ));
+            }
+            // Durable as a PUT's data is before it answers.
+            self.w.flush_handle(ino, fh).await.map_err(s3err)?;
+            done.md5
+                .ok_or_else(|| s3_error!(InternalError, "the copy's MD5 is missing"))
+        }
+        .await;
         let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
-        match (written, closed) {
-            (Ok((size, md5, sums)), Ok(())) => Ok(Temp {
+        match (copied, closed) {
+            (Ok(md5), Ok(())) => Ok(Temp {
                 ino,
                 name,
-                size,
+                size: len,
                 md5,
-                sums,
+                sums: Checksum::default(),
             }),
             (Err(e), _) | (Ok(_), Err(e)) => {
                 self.discard(&name).await;

@@ -315,6 +315,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 punch_length: 0,
                 term,
                 cap: zombie_cap,
+                source: None,
             })
             .await
     });

@@ -207,6 +207,26 @@ def main(argv):
         sb, sk, db, dk = args
         r = s3.copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
         return {"etag": r["CopyObjectResult"]["ETag"].strip('"')}
+    if op == "mpu-copy":
+        # mpu-copy BUCKET KEY SRC_BUCKET SRC_KEY RANGE...: one UploadPartCopy
+        # per RANGE ("bytes=FIRST-LAST", or "all"), then Complete.
+        bucket, key, sb, sk = args[:4]
+        up = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = []
+        for n, rng in enumerate(args[4:], start=1):
+            kw = {} if rng == "all" else {"CopySourceRange": rng}
+            r = s3.upload_part_copy(
+                Bucket=bucket, Key=key, UploadId=up, PartNumber=n,
+                CopySource={"Bucket": sb, "Key": sk}, **kw
+            )
+            parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
+        r = s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts}
+        )
+        return {
+            "etag": r["ETag"].strip('"'),
+            "parts": [p["ETag"].strip('"') for p in parts],
+        }
     if op == "mpu":
         # mpu BUCKET KEY FILE PART_BYTES [ORDER]: ORDER "reverse" or
         # "missing" sends a bad part list to Complete.
