@@ -97,15 +97,13 @@ const MAX_BATCH: usize = 1024;
 /// seq) on the leader. Never sent to a client as an errno.
 pub const NOT_LEADER: Errno = Errno(-1);
 
-/// Where proposals go: the local commit thread (a single MDS) or the MDS
-/// group's log.
+/// The local commit thread (a single MDS): proposals reach it over a
+/// channel. (Where a proposal goes, this thread or an MDS group's log, is
+/// the service's choice: `service::Committer`.)
 #[derive(Clone)]
-pub enum Committer {
-    Local(mpsc::UnboundedSender<Proposal>),
-    Group(Arc<crate::group::Group>),
-}
+pub struct Local(mpsc::UnboundedSender<Proposal>);
 
-impl Committer {
+impl Local {
     pub fn start(
         state: Arc<RwLock<State>>,
         log: LogWriter,
@@ -120,7 +118,7 @@ impl Committer {
             .name("wal-commit".into())
             .spawn(move || run(rx, state, log, registry, hub, checkpoints, rt))
             .expect("spawn the commit thread");
-        Committer::Local(tx)
+        Local(tx)
     }
 
     pub async fn propose(
@@ -128,18 +126,10 @@ impl Committer {
         make: impl FnOnce(oneshot::Sender<Outcome>) -> Proposal,
     ) -> Outcome {
         let (done, rx) = oneshot::channel();
-        match self {
-            Committer::Local(tx) => {
-                if tx.send(make(done)).is_err() {
-                    return Err(Errno::EIO);
-                }
-                rx.await.unwrap_or(Err(Errno::EIO))
-            }
-            Committer::Group(g) => {
-                let (req, _) = make(done).split();
-                g.propose(req).await
-            }
+        if self.0.send(make(done)).is_err() {
+            return Err(Errno::EIO);
         }
+        rx.await.unwrap_or(Err(Errno::EIO))
     }
 }
 
@@ -988,13 +978,6 @@ mod tests {
         assert_eq!(again[0].outcome, first[0].outcome);
         assert!(entries.is_empty());
         assert_eq!(st.ns.chunk_owner(new), Some((f, 0, 1)));
-    }
-
-    #[test]
-    fn a_lease_request_crosses_the_group_log_unchanged() {
-        let req = lease(7, 3, 42, 5, 99, 4);
-        let back = crate::group::Cmd::from(req.clone()).into_request();
-        assert_eq!(format!("{back:?}"), format!("{:?}", Some(req)));
     }
 
     #[test]

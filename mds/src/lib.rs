@@ -12,15 +12,23 @@
 //! - `repair`     re-replication, trimming, draining (background loop)
 //! - `service`    the gRPC glue for `Meta` and `Master`
 //! - `snapshot`   checkpoints: the whole state at one log index, durably
+//! - `durable_file` small files written whole or not at all, durably
 //! - `sessions`   session contact times and expiry
 //! - `inspect`    `--check` and `--dump`: offline views of a data directory
-//! - `server`     startup: data dir, lock, snapshot + replay, serve
+//! - `datadir`    a data directory's lock, format file, and state (snapshot + replay)
+//! - `server`     startup and serving, for a single MDS and a group node
 //! - `watch`      cache-coherence pushes to the mounts (`Coherence.Watch`)
 //! - `strict`     which mutations wait for strict mounts' acknowledgements
+//!
+//! Imports run one way, from `server` and `service` down to `ns`: no module
+//! imports one that imports it back. (Only a test, `ns/tests/model.rs`,
+//! reaches up to `datadir` to recover the namespace from real files.)
 
 pub mod chunkds;
 pub mod committer;
 pub mod config;
+pub mod datadir;
+pub mod durable_file;
 pub mod exports;
 pub mod group;
 pub mod inspect;

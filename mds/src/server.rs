@@ -1,67 +1,26 @@
 //! Startup and serving: lock the data directory, read the format file,
-//! load the newest snapshot and replay the log after it, schedule the purge
+//! load the newest snapshot and replay the log after it (`datadir.rs`),
+//! take the next term, schedule the purge
 //! of inodes left unlinked-but-open by the previous run (after a session
 //! timeout, so clients riding through the restart keep them), then serve
 //! until SIGTERM/SIGINT, and checkpoint on the way out.
 
 use crate::chunkds::Registry;
-use crate::committer::{Committer, Proposal};
-use crate::config::{Config, DEFAULT_CHUNK_SIZE};
-use crate::service::Mds;
-use crate::snapshot::{self, Checkpointer};
-use crate::state::{decode_entry, State};
-use crate::wal::{log, LogWriter};
-use anyhow::{bail, Context};
+use crate::committer::{self, Proposal};
+use crate::config::Config;
+use crate::datadir::{lock_data_dir, read_or_create_format, recover, Format, FORMAT_FILE};
+use crate::durable_file::write_durably;
+use crate::service::{Committer, Mds};
+use crate::snapshot::Checkpointer;
+use crate::state::State;
+use crate::wal::LogWriter;
+use anyhow::Context;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::RwLock;
-
-const FORMAT_FILE: &str = "format.json";
-
-/// What never changes for a file system once made.
-#[derive(Serialize, Deserialize)]
-struct Format {
-    format: u32,
-    fs_id: u64,
-    chunk_size: u64,
-}
-
-/// Holds the data directory for this process (released on exit).
-pub struct DirLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
-
-pub fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    if !dir.is_dir() {
-        bail!("{} is not a directory", dir.display());
-    }
-    let path = dir.join("LOCK");
-    let f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(l) => Ok(DirLock(l)),
-        Err((_, e)) => bail!("{} is in use by another weft-mds ({e})", dir.display()),
-    }
-}
-
-pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
-    log::sync_dir(dir)?;
-    Ok(())
-}
 
 /// Writes an address file (--addr-file, --http-addr-file) whole or not at all.
 fn write_addr_file(path: &Path, addr: &str) -> anyhow::Result<()> {
@@ -72,84 +31,11 @@ fn write_addr_file(path: &Path, addr: &str) -> anyhow::Result<()> {
     let name = path
         .file_name()
         .context("an address file needs a file name")?;
-    write_durably(dir, &name.to_string_lossy(), addr.as_bytes())
-}
-
-fn read_or_create_format(cfg: &Config) -> anyhow::Result<Format> {
-    let path = cfg.data.join(FORMAT_FILE);
-    if path.exists() {
-        let f: Format = serde_json::from_slice(&fs::read(&path)?)
-            .with_context(|| format!("{} is not a weft format file", path.display()))?;
-        if let Some(cs) = cfg.chunk_size {
-            if cs != f.chunk_size {
-                bail!("--chunk-size {cs} differs from this file system's chunk size {} (set when it was created)", f.chunk_size);
-            }
-        }
-        return Ok(f);
-    }
-    let f = Format {
-        format: 1,
-        fs_id: rand::random(),
-        chunk_size: cfg.chunk_size.unwrap_or(DEFAULT_CHUNK_SIZE),
-    };
-    write_durably(&cfg.data, FORMAT_FILE, &serde_json::to_vec_pretty(&f)?)?;
-    Ok(f)
-}
-
-/// Records the file system's chunk size in `data/format.json` (a node that
-/// joined an MDS group learns it from the group's snapshot).
-pub fn set_chunk_size(data: &Path, chunk_size: u64) -> anyhow::Result<()> {
-    let path = data.join(FORMAT_FILE);
-    let mut f: Format = serde_json::from_slice(&fs::read(&path)?)?;
-    f.chunk_size = chunk_size;
-    write_durably(data, FORMAT_FILE, &serde_json::to_vec_pretty(&f)?)
-}
-
-/// Rebuilds the state: the newest snapshot in `data/snapshot`, then the log in
-/// `data/wal` after it, cutting off a torn tail when `repair` is set.
-pub fn recover(data: &Path, chunk_size: u64, repair: bool) -> anyhow::Result<State> {
-    let t = Instant::now();
-    let mut st = snapshot::load_newest(&data.join(snapshot::DIR), chunk_size)?
-        .unwrap_or_else(|| State::new(chunk_size));
-    // The log does not rebuild opens: after a restart nothing is open.
-    st.forget_unlogged();
-    let from_snapshot = st.applied_index;
-    let snap_ms = t.elapsed().as_millis() as u64;
-    let wal_dir = data.join("wal");
-    let replayed = log::replay(&wal_dir, st.applied_index, repair)?;
-    if let Some((path, offset, bytes)) = &replayed.truncated_tail {
-        tracing::warn!("{}: cut {bytes} bytes of a torn record at offset {offset} (a power loss mid-sync: no fsync or close waited for it)", path.display());
-    }
-    if let Some(first) = replayed.frames.first() {
-        if first.index != st.applied_index + 1 {
-            bail!(
-                "{}: the log resumes at entry {} but the state (snapshot at {}) needs {} next: \
-                 log segments or the newest snapshot are missing; refusing to start",
-                wal_dir.display(),
-                first.index,
-                st.applied_index,
-                st.applied_index + 1
-            );
-        }
-    }
-    for frame in &replayed.frames {
-        let entry = decode_entry(&frame.payload).with_context(|| {
-            format!(
-                "{}: log entry {} does not decode",
-                wal_dir.display(),
-                frame.index
-            )
-        })?;
-        st.apply_entry(frame.index, &entry);
-    }
-    tracing::info!(
-        snapshot_index = from_snapshot,
-        snapshot_ms = snap_ms,
-        entries = replayed.frames.len(),
-        ms = t.elapsed().as_millis() as u64,
-        "recovered state"
-    );
-    Ok(st)
+    Ok(write_durably(
+        dir,
+        &name.to_string_lossy(),
+        addr.as_bytes(),
+    )?)
 }
 
 pub async fn run(
@@ -365,7 +251,7 @@ async fn run_group(
         write_addr_file(path, &addr.to_string())?;
     }
     start_background(&mds, &cfg, Vec::new()).await?;
-    crate::group::watch_leadership(mds.clone(), cfg.dead_after());
+    crate::service::watch_leadership(mds.clone(), cfg.dead_after());
     tracing::info!(%addr, node = me, data = %cfg.data.display(), chunk_size = format.chunk_size, replicas = cfg.replicas, "weft-mds serving as a member of an MDS group");
     serve(mds, hub, listener, shutdown).await?;
     // The log holds everything on disk already; openraft stops its tasks.
@@ -405,13 +291,13 @@ async fn run_single(
     registry.lock().set_fresh_from(first_new_chunk);
     let hub = Arc::new(crate::watch::Hub::new(restarted));
     let checkpointer = Checkpointer::new(&cfg.data);
-    let committer = Committer::start(
+    let committer = Committer::Local(committer::Local::start(
         state.clone(),
         writer,
         registry.clone(),
         hub.clone(),
         Some((checkpointer.clone(), cfg.checkpoint_bytes)),
-    );
+    ));
 
     // Inodes unlinked while open are kept for a session timeout: a client that
     // rode through the restart may still read or write them through its open

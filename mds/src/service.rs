@@ -6,19 +6,25 @@
 //! decide and keep their own state without knowing of `Mds`; the modules
 //! under `service/` carry out what they decide: `grant` (write leases),
 //! `repair` (the re-replication loop and the `Admin` service), `expiry`
-//! (session expiry), `view` (what status and metrics show), `chunk_admin`
-//! (calls to chunk daemons).
+//! (session expiry), `leadership` (what a node does on becoming an MDS
+//! group's leader), `view` (what status and metrics show), `chunk_admin`
+//! (calls to chunk daemons), `propose` (the commit thread or the group's
+//! log).
 
 pub mod chunk_admin;
 mod expiry;
 mod grant;
+mod leadership;
+mod propose;
 mod repair;
 pub use repair::spawn as spawn_repair;
 mod view;
 pub use expiry::start_expiry;
+pub use leadership::watch_leadership;
+pub use propose::Committer;
 
 use crate::chunkds::{Known, Registry, Reports};
-use crate::committer::{Committer, Outcome, Proposal};
+use crate::committer::{Outcome, Proposal};
 use crate::exports::{self, Slot};
 use crate::leases::Decided;
 use crate::ns::{Caller, Ctx, ROOT_INO};
@@ -842,8 +848,9 @@ impl Mds {
             );
         };
         let s = g.standing();
-        let m = g.raft.metrics().borrow().clone();
-        let replication = m.replication.clone().unwrap_or_default();
+        let replication = g.raft.metrics().borrow().replication.clone();
+        let replication = replication.unwrap_or_default();
+        let now = std::time::Instant::now();
         let lease = g.read_lease * 4;
         let nodes = s
             .nodes
@@ -854,7 +861,7 @@ impl Mds {
                     // A leader no majority acknowledges (cut off, or
                     // restarted into its old term) is not the one the
                     // group follows: "stale", not "leader".
-                    let role = if s.role == "leader" && !g.majority_heard(&s) {
+                    let role = if s.role == "leader" && !g.majority_heard(&s, now) {
                         "stale"
                     } else {
                         s.role
@@ -870,7 +877,7 @@ impl Mds {
                 }
                 // Only the leader knows how far the others are.
                 let matched = replication.get(id).copied().flatten();
-                let heard = g.acks.heard_within(*id, s.term, lease);
+                let heard = g.acks.heard_within(*id, s.term, lease, now);
                 let role = if s.role != "leader" {
                     if Some(*id) == s.leader {
                         "leader"

@@ -35,7 +35,7 @@ impl Term {
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
         let term = (last + 1).max(min);
-        crate::server::write_durably(data, TERM_FILE, format!("{term}\n").as_bytes())
+        crate::durable_file::write_durably(data, TERM_FILE, format!("{term}\n").as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Term::new(term))
     }

@@ -18,6 +18,7 @@
 //! to replicate and to apply); a snapshot lets openraft purge them.
 
 use super::TypeConfig;
+use crate::durable_file::write_durably;
 use crate::wal::codec::{self, Decoded};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, OptionalSend, StorageError, StorageIOError, Vote};
@@ -44,16 +45,6 @@ fn werr(e: impl std::error::Error + 'static) -> SErr {
 
 fn segment_name(first: u64) -> String {
     format!("{first:020}.log")
-}
-
-/// Writes `bytes` as `dir/name` whole or not at all, durably.
-pub fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, dir.join(name))?;
-    File::open(dir)?.sync_all()
 }
 
 struct Inner {

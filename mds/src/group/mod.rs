@@ -230,27 +230,37 @@ impl Acks {
         }
     }
 
-    /// Whether `node` acknowledged this leader of `term` within `d`.
-    pub fn heard_within(&self, node: u64, term: u64, d: Duration) -> bool {
+    /// Whether `node` acknowledged this leader of `term` within `d` before `now`.
+    pub fn heard_within(&self, node: u64, term: u64, d: Duration, now: Instant) -> bool {
         self.0
             .lock()
             .get(&node)
-            .is_some_and(|(t, at)| *t == term && at.elapsed() < d)
+            .is_some_and(|(t, at)| *t == term && now.saturating_duration_since(*at) < d)
     }
 
     /// Whether a majority of `voters` (this node counting as acknowledged)
-    /// acknowledged this node as leader of `term` within `lease`.
-    pub fn quorum_within(&self, me: u64, voters: &[u64], term: u64, lease: Duration) -> bool {
+    /// acknowledged this node as leader of `term` within `lease` before
+    /// `now`; always true for one voter or none.
+    pub fn quorum_within(
+        &self,
+        me: u64,
+        voters: impl IntoIterator<Item = u64>,
+        term: u64,
+        lease: Duration,
+        now: Instant,
+    ) -> bool {
         let m = self.0.lock();
-        let fresh = voters
-            .iter()
-            .filter(|v| {
-                **v == me
-                    || m.get(v)
-                        .is_some_and(|(t, at)| *t == term && at.elapsed() < lease)
-            })
-            .count();
-        fresh * 2 > voters.len()
+        let (mut all, mut fresh) = (0usize, 0usize);
+        for v in voters {
+            all += 1;
+            if v == me
+                || m.get(&v)
+                    .is_some_and(|(t, at)| *t == term && now.saturating_duration_since(*at) < lease)
+            {
+                fresh += 1;
+            }
+        }
+        all <= 1 || fresh * 2 > all
     }
 }
 
@@ -268,6 +278,8 @@ pub struct Group {
     /// work and says "not leader" (`propose`).
     pub write_grace: Duration,
     hub: Arc<crate::watch::Hub>,
+    /// openraft's metrics, read in place (`borrow`) rather than cloned.
+    metrics: tokio::sync::watch::Receiver<Metrics>,
     log: log_store::LogStore,
     dial: Arc<network::Dial>,
     /// The newest entry (index, term) known on disk on a majority: replies
@@ -278,6 +290,15 @@ pub struct Group {
 /// Marks a reply's `log_epoch` as a group's: the rest is the term of the
 /// entry at `log_index`. A single MDS's epochs have this bit clear.
 pub const GROUP_EPOCH: u64 = 1 << 63;
+
+type Metrics = openraft::RaftMetrics<u64, BasicNode>;
+
+/// Leader, and everything committed before its term is applied: only then
+/// does this node's state hold every answer the group gave.
+fn is_ready(m: &Metrics) -> bool {
+    m.state == ServerState::Leader
+        && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+}
 
 /// Where a node stands, from openraft's metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,7 +316,7 @@ pub struct Standing {
 
 impl Group {
     pub fn standing(&self) -> Standing {
-        let m = self.raft.metrics().borrow().clone();
+        let m = self.metrics.borrow();
         let membership = m.membership_config.membership();
         let voters: Vec<u64> = membership.voter_ids().collect();
         let nodes: BTreeMap<u64, String> = membership
@@ -310,8 +331,7 @@ impl Group {
             ServerState::Follower => "follower",
             ServerState::Shutdown => "stopped",
         };
-        let ready = m.state == ServerState::Leader
-            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term);
+        let ready = is_ready(&m);
         Standing {
             leader: m.current_leader,
             term: m.current_term,
@@ -329,35 +349,48 @@ impl Group {
     /// reads) or within `write_grace` (for everything else). Otherwise the
     /// "not leader" answer naming the leader it knows of (none, for a leader
     /// cut off from its majority: the client moves to its next address).
+    ///
+    /// Asked on every request, so it reads the few fields it needs in place
+    /// (no `Standing`, no copy of openraft's metrics).
     pub fn check_leader(&self, read: bool) -> Result<(), tonic::Status> {
-        let s = self.standing();
         let within = if read {
             self.read_lease
         } else {
             self.write_grace
         };
-        if s.ready && self.majority_within(&s, within) {
+        let now = Instant::now();
+        let m = self.metrics.borrow();
+        let membership = m.membership_config.membership();
+        if is_ready(&m)
+            && self
+                .acks
+                .quorum_within(self.id, membership.voter_ids(), m.current_term, within, now)
+        {
             return Ok(());
         }
-        let hint = s
-            .leader
+        let hint = m
+            .current_leader
             .filter(|l| *l != self.id)
-            .and_then(|l| s.nodes.get(&l).cloned());
+            .and_then(|l| membership.get_node(&l))
+            .map(|n| n.addr.clone());
+        drop(m);
         Err(weft_proto::leader::not_leader(hint.as_deref()))
     }
 
     /// Whether a majority of the voters acknowledged this node as leader of
-    /// its current term within `write_grace`: false for a leader cut off,
-    /// or restarted and not yet told of a newer term (a stale leader).
-    pub fn majority_heard(&self, s: &Standing) -> bool {
-        self.majority_within(s, self.write_grace)
+    /// its current term within `write_grace` before `now`: false for a
+    /// leader cut off, or restarted and not yet told of a newer term (a
+    /// stale leader).
+    pub fn majority_heard(&self, s: &Standing, now: Instant) -> bool {
+        self.majority_within(s, self.write_grace, now)
     }
 
     /// Whether a majority of the voters (this node included) acknowledged
-    /// this node as leader of its current term within `d`; always true in a
-    /// group of one.
-    fn majority_within(&self, s: &Standing, d: Duration) -> bool {
-        s.voters.len() <= 1 || self.acks.quorum_within(self.id, &s.voters, s.term, d)
+    /// this node as leader of its current term within `d` before `now`;
+    /// always true in a group of one.
+    fn majority_within(&self, s: &Standing, d: Duration, now: Instant) -> bool {
+        self.acks
+            .quorum_within(self.id, s.voters.iter().copied(), s.term, d, now)
     }
 
     /// This node's Raft log (for the `Synced` RPC).
@@ -369,8 +402,8 @@ impl Group {
     /// index is the last entry applied here (at or past the change just
     /// answered, and committed), the epoch its term.
     pub fn reply_position(&self) -> (u64, u64, u64) {
-        let m = self.raft.metrics();
-        let (index, term) = m
+        let (index, term) = self
+            .metrics
             .borrow()
             .last_applied
             .map(|l| (l.index, l.leader_id.term))
@@ -472,7 +505,7 @@ impl Group {
                 r = &mut write => break r,
                 _ = check.tick() => {
                     let s = self.standing();
-                    if !self.majority_within(&s, self.write_grace) {
+                    if !self.majority_within(&s, self.write_grace, Instant::now()) {
                         tracing::warn!(
                             term = s.term,
                             grace = ?self.write_grace,
@@ -605,8 +638,10 @@ pub async fn start(
             .map_err(|e| anyhow::anyhow!("cannot start the group: {e}"))?;
     }
     let lease_ms = (cfg.election_timeout_ms * 4 / 5).max(1);
+    let metrics = raft.metrics();
     Ok(Started {
         group: Arc::new(Group {
+            metrics,
             raft,
             id,
             acks,
@@ -633,7 +668,7 @@ fn legacy_state(
     if !has_wal && !has_snap {
         return Ok(None);
     }
-    Ok(Some(crate::server::recover(data, chunk_size, true)?))
+    Ok(Some(crate::datadir::recover(data, chunk_size, true)?))
 }
 
 /// The voters as "ID=ADDR".
@@ -707,53 +742,160 @@ pub async fn remove_node(g: &Group, id: u64) -> Result<(), tonic::Status> {
     Ok(())
 }
 
-/// Follows this node's standing: each time it becomes the ready leader of a
-/// new term it takes that term as the fencing term (sent to chunk daemons),
-/// forgets leases (the next lease of every chunk bumps its version first),
-/// starts the chunk-daemon registry afresh (daemons re-register with their
-/// replicas, as at an MDS start; the group's drain marks are set again as
-/// they do) and gives every known session a full timeout, and every session
-/// holding locks a full lock expiry, from now.
-pub fn watch_leadership(mds: crate::service::Mds, dead_after: Duration) {
-    let Some(g) = mds.group.clone() else {
-        return;
-    };
-    tokio::spawn(async move {
-        let mut rx = g.raft.metrics();
-        let mut led: Option<u64> = None;
+/// A change in whether this node leads the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leadership {
+    /// Became the ready leader of a new term.
+    Took { term: u64 },
+    /// Stopped leading (no longer leader, nor ready).
+    Lost,
+}
+
+/// Turns a node's successive standings into leadership changes (pure: it
+/// holds only the term it last led).
+#[derive(Debug, Default)]
+pub struct LeadershipTracker {
+    led: Option<u64>,
+}
+
+impl LeadershipTracker {
+    pub fn observe(&mut self, s: &Standing) -> Option<Leadership> {
+        if s.ready && self.led != Some(s.term) {
+            self.led = Some(s.term);
+            Some(Leadership::Took { term: s.term })
+        } else if !s.ready && self.led.is_some() && s.role != "leader" {
+            self.led = None;
+            Some(Leadership::Lost)
+        } else {
+            None
+        }
+    }
+}
+
+/// This node's leadership changes, in order, as openraft's metrics change
+/// (`service/leadership.rs` carries them out).
+pub struct LeadershipChanges {
+    group: Arc<Group>,
+    rx: tokio::sync::watch::Receiver<Metrics>,
+    tracker: LeadershipTracker,
+    started: bool,
+}
+
+impl Group {
+    pub fn leadership_changes(self: &Arc<Self>) -> LeadershipChanges {
+        LeadershipChanges {
+            group: self.clone(),
+            rx: self.raft.metrics(),
+            tracker: LeadershipTracker::default(),
+            started: false,
+        }
+    }
+}
+
+impl LeadershipChanges {
+    /// The next change and the standing it was seen in (the first call
+    /// looks at the standing now); None once openraft has stopped.
+    pub async fn next(&mut self) -> Option<(Leadership, Standing)> {
         loop {
-            let s = g.standing();
-            if s.ready && led != Some(s.term) {
-                led = Some(s.term);
-                mds.term.set(s.term);
-                mds.leases.clear();
-                let sessions: Vec<u64> = {
-                    let st = mds.state.read().await;
-                    // Daemons find the new leader through "not leader"
-                    // hints and their backoff: give them a few seconds more.
-                    mds.registry
-                        .lock()
-                        .restart(dead_after + Duration::from_secs(5), st.ns.next_chunk_id());
-                    // Lock holders get a full lock expiry from now to be
-                    // heard from, as sessions get a full timeout.
-                    let now = Instant::now();
-                    let mut locks = mds.locks.lock();
-                    for s in st.locks.sessions() {
-                        locks.touch(s, now);
-                    }
-                    st.sessions.ids().collect()
-                };
-                for session in sessions {
-                    mds.contacts.touch(session);
-                }
-                tracing::info!(term = s.term, node = g.id, "leading the MDS group");
-            } else if !s.ready && led.is_some() && s.role != "leader" {
-                led = None;
-                tracing::info!(term = s.term, leader = ?s.leader, "no longer leading the MDS group");
+            if self.started && self.rx.changed().await.is_err() {
+                return None;
             }
-            if rx.changed().await.is_err() {
-                break;
+            self.started = true;
+            let s = self.group.standing();
+            if let Some(change) = self.tracker.observe(&s) {
+                return Some((change, s));
             }
         }
-    });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing(role: &'static str, term: u64, ready: bool) -> Standing {
+        Standing {
+            leader: (role == "leader").then_some(1),
+            term,
+            role,
+            ready,
+            voters: vec![1, 2, 3],
+            nodes: BTreeMap::new(),
+            last_log: 0,
+            applied: 0,
+        }
+    }
+
+    #[test]
+    fn leadership_is_taken_once_per_term_when_ready_and_lost_once() {
+        let mut t = LeadershipTracker::default();
+        assert_eq!(t.observe(&standing("follower", 1, false)), None);
+        // Elected, but the earlier terms' entries not yet applied.
+        assert_eq!(t.observe(&standing("leader", 2, false)), None);
+        assert_eq!(
+            t.observe(&standing("leader", 2, true)),
+            Some(Leadership::Took { term: 2 })
+        );
+        assert_eq!(t.observe(&standing("leader", 2, true)), None);
+        // Still leader but a new term (re-elected): taken anew.
+        assert_eq!(
+            t.observe(&standing("leader", 3, true)),
+            Some(Leadership::Took { term: 3 })
+        );
+        // Not ready but still the leader: not lost yet.
+        assert_eq!(t.observe(&standing("leader", 3, false)), None);
+        assert_eq!(
+            t.observe(&standing("candidate", 4, false)),
+            Some(Leadership::Lost)
+        );
+        assert_eq!(t.observe(&standing("follower", 4, false)), None);
+        assert_eq!(
+            t.observe(&standing("leader", 5, true)),
+            Some(Leadership::Took { term: 5 })
+        );
+    }
+
+    #[test]
+    fn a_quorum_counts_this_node_and_fresh_acks_of_this_term() {
+        let acks = Acks::default();
+        let t0 = Instant::now();
+        let lease = Duration::from_secs(2);
+        // Alone, or one voter: always.
+        assert!(acks.quorum_within(1, [1], 5, lease, t0));
+        assert!(acks.quorum_within(1, [], 5, lease, t0));
+        assert!(!acks.quorum_within(1, [1, 2, 3], 5, lease, t0));
+        acks.ack(2, 5, t0);
+        assert!(acks.quorum_within(1, [1, 2, 3], 5, lease, t0));
+        assert!(acks.heard_within(2, 5, lease, t0 + lease - Duration::from_millis(1)));
+        // The lease runs out at t0 + lease exactly.
+        assert!(!acks.quorum_within(1, [1, 2, 3], 5, lease, t0 + lease));
+        assert!(!acks.heard_within(2, 5, lease, t0 + lease));
+        // An ack of an older term says nothing of this one.
+        assert!(!acks.quorum_within(1, [1, 2, 3], 6, lease, t0));
+        // Four voters need three.
+        assert!(!acks.quorum_within(1, [1, 2, 3, 4], 5, lease, t0));
+        acks.ack(3, 5, t0);
+        assert!(acks.quorum_within(1, [1, 2, 3, 4], 5, lease, t0));
+    }
+
+    #[test]
+    fn a_lease_request_crosses_the_group_log_unchanged() {
+        let req = Request::Lease {
+            session: 7,
+            seq: 3,
+            ctx: Ctx {
+                now: crate::ns::Time { sec: 1000, nsec: 0 },
+                caller: crate::ns::Caller::root(),
+            },
+            op: pb::AllocChunkReq {
+                ino: 42,
+                index: 5,
+                failed: vec![],
+            },
+            chunk_id: 99,
+            version: 4,
+        };
+        let back = Cmd::from(req.clone()).into_request();
+        assert_eq!(format!("{back:?}"), format!("{:?}", Some(req)));
+    }
 }

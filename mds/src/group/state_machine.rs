@@ -116,7 +116,7 @@ fn read_meta(dir: &Path) -> anyhow::Result<Option<Meta>> {
 /// Writes the snapshot file, then its metadata, then drops older snapshots.
 fn save(dir: &Path, st: &State, meta: &Meta) -> anyhow::Result<()> {
     crate::snapshot::write(dir, st)?;
-    super::log_store::write_durably(dir, "meta.json", &serde_json::to_vec(meta)?)?;
+    crate::durable_file::write_durably(dir, "meta.json", &serde_json::to_vec(meta)?)?;
     drop_older(dir, st.applied_index);
     Ok(())
 }
@@ -279,7 +279,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
         let bytes = snapshot.into_inner();
         let name = crate::snapshot::snapshot_name(index);
-        super::log_store::write_durably(&self.dir, &name, &bytes).map_err(serr)?;
+        crate::durable_file::write_durably(&self.dir, &name, &bytes).map_err(serr)?;
         let st = crate::snapshot::read_checked(&self.dir.join(&name), None).map_err(serr)?;
         if st.ns.chunk_size() != self.chunk_size {
             // The group's chunk size wins over the default this node's data
@@ -290,10 +290,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             );
             self.chunk_size = st.ns.chunk_size();
             if let Some(data) = self.dir.parent().and_then(|p| p.parent()) {
-                crate::server::set_chunk_size(data, self.chunk_size).map_err(serr)?;
+                crate::datadir::set_chunk_size(data, self.chunk_size).map_err(serr)?;
             }
         }
-        super::log_store::write_durably(
+        crate::durable_file::write_durably(
             &self.dir,
             "meta.json",
             &serde_json::to_vec(meta).map_err(serr)?,

@@ -3,7 +3,7 @@
 
 use super::Mds;
 use crate::committer::Proposal;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Starts the expiry task; `known` are the sessions the replayed state remembers.
 pub fn start_expiry(mds: &Mds, known: Vec<u64>, timeout: Duration) {
@@ -17,7 +17,7 @@ pub fn start_expiry(mds: &Mds, known: Vec<u64>, timeout: Duration) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            for session in mds.contacts.take_expired(timeout) {
+            for session in mds.contacts.take_expired(Instant::now(), timeout) {
                 tracing::info!(
                     session,
                     secs = timeout.as_secs(),

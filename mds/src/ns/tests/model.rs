@@ -6,7 +6,7 @@
 //! and afterwards the same tree. "checkpoint" and "disk restart" go through
 //! the real files: a snapshot written by `snapshot::write` at that point, and
 //! on restart every record framed into real log segments (those the newest
-//! snapshot covers dropped), then `server::recover` rebuilds the state.
+//! snapshot covers dropped), then `datadir::recover` rebuilds the state.
 
 use super::*;
 use proptest::prelude::*;
@@ -354,7 +354,7 @@ fn disk_op(h: &mut Harness, op: &MOp, dir: &std::path::Path) -> Result<(), Errno
             if let Some(last) = cuts.last() {
                 w.drop_covered(*last).unwrap();
             }
-            let st = crate::server::recover(dir, SMALL_CHUNK, true).unwrap();
+            let st = crate::datadir::recover(dir, SMALL_CHUNK, true).unwrap();
             assert_eq!(st.applied_index, h.log.len() as u64);
             assert_eq!(st.ns, h.ns);
             h.ns = st.ns;
