@@ -51,6 +51,8 @@ pub struct Weft {
     pub(crate) pending_releases: crate::locks::PendingReleases,
     /// The mount's atime policy (atime.rs).
     pub(crate) atime: crate::atime::Atime,
+    /// `ClientOpts::file_dirty_limit`.
+    pub(crate) file_dirty_limit: Option<u64>,
 }
 
 /// What a client is tuned with (weftfs takes them from its `-o` options,
@@ -75,6 +77,11 @@ pub struct ClientOpts {
     /// Strict coherence: another client's change returns only after this
     /// client's caches dropped it (cache/coherence.rs).
     pub strict: bool,
+    /// Bytes one file may hold written but not yet stored (buffered and in
+    /// flight); a writer of that file waits past it, and its buffer is
+    /// flushed from half of it. None: only the shared `TOTAL_DIRTY_LIMIT`
+    /// (write_path.rs), as weftfs has it.
+    pub file_dirty_limit: Option<u64>,
 }
 
 /// The data cache's default size, MiB.
@@ -92,6 +99,7 @@ impl Default for ClientOpts {
             disk_cache: None,
             disk_cache_mib: 1024,
             strict: false,
+            file_dirty_limit: None,
         }
     }
 }
@@ -183,6 +191,7 @@ impl Weft {
             held_locks: Default::default(),
             pending_releases: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
+            file_dirty_limit: opts.file_dirty_limit,
         });
         Ok(weft)
     }

@@ -14,7 +14,9 @@
 //! flush/fsync) and returned to the caller that triggered the flush. Dirty
 //! memory is bounded: a file's buffer is flushed in the background past
 //! `FILE_DIRTY_LIMIT`, and writers wait while all buffers exceed
-//! `TOTAL_DIRTY_LIMIT`.
+//! `TOTAL_DIRTY_LIMIT`; with `ClientOpts::file_dirty_limit` (the S3
+//! gateway) a file's writers also wait while it holds that much buffered
+//! and in flight, and its flush starts at half of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -148,17 +150,64 @@ impl Weft {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u32, Errno> {
+        self.write_slice(c, ino, offset, &data).await
+    }
+
+    /// `write` of borrowed bytes (they are copied into the buffer once).
+    pub async fn write_slice(
+        self: &Arc<Self>,
+        c: Caller,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
         check_write_range(offset, data.len())?;
         loop {
             let released = self.files.dirty_released.notified();
-            if self.files.dirty_total() < TOTAL_DIRTY_LIMIT {
+            if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+                self.flush_all_in_background();
+            } else if let Some(st) = self.file_over_limit(ino) {
+                self.flush_queued_in_background(st);
+            } else {
                 break;
             }
-            self.flush_all_in_background();
             released.await;
         }
-        self.buffer_write(c, ino, offset, &data);
+        self.buffer_write(c, ino, offset, data);
         Ok(data.len() as u32)
+    }
+
+    /// The file's state if it holds `file_dirty_limit` bytes or more,
+    /// buffered and in flight.
+    fn file_over_limit(&self, ino: u64) -> Option<Arc<FileState>> {
+        let limit = self.file_dirty_limit?;
+        let st = self.files.get(ino)?;
+        let pending = {
+            let g = st.inner.lock();
+            g.dirty.bytes() + g.inflight_bytes
+        };
+        (pending >= limit).then_some(st)
+    }
+
+    /// A background flush of `st` unless one is queued already.
+    fn flush_queued_in_background(self: &Arc<Self>, st: Arc<FileState>) {
+        let queue = {
+            let mut g = st.inner.lock();
+            let q = !g.dirty.is_empty() && !g.flush_queued;
+            if q {
+                g.flush_queued = true;
+            }
+            q
+        };
+        if queue {
+            self.flush_in_background(st);
+        }
+    }
+
+    /// Buffered bytes of one file that start its background flush.
+    fn flush_threshold(&self) -> u64 {
+        self.file_dirty_limit
+            .map_or(FILE_DIRTY_LIMIT, |l| (l / 2).clamp(1, FILE_DIRTY_LIMIT))
     }
 
     /// The write without waiting, for the FUSE reader thread (no hop to a
@@ -176,7 +225,7 @@ impl Weft {
         if let Err(e) = check_write_range(offset, data.len()) {
             return Some(Err(e));
         }
-        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT || self.file_over_limit(ino).is_some() {
             return None;
         }
         self.buffer_write(c.clone(), ino, offset, data);
@@ -184,12 +233,13 @@ impl Weft {
     }
 
     fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
+        let threshold = self.flush_threshold();
         let (st, (added, kick)) = self.files.update(ino, |g| {
             let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.last_write = Some(std::time::SystemTime::now());
             g.writer = c;
-            let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
+            let kick = g.dirty.bytes() >= threshold && !g.flush_queued;
             if kick {
                 g.flush_queued = true;
             }
@@ -220,17 +270,7 @@ impl Weft {
 
     fn flush_all_in_background(self: &Arc<Self>) {
         for st in self.files.all() {
-            let queue = {
-                let mut g = st.inner.lock();
-                let q = !g.dirty.is_empty() && !g.flush_queued;
-                if q {
-                    g.flush_queued = true;
-                }
-                q
-            };
-            if queue {
-                self.flush_in_background(st);
-            }
+            self.flush_queued_in_background(st);
         }
     }
 
