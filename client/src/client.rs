@@ -222,12 +222,6 @@ impl Weft {
         self.kernel.trusted() && self.mds.meta.xattr_absent(ino, name)
     }
 
-    /// A directory handle; `opened_as` answers fstat of the handle after the
-    /// directory is removed.
-    pub fn open_dir(&self, opened_as: Option<Attr>) -> u64 {
-        self.files.open_dir(opened_as)
-    }
-
     pub fn close_dir(&self, fh: u64) {
         self.files.close_dir(fh)
     }
@@ -592,6 +586,26 @@ impl Weft {
         } else {
             Err(Errno::EACCES)
         }
+    }
+
+    /// opendir: a handle, whether the kernel may keep the listing in its
+    /// page cache (FOPEN_CACHE_DIR), and whether this open may be served
+    /// from what it kept (FOPEN_KEEP_CACHE; otherwise the kernel drops it
+    /// and lists through weftfs). Pushes of other mounts' changes to the
+    /// directory invalidate the kept listing (`cache/coherence.rs`), the
+    /// kernel itself drops it on this mount's changes, and a listing that
+    /// owes an atime update is not served from it. The attributes (usually
+    /// cached since the lookup) are kept for fstat of the handle after the
+    /// directory is removed.
+    pub async fn opendir(&self, c: &Caller, ino: u64) -> (u64, bool, bool) {
+        let cache = self.kernel.listings_cacheable();
+        if cache {
+            // The last listing's atime update: its result decides `keep`.
+            self.wait_atime(ino).await;
+        }
+        let opened_as = self.cached_attr(c, ino).await.ok();
+        let keep = cache && opened_as.is_some_and(|a| self.listing_needs_no_atime(&a));
+        (self.files.open_dir(opened_as), cache, keep)
     }
 
     /// Fills one readdir reply through `add` (which returns true when the

@@ -69,24 +69,29 @@ impl Weft {
             ino,
             flags: flags as u32,
         });
-        let a = if flags & libc::O_TRUNC != 0 {
+        let r = if flags & libc::O_TRUNC != 0 {
             let st = self.files.get_or_create(ino);
             let _g = st.flush_lock.lock().await;
             self.discard_from(&st, 0);
-            let r = self.mds.attr(c, req).await;
+            let r = self.mds.open(c, req).await;
             self.files.maybe_drop(ino);
             r
         } else {
-            self.mds.attr(c, req).await
+            self.mds.open(c, req).await
         };
         // The inode is gone (another client renamed a file over this name
         // and the old one was purged) while the kernel still had the name
         // cached: ESTALE makes the kernel walk the path again once, with
         // its dentries revalidated (fs/namei.c do_filp_open, LOOKUP_REVAL),
         // and open the name's new inode, as a local rename promises.
-        let a = a.map_err(|e| if e == Errno::ENOENT { Errno::ESTALE } else { e })?;
+        let (a, chunks) = r.map_err(|e| if e == Errno::ENOENT { Errno::ESTALE } else { e })?;
         // Close-to-open consistency: another client may have written since.
+        // An open for reading came with the current locations of the first
+        // chunks: the first read asks no GetChunks.
         self.locs.invalidate_file(ino);
+        for loc in chunks.map(|l| l.chunks).unwrap_or_default() {
+            self.locs.put(ino, loc);
+        }
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches

@@ -659,13 +659,17 @@ impl Filesystem for WeftFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Permission to read the directory is checked by the kernel
-        // (default_permissions) and again by the MDS on ReadDir. The
-        // attributes (usually cached since the lookup) are kept for fstat of
-        // the handle after the directory is removed.
+        // (default_permissions) and again by the MDS on ReadDir.
         self.spawn(req, FuseOp::Opendir, move |w, c| async move {
-            let opened_as = w.cached_attr(&c, ino.0).await.ok();
-            let fh = w.open_dir(opened_as);
-            reply.opened(FileHandle(fh), FopenFlags::empty());
+            let (fh, cache, keep) = w.opendir(&c, ino.0).await;
+            let mut flags = FopenFlags::empty();
+            if cache {
+                flags |= FopenFlags::FOPEN_CACHE_DIR;
+            }
+            if keep {
+                flags |= FopenFlags::FOPEN_KEEP_CACHE;
+            }
+            reply.opened(FileHandle(fh), flags);
         });
     }
 

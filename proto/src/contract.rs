@@ -19,6 +19,10 @@ pub mod limits {
     /// Most chunk locations one `GetChunks` answers; a client asks again from
     /// where the answer stopped.
     pub const MAX_CHUNKS_PER_CALL: u32 = 1024;
+    /// Chunk locations an open for reading answers with
+    /// (`MetaReply.open_chunks`): the first chunk and as many ahead as the
+    /// client's first GetChunks would have asked for.
+    pub const OPEN_CHUNKS: u32 = 17;
     /// Most chunk allocations one `CommitWrite` carries: a client splits a
     /// larger commit (a punch or fallocate over many chunks), the MDS refuses
     /// one over it with EINVAL.
