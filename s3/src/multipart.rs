@@ -34,7 +34,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
@@ -586,28 +585,11 @@ pub async fn complete(
                     _ => Err(s3_error!(InternalError, "part {} has no bytes", p.n)),
                 })
                 .collect::<S3Result<_>>()?;
-            let store = g.store.clone();
-            let body = futures::stream::iter(sources)
-                .then(move |(ino, off, size)| {
-                    let store = store.clone();
-                    async move {
-                        store
-                            .reader(ino, off, size)
-                            .await
-                            .map_err(|e| std::io::Error::other(e.to_string()))
-                    }
-                })
-                .try_flatten();
-            g.put_stream(
-                &b,
-                &key,
-                body,
-                &meta,
-                Some(etag.clone()),
-                &Default::default(),
-            )
-            .await?
-            .1
+            // The chunk daemons copy the parts into a new object.
+            let t = st.copy_temp_ranges(&sources).await?;
+            g.install_temp(&b, &key, t, &meta, Some(etag.clone()))
+                .await?
+                .1
         }
     };
     remove_upload(g, &up).await;
@@ -645,14 +627,8 @@ async fn assemble(
         }
         Some(f) => {
             st.truncate(ino, base).await.map_err(s3err)?;
-            let body = st.reader(f.ino.0, 0, f.size).await?;
-            let fh = st.open_write(ino).await.map_err(s3err)?;
-            let written = st.fill(ino, fh, base, None, body, Default::default()).await;
-            let closed = st.close(ino, fh).await.map_err(s3err);
-            if written?.0 != f.size {
-                return Err(s3_error!(InternalError, "the last part changed meanwhile"));
-            }
-            closed?;
+            // The chunk daemons copy the last part onto the end.
+            st.copy_onto(f.ino.0, f.size, ino, base).await?;
         }
     }
     let a = st.getattr(ino).await.map_err(s3err)?;

@@ -220,16 +220,18 @@ impl Gateway {
     }
 
     /// Installs a filled temp file at the key (as `put_stream` does), with
-    /// its headers and its MD5 as ETag; returns the ETag and attributes.
+    /// its headers and as ETag `etag` or else its MD5; returns the ETag and
+    /// attributes.
     pub async fn install_temp(
         &self,
         bucket: &FileAttr,
         key: &KeyPath<'_>,
         t: crate::store::Temp,
         meta: &ObjMeta,
+        etag: Option<String>,
     ) -> S3Result<(String, FileAttr)> {
         let st = &self.store;
-        let etag = hex::encode(t.md5);
+        let etag = etag.unwrap_or_else(|| hex::encode(t.md5));
         let staged = async {
             let a = st.getattr(t.ino).await.map_err(s3err)?;
             st.set_meta(t.ino, meta).await?;
@@ -712,7 +714,7 @@ impl S3 for Gateway {
         // was copied (a single-part source's own ETag; for a multipart
         // source, the MD5 S3 gives a copy too).
         let t = self.store.copy_temp(src.ino.0, 0, src.size).await?;
-        let (etag, a) = self.install_temp(&b, &dst_key, t, &meta).await?;
+        let (etag, a) = self.install_temp(&b, &dst_key, t, &meta, None).await?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(ETag::Strong(etag)),

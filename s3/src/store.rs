@@ -318,31 +318,50 @@ impl Store {
     /// gateway), with their MD5 (hashed by the daemons too); closed on
     /// return, removed if anything fails.
     pub async fn copy_temp(&self, src: u64, start: u64, len: u64) -> S3Result<Temp> {
+        self.copy_temp_ranges(&[(src, start, len)]).await
+    }
+
+    /// A new temp file holding the given ranges `(file, start, len)` one
+    /// after another, copied by the chunk daemons; `md5` is the MD5 of the
+    /// bytes when there is one range (the daemons hash it), else zeros (a
+    /// multipart object's ETag is not an MD5 of its bytes). Closed on
+    /// return, removed if anything fails.
+    pub async fn copy_temp_ranges(&self, ranges: &[(u64, u64, u64)]) -> S3Result<Temp> {
         let (ino, fh, name) = self.create_temp().await?;
+        let hash = ranges.len() == 1;
         let copied = async {
-            let done = self
-                .w
-                .copy_range(&self.c, src, start, ino, 0, len, true)
-                .await
-                .map_err(s3err)?;
-            if done.bytes != len {
-                return Err(s3_error!(
-                    InternalError,
-                    "the source shrank while being copied"
-                ));
+            let mut at = 0u64;
+            let mut md5 = [0u8; 16];
+            for &(src, start, len) in ranges {
+                let done = self
+                    .w
+                    .copy_range(&self.c, src, start, ino, at, len, hash)
+                    .await
+                    .map_err(s3err)?;
+                if done.bytes != len {
+                    return Err(s3_error!(
+                        InternalError,
+                        "the source shrank while being copied"
+                    ));
+                }
+                if hash {
+                    md5 = done
+                        .md5
+                        .ok_or_else(|| s3_error!(InternalError, "the copy's MD5 is missing"))?;
+                }
+                at += len;
             }
             // Durable as a PUT's data is before it answers.
             self.w.flush_handle(ino, fh).await.map_err(s3err)?;
-            done.md5
-                .ok_or_else(|| s3_error!(InternalError, "the copy's MD5 is missing"))
+            Ok((at, md5))
         }
         .await;
         let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
         match (copied, closed) {
-            (Ok(md5), Ok(())) => Ok(Temp {
+            (Ok((size, md5)), Ok(())) => Ok(Temp {
                 ino,
                 name,
-                size: len,
+                size,
                 md5,
                 sums: Checksum::default(),
             }),
@@ -429,6 +448,26 @@ impl Store {
             Err(Errno(libc::EEXIST)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// Copies file `src`'s first `len` bytes to `dst` at `at`, on the
+    /// chunk daemons, durably (as a PUT's data is before it answers).
+    pub async fn copy_onto(&self, src: u64, len: u64, dst: u64, at: u64) -> S3Result<()> {
+        let fh = self.open_write(dst).await.map_err(s3err)?;
+        let copied = async {
+            let done = self
+                .w
+                .copy_range(&self.c, src, 0, dst, at, len, false)
+                .await
+                .map_err(s3err)?;
+            if done.bytes != len {
+                return Err(s3_error!(InternalError, "the last part changed meanwhile"));
+            }
+            self.w.flush_handle(dst, fh).await.map_err(s3err)
+        }
+        .await;
+        let closed = self.close(dst, fh).await.map_err(s3err);
+        copied.and(closed)
     }
 
     pub async fn open_write(&self, ino: u64) -> Result<u64, Errno> {
