@@ -462,22 +462,23 @@ fn listing(dir: &Path) -> Vec<String> {
     v
 }
 
-/// `weft_mds_requests_total{op="OP"}` on the MDS's /metrics.
+/// `weft_mds_requests_total{op="OP"}` summed over the MDS nodes' /metrics
+/// (an MDS group's leader may be any of them).
 fn mds_requests(tc: &TestCluster, op: &str) -> u64 {
-    let addr = tc
-        .cluster
-        .mds
-        .http
-        .clone()
-        .expect("the MDS serves /metrics");
-    let (status, body) = weft_testkit::http::get(&addr, "/metrics").unwrap();
-    assert_eq!(status, 200, "{body}");
     let series = format!("weft_mds_requests_total{{op=\"{op}\"}}");
-    body.lines()
-        .find(|l| l.split(' ').next() == Some(series.as_str()))
-        .map_or(0, |l| {
-            l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+    std::iter::once(&tc.cluster.mds)
+        .chain(&tc.cluster.mds_peers)
+        .map(|m| {
+            let addr = m.http.clone().expect("the MDS serves /metrics");
+            let (status, body) = weft_testkit::http::get(&addr, "/metrics").unwrap();
+            assert_eq!(status, 200, "{body}");
+            body.lines()
+                .find(|l| l.split(' ').next() == Some(series.as_str()))
+                .map_or(0, |l| {
+                    l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+                })
         })
+        .sum()
 }
 
 /// The kernel keeps a directory's listing (FOPEN_CACHE_DIR): a listing of an
