@@ -20,6 +20,7 @@ op_kinds!(
         Truncate = "truncate",
         DataExtents = "data_extents",
         Allocate = "allocate",
+        Copy = "copy",
     }
 );
 
@@ -27,6 +28,9 @@ pub struct ChunkdMetrics {
     pub requests: OpSet,
     pub read_bytes: Counter,
     pub written_bytes: Counter,
+    /// Bytes a Chunk.Copy's head read from a source replica (its own or a
+    /// peer's) instead of receiving them from the client.
+    pub copied_bytes: Counter,
     /// Errors by gRPC code, indexed by `tonic::Code as usize` (0..=16).
     pub errors: [Counter; 17],
     pub scrub_bytes: Counter,
@@ -48,6 +52,7 @@ pub static M: LazyLock<ChunkdMetrics> = LazyLock::new(|| ChunkdMetrics {
     ),
     read_bytes: Counter::default(),
     written_bytes: Counter::default(),
+    copied_bytes: Counter::default(),
     errors: Default::default(),
     scrub_bytes: Counter::default(),
     scrub_chunks: Counter::default(),
@@ -165,6 +170,11 @@ pub fn registry(store: Arc<Store>) -> Registry {
         "weft_chunkd_written_bytes",
         "bytes written to replicas (client writes, at every replica)",
         m.written_bytes.clone(),
+    );
+    r.register(
+        "weft_chunkd_copied_bytes",
+        "bytes server-side copies read from source replicas (as the copy's head)",
+        m.copied_bytes.clone(),
     );
     r.register(
         "weft_chunkd_scrub_bytes",

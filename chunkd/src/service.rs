@@ -26,8 +26,8 @@ use tonic::{Request, Response, Status};
 use weft_proto::chunk_server::{Chunk, ChunkServer};
 use weft_proto::chunk_space_server::{ChunkSpace, ChunkSpaceServer};
 use weft_proto::{
-    AllocateReply, AllocateReq, DataExtentsReply, DataExtentsReq, Empty, Extent, ReadReply,
-    ReadReq, SyncReq, TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
+    AllocateReply, AllocateReq, CopySource, DataExtentsReply, DataExtentsReq, Empty, Extent,
+    ReadReply, ReadReq, SyncReq, TruncateReq, WriteReply, WriteReq, MAX_IO, MAX_MESSAGE,
 };
 
 use weft_proto::caps::{unix_ms, KeyFile, Mode};
@@ -228,11 +228,66 @@ impl Chunk for ChunkService {
             .requests
             .guard(crate::metrics::ChunkOp::Write.index());
         let peer = peer_of(&request).cloned();
+        let req = request.into_inner();
+        self.admit_write(peer.as_ref(), "Chunk.Write", &req)?;
+        self.write_admitted(req).await
+    }
+
+    async fn copy(&self, request: Request<WriteReq>) -> Result<Response<WriteReply>, Status> {
+        let _timed = crate::metrics::M
+            .requests
+            .guard(crate::metrics::ChunkOp::Copy.index());
+        let peer = peer_of(&request).cloned();
         let mut req = request.into_inner();
+        let Some(src) = req.source.take() else {
+            return Err(Status::invalid_argument("Chunk.Copy without a source"));
+        };
+        if !req.data.is_empty() || req.punch {
+            return Err(Status::invalid_argument(
+                "Chunk.Copy carries no data and is no punch",
+            ));
+        }
+        // The destination is checked before anything is read.
+        self.admit_write(peer.as_ref(), "Chunk.Copy", &req)?;
+        let data = self.read_source(peer.as_ref(), &src).await?;
+        let md5 = if src.md5 {
+            let (state, d) = (src.md5_state.clone(), data.clone());
+            tokio::task::spawn_blocking(move || weft_proto::md5_state::resume(&state, &d))
+                .await
+                .map_err(|e| Status::internal(format!("hashing task failed: {e}")))?
+                .map_err(Status::invalid_argument)?
+        } else {
+            Vec::new()
+        };
+        // From here on a write of these bytes: downstream replicas get them
+        // as `data`, in this chunk's serial order.
+        req.data = data;
+        let mut reply = self.write_admitted(req).await?;
+        reply.get_mut().md5_state = md5;
+        Ok(reply)
+    }
+
+    async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
+        self.read_inner(request).await
+    }
+
+    async fn sync(&self, request: Request<SyncReq>) -> Result<Response<Empty>, Status> {
+        self.sync_inner(request).await
+    }
+
+    async fn truncate(&self, request: Request<TruncateReq>) -> Result<Response<Empty>, Status> {
+        self.truncate_inner(request).await
+    }
+}
+
+impl ChunkService {
+    /// The checks every write-like call passes before it reads or takes a
+    /// serial: chain length, capability, MDS term.
+    fn admit_write(&self, peer: Option<&Peer>, what: &str, req: &WriteReq) -> Result<(), Status> {
         check_chain(&req.chain)?;
         self.authorize(
-            peer.as_ref(),
-            "Chunk.Write",
+            peer,
+            what,
             req.chunk_id,
             req.version,
             Mode::Write,
@@ -240,7 +295,86 @@ impl Chunk for ChunkService {
         )?;
         // A lease from an MDS older than one heard from (a deposed leader, a
         // stale copy): the writer must ask the current MDS for a lease.
-        self.term.admit_status(req.term)?;
+        self.term.admit_status(req.term)
+    }
+
+    /// The bytes a copy writes: from this daemon's replica of the source
+    /// when it holds that version, else from the listed replicas in order
+    /// (their reads verify checksums); zeros for a hole. A failure carries
+    /// `COPY_SOURCE_KEY` so the client refreshes the source, not the
+    /// destination's pipeline.
+    async fn read_source(&self, peer: Option<&Peer>, src: &CopySource) -> Result<Bytes, Status> {
+        let len = src.length as usize;
+        if src.length > MAX_IO as u64 {
+            return Err(Status::invalid_argument(format!(
+                "copy of {len} bytes exceeds the {MAX_IO}-byte limit"
+            )));
+        }
+        if src.chunk_id == 0 {
+            return Ok(Bytes::from(vec![0u8; len]));
+        }
+        let (id, version, offset) = (src.chunk_id, src.version, src.offset);
+        self.authorize(
+            peer,
+            "Chunk.Copy",
+            id,
+            version,
+            Mode::Read,
+            src.cap.as_ref(),
+        )?;
+        let mut last = Status::not_found(format!("chunk {id:016x} has no replica to copy from"));
+        if self.store.summary(id).is_some_and(|s| s.version == version) {
+            match self
+                .local("copy source", move |s| s.read(id, version, offset, len))
+                .await
+            {
+                Ok(d) => {
+                    crate::metrics::M.copied_bytes.inc_by(d.len() as u64);
+                    return Ok(Bytes::from(d));
+                }
+                Err(s) => last = s,
+            }
+        }
+        for addr in &src.replicas {
+            let req = ReadReq {
+                chunk_id: id,
+                version,
+                offset,
+                length: len as u32,
+                cap: src.cap.clone(),
+            };
+            let got = match self.peers.client(addr) {
+                Ok(mut c) => c.read(req).await.map(|r| r.into_inner().data),
+                Err(s) => Err(s),
+            };
+            match got {
+                Ok(d) if d.len() == len => {
+                    crate::metrics::M.copied_bytes.inc_by(d.len() as u64);
+                    return Ok(d);
+                }
+                Ok(d) => {
+                    last = Status::data_loss(format!("short read: {} of {len} bytes", d.len()))
+                }
+                Err(s) => last = s,
+            }
+            tracing::info!(chunk = format_args!("{id:016x}"), addr = %addr, status = %last.message(), "copy source replica failed, trying the next");
+        }
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert(
+            weft_proto::contract::COPY_SOURCE_KEY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        let s = Status::with_metadata(
+            last.code(),
+            format!("copy source chunk {id:016x}: {}", last.message()),
+            md,
+        );
+        crate::metrics::error(&s);
+        Err(s)
+    }
+
+    /// A write that passed `admit_write`: takes its serial and runs.
+    async fn write_admitted(&self, mut req: WriteReq) -> Result<Response<WriteReply>, Status> {
         let (id, version, epoch, offset, sync, punch) = (
             req.chunk_id,
             req.version,
@@ -296,11 +430,12 @@ impl Chunk for ChunkService {
                 Response::new(WriteReply {
                     allocated: Some(allocated),
                     serial,
+                    md5_state: Default::default(),
                 })
             })
     }
 
-    async fn read(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
+    async fn read_inner(&self, request: Request<ReadReq>) -> Result<Response<ReadReply>, Status> {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Read.index());
@@ -331,7 +466,7 @@ impl Chunk for ChunkService {
         }))
     }
 
-    async fn sync(&self, request: Request<SyncReq>) -> Result<Response<Empty>, Status> {
+    async fn sync_inner(&self, request: Request<SyncReq>) -> Result<Response<Empty>, Status> {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Sync.index());
@@ -350,7 +485,10 @@ impl Chunk for ChunkService {
         pipeline::join_results(l, r).map(|()| Response::new(Empty {}))
     }
 
-    async fn truncate(&self, request: Request<TruncateReq>) -> Result<Response<Empty>, Status> {
+    async fn truncate_inner(
+        &self,
+        request: Request<TruncateReq>,
+    ) -> Result<Response<Empty>, Status> {
         let _timed = crate::metrics::M
             .requests
             .guard(crate::metrics::ChunkOp::Truncate.index());

@@ -82,6 +82,23 @@ impl Weft {
         }
     }
 
+    /// Whether a listing of a directory with attributes `a` may skip its
+    /// atime update (so the kernel may serve it from its cache, which
+    /// weftfs never sees): never under strictatime; under relatime once the
+    /// atime is past mtime and ctime and less than a day old.
+    pub fn listing_needs_no_atime(&self, a: &Attr) -> bool {
+        match self.atime.mode {
+            AtimeMode::Never => true,
+            AtimeMode::Strict => false,
+            AtimeMode::Relatime => {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                !relatime_due(a, now)
+            }
+        }
+    }
+
     /// Called after a successful read or readdir of `ino`.
     pub fn touch_atime(self: &Arc<Self>, c: &Caller, ino: u64) {
         let how = match self.atime.mode {
@@ -112,8 +129,14 @@ impl Weft {
             // The reply is not cached: it may predate a write this client
             // committed meanwhile, and a stale (smaller) size in the cache
             // would make a read short, which the kernel takes as EOF.
-            if let Err(e) = w.mds.attr(&c, Op::Setattr(req)).await {
-                tracing::debug!(ino, error = %e, "atime update failed");
+            match w.mds.attr(&c, Op::Setattr(req)).await {
+                // A directory's next opendir decides by its atime whether the
+                // kernel may list it from cache: it must see this update.
+                Ok(a) if a.kind == weft_proto::FileKind::Directory as i32 => {
+                    w.attrs.invalidate(ino)
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(ino, error = %e, "atime update failed"),
             }
             w.atime.in_flight.lock().remove(&ino);
             w.atime.done.notify_waiters();

@@ -257,8 +257,43 @@ impl ChunkIo {
             punch_length,
             term: w.term,
             cap: loc.cap.clone(),
+            source: None,
         };
         self.bounded(c.write(req)).await
+    }
+
+    /// Server-side copy into the chunk `w` names at `offset`: the head of
+    /// its pipeline reads `source` itself and writes it as a write of those
+    /// bytes would be (Chunk.Copy); no data passes through this client.
+    pub async fn copy(
+        &self,
+        w: &ChunkWrite,
+        offset: u64,
+        source: CopySource,
+    ) -> Result<WriteReply, Status> {
+        let _timed = crate::metrics::M
+            .chunk
+            .guard(crate::metrics::ChunkOp::Copy.index());
+        let loc = w
+            .chunk
+            .as_ref()
+            .ok_or_else(|| Status::internal("ChunkWrite without a chunk"))?;
+        let (head, chain) = pipeline(loc)?;
+        self.remember(loc);
+        debug_assert!(source.length <= MAX_IO as u64);
+        let mut c = self.client(&head)?;
+        let req = WriteReq {
+            chunk_id: loc.chunk_id,
+            version: loc.version,
+            lease_epoch: w.lease_epoch,
+            offset,
+            chain,
+            term: w.term,
+            cap: loc.cap.clone(),
+            source: Some(source),
+            ..Default::default()
+        };
+        self.bounded(c.copy(req)).await
     }
 
     /// Reads from one replica.

@@ -31,26 +31,28 @@ pub const NAME_MAX: usize = 255;
 const READDIR_PAGE: u32 = 256;
 
 pub struct Weft {
-    pub mds: MdsClient,
-    pub chunks: ChunkIo,
-    pub attrs: AttrCache,
-    pub locs: ChunkLocCache,
+    pub(crate) mds: MdsClient,
+    pub(crate) chunks: ChunkIo,
+    pub(crate) attrs: AttrCache,
+    pub(crate) locs: ChunkLocCache,
     /// File data read from chunk daemons (cache/data.rs).
-    pub data: crate::cache::DataCache,
-    pub files: OpenFiles,
-    pub groups: GroupCache,
-    pub chunk_size: u64,
+    pub(crate) data: crate::cache::DataCache,
+    pub(crate) files: OpenFiles,
+    pub(crate) groups: GroupCache,
+    pub(crate) chunk_size: u64,
     /// What TTLs the kernel gets, and taking names back (cache/kernel.rs).
-    pub kernel: KernelCache,
+    pub(crate) kernel: KernelCache,
     /// How long a chunk write keeps re-allocating its pipeline after replica
     /// failures (the MDS drops a dead daemon from pipelines only once it has
     /// missed heartbeats for a while).
-    pub write_retry_budget: Duration,
+    pub(crate) write_retry_budget: Duration,
     /// Which lock owners hold advisory locks through this mount (locks.rs).
-    pub held_locks: crate::locks::HeldLocks,
-    pub pending_releases: crate::locks::PendingReleases,
+    pub(crate) held_locks: crate::locks::HeldLocks,
+    pub(crate) pending_releases: crate::locks::PendingReleases,
     /// The mount's atime policy (atime.rs).
-    pub atime: crate::atime::Atime,
+    pub(crate) atime: crate::atime::Atime,
+    /// `ClientOpts::file_dirty_limit`.
+    pub(crate) file_dirty_limit: Option<u64>,
 }
 
 /// What a client is tuned with (weftfs takes them from its `-o` options,
@@ -75,6 +77,11 @@ pub struct ClientOpts {
     /// Strict coherence: another client's change returns only after this
     /// client's caches dropped it (cache/coherence.rs).
     pub strict: bool,
+    /// Bytes one file may hold written but not yet stored (buffered and in
+    /// flight); a writer of that file waits past it, and its buffer is
+    /// flushed from half of it. None: only the shared `TOTAL_DIRTY_LIMIT`
+    /// (write_path.rs), as weftfs has it.
+    pub file_dirty_limit: Option<u64>,
 }
 
 /// The data cache's default size, MiB.
@@ -92,6 +99,7 @@ impl Default for ClientOpts {
             disk_cache: None,
             disk_cache_mib: 1024,
             strict: false,
+            file_dirty_limit: None,
         }
     }
 }
@@ -183,6 +191,7 @@ impl Weft {
             held_locks: Default::default(),
             pending_releases: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
+            file_dirty_limit: opts.file_dirty_limit,
         });
         Ok(weft)
     }
@@ -194,6 +203,65 @@ impl Weft {
         self.attrs.clear();
         self.locs.clear();
         self.data.clear();
+    }
+
+    /// The TTLs and name bookkeeping the FUSE adapter replies with
+    /// (cache/kernel.rs); other front ends ignore it.
+    pub fn kernel(&self) -> &KernelCache {
+        &self.kernel
+    }
+
+    /// The cluster's chunk size, as the MDS said at connect.
+    pub fn chunk_size(&self) -> u64 {
+        self.chunk_size
+    }
+
+    /// Whether the MDS's pushes say this xattr is absent, so a getxattr can
+    /// answer ENODATA without asking (only while the push stream is live).
+    pub fn xattr_known_absent(&self, ino: u64, name: &[u8]) -> bool {
+        self.kernel.trusted() && self.mds.meta.xattr_absent(ino, name)
+    }
+
+    pub fn close_dir(&self, fh: u64) {
+        self.files.close_dir(fh)
+    }
+
+    /// The attributes a still-open directory had when it was opened, once it
+    /// is removed (the kernel asks by inode, with no handle).
+    pub fn removed_dir_attr(&self, ino: u64) -> Option<Attr> {
+        self.files.removed_dir_attr(ino)
+    }
+
+    /// Waits until every change this client was answered for is durable
+    /// (the MDS's early replies; syncfs).
+    pub async fn sync_all(&self, c: &Caller) -> Result<(), Errno> {
+        self.mds.log_durable_all(c).await
+    }
+
+    /// Bytes written and not yet on the chunk daemons, over all files.
+    pub fn dirty_bytes(&self) -> u64 {
+        self.files.dirty_total()
+    }
+
+    /// Whether this client keeps state for the file (open, or dirty data).
+    pub fn holds_file_state(&self, ino: u64) -> bool {
+        self.files.get(ino).is_some()
+    }
+
+    /// Where chunks `first..first + count` of a file live, asked of the MDS.
+    pub async fn chunk_locations(
+        &self,
+        c: &Caller,
+        ino: u64,
+        first: u64,
+        count: u32,
+    ) -> Result<Vec<ChunkLoc>, Errno> {
+        Ok(self.mds.get_chunks(c, ino, first, count).await?.chunks)
+    }
+
+    /// The location of one chunk as this client has it cached, if it does.
+    pub fn cached_chunk_location(&self, ino: u64, index: u64) -> Option<ChunkLoc> {
+        self.locs.get(ino, index)
     }
 
     pub fn caller(&self, uid: u32, gid: u32, pid: u32) -> Caller {
@@ -518,6 +586,26 @@ impl Weft {
         } else {
             Err(Errno::EACCES)
         }
+    }
+
+    /// opendir: a handle, whether the kernel may keep the listing in its
+    /// page cache (FOPEN_CACHE_DIR), and whether this open may be served
+    /// from what it kept (FOPEN_KEEP_CACHE; otherwise the kernel drops it
+    /// and lists through weftfs). Pushes of other mounts' changes to the
+    /// directory invalidate the kept listing (`cache/coherence.rs`), the
+    /// kernel itself drops it on this mount's changes, and a listing that
+    /// owes an atime update is not served from it. The attributes (usually
+    /// cached since the lookup) are kept for fstat of the handle after the
+    /// directory is removed.
+    pub async fn opendir(&self, c: &Caller, ino: u64) -> (u64, bool, bool) {
+        let cache = self.kernel.listings_cacheable();
+        if cache {
+            // The last listing's atime update: its result decides `keep`.
+            self.wait_atime(ino).await;
+        }
+        let opened_as = self.cached_attr(c, ino).await.ok();
+        let keep = cache && opened_as.is_some_and(|a| self.listing_needs_no_atime(&a));
+        (self.files.open_dir(opened_as), cache, keep)
     }
 
     /// Fills one readdir reply through `add` (which returns true when the

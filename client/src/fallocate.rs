@@ -14,9 +14,9 @@
 //! every later read sees zeros whichever
 //! replica serves it, and the write path's guarantees (serial order, fsync
 //! durability) hold; the kernel clears setuid/setgid before a non-owner's
-//! fallocate (docs/posix.md, privilege drops). copy_file_range reads and writes through the same
-//! paths, so it sees this client's unflushed writes and its result is
-//! buffered like any write.
+//! fallocate (docs/posix.md, privilege drops). copy_file_range is a
+//! server-side copy (copy.rs): this client's unflushed writes to either file
+//! are stored first, and the chunk daemons move the bytes.
 //!
 //! Invariants: punch and zero never change bytes outside [offset, offset+len);
 //! with FALLOC_FL_KEEP_SIZE the size never changes; modes weft cannot honour
@@ -34,7 +34,7 @@ use weft_proto::contract::{next, status_errno, Call, Next};
 const KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 const PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
 const ZERO_RANGE: i32 = libc::FALLOC_FL_ZERO_RANGE;
-/// Zeros and copies move in pieces of this size (one FUSE write's worth).
+/// Zeros are written in pieces of this size (one FUSE write's worth).
 const PIECE: u64 = 1 << 20;
 /// One copy_file_range call copies at most this much; callers loop on short
 /// counts, as they must for any file system.
@@ -227,7 +227,8 @@ impl Weft {
     }
 
     /// copy_file_range: copies up to `len` bytes (fewer at the source's end or
-    /// past COPY_MAX) and returns the count, like a read followed by a write.
+    /// past COPY_MAX) on the chunk daemons (copy.rs) and returns the count.
+    #[allow(clippy::too_many_arguments)]
     pub async fn copy_file_range(
         self: &Arc<Self>,
         c: &Caller,
@@ -238,24 +239,9 @@ impl Weft {
         len: u64,
     ) -> Result<u32, Errno> {
         let len = len.min(COPY_MAX);
-        if off_out.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
-            return Err(Errno::EFBIG);
-        }
-        let mut done = 0u64;
-        while done < len {
-            let n = (len - done).min(PIECE) as u32;
-            let data = self.read(c, ino_in, off_in + done, n).await?;
-            if data.is_empty() {
-                break;
-            }
-            let got = data.len() as u64;
-            self.write(c.clone(), ino_out, off_out + done, data.to_vec())
-                .await?;
-            done += got;
-            if got < n as u64 {
-                break;
-            }
-        }
-        Ok(done as u32)
+        let done = self
+            .copy_range(c, ino_in, off_in, ino_out, off_out, len, false)
+            .await?;
+        Ok(done.bytes as u32)
     }
 }

@@ -5,9 +5,9 @@
 //! - `client.rs`: `Weft`, the session's state and the metadata operations
 //!   (lookup, create, mkdir, unlink, rename, setattr, readdir, xattrs), as
 //!   plain async functions returning `Result<_, Errno>`; `ClientOpts`.
-//! - `read_path.rs`, `write_path.rs`, `writeback.rs`, `fallocate.rs`,
+//! - `read_path.rs`, `write_path.rs`, `writeback.rs`, `fallocate.rs`, `copy.rs`,
 //!   `seek.rs`: data operations (parallel reads, buffered and pipelined
-//!   writes, flush, fsync, truncate, holes).
+//!   writes, flush, fsync, truncate, holes, server-side copy).
 //! - `mds_client.rs`: the MDS session (exactly-once retries, keepalive,
 //!   following the MDS leader); `log_track.rs` orders its replies.
 //! - `chunk_io.rs`: calls to chunk daemons (leases, pipelines, failover).
@@ -24,6 +24,7 @@ pub mod caller;
 pub mod chunk_io;
 pub mod client;
 pub mod convert;
+pub mod copy;
 pub mod errno;
 pub mod fallocate;
 pub mod locks;

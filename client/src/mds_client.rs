@@ -52,6 +52,14 @@ pub struct MdsClient {
 /// Where the MDS log stood at a reply: (epoch, index, durable index).
 type ReplyLog = (u64, u64, u64);
 
+/// What a `MetaReply` carries beside its result.
+struct Extras {
+    /// The changed directory's attributes (`parent_attr`).
+    parent: Option<Attr>,
+    /// An open for reading: its first chunks' locations.
+    open_chunks: Option<ChunkList>,
+}
+
 /// Why an MDS call produced no answer.
 #[derive(Debug)]
 pub enum CallError {
@@ -119,6 +127,25 @@ impl MdsClient {
         op: Op,
         budget: Duration,
     ) -> Result<R, CallError> {
+        self.call_full(caller, op, budget).await.map(|(r, _)| r)
+    }
+
+    /// An open: the attributes, and for an open for reading the locations
+    /// of the file's first chunks (`MetaReply.open_chunks`).
+    pub async fn open(&self, caller: &Caller, op: Op) -> Result<(Attr, Option<ChunkList>), Errno> {
+        match self.call_full(caller, op, self.timeout).await? {
+            (R::Attr(a), chunks) => Ok((a, chunks)),
+            (other, _) => Err(unexpected(&other)),
+        }
+    }
+
+    /// `call_within`, with the chunk locations an open was answered with.
+    async fn call_full(
+        &self,
+        caller: &Caller,
+        op: Op,
+        budget: Duration,
+    ) -> Result<(R, Option<ChunkList>), CallError> {
         let started = self.meta.before(&op);
         let mkdir = matches!(op, Op::Mkdir(_));
         // A flush's commit moves size and mtime at the MDS behind the
@@ -130,7 +157,14 @@ impl MdsClient {
         let mut touched = contract::durability_inodes(&op);
         let r = self.call_uncached(caller, op, budget).await;
         match r {
-            Ok((r, parent, (epoch, index, durable))) => {
+            Ok((
+                r,
+                Extras {
+                    parent,
+                    open_chunks,
+                },
+                (epoch, index, durable),
+            )) => {
                 if !touched.is_empty() {
                     if let R::Attr(a) = &r {
                         touched.push(a.ino); // a new inode's own fsync waits for its creation
@@ -149,7 +183,7 @@ impl MdsClient {
                         }
                     }
                 }
-                Ok(r)
+                Ok((r, open_chunks))
             }
             Err(e) => {
                 self.meta.after(started, None, None, mkdir);
@@ -158,14 +192,13 @@ impl MdsClient {
         }
     }
 
-    /// The reply, the changed directory's attributes if the MDS sent them,
-    /// and where the MDS log stood.
+    /// The reply, what the MDS sent beside it, and where the MDS log stood.
     async fn call_uncached(
         &self,
         caller: &Caller,
         op: Op,
         budget: Duration,
-    ) -> Result<(R, Option<Attr>, ReplyLog), CallError> {
+    ) -> Result<(R, Extras, ReplyLog), CallError> {
         let seq = if contract::is_mutation(&op) {
             self.seq.fetch_add(1, Ordering::Relaxed)
         } else {
@@ -196,10 +229,13 @@ impl MdsClient {
             .await
             {
                 Ok(Ok(reply)) => {
-                    let reply = reply.into_inner();
-                    let parent = reply.parent_attr;
+                    let mut reply = reply.into_inner();
+                    let extras = Extras {
+                        parent: reply.parent_attr.take(),
+                        open_chunks: reply.open_chunks.take(),
+                    };
                     let log = (reply.log_epoch, reply.log_index, reply.durable_index);
-                    return decode(reply).map(|r| (r, parent, log));
+                    return decode(reply).map(|r| (r, extras, log));
                 }
                 Ok(Err(status)) if contract::next(Call::Meta, &status) == Next::Retry => status,
                 Ok(Err(status)) => {

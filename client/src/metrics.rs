@@ -59,6 +59,7 @@ op_kinds!(
         Truncate = "truncate",
         Allocate = "allocate",
         DataExtents = "data_extents",
+        Copy = "copy",
     }
 );
 

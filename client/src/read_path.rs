@@ -141,7 +141,7 @@ impl Weft {
         Ok(())
     }
 
-    async fn location(
+    pub(crate) async fn location(
         &self,
         c: &Caller,
         ino: u64,

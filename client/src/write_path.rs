@@ -14,7 +14,9 @@
 //! flush/fsync) and returned to the caller that triggered the flush. Dirty
 //! memory is bounded: a file's buffer is flushed in the background past
 //! `FILE_DIRTY_LIMIT`, and writers wait while all buffers exceed
-//! `TOTAL_DIRTY_LIMIT`.
+//! `TOTAL_DIRTY_LIMIT`; with `ClientOpts::file_dirty_limit` (the S3
+//! gateway) a file's writers also wait while it holds that much buffered
+//! and in flight, and its flush starts at half of it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,24 +69,29 @@ impl Weft {
             ino,
             flags: flags as u32,
         });
-        let a = if flags & libc::O_TRUNC != 0 {
+        let r = if flags & libc::O_TRUNC != 0 {
             let st = self.files.get_or_create(ino);
             let _g = st.flush_lock.lock().await;
             self.discard_from(&st, 0);
-            let r = self.mds.attr(c, req).await;
+            let r = self.mds.open(c, req).await;
             self.files.maybe_drop(ino);
             r
         } else {
-            self.mds.attr(c, req).await
+            self.mds.open(c, req).await
         };
         // The inode is gone (another client renamed a file over this name
         // and the old one was purged) while the kernel still had the name
         // cached: ESTALE makes the kernel walk the path again once, with
         // its dentries revalidated (fs/namei.c do_filp_open, LOOKUP_REVAL),
         // and open the name's new inode, as a local rename promises.
-        let a = a.map_err(|e| if e == Errno::ENOENT { Errno::ESTALE } else { e })?;
+        let (a, chunks) = r.map_err(|e| if e == Errno::ENOENT { Errno::ESTALE } else { e })?;
         // Close-to-open consistency: another client may have written since.
+        // An open for reading came with the current locations of the first
+        // chunks: the first read asks no GetChunks.
         self.locs.invalidate_file(ino);
+        for loc in chunks.map(|l| l.chunks).unwrap_or_default() {
+            self.locs.put(ino, loc);
+        }
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches
@@ -148,17 +155,64 @@ impl Weft {
         offset: u64,
         data: Vec<u8>,
     ) -> Result<u32, Errno> {
+        self.write_slice(c, ino, offset, &data).await
+    }
+
+    /// `write` of borrowed bytes (they are copied into the buffer once).
+    pub async fn write_slice(
+        self: &Arc<Self>,
+        c: Caller,
+        ino: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, Errno> {
         check_write_range(offset, data.len())?;
         loop {
             let released = self.files.dirty_released.notified();
-            if self.files.dirty_total() < TOTAL_DIRTY_LIMIT {
+            if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+                self.flush_all_in_background();
+            } else if let Some(st) = self.file_over_limit(ino) {
+                self.flush_queued_in_background(st);
+            } else {
                 break;
             }
-            self.flush_all_in_background();
             released.await;
         }
-        self.buffer_write(c, ino, offset, &data);
+        self.buffer_write(c, ino, offset, data);
         Ok(data.len() as u32)
+    }
+
+    /// The file's state if it holds `file_dirty_limit` bytes or more,
+    /// buffered and in flight.
+    fn file_over_limit(&self, ino: u64) -> Option<Arc<FileState>> {
+        let limit = self.file_dirty_limit?;
+        let st = self.files.get(ino)?;
+        let pending = {
+            let g = st.inner.lock();
+            g.dirty.bytes() + g.inflight_bytes
+        };
+        (pending >= limit).then_some(st)
+    }
+
+    /// A background flush of `st` unless one is queued already.
+    fn flush_queued_in_background(self: &Arc<Self>, st: Arc<FileState>) {
+        let queue = {
+            let mut g = st.inner.lock();
+            let q = !g.dirty.is_empty() && !g.flush_queued;
+            if q {
+                g.flush_queued = true;
+            }
+            q
+        };
+        if queue {
+            self.flush_in_background(st);
+        }
+    }
+
+    /// Buffered bytes of one file that start its background flush.
+    fn flush_threshold(&self) -> u64 {
+        self.file_dirty_limit
+            .map_or(FILE_DIRTY_LIMIT, |l| (l / 2).clamp(1, FILE_DIRTY_LIMIT))
     }
 
     /// The write without waiting, for the FUSE reader thread (no hop to a
@@ -176,7 +230,7 @@ impl Weft {
         if let Err(e) = check_write_range(offset, data.len()) {
             return Some(Err(e));
         }
-        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT {
+        if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT || self.file_over_limit(ino).is_some() {
             return None;
         }
         self.buffer_write(c.clone(), ino, offset, data);
@@ -184,12 +238,13 @@ impl Weft {
     }
 
     fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
+        let threshold = self.flush_threshold();
         let (st, (added, kick)) = self.files.update(ino, |g| {
             let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.last_write = Some(std::time::SystemTime::now());
             g.writer = c;
-            let kick = g.dirty.bytes() >= FILE_DIRTY_LIMIT && !g.flush_queued;
+            let kick = g.dirty.bytes() >= threshold && !g.flush_queued;
             if kick {
                 g.flush_queued = true;
             }
@@ -220,17 +275,7 @@ impl Weft {
 
     fn flush_all_in_background(self: &Arc<Self>) {
         for st in self.files.all() {
-            let queue = {
-                let mut g = st.inner.lock();
-                let q = !g.dirty.is_empty() && !g.flush_queued;
-                if q {
-                    g.flush_queued = true;
-                }
-                q
-            };
-            if queue {
-                self.flush_in_background(st);
-            }
+            self.flush_queued_in_background(st);
         }
     }
 
@@ -281,7 +326,7 @@ impl Weft {
     }
 
     /// The flush itself; the caller holds `st.flush_lock`.
-    async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
+    pub(crate) async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
         let (chunks, caller, end, bytes) = {
             let mut g = st.inner.lock();
             g.flush_queued = false;
@@ -340,7 +385,7 @@ impl Weft {
     /// retrying when the lease/version went stale or a replica is missing.
     /// Returns what the chunk's primary holds on disk afterwards (for
     /// st_blocks), if it said.
-    async fn store_chunk(
+    pub(crate) async fn store_chunk(
         &self,
         st: &FileState,
         caller: &Caller,
@@ -531,7 +576,7 @@ impl Weft {
 
     /// The write pipeline for chunk `index`: the cached lease if still good,
     /// else a fresh `AllocChunk`.
-    async fn chunk_alloc(
+    pub(crate) async fn chunk_alloc(
         &self,
         st: &FileState,
         caller: &Caller,

@@ -38,7 +38,7 @@ async fn client(mc: &InProcCluster) -> Arc<Weft> {
     let w = Weft::connect(&mc.mds_addr, &opts, Duration::from_secs(5))
         .await
         .expect("connect");
-    assert_eq!(w.chunk_size, CS);
+    assert_eq!(w.chunk_size(), CS);
     w
 }
 
@@ -139,7 +139,7 @@ async fn write_flush_read_round_trip_across_chunks() {
     w.flush_handle(ino, fh).await.unwrap();
     w.release(&me(), ino, fh).await.unwrap();
     assert!(
-        w.files.get(ino).is_none(),
+        !w.holds_file_state(ino),
         "state dropped once clean and closed"
     );
 }
@@ -168,7 +168,7 @@ async fn read_fails_over_to_a_good_replica() {
     w.write(me(), ino, 0, data.clone()).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
     // Spoil the replica a reader tries first, on disk.
-    let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
+    let loc = w.chunk_locations(&me(), ino, 0, 1).await.unwrap()[0].clone();
     let daemon_at = |addr: &str| {
         (0..2)
             .find(|i| mc.chunkd(*i).addr.to_string() == addr)
@@ -183,7 +183,10 @@ async fn read_fails_over_to_a_good_replica() {
     // it from then on.
     let other = client(&mc).await;
     assert_eq!(other.read(&me(), ino, 0, 200_000).await.unwrap(), data);
-    let preferred = other.locs.get(ino, 0).expect("location cached").replicas[0]
+    let preferred = other
+        .cached_chunk_location(ino, 0)
+        .expect("location cached")
+        .replicas[0]
         .addr
         .clone();
     assert_eq!(preferred, mc.chunkd(good).addr.to_string());
@@ -260,7 +263,7 @@ async fn a_failed_pipeline_is_reallocated_and_retried() {
     let (ino, fh) = create(&w, "retry").await;
     w.write(me(), ino, 0, vec![5; 4000]).await.unwrap();
     w.fsync(ino, fh).await.unwrap();
-    let loc = w.mds.get_chunks(&me(), ino, 0, 1).await.unwrap().chunks[0].clone();
+    let loc = w.chunk_locations(&me(), ino, 0, 1).await.unwrap()[0].clone();
     assert_eq!(loc.replicas.len(), 2, "{loc:?}");
     assert!(
         !loc.replicas.iter().any(|r| r.addr == dead),
@@ -323,7 +326,7 @@ async fn truncate_discards_dirty_tail_and_o_trunc_discards_all() {
     w.flush_handle(ino, fh2).await.unwrap();
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 0);
     assert_eq!(size_elsewhere(&mc, ino).await, 0);
-    assert_eq!(w.files.dirty_total(), 0);
+    assert_eq!(w.dirty_bytes(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +346,7 @@ async fn big_files_flush_in_the_background() {
     )
     .await;
     w.fsync(ino, fh).await.unwrap();
-    assert_eq!(w.files.dirty_total(), 0);
+    assert_eq!(w.dirty_bytes(), 0);
     assert_eq!(w.getattr(&me(), ino).await.unwrap().size, 20 << 20);
     let got = w.read(&me(), ino, 13 << 20, 1 << 20).await.unwrap();
     assert_eq!(got, block);

@@ -127,9 +127,9 @@ fn entry(
 ) {
     match r {
         Ok(a) => {
-            let (attr_ttl, entry_ttl) = w.kernel.entry_reply(t, parent.0, name, a.ino.0);
+            let (attr_ttl, entry_ttl) = w.kernel().entry_reply(t, parent.0, name, a.ino.0);
             reply.entry_with_ttls(&attr_ttl, &entry_ttl, &a, Generation(0));
-            w.kernel
+            w.kernel()
                 .after_reply(t, &[(parent.0, name.to_vec(), a.ino.0)]);
         }
         Err(e) => reply.error(to_fuse(e)),
@@ -143,7 +143,7 @@ fn entry(
 fn negative(w: &Weft, reply: ReplyEntry) {
     // The caller sees ENOENT, whether as an error or a cached negative entry.
     M.errors.inc(libc::ENOENT);
-    let ttl = w.kernel.entry_short();
+    let ttl = w.kernel().entry_short();
     if ttl.is_zero() {
         reply.error(Errno::ENOENT);
     } else {
@@ -225,7 +225,7 @@ impl Filesystem for WeftFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         // Answered here, without a hand-off to the runtime, when weftfs knows it.
         if name.len() <= weft_client::client::NAME_MAX {
             let timer = weft_metrics::Timer::start();
@@ -257,7 +257,7 @@ impl Filesystem for WeftFs {
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         // Inode numbers are the MDS's; only the kernel cache's records of
         // which names it holds go (cache/kernel.rs).
-        self.w.kernel.forget(ino.0, nlookup);
+        self.w.kernel().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -269,7 +269,7 @@ impl Filesystem for WeftFs {
             let cached = self.w.getattr_cached(ino.0);
             weft_client::metrics::cache(weft_client::metrics::Cache::Meta, cached.is_some());
             if let Some(a) = cached {
-                reply.attr(&self.w.kernel.attr_ttl(), &a);
+                reply.attr(&self.w.kernel().attr_ttl(), &a);
                 M.fuse.done(FuseOp::Getattr.index(), timer);
                 return;
             }
@@ -279,11 +279,11 @@ impl Filesystem for WeftFs {
             // kernel asks again after every read, for the atime).
             w.wait_atime(ino.0).await;
             match w.getattr(&c, ino.0).await {
-                Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
+                Ok(a) => reply.attr(&w.kernel().attr_ttl(), &a),
                 // fstat of a directory removed while open: the kernel asks by
                 // inode (it passes no handle for directories).
-                Err(weft_proto::Errno::ENOENT) if w.files.removed_dir_attr(ino.0).is_some() => {
-                    let a = w.files.removed_dir_attr(ino.0).unwrap();
+                Err(weft_proto::Errno::ENOENT) if w.removed_dir_attr(ino.0).is_some() => {
+                    let a = w.removed_dir_attr(ino.0).unwrap();
                     reply.attr(&Duration::ZERO, &weft_client::convert::file_attr(&a, None))
                 }
                 Err(e) => reply.error(to_fuse(e)),
@@ -320,7 +320,7 @@ impl Filesystem for WeftFs {
         };
         self.spawn(req, FuseOp::Setattr, move |w, c| async move {
             match w.setattr(&c, ino.0, args).await {
-                Ok(a) => reply.attr(&w.kernel.attr_ttl(), &a),
+                Ok(a) => reply.attr(&w.kernel().attr_ttl(), &a),
                 Err(e) => reply.error(to_fuse(e)),
             }
         });
@@ -346,7 +346,7 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let name = bytes(name);
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Mknod, move |w, c| async move {
             let r = w.mknod(&c, parent.0, name.clone(), mode, umask, rdev).await;
             entry(&w, reply, t, parent, &name, r)
@@ -363,7 +363,7 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let name = bytes(name);
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Mkdir, move |w, c| async move {
             let r = w.mkdir(&c, parent.0, name.clone(), mode, umask).await;
             entry(&w, reply, t, parent, &name, r)
@@ -394,7 +394,7 @@ impl Filesystem for WeftFs {
     ) {
         let name = bytes(link_name);
         let target = target.as_os_str().as_bytes().to_vec();
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Symlink, move |w, c| async move {
             let r = w.symlink(&c, parent.0, name.clone(), target).await;
             entry(&w, reply, t, parent, &name, r)
@@ -429,7 +429,7 @@ impl Filesystem for WeftFs {
         reply: ReplyEntry,
     ) {
         let newname = bytes(newname);
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Link, move |w, c| async move {
             let r = w.link(&c, ino.0, newparent.0, newname.clone()).await;
             entry(&w, reply, t, newparent, &newname, r)
@@ -463,7 +463,7 @@ impl Filesystem for WeftFs {
         reply: ReplyCreate,
     ) {
         let name = bytes(name);
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Create, move |w, c| async move {
             match w
                 .create(&c, parent.0, name.clone(), mode, umask, flags)
@@ -471,7 +471,7 @@ impl Filesystem for WeftFs {
             {
                 Ok((a, fh)) => {
                     // fuser gives `created` one TTL for both.
-                    let (attr_ttl, entry_ttl) = w.kernel.entry_reply(t, parent.0, &name, a.ino.0);
+                    let (attr_ttl, entry_ttl) = w.kernel().entry_reply(t, parent.0, &name, a.ino.0);
                     reply.created(
                         &attr_ttl.min(entry_ttl),
                         &a,
@@ -479,7 +479,7 @@ impl Filesystem for WeftFs {
                         FileHandle(fh),
                         FopenFlags::empty(),
                     );
-                    w.kernel.after_reply(t, &[(parent.0, name, a.ino.0)]);
+                    w.kernel().after_reply(t, &[(parent.0, name, a.ino.0)]);
                 }
                 Err(e) => reply.error(to_fuse(e)),
             }
@@ -659,13 +659,17 @@ impl Filesystem for WeftFs {
 
     fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         // Permission to read the directory is checked by the kernel
-        // (default_permissions) and again by the MDS on ReadDir. The
-        // attributes (usually cached since the lookup) are kept for fstat of
-        // the handle after the directory is removed.
+        // (default_permissions) and again by the MDS on ReadDir.
         self.spawn(req, FuseOp::Opendir, move |w, c| async move {
-            let opened_as = w.cached_attr(&c, ino.0).await.ok();
-            let fh = w.files.open_dir(opened_as);
-            reply.opened(FileHandle(fh), FopenFlags::empty());
+            let (fh, cache, keep) = w.opendir(&c, ino.0).await;
+            let mut flags = FopenFlags::empty();
+            if cache {
+                flags |= FopenFlags::FOPEN_CACHE_DIR;
+            }
+            if keep {
+                flags |= FopenFlags::FOPEN_KEEP_CACHE;
+            }
+            reply.opened(FileHandle(fh), flags);
         });
     }
 
@@ -708,7 +712,7 @@ impl Filesystem for WeftFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let t = self.w.kernel.ticket();
+        let t = self.w.kernel().ticket();
         self.spawn(req, FuseOp::Readdirplus, move |w, c| async move {
             // Names sent, to take back if a push raced with this reply.
             let mut sent = Vec::new();
@@ -718,9 +722,9 @@ impl Filesystem for WeftFs {
                     let dot = e.name == b"." || e.name == b"..";
                     // The kernel counts a lookup for each entry but "." and "..".
                     let (attr_ttl, entry_ttl) = if dot {
-                        w.kernel.entry_ttls(t)
+                        w.kernel().entry_ttls(t)
                     } else {
-                        w.kernel.entry_reply(t, ino.0, &e.name, e.ino)
+                        w.kernel().entry_reply(t, ino.0, &e.name, e.ino)
                     };
                     let full = reply.add(
                         INodeNo(e.ino),
@@ -733,7 +737,7 @@ impl Filesystem for WeftFs {
                     if full {
                         if !dot {
                             // Not sent after all.
-                            w.kernel.forget(e.ino, 1);
+                            w.kernel().forget(e.ino, 1);
                         }
                     } else if !dot {
                         sent.push((ino.0, e.name.clone(), e.ino));
@@ -744,7 +748,7 @@ impl Filesystem for WeftFs {
             match r {
                 Ok(()) => {
                     reply.ok();
-                    w.kernel.after_reply(t, &sent);
+                    w.kernel().after_reply(t, &sent);
                     if offset == 0 {
                         w.touch_atime(&c, ino.0);
                     }
@@ -762,7 +766,7 @@ impl Filesystem for WeftFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.w.files.close_dir(fh.0);
+        self.w.close_dir(fh.0);
         reply.ok();
     }
 
@@ -799,7 +803,7 @@ impl Filesystem for WeftFs {
     ) {
         // Every change of this mount (the directory's among them) on disk in the MDS log.
         self.spawn(req, FuseOp::Fsyncdir, move |w, c| async move {
-            empty(reply, w.mds.log_durable_all(&c).await)
+            empty(reply, w.sync_all(&c).await)
         });
     }
 
@@ -853,7 +857,7 @@ impl Filesystem for WeftFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         // The kernel asks for security.capability before every write.
-        if self.w.kernel.trusted() && self.w.mds.meta.xattr_absent(ino.0, name.as_bytes()) {
+        if self.w.xattr_known_absent(ino.0, name.as_bytes()) {
             reply.error(Errno::ENODATA);
             return;
         }

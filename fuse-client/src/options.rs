@@ -152,6 +152,7 @@ impl MountOpts {
             disk_cache: self.disk_cache.clone(),
             disk_cache_mib: self.disk_cache_mib,
             strict: self.strict,
+            file_dirty_limit: None,
         }
     }
 

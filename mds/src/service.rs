@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::RwLock;
 use tonic::{Request, Response, Status};
 use weft_proto::caps::Mode;
-use weft_proto::contract::{self, limits::MAX_CHUNKS_PER_CALL, OpKind};
+use weft_proto::contract::{self, limits::MAX_CHUNKS_PER_CALL, limits::OPEN_CHUNKS, OpKind};
 use weft_proto::pb::meta_reply::Result as Reply;
 use weft_proto::pb::meta_request::Op;
 use weft_proto::{pb, Errno};
@@ -625,6 +625,10 @@ impl pb::meta_server::Meta for Mds {
             Op::Readdir(r) => Some(r.ino),
             _ => None,
         };
+        let read_open = match &op {
+            Op::Open(o) if reads(o.flags) => Some(o.ino),
+            _ => None,
+        };
         let (outcome, top) = match admitted {
             Ok((caller, top)) => (
                 self.dispatch(peer.as_ref(), req.session, req.seq, caller, op)
@@ -666,6 +670,23 @@ impl pb::meta_server::Meta for Mds {
                     Some(p) => self.state.read().await.ns.getattr(p).ok(),
                     None => None,
                 };
+                // The first read's GetChunks, answered with the open. The
+                // session holds the file open for reading now, which is what
+                // GetChunks would check.
+                let open_chunks = match read_open {
+                    Some(ino) => match self
+                        .get_chunks(pb::GetChunksReq {
+                            ino,
+                            first_index: 0,
+                            count: OPEN_CHUNKS,
+                        })
+                        .await
+                    {
+                        Ok(Reply::Chunks(l)) => Some(l),
+                        _ => None,
+                    },
+                    None => None,
+                };
                 let mut result = result;
                 if top != ROOT_INO {
                     let top_attr = match listed {
@@ -681,6 +702,7 @@ impl pb::meta_server::Meta for Mds {
                     log_index,
                     durable_index,
                     log_epoch,
+                    open_chunks,
                 }
             }
             Err(e) => pb::MetaReply {
@@ -690,6 +712,7 @@ impl pb::meta_server::Meta for Mds {
                 log_index,
                 durable_index,
                 log_epoch,
+                open_chunks: None,
             },
         };
         Ok(Response::new(reply))
@@ -1030,6 +1053,11 @@ impl pb::coherence_server::Coherence for Watch {
 }
 
 /// F_GETLK's answer: the conflicting lock, or F_UNLCK for none.
+/// An open(2) with these flags may read the file.
+fn reads(flags: u32) -> bool {
+    flags as i32 & libc::O_ACCMODE != libc::O_WRONLY
+}
+
 fn lock_info(c: Option<crate::locks::Lock>) -> Reply {
     Reply::Lock(match c {
         Some(c) => pb::LockInfo {

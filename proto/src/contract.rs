@@ -19,6 +19,10 @@ pub mod limits {
     /// Most chunk locations one `GetChunks` answers; a client asks again from
     /// where the answer stopped.
     pub const MAX_CHUNKS_PER_CALL: u32 = 1024;
+    /// Chunk locations an open for reading answers with
+    /// (`MetaReply.open_chunks`): the first chunk and as many ahead as the
+    /// client's first GetChunks would have asked for.
+    pub const OPEN_CHUNKS: u32 = 17;
     /// Most chunk allocations one `CommitWrite` carries: a client splits a
     /// larger commit (a punch or fallocate over many chunks), the MDS refuses
     /// one over it with EINVAL.
@@ -224,6 +228,15 @@ pub fn next(call: Call, status: &tonic::Status) -> Next {
             _ => Next::Fail(status_errno(status)),
         },
     }
+}
+
+/// Metadata entry on a failed Chunk.Copy whose source could not be read:
+/// the destination pipeline is fine, the source's locations may be stale.
+pub const COPY_SOURCE_KEY: &str = "weft-copy-source";
+
+/// Whether a failed Chunk.Copy failed reading its source.
+pub fn copy_source_failed(status: &tonic::Status) -> bool {
+    status.metadata().get(COPY_SOURCE_KEY).is_some()
 }
 
 /// The errno a chunk daemon's `status` means once retrying is over (the

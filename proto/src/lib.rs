@@ -87,6 +87,7 @@ pub fn now() -> Timespec {
 }
 
 pub mod leader;
+pub mod md5_state;
 
 /// Label values for the kinds of `Meta` operations, indexed by `op_kind`
 /// (the metrics of the MDS and of weftfs count calls by these).

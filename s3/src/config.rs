@@ -44,6 +44,13 @@ pub struct Args {
     /// How long one operation keeps retrying an unreachable MDS.
     #[arg(long, default_value_t = 60)]
     pub mds_timeout_secs: u64,
+    /// MiB of one object's (or part's) body held in memory while it is
+    /// stored on the chunk daemons: a PUT waits for storage past it.
+    #[arg(long, default_value_t = 8)]
+    pub write_buffer_mib: u64,
+    /// MiB of memory for cached file data, shared by all GETs.
+    #[arg(long, default_value_t = 16)]
+    pub data_cache_mib: u64,
 }
 
 #[derive(Debug, Deserialize)]

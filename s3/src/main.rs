@@ -57,6 +57,9 @@ fn run(args: Args) -> Result<(), String> {
             attr_timeout: Duration::ZERO,
             entry_timeout: Duration::ZERO,
             cache_timeout: Duration::ZERO,
+            // Memory per PUT stays a few MiB however large the object.
+            file_dirty_limit: Some(args.write_buffer_mib.max(1) << 20),
+            data_cache_mib: args.data_cache_mib,
             ..Default::default()
         };
         let w = Weft::connect(&args.mds, &opts, PROBE_BUDGET).await?;

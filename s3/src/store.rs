@@ -6,14 +6,20 @@
 //! Writes are atomic: a PUT streams into a new file in the hidden directory
 //! `/.weft-s3/tmp` (never a valid bucket name), then renames it over the
 //! key, so no GET and no reader on a mount sees half an object, and of two
-//! concurrent PUTs of one key one stays whole. Writes go to the client
-//! library in pieces of `PIECE` bytes; its write-back stores them on the
-//! chunk daemons in the background while the body keeps arriving (past 8 MiB
-//! dirty per file; writers wait while all files hold 64 MiB), and the PUT
-//! waits for all of it once, at the end; MD5 and the checksums are computed
-//! on a blocking thread beside it. Reads go in pieces of `READ_PIECE`,
-//! which the library reads as 1 MiB stripes in parallel, one piece ahead of
-//! the client.
+//! concurrent PUTs of one key one stays whole. The body's pieces go to the
+//! client library as they arrive (copied once, into its buffer); its
+//! write-back stores them on the chunk daemons in the background while the
+//! body keeps arriving, and a PUT waits while its file holds the gateway's
+//! `--write-buffer-mib` buffered and in flight (ClientOpts'
+//! file_dirty_limit), so its memory is bounded whatever the object's size;
+//! it waits for all of it once, at the end. MD5 and the checksums are
+//! computed on a blocking thread beside it. Reads go in pieces of
+//! `READ_PIECE`, which the library reads as 1 MiB stripes in parallel, one
+//! piece ahead of the client.
+//!
+//! A copy (CopyObject, UploadPartCopy) fills its temp file with
+//! `copy_temp`: the chunk daemons copy the bytes and hash them (client
+//! copy.rs), then it is installed as a PUT's is.
 //!
 //! The ETag xattr carries the size and mtime it was computed for, and the
 //! additional checksums a PUT was sent with (checksum.rs); a file changed
@@ -38,10 +44,9 @@ use crate::keys::KeyPath;
 pub const ROOT: u64 = 1;
 /// The gateway's own directory at the root: temp files and uploads.
 pub const HIDDEN: &str = ".weft-s3";
-/// Bytes per read from or write to the cluster.
-pub const PIECE: usize = 1 << 20;
-/// Bytes per read from the cluster (several stripes fetched in parallel).
-pub const READ_PIECE: u64 = 8 << 20;
+/// Bytes per read from the cluster (several stripes fetched in parallel);
+/// a GET holds about three: one being read, one queued, one being sent.
+pub const READ_PIECE: u64 = 4 << 20;
 
 const X_ETAG: &[u8] = b"user.s3.etag";
 const X_TYPE: &[u8] = b"user.s3.content-type";
@@ -271,22 +276,8 @@ impl Store {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: std::fmt::Display,
     {
-        let name = format!("put-{:032x}", rand::random::<u128>());
-        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-        let (a, fh) = self
-            .w
-            .create(
-                &self.c,
-                self.tmp,
-                name.clone().into_bytes(),
-                libc::S_IFREG | 0o644,
-                0,
-                flags,
-            )
-            .await
-            .map_err(s3err)?;
-        let ino = a.ino.0;
-        let written = self.fill(ino, fh, body, sums).await;
+        let (ino, fh, name) = self.create_temp().await?;
+        let written = self.fill(ino, fh, 0, None, body, sums).await;
         let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
         match (written, closed) {
             (Ok((size, md5, sums)), Ok(())) => Ok(Temp {
@@ -303,10 +294,93 @@ impl Store {
         }
     }
 
-    async fn fill<S, E>(
+    /// A new empty temp file, open for writing: (ino, handle, name).
+    async fn create_temp(&self) -> S3Result<(u64, u64, String)> {
+        let name = format!("put-{:032x}", rand::random::<u128>());
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        let (a, fh) = self
+            .w
+            .create(
+                &self.c,
+                self.tmp,
+                name.clone().into_bytes(),
+                libc::S_IFREG | 0o644,
+                0,
+                flags,
+            )
+            .await
+            .map_err(s3err)?;
+        Ok((a.ino.0, fh, name))
+    }
+
+    /// A new temp file holding the `len` bytes of file `src` from `start`,
+    /// copied by the chunk daemons (server-side: no byte passes through the
+    /// gateway), with their MD5 (hashed by the daemons too); closed on
+    /// return, removed if anything fails.
+    pub async fn copy_temp(&self, src: u64, start: u64, len: u64) -> S3Result<Temp> {
+        self.copy_temp_ranges(&[(src, start, len)]).await
+    }
+
+    /// A new temp file holding the given ranges `(file, start, len)` one
+    /// after another, copied by the chunk daemons; `md5` is the MD5 of the
+    /// bytes when there is one range (the daemons hash it), else zeros (a
+    /// multipart object's ETag is not an MD5 of its bytes). Closed on
+    /// return, removed if anything fails.
+    pub async fn copy_temp_ranges(&self, ranges: &[(u64, u64, u64)]) -> S3Result<Temp> {
+        let (ino, fh, name) = self.create_temp().await?;
+        let hash = ranges.len() == 1;
+        let copied = async {
+            let mut at = 0u64;
+            let mut md5 = [0u8; 16];
+            for &(src, start, len) in ranges {
+                let done = self
+                    .w
+                    .copy_range(&self.c, src, start, ino, at, len, hash)
+                    .await
+                    .map_err(s3err)?;
+                if done.bytes != len {
+                    return Err(s3_error!(
+                        InternalError,
+                        "the source shrank while being copied"
+                    ));
+                }
+                if hash {
+                    md5 = done
+                        .md5
+                        .ok_or_else(|| s3_error!(InternalError, "the copy's MD5 is missing"))?;
+                }
+                at += len;
+            }
+            // Durable as a PUT's data is before it answers.
+            self.w.flush_handle(ino, fh).await.map_err(s3err)?;
+            Ok((at, md5))
+        }
+        .await;
+        let closed = self.w.release(&self.c, ino, fh).await.map_err(s3err);
+        match (copied, closed) {
+            (Ok((size, md5)), Ok(())) => Ok(Temp {
+                ino,
+                name,
+                size,
+                md5,
+                sums: Checksum::default(),
+            }),
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                self.discard(&name).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `body` into the open file at `base` (at most `limit` bytes:
+    /// more is refused before anything past it is written), hashing it;
+    /// flushed on return. Returns the bytes written, their MD5 and sums.
+    pub async fn fill<S, E>(
         &self,
         ino: u64,
         fh: u64,
+        base: u64,
+        limit: Option<u64>,
         body: S,
         mut sums: ChecksumHasher,
     ) -> S3Result<(u64, [u8; 16], Checksum)>
@@ -330,33 +404,99 @@ impl Store {
         });
         let hasher_gone = || s3_error!(InternalError, "the hashing thread stopped");
         let mut off = 0u64;
-        let mut buf: Vec<u8> = Vec::with_capacity(PIECE);
-        loop {
-            let next = body.next().await;
-            let last = next.is_none();
-            if let Some(piece) = next {
-                let piece =
-                    piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
-                buf.extend_from_slice(&piece);
-                htx.send(piece).await.map_err(|_| hasher_gone())?;
+        while let Some(piece) = body.next().await {
+            let piece = piece.map_err(|e| s3_error!(IncompleteBody, "reading the body: {}", e))?;
+            if piece.is_empty() {
+                continue;
             }
-            if buf.len() >= PIECE || (last && !buf.is_empty()) {
-                let data = std::mem::replace(&mut buf, Vec::with_capacity(PIECE));
-                let n = data.len() as u64;
-                self.w
-                    .write(self.c.clone(), ino, off, data)
-                    .await
-                    .map_err(s3err)?;
-                off += n;
+            if limit.is_some_and(|l| off + piece.len() as u64 > l) {
+                return Err(s3_error!(
+                    IncompleteBody,
+                    "the body is longer than its Content-Length"
+                ));
             }
-            if last {
-                // Everything stored (the library flushed most of it in the
-                // background meanwhile) before the file is closed.
-                self.w.flush_handle(ino, fh).await.map_err(s3err)?;
-                drop(htx);
-                let (sum, sums) = hasher.await.map_err(|_| hasher_gone())?;
-                return Ok((off, sum, sums));
+            // The library copies the bytes into its buffer (the one copy),
+            // waiting while this file holds its share of memory.
+            self.w
+                .write_slice(self.c.clone(), ino, base + off, &piece)
+                .await
+                .map_err(s3err)?;
+            off += piece.len() as u64;
+            htx.send(piece).await.map_err(|_| hasher_gone())?;
+        }
+        // Everything stored (the library flushed most of it in the
+        // background meanwhile) before the file is closed.
+        self.w.flush_handle(ino, fh).await.map_err(s3err)?;
+        drop(htx);
+        let (sum, sums) = hasher.await.map_err(|_| hasher_gone())?;
+        Ok((off, sum, sums))
+    }
+
+    /// Creates the empty file `name` in `dir` if absent: whoever creates it
+    /// holds it (O_EXCL on the MDS, so also among several gateways).
+    pub async fn claim(&self, dir: u64, name: &str) -> Result<Option<FileAttr>, Errno> {
+        let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
+        match self
+            .w
+            .create(&self.c, dir, name.into(), libc::S_IFREG | 0o644, 0, flags)
+            .await
+        {
+            Ok((a, fh)) => {
+                self.w.release(&self.c, a.ino.0, fh).await?;
+                Ok(Some(a))
             }
+            Err(Errno(libc::EEXIST)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Copies file `src`'s first `len` bytes to `dst` at `at`, on the
+    /// chunk daemons, durably (as a PUT's data is before it answers).
+    pub async fn copy_onto(&self, src: u64, len: u64, dst: u64, at: u64) -> S3Result<()> {
+        let fh = self.open_write(dst).await.map_err(s3err)?;
+        let copied = async {
+            let done = self
+                .w
+                .copy_range(&self.c, src, 0, dst, at, len, false)
+                .await
+                .map_err(s3err)?;
+            if done.bytes != len {
+                return Err(s3_error!(InternalError, "the last part changed meanwhile"));
+            }
+            self.w.flush_handle(dst, fh).await.map_err(s3err)
+        }
+        .await;
+        let closed = self.close(dst, fh).await.map_err(s3err);
+        copied.and(closed)
+    }
+
+    pub async fn open_write(&self, ino: u64) -> Result<u64, Errno> {
+        Ok(self.w.open(&self.c, ino, libc::O_WRONLY).await?.0)
+    }
+
+    pub async fn close(&self, ino: u64, fh: u64) -> Result<(), Errno> {
+        self.w.release(&self.c, ino, fh).await
+    }
+
+    pub async fn truncate(&self, ino: u64, size: u64) -> Result<FileAttr, Errno> {
+        let args = weft_client::SetAttrArgs {
+            size: Some(size),
+            ..Default::default()
+        };
+        self.w.setattr(&self.c, ino, args).await
+    }
+
+    /// Sets an xattr only if absent: false if it was there already.
+    pub async fn setx_new(&self, ino: u64, name: &[u8], value: &[u8]) -> S3Result<bool> {
+        const XATTR_CREATE: u32 = 1;
+        match self
+            .w
+            .setxattr(&self.c, ino, name.to_vec(), value.to_vec(), XATTR_CREATE)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Errno(libc::EEXIST)) => Ok(false),
+            Err(e) => Err(s3err(e)),
         }
     }
 

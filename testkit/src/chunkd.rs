@@ -59,6 +59,7 @@ pub fn write_req(id: u64, version: u64, offset: u64, data: &[u8], chain: &[Strin
         punch_length: 0,
         term: 0,
         cap: None,
+        source: None,
     }
 }
 

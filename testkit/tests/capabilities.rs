@@ -101,6 +101,7 @@ fn write_req(loc: &pb::ChunkLoc, cap: Option<pb::ChunkCap>) -> pb::WriteReq {
         punch_length: 0,
         term: 0,
         cap,
+        source: None,
     }
 }
 

@@ -328,3 +328,105 @@ fn a_fallocate_of_what_statfs_shows_free_fits() {
     );
     assert_eq!(fs::metadata(m.join("spc")).unwrap().len(), len);
 }
+
+/// One sample of a Prometheus exposition (0 when absent).
+fn sample(addr: &str, series: &str) -> f64 {
+    let (status, body) = weft_testkit::http::get(addr, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "GET {addr}/metrics: {body}");
+    body.lines()
+        .find(|l| l.split(' ').next() == Some(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// copy_file_range(2) until `len` bytes are copied; the errno otherwise.
+fn copy_all(src: &File, mut off_in: i64, dst: &File, mut off_out: i64, len: usize) {
+    let mut left = len;
+    while left > 0 {
+        let n = unsafe {
+            libc::copy_file_range(
+                src.as_raw_fd(),
+                &mut off_in,
+                dst.as_raw_fd(),
+                &mut off_out,
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+}
+
+#[test]
+fn copy_file_range_is_copied_by_the_chunk_daemons() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.http = true;
+        s.chunk_size = Some(MIB);
+    });
+    let m = tc.mount();
+    let m2 = tc.mount();
+    let mount_http = tc.cluster.mounts[0].proc.http.clone().expect("weftfs http");
+    let data = pattern((3 * MIB + 5000) as usize, 9);
+    fs::write(m.join("src"), &data).unwrap();
+
+    // Across chunk boundaries, source and destination offsets unaligned to
+    // each other: no chunk read or write from this client, only copies.
+    let chunk_op = |op: &str| {
+        sample(
+            &mount_http,
+            &format!("weft_client_chunk_requests_total{{op=\"{op}\"}}"),
+        )
+    };
+    let (reads, writes, copies) = (chunk_op("read"), chunk_op("write"), chunk_op("copy"));
+    let src = File::open(m.join("src")).unwrap();
+    let dst = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(m.join("dst"))
+        .unwrap();
+    let (from, at, len) = (700_000usize, 12_345usize, 2 * MIB as usize + 99_999);
+    copy_all(&src, from as i64, &dst, at as i64, len);
+    assert_eq!(chunk_op("read"), reads, "chunk reads through the client");
+    assert_eq!(chunk_op("write"), writes, "chunk writes through the client");
+    assert!(chunk_op("copy") >= 3.0 + copies, "chunk copies");
+    drop(dst);
+    let mut want = vec![0u8; at];
+    want.extend_from_slice(&data[from..from + len]);
+    let sha = weft_testkit::sha256_hex(&want);
+    assert_eq!(
+        weft_testkit::sha256_hex(&fs::read(m.join("dst")).unwrap()),
+        sha
+    );
+    assert_eq!(
+        weft_testkit::sha256_hex(&fs::read(m2.join("dst")).unwrap()),
+        sha,
+        "as another mount sees it"
+    );
+
+    // Read-your-writes: bytes still buffered in this client (no close, no
+    // fsync) are what gets copied, and a copy over buffered bytes of the
+    // destination is not undone by their later write-back.
+    let f = open_rw(&m.join("src"));
+    f.write_all_at(b"fresh bytes", MIB - 3).unwrap();
+    let d = open_rw(&m.join("dst"));
+    d.write_all_at(&[0xAB; 64], 100).unwrap();
+    copy_all(&f, (MIB - 3) as i64, &d, 90, 11);
+    drop(f);
+    drop(d);
+    let mut want2 = want.clone();
+    want2[100..164].fill(0xAB);
+    want2[90..101].copy_from_slice(b"fresh bytes");
+    for mnt in [&m, &m2] {
+        assert_eq!(
+            weft_testkit::sha256_hex(&fs::read(mnt.join("dst")).unwrap()),
+            weft_testkit::sha256_hex(&want2)
+        );
+    }
+}

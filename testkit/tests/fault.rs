@@ -8,7 +8,9 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use weft_proto::pb;
-use weft_testkit::{flip_byte, pattern, read_all, sha256_hex, wait_until, weft_cmd, TestCluster};
+use weft_testkit::{
+    flip_byte, pattern, poll_until, read_all, sha256_hex, wait_until, weft_cmd, TestCluster,
+};
 
 const MIB: u64 = 1 << 20;
 
@@ -313,6 +315,7 @@ fn a_primary_paused_past_its_lease_gets_no_late_write_accepted() {
                 punch_length: 0,
                 term,
                 cap: zombie_cap,
+                source: None,
             })
             .await
     });
@@ -540,12 +543,20 @@ fn rebalance_evens_out_a_new_empty_daemon() {
     // Off a terminal, a plain line a second with what is left (the bar's ETA).
     assert!(text.contains("MiB left"), "{text}");
     // Generous: under load (other clusters on the machine) beats lag.
-    wait_until("counts to settle", Duration::from_secs(60), || {
+    let mut counts = Vec::new();
+    let settled = poll_until(Duration::from_secs(60), || {
         tc.cluster.status().is_ok_and(|s| {
+            counts = s.chunkds.iter().map(|d| (d.alive, d.chunks)).collect();
             s.chunkds.iter().map(|d| d.chunks).sum::<u64>() == 48
                 && s.chunkds.iter().all(|d| (13..=19).contains(&d.chunks))
         })
     });
+    // What each daemon (alive, replicas) last reported, to tell a slow
+    // clean-up of moved replicas (sum over 48) from an uneven spread.
+    assert!(
+        settled,
+        "counts did not settle within 60 s: {counts:?}\n{text}"
+    );
     let f = tc.cluster.fsck().unwrap();
     assert!(f.problems.is_empty(), "{:?}", f.problems);
     drop_caches();

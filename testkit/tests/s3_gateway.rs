@@ -845,3 +845,418 @@ fn tags_versions_and_additional_checksums() {
     assert_eq!(v["versions"].as_array().unwrap().len(), 1);
     assert_eq!(gw.err(&["versions", "nosuchbucket"]), "NoSuchBucket");
 }
+
+/// The sum over the cluster's chunk daemons of a counter in their /metrics.
+fn chunkd_counter(tc: &TestCluster, name: &str) -> u64 {
+    tc.cluster
+        .chunkds
+        .iter()
+        .filter(|d| d.pid().is_some())
+        .map(|d| {
+            let addr = d.http.clone().expect("chunkd http");
+            let (status, body) = weft_testkit::http::get(&addr, "/metrics").expect("GET /metrics");
+            assert_eq!(status, 200, "GET {addr}/metrics: {body}");
+            body.lines()
+                .find(|l| l.split(' ').next() == Some(name))
+                .and_then(|l| l.rsplit(' ').next())
+                .map_or(0, |v| v.parse::<f64>().unwrap() as u64)
+        })
+        .sum()
+}
+
+/// Bytes the cluster's chunk daemons have written (every replica counted).
+fn chunk_bytes_written(tc: &TestCluster) -> u64 {
+    chunkd_counter(tc, "weft_chunkd_written_bytes_total")
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use weft_proto::md5_state::{finish, resume};
+    hex::encode(finish(&resume(&[], data).unwrap()).unwrap())
+}
+
+/// The daemon holding the most replica files (`*.chunk`) of the cluster.
+fn busiest_chunkd(tc: &TestCluster) -> usize {
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        count(&p)
+                    } else {
+                        usize::from(p.to_string_lossy().ends_with(".chunk"))
+                    }
+                })
+                .sum()
+        })
+    }
+    (0..tc.cluster.chunkds.len())
+        .max_by_key(|i| count(&tc.cluster.spec.dir.join(format!("chunkd-{}", i + 1))))
+        .unwrap()
+}
+
+#[test]
+fn copies_are_made_by_the_chunk_daemons() {
+    // 1 MiB chunks, two replicas on four daemons: a copy's head often holds
+    // no replica of the source and reads it from a peer.
+    let mut tc = TestCluster::builder()
+        .chunkds(4)
+        .chunk_size(MIB)
+        .replicas(2)
+        .start_with(|s| s.http = true);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "cpy"]);
+    let data = pattern((6 * MIB + 4321) as usize, 11);
+    fs::write(gw.file("src"), &data).unwrap();
+    let put = gw.ok(&["put", "cpy", "src.bin", gw.file("src").to_str().unwrap()]);
+    assert_eq!(put["etag"], md5_hex(&data));
+
+    // CopyObject of a 7-chunk object: same bytes, size and ETag, and every
+    // byte was copied by a chunk daemon (the gateway moved none: today's
+    // read-and-PUT copy leaves this counter at 0).
+    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
+    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "dir/dst.bin"]);
+    assert_eq!(v["etag"], put["etag"]);
+    let copied = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0;
+    assert_eq!(
+        copied,
+        data.len() as u64,
+        "bytes copied by the chunk daemons"
+    );
+    let got = gw.ok(&["get", "cpy", "dir/dst.bin", gw.file("d1").to_str().unwrap()]);
+    assert_eq!(got["sha256"], sha256_hex(&data));
+    assert_eq!(got["etag"], put["etag"]);
+    let head = gw.ok(&["head", "cpy", "dir/dst.bin"]);
+    assert_eq!(head["length"], data.len() as u64);
+    assert_eq!(head["etag"], put["etag"]);
+    let on_mount = read_all(&mnt.join("cpy/dir/dst.bin"));
+    assert_eq!(on_mount.len(), data.len());
+    assert_eq!(sha256_hex(&on_mount), sha256_hex(&data));
+
+    // UploadPartCopy with ranges that start and end inside chunks, then
+    // Complete: each part's ETag is the MD5 of its range, the object's is
+    // S3's multipart ETag, the bytes are the ranges'.
+    let (a, b) = (100_000usize, 100_000 + 5 * MIB as usize + 777);
+    let ranges = [
+        format!("bytes={a}-{}", b - 1),
+        format!("bytes={b}-{}", data.len() - 1),
+    ];
+    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
+    let v = gw.ok(&[
+        "mpu-copy",
+        "cpy",
+        "parts.bin",
+        "cpy",
+        "src.bin",
+        &ranges[0],
+        &ranges[1],
+    ]);
+    let parts: Vec<String> = v["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(parts, [md5_hex(&data[a..b]), md5_hex(&data[b..])]);
+    let mut joined = Vec::new();
+    for p in &parts {
+        joined.extend(hex::decode(p).unwrap());
+    }
+    assert_eq!(v["etag"], format!("{}-2", md5_hex(&joined)));
+    assert_eq!(
+        chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0,
+        (data.len() - a) as u64
+    );
+    let got = gw.ok(&["get", "cpy", "parts.bin", gw.file("d2").to_str().unwrap()]);
+    assert_eq!(got["sha256"], sha256_hex(&data[a..]));
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("cpy/parts.bin"))),
+        sha256_hex(&data[a..])
+    );
+
+    // A daemon holding source replicas killed -9: the copy reads them from
+    // the other replica (and leaves the dead one out of its pipelines).
+    let victim = busiest_chunkd(&tc);
+    tc.cluster.chunkds[victim].crash();
+    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "after-crash.bin"]);
+    assert_eq!(v["etag"], put["etag"]);
+    let got = gw.ok(&[
+        "get",
+        "cpy",
+        "after-crash.bin",
+        gw.file("d3").to_str().unwrap(),
+    ]);
+    assert_eq!(got["sha256"], sha256_hex(&data));
+}
+
+/// Writes `data` to a file in the gateway's directory; its path.
+fn local(gw: &Gateway, name: &str, data: &[u8]) -> String {
+    let p = gw.file(name);
+    fs::write(&p, data).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn s(v: &Value, field: &str) -> String {
+    v[field].as_str().unwrap().to_string()
+}
+
+/// `N:ETAG,...` for Complete.
+fn part_list(parts: &[(usize, &str)]) -> String {
+    parts
+        .iter()
+        .map(|(n, e)| format!("{n}:{e}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The object's SHA-256 as an S3 GET and a mount read it.
+fn object_sha(gw: &Gateway, mnt: &Path, bucket: &str, key: &str) -> (String, String) {
+    let out = gw.file("got");
+    let got = gw.ok(&["get", bucket, key, out.to_str().unwrap()]);
+    (
+        s(&got, "sha256"),
+        sha256_hex(&read_all(&mnt.join(bucket).join(key))),
+    )
+}
+
+#[test]
+fn multipart_parts_are_written_in_place() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.http = true;
+        s.chunk_size = Some(MIB);
+    });
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "parts"]);
+    let part = (5 * MIB) as usize;
+    let data = pattern(3 * part, 11);
+    let files: Vec<String> = (0..3)
+        .map(|i| local(&gw, &format!("p{}", i + 1), &data[i * part..(i + 1) * part]))
+        .collect();
+
+    // Parts sent out of order land in their slots; Complete moves no bytes.
+    let up = s(&gw.ok(&["mpu-start", "parts", "obj"]), "upload");
+    let mut etags = vec![String::new(); 3];
+    for n in [3, 1, 2] {
+        let v = gw.ok(&[
+            "mpu-part",
+            "parts",
+            "obj",
+            &up,
+            &n.to_string(),
+            &files[n - 1],
+        ]);
+        etags[n - 1] = s(&v, "etag");
+    }
+    let listed = gw.ok(&["mpu-parts", "parts", "obj", &up]);
+    let want: Vec<Value> = (0..3)
+        .map(|i| serde_json::json!([i + 1, part, etags[i]]))
+        .collect();
+    assert_eq!(listed["parts"], Value::Array(want));
+    let all: Vec<(usize, &str)> = (1..=3).map(|n| (n, etags[n - 1].as_str())).collect();
+    let reversed: Vec<(usize, &str)> = all.iter().rev().copied().collect();
+    assert_eq!(
+        gw.err(&["mpu-done", "parts", "obj", &up, &part_list(&reversed)]),
+        "InvalidPartOrder"
+    );
+    let mut extra = all.clone();
+    extra.push((4, etags[0].as_str()));
+    assert_eq!(
+        gw.err(&["mpu-done", "parts", "obj", &up, &part_list(&extra)]),
+        "InvalidPart"
+    );
+    let wrong = [(1, etags[0].as_str()), (2, etags[0].as_str())];
+    assert_eq!(
+        gw.err(&["mpu-done", "parts", "obj", &up, &part_list(&wrong)]),
+        "InvalidPart"
+    );
+    let before = chunk_bytes_written(&tc);
+    let done = gw.ok(&["mpu-done", "parts", "obj", &up, &part_list(&all)]);
+    let wrote = chunk_bytes_written(&tc) - before;
+    assert!(
+        wrote <= part as u64,
+        "Complete made the chunk daemons write {wrote} bytes (a part is {part})"
+    );
+    assert!(s(&done, "etag").ends_with("-3"), "S3's multipart ETag");
+    let (got, on_mount) = object_sha(&gw, &mnt, "parts", "obj");
+    assert_eq!(got, sha256_hex(&data));
+    assert_eq!(on_mount, sha256_hex(&data));
+    assert_eq!(gw.err(&["mpu-parts", "parts", "obj", &up]), "NoSuchUpload");
+
+    // A part sent again with other bytes: the newer copy wins, whether it
+    // is a middle part (the parts are copied) or the last (only it is).
+    let other = pattern(part, 12);
+    let other_file = local(&gw, "other", &other);
+    for (key, again) in [("mid", 2usize), ("last", 3)] {
+        let up = s(&gw.ok(&["mpu-start", "parts", key]), "upload");
+        for n in 1..=3 {
+            gw.ok(&["mpu-part", "parts", key, &up, &n.to_string(), &files[n - 1]]);
+        }
+        let newer = s(
+            &gw.ok(&[
+                "mpu-part",
+                "parts",
+                key,
+                &up,
+                &again.to_string(),
+                &other_file,
+            ]),
+            "etag",
+        );
+        let listed = gw.ok(&["mpu-parts", "parts", key, &up]);
+        assert_eq!(listed["parts"][again - 1][2], newer.as_str(), "{key}");
+        assert_eq!(listed["parts"].as_array().unwrap().len(), 3, "{key}");
+        let mut list = all.clone();
+        assert_eq!(
+            gw.err(&["mpu-done", "parts", key, &up, &part_list(&list)]),
+            "InvalidPart",
+            "{key}: the older copy's ETag"
+        );
+        list[again - 1].1 = &newer;
+        let before = chunk_bytes_written(&tc);
+        gw.ok(&["mpu-done", "parts", key, &up, &part_list(&list)]);
+        let wrote = chunk_bytes_written(&tc) - before;
+        // A middle part out of its slot: every part is copied (which the
+        // counter sees); the last: only it is.
+        let copied = if again == 2 { 3 * part } else { part };
+        assert!(
+            wrote >= copied as u64,
+            "{key}: Complete wrote {wrote} bytes"
+        );
+        let mut want = data.clone();
+        want[(again - 1) * part..again * part].copy_from_slice(&other);
+        let (got, on_mount) = object_sha(&gw, &mnt, "parts", key);
+        assert_eq!(got, sha256_hex(&want), "{key}");
+        assert_eq!(on_mount, sha256_hex(&want), "{key}");
+    }
+
+    // A short last part, sent before the others, and Abort.
+    let up = s(&gw.ok(&["mpu-start", "parts", "short"]), "upload");
+    let tail = local(&gw, "tail", &data[..777]);
+    let e2 = s(
+        &gw.ok(&["mpu-part", "parts", "short", &up, "2", &tail]),
+        "etag",
+    );
+    let e1 = s(
+        &gw.ok(&["mpu-part", "parts", "short", &up, "1", &files[0]]),
+        "etag",
+    );
+    gw.ok(&[
+        "mpu-done",
+        "parts",
+        "short",
+        &up,
+        &part_list(&[(1, &e1), (2, &e2)]),
+    ]);
+    let mut want = data[..part].to_vec();
+    want.extend_from_slice(&data[..777]);
+    let (got, on_mount) = object_sha(&gw, &mnt, "parts", "short");
+    assert_eq!(got, sha256_hex(&want));
+    assert_eq!(on_mount, sha256_hex(&want));
+
+    let up = s(&gw.ok(&["mpu-start", "parts", "gone"]), "upload");
+    for n in 1..=2 {
+        gw.ok(&[
+            "mpu-part",
+            "parts",
+            "gone",
+            &up,
+            &n.to_string(),
+            &files[n - 1],
+        ]);
+    }
+    gw.ok(&["mpu-abort", "parts", "gone", &up]);
+    assert_eq!(gw.err(&["mpu-parts", "parts", "gone", &up]), "NoSuchUpload");
+    assert!(keys(&gw.ok(&["uploads", "parts"]), "uploads").is_empty());
+    assert!(!mnt.join("parts/gone").exists());
+    wait_until("upload dirs removed", Duration::from_secs(5), || {
+        fs::read_dir(mnt.join(".weft-s3/uploads"))
+            .unwrap()
+            .next()
+            .is_none()
+    });
+}
+
+#[test]
+fn a_part_cut_off_by_a_killed_gateway_is_sent_again() {
+    let mut tc = TestCluster::start(3, MIB);
+    let mnt = tc.mount();
+    // A small write buffer: the cut-off part has bytes stored early.
+    let mut gw = Gateway::start_with(&tc, &["--write-buffer-mib", "1"]);
+    gw.ok(&["mb", "parts"]);
+    let part = (5 * MIB) as usize;
+    let data = pattern(2 * part + 12345, 21);
+    let files: Vec<String> = (0..3)
+        .map(|i| {
+            let end = ((i + 1) * part).min(data.len());
+            local(&gw, &format!("p{}", i + 1), &data[i * part..end])
+        })
+        .collect();
+    let up = s(&gw.ok(&["mpu-start", "parts", "obj"]), "upload");
+    let e1 = s(
+        &gw.ok(&["mpu-part", "parts", "obj", &up, "1", &files[0]]),
+        "etag",
+    );
+    let mut hang = gw
+        .cmd(
+            ACCESS,
+            SECRET,
+            "us-east-1",
+            &[
+                "mpu-part-hang",
+                "parts",
+                "obj",
+                &up,
+                "2",
+                &files[1],
+                &(4 * MIB).to_string(),
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(gw.file("hang.err")).unwrap())
+        .spawn()
+        .unwrap();
+    // Some of part 2 is stored in its slot when the gateway dies.
+    let asm = mnt.join(".weft-s3/uploads").join(&up).join("data");
+    wait_until("part 2 partly stored", Duration::from_secs(30), || {
+        if let Some(st) = hang.try_wait().unwrap() {
+            panic!(
+                "the sender exited ({st}): {}\ngateway log:\n{}",
+                fs::read_to_string(gw.file("hang.err")).unwrap_or_default(),
+                gw.log()
+            );
+        }
+        fs::metadata(&asm).is_ok_and(|m| m.len() > 6 * MIB)
+    });
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    hang.kill().unwrap();
+    hang.wait().unwrap();
+
+    let gw = Gateway::start(&tc);
+    let listed = gw.ok(&["mpu-parts", "parts", "obj", &up]);
+    assert_eq!(
+        listed["parts"],
+        serde_json::json!([[1, part, e1]]),
+        "an unfinished part is not listed"
+    );
+    let e2 = s(
+        &gw.ok(&["mpu-part", "parts", "obj", &up, "2", &files[1]]),
+        "etag",
+    );
+    let e3 = s(
+        &gw.ok(&["mpu-part", "parts", "obj", &up, "3", &files[2]]),
+        "etag",
+    );
+    gw.ok(&[
+        "mpu-done",
+        "parts",
+        "obj",
+        &up,
+        &part_list(&[(1, &e1), (2, &e2), (3, &e3)]),
+    ]);
+    let (got, on_mount) = object_sha(&gw, &mnt, "parts", "obj");
+    assert_eq!(got, sha256_hex(&data));
+    assert_eq!(on_mount, sha256_hex(&data));
+}

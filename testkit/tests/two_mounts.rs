@@ -451,3 +451,156 @@ fn a_stopped_strict_mount_delays_other_mounts_only_until_its_lease_ends() {
         "B trusted a stale name after its lease"
     );
 }
+
+/// Names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `weft_mds_requests_total{op="OP"}` summed over the MDS nodes' /metrics
+/// (an MDS group's leader may be any of them).
+fn mds_requests(tc: &TestCluster, op: &str) -> u64 {
+    let series = format!("weft_mds_requests_total{{op=\"{op}\"}}");
+    std::iter::once(&tc.cluster.mds)
+        .chain(&tc.cluster.mds_peers)
+        .map(|m| {
+            let addr = m.http.clone().expect("the MDS serves /metrics");
+            let (status, body) = weft_testkit::http::get(&addr, "/metrics").unwrap();
+            assert_eq!(status, 200, "{body}");
+            body.lines()
+                .find(|l| l.split(' ').next() == Some(series.as_str()))
+                .map_or(0, |l| {
+                    l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
+                })
+        })
+        .sum()
+}
+
+/// The kernel keeps a directory's listing (FOPEN_CACHE_DIR): a listing of an
+/// unchanged directory asks the MDS nothing, and the MDS's push of another
+/// mount's change drops the kept listing, so the next one shows the change.
+#[test]
+fn an_unchanged_listing_comes_from_the_kernel_and_a_change_drops_it() {
+    let mut tc = TestCluster::start_with(2, |s| {
+        s.http = true;
+        s.chunk_size = Some(MIB);
+    });
+    let a = tc.mount();
+    let b = tc.mount();
+    fs::create_dir(a.join("d")).unwrap();
+    // More names than one MDS readdir page.
+    let mut names: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+    for n in &names {
+        fs::write(a.join("d").join(n), b"").unwrap();
+    }
+    names.sort();
+    // The first listing owes the directory an atime update (relatime), so
+    // it and the one after it may reach the MDS; from then on, none.
+    for _ in 0..3 {
+        assert_eq!(listing(&a.join("d")), names);
+    }
+    let before = mds_requests(&tc, "readdir");
+    for _ in 0..5 {
+        assert_eq!(listing(&a.join("d")), names);
+    }
+    assert_eq!(
+        mds_requests(&tc, "readdir"),
+        before,
+        "an unchanged directory's listing went to the MDS"
+    );
+
+    // Another mount's create, unlink and rename each show in A's next
+    // listings within the bound.
+    fs::write(b.join("d/new"), b"x").unwrap();
+    names.push("new".into());
+    names.sort();
+    visible_within("create in a listed directory", || {
+        listing(&a.join("d")) == names
+    });
+    assert!(mds_requests(&tc, "readdir") > before);
+    fs::remove_file(b.join("d/f000")).unwrap();
+    names.retain(|n| n != "f000");
+    visible_within("unlink in a listed directory", || {
+        listing(&a.join("d")) == names
+    });
+    fs::rename(b.join("d/f001"), b.join("d/g001")).unwrap();
+    names.retain(|n| n != "f001");
+    names.push("g001".into());
+    names.sort();
+    visible_within("rename in a listed directory", || {
+        listing(&a.join("d")) == names
+    });
+    // A's own changes: the kernel drops the kept listing itself.
+    fs::write(a.join("d/mine"), b"").unwrap();
+    names.push("mine".into());
+    names.sort();
+    assert_eq!(listing(&a.join("d")), names);
+}
+
+/// On a strict mount a kept listing is dropped before another mount's
+/// change returns: listed at once after each create, unlink and rename on
+/// A, with no poll and no sleep, B's listing (kept by its kernel) shows it.
+#[test]
+fn a_kept_listing_on_a_strict_mount_shows_another_mounts_change_at_once() {
+    let mut tc = TestCluster::start(2, MIB);
+    let a = tc.mount();
+    let b = tc.mount_with(&["strict"]);
+    fs::create_dir(a.join("d")).unwrap();
+    visible_within("mkdir", || b.join("d").is_dir());
+    let mut names: Vec<String> = Vec::new();
+    for round in 0..20 {
+        // Listed twice: kept by B's kernel from here on.
+        assert_eq!(listing(&b.join("d")), names, "round {round}");
+        assert_eq!(listing(&b.join("d")), names, "round {round}");
+        let name = format!("n{round}");
+        write_file(&a.join("d").join(&name), b"x");
+        names.push(name.clone());
+        names.sort();
+        assert_eq!(listing(&b.join("d")), names, "round {round}: create");
+        let moved = format!("m{round}");
+        fs::rename(a.join("d").join(&name), a.join("d").join(&moved)).unwrap();
+        names.retain(|n| *n != name);
+        names.push(moved.clone());
+        names.sort();
+        assert_eq!(listing(&b.join("d")), names, "round {round}: rename");
+        if round % 2 == 1 {
+            fs::remove_file(a.join("d").join(&moved)).unwrap();
+            names.retain(|n| *n != moved);
+            assert_eq!(listing(&b.join("d")), names, "round {round}: unlink");
+        }
+    }
+}
+
+/// An open for reading comes back with the file's chunk locations: reading
+/// a small file another mount wrote costs one Open and no GetChunks.
+#[test]
+fn a_small_file_read_needs_no_get_chunks() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.http = true;
+        s.chunk_size = Some(MIB);
+    });
+    let a = tc.mount();
+    let b = tc.mount();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("s{i}"), pattern(4096 + i * 1000, i as u64)))
+        .collect();
+    for (n, d) in &files {
+        write_file(&a.join(n), d);
+    }
+    let (chunks, opens) = (mds_requests(&tc, "get_chunks"), mds_requests(&tc, "open"));
+    for (n, d) in &files {
+        let got = read_all(&b.join(n));
+        assert_eq!(sha256_hex(&got), sha256_hex(d), "{n}");
+    }
+    assert_eq!(mds_requests(&tc, "open") - opens, files.len() as u64);
+    assert_eq!(
+        mds_requests(&tc, "get_chunks"),
+        chunks,
+        "a small file's read asked the MDS for its chunks"
+    );
+}

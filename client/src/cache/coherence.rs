@@ -168,6 +168,14 @@ async fn watch_once(
             w.kernel.drop_all(true);
             w.mds.meta.reset(w.kernel.long_enabled());
         }
+        // Directories whose names changed: the kernel's copy of their
+        // listing (FOPEN_CACHE_DIR pages) goes with their attributes.
+        let listings: std::collections::HashSet<u64> = batch
+            .items
+            .iter()
+            .filter(|i| !i.name.is_empty())
+            .map(|i| i.parent)
+            .collect();
         for inv in batch.items {
             if inv.name.is_empty() {
                 w.attrs.invalidate(inv.ino);
@@ -184,7 +192,7 @@ async fn watch_once(
             let inv = if inv.name.is_empty() {
                 Inval::Inode {
                     ino: inv.ino,
-                    data: inv.data,
+                    data: inv.data || listings.contains(&inv.ino),
                 }
             } else {
                 Inval::Entry {

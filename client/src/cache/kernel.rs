@@ -162,6 +162,14 @@ impl KernelCache {
         !self.long.is_zero()
     }
 
+    /// Whether the kernel may keep directory listings (FOPEN_CACHE_DIR):
+    /// only while pushes would take them back (the stream is live and, in
+    /// strict mode, trusted), as for long TTLs. Each opendir asks again, and
+    /// one answered "no" makes the kernel drop what it kept.
+    pub fn listings_cacheable(&self) -> bool {
+        !self.long.is_zero() && self.live.load(SeqCst) && self.trusted()
+    }
+
     /// Where invalidations go (the thread that writes them to the kernel).
     pub fn set_notifier(&self, tx: Sender<Inval>) {
         let _ = self.notify.set(tx);

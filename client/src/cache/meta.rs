@@ -18,8 +18,9 @@
 //! Race rule: every invalidation bumps `gen` under the lock; an answer read
 //! from the MDS is stored only if `gen` did not move since its request began
 //! (so a reply computed before a change can never land after the change's
-//! invalidation). A mutation's own reply is stored only if nothing else moved
-//! `gen` while it was in flight.
+//! invalidation). A mutation's own reply (a created name's attributes, or
+//! those of the inode an open, setattr or flush's commit changed) is stored
+//! only if nothing else moved `gen` while it was in flight.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -194,8 +195,8 @@ impl MetaCache {
     }
 
     /// After a call's answer (`None`: it failed): bumps `gen` (lookups that
-    /// overlapped it may carry the old state); keeps a created name's
-    /// attributes when no other change overlapped; keeps directories complete
+    /// overlapped it may carry the old state); keeps a created name's, or a
+    /// changed inode's, attributes when no other change overlapped; keeps directories complete
     /// only where the outcome is known.
     pub fn after(
         &self,
@@ -213,6 +214,16 @@ impl MetaCache {
         if let (true, true, Some(p)) = (alone, g.live, parent_attr) {
             // Read by the MDS after the change was durable.
             g.attrs.put(p.ino, *p);
+        }
+        if let (true, true, Changes::Some { inodes, .. }, Some(R::Attr(a))) =
+            (alone, g.live, &touch, reply)
+        {
+            // An open, a setattr, a flush's commit: the MDS read the
+            // attributes after the change, and nothing else changed
+            // meanwhile (a lookup of the file then needs no round trip).
+            if inodes.contains(&a.ino) {
+                g.attrs.put(a.ino, *a);
+            }
         }
         let Changes::Some {
             removed: names,

@@ -8,10 +8,15 @@ WEFT_S3_SECRET_KEY (WEFT_S3_REGION, default us-east-1).
 """
 import base64
 import hashlib
+import http.client
 import json
 import struct
 import os
 import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zlib
 
 import boto3
@@ -207,6 +212,26 @@ def main(argv):
         sb, sk, db, dk = args
         r = s3.copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
         return {"etag": r["CopyObjectResult"]["ETag"].strip('"')}
+    if op == "mpu-copy":
+        # mpu-copy BUCKET KEY SRC_BUCKET SRC_KEY RANGE...: one UploadPartCopy
+        # per RANGE ("bytes=FIRST-LAST", or "all"), then Complete.
+        bucket, key, sb, sk = args[:4]
+        up = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        parts = []
+        for n, rng in enumerate(args[4:], start=1):
+            kw = {} if rng == "all" else {"CopySourceRange": rng}
+            r = s3.upload_part_copy(
+                Bucket=bucket, Key=key, UploadId=up, PartNumber=n,
+                CopySource={"Bucket": sb, "Key": sk}, **kw
+            )
+            parts.append({"PartNumber": n, "ETag": r["CopyPartResult"]["ETag"]})
+        r = s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts}
+        )
+        return {
+            "etag": r["ETag"].strip('"'),
+            "parts": [p["ETag"].strip('"') for p in parts],
+        }
     if op == "mpu":
         # mpu BUCKET KEY FILE PART_BYTES [ORDER]: ORDER "reverse" or
         # "missing" sends a bad part list to Complete.
@@ -249,8 +274,6 @@ def main(argv):
         return {"url": url}
     if op == "fetch":
         # fetch URL OUT: a plain HTTP GET (no SDK); S3's code on failure.
-        import urllib.error
-        import urllib.request
         import xml.etree.ElementTree as ET
 
         try:
@@ -315,6 +338,53 @@ def main(argv):
             sys.exit(3)
         finally:
             s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=up)
+    if op == "mpu-start":
+        r = s3.create_multipart_upload(Bucket=args[0], Key=args[1])
+        return {"upload": r["UploadId"]}
+    if op == "mpu-part":
+        # mpu-part BUCKET KEY UPLOAD N FILE: the file's bytes as part N.
+        bucket, key, up, n, path = args
+        with open(path, "rb") as f:
+            data = f.read()
+        r = s3.upload_part(Bucket=bucket, Key=key, UploadId=up, PartNumber=int(n), Body=data)
+        return {"etag": r["ETag"].strip('"')}
+    if op == "mpu-part-hang":
+        # mpu-part-hang BUCKET KEY UPLOAD N FILE SENT: part N (presigned,
+        # with the file's Content-Length) of which only the first SENT
+        # bytes are sent; then it waits to be killed.
+        bucket, key, up, n, path, sent = args
+        with open(path, "rb") as f:
+            data = f.read()
+        url = s3.generate_presigned_url(
+            "upload_part",
+            Params={"Bucket": bucket, "Key": key, "UploadId": up, "PartNumber": int(n)},
+            ExpiresIn=600,
+        )
+        u = urllib.parse.urlsplit(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port)
+        conn.putrequest("PUT", u.path + "?" + u.query, skip_accept_encoding=True)
+        conn.putheader("Content-Length", str(len(data)))
+        conn.endheaders()
+        conn.send(data[: int(sent)])
+        print("sent", flush=True)
+        time.sleep(3600)
+        return {}
+    if op == "mpu-parts":
+        r = s3.list_parts(Bucket=args[0], Key=args[1], UploadId=args[2])
+        return {"parts": [[p["PartNumber"], p["Size"], p["ETag"].strip('"')]
+                          for p in r.get("Parts", [])]}
+    if op == "mpu-done":
+        # mpu-done BUCKET KEY UPLOAD N:ETAG,...: Complete with that list, as given.
+        bucket, key, up, spec = args
+        parts = [{"PartNumber": int(n), "ETag": e}
+                 for n, e in (x.split(":") for x in spec.split(","))]
+        r = s3.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=up, MultipartUpload={"Parts": parts}
+        )
+        return {"etag": r["ETag"].strip('"')}
+    if op == "mpu-abort":
+        s3.abort_multipart_upload(Bucket=args[0], Key=args[1], UploadId=args[2])
+        return {}
     if op == "uploads":
         r = s3.list_multipart_uploads(Bucket=args[0])
         return {"uploads": [u["Key"] for u in r.get("Uploads", [])]}
