@@ -25,11 +25,11 @@
 //! all but the last at least 5 MiB). When the parts are 1..k, all but the
 //! last in their slots at the stride and the last in its slot or its own
 //! file, the assembly file is the object: it is truncated to the object's
-//! size (a last part in its own file is copied onto its end: at most one
-//! part's bytes pass through the gateway), gets the headers and ETag, and is
-//! renamed into place as a PUT's temp file is. Otherwise the parts are
-//! streamed into a new object (their bytes pass through the gateway once
-//! more); one part in its own file is renamed into place. The ETag is S3's:
+//! size (a last part in its own file is copied onto its end by the chunk
+//! daemons: at most one part's bytes move), gets the headers and ETag, and
+//! is renamed into place as a PUT's temp file is. Otherwise one part in its
+//! own file is renamed into place, or the chunk daemons copy the parts into
+//! a new object (`Store::copy_temp_ranges`). The ETag is S3's:
 //! the MD5 of the parts' MD5s, `-N`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -386,7 +386,10 @@ pub async fn upload_part_copy(
     let etag = hex::encode(t.md5);
     let tagged = async {
         let a = g.store.getattr(t.ino).await.map_err(s3err)?;
-        g.store.set_etag(&a, &etag, &t.sums).await
+        g.store.set_etag(&a, &etag, &t.sums).await?;
+        // The newer of two copies of a part number wins (S3's rule).
+        let seq = seq_now().to_string();
+        g.store.setx(t.ino, X_SEQ.to_vec(), seq.as_bytes()).await
     }
     .await;
     if let Err(e) = tagged {

@@ -864,130 +864,10 @@ fn chunkd_counter(tc: &TestCluster, name: &str) -> u64 {
         .sum()
 }
 
-/// Bytes the cluster's chunk daemons have written (every replica counted).
-fn chunk_bytes_written(tc: &TestCluster) -> u64 {
+/// Bytes the chunk daemons have written or copied (every replica counted).
+fn moved_bytes(tc: &TestCluster) -> u64 {
     chunkd_counter(tc, "weft_chunkd_written_bytes_total")
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    use weft_proto::md5_state::{finish, resume};
-    hex::encode(finish(&resume(&[], data).unwrap()).unwrap())
-}
-
-/// The daemon holding the most replica files (`*.chunk`) of the cluster.
-fn busiest_chunkd(tc: &TestCluster) -> usize {
-    fn count(dir: &Path) -> usize {
-        fs::read_dir(dir).map_or(0, |rd| {
-            rd.flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        count(&p)
-                    } else {
-                        usize::from(p.to_string_lossy().ends_with(".chunk"))
-                    }
-                })
-                .sum()
-        })
-    }
-    (0..tc.cluster.chunkds.len())
-        .max_by_key(|i| count(&tc.cluster.spec.dir.join(format!("chunkd-{}", i + 1))))
-        .unwrap()
-}
-
-#[test]
-fn copies_are_made_by_the_chunk_daemons() {
-    // 1 MiB chunks, two replicas on four daemons: a copy's head often holds
-    // no replica of the source and reads it from a peer.
-    let mut tc = TestCluster::builder()
-        .chunkds(4)
-        .chunk_size(MIB)
-        .replicas(2)
-        .start_with(|s| s.http = true);
-    let mnt = tc.mount();
-    let gw = Gateway::start(&tc);
-    gw.ok(&["mb", "cpy"]);
-    let data = pattern((6 * MIB + 4321) as usize, 11);
-    fs::write(gw.file("src"), &data).unwrap();
-    let put = gw.ok(&["put", "cpy", "src.bin", gw.file("src").to_str().unwrap()]);
-    assert_eq!(put["etag"], md5_hex(&data));
-
-    // CopyObject of a 7-chunk object: same bytes, size and ETag, and every
-    // byte was copied by a chunk daemon (the gateway moved none: today's
-    // read-and-PUT copy leaves this counter at 0).
-    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
-    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "dir/dst.bin"]);
-    assert_eq!(v["etag"], put["etag"]);
-    let copied = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0;
-    assert_eq!(
-        copied,
-        data.len() as u64,
-        "bytes copied by the chunk daemons"
-    );
-    let got = gw.ok(&["get", "cpy", "dir/dst.bin", gw.file("d1").to_str().unwrap()]);
-    assert_eq!(got["sha256"], sha256_hex(&data));
-    assert_eq!(got["etag"], put["etag"]);
-    let head = gw.ok(&["head", "cpy", "dir/dst.bin"]);
-    assert_eq!(head["length"], data.len() as u64);
-    assert_eq!(head["etag"], put["etag"]);
-    let on_mount = read_all(&mnt.join("cpy/dir/dst.bin"));
-    assert_eq!(on_mount.len(), data.len());
-    assert_eq!(sha256_hex(&on_mount), sha256_hex(&data));
-
-    // UploadPartCopy with ranges that start and end inside chunks, then
-    // Complete: each part's ETag is the MD5 of its range, the object's is
-    // S3's multipart ETag, the bytes are the ranges'.
-    let (a, b) = (100_000usize, 100_000 + 5 * MIB as usize + 777);
-    let ranges = [
-        format!("bytes={a}-{}", b - 1),
-        format!("bytes={b}-{}", data.len() - 1),
-    ];
-    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
-    let v = gw.ok(&[
-        "mpu-copy",
-        "cpy",
-        "parts.bin",
-        "cpy",
-        "src.bin",
-        &ranges[0],
-        &ranges[1],
-    ]);
-    let parts: Vec<String> = v["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(parts, [md5_hex(&data[a..b]), md5_hex(&data[b..])]);
-    let mut joined = Vec::new();
-    for p in &parts {
-        joined.extend(hex::decode(p).unwrap());
-    }
-    assert_eq!(v["etag"], format!("{}-2", md5_hex(&joined)));
-    assert_eq!(
-        chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0,
-        (data.len() - a) as u64
-    );
-    let got = gw.ok(&["get", "cpy", "parts.bin", gw.file("d2").to_str().unwrap()]);
-    assert_eq!(got["sha256"], sha256_hex(&data[a..]));
-    assert_eq!(
-        sha256_hex(&read_all(&mnt.join("cpy/parts.bin"))),
-        sha256_hex(&data[a..])
-    );
-
-    // A daemon holding source replicas killed -9: the copy reads them from
-    // the other replica (and leaves the dead one out of its pipelines).
-    let victim = busiest_chunkd(&tc);
-    tc.cluster.chunkds[victim].crash();
-    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "after-crash.bin"]);
-    assert_eq!(v["etag"], put["etag"]);
-    let got = gw.ok(&[
-        "get",
-        "cpy",
-        "after-crash.bin",
-        gw.file("d3").to_str().unwrap(),
-    ]);
-    assert_eq!(got["sha256"], sha256_hex(&data));
+        + chunkd_counter(tc, "weft_chunkd_copied_bytes_total")
 }
 
 /// Writes `data` to a file in the gateway's directory; its path.
@@ -1071,9 +951,9 @@ fn multipart_parts_are_written_in_place() {
         gw.err(&["mpu-done", "parts", "obj", &up, &part_list(&wrong)]),
         "InvalidPart"
     );
-    let before = chunk_bytes_written(&tc);
+    let before = moved_bytes(&tc);
     let done = gw.ok(&["mpu-done", "parts", "obj", &up, &part_list(&all)]);
-    let wrote = chunk_bytes_written(&tc) - before;
+    let wrote = moved_bytes(&tc) - before;
     assert!(
         wrote <= part as u64,
         "Complete made the chunk daemons write {wrote} bytes (a part is {part})"
@@ -1114,9 +994,9 @@ fn multipart_parts_are_written_in_place() {
             "{key}: the older copy's ETag"
         );
         list[again - 1].1 = &newer;
-        let before = chunk_bytes_written(&tc);
+        let before = moved_bytes(&tc);
         gw.ok(&["mpu-done", "parts", key, &up, &part_list(&list)]);
-        let wrote = chunk_bytes_written(&tc) - before;
+        let wrote = moved_bytes(&tc) - before;
         // A middle part out of its slot: every part is copied (which the
         // counter sees); the last: only it is.
         let copied = if again == 2 { 3 * part } else { part };
@@ -1259,4 +1139,127 @@ fn a_part_cut_off_by_a_killed_gateway_is_sent_again() {
     let (got, on_mount) = object_sha(&gw, &mnt, "parts", "obj");
     assert_eq!(got, sha256_hex(&data));
     assert_eq!(on_mount, sha256_hex(&data));
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use weft_proto::md5_state::{finish, resume};
+    hex::encode(finish(&resume(&[], data).unwrap()).unwrap())
+}
+
+/// The daemon holding the most replica files (`*.chunk`) of the cluster.
+fn busiest_chunkd(tc: &TestCluster) -> usize {
+    fn count(dir: &Path) -> usize {
+        fs::read_dir(dir).map_or(0, |rd| {
+            rd.flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        count(&p)
+                    } else {
+                        usize::from(p.to_string_lossy().ends_with(".chunk"))
+                    }
+                })
+                .sum()
+        })
+    }
+    (0..tc.cluster.chunkds.len())
+        .max_by_key(|i| count(&tc.cluster.spec.dir.join(format!("chunkd-{}", i + 1))))
+        .unwrap()
+}
+
+#[test]
+fn copies_are_made_by_the_chunk_daemons() {
+    // 1 MiB chunks, two replicas on four daemons: a copy's head often holds
+    // no replica of the source and reads it from a peer.
+    let mut tc = TestCluster::builder()
+        .chunkds(4)
+        .chunk_size(MIB)
+        .replicas(2)
+        .start_with(|s| s.http = true);
+    let mnt = tc.mount();
+    let gw = Gateway::start(&tc);
+    gw.ok(&["mb", "cpy"]);
+    let data = pattern((6 * MIB + 4321) as usize, 11);
+    fs::write(gw.file("src"), &data).unwrap();
+    let put = gw.ok(&["put", "cpy", "src.bin", gw.file("src").to_str().unwrap()]);
+    assert_eq!(put["etag"], md5_hex(&data));
+
+    // CopyObject of a 7-chunk object: same bytes, size and ETag, and every
+    // byte was copied by a chunk daemon (the gateway moved none: today's
+    // read-and-PUT copy leaves this counter at 0).
+    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
+    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "dir/dst.bin"]);
+    assert_eq!(v["etag"], put["etag"]);
+    let copied = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0;
+    assert_eq!(
+        copied,
+        data.len() as u64,
+        "bytes copied by the chunk daemons"
+    );
+    let got = gw.ok(&["get", "cpy", "dir/dst.bin", gw.file("d1").to_str().unwrap()]);
+    assert_eq!(got["sha256"], sha256_hex(&data));
+    assert_eq!(got["etag"], put["etag"]);
+    let head = gw.ok(&["head", "cpy", "dir/dst.bin"]);
+    assert_eq!(head["length"], data.len() as u64);
+    assert_eq!(head["etag"], put["etag"]);
+    let on_mount = read_all(&mnt.join("cpy/dir/dst.bin"));
+    assert_eq!(on_mount.len(), data.len());
+    assert_eq!(sha256_hex(&on_mount), sha256_hex(&data));
+
+    // UploadPartCopy with ranges that start and end inside chunks, then
+    // Complete: each part's ETag is the MD5 of its range, the object's is
+    // S3's multipart ETag, the bytes are the ranges'.
+    let (a, b) = (100_000usize, 100_000 + 5 * MIB as usize + 777);
+    let ranges = [
+        format!("bytes={a}-{}", b - 1),
+        format!("bytes={b}-{}", data.len() - 1),
+    ];
+    let copied0 = chunkd_counter(&tc, "weft_chunkd_copied_bytes_total");
+    let v = gw.ok(&[
+        "mpu-copy",
+        "cpy",
+        "parts.bin",
+        "cpy",
+        "src.bin",
+        &ranges[0],
+        &ranges[1],
+    ]);
+    let parts: Vec<String> = v["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(parts, [md5_hex(&data[a..b]), md5_hex(&data[b..])]);
+    let mut joined = Vec::new();
+    for p in &parts {
+        joined.extend(hex::decode(p).unwrap());
+    }
+    assert_eq!(v["etag"], format!("{}-2", md5_hex(&joined)));
+    // Copied once by UploadPartCopy, and once more by Complete: parts
+    // copied into files of their own are not in the upload's slots.
+    assert_eq!(
+        chunkd_counter(&tc, "weft_chunkd_copied_bytes_total") - copied0,
+        2 * (data.len() - a) as u64
+    );
+    let got = gw.ok(&["get", "cpy", "parts.bin", gw.file("d2").to_str().unwrap()]);
+    assert_eq!(got["sha256"], sha256_hex(&data[a..]));
+    assert_eq!(
+        sha256_hex(&read_all(&mnt.join("cpy/parts.bin"))),
+        sha256_hex(&data[a..])
+    );
+
+    // A daemon holding source replicas killed -9: the copy reads them from
+    // the other replica (and leaves the dead one out of its pipelines).
+    let victim = busiest_chunkd(&tc);
+    tc.cluster.chunkds[victim].crash();
+    let v = gw.ok(&["copy", "cpy", "src.bin", "cpy", "after-crash.bin"]);
+    assert_eq!(v["etag"], put["etag"]);
+    let got = gw.ok(&[
+        "get",
+        "cpy",
+        "after-crash.bin",
+        gw.file("d3").to_str().unwrap(),
+    ]);
+    assert_eq!(got["sha256"], sha256_hex(&data));
 }
