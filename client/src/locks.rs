@@ -215,11 +215,13 @@ impl Weft {
         self.release_locks(c, ino, owner).await
     }
 
-    /// release (last close of an open file), on the FUSE reader thread: takes
-    /// the locks owned by the open file itself (OFD, flock) and by `owner` if
-    /// the kernel names one, and holds back lock requests on `ino` until
-    /// `finish_release` has dropped them.
+    /// release (last close of an open file), on the FUSE reader thread: ends
+    /// an execve handle's hold on the program (no ETXTBSY past this point),
+    /// takes the locks owned by the open file itself (OFD, flock) and by
+    /// `owner` if the kernel names one, and holds back lock requests on `ino`
+    /// until `finish_release` has dropped them.
     pub fn begin_release(&self, ino: u64, fh: u64, owner: Option<u64>) -> Option<ReleasedLocks> {
+        self.files.end_exec(fh);
         let mut owners = self.held_locks.owners_of_fh(fh);
         owners.extend(owner);
         owners.retain(|&o| self.held_locks.forget(ino, o));

@@ -264,6 +264,28 @@ impl OpenFiles {
         }
     }
 
+    /// The program that opened handle `fh` by execve(2) has let go of it:
+    /// called in request order when its release arrives, so an open(2) with
+    /// O_TRUNC that the kernel sends after the program's exit never meets
+    /// ETXTBSY while the release is still being processed.
+    pub fn end_exec(&self, fh: u64) {
+        let ino = {
+            let mut handles = self.handles.lock();
+            let Some(h) = handles.get_mut(&fh) else {
+                return;
+            };
+            if !h.exec {
+                return;
+            }
+            h.exec = false;
+            h.ino
+        };
+        if let Some(st) = self.get(ino) {
+            let mut g = st.inner.lock();
+            g.execs = g.execs.saturating_sub(1);
+        }
+    }
+
     /// Forgets a handle; returns it if it existed.
     pub fn close(&self, fh: u64) -> Option<Handle> {
         let h = self.handles.lock().remove(&fh)?;
@@ -373,6 +395,17 @@ mod tests {
         of.close(a);
         assert!(of.executing(3), "one program still runs");
         of.close(b);
+        assert!(!of.executing(3));
+        // A release ends the program's hold at once, before the handle's
+        // close (the flush and the MDS's Release) has run.
+        let c = of.open(3, true, false);
+        of.end_exec(c);
+        assert!(!of.executing(3), "released, not yet closed");
+        of.end_exec(c);
+        of.close(c);
+        let d = of.open(3, true, false);
+        assert!(of.executing(3), "counted once, not twice");
+        of.close(d);
         assert!(!of.executing(3));
     }
 
