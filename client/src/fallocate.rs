@@ -239,9 +239,48 @@ impl Weft {
         len: u64,
     ) -> Result<u32, Errno> {
         let len = len.min(COPY_MAX);
+        if ino_in == ino_out {
+            // Within one file the destination's write lease bumps the
+            // version of a chunk the source may share, so the daemons' copy
+            // would read a stale replica: copied through this client.
+            return self
+                .copy_through_client(c, ino_in, off_in, ino_out, off_out, len)
+                .await;
+        }
         let done = self
             .copy_range(c, ino_in, off_in, ino_out, off_out, len, false)
             .await?;
         Ok(done.bytes as u32)
+    }
+
+    /// copy_file_range by reading and writing `PIECE` bytes at a time.
+    async fn copy_through_client(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino_in: u64,
+        off_in: u64,
+        ino_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32, Errno> {
+        if off_out.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
+            return Err(Errno::EFBIG);
+        }
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(PIECE) as u32;
+            let data = self.read(c, ino_in, off_in + done, n).await?;
+            if data.is_empty() {
+                break;
+            }
+            let got = data.len() as u64;
+            self.write(c.clone(), ino_out, off_out + done, data.to_vec())
+                .await?;
+            done += got;
+            if got < n as u64 {
+                break;
+            }
+        }
+        Ok(done as u32)
     }
 }
