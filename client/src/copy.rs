@@ -25,6 +25,7 @@
 //! MDS committed.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tonic::Code;
 use weft_proto::contract::limits::MAX_ALLOCS_PER_COMMIT;
@@ -36,7 +37,6 @@ use crate::chunk_io::{cap_fresh, clip_read};
 use crate::client::Weft;
 use crate::open_files::FileState;
 use crate::write_path::failed_replica;
-use crate::write_path::Retry;
 use crate::writeback::ChunkExtents;
 
 /// What a copy did: bytes copied (fewer than asked at the source's end) and,
@@ -161,14 +161,16 @@ impl Weft {
     ) -> Result<(Option<ChunkAlloc>, Option<Vec<u8>>), Errno> {
         let cs = self.chunk_size;
         let (sidx, didx) = (p.src / cs, p.dst / cs);
-        let mut retry = Retry::new(self.write_retry_budget);
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
         let mut failed: Vec<String> = Vec::new();
         let mut refresh = false;
         loop {
             let w = match self.chunk_alloc(st, c, didx, &failed).await {
                 Ok(w) => w,
-                Err(e) if e == Errno::EAGAIN && retry.can_wait() => {
-                    retry.wait().await;
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
                 Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
@@ -224,13 +226,14 @@ impl Weft {
                 return self.copy_piece_through(st, c, &sloc, p, state).await;
             }
             if copy_source_failed(&status) {
-                if !retry.can_wait() {
+                if Instant::now() + backoff >= deadline {
                     tracing::warn!(ino = src, index = sidx, %status, "copy source unreadable");
                     return Err(Errno::EIO);
                 }
                 tracing::info!(ino = src, index = sidx, %status, "copy source unreadable, fetching its locations again");
                 refresh = true;
-                retry.wait().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             st.inner.lock().allocs.remove(&didx);
@@ -239,9 +242,12 @@ impl Weft {
                     failed.push(addr);
                 }
             }
-            if next(Call::ChunkWrite, &status) == Next::Realloc && retry.can_wait() {
+            if next(Call::ChunkWrite, &status) == Next::Realloc
+                && Instant::now() + backoff < deadline
+            {
                 tracing::info!(ino = st.ino, index = didx, %status, ?failed, "chunk copy failed, re-allocating");
-                retry.wait().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             tracing::warn!(ino = st.ino, index = didx, %status, "chunk copy failed");

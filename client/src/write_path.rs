@@ -45,33 +45,6 @@ const LEASE_MARGIN_MS: u64 = 2000;
 /// Chunk locations asked for per GetChunks call by a punch.
 const PUNCH_BATCH: u64 = MAX_CHUNKS_PER_CALL as u64;
 
-/// A chunk write's retries: waits from 100 ms doubling to 1 s, as long as
-/// the next one still ends within the budget (`Weft::write_retry_budget`).
-pub(crate) struct Retry {
-    deadline: Instant,
-    delay: Duration,
-}
-
-impl Retry {
-    pub(crate) fn new(budget: Duration) -> Retry {
-        Retry {
-            deadline: Instant::now() + budget,
-            delay: Duration::from_millis(100),
-        }
-    }
-
-    /// Whether one more wait fits in the budget.
-    pub(crate) fn can_wait(&self) -> bool {
-        Instant::now() + self.delay < self.deadline
-    }
-
-    /// Sleeps the next delay.
-    pub(crate) async fn wait(&mut self) {
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(1));
-    }
-}
-
 impl Weft {
     /// open(2) of an existing inode. With O_TRUNC (FUSE_ATOMIC_O_TRUNC) the MDS
     /// truncates, so local dirty data and cached chunk state are dropped first.
@@ -425,7 +398,8 @@ impl Weft {
             .into_iter()
             .map(|(off, d)| (off, bytes::Bytes::from(d)))
             .collect();
-        let mut retry = Retry::new(self.write_retry_budget);
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
         // Replicas seen failing: the MDS leaves them out of the next lease
         // (with a new version, so they can never take a late write).
         let mut failed: Vec<String> = Vec::new();
@@ -438,14 +412,15 @@ impl Weft {
                 Err(e) if e == Errno::EAGAIN && saw_full => return Err(Errno::ENOSPC),
                 // Too few replicas right now (re-replication is on it), or
                 // none reachable: wait within the retry budget.
-                Err(e) if e == Errno::EAGAIN && retry.can_wait() => {
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
                     tracing::info!(
                         ino = st.ino,
                         index = ce.index,
                         attempt,
                         "no write lease yet, retrying"
                     );
-                    retry.wait().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
                 Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
@@ -493,9 +468,12 @@ impl Weft {
                     failed.push(addr);
                 }
             }
-            if (next(Call::ChunkWrite, &status) == Next::Realloc || full) && retry.can_wait() {
+            if (next(Call::ChunkWrite, &status) == Next::Realloc || full)
+                && Instant::now() + backoff < deadline
+            {
                 tracing::info!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, ?failed, "chunk write failed, re-allocating");
-                retry.wait().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             tracing::warn!(ino = st.ino, index = ce.index, chunk = loc.chunk_id, %status, attempt, "chunk write failed");
@@ -734,13 +712,15 @@ impl Weft {
         mut status: tonic::Status,
     ) -> Result<(), Errno> {
         let caller = st.inner.lock().writer.clone();
-        let mut retry = Retry::new(self.write_retry_budget);
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
         loop {
-            if !retry.can_wait() {
+            if Instant::now() + backoff >= deadline {
                 tracing::warn!(ino = st.ino, chunk = id, %status, "chunk sync failed");
                 return Err(status_errno(&status));
             }
-            retry.wait().await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
             let list = self.mds.get_chunks(&caller, st.ino, index, 1).await?;
             let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
                 return Ok(()); // truncated away: nothing left to sync
@@ -842,13 +822,15 @@ impl Weft {
         if loc.chunk_id == 0 {
             return Ok(());
         }
-        let mut retry = Retry::new(self.write_retry_budget);
+        let deadline = Instant::now() + self.write_retry_budget;
+        let mut backoff = Duration::from_millis(100);
         let mut failed: Vec<String> = Vec::new();
         loop {
             let w = match self.chunk_alloc(st, c, index, &failed).await {
                 Ok(w) => w,
-                Err(e) if e == Errno::EAGAIN && retry.can_wait() => {
-                    retry.wait().await;
+                Err(e) if e == Errno::EAGAIN && Instant::now() + backoff < deadline => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
                 Err(e) if e == Errno::EAGAIN => return Err(Errno::EIO),
@@ -871,9 +853,12 @@ impl Weft {
                     failed.push(addr);
                 }
             }
-            if next(Call::ChunkWrite, &status) == Next::Realloc && retry.can_wait() {
+            if next(Call::ChunkWrite, &status) == Next::Realloc
+                && Instant::now() + backoff < deadline
+            {
                 tracing::info!(ino, index, chunk = loc.chunk_id, %status, ?failed, "chunk truncate failed, re-allocating");
-                retry.wait().await;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
             tracing::warn!(ino, index, chunk = loc.chunk_id, status = %status, "chunk truncate failed");
