@@ -134,6 +134,32 @@ impl ChunkService {
             })
     }
 
+    /// `authorize` for a read of `[offset, offset + len)`: a capability
+    /// limited to a byte range (one needle of a segment) must cover it.
+    #[allow(clippy::too_many_arguments)]
+    fn authorize_read(
+        &self,
+        peer: Option<&Peer>,
+        what: &str,
+        chunk_id: u64,
+        version: u64,
+        cap: Option<&ChunkCap>,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Status> {
+        self.authorize(peer, what, chunk_id, version, Mode::Read, cap)?;
+        if self.caps.is_none() || peer.is_some_and(|p| p.role == Role::Chunkd) {
+            return Ok(());
+        }
+        weft_proto::caps::covers(cap, offset, len).map_err(|why| {
+            let why = format!("chunk {chunk_id:016x} v{version}: {why}");
+            let s = refuse_as(Refusal::Capability, peer, what, &why);
+            let s = Status::unauthenticated(s.message().to_string());
+            crate::metrics::error(&s);
+            s
+        })
+    }
+
     /// Refuses a stale mutation before it takes a serial or a place in line;
     /// at the head of the pipeline (serial 0) assigns the serial.
     fn admit(&self, id: u64, version: u64, epoch: u64, serial: u64) -> Result<u64, Status> {
@@ -314,13 +340,14 @@ impl ChunkService {
             return Ok(Bytes::from(vec![0u8; len]));
         }
         let (id, version, offset) = (src.chunk_id, src.version, src.offset);
-        self.authorize(
+        self.authorize_read(
             peer,
             "Chunk.Copy",
             id,
             version,
-            Mode::Read,
             src.cap.as_ref(),
+            offset,
+            src.length,
         )?;
         let mut last = Status::not_found(format!("chunk {id:016x} has no replica to copy from"));
         if self.store.summary(id).is_some_and(|s| s.version == version) {
@@ -441,13 +468,14 @@ impl ChunkService {
             .guard(crate::metrics::ChunkOp::Read.index());
         let peer = peer_of(&request).cloned();
         let req = request.into_inner();
-        self.authorize(
+        self.authorize_read(
             peer.as_ref(),
             "Chunk.Read",
             req.chunk_id,
             req.version,
-            Mode::Read,
             req.cap.as_ref(),
+            req.offset,
+            req.length as u64,
         )?;
         let len = req.length as usize;
         if len > MAX_IO {
@@ -532,13 +560,14 @@ impl ChunkSpace for ChunkService {
         let peer = peer_of(&request).cloned();
         let req = request.into_inner();
         let (id, version, offset, len) = (req.chunk_id, req.version, req.offset, req.length);
-        self.authorize(
+        self.authorize_read(
             peer.as_ref(),
             "ChunkSpace.DataExtents",
             id,
             version,
-            Mode::Read,
             req.cap.as_ref(),
+            offset,
+            len,
         )?;
         let runs = self
             .local("data_extents", move |s| {

@@ -118,6 +118,7 @@ fn mds_parts(
         group,
         exports: Arc::new(crate::exports::Exports::open_to_all()),
         caps: None,
+        unpacks: Default::default(),
     }
 }
 

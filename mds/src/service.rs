@@ -17,7 +17,9 @@ mod grant;
 mod leadership;
 mod propose;
 mod repair;
+mod unpack;
 pub use repair::spawn as spawn_repair;
+pub use unpack::Unpacks;
 mod view;
 pub use expiry::start_expiry;
 pub use leadership::watch_leadership;
@@ -71,6 +73,8 @@ pub struct Mds {
     pub exports: Arc<crate::exports::Exports>,
     /// Signs chunk capabilities (--cap-key); None: the cluster runs without.
     pub caps: Option<Arc<Caps>>,
+    /// Unpacks of packed files under way, one per inode (service/unpack.rs).
+    pub unpacks: Arc<Unpacks>,
 }
 
 /// The capability key file and how long a capability lasts.
@@ -204,6 +208,10 @@ impl Mds {
             (OpKind::Mutation, Op::AllocChunk(a)) => {
                 self.may_touch_chunks(peer, "Meta.AllocChunk", session, &caller, a.ino, true)
                     .await?;
+                // A packed file's chunks begin with its needle's bytes.
+                if self.is_packed(a.ino).await {
+                    self.unpack(a.ino).await?;
+                }
                 // Just after an MDS start no daemon may have registered yet:
                 // that is not a full cluster, so wait out the startup grace.
                 let room = self
@@ -294,6 +302,20 @@ impl Mds {
         let c = self.caps.as_ref()?;
         let expires = weft_proto::caps::unix_ms() + c.ttl.as_millis() as u64;
         Some(c.keys.ring().sign(chunk, version, mode, expires))
+    }
+
+    /// A read capability for a needle's header and data only.
+    fn needle_cap(&self, n: &crate::ns::NeedleAt) -> Option<pb::ChunkCap> {
+        let c = self.caps.as_ref()?;
+        let expires = weft_proto::caps::unix_ms() + c.ttl.as_millis() as u64;
+        let end = n.offset + crate::ns::NEEDLE_HEADER + n.len;
+        Some(c.keys.ring().sign_range(
+            n.chunk,
+            n.version,
+            Mode::Read,
+            expires,
+            Some((n.offset, end)),
+        ))
     }
 
     /// Whether `caller` of `session` may have `ino`'s chunk locations (and
@@ -615,7 +637,8 @@ impl Mds {
                     chunk_id: n.chunk,
                     version: n.version,
                     replicas: self.wait_locations(n.chunk, n.version).await,
-                    cap: self.cap(n.chunk, n.version, Mode::Read),
+                    // The needle's bytes only, not its segment neighbours'.
+                    cap: self.needle_cap(&n),
                 }),
                 offset: n.offset,
                 len: n.len,

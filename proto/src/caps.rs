@@ -71,15 +71,39 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn message(chunk_id: u64, version: u64, write: bool, expires_ms: u64, key_id: u32) -> Vec<u8> {
-    let mut m = Vec::with_capacity(48);
+fn message(c: &ChunkCap) -> Vec<u8> {
+    let mut m = Vec::with_capacity(72);
     m.extend_from_slice(b"weft-cap-v1");
-    m.extend_from_slice(&chunk_id.to_le_bytes());
-    m.extend_from_slice(&version.to_le_bytes());
-    m.push(write as u8);
-    m.extend_from_slice(&expires_ms.to_le_bytes());
-    m.extend_from_slice(&key_id.to_le_bytes());
+    m.extend_from_slice(&c.chunk_id.to_le_bytes());
+    m.extend_from_slice(&c.version.to_le_bytes());
+    m.push(c.write as u8);
+    m.extend_from_slice(&c.expires_ms.to_le_bytes());
+    m.extend_from_slice(&c.key_id.to_le_bytes());
+    // Only a ranged capability signs its range, so a whole-chunk one
+    // signs exactly what it did before ranges existed.
+    if let Some((start, end)) = range(c) {
+        m.extend_from_slice(b"range");
+        m.extend_from_slice(&start.to_le_bytes());
+        m.extend_from_slice(&end.to_le_bytes());
+    }
     m
+}
+
+/// The byte range a capability is limited to, if any.
+pub fn range(c: &ChunkCap) -> Option<(u64, u64)> {
+    (c.range_end > c.range_start).then_some((c.range_start, c.range_end))
+}
+
+/// Whether `cap` (verified) lets its holder read `[offset, offset + len)`:
+/// always, unless it is limited to a range that does not hold it.
+pub fn covers(cap: Option<&ChunkCap>, offset: u64, len: u64) -> Result<(), String> {
+    match cap.and_then(range) {
+        Some((start, end)) if offset < start || offset.saturating_add(len) > end => Err(format!(
+            "capability covers bytes [{start}, {end}) only, not [{offset}, {})",
+            offset.saturating_add(len)
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn mac(key: &[u8]) -> HmacSha256 {
@@ -119,18 +143,35 @@ impl KeyRing {
 
     /// A capability for `chunk_id` at `version`, signed with the newest key.
     pub fn sign(&self, chunk_id: u64, version: u64, mode: Mode, expires_ms: u64) -> ChunkCap {
+        self.sign_range(chunk_id, version, mode, expires_ms, None)
+    }
+
+    /// `sign`, limited to bytes `[start, end)` of the chunk when `range`
+    /// is given (a read of one needle of a segment).
+    pub fn sign_range(
+        &self,
+        chunk_id: u64,
+        version: u64,
+        mode: Mode,
+        expires_ms: u64,
+        range: Option<(u64, u64)>,
+    ) -> ChunkCap {
         let (&key_id, key) = self.keys.iter().next_back().expect("a ring has a key");
-        let write = mode == Mode::Write;
-        let mut m = mac(key);
-        m.update(&message(chunk_id, version, write, expires_ms, key_id));
-        ChunkCap {
+        let (range_start, range_end) = range.unwrap_or((0, 0));
+        let mut c = ChunkCap {
             chunk_id,
             version,
-            write,
+            write: mode == Mode::Write,
             expires_ms,
             key_id,
-            mac: m.finalize().into_bytes().to_vec(),
-        }
+            mac: vec![],
+            range_start,
+            range_end,
+        };
+        let mut m = mac(key);
+        m.update(&message(&c));
+        c.mac = m.finalize().into_bytes().to_vec();
+        c
     }
 
     /// Whether `cap` lets its holder touch `chunk_id` in `mode` at `now_ms`:
@@ -151,13 +192,7 @@ impl KeyRing {
             .get(&c.key_id)
             .ok_or_else(|| format!("capability signed with unknown key {}", c.key_id))?;
         let mut m = mac(key);
-        m.update(&message(
-            c.chunk_id,
-            c.version,
-            c.write,
-            c.expires_ms,
-            c.key_id,
-        ));
+        m.update(&message(c));
         m.verify_slice(&c.mac)
             .map_err(|_| "capability signature does not verify (forged or altered)".to_string())?;
         if c.chunk_id != chunk_id {
@@ -315,6 +350,36 @@ mod tests {
             .verify(Some(&c), 7, 3, Mode::Read, now)
             .unwrap_err()
             .contains("unknown key"));
+    }
+
+    #[test]
+    fn a_ranged_capability_covers_its_range_only_and_signs_it() {
+        let r = ring(K1);
+        let now = 1_000_000;
+        let c = r.sign_range(7, 3, Mode::Read, now + 10, Some((128, 5160)));
+        assert_eq!(r.verify(Some(&c), 7, 3, Mode::Read, now), Ok(()));
+        assert_eq!(covers(Some(&c), 128, 5032), Ok(()));
+        assert_eq!(covers(Some(&c), 200, 10), Ok(()));
+        for (offset, len) in [(0, 4096), (127, 1), (5000, 161), (5160, 1), (u64::MAX, 2)] {
+            let e = covers(Some(&c), offset, len).unwrap_err();
+            assert!(e.contains("[128, 5160)"), "{e}");
+        }
+        // A whole-chunk capability covers everything, and its MAC is the
+        // one it had before ranges existed (no range in the message).
+        let whole = r.sign(7, 3, Mode::Read, now + 10);
+        assert_eq!(covers(Some(&whole), 0, u64::MAX), Ok(()));
+        assert_eq!(covers(None, 0, 1), Ok(()));
+        assert_eq!(
+            r.sign_range(7, 3, Mode::Read, now + 10, None).mac,
+            whole.mac
+        );
+        // Widening (or dropping) the range breaks the signature.
+        for (start, end) in [(0, 5160), (128, 1 << 20), (0, 0)] {
+            let mut wide = c.clone();
+            (wide.range_start, wide.range_end) = (start, end);
+            let e = r.verify(Some(&wide), 7, 3, Mode::Read, now).unwrap_err();
+            assert!(e.contains("signature"), "{e}");
+        }
     }
 
     #[test]

@@ -113,6 +113,8 @@ pub fn allowed(path: &str) -> &'static [Role] {
         ("weft.Admin", _) => &[Admin],
         // Clients and the pipeline's upstream daemon; chunk capabilities then
         // say which chunks a client may touch.
+        // The MDS copies a packed file's needle into its own chunk.
+        ("weft.Chunk", "Copy") => &[Client, Gateway, Admin, Chunkd, Mds],
         ("weft.Chunk", _) | ("weft.ChunkSpace", _) => DATA,
         ("weft.ChunkAdmin", _) => &[Mds],
         // MDS-to-MDS replication.
@@ -234,6 +236,8 @@ mod tests {
         assert!(may("/weft.Admin/Drain", Admin));
         assert!(!may("/weft.Admin/Drain", Client));
         assert!(may("/weft.Chunk/Write", Chunkd));
+        assert!(may("/weft.Chunk/Copy", Mds));
+        assert!(!may("/weft.Chunk/Read", Mds));
         assert!(may("/weft.ChunkAdmin/Replicate", Mds));
         assert!(!may("/weft.ChunkAdmin/Replicate", Client));
         assert!(!may("/weft.ChunkAdmin/SetVersion", Chunkd));

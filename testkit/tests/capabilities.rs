@@ -13,7 +13,9 @@
 //! - every refusal is logged with who and why and counted in the daemon's
 //!   metrics;
 //! - a file held open across many capability lifetimes keeps working
-//!   (weftfs renews ahead of expiry and on a refusal).
+//!   (weftfs renews ahead of expiry and on a refusal);
+//! - a packed file's capability reads its needle's bytes of the segment
+//!   chunk only, not a neighbour's (nor a widened range: the MAC covers it).
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -470,4 +472,142 @@ impl Drop for AlignedBuf {
         // SAFETY: allocated in new with this layout.
         unsafe { std::alloc::dealloc(self.ptr, layout) }
     }
+}
+
+/// A packed file's read capability covers its needle only: the MDS signs
+/// the needle's byte range of the segment chunk, and the chunk daemon
+/// refuses a read (or a data-extents query) outside it, or a capability
+/// whose range was widened.
+#[test]
+fn a_needles_capability_reads_its_needle_only() {
+    let mut c = cluster();
+    let m = c.mount(); // client-1, root
+    fs::write(m.join("a"), b"").unwrap();
+    fs::write(m.join("b"), b"").unwrap();
+    let chunkd = c.cluster.chunkds[0].addr.clone();
+    let before = refused_metric(&c);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let meta = RawMeta::connect(&c.mds_addr()).await;
+        let writer = rand::random::<u64>() | 1;
+        let ino = |name: &'static str| {
+            let meta = meta.clone();
+            async move {
+                match meta.call(writer, 0, lookup(1, name)).await {
+                    Ok(R::Attr(a)) => a.ino,
+                    other => panic!("lookup: {other:?}"),
+                }
+            }
+        };
+        let (a, b) = (ino("a").await, ino("b").await);
+        let seg = match meta
+            .call(
+                writer,
+                1,
+                pb::meta_request::Op::CreateSegment(pb::CreateSegmentReq {}),
+            )
+            .await
+        {
+            Ok(R::Attr(s)) => s.ino,
+            other => panic!("CreateSegment: {other:?}"),
+        };
+        let cw = match meta.call(writer, 2, alloc(seg)).await {
+            Ok(R::ChunkWrite(cw)) => cw,
+            other => panic!("AllocChunk: {other:?}"),
+        };
+        let loc = cw.chunk.clone().unwrap();
+        // Two needles side by side: a's 100 bytes at 0, b's secret at 192.
+        let mut chunk = chunk_client(&chunkd).await;
+        let secret = pattern(1000, 11);
+        for (offset, file, data) in [(0u64, a, vec![b'a'; 100]), (192, b, secret.clone())] {
+            let mut w = write_req(&loc, loc.cap.clone());
+            w.lease_epoch = cw.lease_epoch;
+            w.term = cw.term;
+            w.offset = offset;
+            let mut needle = b"WNDL\0\0\0\0".to_vec();
+            needle.extend_from_slice(&file.to_le_bytes());
+            needle.extend_from_slice(&(data.len() as u64).to_le_bytes());
+            needle.extend_from_slice(&crc32c::crc32c(&data).to_le_bytes());
+            needle.extend_from_slice(&[0; 4]);
+            let hcrc = crc32c::crc32c(&needle[8..32]);
+            needle[4..8].copy_from_slice(&hcrc.to_le_bytes());
+            needle.extend_from_slice(&data);
+            w.data = needle.into();
+            chunk.write(w).await.expect("needle written");
+            let commit = pb::meta_request::Op::CommitPacked(pb::CommitPackedReq {
+                ino: file,
+                segment: seg,
+                chunk_id: loc.chunk_id,
+                offset,
+                len: data.len() as u64,
+                end: data.len() as u64,
+            });
+            assert!(meta.call(writer, 3 + offset, commit).await.is_ok());
+        }
+        // uid 1000 may read a (0644 by root) but is refused b's locations...
+        fs::set_permissions(m.join("b"), fs::Permissions::from_mode(0o600)).unwrap();
+        let reader = rand::random::<u64>() | 1;
+        let get = |ino| {
+            pb::meta_request::Op::GetChunks(pb::GetChunksReq {
+                ino,
+                first_index: 0,
+                count: 1,
+            })
+        };
+        assert_eq!(
+            meta.call_as(user(1000), reader, 0, get(b)).await.err(),
+            Some(libc::EACCES)
+        );
+        let n = match meta.call_as(user(1000), reader, 0, get(a)).await {
+            Ok(R::Chunks(l)) => l.packed.expect("a needle"),
+            other => panic!("GetChunks: {other:?}"),
+        };
+        let nloc = n.chunk.unwrap();
+        let cap = nloc.cap.clone().expect("a capability");
+        assert_eq!((cap.range_start, cap.range_end), (0, 32 + 100));
+        // ... its needle reads ...
+        let mut r = read_req(&nloc, Some(cap.clone()));
+        r.length = 132;
+        let d = chunk
+            .read(r.clone())
+            .await
+            .expect("the needle reads")
+            .into_inner()
+            .data;
+        assert_eq!(&d[32..], &[b'a'; 100][..]);
+        // ... and b's bytes next to it do not, by any range that leaves it.
+        for (offset, length) in [(192, 1032), (0, 4096), (100, 64), (132, 1)] {
+            r.offset = offset;
+            r.length = length;
+            let s = chunk.read(r.clone()).await.unwrap_err();
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+            assert!(s.message().contains("covers bytes [0, 132) only"), "{s:?}");
+        }
+        let extents = pb::DataExtentsReq {
+            chunk_id: nloc.chunk_id,
+            version: nloc.version,
+            offset: 0,
+            length: 1 << 20,
+            cap: Some(cap.clone()),
+        };
+        let ch = weft_proto::net::endpoint(&chunkd)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut space = pb::chunk_space_client::ChunkSpaceClient::new(ch);
+        let s = space.data_extents(extents).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        // Widening the range breaks the signature.
+        let mut wide = cap.clone();
+        wide.range_end = 1 << 20;
+        r.offset = 192;
+        r.length = 1032;
+        r.cap = Some(wide);
+        let s = chunk.read(r).await.unwrap_err();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+        assert!(s.message().contains("signature"), "{s:?}");
+    });
+    assert!(cap_refusals(&c, "covers bytes") >= 5, "{}", chunkd_log(&c));
+    assert!(refused_metric(&c) >= before + 6);
 }

@@ -28,7 +28,7 @@ mod record;
 mod tests;
 
 pub use dir::{Entry, FIRST_COOKIE};
-pub use inode::{Body, ChunkRef, Inode, Kind, Time, SEGMENT_PARENT};
+pub use inode::{Body, ChunkRef, Inode, Kind, Time, NEEDLE_HEADER, SEGMENT_PARENT};
 pub use ops::packed::NeedleAt;
 pub use perm::{may_access, LINK_MAX, MAY_EXEC, MAY_READ, MAY_WRITE, NAME_MAX};
 pub use record::{ChunkAlloc, Record};

@@ -35,6 +35,18 @@ pub async fn within<T>(
         })
 }
 
+/// A Chunk client for the daemon at `addr` (the MDS's own unpack copies),
+/// on the same pooled connection.
+pub fn chunk_data(
+    addr: &str,
+) -> Result<pb::chunk_client::ChunkClient<weft_proto::net::Channel>, tonic::Status> {
+    let ch = ADMIN_POOL
+        .get_or_init(|| weft_proto::net::Pool::new(None))
+        .channel(addr)
+        .map_err(tonic::Status::invalid_argument)?;
+    Ok(pb::chunk_client::ChunkClient::new(ch))
+}
+
 pub async fn set_version(
     addr: &str,
     chunk: u64,

@@ -198,13 +198,16 @@ impl Namespace {
         chunk_id: u64,
         version: u64,
     ) -> Result<ReplyResult, Errno> {
-        let c = self
-            .inodes
-            .get_mut(&ino)
-            .and_then(|i| i.chunks_mut())
-            .and_then(|m| m.get_mut(&index))
-            .filter(|c| c.id == chunk_id && c.version < version)
-            .ok_or(Errno::ENOENT)?;
+        let c = match self.inodes.get_mut(&ino).map(|i| &mut i.body) {
+            // A begun unpack's chunk (a lease on it after an MDS restart).
+            Some(Body::Packed {
+                unpack_to: Some(c), ..
+            }) if index == 0 => Some(c),
+            Some(Body::File { chunks }) => chunks.get_mut(&index),
+            _ => None,
+        }
+        .filter(|c| c.id == chunk_id && c.version < version)
+        .ok_or(Errno::ENOENT)?;
         c.version = version;
         Ok(self.chunk_write(index, chunk_id, version))
     }
