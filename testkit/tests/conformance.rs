@@ -8,7 +8,8 @@
 //! exactly: an unexpected failure fails the test, and so does a listed case
 //! that passes (the list may only shrink). fsx runs one fixed seed and one
 //! random seed, which it prints so a failure can be replayed
-//! (`WEFT_FSX_SEED=N`).
+//! (`WEFT_FSX_SEED=N`); a failed run's whole output, fsx's artifacts and the
+//! cluster's logs are kept in `target/fsx-failures/<seed>/`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -276,7 +277,7 @@ fn pjdfstest_suite() {
     );
 }
 
-/// Runs fsx on `file` with the checked-in config; returns its exit and output tail.
+/// Runs fsx on `file` with the checked-in config; returns its exit and whole output.
 fn run_fsx(fsx: &Path, file: &Path, seed: u64, ops: u64, artifacts: &Path) -> (bool, String) {
     fs::create_dir_all(artifacts).unwrap();
     let out = Command::new(fsx)
@@ -297,9 +298,38 @@ fn run_fsx(fsx: &Path, file: &Path, seed: u64, ops: u64, artifacts: &Path) -> (b
         String::from_utf8_lossy(&out.stderr),
         out.status
     );
-    let tail: Vec<&str> = text.lines().rev().take(60).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    (out.status.success(), tail.join("\n"))
+    (out.status.success(), text)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A failed fsx run's evidence outlives the cluster's temp dir: its whole
+/// output, its -P artifacts (.fsxlog, .fsxgood, .fsxbad) and the cluster's
+/// logs go to `target/fsx-failures/<seed>/`, which this returns.
+fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path) -> PathBuf {
+    let target = weft_testkit::bin_dir()
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let dir = target.join("fsx-failures").join(seed.to_string());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("fsx.out"), output).unwrap();
+    for (from, to) in [
+        (artifacts.to_path_buf(), dir.clone()),
+        (tc.cluster.spec.dir.join("logs"), dir.join("cluster-logs")),
+    ] {
+        if let Ok(rd) = fs::read_dir(&from) {
+            fs::create_dir_all(&to).unwrap();
+            for e in rd.flatten() {
+                let _ = fs::copy(e.path(), to.join(e.file_name()));
+            }
+        }
+    }
+    dir
 }
 
 #[test]
@@ -321,27 +351,30 @@ fn fsx_fixed_and_random_seed() {
     let art = tc.tmp.path().join("fsx-artifacts");
     let t = Instant::now();
     // The two seeds run at once, on two files: independent, and half the time.
-    let runs: Vec<(u64, bool, String)> = std::thread::scope(|s| {
-        let handles: Vec<_> = [("fixed", FSX_FIXED_SEED), ("random", random_seed)]
+    let seeds = [("fixed", FSX_FIXED_SEED), ("random", random_seed)];
+    let runs: Vec<(bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = seeds
             .into_iter()
             .map(|(name, seed)| {
                 let (fsx, file, art) = (&fsx, m.join(format!("fsx-{name}")), art.join(name));
-                s.spawn(move || {
-                    let (ok, tail) = run_fsx(fsx, &file, seed, ops, &art);
-                    (seed, ok, tail)
-                })
+                s.spawn(move || run_fsx(fsx, &file, seed, ops, &art))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut failures = String::new();
-    for (seed, ok, tail) in &runs {
+    for ((name, seed), (ok, text)) in seeds.into_iter().zip(&runs) {
         println!(
             "fsx seed {seed}: {} ({ops} operations)",
             if *ok { "passed" } else { "FAILED" }
         );
         if !ok {
-            failures.push_str(&format!("--- fsx seed {seed} ---\n{tail}\n"));
+            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name));
+            failures.push_str(&format!(
+                "--- fsx seed {seed} (output, artifacts and cluster logs kept in {}) ---\n{}\n",
+                kept.display(),
+                tail(text, 60)
+            ));
         }
     }
     println!("fsx: {:.0?}", t.elapsed());
