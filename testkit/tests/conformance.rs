@@ -307,9 +307,17 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// A failed fsx run's evidence outlives the cluster's temp dir: its whole
-/// output, its -P artifacts (.fsxlog, .fsxgood, .fsxbad) and the cluster's
-/// logs go to `target/fsx-failures/<seed>/`, which this returns.
-fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path) -> PathBuf {
+/// output (fsx 0.3.2 logs its last operations there), its -P artifact (the
+/// expected contents, `.fsxgood`), the file as the mount reads it now
+/// (`.actual`) and the cluster's logs go to `target/fsx-failures/<seed>/`,
+/// which this returns.
+fn keep_fsx_failure(
+    tc: &TestCluster,
+    seed: u64,
+    output: &str,
+    artifacts: &Path,
+    file: &Path,
+) -> PathBuf {
     let target = weft_testkit::bin_dir()
         .parent()
         .expect("target dir")
@@ -318,6 +326,10 @@ fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path)
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("fsx.out"), output).unwrap();
+    let name = file.file_name().expect("file name").to_string_lossy();
+    if let Err(e) = fs::copy(file, dir.join(format!("{name}.actual"))) {
+        fs::write(dir.join(format!("{name}.actual.error")), e.to_string()).unwrap();
+    }
     for (from, to) in [
         (artifacts.to_path_buf(), dir.clone()),
         (tc.cluster.spec.dir.join("logs"), dir.join("cluster-logs")),
@@ -402,7 +414,8 @@ fn fsx_fixed_and_random_seed() {
             if *ok { "passed" } else { "FAILED" }
         );
         if !ok {
-            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name));
+            let file = m.join(format!("fsx-{name}"));
+            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name), &file);
             failures.push_str(&format!(
                 "--- fsx seed {seed} (output, artifacts and cluster logs kept in {}) ---\n{}\n",
                 kept.display(),
