@@ -307,9 +307,17 @@ fn tail(text: &str, n: usize) -> String {
 }
 
 /// A failed fsx run's evidence outlives the cluster's temp dir: its whole
-/// output, its -P artifacts (.fsxlog, .fsxgood, .fsxbad) and the cluster's
-/// logs go to `target/fsx-failures/<seed>/`, which this returns.
-fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path) -> PathBuf {
+/// output (fsx 0.3.2 logs its last operations there), its -P artifact (the
+/// expected contents, `.fsxgood`), the file as the mount reads it now
+/// (`.actual`) and the cluster's logs go to `target/fsx-failures/<seed>/`,
+/// which this returns.
+fn keep_fsx_failure(
+    tc: &TestCluster,
+    seed: u64,
+    output: &str,
+    artifacts: &Path,
+    file: &Path,
+) -> PathBuf {
     let target = weft_testkit::bin_dir()
         .parent()
         .expect("target dir")
@@ -318,6 +326,10 @@ fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path)
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     fs::write(dir.join("fsx.out"), output).unwrap();
+    let name = file.file_name().expect("file name").to_string_lossy();
+    if let Err(e) = fs::copy(file, dir.join(format!("{name}.actual"))) {
+        fs::write(dir.join(format!("{name}.actual.error")), e.to_string()).unwrap();
+    }
     for (from, to) in [
         (artifacts.to_path_buf(), dir.clone()),
         (tc.cluster.spec.dir.join("logs"), dir.join("cluster-logs")),
@@ -330,6 +342,39 @@ fn keep_fsx_failure(tc: &TestCluster, seed: u64, output: &str, artifacts: &Path)
         }
     }
     dir
+}
+
+/// fsx 0.3.2 skips a zero-length read, write, copy or punch but sends a
+/// zero-length posix_fallocate, which every file system answers EINVAL (ext4
+/// too) and which fsx takes for "not supported" and fails on: seed
+/// 3568794553 did at operation 80253. Its sizes are drawn from
+/// [opsize.min, opsize.max] and, for posix_fallocate, cut to the file's
+/// maximum length from an offset that is not aligned, then rounded down to
+/// the alignment: only min >= 1 with alignment 1 keeps them above 0.
+#[test]
+fn fsx_config_never_sends_a_zero_length_posix_fallocate() {
+    let path = repo_root().join("conformance/fsx.toml");
+    let conf: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+    let int = |section: &str, key: &str, default: i64| {
+        conf.get(section)
+            .and_then(|s| s.get(key))
+            .map_or(default, |v| {
+                v.as_integer()
+                    .or_else(|| v.as_float().map(|f| f.ceil() as i64))
+                    .expect("a number")
+            })
+    };
+    if int("weights", "posix_fallocate", 0) == 0 {
+        return;
+    }
+    let (min, align) = (int("opsize", "min", 0), int("opsize", "align", 1));
+    assert!(
+        min >= 1 && align == 1,
+        "{}: posix_fallocate is on, so opsize.min must be at least 1 and \
+         opsize.align 1 (found min {min}, align {align}), else fsx sends a \
+         zero-length posix_fallocate and fails on its EINVAL",
+        path.display()
+    );
 }
 
 #[test]
@@ -369,7 +414,8 @@ fn fsx_fixed_and_random_seed() {
             if *ok { "passed" } else { "FAILED" }
         );
         if !ok {
-            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name));
+            let file = m.join(format!("fsx-{name}"));
+            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name), &file);
             failures.push_str(&format!(
                 "--- fsx seed {seed} (output, artifacts and cluster logs kept in {}) ---\n{}\n",
                 kept.display(),
