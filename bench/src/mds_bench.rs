@@ -4,8 +4,11 @@
 //! file at N files with one chunk each; restart time to serving (clean stop,
 //! and after kill -9); log and snapshot size after N creates and N deletes.
 //!
-//! Usage: mds-bench [--files N] [--ops M] [--clients C] [--dir DIR] [--keep]
+//! Usage: mds-bench [--files N] [--ops M] [--clients C] [--dir DIR] [--keep] [--packed]
 //!   (defaults 1000000, 200000, 128, a temp dir under /var/tmp)
+//! With --packed the memory phase builds N packed small files instead (create,
+//! CommitPacked of a 4 KiB needle in the client's segment, close): what a tree
+//! of small files costs the MDS.
 //! Needs the workspace binaries built in the same profile
 //! (`cargo build --release --workspace --bins`). A fake chunk daemon is
 //! registered over the `Master` API so AllocChunk can place chunks; no data
@@ -18,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_proto::pb;
 use weft_proto::pb::meta_request::Op;
+use weft_proto::pb::meta_reply::Result as R;
 use weft_testkit::mds::*;
 
 struct Args {
@@ -26,6 +30,7 @@ struct Args {
     clients: u64,
     dir: Option<String>,
     keep: bool,
+    packed: bool,
 }
 
 fn args() -> Args {
@@ -35,6 +40,7 @@ fn args() -> Args {
         clients: 128,
         dir: None,
         keep: false,
+        packed: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -47,6 +53,11 @@ fn args() -> Args {
             "--dir" => a.dir = Some(val),
             "--keep" => {
                 a.keep = true;
+                i += 1;
+                continue;
+            }
+            "--packed" => {
+                a.packed = true;
                 i += 1;
                 continue;
             }
@@ -133,6 +144,49 @@ where
 fn ok(a: &Answer, what: &str) {
     if let Err(e) = a {
         panic!("{what}: errno {e}");
+    }
+}
+
+/// Bytes one 4 KiB needle takes in a segment (32-byte header, 64-byte alignment).
+const NEEDLE: u64 = 4160;
+
+/// A client's open segment: where its next needle goes.
+#[derive(Default)]
+struct Segment {
+    ino: u64,
+    chunk_id: u64,
+    chunk_size: u64,
+    next: u64,
+}
+
+impl Segment {
+    /// (segment ino, its chunk id, offset) for a needle of `len` bytes,
+    /// creating a new segment when this one is full.
+    async fn place(&mut self, c: &Client, len: u64) -> (u64, u64, u64) {
+        if self.ino == 0 || self.next + len > self.chunk_size {
+            self.ino = ino_of(
+                &c.mutate(Op::CreateSegment(pb::CreateSegmentReq {}))
+                    .await,
+            );
+            let r = c
+                .mutate(Op::AllocChunk(pb::AllocChunkReq {
+                    ino: self.ino,
+                    index: 0,
+                    ..Default::default()
+                }))
+                .await;
+            match r {
+                Ok(R::ChunkWrite(w)) => {
+                    self.chunk_id = w.chunk.expect("a chunk").chunk_id;
+                    self.chunk_size = w.chunk_size.min(64 << 20);
+                }
+                other => panic!("alloc_chunk of a segment: {other:?}"),
+            }
+            self.next = 0;
+        }
+        let at = self.next;
+        self.next += len;
+        (self.ino, self.chunk_id, at)
     }
 }
 
@@ -300,11 +354,18 @@ fn main() {
         .await;
     });
 
-    // Memory: N files with one chunk each (create, allocate its chunk, close).
+    // Memory: N files with one chunk each (create, allocate its chunk, close),
+    // or with --packed N packed small files (create, CommitPacked, close).
     let pid = mds.pid().unwrap();
     let before = rss_bytes(pid);
     let files = a.files;
     let t = Instant::now();
+    let shape = if a.packed {
+        "packed 4 KiB file"
+    } else {
+        "file with one chunk"
+    };
+    let packed = a.packed;
     rt.block_on(async {
         let clients = connect_clients(&mds.addr, a.clients, 2).await;
         let dirs: Arc<Vec<u64>> =
@@ -314,26 +375,53 @@ fn main() {
                 }))
                 .await,
             );
+        let segments: Arc<Vec<tokio::sync::Mutex<Segment>>> = Arc::new(
+            clients
+                .iter()
+                .map(|_| tokio::sync::Mutex::new(Segment::default()))
+                .collect(),
+        );
         let d = dirs.clone();
         phase(
-            "create+alloc-chunk+close",
+            if packed {
+                "create+commit-packed+close"
+            } else {
+                "create+alloc-chunk+close"
+            },
             &clients,
             files,
             move |c, i, k| {
-                let d = d.clone();
+                let (d, segments) = (d.clone(), segments.clone());
                 async move {
                     let ino = ino_of(
                         &c.mutate(create(d[i as usize], &format!("{k:08}"), libc::O_EXCL))
                             .await,
                     );
-                    let r = c
-                        .mutate(Op::AllocChunk(pb::AllocChunkReq {
-                            ino,
-                            index: 0,
-                            ..Default::default()
-                        }))
-                        .await;
-                    ok(&r, "alloc_chunk");
+                    if packed {
+                        // Each client appends to its own segment, as a mount does.
+                        let mut seg = segments[i as usize].lock().await;
+                        let (segment, chunk_id, offset) = seg.place(&c, NEEDLE).await;
+                        let r = c
+                            .mutate(Op::CommitPacked(pb::CommitPackedReq {
+                                ino,
+                                segment,
+                                chunk_id,
+                                offset,
+                                len: 4096,
+                                end: 4096,
+                            }))
+                            .await;
+                        ok(&r, "commit_packed");
+                    } else {
+                        let r = c
+                            .mutate(Op::AllocChunk(pb::AllocChunkReq {
+                                ino,
+                                index: 0,
+                                ..Default::default()
+                            }))
+                            .await;
+                        ok(&r, "alloc_chunk");
+                    }
                     ok(
                         &c.mutate(Op::Release(pb::ReleaseReq { ino, write: true }))
                             .await,
@@ -346,7 +434,7 @@ fn main() {
     });
     let after = rss_bytes(pid);
     println!(
-        "memory     {} files with one chunk: MDS RSS {} at start, {} before, {} after: {:.0} bytes/file (built in {:.0} s)",
+        "memory     {} x {shape}: MDS RSS {} at start, {} before, {} after: {:.0} bytes/file (built in {:.0} s)",
         files,
         mib(base_rss),
         mib(before),

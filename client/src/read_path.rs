@@ -124,21 +124,26 @@ impl Weft {
             return Ok(());
         };
         let count = (last - missing + 1 + LOC_PREFETCH).min(u64::from(u32::MAX)) as u32;
-        self.fetch_locations(c, ino, missing, count).await
+        self.fetch_locations(c, ino, missing, count).await?;
+        Ok(())
     }
 
+    /// GetChunks; returns the answer, cached unless the file's locations
+    /// were invalidated while it was on its way (then it may predate a
+    /// chunk this mount just allocated: a stale hole would read as zeros).
     async fn fetch_locations(
         &self,
         c: &Caller,
         ino: u64,
         first: u64,
         count: u32,
-    ) -> Result<(), Errno> {
+    ) -> Result<Vec<ChunkLoc>, Errno> {
+        let stamp = self.locs.stamp(ino);
         let list = self.mds.get_chunks(c, ino, first, count).await?;
-        for loc in list.chunks {
-            self.locs.put(ino, loc);
+        for loc in &list.chunks {
+            self.locs.put(ino, loc.clone(), stamp);
         }
-        Ok(())
+        Ok(list.chunks)
     }
 
     pub(crate) async fn location(
@@ -148,18 +153,20 @@ impl Weft {
         index: u64,
         refresh: bool,
     ) -> Result<ChunkLoc, Errno> {
-        if !refresh {
-            if let Some(l) = self.locs.get(ino, index) {
-                return Ok(l);
-            }
+        if refresh {
+            self.locs.invalidate(ino, index);
+        } else if let Some(l) = self.locs.get(ino, index) {
+            return Ok(l);
         }
-        self.locs.invalidate(ino, index);
-        self.fetch_locations(c, ino, index, 1).await?;
+        let got = self.fetch_locations(c, ino, index, 1).await?;
         // Absent from the MDS answer: past the end of the chunk map, a hole.
-        Ok(self.locs.get(ino, index).unwrap_or(ChunkLoc {
-            index,
-            ..Default::default()
-        }))
+        Ok(got
+            .into_iter()
+            .find(|l| l.index == index)
+            .unwrap_or(ChunkLoc {
+                index,
+                ..Default::default()
+            }))
     }
 
     /// One piece: Some(bytes), or None for a hole.

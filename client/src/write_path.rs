@@ -69,6 +69,9 @@ impl Weft {
             ino,
             flags: flags as u32,
         });
+        // Locations asked for before this open but answered after it must
+        // not be cached over its answer, nor its answer over a newer change.
+        let locs_stamp = self.locs.stamp(ino);
         let r = if flags & libc::O_TRUNC != 0 {
             let st = self.files.get_or_create(ino);
             let _g = st.flush_lock.lock().await;
@@ -88,10 +91,8 @@ impl Weft {
         // Close-to-open consistency: another client may have written since.
         // An open for reading came with the current locations of the first
         // chunks: the first read asks no GetChunks.
-        self.locs.invalidate_file(ino);
-        for loc in chunks.map(|l| l.chunks).unwrap_or_default() {
-            self.locs.put(ino, loc);
-        }
+        let chunks = chunks.map(|l| l.chunks).unwrap_or_default();
+        self.locs.replace_file(ino, chunks, locs_stamp);
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches

@@ -8,7 +8,8 @@
 //! exactly: an unexpected failure fails the test, and so does a listed case
 //! that passes (the list may only shrink). fsx runs one fixed seed and one
 //! random seed, which it prints so a failure can be replayed
-//! (`WEFT_FSX_SEED=N`).
+//! (`WEFT_FSX_SEED=N`); a failed run's whole output, fsx's artifacts and the
+//! cluster's logs are kept in `target/fsx-failures/<seed>/`.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -276,7 +277,7 @@ fn pjdfstest_suite() {
     );
 }
 
-/// Runs fsx on `file` with the checked-in config; returns its exit and output tail.
+/// Runs fsx on `file` with the checked-in config; returns its exit and whole output.
 fn run_fsx(fsx: &Path, file: &Path, seed: u64, ops: u64, artifacts: &Path) -> (bool, String) {
     fs::create_dir_all(artifacts).unwrap();
     let out = Command::new(fsx)
@@ -297,9 +298,83 @@ fn run_fsx(fsx: &Path, file: &Path, seed: u64, ops: u64, artifacts: &Path) -> (b
         String::from_utf8_lossy(&out.stderr),
         out.status
     );
-    let tail: Vec<&str> = text.lines().rev().take(60).collect();
-    let tail: Vec<&str> = tail.into_iter().rev().collect();
-    (out.status.success(), tail.join("\n"))
+    (out.status.success(), text)
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A failed fsx run's evidence outlives the cluster's temp dir: its whole
+/// output (fsx 0.3.2 logs its last operations there), its -P artifact (the
+/// expected contents, `.fsxgood`), the file as the mount reads it now
+/// (`.actual`) and the cluster's logs go to `target/fsx-failures/<seed>/`,
+/// which this returns.
+fn keep_fsx_failure(
+    tc: &TestCluster,
+    seed: u64,
+    output: &str,
+    artifacts: &Path,
+    file: &Path,
+) -> PathBuf {
+    let target = weft_testkit::bin_dir()
+        .parent()
+        .expect("target dir")
+        .to_path_buf();
+    let dir = target.join("fsx-failures").join(seed.to_string());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("fsx.out"), output).unwrap();
+    let name = file.file_name().expect("file name").to_string_lossy();
+    if let Err(e) = fs::copy(file, dir.join(format!("{name}.actual"))) {
+        fs::write(dir.join(format!("{name}.actual.error")), e.to_string()).unwrap();
+    }
+    for (from, to) in [
+        (artifacts.to_path_buf(), dir.clone()),
+        (tc.cluster.spec.dir.join("logs"), dir.join("cluster-logs")),
+    ] {
+        if let Ok(rd) = fs::read_dir(&from) {
+            fs::create_dir_all(&to).unwrap();
+            for e in rd.flatten() {
+                let _ = fs::copy(e.path(), to.join(e.file_name()));
+            }
+        }
+    }
+    dir
+}
+
+/// fsx 0.3.2 skips a zero-length read, write, copy or punch but sends a
+/// zero-length posix_fallocate, which every file system answers EINVAL (ext4
+/// too) and which fsx takes for "not supported" and fails on: seed
+/// 3568794553 did at operation 80253. Its sizes are drawn from
+/// [opsize.min, opsize.max] and, for posix_fallocate, cut to the file's
+/// maximum length from an offset that is not aligned, then rounded down to
+/// the alignment: only min >= 1 with alignment 1 keeps them above 0.
+#[test]
+fn fsx_config_never_sends_a_zero_length_posix_fallocate() {
+    let path = repo_root().join("conformance/fsx.toml");
+    let conf: toml::Table = fs::read_to_string(&path).unwrap().parse().unwrap();
+    let int = |section: &str, key: &str, default: i64| {
+        conf.get(section)
+            .and_then(|s| s.get(key))
+            .map_or(default, |v| {
+                v.as_integer()
+                    .or_else(|| v.as_float().map(|f| f.ceil() as i64))
+                    .expect("a number")
+            })
+    };
+    if int("weights", "posix_fallocate", 0) == 0 {
+        return;
+    }
+    let (min, align) = (int("opsize", "min", 0), int("opsize", "align", 1));
+    assert!(
+        min >= 1 && align == 1,
+        "{}: posix_fallocate is on, so opsize.min must be at least 1 and \
+         opsize.align 1 (found min {min}, align {align}), else fsx sends a \
+         zero-length posix_fallocate and fails on its EINVAL",
+        path.display()
+    );
 }
 
 #[test]
@@ -321,27 +396,31 @@ fn fsx_fixed_and_random_seed() {
     let art = tc.tmp.path().join("fsx-artifacts");
     let t = Instant::now();
     // The two seeds run at once, on two files: independent, and half the time.
-    let runs: Vec<(u64, bool, String)> = std::thread::scope(|s| {
-        let handles: Vec<_> = [("fixed", FSX_FIXED_SEED), ("random", random_seed)]
+    let seeds = [("fixed", FSX_FIXED_SEED), ("random", random_seed)];
+    let runs: Vec<(bool, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = seeds
             .into_iter()
             .map(|(name, seed)| {
                 let (fsx, file, art) = (&fsx, m.join(format!("fsx-{name}")), art.join(name));
-                s.spawn(move || {
-                    let (ok, tail) = run_fsx(fsx, &file, seed, ops, &art);
-                    (seed, ok, tail)
-                })
+                s.spawn(move || run_fsx(fsx, &file, seed, ops, &art))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut failures = String::new();
-    for (seed, ok, tail) in &runs {
+    for ((name, seed), (ok, text)) in seeds.into_iter().zip(&runs) {
         println!(
             "fsx seed {seed}: {} ({ops} operations)",
             if *ok { "passed" } else { "FAILED" }
         );
         if !ok {
-            failures.push_str(&format!("--- fsx seed {seed} ---\n{tail}\n"));
+            let file = m.join(format!("fsx-{name}"));
+            let kept = keep_fsx_failure(&tc, seed, text, &art.join(name), &file);
+            failures.push_str(&format!(
+                "--- fsx seed {seed} (output, artifacts and cluster logs kept in {}) ---\n{}\n",
+                kept.display(),
+                tail(text, 60)
+            ));
         }
     }
     println!("fsx: {:.0?}", t.elapsed());

@@ -3,9 +3,17 @@
 //! Filled by `GetChunks` (several indexes per call), consulted by every read.
 //! A location is dropped when a chunk daemon says it is wrong (stale version,
 //! replica missing), when the file is truncated or reopened (close-to-open
-//! consistency: another client may have written), and when the LRU evicts it.
-//! The replica that last served a read is moved to the front of the entry's
-//! replica list so later reads try it first.
+//! consistency: another client may have written), when this mount allocates
+//! the chunk anew, and when the LRU evicts it. The replica that last served a
+//! read is moved to the front of the entry's replica list so later reads try
+//! it first.
+//!
+//! Invariant: an answer asked for before one of the file's invalidations is
+//! never cached after it. Every invalidation gives the file a new stamp, and
+//! `put` takes the stamp its caller read before asking the MDS. Without
+//! this, a GetChunks answer still on its way when a flush allocated the
+//! chunk would cache the old hole, and reads of the chunk would return zeros
+//! with no daemon asked, so nothing would ever say it is wrong.
 
 use std::num::NonZeroUsize;
 
@@ -14,58 +22,129 @@ use parking_lot::Mutex;
 use weft_proto::ChunkLoc;
 
 pub struct ChunkLocCache {
-    map: Mutex<LruCache<(u64, u64), ChunkLoc>>,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    map: LruCache<(u64, u64), ChunkLoc>,
+    /// Per file, the stamp of its latest invalidation.
+    stamps: LruCache<u64, u64>,
+    /// Stamps handed out so far.
+    last: u64,
+    /// The stamp of a file not in `stamps`: at least that of every file the
+    /// LRU forgot, so a forgotten invalidation still refuses older answers.
+    floor: u64,
+}
+
+impl Inner {
+    fn stamp(&mut self, ino: u64) -> u64 {
+        self.stamps.get(&ino).copied().unwrap_or(self.floor)
+    }
+
+    fn bump(&mut self, ino: u64) {
+        self.last += 1;
+        if let Some((gone, s)) = self.stamps.push(ino, self.last) {
+            if gone != ino {
+                self.floor = self.floor.max(s);
+            }
+        }
+    }
+
+    fn drop_file(&mut self, ino: u64) {
+        let keys: Vec<_> = self
+            .map
+            .iter()
+            .filter(|((i, _), _)| *i == ino)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            self.map.pop(&k);
+        }
+    }
 }
 
 impl ChunkLocCache {
     pub fn new(capacity: usize) -> ChunkLocCache {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap();
         ChunkLocCache {
-            map: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
+            inner: Mutex::new(Inner {
+                map: LruCache::new(cap),
+                stamps: LruCache::new(cap),
+                last: 0,
+                floor: 0,
+            }),
         }
     }
 
     /// The location, unless its capability is about to run out (then it
     /// is dropped, and the caller asks the MDS again: a renewal).
     pub fn get(&self, ino: u64, index: u64) -> Option<ChunkLoc> {
-        let mut map = self.map.lock();
-        let loc = map.get(&(ino, index))?;
+        let mut g = self.inner.lock();
+        let loc = g.map.get(&(ino, index))?;
         if !crate::chunk_io::cap_fresh(loc) {
-            map.pop(&(ino, index));
+            g.map.pop(&(ino, index));
             return None;
         }
         Some(loc.clone())
     }
 
-    pub fn put(&self, ino: u64, loc: ChunkLoc) {
-        self.map.lock().put((ino, loc.index), loc);
+    /// The file's stamp, to read before asking the MDS for its locations
+    /// and pass to `put` with the answer.
+    pub fn stamp(&self, ino: u64) -> u64 {
+        self.inner.lock().stamp(ino)
+    }
+
+    /// Caches `loc` unless the file was invalidated since `stamp` was read
+    /// (the answer may predate the change). Returns whether it did.
+    pub fn put(&self, ino: u64, loc: ChunkLoc, stamp: u64) -> bool {
+        let mut g = self.inner.lock();
+        let fresh = g.stamp(ino) == stamp;
+        if fresh {
+            g.map.put((ino, loc.index), loc);
+        }
+        fresh
+    }
+
+    /// Forgets every location of `ino`, then caches `locs` unless the file
+    /// was invalidated since `stamp` was read (an open's answer).
+    pub fn replace_file(&self, ino: u64, locs: Vec<ChunkLoc>, stamp: u64) {
+        let mut g = self.inner.lock();
+        let fresh = g.stamp(ino) == stamp;
+        g.drop_file(ino);
+        g.bump(ino);
+        if fresh {
+            for loc in locs {
+                g.map.put((ino, loc.index), loc);
+            }
+        }
     }
 
     pub fn clear(&self) {
-        self.map.lock().clear();
+        let mut g = self.inner.lock();
+        g.map.clear();
+        g.stamps.clear();
+        g.last += 1;
+        g.floor = g.last;
     }
 
     pub fn invalidate(&self, ino: u64, index: u64) {
-        self.map.lock().pop(&(ino, index));
+        let mut g = self.inner.lock();
+        g.map.pop(&(ino, index));
+        g.bump(ino);
     }
 
     /// Forgets every location of `ino`. Linear in the cache size, which is
     /// bounded; this happens on truncate and open, not per I/O.
     pub fn invalidate_file(&self, ino: u64) {
-        let mut map = self.map.lock();
-        let keys: Vec<_> = map
-            .iter()
-            .filter(|((i, _), _)| *i == ino)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in keys {
-            map.pop(&k);
-        }
+        let mut g = self.inner.lock();
+        g.drop_file(ino);
+        g.bump(ino);
     }
 
     /// Remembers that `addr` served chunk (ino, index) well: try it first next time.
     pub fn prefer(&self, ino: u64, index: u64, addr: &str) {
-        let mut map = self.map.lock();
-        if let Some(loc) = map.peek_mut(&(ino, index)) {
+        let mut g = self.inner.lock();
+        if let Some(loc) = g.map.peek_mut(&(ino, index)) {
             if let Some(pos) = loc.replicas.iter().position(|r| r.addr == addr) {
                 if pos != 0 {
                     let r = loc.replicas.remove(pos);
@@ -101,9 +180,9 @@ mod tests {
     #[test]
     fn per_file_invalidation() {
         let c = ChunkLocCache::new(16);
-        c.put(1, loc(0, &["a"]));
-        c.put(1, loc(1, &["a"]));
-        c.put(2, loc(0, &["b"]));
+        c.put(1, loc(0, &["a"]), c.stamp(1));
+        c.put(1, loc(1, &["a"]), c.stamp(1));
+        c.put(2, loc(0, &["b"]), c.stamp(2));
         c.invalidate_file(1);
         assert!(c.get(1, 0).is_none() && c.get(1, 1).is_none());
         assert_eq!(c.get(2, 0).unwrap().chunk_id, 100);
@@ -114,7 +193,7 @@ mod tests {
     #[test]
     fn preferred_replica_moves_first() {
         let c = ChunkLocCache::new(4);
-        c.put(1, loc(3, &["a", "b", "c"]));
+        c.put(1, loc(3, &["a", "b", "c"]), c.stamp(1));
         c.prefer(1, 3, "c");
         let addrs: Vec<_> = c
             .get(1, 3)
@@ -126,5 +205,60 @@ mod tests {
         assert_eq!(addrs, ["c", "a", "b"]);
         c.prefer(1, 3, "zz");
         assert_eq!(c.get(1, 3).unwrap().replicas[0].addr, "c");
+    }
+
+    #[test]
+    fn an_answer_asked_for_before_an_invalidation_is_not_cached() {
+        let c = ChunkLocCache::new(16);
+        let hole = ChunkLoc {
+            index: 1,
+            ..Default::default()
+        };
+        // A read asks for chunk 1 (a hole); meanwhile a flush allocates it.
+        let asked = c.stamp(7);
+        c.invalidate(7, 1);
+        assert!(!c.put(7, hole.clone(), asked));
+        assert!(c.get(7, 1).is_none());
+        // Same with the whole file (truncate, a push from another mount).
+        let asked = c.stamp(7);
+        c.invalidate_file(7);
+        assert!(!c.put(7, hole.clone(), asked));
+        assert!(c.get(7, 1).is_none());
+        // Another file's invalidation does not refuse it.
+        let asked = c.stamp(7);
+        c.invalidate_file(8);
+        assert!(c.put(7, hole, asked));
+        assert_eq!(c.get(7, 1).unwrap().chunk_id, 0);
+    }
+
+    #[test]
+    fn a_forgotten_invalidation_still_refuses_older_answers() {
+        // Room for two files' stamps: the third invalidated file pushes the
+        // first one's out.
+        let c = ChunkLocCache::new(2);
+        let asked = c.stamp(1);
+        c.invalidate_file(1);
+        c.invalidate_file(2);
+        c.invalidate_file(3);
+        assert!(!c.put(1, loc(0, &["a"]), asked));
+        let asked = c.stamp(1);
+        assert!(c.put(1, loc(0, &["a"]), asked));
+        let asked = c.stamp(4);
+        c.clear();
+        assert!(!c.put(4, loc(0, &["a"]), asked));
+    }
+
+    #[test]
+    fn an_open_answer_replaces_the_file_unless_it_raced() {
+        let c = ChunkLocCache::new(16);
+        c.put(1, loc(5, &["old"]), c.stamp(1));
+        let asked = c.stamp(1);
+        c.replace_file(1, vec![loc(0, &["a"])], asked);
+        assert!(c.get(1, 5).is_none());
+        assert_eq!(c.get(1, 0).unwrap().replicas[0].addr, "a");
+        let asked = c.stamp(1);
+        c.invalidate(1, 2);
+        c.replace_file(1, vec![loc(3, &["b"])], asked);
+        assert!(c.get(1, 0).is_none() && c.get(1, 3).is_none());
     }
 }
