@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_proto::pb;
-use weft_proto::pb::meta_request::Op;
 use weft_proto::pb::meta_reply::Result as R;
+use weft_proto::pb::meta_request::Op;
 use weft_testkit::mds::*;
 
 struct Args {
@@ -164,10 +164,7 @@ impl Segment {
     /// creating a new segment when this one is full.
     async fn place(&mut self, c: &Client, len: u64) -> (u64, u64, u64) {
         if self.ino == 0 || self.next + len > self.chunk_size {
-            self.ino = ino_of(
-                &c.mutate(Op::CreateSegment(pb::CreateSegmentReq {}))
-                    .await,
-            );
+            self.ino = ino_of(&c.mutate(Op::CreateSegment(pb::CreateSegmentReq {})).await);
             let r = c
                 .mutate(Op::AllocChunk(pb::AllocChunkReq {
                     ino: self.ino,
