@@ -287,7 +287,9 @@ pub fn writes(op: &Op) -> bool {
         | Op::Setxattr(_)
         | Op::Removexattr(_)
         | Op::AllocChunk(_)
-        | Op::CommitWrite(_) => true,
+        | Op::CommitWrite(_)
+        | Op::CreateSegment(_)
+        | Op::CommitPacked(_) => true,
         Op::Lookup(_)
         | Op::Getattr(_)
         | Op::Readlink(_)
@@ -376,6 +378,10 @@ pub fn op_inodes(op: &mut Op) -> Vec<(&mut u64, Slot)> {
         Op::GetChunks(r) => vec![(&mut r.ino, Object)],
         Op::AllocChunk(r) => vec![(&mut r.ino, Object)],
         Op::CommitWrite(r) => vec![(&mut r.ino, Object)],
+        // A segment is outside every directory tree: `Namespace::within`
+        // lets it through any export (its writer is checked by session).
+        Op::CommitPacked(r) => vec![(&mut r.ino, Object), (&mut r.segment, Object)],
+        Op::CreateSegment(_) => vec![],
         Op::Setlk(r) | Op::Getlk(r) => vec![(&mut r.ino, Object)],
         Op::ReleaseLocks(r) => vec![(&mut r.ino, Object)],
         Op::Statfs(_) | Op::Keepalive(_) | Op::SyncLog(_) => vec![],

@@ -595,6 +595,7 @@ impl Mds {
             chunk_size,
             file_size,
             chunks,
+            packed: None,
         }))
     }
 

@@ -71,7 +71,9 @@ pub fn kind(op: &Op) -> OpKind {
         | Op::Open(_)
         | Op::Release(_)
         | Op::AllocChunk(_)
-        | Op::CommitWrite(_) => OpKind::Mutation,
+        | Op::CommitWrite(_)
+        | Op::CreateSegment(_)
+        | Op::CommitPacked(_) => OpKind::Mutation,
     }
 }
 
@@ -118,6 +120,11 @@ pub fn changes(op: &Op) -> Changes {
         Op::Open(r) => some(vec![r.ino], vec![], None),
         Op::AllocChunk(r) => some(vec![r.ino], vec![], None),
         Op::CommitWrite(r) => some(vec![r.ino], vec![], None),
+        // The file's size and data; the segment's chunk was written by
+        // its lease, and no cache holds a segment's attributes.
+        Op::CommitPacked(r) => some(vec![r.ino], vec![], None),
+        // A hidden inode no name or cache refers to yet.
+        Op::CreateSegment(_) => Changes::Nothing,
         Op::Mknod(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
         Op::Mkdir(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
         Op::Symlink(r) => some(vec![r.parent], vec![], Some((r.parent, r.name.clone()))),
@@ -268,6 +275,8 @@ mod tests {
         assert!(is_mutation(&Op::Release(ReleaseReq::default())));
         assert!(is_mutation(&Op::AllocChunk(AllocChunkReq::default())));
         assert!(is_mutation(&Op::CommitWrite(CommitWriteReq::default())));
+        assert!(is_mutation(&Op::CreateSegment(CreateSegmentReq {})));
+        assert!(is_mutation(&Op::CommitPacked(CommitPackedReq::default())));
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub const OP_KINDS: &[&str] = &[
     "release_locks",
     "keepalive",
     "sync_log",
+    "create_segment",
+    "commit_packed",
 ];
 
 /// Index of `op` in `OP_KINDS`.
@@ -154,5 +156,7 @@ pub fn op_kind(op: &meta_request::Op) -> usize {
         Op::ReleaseLocks(_) => 25,
         Op::Keepalive(_) => 26,
         Op::SyncLog(_) => 27,
+        Op::CreateSegment(_) => 28,
+        Op::CommitPacked(_) => 29,
     }
 }

@@ -225,6 +225,7 @@ impl Namespace {
             Op::Removexattr(r) => self.prepare_removexattr(ctx, r),
             Op::AllocChunk(r) => self.prepare_alloc_chunk(r),
             Op::CommitWrite(r) => self.prepare_commit_write(ctx, r),
+            Op::CreateSegment(_) | Op::CommitPacked(_) => Err(Errno(libc::ENOSYS)),
             _ => Err(Errno::EINVAL),
         }
     }
