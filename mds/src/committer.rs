@@ -449,7 +449,15 @@ pub fn decide_with(
                     return Ok(reply);
                 }
             }
-            let outcome = match st.ns.prepare(&ctx, &op) {
+            let prepared = match &op {
+                // A segment records its writer: the one session that may
+                // append to it.
+                pb::meta_request::Op::CreateSegment(_) => {
+                    Ok(st.ns.prepare_create_segment(&ctx, session))
+                }
+                _ => st.ns.prepare(&ctx, &op),
+            };
+            let outcome = match prepared {
                 Err(e) => Err(e),
                 Ok(Prepared::Reply(r)) => Ok(r),
                 Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record)),

@@ -244,6 +244,29 @@ pub fn describe(r: &Record) -> String {
             Some(v) => format!("set-acl ino {ino} ({} bytes) mode {mode:o}", v.len()),
             None => format!("drop-acl ino {ino} mode {mode:o}"),
         },
+        Record::CreateSegment { ino, session, .. } => {
+            format!("create-segment ino {ino} for session {session:016x}")
+        }
+        Record::CommitPacked {
+            ino,
+            chunk,
+            offset,
+            len,
+            end,
+            kill_privs,
+            ..
+        } => format!(
+            "commit-packed ino {ino} needle chunk {chunk:016x} offset {offset} len {len} end {end}{}",
+            if *kill_privs { " kill-privs" } else { "" }
+        ),
+        Record::BeginUnpack {
+            ino,
+            chunk_id,
+            version,
+        } => format!("begin-unpack ino {ino} into chunk {chunk_id:016x} v{version}"),
+        Record::Unpack { ino, chunk_id, len } => {
+            format!("unpack ino {ino} -> chunk {chunk_id:016x} ({len} bytes)")
+        }
     }
 }
 

@@ -184,6 +184,23 @@ impl Mds {
                     .await?;
                 self.mutate(session, seq, caller, Op::CommitWrite(c)).await
             }
+            (OpKind::Mutation, Op::CommitPacked(c)) => {
+                self.may_touch_chunks(peer, "Meta.CommitPacked", session, &caller, c.ino, true)
+                    .await?;
+                // The segment's writer commits its needles (EINVAL for an
+                // inode that is no segment: the namespace's check).
+                let seg_ok = {
+                    let st = self.state.read().await;
+                    st.ns
+                        .get(c.segment)
+                        .and_then(|s| s.segment_session())
+                        .is_none_or(|owner| owner == session)
+                };
+                if !seg_ok {
+                    return Err(Errno::EACCES);
+                }
+                self.mutate(session, seq, caller, Op::CommitPacked(c)).await
+            }
             (OpKind::Mutation, Op::AllocChunk(a)) => {
                 self.may_touch_chunks(peer, "Meta.AllocChunk", session, &caller, a.ino, true)
                     .await?;
@@ -297,13 +314,30 @@ impl Mds {
         ino: u64,
         write: bool,
     ) -> Result<(), Errno> {
-        if self.caps.is_none() {
-            // Without capabilities a chunk daemon serves whoever asks: the
-            // check would guard nothing (and costs a lock).
-            return Ok(());
-        }
         let st = self.state.read().await;
         let inode = st.ns.get(ino).ok_or(Errno::ENOENT)?;
+        if inode.is_segment() {
+            // A segment holds many files' needles: only the mount that
+            // appends to it reaches its chunk (readers get a needle's own
+            // location with the file's).
+            if inode.segment_session() == Some(session) {
+                return Ok(());
+            }
+            drop(st);
+            let why = format!("ino {ino}: a segment of another session (EACCES)");
+            let _ = weft_proto::gate::refuse_as(
+                weft_proto::gate::Refusal::Capability,
+                peer,
+                what,
+                &why,
+            );
+            return Err(Errno::EACCES);
+        }
+        if self.caps.is_none() {
+            // Without capabilities a chunk daemon serves whoever asks: the
+            // check would guard nothing.
+            return Ok(());
+        }
         let opens = st.opens_of(session, ino);
         let (held, mask) = if write {
             (opens.write > 0, crate::ns::MAY_WRITE)
@@ -569,10 +603,24 @@ impl Mds {
 
     async fn get_chunks(&self, g: pb::GetChunksReq) -> Outcome {
         let count = g.count.clamp(1, MAX_CHUNKS_PER_CALL);
-        let (file_size, chunk_size, list) = {
+        let (file_size, chunk_size, list, needle) = {
             let st = self.state.read().await;
             let (size, list) = st.ns.file_chunks(g.ino, g.first_index, count)?;
-            (size, st.ns.chunk_size(), list)
+            (size, st.ns.chunk_size(), list, st.ns.needle(g.ino))
+        };
+        let packed = match needle {
+            Some(n) => Some(pb::Needle {
+                chunk: Some(pb::ChunkLoc {
+                    index: 0,
+                    chunk_id: n.chunk,
+                    version: n.version,
+                    replicas: self.wait_locations(n.chunk, n.version).await,
+                    cap: self.cap(n.chunk, n.version, Mode::Read),
+                }),
+                offset: n.offset,
+                len: n.len,
+            }),
+            None => None,
         };
         let mut chunks = Vec::with_capacity(list.len());
         for (index, chunk_id, version) in list {
@@ -595,7 +643,7 @@ impl Mds {
             chunk_size,
             file_size,
             chunks,
-            packed: None,
+            packed,
         }))
     }
 

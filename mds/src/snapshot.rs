@@ -524,4 +524,89 @@ mod tests {
         assert!(back.opens.is_empty() && back.ns.open_counts().is_empty());
         assert_eq!(back.locks.held(), 0);
     }
+
+    /// A snapshot the MDS wrote before packed files existed (`weft up` with
+    /// chunk size 1 MiB: /d/f "hello\n" with a hard link /d/hard, a 3 MB
+    /// sparse /big with one byte at 1.5 MB, a symlink and a fifo) still
+    /// loads, and takes segments and packed files from then on.
+    #[test]
+    fn a_snapshot_from_before_packed_files_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(snapshot_name(14));
+        fs::write(
+            &path,
+            include_bytes!("../testdata/snapshot-v3-before-packed.snap"),
+        )
+        .unwrap();
+        let mut st = read(&path, CHUNK).unwrap();
+        let lookup = |st: &State, parent: u64, name: &str| {
+            let op = Op::Lookup(pb::LookupReq {
+                parent,
+                name: name.into(),
+            });
+            match st.ns.read(&crate::ns::Caller::root(), &op).unwrap() {
+                pb::meta_reply::Result::Attr(a) => a,
+                r => panic!("{r:?}"),
+            }
+        };
+        let d = lookup(&st, 1, "d").ino;
+        let f = lookup(&st, d, "f");
+        assert_eq!((f.size, f.nlink), (6, 2));
+        let big = lookup(&st, 1, "big");
+        assert_eq!(big.size, 3_000_000);
+        let (_, chunks) = st.ns.file_chunks(big.ino, 0, 3).unwrap();
+        assert!(chunks[0].1 == 0 && chunks[1].1 != 0 && chunks[2].1 == 0);
+        let c = st.ns.counts();
+        assert_eq!((c.files, c.directories, c.segments), (4, 2, 0));
+        // Packed files from here on, through a new snapshot.
+        let ctx = Ctx {
+            now: Time { sec: 9, nsec: 0 },
+            caller: crate::ns::Caller::root(),
+        };
+        let Prepared::Record(rec) = st.ns.prepare_create_segment(&ctx, 77) else {
+            panic!("segment")
+        };
+        st.ns.apply(&rec);
+        let seg = rec.ino();
+        let pb::meta_reply::Result::ChunkWrite(w) = run(
+            &mut st,
+            Op::AllocChunk(pb::AllocChunkReq {
+                ino: seg,
+                index: 0,
+                ..Default::default()
+            }),
+        ) else {
+            panic!("alloc")
+        };
+        let pb::meta_reply::Result::Attr(small) = run(
+            &mut st,
+            Op::Create(pb::CreateReq {
+                parent: d,
+                name: b"small".to_vec(),
+                mode: 0o644,
+                ..Default::default()
+            }),
+        ) else {
+            panic!("create")
+        };
+        run(
+            &mut st,
+            Op::CommitPacked(pb::CommitPackedReq {
+                ino: small.ino,
+                segment: seg,
+                chunk_id: w.chunk.unwrap().chunk_id,
+                offset: 0,
+                len: 100,
+                end: 100,
+            }),
+        );
+        assert!(st.ns.needle(small.ino).is_some());
+        st.applied_index = 20;
+        let (path, _) = write(dir.path(), &st).unwrap();
+        let back = read(&path, CHUNK).unwrap();
+        assert_eq!(back.ns, st.ns);
+        assert_eq!(back.ns.needle(small.ino), st.ns.needle(small.ino));
+        assert_eq!(back.ns.counts().segments, 1);
+        assert_eq!(back.ns.counts().files, 5);
+    }
 }

@@ -389,6 +389,12 @@ pub fn invalidations(record: &Record) -> Vec<pb::Invalidation> {
         // The whiteout is the source name's new entry: the rename's own list.
         Record::RenameWhiteout { rename, .. } => invalidations(rename),
         Record::AllocChunk { ino, .. } | Record::CommitWrite { ino, .. } => vec![inode(*ino, true)],
+        // A packed file's size and data, or where its data is (a cached
+        // needle location must go once the file has a chunk instead).
+        Record::CommitPacked { ino, .. } | Record::Unpack { ino, .. } => vec![inode(*ino, true)],
+        // A hidden segment no cache holds; an unpack's chunk is not the
+        // file's until `Unpack`.
+        Record::CreateSegment { .. } | Record::BeginUnpack { .. } => vec![],
         // Only st_blocks changes when `now` is None: no data to drop.
         Record::CommitAlloc { ino, now, .. } => vec![inode(*ino, now.is_some())],
         // The inode is gone: nobody can reach it by name any more.

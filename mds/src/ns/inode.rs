@@ -1,8 +1,11 @@
 //! Inodes: what one file-system object is, and how it is shown as a `pb::Attr`.
 //!
 //! Invariants (kept by the ops, checked by the tests):
-//! - `kind` and `body` agree: `Directory` ⇔ `Body::Dir`, `Regular` ⇔ `Body::File`,
-//!   `Symlink` ⇔ `Body::Symlink`, every other kind ⇔ `Body::Special`.
+//! - `kind` and `body` agree: `Directory` ⇔ `Body::Dir`, `Regular` ⇔
+//!   `Body::File | Body::Packed`, `Symlink` ⇔ `Body::Symlink`, every other
+//!   kind ⇔ `Body::Special`.
+//! - A segment (`parent == SEGMENT_PARENT`) is a `Body::File` no directory
+//!   names, `nlink` 1: its chunk 0 holds packed files' needles.
 //! - `mode` holds permission bits only (07777); the type lives in `kind`.
 //! - A directory's `parent` is the directory holding it (the root is its own
 //!   parent) and `nlink` is 2 + its subdirectories, 0 once removed.
@@ -106,6 +109,16 @@ pub struct ChunkRef {
     pub version: u64,
 }
 
+/// The `parent` of a segment: no directory.
+pub const SEGMENT_PARENT: u64 = u64::MAX;
+/// A segment's creating session (little-endian u64), kept with the inode so
+/// snapshots carry it; a segment is never listed or named, so no client sees it.
+pub const SEGMENT_SESSION_XATTR: &[u8] = b"system.weft.segment_session";
+/// Where needles start: every needle offset is a multiple of this.
+pub const NEEDLE_ALIGN: u64 = 64;
+/// A needle's header bytes before its data.
+pub const NEEDLE_HEADER: u64 = 32;
+
 /// Kind-specific contents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
@@ -119,6 +132,17 @@ pub enum Body {
     },
     /// FIFOs, sockets and devices: nothing beyond `rdev`.
     Special,
+    /// A regular file whose data is one needle in a segment: `len` data
+    /// bytes after the needle header at `offset` of chunk `chunk` (chunk 0
+    /// of a segment). Bytes [len, size) read as zeros. `unpack_to` is the
+    /// chunk an unpack in progress copies the needle into (owned by
+    /// (ino, 0) in `chunk_owners`). Added last: older snapshots still decode.
+    Packed {
+        chunk: u64,
+        offset: u64,
+        len: u64,
+        unpack_to: Option<ChunkRef>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -185,6 +209,20 @@ impl Inode {
         self.kind == Kind::Directory
     }
 
+    /// A segment: a hidden file holding packed files' needles.
+    pub fn is_segment(&self) -> bool {
+        self.parent == SEGMENT_PARENT
+    }
+
+    /// The session that created this segment (None: not a segment).
+    pub fn segment_session(&self) -> Option<u64> {
+        if !self.is_segment() {
+            return None;
+        }
+        let v = self.xattrs.get(SEGMENT_SESSION_XATTR)?;
+        Some(u64::from_le_bytes(v.as_slice().try_into().ok()?))
+    }
+
     pub fn dir(&self) -> Option<&Dir> {
         match &self.body {
             Body::Dir(d) => Some(d),
@@ -220,6 +258,11 @@ impl Inode {
     /// client, or before an older snapshot) counts its part below the file
     /// size, an upper bound since replicas are sparse.
     pub fn allocated_bytes(&self, chunk_size: u64) -> u64 {
+        if let Body::Packed { len, .. } = self.body {
+            // The needle's data, counted in the 4 KiB blocks a file of its
+            // own would take (the segment's blocks are the segment's).
+            return len.next_multiple_of(4096);
+        }
         let Some(chunks) = self.chunks() else {
             return 0;
         };

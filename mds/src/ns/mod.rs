@@ -28,7 +28,8 @@ mod record;
 mod tests;
 
 pub use dir::{Entry, FIRST_COOKIE};
-pub use inode::{Body, ChunkRef, Inode, Kind, Time};
+pub use inode::{Body, ChunkRef, Inode, Kind, Time, SEGMENT_PARENT};
+pub use ops::packed::NeedleAt;
 pub use perm::{may_access, LINK_MAX, MAY_EXEC, MAY_READ, MAY_WRITE, NAME_MAX};
 pub use record::{ChunkAlloc, Record};
 pub use weft_proto::{pb, Errno};
@@ -99,8 +100,10 @@ pub type ChunksPage = (Vec<(u64, u64, u64, u64)>, usize, Option<u64>);
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counts {
-    /// Non-directories, orphans included.
+    /// Non-directories, orphans included, segments not.
     pub files: u64,
+    /// Segments (hidden files holding packed files' needles).
+    pub segments: u64,
     pub directories: u64,
     pub chunks: u64,
     pub inodes: u64,
@@ -109,6 +112,7 @@ pub struct Counts {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct Namespace {
     chunk_size: u64,
     next_ino: u64,
@@ -123,6 +127,39 @@ pub struct Namespace {
     /// carries them, `snapshot.rs`).
     #[serde(skip)]
     open: HashMap<u64, u32>,
+    /// How many inodes are segments: counted again on load (`Stored`).
+    #[serde(skip)]
+    segments: u64,
+}
+
+/// The serialized form of `Namespace` (its fields in order, without what
+/// is counted again on load).
+#[derive(Deserialize)]
+struct Stored {
+    chunk_size: u64,
+    next_ino: u64,
+    next_chunk: u64,
+    inodes: BTreeMap<u64, Inode>,
+    chunk_owners: BTreeMap<u64, (u64, u64)>,
+    dirs: u64,
+    bytes: u64,
+}
+
+impl From<Stored> for Namespace {
+    fn from(s: Stored) -> Namespace {
+        let segments = s.inodes.values().filter(|i| i.is_segment()).count() as u64;
+        Namespace {
+            chunk_size: s.chunk_size,
+            next_ino: s.next_ino,
+            next_chunk: s.next_chunk,
+            inodes: s.inodes,
+            chunk_owners: s.chunk_owners,
+            dirs: s.dirs,
+            bytes: s.bytes,
+            open: HashMap::new(),
+            segments,
+        }
+    }
 }
 
 /// Equal persistent state (open counts are not state).
@@ -157,6 +194,7 @@ impl Namespace {
             dirs: 1,
             bytes: 0,
             open: HashMap::new(),
+            segments: 0,
         }
     }
 
@@ -225,7 +263,9 @@ impl Namespace {
             Op::Removexattr(r) => self.prepare_removexattr(ctx, r),
             Op::AllocChunk(r) => self.prepare_alloc_chunk(r),
             Op::CommitWrite(r) => self.prepare_commit_write(ctx, r),
-            Op::CreateSegment(_) | Op::CommitPacked(_) => Err(Errno(libc::ENOSYS)),
+            Op::CommitPacked(r) => self.prepare_commit_packed(ctx, r),
+            // Needs the session: `prepare_create_segment`.
+            Op::CreateSegment(_) => Err(Errno::EINVAL),
             _ => Err(Errno::EINVAL),
         }
     }
@@ -299,6 +339,24 @@ impl Namespace {
             } => self.apply_commit_alloc(*ino, *end, *kill_privs, *now, allocs),
             // Session bookkeeping lives in `State`; nothing here.
             Record::ExpireSession { .. } => Ok(ReplyResult::Empty(pb::Empty {})),
+            Record::CreateSegment { ino, session, now } => {
+                self.apply_create_segment(*ino, *session, *now)
+            }
+            Record::CommitPacked {
+                ino,
+                chunk,
+                offset,
+                len,
+                end,
+                kill_privs,
+                now,
+            } => self.apply_commit_packed(*ino, *chunk, *offset, *len, *end, *kill_privs, *now),
+            Record::BeginUnpack {
+                ino,
+                chunk_id,
+                version,
+            } => self.apply_begin_unpack(*ino, *chunk_id, *version),
+            Record::Unpack { ino, chunk_id, len } => self.apply_unpack(*ino, *chunk_id, *len),
             Record::RenameWhiteout { rename, whiteout } => self
                 .apply_rename(rename, &mut freed)
                 .and_then(|_| self.apply_create(whiteout))
@@ -316,6 +374,7 @@ impl Namespace {
 
     /// `(file size, [(index, chunk id or 0 for a hole, version)])` for
     /// `count` indexes from `first_index` (at most MAX_CHUNKS_PER_CALL).
+    /// A packed file has no chunks (its data is `needle`).
     #[allow(clippy::type_complexity)]
     pub fn file_chunks(
         &self,
@@ -323,7 +382,10 @@ impl Namespace {
         first_index: u64,
         count: u32,
     ) -> Result<(u64, Vec<(u64, u64, u64)>), Errno> {
-        let inode = self.inode(ino)?;
+        let inode = self.file_inode(ino)?;
+        if let Body::Packed { .. } = inode.body {
+            return Ok((inode.size, Vec::new()));
+        }
         let chunks = self.file_body(inode)?;
         let count = count.min(MAX_CHUNKS_PER_CALL) as u64;
         let end = first_index.saturating_add(count);
@@ -344,18 +406,19 @@ impl Namespace {
     /// `(ino, index, version)` of the file chunk `chunk_id` belongs to.
     pub fn chunk_owner(&self, chunk_id: u64) -> Option<(u64, u64, u64)> {
         let &(ino, index) = self.chunk_owners.get(&chunk_id)?;
-        let c = self.inodes.get(&ino)?.chunks()?.get(&index)?;
+        let i = self.inodes.get(&ino)?;
+        let c = match (&i.body, index) {
+            (Body::Packed { unpack_to, .. }, 0) => (*unpack_to)?,
+            _ => *i.chunks()?.get(&index)?,
+        };
         Some((ino, index, c.version))
     }
 
     /// Every chunk: `(ino, index, chunk id, version)`, by inode then index.
     pub fn all_chunks(&self) -> impl Iterator<Item = (u64, u64, u64, u64)> + '_ {
-        self.inodes.values().flat_map(|i| {
-            i.chunks()
-                .into_iter()
-                .flatten()
-                .map(move |(&index, c)| (i.ino, index, c.id, c.version))
-        })
+        self.inodes
+            .values()
+            .flat_map(|i| owned_chunks(i).map(move |(index, c)| (i.ino, index, c.id, c.version)))
     }
 
     /// The chunks (ino, index, chunk id, version) of at most `max` inodes
@@ -368,8 +431,8 @@ impl Namespace {
         while walked < max {
             let Some((&ino, i)) = range.next() else { break };
             walked += 1;
-            let chunks = i.chunks().into_iter().flatten();
-            out.extend(chunks.map(|(&index, c)| (ino, index, c.id, c.version)));
+            let chunks = owned_chunks(i);
+            out.extend(chunks.map(|(index, c)| (ino, index, c.id, c.version)));
             if walked == max && range.peek().is_some() {
                 return (out, walked, Some(ino));
             }
@@ -422,7 +485,8 @@ impl Namespace {
     pub fn counts(&self) -> Counts {
         let inodes = self.inodes.len() as u64;
         Counts {
-            files: inodes - self.dirs,
+            files: inodes - self.dirs - self.segments,
+            segments: self.segments,
             directories: self.dirs,
             chunks: self.chunk_owners.len() as u64,
             inodes,
@@ -517,6 +581,10 @@ impl Namespace {
         if i.is_dir() {
             return self.is_ancestor(top, ino);
         }
+        if i.is_segment() {
+            // In no directory: its writer is checked by session instead.
+            return true;
+        }
         if i.nlink == 0 {
             return i.parent != 0 && self.is_ancestor(top, i.parent);
         }
@@ -552,7 +620,18 @@ impl Namespace {
         i.attr(self.chunk_size)
     }
 
+    /// An inode a client may name: ENOENT for a segment too (no directory
+    /// names one; only its chunk is reachable, by `file_inode`).
     fn inode(&self, ino: u64) -> Result<&Inode, Errno> {
+        self.inodes
+            .get(&ino)
+            .filter(|i| !i.is_segment())
+            .ok_or(Errno::ENOENT)
+    }
+
+    /// An inode whose chunks a client may read or write: any file, segments
+    /// included.
+    fn file_inode(&self, ino: u64) -> Result<&Inode, Errno> {
         self.inodes.get(&ino).ok_or(Errno::ENOENT)
     }
 
@@ -595,10 +674,24 @@ impl Namespace {
                     freed.push(c.id);
                 }
             }
+            Body::Packed { unpack_to, .. } => {
+                // The needle is dead space in its segment; only a begun
+                // unpack's chunk is the file's own.
+                self.bytes -= inode.size;
+                if let Some(c) = unpack_to {
+                    self.chunk_owners.remove(&c.id);
+                    freed.push(c.id);
+                }
+            }
             Body::Dir(_) => self.dirs -= 1,
             _ => {}
         }
         freed
+    }
+
+    /// Whether the file's body is a regular file's (chunks or a needle).
+    fn is_file_body(i: &Inode) -> bool {
+        matches!(i.body, Body::File { .. } | Body::Packed { .. })
     }
 
     /// Some (directory, name) naming `ino`, by scanning every directory.
@@ -627,4 +720,18 @@ impl Namespace {
         }
         false
     }
+}
+
+/// The chunks an inode owns: a file's chunk map, or a packed file's begun
+/// unpack chunk (at index 0).
+fn owned_chunks(i: &Inode) -> impl Iterator<Item = (u64, ChunkRef)> + '_ {
+    let unpack = match &i.body {
+        Body::Packed { unpack_to, .. } => *unpack_to,
+        _ => None,
+    };
+    i.chunks()
+        .into_iter()
+        .flatten()
+        .map(|(&x, &c)| (x, c))
+        .chain(unpack.map(|c| (0, c)))
 }

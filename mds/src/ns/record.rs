@@ -142,6 +142,41 @@ pub enum Record {
         now: Option<Time>,
         allocs: Vec<ChunkAlloc>,
     },
+    /// A new segment: a hidden regular file (0600 root:root, nlink 1, no
+    /// name, parent `SEGMENT_PARENT`) that `session` appends needles to.
+    CreateSegment {
+        ino: u64,
+        session: u64,
+        now: Time,
+    },
+    /// The needle of `len` data bytes at `offset` of chunk `chunk` is on
+    /// every replica: the file becomes packed, size = max(size, end),
+    /// mtime = ctime = now, setuid/setgid cleared when `kill_privs`.
+    CommitPacked {
+        ino: u64,
+        chunk: u64,
+        offset: u64,
+        len: u64,
+        end: u64,
+        kill_privs: bool,
+        now: Time,
+    },
+    /// An unpack of packed file `ino` begins: `chunk_id` (fresh, at
+    /// `version`) is where its needle is copied, owned by (ino, 0).
+    BeginUnpack {
+        ino: u64,
+        chunk_id: u64,
+        version: u64,
+    },
+    /// The needle's `len` data bytes are in `chunk_id`: the file becomes
+    /// `File { 0: chunk_id }`, its size unchanged. Ignored unless `chunk_id`
+    /// is still its unpack chunk and `len` its needle's length (a truncate
+    /// in between shortened it: the copy is done again).
+    Unpack {
+        ino: u64,
+        chunk_id: u64,
+        len: u64,
+    },
 }
 
 /// One chunk's data bytes on disk, as its primary replica reported them.
@@ -167,7 +202,11 @@ impl Record {
             | Record::CommitWrite { ino, .. }
             | Record::Purge { ino }
             | Record::BumpVersion { ino, .. }
-            | Record::CommitAlloc { ino, .. } => *ino,
+            | Record::CommitAlloc { ino, .. }
+            | Record::CreateSegment { ino, .. }
+            | Record::CommitPacked { ino, .. }
+            | Record::BeginUnpack { ino, .. }
+            | Record::Unpack { ino, .. } => *ino,
             Record::SetAcl { ino, .. } => *ino,
             Record::ExpireSession { .. } => 0,
             Record::RenameWhiteout { rename, .. } => rename.ino(),

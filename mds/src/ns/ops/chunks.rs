@@ -7,7 +7,7 @@
 //! writing, which is where the check happened (a file may be chmod'ed 0444
 //! while open for writing and stay writable through that fd).
 
-use crate::ns::inode::{ChunkRef, Time};
+use crate::ns::inode::{Body, ChunkRef, Time};
 use crate::ns::perm::{killed_privs, write_kills_privs};
 use crate::ns::{pb, ChunkAlloc, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
 use pb::meta_reply::Result as ReplyResult;
@@ -35,7 +35,11 @@ impl Namespace {
     }
 
     pub(crate) fn prepare_alloc_chunk(&self, r: &pb::AllocChunkReq) -> Result<Prepared, Errno> {
-        let i = self.inode(r.ino)?;
+        let i = self.file_inode(r.ino)?;
+        if let Body::Packed { .. } = i.body {
+            // Its needle must move into a chunk first (the service's unpack).
+            return Err(Errno::EAGAIN);
+        }
         let chunks = self.file_body(i)?;
         match r.index.checked_mul(self.chunk_size) {
             Some(start) if start < MAX_FILE_SIZE => {}
@@ -57,8 +61,12 @@ impl Namespace {
         ctx: &Ctx,
         r: &pb::CommitWriteReq,
     ) -> Result<Prepared, Errno> {
-        let i = self.inode(r.ino)?;
-        self.file_body(i)?;
+        let i = self.file_inode(r.ino)?;
+        // A packed file too: a late commit of a write before it was packed
+        // only moves the size and times.
+        if !matches!(i.body, Body::Packed { .. }) {
+            self.file_body(i)?;
+        }
         if r.end > MAX_FILE_SIZE {
             return Err(Errno::EFBIG);
         }
@@ -140,7 +148,7 @@ impl Namespace {
         let i = self
             .inodes
             .get_mut(&ino)
-            .filter(|i| i.chunks().is_some())
+            .filter(|i| Namespace::is_file_body(i))
             .ok_or(Errno::EIO)?;
         if end > i.size {
             self.bytes += end - i.size;
@@ -169,7 +177,7 @@ impl Namespace {
         let i = self
             .inodes
             .get_mut(&ino)
-            .filter(|i| i.chunks().is_some())
+            .filter(|i| Namespace::is_file_body(i))
             .ok_or(Errno::EIO)?;
         for a in allocs {
             // The index may hold another chunk by now (a truncate and a new

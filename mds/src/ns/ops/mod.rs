@@ -3,8 +3,9 @@
 //! `apply_*` (the deterministic change) methods to `Namespace`.
 
 mod atime;
-mod chunks;
+pub(crate) mod chunks;
 mod create;
+pub(crate) mod packed;
 mod read;
 mod remove;
 mod rename;

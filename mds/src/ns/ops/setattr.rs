@@ -22,7 +22,7 @@
 //! - every change sets ctime.
 
 use crate::ns::acl;
-use crate::ns::inode::{Inode, Kind, Time, MODE_MASK, S_ISGID, S_ISUID, S_IXGRP};
+use crate::ns::inode::{Body, Inode, Kind, Time, MODE_MASK, S_ISGID, S_ISUID, S_IXGRP};
 use crate::ns::perm::{
     check_access, killed_privs, may_access, write_kills_privs, MAY_READ, MAY_WRITE,
 };
@@ -247,6 +247,22 @@ impl Namespace {
             }
         }
         i.size = size;
+        if let Body::Packed { len, unpack_to, .. } = &mut i.body {
+            if size == 0 {
+                // Empty again: it may be packed anew; an unpack under way
+                // loses its chunk (its Unpack then finds nothing to do).
+                if let Some(c) = unpack_to.take() {
+                    self.chunk_owners.remove(&c.id);
+                    freed.push(c.id);
+                }
+                i.body = Body::File {
+                    chunks: Default::default(),
+                };
+            } else {
+                *len = (*len).min(size);
+            }
+            return;
+        }
         drop(i.alloc.split_off(&keep));
         let chunks = i.chunks_mut().expect("a regular file");
         let dropped = chunks.split_off(&keep);

@@ -184,6 +184,7 @@ fn all_chunks_counts_and_paths() {
         h.ns.counts(),
         Counts {
             files: 2,
+            segments: 0,
             directories: 2,
             chunks: 3,
             inodes: 4,

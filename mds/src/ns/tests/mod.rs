@@ -8,6 +8,7 @@ mod chunks;
 mod create;
 mod determinism;
 mod model;
+mod packed;
 mod readdir;
 mod remove;
 mod rename;
@@ -357,6 +358,7 @@ pub fn check_invariants(ns: &Namespace) {
     let mut dirs = 0;
     let mut bytes = 0;
     let mut owners = BTreeMap::new();
+    let mut segments = 0;
     for (&ino, i) in &ns.inodes {
         assert_eq!(ino, i.ino);
         assert!(ino < ns.next_ino);
@@ -404,6 +406,29 @@ pub fn check_invariants(ns: &Namespace) {
                     assert!(bytes <= ns.chunk_size());
                 }
             }
+            (
+                Body::Packed {
+                    chunk,
+                    offset,
+                    len,
+                    unpack_to,
+                },
+                Kind::Regular,
+            ) => {
+                bytes += i.size;
+                assert!(*len <= i.size, "needle past the size of {ino}");
+                assert_eq!(offset % inode::NEEDLE_ALIGN, 0);
+                assert!(*chunk < ns.next_chunk);
+                assert!(i.alloc.is_empty());
+                if let Some(c) = unpack_to {
+                    assert!(c.id < ns.next_chunk);
+                    assert!(
+                        owners.insert(c.id, (ino, 0)).is_none(),
+                        "chunk {} used twice",
+                        c.id
+                    );
+                }
+            }
             (Body::Symlink { target }, Kind::Symlink) => assert_eq!(i.size, target.len() as u64),
             (Body::Special, k) => assert!(!matches!(
                 k,
@@ -416,6 +441,10 @@ pub fn check_invariants(ns: &Namespace) {
         let n = links.get(&ino).copied().unwrap_or(0);
         if ino == ROOT_INO {
             assert_eq!(n, 0);
+        } else if i.is_segment() {
+            assert_eq!((n, i.nlink, i.kind), (0, 1, Kind::Regular), "segment {ino}");
+            assert!(i.chunks().is_some() && i.segment_session().is_some());
+            segments += 1;
         } else if i.is_dir() {
             assert_eq!(n, (i.nlink > 0) as u32, "links to dir {ino}");
         } else {
@@ -427,7 +456,8 @@ pub fn check_invariants(ns: &Namespace) {
     assert_eq!(bytes, ns.bytes);
     let c = ns.counts();
     assert_eq!(c.inodes, ns.inodes.len() as u64);
-    assert_eq!(c.files + c.directories, c.inodes);
+    assert_eq!(c.segments, segments);
+    assert_eq!(c.files + c.directories + c.segments, c.inodes);
     assert_eq!(c.chunks, owners.len() as u64);
 }
 
@@ -447,6 +477,7 @@ fn new_namespace_has_a_root() {
         ns.counts(),
         Counts {
             files: 0,
+            segments: 0,
             directories: 1,
             chunks: 0,
             inodes: 1,
