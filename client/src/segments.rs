@@ -18,6 +18,28 @@
 //! Invariant: a reader serves a needle only when magic, header crc, ino,
 //! length and data crc all match what the MDS says the file holds; anything
 //! else is corruption (try another replica).
+//!
+//! Flow of a packed flush (write_path.rs `flush_locked_as` decides, with
+//! `should_pack`): the file's bytes → `Weft::append_needle` reserves the
+//! next 64-byte-aligned offset of this mount's open segment (a new one by
+//! `CreateSegment` when it is full), writes the needle through the normal
+//! chunk write path for (segment ino, chunk 0) — same lease, retries and
+//! re-allocation as any chunk (`store_chunk`) — and only then the caller
+//! sends `CommitPacked`. This mount is the segment's only writer, so
+//! offsets need no RPC, and appends of several files run at once on
+//! disjoint ranges. fsync of a packed file syncs the segment's chunk: one
+//! fdatasync on each replica covers every needle appended before it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use weft_proto::meta_request::Op;
+use weft_proto::{Caller, CreateSegmentReq, Errno};
+
+use crate::client::Weft;
+use crate::open_files::FileState;
+use crate::writeback::ChunkExtents;
 
 /// The needle's first four bytes.
 pub const MAGIC: &[u8; 4] = b"WNDL";
@@ -108,9 +130,199 @@ pub fn verify(buf: &[u8], ino: u64, len: u64) -> Result<&[u8], Corrupt> {
     Ok(data)
 }
 
+/// A segment holds at most this much (or one chunk, if smaller).
+pub const SEGMENT_MAX: u64 = 64 << 20;
+
+/// The packing threshold a mount uses: what it was asked for, at most a
+/// quarter of a segment and one read's worth of needle.
+pub fn pack_limit(asked: u64, chunk_size: u64) -> u64 {
+    let segment = chunk_size.min(SEGMENT_MAX);
+    asked
+        .min(segment / 4)
+        .min(weft_proto::MAX_IO as u64 - HEADER)
+}
+
+/// Whether a flush stores the file as a needle: the flush holds the whole
+/// file (`whole`: it was empty when opened or truncated to 0 since, and
+/// no chunk of it was stored since), ends within `pack_max`, and is the
+/// last of a write (close, fsync, release), not a background one that more
+/// writes may follow.
+pub fn should_pack(pack_max: u64, whole: bool, last: bool, end: u64) -> bool {
+    pack_max > 0 && whole && last && end <= pack_max
+}
+
+/// The file's bytes `[0, end)` from a flush's dirty extents, zeros in gaps.
+/// None when any extent lies outside chunk 0 or past `end` (not a small file).
+pub fn gather(chunks: &[ChunkExtents], end: u64) -> Option<Vec<u8>> {
+    let mut v = vec![0u8; end as usize];
+    for ce in chunks {
+        for (off, d) in &ce.extents {
+            if ce.index != 0 || off + d.len() as u64 > end {
+                return None;
+            }
+            v[*off as usize..*off as usize + d.len()].copy_from_slice(d);
+        }
+    }
+    Some(v)
+}
+
+/// Where `append_needle` put a needle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub segment: u64,
+    pub chunk_id: u64,
+    pub offset: u64,
+}
+
+struct Open {
+    ino: u64,
+    chunk_id: u64,
+    next: u64,
+    st: Arc<FileState>,
+}
+
+/// This mount's segments: the one appended to, and the write state (leases,
+/// chunks to sync) of each it has written.
+pub struct Segments {
+    max: u64,
+    chunk_size: u64,
+    open: tokio::sync::Mutex<Option<Open>>,
+    states: parking_lot::Mutex<HashMap<u64, Arc<FileState>>>,
+    /// One segment sync at a time: a second fsync waits for the first's
+    /// fdatasync instead of returning before it (the chunks to sync are
+    /// taken by the first).
+    sync_lock: tokio::sync::Mutex<()>,
+    /// The MDS does not know segments (ENOSYS): this mount stops asking.
+    unsupported: AtomicBool,
+}
+
+impl Segments {
+    pub fn new(chunk_size: u64) -> Segments {
+        Segments {
+            max: chunk_size.min(SEGMENT_MAX),
+            chunk_size,
+            open: tokio::sync::Mutex::new(None),
+            states: parking_lot::Mutex::new(HashMap::new()),
+            sync_lock: tokio::sync::Mutex::new(()),
+            unsupported: AtomicBool::new(false),
+        }
+    }
+
+    /// The packing threshold in force: `pack_max`, or 0 once the MDS said
+    /// it cannot pack.
+    pub fn threshold(&self, pack_max: u64) -> u64 {
+        if self.unsupported.load(Ordering::Relaxed) {
+            0
+        } else {
+            pack_max
+        }
+    }
+}
+
+/// Segments are written as root: they are root's 0600 files.
+fn segment_caller() -> Caller {
+    Caller::default()
+}
+
+impl Weft {
+    /// Appends the needle of file `ino` holding `data` to this mount's open
+    /// segment and returns where it is, once every replica has it.
+    pub(crate) async fn append_needle(&self, ino: u64, data: &[u8]) -> Result<Placed, Errno> {
+        let span = needle_span(data.len() as u64);
+        let caller = segment_caller();
+        let (placed, st) = {
+            let mut open = self.segments.open.lock().await;
+            if open
+                .as_ref()
+                .is_none_or(|o| o.next + span > self.segments.max)
+            {
+                *open = Some(self.new_segment(&caller).await?);
+            }
+            let o = open.as_mut().expect("a segment is open");
+            let placed = Placed {
+                segment: o.ino,
+                chunk_id: o.chunk_id,
+                offset: o.next,
+            };
+            o.next += span;
+            (placed, o.st.clone())
+        };
+        let ce = ChunkExtents {
+            index: 0,
+            extents: vec![(placed.offset, encode(ino, data))],
+        };
+        self.store_chunk(&st, &caller, ce, false).await?;
+        Ok(placed)
+    }
+
+    async fn new_segment(&self, caller: &Caller) -> Result<Open, Errno> {
+        let a = self
+            .mds
+            .attr(caller, Op::CreateSegment(CreateSegmentReq {}))
+            .await
+            .inspect_err(|e| {
+                if *e == Errno(libc::ENOSYS) {
+                    tracing::warn!("the MDS does not pack small files: storing chunks");
+                    self.segments.unsupported.store(true, Ordering::Relaxed);
+                }
+            })?;
+        let st = Arc::new(FileState::new(a.ino, self.segments.chunk_size));
+        // Its leases are cached as an open file's are.
+        st.inner.lock().opens = 1;
+        let w = self.chunk_alloc(&st, caller, 0, &[]).await?;
+        let chunk_id = w.chunk.map_or(0, |l| l.chunk_id);
+        self.segments.states.lock().insert(a.ino, st.clone());
+        tracing::debug!(segment = a.ino, chunk = chunk_id, "new segment");
+        Ok(Open {
+            ino: a.ino,
+            chunk_id,
+            next: 0,
+            st,
+        })
+    }
+
+    /// Makes every needle appended to `segment` so far durable on all its
+    /// replicas.
+    pub(crate) async fn sync_segment(&self, segment: u64) -> Result<(), Errno> {
+        let Some(st) = self.segments.states.lock().get(&segment).cloned() else {
+            return Ok(());
+        };
+        let _g = self.segments.sync_lock.lock().await;
+        self.sync_chunks(&st).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packing_decision() {
+        assert!(should_pack(64 << 10, true, true, 0));
+        assert!(should_pack(64 << 10, true, true, 64 << 10));
+        assert!(!should_pack(64 << 10, true, true, (64 << 10) + 1));
+        assert!(!should_pack(0, true, true, 10), "0 turns packing off");
+        assert!(!should_pack(64 << 10, false, true, 10), "part of the file");
+        assert!(!should_pack(64 << 10, true, false, 10), "background flush");
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(pack_limit(64 << 10, 64 << 20), 64 << 10);
+        assert_eq!(pack_limit(64 << 10, 128 << 10), 32 << 10);
+        assert_eq!(pack_limit(1 << 30, 1 << 30), (4 << 20) - HEADER);
+        assert_eq!(pack_limit(0, 64 << 20), 0);
+    }
+
+    #[test]
+    fn gathering() {
+        let ce = |index, extents: Vec<(u64, Vec<u8>)>| ChunkExtents { index, extents };
+        let g = gather(&[ce(0, vec![(2, vec![1, 2]), (6, vec![3])])], 8).unwrap();
+        assert_eq!(g, [0, 0, 1, 2, 0, 0, 3, 0]);
+        assert_eq!(gather(&[], 3).unwrap(), [0, 0, 0]);
+        assert!(gather(&[ce(1, vec![(0, vec![1])])], 8).is_none());
+        assert!(gather(&[ce(0, vec![(7, vec![1, 2])])], 8).is_none());
+    }
 
     #[test]
     fn spans_are_aligned() {

@@ -6,22 +6,50 @@
 //! consistency: another client may have written), and when the LRU evicts it.
 //! The replica that last served a read is moved to the front of the entry's
 //! replica list so later reads try it first.
+//!
+//! A packed file's location is its needle (`ChunkList.packed`), kept beside
+//! and dropped with its chunk locations (index 0's, as the needle stands
+//! for chunk 0).
 
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use weft_proto::ChunkLoc;
+use weft_proto::{ChunkList, ChunkLoc, Needle};
 
 pub struct ChunkLocCache {
     map: Mutex<LruCache<(u64, u64), ChunkLoc>>,
+    needles: Mutex<LruCache<u64, Needle>>,
 }
 
 impl ChunkLocCache {
     pub fn new(capacity: usize) -> ChunkLocCache {
         ChunkLocCache {
             map: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
+            needles: Mutex::new(LruCache::new(NonZeroUsize::new(capacity.max(1)).unwrap())),
         }
+    }
+
+    /// Everything a `GetChunks` (or open) answer says about file `ino`.
+    pub fn put_list(&self, ino: u64, list: ChunkList) {
+        if let Some(n) = list.packed {
+            self.needles.lock().put(ino, n);
+        }
+        for loc in list.chunks {
+            self.put(ino, loc);
+        }
+    }
+
+    /// The needle of packed file `ino`, unless its capability is about to
+    /// run out.
+    pub fn needle(&self, ino: u64) -> Option<Needle> {
+        let mut needles = self.needles.lock();
+        let n = needles.get(&ino)?;
+        if !n.chunk.as_ref().is_some_and(crate::chunk_io::cap_fresh) {
+            needles.pop(&ino);
+            return None;
+        }
+        Some(n.clone())
     }
 
     /// The location, unless its capability is about to run out (then it
@@ -42,15 +70,20 @@ impl ChunkLocCache {
 
     pub fn clear(&self) {
         self.map.lock().clear();
+        self.needles.lock().clear();
     }
 
     pub fn invalidate(&self, ino: u64, index: u64) {
         self.map.lock().pop(&(ino, index));
+        if index == 0 {
+            self.needles.lock().pop(&ino);
+        }
     }
 
     /// Forgets every location of `ino`. Linear in the cache size, which is
     /// bounded; this happens on truncate and open, not per I/O.
     pub fn invalidate_file(&self, ino: u64) {
+        self.needles.lock().pop(&ino);
         let mut map = self.map.lock();
         let keys: Vec<_> = map
             .iter()
@@ -109,6 +142,28 @@ mod tests {
         assert_eq!(c.get(2, 0).unwrap().chunk_id, 100);
         c.invalidate(2, 0);
         assert!(c.get(2, 0).is_none());
+    }
+
+    #[test]
+    fn needles_go_with_the_file() {
+        let c = ChunkLocCache::new(16);
+        let list = |ino: u64| ChunkList {
+            packed: Some(Needle {
+                chunk: Some(loc(0, &["a"])),
+                offset: 64 * ino,
+                len: 5,
+            }),
+            ..Default::default()
+        };
+        c.put_list(1, list(1));
+        c.put_list(2, list(2));
+        assert_eq!(c.needle(1).unwrap().offset, 64);
+        c.invalidate(1, 1);
+        assert!(c.needle(1).is_some());
+        c.invalidate(1, 0);
+        assert!(c.needle(1).is_none());
+        c.invalidate_file(2);
+        assert!(c.needle(2).is_none());
     }
 
     #[test]
