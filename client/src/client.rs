@@ -53,6 +53,10 @@ pub struct Weft {
     pub(crate) atime: crate::atime::Atime,
     /// `ClientOpts::file_dirty_limit`.
     pub(crate) file_dirty_limit: Option<u64>,
+    /// Files up to this many bytes, written whole, go into segments (0: never).
+    pub(crate) pack_max: u64,
+    /// This mount's segments (segments.rs).
+    pub(crate) segments: crate::segments::Segments,
 }
 
 /// What a client is tuned with (weftfs takes them from its `-o` options,
@@ -82,7 +86,17 @@ pub struct ClientOpts {
     /// flushed from half of it. None: only the shared `TOTAL_DIRTY_LIMIT`
     /// (write_path.rs), as weftfs has it.
     pub file_dirty_limit: Option<u64>,
+    /// Bytes up to which a file written whole between open and close is
+    /// packed as a needle into one of this mount's segments (segments.rs)
+    /// instead of a chunk of its own; 0: never. Capped at a quarter of a
+    /// segment.
+    pub pack_max: u64,
 }
+
+/// `ClientOpts::pack_max`'s default: off while the MDS cannot yet move a
+/// packed file's needle into a chunk (a later write into a packed file
+/// would wait for a lease in vain); weftfs `--pack-max-kib 64` turns it on.
+pub const DEFAULT_PACK_MAX: u64 = 0;
 
 /// The data cache's default size, MiB.
 pub const DEFAULT_DATA_CACHE_MIB: u64 = 128;
@@ -100,6 +114,7 @@ impl Default for ClientOpts {
             disk_cache_mib: 1024,
             strict: false,
             file_dirty_limit: None,
+            pack_max: DEFAULT_PACK_MAX,
         }
     }
 }
@@ -192,6 +207,8 @@ impl Weft {
             pending_releases: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
             file_dirty_limit: opts.file_dirty_limit,
+            pack_max: crate::segments::pack_limit(opts.pack_max, chunk_size),
+            segments: crate::segments::Segments::new(chunk_size),
         });
         Ok(weft)
     }

@@ -11,6 +11,8 @@
 //! - `mds_client.rs`: the MDS session (exactly-once retries, keepalive,
 //!   following the MDS leader); `log_track.rs` orders its replies.
 //! - `chunk_io.rs`: calls to chunk daemons (leases, pipelines, failover).
+//! - `segments.rs`: packed small files (needles appended to this mount's
+//!   segments).
 //! - `open_files.rs`: open files and their dirty state; `locks.rs`: advisory
 //!   locks and their keepalive; `atime.rs`: the atime policy.
 //! - `cache/`: attributes, names, chunk locations, file data (memory and
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod open_files;
 pub mod read_path;
 pub mod seek;
+pub mod segments;
 pub mod write_path;
 pub mod writeback;
 

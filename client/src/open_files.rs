@@ -52,6 +52,12 @@ pub struct FileInner {
     pub allocs: HashMap<u64, ChunkWrite>,
     /// chunk_id → (chunk index, replica pipeline) written since the last fsync.
     pub unsynced: HashMap<u64, (u64, Vec<String>)>,
+    /// The buffer holds the whole file: it was empty when opened here or
+    /// truncated to 0 since, and no chunk of it was stored since (a close
+    /// may pack it, segments.rs).
+    pub packable: bool,
+    /// The segment a needle of this file went to since the last fsync.
+    pub packed_in: Option<u64>,
 }
 
 pub struct FileState {
@@ -61,7 +67,7 @@ pub struct FileState {
 }
 
 impl FileState {
-    fn new(ino: u64, chunk_size: u64) -> FileState {
+    pub(crate) fn new(ino: u64, chunk_size: u64) -> FileState {
         FileState {
             ino,
             inner: Mutex::new(FileInner {
@@ -78,6 +84,8 @@ impl FileState {
                 flush_queued: false,
                 allocs: HashMap::new(),
                 unsynced: HashMap::new(),
+                packable: false,
+                packed_in: None,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
         }
@@ -305,6 +313,17 @@ impl OpenFiles {
     }
 
     /// Drops the state of `ino` if nothing needs it any more.
+    /// The file is empty at the MDS as this open saw it: unless data of
+    /// this mount is pending, a later flush holds all of it.
+    pub fn mark_packable(&self, ino: u64) {
+        if let Some(st) = self.get(ino) {
+            let mut g = st.inner.lock();
+            if g.dirty.is_empty() && g.inflight_end == 0 {
+                g.packable = true;
+            }
+        }
+    }
+
     pub fn maybe_drop(&self, ino: u64) {
         let mut files = self.files.lock();
         let idle = files.get(&ino).is_some_and(|st| {
@@ -313,6 +332,7 @@ impl OpenFiles {
                 && g.dirty.is_empty()
                 && g.inflight_end == 0
                 && g.unsynced.is_empty()
+                && g.packed_in.is_none()
                 && !g.flush_queued
         });
         if idle {

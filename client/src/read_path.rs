@@ -14,6 +14,11 @@
 //! zeros; the reply is exactly `min(size, file_size - offset)` bytes, or an
 //! error — never a short buffer with garbage; when every replica fails, the
 //! locations are refreshed once and the replicas tried again before EIO.
+//!
+//! A packed file (`ChunkList.packed`, segments.rs) is read from its needle:
+//! header and data from one replica of the segment's chunk, verified
+//! (magic, crcs, ino, length) before any byte is served; a replica whose
+//! needle does not verify is passed over for the next.
 
 use std::sync::Arc;
 
@@ -80,6 +85,9 @@ impl Weft {
         let pieces = split_range(offset, len, self.chunk_size, READ_STRIPE);
         self.ensure_locations(c, ino, pieces[0].index, pieces[pieces.len() - 1].index)
             .await?;
+        if let Some(n) = self.locs.needle(ino) {
+            return self.read_packed(c, ino, n, offset, len).await;
+        }
         // The data cache's policy for a large sequential stream goes by the
         // whole request, not by its stripes.
         let streaming = len >= MAX_IO as u64;
@@ -120,6 +128,9 @@ impl Weft {
         first: u64,
         last: u64,
     ) -> Result<(), Errno> {
+        if self.locs.needle(ino).is_some() {
+            return Ok(());
+        }
         let Some(missing) = (first..=last).find(|i| self.locs.get(ino, *i).is_none()) else {
             return Ok(());
         };
@@ -137,13 +148,89 @@ impl Weft {
         ino: u64,
         first: u64,
         count: u32,
-    ) -> Result<Vec<ChunkLoc>, Errno> {
+    ) -> Result<ChunkList, Errno> {
         let stamp = self.locs.stamp(ino);
         let list = self.mds.get_chunks(c, ino, first, count).await?;
-        for loc in &list.chunks {
-            self.locs.put(ino, loc.clone(), stamp);
+        self.locs.put_list(ino, &list, stamp);
+        Ok(list)
+    }
+
+    /// Bytes `[offset, offset+len)` of packed file `ino` (within its size):
+    /// the needle's data up to its length, zeros past it. When no replica
+    /// serves a needle that verifies, the location is refreshed once (the
+    /// file may have been unpacked or rewritten meanwhile).
+    async fn read_packed(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        mut n: Needle,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, Errno> {
+        let mut refreshed = false;
+        let data = loop {
+            match self.read_needle(ino, &n).await {
+                Ok(d) => break d,
+                Err(e) if refreshed => return Err(e),
+                Err(_) => {
+                    refreshed = true;
+                    self.locs.invalidate_file(ino);
+                    match self.fetch_locations(c, ino, 0, 1).await?.packed {
+                        Some(fresh) => n = fresh,
+                        // No longer packed: read it as chunks.
+                        None => return Box::pin(self.read_inner(c, ino, offset, len as u32)).await,
+                    }
+                }
+            }
+        };
+        let mut buf = vec![0u8; len as usize];
+        let have = (data.len() as u64).saturating_sub(offset).min(len) as usize;
+        if have > 0 {
+            buf[..have].copy_from_slice(&data[offset as usize..offset as usize + have]);
         }
-        Ok(list.chunks)
+        Ok(bytes::Bytes::from(buf))
+    }
+
+    /// The verified data of needle `n` of file `ino`, from the first replica
+    /// of its segment's chunk that serves a needle that verifies.
+    async fn read_needle(&self, ino: u64, n: &Needle) -> Result<bytes::Bytes, Errno> {
+        let loc = n.chunk.clone().unwrap_or_default();
+        let total = crate::segments::HEADER + n.len;
+        if total > MAX_IO as u64 {
+            return Err(Errno::EIO);
+        }
+        let start = ino as usize;
+        let mut failure = Errno::EIO;
+        for i in 0..loc.replicas.len() {
+            let one = ChunkLoc {
+                replicas: vec![loc.replicas[(start + i) % loc.replicas.len()].clone()],
+                ..loc.clone()
+            };
+            let addr = one.replicas[0].addr.clone();
+            let buf = match self
+                .chunks
+                .read_spread(&one, n.offset, total as u32, 0)
+                .await
+            {
+                Ok((d, _, _)) => d,
+                Err(f) => {
+                    if let (false, Some(s)) = (f.all_retryable, &f.last) {
+                        failure = status_errno(s);
+                    }
+                    continue;
+                }
+            };
+            match crate::segments::verify(&buf, ino, n.len) {
+                Ok(_) => {
+                    let h = crate::segments::HEADER as usize;
+                    return Ok(buf.slice(h..h + n.len as usize));
+                }
+                Err(why) => {
+                    tracing::error!(ino, chunk = loc.chunk_id, offset = n.offset, %addr, %why, "corrupt needle on a replica; trying the next");
+                }
+            }
+        }
+        Err(failure)
     }
 
     pub(crate) async fn location(
@@ -161,6 +248,7 @@ impl Weft {
         let got = self.fetch_locations(c, ino, index, 1).await?;
         // Absent from the MDS answer: past the end of the chunk map, a hole.
         Ok(got
+            .chunks
             .into_iter()
             .find(|l| l.index == index)
             .unwrap_or(ChunkLoc {

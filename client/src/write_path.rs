@@ -91,8 +91,7 @@ impl Weft {
         // Close-to-open consistency: another client may have written since.
         // An open for reading came with the current locations of the first
         // chunks: the first read asks no GetChunks.
-        let chunks = chunks.map(|l| l.chunks).unwrap_or_default();
-        self.locs.replace_file(ino, chunks, locs_stamp);
+        self.locs.replace_file(ino, chunks.as_ref(), locs_stamp);
         let unchanged = self.data.open_check(ino, stamp(&a));
         self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches
@@ -100,7 +99,11 @@ impl Weft {
         let strict = self.atime.mode == crate::atime::AtimeMode::Strict;
         let keep = unchanged && flags & libc::O_TRUNC == 0 && !strict;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        Ok((self.files.open(ino, flags & FMODE_EXEC != 0, write), keep))
+        let fh = self.files.open(ino, flags & FMODE_EXEC != 0, write);
+        if a.size == 0 {
+            self.files.mark_packable(ino);
+        }
+        Ok((fh, keep))
     }
 
     /// create(2): returns the new file's attributes and an open handle.
@@ -134,6 +137,9 @@ impl Weft {
         let fh = self
             .files
             .open(a.ino, false, flags & libc::O_ACCMODE != libc::O_RDONLY);
+        if a.size == 0 {
+            self.files.mark_packable(a.ino);
+        }
         Ok((self.fattr(&a), fh))
     }
 
@@ -309,8 +315,18 @@ impl Weft {
 
     /// Stores everything buffered for `st` (waiting for any flush in progress).
     pub async fn flush_file(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
+        self.flush_file_as(st, false).await
+    }
+
+    /// `flush_file`; `last`: the flush of a close, fsync or release, after
+    /// which the file may be packed (segments.rs `should_pack`).
+    pub async fn flush_file_as(
+        self: &Arc<Self>,
+        st: &Arc<FileState>,
+        last: bool,
+    ) -> Result<(), Errno> {
         let _g = st.flush_lock.lock().await;
-        let r = self.flush_locked(st).await;
+        let r = self.flush_locked_as(st, last).await;
         self.files.maybe_drop(st.ino);
         r
     }
@@ -319,7 +335,7 @@ impl Weft {
     pub async fn flush_all(self: &Arc<Self>) -> Result<(), Errno> {
         let mut first = Ok(());
         for st in self.files.all() {
-            if let Err(e) = self.flush_file(&st).await {
+            if let Err(e) = self.flush_file_as(&st, true).await {
                 first = first.and(Err(e));
             }
         }
@@ -328,7 +344,18 @@ impl Weft {
 
     /// The flush itself; the caller holds `st.flush_lock`.
     pub(crate) async fn flush_locked(self: &Arc<Self>, st: &Arc<FileState>) -> Result<(), Errno> {
-        let (chunks, caller, end, bytes) = {
+        self.flush_locked_as(st, false).await
+    }
+
+    /// `flush_locked`; with `last`, a small file written whole goes into a
+    /// segment as a needle (segments.rs) unless the MDS refuses (EAGAIN:
+    /// it has data already), then into chunks as any other.
+    pub(crate) async fn flush_locked_as(
+        self: &Arc<Self>,
+        st: &Arc<FileState>,
+        last: bool,
+    ) -> Result<(), Errno> {
+        let (chunks, caller, end, bytes, pack) = {
             let mut g = st.inner.lock();
             g.flush_queued = false;
             if g.dirty.is_empty() {
@@ -339,7 +366,24 @@ impl Weft {
             g.dirty_since = None;
             g.inflight_end = g.inflight_end.max(end);
             g.inflight_bytes += bytes;
-            (g.dirty.take(), g.writer.clone(), end, bytes)
+            let pack = crate::segments::should_pack(
+                self.segments.threshold(self.pack_max),
+                g.packable,
+                last,
+                end,
+            );
+            (g.dirty.take(), g.writer.clone(), end, bytes, pack)
+        };
+        let packed = match pack {
+            true => self.store_packed(st, &caller, &chunks, end).await,
+            false => None,
+        };
+        let chunks = match packed {
+            Some(_) => Vec::new(),
+            None => {
+                st.inner.lock().packable = false;
+                chunks
+            }
         };
         let mut stores = Vec::with_capacity(chunks.len());
         for ce in chunks {
@@ -351,8 +395,9 @@ impl Weft {
             .await
             .into_iter()
             .collect::<Result<Vec<Option<ChunkAlloc>>, Errno>>();
-        let result = match stored {
-            Ok(allocs) => self
+        let result = match (packed, stored) {
+            (Some(r), _) => r,
+            (None, Ok(allocs)) => self
                 .mds
                 .attr(
                     &caller,
@@ -365,7 +410,7 @@ impl Weft {
                 )
                 .await
                 .map(|a| self.attrs.put(&a)),
-            Err(e) => Err(e),
+            (None, Err(e)) => Err(e),
         };
         {
             let mut g = st.inner.lock();
@@ -380,6 +425,54 @@ impl Weft {
         }
         self.files.release_dirty(bytes);
         result
+    }
+
+    /// The packed store of a flush holding the whole file `[0, end)`: its
+    /// needle appended to a segment, then `CommitPacked`. None when the
+    /// MDS refuses (the file has data elsewhere: the caller stores chunks).
+    async fn store_packed(
+        &self,
+        st: &FileState,
+        caller: &Caller,
+        chunks: &[ChunkExtents],
+        end: u64,
+    ) -> Option<Result<(), Errno>> {
+        let data = crate::segments::gather(chunks, end)?;
+        // The bytes are still here: any failure to pack stores them as chunks.
+        let placed = match self.append_needle(st.ino, &data).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::info!(ino = st.ino, error = %e, "packing failed: storing chunks");
+                return None;
+            }
+        };
+        let op = Op::CommitPacked(CommitPackedReq {
+            ino: st.ino,
+            segment: placed.segment,
+            chunk_id: placed.chunk_id,
+            offset: placed.offset,
+            len: end,
+            end,
+        });
+        let r = self.mds.attr(caller, op).await;
+        // Readers must see the needle, not cached locations or blocks.
+        self.locs.invalidate_file(st.ino);
+        self.data.invalidate_file(st.ino);
+        match r {
+            Ok(a) => {
+                self.attrs.put(&a);
+                let mut g = st.inner.lock();
+                g.packable = false;
+                g.packed_in = Some(placed.segment);
+                Some(Ok(()))
+            }
+            // ENOSYS: an MDS that does not pack.
+            Err(e) if e == Errno::EAGAIN || e == Errno(libc::ENOSYS) => {
+                tracing::debug!(ino = st.ino, "file has data already: storing chunks");
+                None
+            }
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Writes one chunk's dirty extents, re-allocating the pipeline and
@@ -624,7 +717,7 @@ impl Weft {
     /// the MDS log.
     pub async fn flush_handle(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
         if let Some(st) = self.files.get(ino) {
-            let r = self.flush_file(&st).await;
+            let r = self.flush_file_as(&st, true).await;
             let unseen = self.files.take_unseen_error(fh, &st);
             r?;
             unseen.map_or(Ok(()), Err)?;
@@ -639,9 +732,21 @@ impl Weft {
     pub async fn fsync(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
         if let Some(st) = self.files.get(ino) {
             // A failed flush has recorded its error already; a failed sync does here.
-            let r = match self.flush_file(&st).await {
+            let r = match self.flush_file_as(&st, true).await {
                 Ok(()) => {
                     let r = self.sync_chunks(&st).await;
+                    let packed_in = st.inner.lock().packed_in.take();
+                    let r = match (r, packed_in) {
+                        (Ok(()), Some(segment)) => {
+                            let r = self.sync_segment(segment).await;
+                            if r.is_err() {
+                                // Still to sync on the next fsync.
+                                st.inner.lock().packed_in.get_or_insert(segment);
+                            }
+                            r
+                        }
+                        (r, _) => r,
+                    };
                     if let Err(e) = r {
                         st.record_error(e);
                     }
@@ -657,7 +762,7 @@ impl Weft {
         self.mds.log_durable_all(&Caller::default()).await
     }
 
-    async fn sync_chunks(&self, st: &FileState) -> Result<(), Errno> {
+    pub(crate) async fn sync_chunks(&self, st: &FileState) -> Result<(), Errno> {
         let pending: HashMap<u64, (u64, Vec<String>)> =
             std::mem::take(&mut st.inner.lock().unsynced);
         if pending.is_empty() {
@@ -745,7 +850,7 @@ impl Weft {
     /// only while the session holds the file open for writing, or may write it).
     pub async fn release(self: &Arc<Self>, c: &Caller, ino: u64, fh: u64) -> Result<(), Errno> {
         if let Some(st) = self.files.get(ino) {
-            let _ = self.flush_file(&st).await;
+            let _ = self.flush_file_as(&st, true).await;
         }
         let write = self.files.close(fh).is_some_and(|h| h.write);
         self.mds
@@ -802,7 +907,11 @@ impl Weft {
             }
             self.locs.invalidate_file(ino);
             self.data.invalidate_file(ino);
-            st.inner.lock().allocs.clear();
+            let mut g = st.inner.lock();
+            g.allocs.clear();
+            // Emptied: what is written next may be the whole file again.
+            g.packable |= size == 0 && g.opens > 0;
+            drop(g);
             Ok(a)
         }
         .await;

@@ -98,6 +98,9 @@ pub struct MountOpts {
     pub disk_cache: Option<PathBuf>,
     /// MiB the disk tier may fill.
     pub disk_cache_mib: u64,
+    /// KiB up to which a file written whole is packed into a segment
+    /// (`pack_max_kib=`, `--pack-max-kib`); 0: never.
+    pub pack_max_kib: u64,
     /// Strict coherence: another mount's change returns only after this
     /// mount's caches and the kernel's dropped it (cache/coherence.rs).
     pub strict: bool,
@@ -125,6 +128,7 @@ impl Default for MountOpts {
             cache_timeout: Duration::from_secs(60),
             readahead_kb: 8192,
             data_cache_mib: DEFAULT_DATA_CACHE_MIB,
+            pack_max_kib: weft_client::client::DEFAULT_PACK_MAX >> 10,
             disk_cache: None,
             disk_cache_mib: 1024,
             strict: false,
@@ -153,6 +157,7 @@ impl MountOpts {
             disk_cache_mib: self.disk_cache_mib,
             strict: self.strict,
             file_dirty_limit: None,
+            pack_max: self.pack_max_kib << 10,
         }
     }
 
@@ -240,6 +245,10 @@ options honoured:
   disk_cache=DIR       also keep cached blocks in files under DIR (emptied of
                        them at mount; one mount per DIR; needs data_cache > 0)
   disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
+  pack_max_kib=KIB     a file of at most KIB written whole between open and
+                       close is stored packed with others in one segment
+                       instead of in a chunk of its own (default 0: off;
+                       64 is the intended figure); also --pack-max-kib KIB
   log=PATH             append logs to PATH
   --config FILE        read options from a TOML file (data_cache = 256,
                        strict = true, ...); -o options given here win
@@ -297,6 +306,15 @@ where
                 apply_option_list(&mut opts, &list)?;
             }
             a if a.starts_with("-o") => apply_option_list(&mut opts, &a[2..])?,
+            "--pack-max-kib" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| ArgError::Usage("--pack-max-kib needs a number".into()))?;
+                apply_option_list(&mut opts, &format!("pack_max_kib={v}"))?;
+            }
+            a if a.starts_with("--pack-max-kib=") => {
+                apply_option_list(&mut opts, &format!("pack_max_kib={}", &a[15..]))?
+            }
             a => return Err(ArgError::UnknownFlag(a.to_string())),
         }
     }
@@ -531,6 +549,13 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             })?
         }
         "disk_cache" => opts.disk_cache = Some(PathBuf::from(need(value)?)),
+        "pack_max_kib" => {
+            let v = need(value)?;
+            opts.pack_max_kib = v.parse().map_err(|_| ArgError::BadValue {
+                option: key.to_string(),
+                why: format!("'{v}' is not a number of KiB"),
+            })?
+        }
         "disk_cache_size" => {
             let v = need(value)?;
             opts.disk_cache_mib = v.parse().map_err(|_| ArgError::BadValue {
@@ -765,6 +790,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o.data_cache_mib, 256);
+        let Parsed::Run(c) = parse_args(["h:1", "m", "--pack-max-kib", "0"]).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(c.opts.client_opts().pack_max, 0);
+        let Parsed::Run(c) = parse_args(["h:1", "m", "--pack-max-kib=16"]).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(c.opts.client_opts().pack_max, 16 << 10);
+        let Parsed::Run(c) = parse_args(["h:1", "m", "-o", "pack_max_kib=8"]).unwrap() else {
+            panic!("not a run")
+        };
+        assert_eq!(c.opts.pack_max_kib, 8);
+        assert_eq!(MountOpts::default().client_opts().pack_max, 0);
         assert!(o.strict);
         assert!(!o.noatime);
         assert_eq!(o.log_level.as_deref(), Some("debug"));

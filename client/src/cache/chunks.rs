@@ -14,12 +14,16 @@
 //! this, a GetChunks answer still on its way when a flush allocated the
 //! chunk would cache the old hole, and reads of the chunk would return zeros
 //! with no daemon asked, so nothing would ever say it is wrong.
+//!
+//! A packed file's location is its needle (`ChunkList.packed`), kept beside
+//! and dropped with its chunk locations (index 0's, as the needle stands
+//! for chunk 0), under the same stamps.
 
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
 use parking_lot::Mutex;
-use weft_proto::ChunkLoc;
+use weft_proto::{ChunkList, ChunkLoc, Needle};
 
 pub struct ChunkLocCache {
     inner: Mutex<Inner>,
@@ -27,6 +31,8 @@ pub struct ChunkLocCache {
 
 struct Inner {
     map: LruCache<(u64, u64), ChunkLoc>,
+    /// Packed files' needles.
+    needles: LruCache<u64, Needle>,
     /// Per file, the stamp of its latest invalidation.
     stamps: LruCache<u64, u64>,
     /// Stamps handed out so far.
@@ -50,7 +56,17 @@ impl Inner {
         }
     }
 
+    fn put_all(&mut self, ino: u64, list: &ChunkList) {
+        if let Some(n) = &list.packed {
+            self.needles.put(ino, n.clone());
+        }
+        for loc in &list.chunks {
+            self.map.put((ino, loc.index), loc.clone());
+        }
+    }
+
     fn drop_file(&mut self, ino: u64) {
+        self.needles.pop(&ino);
         let keys: Vec<_> = self
             .map
             .iter()
@@ -69,6 +85,7 @@ impl ChunkLocCache {
         ChunkLocCache {
             inner: Mutex::new(Inner {
                 map: LruCache::new(cap),
+                needles: LruCache::new(cap),
                 stamps: LruCache::new(cap),
                 last: 0,
                 floor: 0,
@@ -105,23 +122,46 @@ impl ChunkLocCache {
         fresh
     }
 
-    /// Forgets every location of `ino`, then caches `locs` unless the file
-    /// was invalidated since `stamp` was read (an open's answer).
-    pub fn replace_file(&self, ino: u64, locs: Vec<ChunkLoc>, stamp: u64) {
+    /// Everything a `GetChunks` answer says about file `ino` (its chunks'
+    /// locations, a packed file's needle), unless the file was invalidated
+    /// since `stamp` was read. Returns whether it cached it.
+    pub fn put_list(&self, ino: u64, list: &ChunkList, stamp: u64) -> bool {
+        let mut g = self.inner.lock();
+        let fresh = g.stamp(ino) == stamp;
+        if fresh {
+            Inner::put_all(&mut g, ino, list);
+        }
+        fresh
+    }
+
+    /// Forgets every location of `ino`, then caches what `list` says unless
+    /// the file was invalidated since `stamp` was read (an open's answer).
+    pub fn replace_file(&self, ino: u64, list: Option<&ChunkList>, stamp: u64) {
         let mut g = self.inner.lock();
         let fresh = g.stamp(ino) == stamp;
         g.drop_file(ino);
         g.bump(ino);
-        if fresh {
-            for loc in locs {
-                g.map.put((ino, loc.index), loc);
-            }
+        if let (true, Some(list)) = (fresh, list) {
+            Inner::put_all(&mut g, ino, list);
         }
+    }
+
+    /// The needle of packed file `ino`, unless its capability is about to
+    /// run out.
+    pub fn needle(&self, ino: u64) -> Option<Needle> {
+        let mut g = self.inner.lock();
+        let n = g.needles.get(&ino)?;
+        if !n.chunk.as_ref().is_some_and(crate::chunk_io::cap_fresh) {
+            g.needles.pop(&ino);
+            return None;
+        }
+        Some(n.clone())
     }
 
     pub fn clear(&self) {
         let mut g = self.inner.lock();
         g.map.clear();
+        g.needles.clear();
         g.stamps.clear();
         g.last += 1;
         g.floor = g.last;
@@ -130,6 +170,9 @@ impl ChunkLocCache {
     pub fn invalidate(&self, ino: u64, index: u64) {
         let mut g = self.inner.lock();
         g.map.pop(&(ino, index));
+        if index == 0 {
+            g.needles.pop(&ino);
+        }
         g.bump(ino);
     }
 
@@ -177,6 +220,13 @@ mod tests {
         }
     }
 
+    fn list(chunks: Vec<ChunkLoc>) -> ChunkList {
+        ChunkList {
+            chunks,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn per_file_invalidation() {
         let c = ChunkLocCache::new(16);
@@ -188,6 +238,32 @@ mod tests {
         assert_eq!(c.get(2, 0).unwrap().chunk_id, 100);
         c.invalidate(2, 0);
         assert!(c.get(2, 0).is_none());
+    }
+
+    #[test]
+    fn needles_go_with_the_file() {
+        let c = ChunkLocCache::new(16);
+        let list = |ino: u64| ChunkList {
+            packed: Some(Needle {
+                chunk: Some(loc(0, &["a"])),
+                offset: 64 * ino,
+                len: 5,
+            }),
+            ..Default::default()
+        };
+        assert!(c.put_list(1, &list(1), c.stamp(1)));
+        assert!(c.put_list(2, &list(2), c.stamp(2)));
+        assert_eq!(c.needle(1).unwrap().offset, 64);
+        c.invalidate(1, 1);
+        assert!(c.needle(1).is_some());
+        c.invalidate(1, 0);
+        assert!(c.needle(1).is_none());
+        let old = c.stamp(2);
+        c.invalidate_file(2);
+        assert!(c.needle(2).is_none());
+        // An answer asked for before the invalidation is not cached after it.
+        assert!(!c.put_list(2, &list(2), old));
+        assert!(c.needle(2).is_none());
     }
 
     #[test]
@@ -253,12 +329,12 @@ mod tests {
         let c = ChunkLocCache::new(16);
         c.put(1, loc(5, &["old"]), c.stamp(1));
         let asked = c.stamp(1);
-        c.replace_file(1, vec![loc(0, &["a"])], asked);
+        c.replace_file(1, Some(&list(vec![loc(0, &["a"])])), asked);
         assert!(c.get(1, 5).is_none());
         assert_eq!(c.get(1, 0).unwrap().replicas[0].addr, "a");
         let asked = c.stamp(1);
         c.invalidate(1, 2);
-        c.replace_file(1, vec![loc(3, &["b"])], asked);
+        c.replace_file(1, Some(&list(vec![loc(3, &["b"])])), asked);
         assert!(c.get(1, 0).is_none() && c.get(1, 3).is_none());
     }
 }
