@@ -12,7 +12,7 @@ use crate::ns::inode::{
     SEGMENT_SESSION_XATTR,
 };
 use crate::ns::ops::chunks::FIRST_VERSION;
-use crate::ns::perm::{killed_privs, write_kills_privs};
+use crate::ns::perm::write_kills_privs;
 use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record, MAX_FILE_SIZE};
 use pb::meta_reply::Result as ReplyResult;
 use std::collections::BTreeMap;
@@ -137,16 +137,8 @@ impl Namespace {
             unpack_to: None,
         };
         i.alloc.clear();
-        if end > i.size {
-            self.bytes += end - i.size;
-            i.size = end;
-        }
-        i.mtime = now;
-        i.ctime = now;
-        if kill_privs {
-            i.mode = killed_privs(i.mode);
-        }
-        Ok(ReplyResult::Attr(i.attr(self.chunk_size)))
+        // Size, times and setuid/setgid as any write's commit.
+        self.apply_commit_write(ino, end, kill_privs, now)
     }
 
     /// Where packed file `ino`'s needle is (None: not packed, or its
