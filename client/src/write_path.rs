@@ -579,7 +579,8 @@ impl Weft {
     /// serial order at the replicas, same retries), flagged so that replicas
     /// free the whole blocks. This client's buffered writes are stored first,
     /// under the flush lock, so none lands after the punch and resurrects
-    /// bytes in the range. Chunks never written are holes already.
+    /// bytes in the range. Chunks never written are holes already; so is a
+    /// packed file past its needle.
     pub(crate) async fn punch_zeros(
         self: &Arc<Self>,
         c: &Caller,
@@ -601,6 +602,22 @@ impl Weft {
                 // The MDS answers at most so many indexes per call.
                 let count = (last - index + 1).min(PUNCH_BATCH) as u32;
                 let list = self.mds.get_chunks(c, ino, index, count).await?;
+                if let Some(n) = &list.packed {
+                    // A packed file's only stored bytes are its needle's,
+                    // [0, len) (a quarter of a chunk at most): zeros written
+                    // there go through chunk 0's lease, whose AllocChunk has
+                    // the MDS move the needle into a chunk first. Every
+                    // other byte is a hole already.
+                    let hi = to.min(n.len);
+                    if from < hi {
+                        let ce = ChunkExtents {
+                            index: 0,
+                            extents: vec![(from, vec![0u8; (hi - from) as usize])],
+                        };
+                        allocs.extend(self.store_chunk(&st, c, ce, true).await?);
+                    }
+                    break;
+                }
                 if list.chunks.is_empty() {
                     return Err(Errno::EIO);
                 }
