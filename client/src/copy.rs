@@ -134,8 +134,7 @@ impl Weft {
                 done += n;
             }
             if len > 0 {
-                let a = self
-                    .mds
+                self.mds
                     .attr(
                         c,
                         Op::CommitWrite(CommitWriteReq {
@@ -146,7 +145,6 @@ impl Weft {
                         }),
                     )
                     .await?;
-                self.attrs.put(&a);
             }
             let md5 = match state {
                 Some(s) => Some(weft_proto::md5_state::finish(&s).map_err(|e| {

@@ -454,7 +454,7 @@ impl Weft {
         if !self.data.enabled() || self.files.get(ino).is_some_and(|st| st.has_pending()) {
             return None;
         }
-        let a = self.attrs.get(ino)?;
+        let a = self.mds.attrs.get(ino)?;
         let file_size = self
             .files
             .size_override(ino)

@@ -93,7 +93,6 @@ impl Weft {
         // chunks: the first read asks no GetChunks.
         self.locs.replace_file(ino, chunks.as_ref(), locs_stamp);
         let unchanged = self.data.open_check(ino, stamp(&a));
-        self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches
         // weftfs, so each open reads through once to update atime.
         let strict = self.atime.mode == crate::atime::AtimeMode::Strict;
@@ -150,7 +149,7 @@ impl Weft {
     /// appends for up to `attr_timeout`; open() fetched the MDS's size, and
     /// this client's unflushed writes extend it, so the end is the largest.
     pub fn append_offset(&self, ino: u64, kernel_offset: u64) -> u64 {
-        let known = self.attrs.get(ino).map_or(0, |a| a.size);
+        let known = self.mds.attrs.get(ino).map_or(0, |a| a.size);
         let pending = self.files.size_override(ino).unwrap_or(0);
         kernel_offset.max(known).max(pending)
     }
@@ -409,7 +408,7 @@ impl Weft {
                     }),
                 )
                 .await
-                .map(|a| self.attrs.put(&a)),
+                .map(|_| ()),
             (None, Err(e)) => Err(e),
         };
         {
@@ -421,7 +420,7 @@ impl Weft {
             tracing::warn!(ino = st.ino, error = %e, "storing written data failed");
             st.record_error(e);
             // The size the kernel saw included data that is now lost.
-            self.attrs.invalidate(st.ino);
+            self.mds.attrs.invalidate(st.ino);
         }
         self.files.release_dirty(bytes);
         result
@@ -459,8 +458,7 @@ impl Weft {
         self.locs.invalidate_file(st.ino);
         self.data.invalidate_file(st.ino);
         match r {
-            Ok(a) => {
-                self.attrs.put(&a);
+            Ok(_) => {
                 let mut g = st.inner.lock();
                 g.packable = false;
                 g.packed_in = Some(placed.segment);
@@ -643,8 +641,7 @@ impl Weft {
             // The change is a write's: new mtime/ctime and chunk versions
             // committed; the size stays (`to` is within it); the freed
             // blocks leave st_blocks.
-            let a = self
-                .mds
+            self.mds
                 .attr(
                     c,
                     Op::CommitWrite(CommitWriteReq {
@@ -655,7 +652,6 @@ impl Weft {
                     }),
                 )
                 .await?;
-            self.attrs.put(&a);
             Ok(())
         }
         .await;
@@ -679,8 +675,7 @@ impl Weft {
                 allocs: batch.to_vec(),
                 allocs_only: true,
             });
-            let a = self.mds.attr(c, op).await?;
-            self.attrs.put(&a);
+            self.mds.attr(c, op).await?;
         }
         Ok(())
     }
