@@ -92,10 +92,9 @@ pub struct ClientOpts {
     pub pack_max: u64,
 }
 
-/// `ClientOpts::pack_max`'s default: off while the MDS cannot yet move a
-/// packed file's needle into a chunk (a later write into a packed file
-/// would wait for a lease in vain); weftfs `--pack-max-kib 64` turns it on.
-pub const DEFAULT_PACK_MAX: u64 = 0;
+/// `ClientOpts::pack_max`'s default: files written whole up to 64 KiB are
+/// packed (weftfs `--pack-max-kib 0` turns it off).
+pub const DEFAULT_PACK_MAX: u64 = 64 << 10;
 
 /// The data cache's default size, MiB.
 pub const DEFAULT_DATA_CACHE_MIB: u64 = 128;

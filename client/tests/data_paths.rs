@@ -26,6 +26,11 @@ fn me() -> Caller {
 }
 
 async fn client(mc: &InProcCluster) -> Arc<Weft> {
+    client_packing(mc, ClientOpts::default().pack_max).await
+}
+
+/// `client`, packing files written whole up to `pack_max` (0: never).
+async fn client_packing(mc: &InProcCluster, pack_max: u64) -> Arc<Weft> {
     // RUST_LOG=… shows the client's and the daemons' logs of a failing test.
     let _ = tracing_subscriber::fmt()
         .with_test_writer()
@@ -33,6 +38,7 @@ async fn client(mc: &InProcCluster) -> Arc<Weft> {
         .try_init();
     let opts = ClientOpts {
         mds_timeout: Duration::from_secs(5),
+        pack_max,
         ..Default::default()
     };
     let w = Weft::connect(&mc.mds_addr, &opts, Duration::from_secs(5))
@@ -257,7 +263,8 @@ async fn a_failed_pipeline_is_reallocated_and_retried() {
         .dead_after(Duration::from_secs(3))
         .start_in_process()
         .await;
-    let w = client(&mc).await;
+    // The file's own chunk, not a needle in a segment.
+    let w = client_packing(&mc, 0).await;
     let dead = mc.chunkd(2).addr.to_string();
     mc.stop_chunkd(2).await;
     let (ino, fh) = create(&w, "retry").await;

@@ -247,8 +247,8 @@ options honoured:
   disk_cache_size=MIB  how much of DIR the disk cache may fill (default 1024)
   pack_max_kib=KIB     a file of at most KIB written whole between open and
                        close is stored packed with others in one segment
-                       instead of in a chunk of its own (default 0: off;
-                       64 is the intended figure); also --pack-max-kib KIB
+                       instead of in a chunk of its own (default 64; 0 turns
+                       it off); also --pack-max-kib KIB
   log=PATH             append logs to PATH
   --config FILE        read options from a TOML file (data_cache = 256,
                        strict = true, ...); -o options given here win
@@ -802,7 +802,7 @@ mod tests {
             panic!("not a run")
         };
         assert_eq!(c.opts.pack_max_kib, 8);
-        assert_eq!(MountOpts::default().client_opts().pack_max, 0);
+        assert_eq!(MountOpts::default().client_opts().pack_max, 64 << 10);
         assert!(o.strict);
         assert!(!o.noatime);
         assert_eq!(o.log_level.as_deref(), Some("debug"));

@@ -275,8 +275,9 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_a_cluster_doing_io() {
                 );
             }
             _ => {
-                // 6 chunks of "big" and one per small file; 3 replicas on 3 daemons.
-                assert_eq!(sample(&text, "weft_chunkd_replicas"), 26.0, "{addr}");
+                // 6 chunks of "big" and one segment, where the 20 small
+                // files are packed; 3 replicas on 3 daemons.
+                assert_eq!(sample(&text, "weft_chunkd_replicas"), 7.0, "{addr}");
             }
         }
     }

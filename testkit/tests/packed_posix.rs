@@ -299,6 +299,13 @@ fn seek_truncate_blocks_links_and_renames_on_packed_files() {
     open_rw(&pa).set_len(8_000).unwrap();
     want.resize(8_000, 0);
     check(&pb, &want, 0, "truncated down then up, on B");
+    // The same the other way round, while A holds the needle's location.
+    open_rw(&pb).set_len(2_000).unwrap();
+    open_rw(&pb).set_len(6_000).unwrap();
+    want.truncate(2_000);
+    want.resize(6_000, 0);
+    check(&pa, &want, 0, "truncated down then up on B, on A");
+    e.assert_packed(&pa, 2_000);
 
     // Truncated to 0, then written whole again through an open without
     // O_TRUNC: packed anew.
