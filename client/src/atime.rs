@@ -108,7 +108,7 @@ impl Weft {
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
-                if let Some(a) = self.attrs.get(ino) {
+                if let Some(a) = self.mds.attrs.get(ino) {
                     if !relatime_due(&a, now) {
                         return;
                     }
@@ -126,14 +126,14 @@ impl Weft {
                 atime_update: how,
                 ..Default::default()
             };
-            // The reply is not cached: it may predate a write this client
-            // committed meanwhile, and a stale (smaller) size in the cache
-            // would make a read short, which the kernel takes as EOF.
+            // The caches keep the reply only if no other change of the file
+            // overlapped it (cache/attr.rs, cache/meta.rs): an older size
+            // kept would make a read short, which the kernel takes as EOF.
             match w.mds.attr(&c, Op::Setattr(req)).await {
                 // A directory's next opendir decides by its atime whether the
                 // kernel may list it from cache: it must see this update.
                 Ok(a) if a.kind == weft_proto::FileKind::Directory as i32 => {
-                    w.attrs.invalidate(ino)
+                    w.mds.attrs.invalidate(ino)
                 }
                 Ok(_) => {}
                 Err(e) => tracing::debug!(ino, error = %e, "atime update failed"),

@@ -19,7 +19,7 @@ use weft_proto::*;
 
 use crate::cache::kernel::KernelCache;
 use crate::cache::meta::Found;
-use crate::cache::{AttrCache, ChunkLocCache};
+use crate::cache::ChunkLocCache;
 use crate::caller::GroupCache;
 use crate::chunk_io::ChunkIo;
 use crate::convert::{file_attr, file_type, time_set};
@@ -33,7 +33,6 @@ const READDIR_PAGE: u32 = 256;
 pub struct Weft {
     pub(crate) mds: MdsClient,
     pub(crate) chunks: ChunkIo,
-    pub(crate) attrs: AttrCache,
     pub(crate) locs: ChunkLocCache,
     /// File data read from chunk daemons (cache/data.rs).
     pub(crate) data: crate::cache::DataCache,
@@ -141,7 +140,7 @@ impl Weft {
         opts: &ClientOpts,
         probe_budget: Duration,
     ) -> Result<Arc<Weft>, String> {
-        let mds = MdsClient::new(mds_addr, opts.mds_timeout)?;
+        let mds = MdsClient::new(mds_addr, opts.mds_timeout, opts.attr_timeout)?;
         let me = Caller {
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
@@ -190,7 +189,6 @@ impl Weft {
         let weft = Arc::new(Weft {
             mds,
             chunks: ChunkIo::new(opts.mds_timeout.max(Duration::from_secs(30))),
-            attrs: AttrCache::new(opts.attr_timeout, 65536),
             locs: ChunkLocCache::new(65536),
             data,
             files: OpenFiles::new(chunk_size),
@@ -217,7 +215,7 @@ impl Weft {
     /// possibly missed).
     pub fn drop_all_caches(&self) {
         self.mds.meta.reset(false);
-        self.attrs.clear();
+        self.mds.attrs.clear();
         self.locs.clear();
         self.data.clear();
     }
@@ -287,7 +285,6 @@ impl Weft {
 
     /// Caches `a` and converts it for the kernel, with the local size override.
     pub fn fattr(&self, a: &Attr) -> FileAttr {
-        self.attrs.put(a);
         let mut fa = file_attr(a, self.files.overlay(a.ino));
         if let Some(t) = self.files.write_time(a.ino) {
             fa.mtime = fa.mtime.max(t);
@@ -358,11 +355,10 @@ impl Weft {
 
     /// Attributes from the cache when fresh, else from the MDS.
     pub async fn cached_attr(&self, c: &Caller, ino: u64) -> Result<Attr, Errno> {
-        if let Some(a) = self.attrs.get(ino) {
+        if let Some(a) = self.mds.attrs.get(ino) {
             return Ok(a);
         }
         let a = self.mds.getattr(c, ino).await?;
-        self.attrs.put(&a);
         Ok(a)
     }
 
@@ -554,7 +550,7 @@ impl Weft {
         });
         let r = self.mds.empty(c, op).await;
         // An access ACL moves the mode bits; xattr changes move ctime.
-        self.attrs.invalidate(ino);
+        self.mds.attrs.invalidate(ino);
         r
     }
 
@@ -592,7 +588,7 @@ impl Weft {
             .mds
             .empty(c, Op::Removexattr(RemoveXattrReq { ino, name }))
             .await;
-        self.attrs.invalidate(ino);
+        self.mds.attrs.invalidate(ino);
         r
     }
 

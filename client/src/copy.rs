@@ -17,6 +17,12 @@
 //! state the previous piece's head answered, so the copy's MD5 (an S3 ETag)
 //! comes out without its bytes. A source hole copies as zeros.
 //!
+//! A packed source (segments.rs) has no chunk to copy from: its needle is
+//! read (and verified) here once, and each piece is written from it as a
+//! chunk write, zeros past the needle's length. A packed destination needs
+//! nothing special: its first AllocChunk has the MDS move its needle into a
+//! chunk of its own (mds/src/service/unpack.rs).
+//!
 //! Invariants: a failure to read the source (its replicas moved or died)
 //! refreshes the source's location, never marks the destination's replicas
 //! failed; a daemon without Chunk.Copy (UNIMPLEMENTED) gets the piece read
@@ -89,6 +95,10 @@ impl Weft {
             self.flush_locked(&st).await?;
             let size = self.mds.getattr(c, src).await?.size;
             let len = clip_read(src_off, len, size);
+            let packed = match len {
+                0 => None,
+                _ => self.packed_data(c, src).await?,
+            };
             let mut state = md5.then(Vec::new);
             let mut allocs: Vec<ChunkAlloc> = Vec::new();
             let cs = self.chunk_size;
@@ -105,9 +115,16 @@ impl Weft {
                     dst: d,
                     len: n,
                 };
-                let (alloc, next_state) = self
-                    .copy_piece(&st, c, src, p, state.as_deref(), &mut through_client)
-                    .await?;
+                let (alloc, next_state) = match &packed {
+                    Some(needle) => {
+                        self.write_piece(&st, c, p, from_needle(needle, p), state.as_deref())
+                            .await?
+                    }
+                    None => {
+                        self.copy_piece(&st, c, src, p, state.as_deref(), &mut through_client)
+                            .await?
+                    }
+                };
                 state = next_state;
                 allocs.extend(alloc);
                 if allocs.len() >= MAX_ALLOCS_PER_COMMIT {
@@ -117,8 +134,7 @@ impl Weft {
                 done += n;
             }
             if len > 0 {
-                let a = self
-                    .mds
+                self.mds
                     .attr(
                         c,
                         Op::CommitWrite(CommitWriteReq {
@@ -129,7 +145,6 @@ impl Weft {
                         }),
                     )
                     .await?;
-                self.attrs.put(&a);
             }
             let md5 = match state {
                 Some(s) => Some(weft_proto::md5_state::finish(&s).map_err(|e| {
@@ -276,6 +291,20 @@ impl Weft {
                 .map_err(|f| f.last.map_or(Errno::EIO, |s| status_errno(&s)))?;
             d
         };
+        self.write_piece(st, c, p, data, state).await
+    }
+
+    /// Writes `data` (the piece's bytes, read by this client) at the piece's
+    /// destination as a chunk write (same retries), hashed here.
+    async fn write_piece(
+        &self,
+        st: &FileState,
+        c: &Caller,
+        p: Piece,
+        data: bytes::Bytes,
+        state: Option<&[u8]>,
+    ) -> Result<(Option<ChunkAlloc>, Option<Vec<u8>>), Errno> {
+        let cs = self.chunk_size;
         let next_state = match state {
             Some(s) => Some(weft_proto::md5_state::resume(s, &data).map_err(|_| Errno::EIO)?),
             None => None,
@@ -286,5 +315,31 @@ impl Weft {
         };
         let alloc = self.store_chunk(st, c, ce, false).await?;
         Ok((alloc, next_state))
+    }
+}
+
+/// The bytes of piece `p` of a packed file whose needle holds `needle`:
+/// the needle's, then zeros (the file's size may pass the needle).
+fn from_needle(needle: &[u8], p: Piece) -> bytes::Bytes {
+    let mut v = vec![0u8; p.len as usize];
+    let start = (p.src as usize).min(needle.len());
+    let end = ((p.src + p.len) as usize).min(needle.len());
+    v[..end - start].copy_from_slice(&needle[start..end]);
+    bytes::Bytes::from(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_of_a_needle_end_in_zeros() {
+        let needle: Vec<u8> = (1..=10).collect();
+        let piece = |src, len| Piece { src, dst: 0, len };
+        assert_eq!(&from_needle(&needle, piece(0, 4))[..], &[1, 2, 3, 4]);
+        assert_eq!(&from_needle(&needle, piece(8, 4))[..], &[9, 10, 0, 0]);
+        assert_eq!(&from_needle(&needle, piece(10, 3))[..], &[0, 0, 0]);
+        assert_eq!(&from_needle(&needle, piece(50, 2))[..], &[0, 0]);
+        assert_eq!(from_needle(&[], piece(0, 5)).len(), 5);
     }
 }

@@ -112,8 +112,7 @@ impl Weft {
         if grows {
             // The size moves first: growing cuts the chunk at the old end on
             // its replicas, which would give back space reserved past it.
-            let a = self.truncate(c, ino, end, resize(end)).await?;
-            self.attrs.put(&a);
+            self.truncate(c, ino, end, resize(end)).await?;
         }
         let (committed, reserved) = self.reserve_and_commit(c, ino, offset, end).await;
         if let Err(e) = reserved {
@@ -139,7 +138,7 @@ impl Weft {
         let (allocs, reserved) = self.reserve_range(c, ino, from, to).await;
         // The chunk map and st_blocks changed, even on a partial failure.
         self.locs.invalidate_file(ino);
-        self.attrs.invalidate(ino);
+        self.mds.attrs.invalidate(ino);
         let committed = self.commit_allocs_only(c, ino, allocs).await;
         (committed, reserved)
     }

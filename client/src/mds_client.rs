@@ -26,6 +26,7 @@ use weft_proto::meta_request::Op;
 use weft_proto::net::Channel;
 use weft_proto::*;
 
+use crate::cache::attr::AttrCache;
 use crate::cache::meta::MetaCache;
 use crate::errno::meta_errno;
 use crate::log_track::{LogPos, LogTrack};
@@ -35,6 +36,9 @@ pub struct MdsClient {
     /// Lookups answered without a round trip; every call here keeps it
     /// coherent with this mount's own changes (cache/meta.rs).
     pub meta: MetaCache,
+    /// Attributes for `attr_timeout`, stored only from answers no change
+    /// of this mount or another can have overtaken (cache/attr.rs).
+    pub attrs: AttrCache,
     /// The kernel's notifier, once mounted: a commit's attribute
     /// invalidation is written before the commit returns (see `call`).
     pub kernel_notifier: std::sync::OnceLock<fuser::Notifier>,
@@ -81,7 +85,8 @@ impl From<CallError> for Errno {
 impl MdsClient {
     /// Must be called inside the tokio runtime (the channel spawns its worker).
     /// `addrs`: one MDS address or a comma-separated list of a group's nodes.
-    pub fn new(addrs: &str, timeout: Duration) -> Result<MdsClient, String> {
+    /// `attr_ttl`: how long `attrs` keeps an answer.
+    pub fn new(addrs: &str, timeout: Duration, attr_ttl: Duration) -> Result<MdsClient, String> {
         let list = MdsList::parse(addrs)?;
         let channels = weft_proto::net::Pool::new(None);
         // Every address is checked now, so a bad one fails the mount.
@@ -90,6 +95,7 @@ impl MdsClient {
         }
         Ok(MdsClient {
             meta: MetaCache::default(),
+            attrs: AttrCache::new(attr_ttl, 65536),
             kernel_notifier: std::sync::OnceLock::new(),
             list,
             channels,
@@ -147,6 +153,9 @@ impl MdsClient {
         budget: Duration,
     ) -> Result<(R, Option<ChunkList>), CallError> {
         let started = self.meta.before(&op);
+        let touch = contract::changes(&op);
+        let change = self.attrs.begin(&touch);
+        let read_ticket = self.attrs.ticket();
         let mkdir = matches!(op, Op::Mkdir(_));
         // A flush's commit moves size and mtime at the MDS behind the
         // kernel's back; its copy (kept long) must go.
@@ -172,6 +181,17 @@ impl MdsClient {
                 }
                 self.log.lock().reply(epoch, index, durable, &touched);
                 self.meta.after(started, Some(&r), parent.as_ref(), mkdir);
+                let attr = match &r {
+                    R::Attr(a) => Some(a),
+                    _ => None,
+                };
+                match (change, attr) {
+                    (Some(change), attr) => change.end(attr),
+                    (None, Some(a)) if touch == contract::Changes::Nothing => {
+                        self.attrs.read_answer(read_ticket, a)
+                    }
+                    (None, _) => {}
+                }
                 // Directly, not through the notifying thread's queue: a stat
                 // right after close(2) must not be answered from the copy
                 // the kernel cached during the write (stale mtime). Attributes
@@ -187,6 +207,7 @@ impl MdsClient {
             }
             Err(e) => {
                 self.meta.after(started, None, None, mkdir);
+                drop(change);
                 Err(e)
             }
         }
@@ -454,7 +475,12 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let c = MdsClient::new(&format!("127.0.0.1:{port}"), Duration::from_millis(300)).unwrap();
+        let c = MdsClient::new(
+            &format!("127.0.0.1:{port}"),
+            Duration::from_millis(300),
+            Duration::ZERO,
+        )
+        .unwrap();
         let t0 = Instant::now();
         let r = c.getattr(&Caller::default(), 1).await;
         assert_eq!(r.unwrap_err(), Errno::EIO);

@@ -156,32 +156,18 @@ impl Weft {
     }
 
     /// Bytes `[offset, offset+len)` of packed file `ino` (within its size):
-    /// the needle's data up to its length, zeros past it. When no replica
-    /// serves a needle that verifies, the location is refreshed once (the
-    /// file may have been unpacked or rewritten meanwhile).
+    /// the needle's data up to its length, zeros past it.
     async fn read_packed(
         self: &Arc<Self>,
         c: &Caller,
         ino: u64,
-        mut n: Needle,
+        n: Needle,
         offset: u64,
         len: u64,
     ) -> Result<bytes::Bytes, Errno> {
-        let mut refreshed = false;
-        let data = loop {
-            match self.read_needle(ino, &n).await {
-                Ok(d) => break d,
-                Err(e) if refreshed => return Err(e),
-                Err(_) => {
-                    refreshed = true;
-                    self.locs.invalidate_file(ino);
-                    match self.fetch_locations(c, ino, 0, 1).await?.packed {
-                        Some(fresh) => n = fresh,
-                        // No longer packed: read it as chunks.
-                        None => return Box::pin(self.read_inner(c, ino, offset, len as u32)).await,
-                    }
-                }
-            }
+        let Some(data) = self.needle_data(c, ino, n).await? else {
+            // No longer packed: read it as chunks.
+            return Box::pin(self.read_inner(c, ino, offset, len as u32)).await;
         };
         let mut buf = vec![0u8; len as usize];
         let have = (data.len() as u64).saturating_sub(offset).min(len) as usize;
@@ -189,6 +175,49 @@ impl Weft {
             buf[..have].copy_from_slice(&data[offset as usize..offset as usize + have]);
         }
         Ok(bytes::Bytes::from(buf))
+    }
+
+    /// The needle's data of file `ino` if it is packed (asked of the MDS
+    /// unless its needle is cached), None if it is not.
+    pub(crate) async fn packed_data(
+        &self,
+        c: &Caller,
+        ino: u64,
+    ) -> Result<Option<bytes::Bytes>, Errno> {
+        let n = match self.locs.needle(ino) {
+            Some(n) => n,
+            None => match self.fetch_locations(c, ino, 0, 1).await?.packed {
+                Some(n) => n,
+                None => return Ok(None),
+            },
+        };
+        self.needle_data(c, ino, n).await
+    }
+
+    /// The verified data of needle `n` of file `ino`. When no replica serves
+    /// it, the location is refreshed once (the file may have been unpacked
+    /// or rewritten meanwhile): None if the file is no longer packed.
+    async fn needle_data(
+        &self,
+        c: &Caller,
+        ino: u64,
+        mut n: Needle,
+    ) -> Result<Option<bytes::Bytes>, Errno> {
+        let mut refreshed = false;
+        loop {
+            match self.read_needle(ino, &n).await {
+                Ok(d) => return Ok(Some(d)),
+                Err(e) if refreshed => return Err(e),
+                Err(_) => {
+                    refreshed = true;
+                    self.locs.invalidate_file(ino);
+                    match self.fetch_locations(c, ino, 0, 1).await?.packed {
+                        Some(fresh) => n = fresh,
+                        None => return Ok(None),
+                    }
+                }
+            }
+        }
     }
 
     /// The verified data of needle `n` of file `ino`, from the first replica
@@ -425,7 +454,7 @@ impl Weft {
         if !self.data.enabled() || self.files.get(ino).is_some_and(|st| st.has_pending()) {
             return None;
         }
-        let a = self.attrs.get(ino)?;
+        let a = self.mds.attrs.get(ino)?;
         let file_size = self
             .files
             .size_override(ino)

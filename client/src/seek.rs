@@ -8,7 +8,10 @@
 //! file system report a hole as data, never data as a hole), and the end of
 //! the file is a hole. If no replica answers, the whole chunk counts as data.
 //! Punched and zeroed ranges are stored zeros, so they are data. The client's
-//! own unflushed writes are stored first, so they count.
+//! own unflushed writes are stored first, so they count. A packed file
+//! (segments.rs) has no chunk: its needle's bytes `[0, len)` are data
+//! (dense), and what lies past them up to the size (a truncate up) reads as
+//! zeros and is a hole.
 //!
 //! Invariants: SEEK_DATA returns an offset in [offset, size) or ENXIO;
 //! SEEK_HOLE returns an offset in [offset, size] or ENXIO when offset is at or
@@ -47,6 +50,16 @@ pub fn match_in_chunk(seek: Seek, lo: u64, hi: u64, extents: &[(u64, u64)]) -> O
     }
 }
 
+/// The answer for a packed file of `size` bytes whose needle holds the
+/// first `data_end` of them (`offset` is below the size).
+pub fn in_packed(seek: Seek, offset: u64, data_end: u64) -> Result<u64, Errno> {
+    match seek {
+        Seek::Data if offset < data_end => Ok(offset),
+        Seek::Data => Err(Errno(libc::ENXIO)),
+        Seek::Hole => Ok(offset.max(data_end)),
+    }
+}
+
 /// The answer once no chunk below the end of the file matched.
 pub fn past_last_chunk(seek: Seek, size: u64) -> Result<u64, Errno> {
     match seek {
@@ -74,6 +87,9 @@ impl Weft {
             return Err(Errno(libc::ENXIO));
         }
         let offset = offset as u64;
+        if let Some(n) = &first.packed {
+            return in_packed(seek, offset, n.len.min(size));
+        }
         let cs = first.chunk_size.max(1);
         let end_index = size.div_ceil(cs);
         let mut index = offset / cs;
@@ -139,5 +155,19 @@ mod tests {
         assert_eq!(match_in_chunk(Seek::Hole, 0, 1000, &[]), Some(0));
         assert_eq!(past_last_chunk(Seek::Hole, 300), Ok(300));
         assert_eq!(past_last_chunk(Seek::Data, 350), Err(Errno(libc::ENXIO)));
+    }
+
+    #[test]
+    fn a_needle_is_data_and_what_follows_it_a_hole() {
+        // 100 bytes of needle in a file of 100 bytes.
+        assert_eq!(in_packed(Seek::Data, 0, 100), Ok(0));
+        assert_eq!(in_packed(Seek::Data, 99, 100), Ok(99));
+        assert_eq!(in_packed(Seek::Hole, 0, 100), Ok(100));
+        assert_eq!(in_packed(Seek::Hole, 99, 100), Ok(100));
+        // Grown to 5000 by a truncate: [100, 5000) reads as zeros.
+        assert_eq!(in_packed(Seek::Data, 100, 100), Err(Errno(libc::ENXIO)));
+        assert_eq!(in_packed(Seek::Data, 4999, 100), Err(Errno(libc::ENXIO)));
+        assert_eq!(in_packed(Seek::Hole, 100, 100), Ok(100));
+        assert_eq!(in_packed(Seek::Hole, 4000, 100), Ok(4000));
     }
 }

@@ -17,7 +17,12 @@
 //!
 //! Invariant: a reader serves a needle only when magic, header crc, ino,
 //! length and data crc all match what the MDS says the file holds; anything
-//! else is corruption (try another replica).
+//! else is corruption (try another replica). One exception: a truncate
+//! that shrank a packed file cut only the MDS's length, not the needle,
+//! and the reader may read no further than that length (its capability's
+//! range), so for a needle longer than the MDS says the data crc cannot be
+//! checked; the header still must match, and the chunk daemon's own block
+//! crcs still cover the bytes.
 //!
 //! Flow of a packed flush (write_path.rs `flush_locked_as` decides, with
 //! `should_pack`): the file's bytes → `Weft::append_needle` reserves the
@@ -99,7 +104,8 @@ impl std::fmt::Display for Corrupt {
 
 /// Checks `buf` (header + at least `len` data bytes, as read from the
 /// segment at the needle's offset) against what the MDS says: file `ino`,
-/// `len` data bytes. Returns the data.
+/// `len` data bytes (fewer than the needle holds after a truncate: then its
+/// first `len`, without the data crc). Returns the data.
 pub fn verify(buf: &[u8], ino: u64, len: u64) -> Result<&[u8], Corrupt> {
     if (buf.len() as u64) < HEADER {
         return Err(Corrupt::Short);
@@ -115,7 +121,8 @@ pub fn verify(buf: &[u8], ino: u64, len: u64) -> Result<&[u8], Corrupt> {
     if u64_at(8) != ino {
         return Err(Corrupt::Ino);
     }
-    if u64_at(16) != len {
+    let stored = u64_at(16);
+    if stored < len {
         return Err(Corrupt::Len);
     }
     if u32_at(28) != 0 {
@@ -124,7 +131,7 @@ pub fn verify(buf: &[u8], ino: u64, len: u64) -> Result<&[u8], Corrupt> {
     let Some(data) = buf.get(HEADER as usize..(HEADER + len) as usize) else {
         return Err(Corrupt::Short);
     };
-    if u32_at(24) != crc32c::crc32c(data) {
+    if stored == len && u32_at(24) != crc32c::crc32c(data) {
         return Err(Corrupt::DataCrc);
     }
     Ok(data)
@@ -370,7 +377,6 @@ mod tests {
     fn wrong_expectations_are_refused() {
         let n = encode(42, b"hello");
         assert_eq!(verify(&n, 43, 5), Err(Corrupt::Ino));
-        assert_eq!(verify(&n, 42, 4), Err(Corrupt::Len));
         assert_eq!(verify(&n, 42, 6), Err(Corrupt::Len));
         assert_eq!(
             verify(&n[..HEADER as usize + 4], 42, 5),
@@ -378,6 +384,28 @@ mod tests {
         );
         assert_eq!(verify(&n[..31], 42, 5), Err(Corrupt::Short));
         assert_eq!(verify(&[0u8; 64], 42, 0), Err(Corrupt::Magic));
+    }
+
+    /// A file shrunk by a truncate reads the first bytes of its needle,
+    /// whose header still must match.
+    #[test]
+    fn a_cut_needle_serves_its_first_bytes() {
+        let n = encode(42, b"hello world");
+        assert_eq!(verify(&n, 42, 5).unwrap(), b"hello");
+        // Read no further than the cut, as the capability allows.
+        assert_eq!(verify(&n[..HEADER as usize + 5], 42, 5).unwrap(), b"hello");
+        assert_eq!(verify(&n[..HEADER as usize + 1], 42, 1).unwrap(), b"h");
+        assert_eq!(
+            verify(&n[..HEADER as usize + 4], 42, 5),
+            Err(Corrupt::Short)
+        );
+        assert_eq!(verify(&n, 43, 5), Err(Corrupt::Ino));
+        let mut bad = n.clone();
+        bad[0] = b'X';
+        assert_eq!(verify(&bad, 42, 5), Err(Corrupt::Magic));
+        let mut bad = n;
+        bad[20] ^= 1;
+        assert_eq!(verify(&bad, 42, 5), Err(Corrupt::HeaderCrc));
     }
 
     /// Every single flipped bit in header or data is refused (padding is

@@ -93,7 +93,6 @@ impl Weft {
         // chunks: the first read asks no GetChunks.
         self.locs.replace_file(ino, chunks.as_ref(), locs_stamp);
         let unchanged = self.data.open_check(ino, stamp(&a));
-        self.attrs.put(&a);
         // strictatime: a read served from the kernel's pages never reaches
         // weftfs, so each open reads through once to update atime.
         let strict = self.atime.mode == crate::atime::AtimeMode::Strict;
@@ -150,7 +149,7 @@ impl Weft {
     /// appends for up to `attr_timeout`; open() fetched the MDS's size, and
     /// this client's unflushed writes extend it, so the end is the largest.
     pub fn append_offset(&self, ino: u64, kernel_offset: u64) -> u64 {
-        let known = self.attrs.get(ino).map_or(0, |a| a.size);
+        let known = self.mds.attrs.get(ino).map_or(0, |a| a.size);
         let pending = self.files.size_override(ino).unwrap_or(0);
         kernel_offset.max(known).max(pending)
     }
@@ -409,7 +408,7 @@ impl Weft {
                     }),
                 )
                 .await
-                .map(|a| self.attrs.put(&a)),
+                .map(|_| ()),
             (None, Err(e)) => Err(e),
         };
         {
@@ -421,7 +420,7 @@ impl Weft {
             tracing::warn!(ino = st.ino, error = %e, "storing written data failed");
             st.record_error(e);
             // The size the kernel saw included data that is now lost.
-            self.attrs.invalidate(st.ino);
+            self.mds.attrs.invalidate(st.ino);
         }
         self.files.release_dirty(bytes);
         result
@@ -459,8 +458,7 @@ impl Weft {
         self.locs.invalidate_file(st.ino);
         self.data.invalidate_file(st.ino);
         match r {
-            Ok(a) => {
-                self.attrs.put(&a);
+            Ok(_) => {
                 let mut g = st.inner.lock();
                 g.packable = false;
                 g.packed_in = Some(placed.segment);
@@ -589,7 +587,8 @@ impl Weft {
     /// serial order at the replicas, same retries), flagged so that replicas
     /// free the whole blocks. This client's buffered writes are stored first,
     /// under the flush lock, so none lands after the punch and resurrects
-    /// bytes in the range. Chunks never written are holes already.
+    /// bytes in the range. Chunks never written are holes already; so is a
+    /// packed file past its needle.
     pub(crate) async fn punch_zeros(
         self: &Arc<Self>,
         c: &Caller,
@@ -611,6 +610,22 @@ impl Weft {
                 // The MDS answers at most so many indexes per call.
                 let count = (last - index + 1).min(PUNCH_BATCH) as u32;
                 let list = self.mds.get_chunks(c, ino, index, count).await?;
+                if let Some(n) = &list.packed {
+                    // A packed file's only stored bytes are its needle's,
+                    // [0, len) (a quarter of a chunk at most): zeros written
+                    // there go through chunk 0's lease, whose AllocChunk has
+                    // the MDS move the needle into a chunk first. Every
+                    // other byte is a hole already.
+                    let hi = to.min(n.len);
+                    if from < hi {
+                        let ce = ChunkExtents {
+                            index: 0,
+                            extents: vec![(from, vec![0u8; (hi - from) as usize])],
+                        };
+                        allocs.extend(self.store_chunk(&st, c, ce, true).await?);
+                    }
+                    break;
+                }
                 if list.chunks.is_empty() {
                     return Err(Errno::EIO);
                 }
@@ -634,8 +649,7 @@ impl Weft {
             // The change is a write's: new mtime/ctime and chunk versions
             // committed; the size stays (`to` is within it); the freed
             // blocks leave st_blocks.
-            let a = self
-                .mds
+            self.mds
                 .attr(
                     c,
                     Op::CommitWrite(CommitWriteReq {
@@ -646,7 +660,6 @@ impl Weft {
                     }),
                 )
                 .await?;
-            self.attrs.put(&a);
             Ok(())
         }
         .await;
@@ -670,8 +683,7 @@ impl Weft {
                 allocs: batch.to_vec(),
                 allocs_only: true,
             });
-            let a = self.mds.attr(c, op).await?;
-            self.attrs.put(&a);
+            self.mds.attr(c, op).await?;
         }
         Ok(())
     }

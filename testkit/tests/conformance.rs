@@ -10,6 +10,10 @@
 //! random seed, which it prints so a failure can be replayed
 //! (`WEFT_FSX_SEED=N`); a failed run's whole output, fsx's artifacts and the
 //! cluster's logs are kept in `target/fsx-failures/<seed>/`.
+//!
+//! `WEFT_MOUNT_OPTIONS` (comma-separated `-o` options, e.g.
+//! `pack_max_kib=0`) is added to the suites' mounts, to run them with
+//! another configuration than weftfs's defaults.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,6 +26,8 @@ use weft_testkit::{install_weftfs, require_fuse, TestCluster};
 
 const MIB: u64 = 1 << 20;
 const FSX_FIXED_SEED: u64 = 20261122;
+/// The first seed of `fsx_small_packed_files`' runs.
+const FSX_SMALL_SEED: u64 = 7_000_000;
 
 /// A cluster for the suites: failure detection is not what they test, so a
 /// chunk daemon is declared dead only after 10 s of silence (the harness's
@@ -33,6 +39,29 @@ fn cluster() -> TestCluster {
         s.heartbeat_ms = Some(500);
         s.dead_after_ms = Some(10_000);
     })
+}
+
+/// The suites' mount options: `base`, then those in `WEFT_MOUNT_OPTIONS`.
+fn mount_options(base: &[&str]) -> Vec<String> {
+    let extra = std::env::var("WEFT_MOUNT_OPTIONS").unwrap_or_default();
+    let opts: Vec<String> = base
+        .iter()
+        .map(|s| s.to_string())
+        .chain(
+            extra
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        )
+        .collect();
+    println!("mount options: {opts:?}");
+    opts
+}
+
+fn mount(tc: &mut TestCluster, base: &[&str]) -> PathBuf {
+    let opts = mount_options(base);
+    tc.mount_with(&opts.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 fn repo_root() -> PathBuf {
@@ -163,7 +192,7 @@ fn pjdfstest_suite() {
     let _helper = install_weftfs();
     let mut tc = cluster();
     open_up(tc.tmp.path());
-    let m = tc.mount_with(&["allow_other"]);
+    let m = mount(&mut tc, &["allow_other"]);
     // A second, distinct file system for the cross-device (EXDEV) cases.
     let other = tc.tmp.path().join("local");
     fs::create_dir(&other).unwrap();
@@ -279,10 +308,22 @@ fn pjdfstest_suite() {
 
 /// Runs fsx on `file` with the checked-in config; returns its exit and whole output.
 fn run_fsx(fsx: &Path, file: &Path, seed: u64, ops: u64, artifacts: &Path) -> (bool, String) {
+    run_fsx_with("fsx.toml", fsx, file, seed, ops, artifacts)
+}
+
+/// `run_fsx` with the config `conformance/<config>`.
+fn run_fsx_with(
+    config: &str,
+    fsx: &Path,
+    file: &Path,
+    seed: u64,
+    ops: u64,
+    artifacts: &Path,
+) -> (bool, String) {
     fs::create_dir_all(artifacts).unwrap();
     let out = Command::new(fsx)
         .arg("-f")
-        .arg(repo_root().join("conformance/fsx.toml"))
+        .arg(repo_root().join("conformance").join(config))
         .arg("-N")
         .arg(ops.to_string())
         .arg("-S")
@@ -392,7 +433,7 @@ fn fsx_fixed_and_random_seed() {
     println!("fsx: {ops} operations, fixed seed {FSX_FIXED_SEED}, random seed {random_seed} (replay with WEFT_FSX_SEED={random_seed})");
 
     let mut tc = cluster();
-    let m = tc.mount();
+    let m = mount(&mut tc, &[]);
     let art = tc.tmp.path().join("fsx-artifacts");
     let t = Instant::now();
     // The two seeds run at once, on two files: independent, and half the time.
@@ -425,4 +466,101 @@ fn fsx_fixed_and_random_seed() {
     }
     println!("fsx: {:.0?}", t.elapsed());
     assert!(failures.is_empty(), "{failures}");
+}
+
+/// fsx on small files with packing on: many short runs, each on a new file
+/// under the packing threshold (`conformance/fsx-small.toml`) that its
+/// first close/reopen or fsync packs, so every operation kind runs on a
+/// packed file and on the one it turns into. Seeds FSX_SMALL_SEED + i for
+/// `WEFT_FSX_SMALL_RUNS` runs (default 40) of `WEFT_FSX_SMALL_OPS`
+/// operations (default 1,000), two at a time.
+#[test]
+fn fsx_small_packed_files() {
+    require_fuse();
+    let fsx = tool("fsx");
+    let env = |k: &str, d: u64| std::env::var(k).map_or(d, |v| v.parse().expect(k));
+    let runs = env("WEFT_FSX_SMALL_RUNS", 40);
+    let ops = env("WEFT_FSX_SMALL_OPS", 1000);
+    let mut tc = cluster();
+    let m = mount(&mut tc, &["pack_max_kib=64"]);
+    let art = tc.tmp.path().join("fsx-small-artifacts");
+    let t = Instant::now();
+    let next = std::sync::atomic::AtomicU64::new(0);
+    let failures = std::sync::Mutex::new(String::new());
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= runs || !failures.lock().unwrap().is_empty() {
+                    return;
+                }
+                let seed = FSX_SMALL_SEED + i;
+                let (file, dir) = (m.join(format!("small-{seed}")), art.join(seed.to_string()));
+                let (ok, text) = run_fsx_with("fsx-small.toml", &fsx, &file, seed, ops, &dir);
+                if !ok {
+                    let kept = keep_fsx_failure(&tc, seed, &text, &dir, &file);
+                    failures.lock().unwrap().push_str(&format!(
+                        "--- fsx-small seed {seed} (kept in {}) ---\n{}\n",
+                        kept.display(),
+                        tail(&text, 60)
+                    ));
+                }
+            });
+        }
+    });
+    let packed = needles(&tc);
+    println!(
+        "fsx-small: {runs} runs of {ops} operations in {:.0?}; {packed} files were packed on the way",
+        t.elapsed()
+    );
+    let failures = failures.into_inner().unwrap();
+    assert!(failures.is_empty(), "{failures}");
+    // Packing is up to each run's first operations: most runs, not all.
+    assert!(
+        packed >= runs.div_ceil(5) as usize,
+        "only {packed} of {runs} runs packed their file"
+    );
+}
+
+/// Needles written (each a file packed once), counted on the daemons' disks:
+/// valid needle headers at 64-byte steps in the replica files' data.
+fn needles(tc: &TestCluster) -> usize {
+    use std::os::unix::fs::FileExt;
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &tc.cluster.chunkds {
+        for sub in fs::read_dir(c.data.join("chunks"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for f in fs::read_dir(sub.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_none_or(|e| e != "chunk") {
+                    continue;
+                }
+                let file = fs::File::open(f.path()).unwrap();
+                let mut h = [0u8; 52];
+                if file.read_exact_at(&mut h, 0).is_err() {
+                    continue;
+                }
+                let u64_at = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap());
+                let (id, chunk_size, len) = (u64_at(12), u64_at(28), u64_at(40));
+                // The replica file's header: 52 bytes, a crc per 64 KiB, to 4 KiB.
+                let data_at = (52 + 4 * chunk_size.div_ceil(65536)).next_multiple_of(4096);
+                let mut data = vec![0u8; len as usize];
+                if file.read_exact_at(&mut data, data_at).is_err() {
+                    continue;
+                }
+                for (i, n) in data.chunks(64).enumerate() {
+                    if n.len() >= 32
+                        && &n[..4] == b"WNDL"
+                        && u32::from_le_bytes(n[4..8].try_into().unwrap())
+                            == crc32c::crc32c(&n[8..32])
+                    {
+                        seen.insert((id, i));
+                    }
+                }
+            }
+        }
+    }
+    seen.len()
 }

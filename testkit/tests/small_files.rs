@@ -3,8 +3,9 @@
 //! written through one mount are read back byte for byte through it and a
 //! second mount, while the chunk daemons hold a number of replica files
 //! proportional to the segments, not to the files; deleting half leaves the
-//! rest intact. Then the same under a chunk daemon's kill -9, and with a
-//! byte of a needle flipped on one daemon's disk.
+//! rest intact. Then the same under a chunk daemon's kill -9 (after which
+//! every segment gets back to three replicas by itself), and with a byte of
+//! a needle flipped on one daemon's disk.
 //!
 //! File count: `WEFT_SMALL_FILES` (default 3,000 as CI runs it; the target
 //! figure is 100,000, run by hand with `WEFT_SMALL_FILES=100000`).
@@ -253,6 +254,22 @@ fn a_daemon_killed_during_the_workload_costs_no_file() {
     check_all(&a, files.iter(), "after the kill");
     let b = tc.mount_with(PACK);
     check_all(&b, files.iter(), "after the kill, mount B");
+    // Full redundancy comes back by itself: the segments' replicas on the
+    // dead daemon are copied to the three left.
+    wait_until(
+        "every chunk back at 3 replicas",
+        Duration::from_secs(180),
+        || {
+            tc.cluster
+                .status()
+                .is_ok_and(|s| s.under_replicated == 0 && s.missing == 0)
+                && tc.cluster.fsck().is_ok_and(|f| f.problems.is_empty())
+        },
+    );
+    let copied = tc.cluster.status().unwrap().copies_done;
+    assert!(copied >= 1, "nothing was re-replicated ({copied} copies)");
+    drop_caches();
+    check_all(&b, files.iter(), "after re-replication, mount B");
 }
 
 #[test]

@@ -178,7 +178,7 @@ async fn watch_once(
             .collect();
         for inv in batch.items {
             if inv.name.is_empty() {
-                w.attrs.invalidate(inv.ino);
+                w.mds.attrs.invalidate(inv.ino);
                 if inv.data {
                     w.locs.invalidate_file(inv.ino);
                     w.data.invalidate_file(inv.ino);

@@ -17,10 +17,14 @@
 //!
 //! Race rule: every invalidation bumps `gen` under the lock; an answer read
 //! from the MDS is stored only if `gen` did not move since its request began
-//! (so a reply computed before a change can never land after the change's
-//! invalidation). A mutation's own reply (a created name's attributes, or
-//! those of the inode an open, setattr or flush's commit changed) is stored
-//! only if nothing else moved `gen` while it was in flight.
+//! and no mutation of this mount is in flight (so a reply computed before a
+//! change can never land after the change's invalidation). A mutation's own
+//! reply (a created name's attributes, or those of the inode an open,
+//! setattr or flush's commit changed) is stored only if no other mutation
+//! overlapped it at all: one that began earlier and is still on its way may
+//! be applied by the MDS after this one (a truncate's SetAttr and a read's
+//! atime update, sent in that order, can be logged in the other), and this
+//! reply would then be the older state.
 
 use std::collections::HashSet;
 use std::num::NonZeroUsize;
@@ -36,6 +40,8 @@ const CAPACITY: usize = 65536;
 
 struct Inner {
     gen: u64,
+    /// Mutations begun (`before`) and not yet ended (`after`, or dropped).
+    in_flight: u64,
     live: bool,
     entries: LruCache<(u64, Vec<u8>), u64>,
     attrs: LruCache<u64, Attr>,
@@ -51,10 +57,26 @@ fn xattr_cacheable(name: &[u8]) -> bool {
     name.starts_with(b"security.")
 }
 
-/// What `after` needs of a call `before` saw.
-pub struct Started {
+/// What `after` needs of a call `before` saw. Dropped without `after` (the
+/// call's future was cancelled), it ends the call as failed.
+pub struct Started<'a> {
+    cache: &'a MetaCache,
     ticket: MetaTicket,
+    /// Other mutations were in flight when this one began.
+    overlapped: bool,
     touch: Changes,
+    ended: bool,
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            let touch = std::mem::replace(&mut self.touch, Changes::Nothing);
+            self.cache
+                .end(self.ticket, self.overlapped, touch, None, None, false);
+        }
+    }
 }
 
 /// What a lookup in the cache found.
@@ -79,6 +101,7 @@ impl Default for MetaCache {
         MetaCache {
             inner: Mutex::new(Inner {
                 gen: 0,
+                in_flight: 0,
                 live: false,
                 entries: LruCache::new(cap),
                 attrs: LruCache::new(cap),
@@ -173,7 +196,7 @@ impl MetaCache {
     /// Stores a lookup's answer read from the MDS by a request begun at `t`.
     pub fn insert(&self, t: MetaTicket, parent: u64, name: &[u8], a: &Attr) {
         let mut g = self.inner.lock();
-        if g.live && g.gen == t.0 {
+        if g.live && g.gen == t.0 && g.in_flight == 0 {
             g.put_entry(parent, name.to_vec(), a.ino);
             g.attrs.put(a.ino, *a);
         }
@@ -181,16 +204,21 @@ impl MetaCache {
 
     /// Before a call goes to the MDS: drops what it may change. The result
     /// goes to `after`.
-    pub fn before(&self, op: &Op) -> Option<Started> {
+    pub fn before(&self, op: &Op) -> Option<Started<'_>> {
         let touch = contract::changes(op);
         if touch == Changes::Nothing {
             return None;
         }
         let mut g = self.inner.lock();
         g.drop_touched(&touch);
+        let overlapped = g.in_flight > 0;
+        g.in_flight += 1;
         Some(Started {
+            cache: self,
             ticket: MetaTicket(g.gen),
+            overlapped,
             touch,
+            ended: false,
         })
     }
 
@@ -200,16 +228,40 @@ impl MetaCache {
     /// only where the outcome is known.
     pub fn after(
         &self,
-        started: Option<Started>,
+        started: Option<Started<'_>>,
         reply: Option<&R>,
         parent_attr: Option<&Attr>,
         mkdir: bool,
     ) {
-        let Some(Started { ticket, touch }) = started else {
+        let Some(mut started) = started else {
             return;
         };
+        started.ended = true;
+        let touch = std::mem::replace(&mut started.touch, Changes::Nothing);
+        self.end(
+            started.ticket,
+            started.overlapped,
+            touch,
+            reply,
+            parent_attr,
+            mkdir,
+        );
+    }
+
+    fn end(
+        &self,
+        ticket: MetaTicket,
+        overlapped: bool,
+        touch: Changes,
+        reply: Option<&R>,
+        parent_attr: Option<&Attr>,
+        mkdir: bool,
+    ) {
         let mut g = self.inner.lock();
-        let alone = g.gen == ticket.0;
+        g.in_flight -= 1;
+        // Nothing began while this call was on its way, and nothing that
+        // began before it was still on its way.
+        let alone = g.gen == ticket.0 && !overlapped;
         g.gen += 1;
         if let (true, true, Some(p)) = (alone, g.live, parent_attr) {
             // Read by the MDS after the change was durable.
@@ -294,7 +346,7 @@ impl MetaCache {
     /// The MDS answered ENODATA for (ino, name) to a request begun at `t`.
     pub fn insert_xattr_absent(&self, t: MetaTicket, ino: u64, name: &[u8]) {
         let mut g = self.inner.lock();
-        if g.live && g.gen == t.0 && xattr_cacheable(name) {
+        if g.live && g.gen == t.0 && g.in_flight == 0 && xattr_cacheable(name) {
             match g.no_xattr.get_mut(&ino) {
                 Some(v) if v.len() < 16 => v.push(name.to_vec()),
                 Some(_) => {}
@@ -367,6 +419,57 @@ mod tests {
         c.invalidate_ino(9);
         c.insert(t, 1, b"a", &attr(5, 1));
         assert_eq!(found(&c, 1, b"a"), None);
+    }
+
+    fn setattr(ino: u64) -> Op {
+        Op::Setattr(SetAttrReq {
+            ino,
+            ..Default::default()
+        })
+    }
+
+    /// A truncate's SetAttr, then a read's atime update of the same file,
+    /// are on their way at once, and the MDS logs the atime update first:
+    /// its reply (the size before the truncate) comes back with nothing
+    /// begun after it. It must not be kept: a stat would show the old size.
+    #[test]
+    fn a_reply_overlapped_by_an_earlier_mutation_is_not_kept() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let truncate = c.before(&setattr(7));
+        let atime = c.before(&setattr(7));
+        c.after(atime, Some(&R::Attr(attr(7, 100))), None, false);
+        assert_eq!(c.getattr(7), None, "the atime reply predates the truncate");
+        c.after(truncate, Some(&R::Attr(attr(7, 900))), None, false);
+        assert_eq!(c.getattr(7), None, "the truncate overlapped another call");
+        // Alone again: kept.
+        let s = c.before(&setattr(7));
+        c.after(s, Some(&R::Attr(attr(7, 900))), None, false);
+        assert_eq!(c.getattr(7).unwrap().size, 900);
+    }
+
+    #[test]
+    fn a_lookup_answered_while_a_mutation_is_in_flight_is_not_stored() {
+        let c = MetaCache::default();
+        c.reset(true);
+        let s = c.before(&setattr(5));
+        let t = c.ticket();
+        c.insert(t, 1, b"a", &attr(5, 1));
+        assert_eq!(found(&c, 1, b"a"), None, "the setattr may land after it");
+        c.after(s, None, None, false);
+        let t = c.ticket();
+        c.insert(t, 1, b"a", &attr(5, 1));
+        assert_eq!(found(&c, 1, b"a").unwrap().size, 1);
+    }
+
+    #[test]
+    fn a_cancelled_mutation_ends_as_failed() {
+        let c = MetaCache::default();
+        c.reset(true);
+        drop(c.before(&setattr(5)));
+        let s = c.before(&setattr(5));
+        c.after(s, Some(&R::Attr(attr(5, 3))), None, false);
+        assert_eq!(c.getattr(5).unwrap().size, 3, "nothing is left in flight");
     }
 
     #[test]
