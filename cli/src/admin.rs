@@ -196,6 +196,34 @@ pub async fn rebalance(addr: &str, stop: bool) -> Result<pb::RebalanceReply> {
     .await
 }
 
+pub async fn compact(addr: &str, below: f64) -> Result<pb::CompactReply> {
+    on_leader(addr, "compact", |ch| async move {
+        Ok(pb::admin_client::AdminClient::new(ch)
+            .compact(pb::CompactReq { below })
+            .await?
+            .into_inner())
+    })
+    .await
+}
+
+/// What `weft compact` prints.
+pub fn compact_text(r: &pb::CompactReply) -> String {
+    format!(
+        "compacted {} segments into {} new ({} needles, {} copied); removed {} segments ({} freed)
+         segments now: {}, {} written, {} live
+",
+        r.segments_compacted,
+        r.new_segments,
+        r.needles_moved,
+        human(r.bytes_copied),
+        r.segments_removed,
+        human(r.bytes_freed),
+        r.segments,
+        human(r.segment_bytes),
+        human(r.segment_live_bytes),
+    )
+}
+
 pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
     serde_json::json!({
         "chunkds": s.chunkds.iter().map(|d| serde_json::json!({
@@ -228,6 +256,10 @@ pub fn status_json(s: &pb::StatusReply) -> serde_json::Value {
             "applied": n.applied,
         })).collect::<Vec<_>>(),
         "leader": s.leader,
+        "segments": s.segments,
+        "segment_bytes": s.segment_bytes,
+        "segment_live_bytes": s.segment_live_bytes,
+        "compactions": s.compactions,
     })
 }
 
@@ -297,6 +329,15 @@ pub fn status_text(s: &pb::StatusReply) -> String {
             s.copies_in_flight,
             s.copies_done,
             human(s.copied_bytes)
+        ));
+    }
+    if s.segments > 0 {
+        out.push_str(&format!(
+            "packed small files: {} segments, {} written, {} live ({} compaction passes)\n",
+            s.segments,
+            human(s.segment_bytes),
+            human(s.segment_live_bytes),
+            s.compactions
         ));
     }
     if s.rebalancing {

@@ -154,6 +154,19 @@ enum Cmd {
         #[arg(long)]
         stop: bool,
     },
+    /// Compact packed small files' segments now: sealed segments whose live
+    /// needles fill less than the threshold are rewritten and the old ones
+    /// removed (the MDS also does this in its background). Prints what the
+    /// pass did.
+    Compact {
+        /// The MDS's address, or a group's nodes comma-separated.
+        #[arg(long, value_name = "ADDR[,ADDR...]")]
+        mds: String,
+        /// Live fraction below which a segment is rewritten (default: the
+        /// MDS's --compact-below).
+        #[arg(long)]
+        below: Option<f64>,
+    },
     /// A live view, one line per interval: metadata requests/s (busiest
     /// kinds) and their mean latency, MiB/s read and written at the chunk
     /// daemons (writes at every replica), live daemons, under-replicated and
@@ -305,6 +318,11 @@ fn run(cli: Cli) -> Result<i32> {
         } => {
             let r = admin::block_on(admin::mds_remove(&mds, id))?;
             println!("MDS node {id} removed; voters: {}", r.voters.join(","));
+            Ok(0)
+        }
+        Cmd::Compact { mds, below } => {
+            let r = admin::block_on(admin::compact(&mds, below.unwrap_or(0.0)))?;
+            print!("{}", admin::compact_text(&r));
             Ok(0)
         }
         Cmd::Rebalance { mds, wait, stop } => {

@@ -258,8 +258,21 @@ impl Weft {
             index: 0,
             extents: vec![(placed.offset, encode(ino, data))],
         };
-        self.store_chunk(&st, &caller, ce, false).await?;
+        if let Err(e) = self.store_chunk(&st, &caller, ce, false).await {
+            // The segment may be gone (compacted away after this session
+            // expired): the next needle goes into a new one.
+            self.drop_segment(placed.segment).await;
+            return Err(e);
+        }
         Ok(placed)
+    }
+
+    /// Stops appending to `segment` if it is still the open one.
+    pub(crate) async fn drop_segment(&self, segment: u64) {
+        let mut open = self.segments.open.lock().await;
+        if open.as_ref().is_some_and(|o| o.ino == segment) {
+            *open = None;
+        }
     }
 
     async fn new_segment(&self, caller: &Caller) -> Result<Open, Errno> {

@@ -469,6 +469,14 @@ impl Weft {
                 tracing::debug!(ino = st.ino, "file has data already: storing chunks");
                 None
             }
+            // The segment is gone (the MDS compacted it away once this
+            // session had expired) or not this session's: a new one next
+            // time, chunks now.
+            Err(e) if e == Errno::EINVAL || e == Errno::EACCES || e == Errno::ENOENT => {
+                tracing::info!(ino = st.ino, segment = placed.segment, error = %e, "needle refused: storing chunks");
+                self.drop_segment(placed.segment).await;
+                None
+            }
             Err(e) => Some(Err(e)),
         }
     }
@@ -839,7 +847,13 @@ impl Weft {
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            let list = self.mds.get_chunks(&caller, st.ino, index, 1).await?;
+            let list = match self.mds.get_chunks(&caller, st.ino, index, 1).await {
+                Ok(l) => l,
+                // Gone: a segment compacted away (its needles were copied
+                // and synced on every replica of the one that replaced it).
+                Err(Errno::ENOENT) => return Ok(()),
+                Err(e) => return Err(e),
+            };
             let Some(loc) = list.chunks.into_iter().find(|l| l.index == index) else {
                 return Ok(()); // truncated away: nothing left to sync
             };

@@ -71,6 +71,21 @@ pub struct Config {
     /// remembered replies and its open files are dropped.
     #[arg(long, default_value_t = 300)]
     pub session_timeout_secs: u64,
+    /// Packed small files: a sealed segment whose live needles fill less than
+    /// this fraction of it is compacted (its needles copied into a new one,
+    /// the old one removed).
+    #[arg(long, default_value_t = 0.5)]
+    pub compact_below: f64,
+    /// Compaction copy bandwidth cap, in MiB/s (0: no cap).
+    #[arg(long, default_value_t = 20)]
+    pub compact_mib_per_sec: u64,
+    /// Seconds between background compaction passes (0: only `weft compact`).
+    #[arg(long, default_value_t = 60)]
+    pub compact_interval_secs: u64,
+    /// A live mount's older segment (it appends only to its newest) is
+    /// compacted once no needle went into it for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub compact_idle_secs: u64,
     /// A replica no file references is deleted from its daemon once it has
     /// been reported for this many seconds (so nothing in flight is lost).
     #[arg(long, default_value_t = 300)]
@@ -86,6 +101,11 @@ pub struct Config {
     /// see callers wait for durability.
     #[arg(long, default_value_t = 0, hide = true)]
     pub test_sync_delay_ms: u64,
+    /// Test hook: the MDS kills itself (SIGKILL) in a compaction pass at this
+    /// point: `before-switch` (needles copied, nothing switched) or
+    /// `after-switch` (the switch record is in the log).
+    #[arg(long, hide = true)]
+    pub test_compact_fault: Option<String>,
     /// Serve Prometheus metrics at /metrics and the status page at / over
     /// HTTP on this address (e.g. 127.0.0.1:9800).
     #[arg(long)]
@@ -212,6 +232,12 @@ impl Config {
         }
         if self.min_replicas == 0 {
             return Err("--min-replicas must be at least 1".into());
+        }
+        if !(self.compact_below > 0.0 && self.compact_below <= 1.0) {
+            return Err(format!(
+                "--compact-below {}: must be above 0 and at most 1",
+                self.compact_below
+            ));
         }
         if self.lease_ms < 1000 {
             return Err("--lease-ms must be at least 1000".into());

@@ -267,6 +267,16 @@ pub fn describe(r: &Record) -> String {
         Record::Unpack { ino, chunk_id, len } => {
             format!("unpack ino {ino} -> chunk {chunk_id:016x} ({len} bytes)")
         }
+        Record::CompactBegin { now } => format!("compact-begin: a new segment at {now:?}"),
+        Record::CompactSegments {
+            new,
+            end,
+            moves,
+            drop,
+        } => format!(
+            "compact {} needles into segment {new} ({end} bytes), drop segments {drop:?}",
+            moves.len()
+        ),
     }
 }
 

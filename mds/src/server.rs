@@ -119,6 +119,15 @@ fn mds_parts(
         exports: Arc::new(crate::exports::Exports::open_to_all()),
         caps: None,
         unpacks: Default::default(),
+        compactor: Arc::new(crate::service::compact::Compactor::new(
+            crate::service::compact::CompactConfig {
+                below: cfg.compact_below,
+                bytes_per_sec: cfg.compact_mib_per_sec << 20,
+                interval: std::time::Duration::from_secs(cfg.compact_interval_secs),
+                idle: std::time::Duration::from_secs(cfg.compact_idle_secs),
+                fault: cfg.test_compact_fault.clone(),
+            },
+        )),
     }
 }
 
@@ -134,6 +143,7 @@ async fn start_background(mds: &Mds, cfg: &Config, sessions: Vec<u64>) -> anyhow
             parallel: cfg.repair_parallel,
         },
     );
+    crate::service::compact::spawn(mds.clone());
     if let Some(http) = cfg.http {
         let bound = crate::status_page::serve(mds.clone(), http).await?;
         if let Some(path) = &cfg.http_addr_file {

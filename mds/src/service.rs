@@ -12,6 +12,7 @@
 //! log).
 
 pub mod chunk_admin;
+pub mod compact;
 mod expiry;
 mod grant;
 mod leadership;
@@ -75,6 +76,8 @@ pub struct Mds {
     pub caps: Option<Arc<Caps>>,
     /// Unpacks of packed files under way, one per inode (service/unpack.rs).
     pub unpacks: Arc<Unpacks>,
+    /// Compaction of sparse segments (service/compact.rs).
+    pub compactor: Arc<compact::Compactor>,
 }
 
 /// The capability key file and how long a capability lasts.
@@ -198,7 +201,9 @@ impl Mds {
                     st.ns
                         .get(c.segment)
                         .and_then(|s| s.segment_session())
-                        .is_none_or(|owner| owner == session)
+                        .is_none_or(|owner| {
+                            owner == session && owner != crate::ns::MDS_SEGMENT_SESSION
+                        })
                 };
                 if !seg_ok {
                     return Err(Errno::EACCES);
@@ -342,7 +347,9 @@ impl Mds {
             // A segment holds many files' needles: only the mount that
             // appends to it reaches its chunk (readers get a needle's own
             // location with the file's).
-            if inode.segment_session() == Some(session) {
+            // (Session 0 is the MDS's own: no mount's.)
+            if session != crate::ns::MDS_SEGMENT_SESSION && inode.segment_session() == Some(session)
+            {
                 return Ok(());
             }
             drop(st);
@@ -905,6 +912,12 @@ impl Mds {
             }
         }
         let (mds, leader) = self.mds_nodes(st.applied_index);
+        let (mut segments, mut segment_bytes, mut segment_live_bytes) = (0, 0, 0);
+        for s in st.ns.segment_infos() {
+            segments += 1;
+            segment_bytes += s.written;
+            segment_live_bytes += s.live.bytes;
+        }
         pb::StatusReply {
             chunkds: reg.status(),
             files: counts.files,
@@ -923,6 +936,10 @@ impl Mds {
             mds,
             leader,
             ops: crate::metrics::op_stats(),
+            segments,
+            segment_bytes,
+            segment_live_bytes,
+            compactions: self.compactor.passes(),
         }
     }
 

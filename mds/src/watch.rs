@@ -394,7 +394,13 @@ pub fn invalidations(record: &Record) -> Vec<pb::Invalidation> {
         Record::CommitPacked { ino, .. } | Record::Unpack { ino, .. } => vec![inode(*ino, true)],
         // A hidden segment no cache holds; an unpack's chunk is not the
         // file's until `Unpack`.
-        Record::CreateSegment { .. } | Record::BeginUnpack { .. } => vec![],
+        Record::CreateSegment { .. } | Record::BeginUnpack { .. } | Record::CompactBegin { .. } => {
+            vec![]
+        }
+        // Where each moved file's data is: a cached needle location must go
+        // (a stale one would fail once the old segment's chunk is deleted,
+        // and the reader would ask again; this saves that round).
+        Record::CompactSegments { moves, .. } => moves.iter().map(|m| inode(m.ino, true)).collect(),
         // Only st_blocks changes when `now` is None: no data to drop.
         Record::CommitAlloc { ino, now, .. } => vec![inode(*ino, now.is_some())],
         // The inode is gone: nobody can reach it by name any more.

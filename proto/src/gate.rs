@@ -114,7 +114,8 @@ pub fn allowed(path: &str) -> &'static [Role] {
         // Clients and the pipeline's upstream daemon; chunk capabilities then
         // say which chunks a client may touch.
         // The MDS copies a packed file's needle into its own chunk.
-        ("weft.Chunk", "Copy") => &[Client, Gateway, Admin, Chunkd, Mds],
+        // The compactor reads needle headers and copies needles.
+        ("weft.Chunk", "Copy" | "Read") => &[Client, Gateway, Admin, Chunkd, Mds],
         ("weft.Chunk", _) | ("weft.ChunkSpace", _) => DATA,
         ("weft.ChunkAdmin", _) => &[Mds],
         // MDS-to-MDS replication.
@@ -237,7 +238,8 @@ mod tests {
         assert!(!may("/weft.Admin/Drain", Client));
         assert!(may("/weft.Chunk/Write", Chunkd));
         assert!(may("/weft.Chunk/Copy", Mds));
-        assert!(!may("/weft.Chunk/Read", Mds));
+        assert!(may("/weft.Chunk/Read", Mds));
+        assert!(!may("/weft.Chunk/Write", Mds));
         assert!(may("/weft.ChunkAdmin/Replicate", Mds));
         assert!(!may("/weft.ChunkAdmin/Replicate", Client));
         assert!(!may("/weft.ChunkAdmin/SetVersion", Chunkd));

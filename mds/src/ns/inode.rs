@@ -118,6 +118,17 @@ pub const SEGMENT_SESSION_XATTR: &[u8] = b"system.weft.segment_session";
 pub const NEEDLE_ALIGN: u64 = 64;
 /// A needle's header bytes before its data.
 pub const NEEDLE_HEADER: u64 = 32;
+/// The writer session of a segment the MDS made itself (compaction): no
+/// client session is 0, so no mount appends to it.
+pub const MDS_SEGMENT_SESSION: u64 = 0;
+
+/// Bytes a needle of `len` data bytes takes in its segment (header and
+/// padding included).
+pub fn needle_span(len: u64) -> u64 {
+    NEEDLE_HEADER
+        .saturating_add(len)
+        .next_multiple_of(NEEDLE_ALIGN)
+}
 
 /// Kind-specific contents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

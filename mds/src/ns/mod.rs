@@ -28,10 +28,14 @@ mod record;
 mod tests;
 
 pub use dir::{Entry, FIRST_COOKIE};
-pub use inode::{Body, ChunkRef, Inode, Kind, Time, NEEDLE_HEADER, SEGMENT_PARENT};
+pub use inode::{
+    needle_span, Body, ChunkRef, Inode, Kind, Time, MDS_SEGMENT_SESSION, NEEDLE_HEADER,
+    SEGMENT_PARENT,
+};
+pub use ops::compact::{Live, SegmentInfo};
 pub use ops::packed::NeedleAt;
 pub use perm::{may_access, LINK_MAX, MAY_EXEC, MAY_READ, MAY_WRITE, NAME_MAX};
-pub use record::{ChunkAlloc, Record};
+pub use record::{ChunkAlloc, NeedleMove, Record};
 pub use weft_proto::{pb, Errno};
 
 use pb::meta_reply::Result as ReplyResult;
@@ -130,6 +134,11 @@ pub struct Namespace {
     /// How many inodes are segments: counted again on load (`Stored`).
     #[serde(skip)]
     segments: u64,
+    /// Per segment chunk: the live needles in it (files referencing it) and
+    /// their bytes. Derived: counted again on load (`Stored`), kept by every
+    /// apply that makes, changes or ends a packed file.
+    #[serde(skip)]
+    live: BTreeMap<u64, Live>,
 }
 
 /// The serialized form of `Namespace` (its fields in order, without what
@@ -148,6 +157,7 @@ struct Stored {
 impl From<Stored> for Namespace {
     fn from(s: Stored) -> Namespace {
         let segments = s.inodes.values().filter(|i| i.is_segment()).count() as u64;
+        let live = ops::compact::count_live(&s.inodes);
         Namespace {
             chunk_size: s.chunk_size,
             next_ino: s.next_ino,
@@ -158,6 +168,7 @@ impl From<Stored> for Namespace {
             bytes: s.bytes,
             open: HashMap::new(),
             segments,
+            live,
         }
     }
 }
@@ -195,6 +206,7 @@ impl Namespace {
             bytes: 0,
             open: HashMap::new(),
             segments: 0,
+            live: BTreeMap::new(),
         }
     }
 
@@ -357,6 +369,13 @@ impl Namespace {
                 version,
             } => self.apply_begin_unpack(*ino, *chunk_id, *version),
             Record::Unpack { ino, chunk_id, len } => self.apply_unpack(*ino, *chunk_id, *len),
+            Record::CompactBegin { now } => self.apply_compact_begin(*now),
+            Record::CompactSegments {
+                new,
+                end,
+                moves,
+                drop,
+            } => Ok(self.apply_compact_segments(*new, *end, moves, drop, &mut freed)),
             Record::RenameWhiteout { rename, whiteout } => self
                 .apply_rename(rename, &mut freed)
                 .and_then(|_| self.apply_create(whiteout))
@@ -665,6 +684,9 @@ impl Namespace {
         let Some(inode) = self.inodes.remove(&ino) else {
             return Vec::new();
         };
+        if inode.is_segment() {
+            self.segments -= 1;
+        }
         let mut freed = Vec::new();
         match inode.body {
             Body::File { chunks } => {
@@ -674,9 +696,15 @@ impl Namespace {
                     freed.push(c.id);
                 }
             }
-            Body::Packed { unpack_to, .. } => {
+            Body::Packed {
+                unpack_to,
+                chunk,
+                len,
+                ..
+            } => {
                 // The needle is dead space in its segment; only a begun
                 // unpack's chunk is the file's own.
+                self.live_sub(chunk, len);
                 self.bytes -= inode.size;
                 if let Some(c) = unpack_to {
                     self.chunk_owners.remove(&c.id);

@@ -177,6 +177,36 @@ pub enum Record {
         chunk_id: u64,
         len: u64,
     },
+    /// Compaction begins: a new segment written by the MDS itself
+    /// (`MDS_SEGMENT_SESSION`) with its chunk 0 (version 1), which live
+    /// needles of sparse segments are copied into. Its inode number and
+    /// chunk id are the next ones when it applies (the compactor proposes it
+    /// from outside the commit thread); the reply is its attributes.
+    CompactBegin {
+        now: Time,
+    },
+    /// Compaction's switch, after the needles are on every replica of
+    /// `new`'s chunk (synced): each file in `moves` whose needle is still at
+    /// (chunk, offset) has it at `new_offset` of `new`'s chunk from now on
+    /// (a file changed meanwhile keeps what it has); `end` is how far `new`
+    /// is written. Then every segment in `drop` (and `new`) that no file
+    /// references any more is removed with its chunk. `new` 0: only drops.
+    CompactSegments {
+        new: u64,
+        end: u64,
+        moves: Vec<NeedleMove>,
+        drop: Vec<u64>,
+    },
+}
+
+/// One needle compaction moves: file `ino`'s needle at `offset` of segment
+/// chunk `chunk` goes to `new_offset` of the new segment's chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedleMove {
+    pub ino: u64,
+    pub chunk: u64,
+    pub offset: u64,
+    pub new_offset: u64,
 }
 
 /// One chunk's data bytes on disk, as its primary replica reported them.
@@ -208,7 +238,8 @@ impl Record {
             | Record::BeginUnpack { ino, .. }
             | Record::Unpack { ino, .. } => *ino,
             Record::SetAcl { ino, .. } => *ino,
-            Record::ExpireSession { .. } => 0,
+            Record::ExpireSession { .. } | Record::CompactBegin { .. } => 0,
+            Record::CompactSegments { new, .. } => *new,
             Record::RenameWhiteout { rename, .. } => rename.ino(),
         }
     }

@@ -235,6 +235,23 @@ impl pb::admin_server::Admin for Mds {
         }))
     }
 
+    async fn compact(
+        &self,
+        req: Request<pb::CompactReq>,
+    ) -> Result<Response<pb::CompactReply>, Status> {
+        self.check_leader(false)?;
+        let below = match req.into_inner().below {
+            b if b > 0.0 => b,
+            _ => self.compactor.cfg.below,
+        };
+        tracing::info!(below, "compaction requested");
+        match self.compact_pass(below).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(crate::committer::NOT_LEADER) => Err(weft_proto::leader::not_leader(None)),
+            Err(e) => Err(Status::internal(format!("compaction failed: {e}"))),
+        }
+    }
+
     async fn mds_remove(
         &self,
         req: Request<pb::MdsRemoveReq>,

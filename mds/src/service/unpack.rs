@@ -81,7 +81,22 @@ impl Mds {
                 return Err(Errno::EIO);
             };
             if needle.len > 0 {
-                self.copy_needle(ino, target.id, &needle).await?;
+                if let Err(e) = self.copy_needle(ino, target.id, &needle).await {
+                    // Compaction moved the needle meanwhile (its old
+                    // segment's chunk is going): copy from where it is now.
+                    if self
+                        .state
+                        .read()
+                        .await
+                        .ns
+                        .needle(ino)
+                        .map(|n| (n.chunk, n.offset))
+                        != Some((needle.chunk, needle.offset))
+                    {
+                        continue;
+                    }
+                    return Err(e);
+                }
             }
             let record = crate::ns::Record::Unpack {
                 ino,

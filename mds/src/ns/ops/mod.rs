@@ -4,6 +4,7 @@
 
 mod atime;
 pub(crate) mod chunks;
+pub(crate) mod compact;
 mod create;
 pub(crate) mod packed;
 mod read;

@@ -8,7 +8,7 @@
 //! file's chunk. Only the session that created it appends to it.
 
 use crate::ns::inode::{
-    Body, ChunkRef, Inode, Kind, Time, NEEDLE_ALIGN, NEEDLE_HEADER, SEGMENT_PARENT,
+    needle_span, Body, ChunkRef, Inode, Kind, Time, NEEDLE_ALIGN, NEEDLE_HEADER, SEGMENT_PARENT,
     SEGMENT_SESSION_XATTR,
 };
 use crate::ns::ops::chunks::FIRST_VERSION;
@@ -137,6 +137,18 @@ impl Namespace {
             unpack_to: None,
         };
         i.alloc.clear();
+        self.live_add(chunk, len);
+        // The segment remembers how far it is written (its allocation, as
+        // for any chunk) and when a needle last went in (its mtime: the
+        // compactor leaves a segment alone while it is appended to).
+        if let Some(&(seg, 0)) = self.chunk_owners.get(&chunk) {
+            if let Some(s) = self.inodes.get_mut(&seg).filter(|s| s.is_segment()) {
+                let end = offset.saturating_add(needle_span(len));
+                let w = s.alloc.entry(0).or_insert(0);
+                *w = (*w).max(end).min(self.chunk_size);
+                s.mtime = now;
+            }
+        }
         // Size, times and setuid/setgid as any write's commit.
         self.apply_commit_write(ino, end, kill_privs, now)
     }
@@ -232,9 +244,15 @@ impl Namespace {
             // and the service copies again (an empty reply says so).
             _ => return Ok(ReplyResult::Empty(pb::Empty {})),
         };
+        let (seg_chunk, seg_len) = match i.body {
+            Body::Packed { chunk, len, .. } => (chunk, len),
+            _ => unreachable!("matched as packed above"),
+        };
         i.body = Body::File {
             chunks: BTreeMap::from([(0, target)]),
         };
-        Ok(ReplyResult::Attr(i.attr(self.chunk_size)))
+        let attr = i.attr(self.chunk_size);
+        self.live_sub(seg_chunk, seg_len);
+        Ok(ReplyResult::Attr(attr))
     }
 }

@@ -247,7 +247,30 @@ impl Namespace {
             }
         }
         i.size = size;
-        if let Body::Packed { len, unpack_to, .. } = &mut i.body {
+        if let Body::Packed {
+            len,
+            unpack_to,
+            chunk,
+            ..
+        } = &mut i.body
+        {
+            let (chunk, before) = (*chunk, *len);
+            let after = if size == 0 {
+                None
+            } else {
+                Some(before.min(size))
+            };
+            // The live figure counts what a reader gets of the needle.
+            if after != Some(before) {
+                let live = self.live.entry(chunk).or_default();
+                live.remove(before);
+                if let Some(l) = after {
+                    live.add(l);
+                }
+                if live.needles == 0 {
+                    self.live.remove(&chunk);
+                }
+            }
             if size == 0 {
                 // Empty again: it may be packed anew; an unpack under way
                 // loses its chunk (its Unpack then finds nothing to do).

@@ -452,6 +452,11 @@ pub fn check_invariants(ns: &Namespace) {
         }
     }
     assert_eq!(owners, ns.chunk_owners);
+    assert_eq!(
+        crate::ns::ops::compact::count_live(&ns.inodes),
+        ns.live,
+        "live needles per segment"
+    );
     assert_eq!(dirs, ns.dirs);
     assert_eq!(bytes, ns.bytes);
     let c = ns.counts();

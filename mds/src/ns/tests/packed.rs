@@ -311,9 +311,178 @@ fn packed_files_and_segments_survive_postcard() {
     pack(&mut h, g, seg, 64, 10, 10).unwrap();
     let rec = h.ns.prepare_begin_unpack(g).unwrap().unwrap();
     h.apply(rec);
-    let back: Namespace = postcard::from_bytes(&postcard::to_allocvec(&h.ns).unwrap()).unwrap();
+    let mut back: Namespace = postcard::from_bytes(&postcard::to_allocvec(&h.ns).unwrap()).unwrap();
+    // How far the segment is written travels with the allocations, as in a
+    // snapshot.
+    back.restore_allocations(h.ns.allocations().map(|(i, a)| (i, a.clone())).collect());
     assert_eq!(back, h.ns);
+    assert_eq!(back.segment_infos(), h.ns.segment_infos());
     assert_eq!(back.counts(), h.ns.counts());
     assert_eq!(back.counts().segments, 1);
     check_invariants(&back);
+}
+
+/// The segment's info as the compactor sees it.
+fn info(h: &Harness, seg: u64) -> crate::ns::SegmentInfo {
+    h.ns.segment_infos()
+        .into_iter()
+        .find(|s| s.ino == seg)
+        .expect("the segment")
+}
+
+#[test]
+fn the_live_figure_follows_every_change_of_a_packed_file() {
+    let mut h = Harness::new();
+    let seg = segment(&mut h);
+    let (f, g, k) = (h.create(1, "f"), h.create(1, "g"), h.create(1, "k"));
+    pack(&mut h, f, seg, 0, 5000, 5000).unwrap(); // span 5056
+    pack(&mut h, g, seg, 5056, 100, 100).unwrap(); // span 192
+    pack(&mut h, k, seg, 5248, 0, 0).unwrap(); // span 64
+    let s = info(&h, seg.0);
+    assert_eq!((s.live.needles, s.live.bytes), (3, 5056 + 192 + 64));
+    assert_eq!((s.written, s.session, s.chunk), (5312, SESSION, seg.1));
+    assert_eq!(s.mtime, h.now(), "the last needle's commit");
+    // Shrink: what a reader gets; the segment stays written as far.
+    h.truncate_as(&root(), f, 10).unwrap();
+    assert_eq!(info(&h, seg.0).live.bytes, 64 + 192 + 64);
+    // Removal, truncation to 0, an unpack: each needle goes.
+    h.unlink_as(&root(), 1, "g").unwrap();
+    assert_eq!(info(&h, seg.0).live.needles, 2);
+    h.truncate_as(&root(), k, 0).unwrap();
+    assert_eq!(info(&h, seg.0).live.needles, 1);
+    let begin = h.ns.prepare_begin_unpack(f).unwrap().unwrap();
+    h.apply(begin);
+    let chunk_id = h.ns.unpack_target(f).unwrap().id;
+    h.apply(Record::Unpack {
+        ino: f,
+        chunk_id,
+        len: 10,
+    });
+    let s = info(&h, seg.0);
+    assert_eq!((s.live.needles, s.live.bytes, s.written), (0, 0, 5312));
+    assert_eq!(s.live_fraction(), 0.0);
+    // A snapshot counts it again (check_invariants compares with a scan).
+    let back: Namespace = postcard::from_bytes(&postcard::to_allocvec(&h.ns).unwrap()).unwrap();
+    check_invariants(&back);
+    assert_eq!(back.live_in(seg.1), Live::default());
+}
+
+#[test]
+fn compaction_moves_the_needles_that_still_match_and_drops_emptied_segments() {
+    let mut h = Harness::new();
+    let old = segment(&mut h);
+    let files: Vec<u64> = (0..5).map(|i| h.create(1, &format!("f{i}"))).collect();
+    for (n, &f) in files.iter().enumerate() {
+        pack(&mut h, f, old, 128 * n as u64, 50, 50).unwrap();
+    }
+    // f0 and f1 are removed; f2 is emptied during the copy.
+    h.unlink_as(&root(), 1, "f0").unwrap();
+    h.unlink_as(&root(), 1, "f1").unwrap();
+    let now = h.ctx(&root()).now;
+    let next_chunk = h.ns.next_chunk_id();
+    let new = attr(h.apply(Record::CompactBegin { now }));
+    let new_chunk = h.ns.file_chunks(new.ino, 0, 1).unwrap().1[0];
+    assert_eq!(new_chunk, (0, next_chunk, 1));
+    let n = info(&h, new.ino);
+    assert_eq!((n.session, n.live.needles), (MDS_SEGMENT_SESSION, 0));
+    assert_eq!(h.ns.counts().segments, 2);
+    assert_eq!(h.ns.getattr(new.ino), Err(Errno::ENOENT), "hidden");
+    h.truncate_as(&root(), files[2], 0).unwrap();
+    let mv = |ino, offset, new_offset| crate::ns::NeedleMove {
+        ino,
+        chunk: old.1,
+        offset,
+        new_offset,
+    };
+    let freed = h.freed.len();
+    h.apply(Record::CompactSegments {
+        new: new.ino,
+        end: 256,
+        moves: vec![
+            mv(files[2], 256, 0),
+            mv(files[3], 384, 0),
+            mv(files[4], 512, 128),
+        ],
+        drop: vec![old.0],
+    });
+    assert_eq!(needle(&h, files[3]), Some((next_chunk, 0, 50)));
+    assert_eq!(needle(&h, files[4]), Some((next_chunk, 128, 50)));
+    assert_eq!(needle(&h, files[2]), None);
+    // The old segment went with its chunk.
+    assert!(h.ns.get(old.0).is_none());
+    assert_eq!(h.freed[freed..], [old.1]);
+    assert_eq!(h.ns.chunk_owner(old.1), None);
+    let n = info(&h, new.ino);
+    assert_eq!((n.live.needles, n.live.bytes, n.written), (2, 256, 256));
+    assert_eq!(h.ns.counts().segments, 1);
+    // Replaying the switch changes nothing more (the moves no longer
+    // match, the old segment is gone).
+    let before = h.ns.clone();
+    h.apply(Record::CompactSegments {
+        new: new.ino,
+        end: 256,
+        moves: vec![mv(files[3], 384, 0), mv(files[4], 512, 128)],
+        drop: vec![old.0],
+    });
+    assert_eq!(h.ns, before);
+}
+
+#[test]
+fn a_segment_still_referenced_stays_and_an_unused_new_one_goes() {
+    let mut h = Harness::new();
+    let old = segment(&mut h);
+    let (f, g) = (h.create(1, "f"), h.create(1, "g"));
+    pack(&mut h, f, old, 0, 10, 10).unwrap();
+    pack(&mut h, g, old, 64, 10, 10).unwrap();
+    let now = h.ctx(&root()).now;
+    let new = attr(h.apply(Record::CompactBegin { now })).ino;
+    let new_chunk = h.ns.file_chunks(new, 0, 1).unwrap().1[0].1;
+    // g was repacked at another offset after the copy began: a stale move
+    // (and a needle committed after the scan is in no move at all).
+    let stale = crate::ns::NeedleMove {
+        ino: g,
+        chunk: old.1,
+        offset: 128,
+        new_offset: 64,
+    };
+    let good = crate::ns::NeedleMove {
+        ino: f,
+        chunk: old.1,
+        offset: 0,
+        new_offset: 0,
+    };
+    h.apply(Record::CompactSegments {
+        new,
+        end: 128,
+        moves: vec![good, stale],
+        drop: vec![old.0],
+    });
+    assert_eq!(needle(&h, f), Some((new_chunk, 0, 10)));
+    assert_eq!(needle(&h, g), Some((old.1, 64, 10)));
+    assert!(h.ns.get(old.0).is_some(), "g's needle is still there");
+    // Nothing moved into a new segment: it goes (a compaction whose copy
+    // found nothing to move, or after a crash before its switch).
+    let now = h.ctx(&root()).now;
+    let unused = attr(h.apply(Record::CompactBegin { now })).ino;
+    let unused_chunk = h.ns.file_chunks(unused, 0, 1).unwrap().1[0].1;
+    let freed = h.freed.len();
+    h.apply(Record::CompactSegments {
+        new: unused,
+        end: 0,
+        moves: vec![stale],
+        drop: vec![],
+    });
+    assert!(h.ns.get(unused).is_none());
+    assert_eq!(h.freed[freed..], [unused_chunk]);
+    // Drops only: a segment with a live needle stays, an empty one goes.
+    h.unlink_as(&root(), 1, "f").unwrap();
+    h.apply(Record::CompactSegments {
+        new: 0,
+        end: 0,
+        moves: vec![],
+        drop: vec![old.0, new, f, 12345],
+    });
+    assert!(h.ns.get(old.0).is_some());
+    assert!(h.ns.get(new).is_none());
+    assert_eq!(h.ns.counts().segments, 1);
 }
