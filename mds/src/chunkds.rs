@@ -143,6 +143,16 @@ impl Registry {
         self.fresh_from = first_new_chunk;
     }
 
+    /// Counts every known daemon as heard from now: for a leader that answered
+    /// nothing, heartbeats included, while it heard from no majority. One
+    /// that died meanwhile is declared dead `dead_after` later.
+    pub fn heard_all_now(&mut self) {
+        let now = Instant::now();
+        for d in self.daemons.values_mut() {
+            d.last_beat = now;
+        }
+    }
+
     /// Whether a chunk with no known replica may still have unreported ones:
     /// only in the startup grace, and never for a chunk created since startup
     /// (without this, every new file's first write after an MDS start waited

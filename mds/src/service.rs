@@ -128,7 +128,16 @@ impl Mds {
     pub fn check_leader(&self, read: bool) -> Result<(), Status> {
         match &self.group {
             None => Ok(()),
-            Some(g) => g.check_leader(read),
+            Some(g) => {
+                g.check_leader(read)?;
+                if g.take_resumed() {
+                    // While it refused, the daemons' heartbeats bounced: their
+                    // silence was ours, and their replicas are where they were.
+                    self.registry.lock().heard_all_now();
+                    tracing::info!("answering again: chunk daemons count as heard from now");
+                }
+                Ok(())
+            }
         }
     }
 

@@ -391,7 +391,9 @@ fn minority_down_works_majority_down_waits() {
     let r = writer.join().unwrap();
     assert!(r.is_ok(), "after a majority came back: {r:?}");
     assert!(t.elapsed() >= Duration::from_secs(3));
-    assert_eq!(fs::read(mnt.join("majority-down")).unwrap(), b"waited");
+    let back = fs::read(mnt.join("majority-down"))
+        .unwrap_or_else(|e| panic!("read back: {e}\n{}", c.cluster.mounts[0].proc.log_tail()));
+    assert_eq!(back, b"waited");
     assert_eq!(fs::read(mnt.join("one-down")).unwrap(), b"ok");
 }
 

@@ -285,6 +285,16 @@ pub struct Group {
     /// The newest entry (index, term) known on disk on a majority: replies
     /// carry it, so a close whose changes are older needs no SyncLog.
     confirmed: Mutex<(u64, u64)>,
+    /// The term whose take-over (`service/leadership.rs`: fencing term,
+    /// leases forgotten, chunk-daemon registry started afresh) has finished.
+    /// A leader answers nothing before it: its registry still holds the
+    /// last term's daemons, gone stale while there was no leader, and would
+    /// tell a reader a chunk has no replica.
+    taken_over: std::sync::atomic::AtomicU64,
+    /// Set when `check_leader` refused for want of a majority; `resumed`
+    /// reports the first answer after that.
+    refusing: std::sync::atomic::AtomicBool,
+    resumed: std::sync::atomic::AtomicBool,
 }
 
 /// Marks a reply's `log_epoch` as a group's: the rest is the term of the
@@ -345,13 +355,27 @@ impl Group {
     }
 
     /// Ok when this node may answer clients now: the leader, caught up with
-    /// its own term, and heard from by a majority within its read lease (for
+    /// its own term, done taking it over (`took_over`), and heard from by a majority within its read lease (for
     /// reads) or within `write_grace` (for everything else). Otherwise the
     /// "not leader" answer naming the leader it knows of (none, for a leader
     /// cut off from its majority: the client moves to its next address).
     ///
     /// Asked on every request, so it reads the few fields it needs in place
     /// (no `Standing`, no copy of openraft's metrics).
+    /// Records that this node's take-over of `term` has finished (see
+    /// `taken_over`): from now on it answers as leader.
+    pub fn took_over(&self, term: u64) {
+        self.taken_over
+            .store(term, std::sync::atomic::Ordering::Release);
+    }
+
+    /// True once after this leader answers again having refused for want of
+    /// a majority (the same term: no take-over follows).
+    pub fn take_resumed(&self) -> bool {
+        self.resumed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
     pub fn check_leader(&self, read: bool) -> Result<(), tonic::Status> {
         let within = if read {
             self.read_lease
@@ -362,11 +386,25 @@ impl Group {
         let m = self.metrics.borrow();
         let membership = m.membership_config.membership();
         if is_ready(&m)
+            && self.taken_over.load(std::sync::atomic::Ordering::Acquire) == m.current_term
             && self
                 .acks
                 .quorum_within(self.id, membership.voter_ids(), m.current_term, within, now)
         {
+            if self
+                .refusing
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
+                self.resumed
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             return Ok(());
+        }
+        if is_ready(&m) {
+            // The leader, but not heard from by a majority: it refuses
+            // everything, chunk daemons' heartbeats included.
+            self.refusing
+                .store(true, std::sync::atomic::Ordering::Release);
         }
         let hint = m
             .current_leader
@@ -651,6 +689,9 @@ pub async fn start(
             log,
             dial,
             confirmed: Mutex::new((0, 0)),
+            taken_over: std::sync::atomic::AtomicU64::new(0),
+            refusing: std::sync::atomic::AtomicBool::new(false),
+            resumed: std::sync::atomic::AtomicBool::new(false),
         }),
         state,
     })

@@ -22,6 +22,7 @@ pub fn watch_leadership(mds: Mds, dead_after: Duration) {
             match change {
                 Leadership::Took { term } => {
                     take_over(&mds, term, dead_after).await;
+                    g.took_over(term);
                     tracing::info!(term, node = g.id, "leading the MDS group");
                 }
                 Leadership::Lost => {
