@@ -56,6 +56,8 @@ pub struct Weft {
     pub(crate) pack_max: u64,
     /// This mount's segments (segments.rs).
     pub(crate) segments: crate::segments::Segments,
+    /// `ClientOpts::close_sync`.
+    pub(crate) close_sync: bool,
 }
 
 /// What a client is tuned with (weftfs takes them from its `-o` options,
@@ -90,6 +92,11 @@ pub struct ClientOpts {
     /// instead of a chunk of its own; 0: never. Capped at a quarter of a
     /// segment.
     pub pack_max: u64,
+    /// close also waits until the MDS has the file's metadata changes
+    /// (creation, size, attributes) on disk, not only in its log's page cache
+    /// (a majority's, in a group). Off: close returns once the MDS holds them,
+    /// as the chunk daemons hold the data, and fsync makes both durable.
+    pub close_sync: bool,
 }
 
 /// `ClientOpts::pack_max`'s default: files written whole up to 64 KiB are
@@ -113,6 +120,7 @@ impl Default for ClientOpts {
             strict: false,
             file_dirty_limit: None,
             pack_max: DEFAULT_PACK_MAX,
+            close_sync: false,
         }
     }
 }
@@ -206,6 +214,7 @@ impl Weft {
             file_dirty_limit: opts.file_dirty_limit,
             pack_max: crate::segments::pack_limit(opts.pack_max, chunk_size),
             segments: crate::segments::Segments::new(chunk_size),
+            close_sync: opts.close_sync,
         });
         Ok(weft)
     }

@@ -731,10 +731,11 @@ impl Weft {
         Ok(w)
     }
 
-    /// flush(2) on close of a descriptor: store the data, report any
-    /// write-back error this handle has not seen, and wait until this mount's
-    /// changes to the inode (its creation, size, attributes) are on disk in
-    /// the MDS log.
+    /// flush(2) on close of a descriptor: store the data (every replica holds
+    /// it, and the MDS its size) and report any write-back error this handle
+    /// has not seen. With `close_sync`, also wait until this mount's changes
+    /// to the inode (its creation, size, attributes) are on disk in the MDS
+    /// log; without, fsync is what makes them durable, as on ext4.
     pub async fn flush_handle(self: &Arc<Self>, ino: u64, fh: u64) -> Result<(), Errno> {
         if let Some(st) = self.files.get(ino) {
             let r = self.flush_file_as(&st, true).await;
@@ -742,7 +743,11 @@ impl Weft {
             r?;
             unseen.map_or(Ok(()), Err)?;
         }
-        self.mds.log_durable_for(&Caller::default(), ino).await
+        if self.close_sync {
+            self.mds.log_durable_for(&Caller::default(), ino).await
+        } else {
+            Ok(())
+        }
     }
 
     /// fsync(2): store the data, then make every chunk written since the last

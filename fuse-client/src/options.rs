@@ -104,6 +104,8 @@ pub struct MountOpts {
     /// Strict coherence: another mount's change returns only after this
     /// mount's caches and the kernel's dropped it (cache/coherence.rs).
     pub strict: bool,
+    /// close waits for the MDS's disk (ClientOpts::close_sync).
+    pub close_sync: bool,
     /// Honour device nodes / setuid bits (mount.fuse3 passes `dev,suid` when
     /// root mounts); without them the mount is nodev,nosuid.
     pub dev: bool,
@@ -132,6 +134,7 @@ impl Default for MountOpts {
             disk_cache: None,
             disk_cache_mib: 1024,
             strict: false,
+            close_sync: false,
             log: None,
             log_level: None,
             http: None,
@@ -158,6 +161,7 @@ impl MountOpts {
             strict: self.strict,
             file_dirty_limit: None,
             pack_max: self.pack_max_kib << 10,
+            close_sync: self.close_sync,
         }
     }
 
@@ -239,6 +243,9 @@ options honoured:
                        or create returns only once this mount (and its kernel)
                        dropped what it changed, or after at most 1 s if this
                        mount stops answering; kernel TTLs are then at most 1 s
+  close_sync           close also waits until the MDS has the file's creation,
+                       size and attributes on disk (default: close returns
+                       once the MDS holds them; fsync makes them durable)
   readahead=KIB        kernel readahead window for sequential reads (default 8192)
   data_cache=MIB       weftfs memory for cached file data (default 128; 0 turns
                        it off); dropped per file when another mount changes it
@@ -528,6 +535,10 @@ fn apply_option(opts: &mut MountOpts, item: &str) -> Result<(), ArgError> {
             flag(value)?;
             opts.strict = true
         }
+        "close_sync" => {
+            flag(value)?;
+            opts.close_sync = true
+        }
         "fsname" => opts.fsname = Some(need(value)?),
         "subtype" => opts.subtype = Some(need(value)?),
         "mds_timeout" => opts.mds_timeout = seconds(key, &need(value)?)?,
@@ -762,6 +773,7 @@ mod tests {
             "entry_timeout",
             "cache_timeout",
             "strict ",
+            "close_sync ",
             "disk_cache=",
             "disk_cache_size=",
             "log=",
@@ -803,6 +815,11 @@ mod tests {
         };
         assert_eq!(c.opts.pack_max_kib, 8);
         assert_eq!(MountOpts::default().client_opts().pack_max, 64 << 10);
+        assert!(!MountOpts::default().client_opts().close_sync);
+        let Parsed::Run(c) = parse_args(["h:1", "m", "-o", "close_sync"]).unwrap() else {
+            panic!("not a run")
+        };
+        assert!(c.opts.client_opts().close_sync);
         assert!(o.strict);
         assert!(!o.noatime);
         assert_eq!(o.log_level.as_deref(), Some("debug"));

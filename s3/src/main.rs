@@ -60,6 +60,9 @@ fn run(args: Args) -> Result<(), String> {
             // Memory per PUT stays a few MiB however large the object.
             file_dirty_limit: Some(args.write_buffer_mib.max(1) << 20),
             data_cache_mib: args.data_cache_mib,
+            // A PUT's 200 means the object's name and size are on the MDS's
+            // disk, as before close stopped waiting for it in weftfs.
+            close_sync: true,
             ..Default::default()
         };
         let w = Weft::connect(&args.mds, &opts, PROBE_BUDGET).await?;

@@ -4,8 +4,10 @@
 //! lasts long enough to look at:
 //! - changes whose syscalls returned survive a kill -9 of the MDS taken while
 //!   none of them was synced (the page cache keeps them);
-//! - fsync, fsyncdir and close of a changed file return only once the MDS
-//!   reports its log on disk past the change.
+//! - fsync and fsyncdir return only once the MDS reports its log on disk
+//!   past the change; close of a changed file too with `-o close_sync`, and
+//!   without it close returns before (the MDS holds the change, which a
+//!   kill -9 of the MDS does not lose).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -83,9 +85,9 @@ fn changes_answered_before_the_sync_survive_kill9() {
 }
 
 #[test]
-fn fsync_fsyncdir_and_close_wait_for_the_log() {
+fn fsync_fsyncdir_and_close_sync_wait_for_the_log() {
     let mut tc = slow_sync_cluster(3_000);
-    let m = tc.mount();
+    let m = tc.mount_with(&["close_sync"]);
     fs::write(m.join("f"), b"hello").unwrap();
     fs::create_dir(m.join("dir")).unwrap();
 
@@ -117,8 +119,8 @@ fn fsync_fsyncdir_and_close_wait_for_the_log() {
         "fsyncdir returned at durable {durable} < {after_mkdir}"
     );
 
-    // close of a file this mount created and wrote: its creation, size and
-    // mtime are on disk when close returns.
+    // close (with close_sync) of a file this mount created and wrote: its
+    // creation, size and mtime are on disk when close returns.
     sh(&m, "printf 'some bytes' > g");
     let (after_close, durable) = log_indexes(&tc);
     assert!(
@@ -141,4 +143,43 @@ fn fsync_fsyncdir_and_close_wait_for_the_log() {
         let (a, d) = log_indexes(&tc);
         a == d
     });
+}
+
+#[test]
+fn close_returns_before_the_log_sync_and_a_kill9_loses_nothing_closed() {
+    let mut tc = slow_sync_cluster(20_000);
+    let m = tc.mount();
+    // Twenty files created, written and closed (packed and in chunks): every
+    // close returns while the log sync is held back for 20 s.
+    let t0 = std::time::Instant::now();
+    let mut want = Vec::new();
+    for i in 0..20u32 {
+        let data: Vec<u8> = (0..(i as usize * 7_001 + 100))
+            .map(|j| (j as u32 * 31 + i) as u8)
+            .collect();
+        fs::write(m.join(format!("c{i}")), &data).unwrap();
+        want.push(data);
+    }
+    let took = t0.elapsed();
+    let (appended, durable) = log_indexes(&tc);
+    assert!(
+        durable < appended,
+        "the closes should be answered before they are on disk: appended {appended}, durable {durable}"
+    );
+    assert!(
+        took < Duration::from_secs(15),
+        "twenty closes took {took:?}: they waited for the 20 s log sync"
+    );
+    // The MDS holds them: a kill -9 now loses none, as a fresh mount and
+    // the writing one both see.
+    tc.cluster.mds.crash();
+    let addr = tc.mds_addr();
+    tc.cluster.start_mds(Some(&addr)).expect("restart the MDS");
+    let m2 = tc.mount();
+    for mnt in [&m2, &m] {
+        for (i, data) in want.iter().enumerate() {
+            let p = mnt.join(format!("c{i}"));
+            assert_eq!(&fs::read(&p).unwrap(), data, "{}", p.display());
+        }
+    }
 }

@@ -1,8 +1,8 @@
 //! What an MDS group's answers promise about the disk. A change is answered
 //! once a majority has it written (each node fdatasyncs right behind it);
-//! fsync and close wait until it is on disk on a majority. Every node here
-//! holds each fdatasync back by `--test-sync-delay-ms`, so the tests can
-//! tell "written" from "on disk".
+//! fsync (and close, with `-o close_sync`) waits until it is on disk on a
+//! majority. Every node here holds each fdatasync back by
+//! `--test-sync-delay-ms`, so the tests can tell "written" from "on disk".
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
