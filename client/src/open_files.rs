@@ -58,6 +58,10 @@ pub struct FileInner {
     pub packable: bool,
     /// The segment a needle of this file went to since the last fsync.
     pub packed_in: Option<u64>,
+    /// The size the MDS gave this mount's latest open: where an O_APPEND
+    /// write goes at least, though the kernel's size and the attribute
+    /// cache may still lag another mount's close (its push on the way).
+    pub open_size: u64,
 }
 
 pub struct FileState {
@@ -86,6 +90,7 @@ impl FileState {
                 unsynced: HashMap::new(),
                 packable: false,
                 packed_in: None,
+                open_size: 0,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
         }

@@ -99,6 +99,9 @@ impl Weft {
         let keep = unchanged && flags & libc::O_TRUNC == 0 && !strict;
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.files.open(ino, flags & FMODE_EXEC != 0, write);
+        if let Some(st) = self.files.get(ino) {
+            st.inner.lock().open_size = a.size;
+        }
         if a.size == 0 {
             self.files.mark_packable(ino);
         }
@@ -146,12 +149,18 @@ impl Weft {
     /// the limit; kicks a background flush when this file's buffer is large.
     /// Where an O_APPEND write lands. The kernel (without its writeback
     /// cache) puts it at its own cached i_size, which lags another mount's
-    /// appends for up to `attr_timeout`; open() fetched the MDS's size, and
-    /// this client's unflushed writes extend it, so the end is the largest.
+    /// appends until their push arrives; open() fetched the MDS's size
+    /// (kept as `open_size`: a push for the other mount's change that lands
+    /// after the open drops the attribute cache's copy of it), and this
+    /// client's unflushed writes extend it, so the end is the largest.
     pub fn append_offset(&self, ino: u64, kernel_offset: u64) -> u64 {
         let known = self.mds.attrs.get(ino).map_or(0, |a| a.size);
         let pending = self.files.size_override(ino).unwrap_or(0);
-        kernel_offset.max(known).max(pending)
+        let opened = self
+            .files
+            .get(ino)
+            .map_or(0, |st| st.inner.lock().open_size);
+        kernel_offset.max(known).max(pending).max(opened)
     }
 
     pub async fn write(
@@ -942,6 +951,7 @@ impl Weft {
             g.allocs.clear();
             // Emptied: what is written next may be the whole file again.
             g.packable |= size == 0 && g.opens > 0;
+            g.open_size = size;
             drop(g);
             Ok(a)
         }
