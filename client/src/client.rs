@@ -402,14 +402,17 @@ impl Weft {
                 // Explicit times, modes, owners (cp -p and tar set them
                 // through the open descriptor before close): data written
                 // before them is committed first, or its commit would set
-                // mtime to "now", or drop a setuid bit, after them.
+                // mtime to "now", or drop a setuid bit, after them. That
+                // data is the whole file as a rule (tar, cp -p, rsync set
+                // them last), so a small one is packed as at close: else
+                // every file tar extracts had a chunk of its own.
                 if req.mtime.is_some()
                     || req.mode.is_some()
                     || req.uid.is_some()
                     || req.gid.is_some()
                 {
                     if let Some(st) = self.files.get(ino).filter(|st| st.has_pending()) {
-                        self.flush_file(&st).await?;
+                        self.flush_file_as(&st, true).await?;
                     }
                 }
                 self.mds.attr(c, Op::Setattr(req)).await?

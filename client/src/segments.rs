@@ -152,8 +152,9 @@ pub fn pack_limit(asked: u64, chunk_size: u64) -> u64 {
 /// Whether a flush stores the file as a needle: the flush holds the whole
 /// file (`whole`: it was empty when opened or truncated to 0 since, and
 /// no chunk of it was stored since), ends within `pack_max`, and is the
-/// last of a write (close, fsync, release), not a background one that more
-/// writes may follow.
+/// last of a write (close, fsync, release, or a chmod/chown/utimens of the
+/// open file, which tar and cp -p send last), not a background one that
+/// more writes may follow.
 pub fn should_pack(pack_max: u64, whole: bool, last: bool, end: u64) -> bool {
     pack_max > 0 && whole && last && end <= pack_max
 }

@@ -23,7 +23,7 @@ use weft_proto::pb;
 use weft_proto::pb::meta_reply::Result as R;
 use weft_proto::pb::meta_request::Op;
 use weft_testkit::mds::RawMeta;
-use weft_testkit::{fstat, lseek, open_rw, pattern, sha256_hex, TestCluster};
+use weft_testkit::{fstat, lseek, open_rw, pattern, sh, sha256_hex, TestCluster};
 
 const MIB: u64 = 1 << 20;
 const PACK: &[&str] = &["pack_max_kib=64"];
@@ -636,4 +636,60 @@ fn fallocate_on_packed_files() {
     drop(f);
     check(&e.b.join("refused"), &d, 0, "after refused modes, on B");
     e.assert_packed(&p, 30_000);
+}
+
+#[test]
+fn tar_and_cp_p_store_small_files_packed_with_their_modes_and_times() {
+    let e = Env::start();
+    // A tree on the local disk: small files of several sizes, modes and
+    // mtimes, as a source tree's are.
+    let src = e.tc.tmp.path().join("src");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    let mut files = Vec::new();
+    for i in 0..30u64 {
+        let name = if i % 3 == 0 {
+            format!("sub/f{i}")
+        } else {
+            format!("f{i}")
+        };
+        let data = pattern(100 + i as usize * 997, i);
+        let p = src.join(&name);
+        fs::write(&p, &data).unwrap();
+        let mode = [0o640, 0o755, 0o600][i as usize % 3];
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        let mtime = 1_000_000_000 + i as i64 * 86_400;
+        sh(&src, &format!("touch -m -d @{mtime} {name}"));
+        files.push((name, data, mode, mtime));
+    }
+    let tar = e.tc.tmp.path().join("src.tar");
+    sh(&src, &format!("tar -cf {} .", tar.display()));
+
+    let before = e.chunk_ids();
+    fs::create_dir(e.a.join("x")).unwrap();
+    sh(&e.a.join("x"), &format!("tar -xpf {}", tar.display()));
+    fs::create_dir(e.a.join("c")).unwrap();
+    sh(&e.a, &format!("cp -p {}/f1 c/f1", src.display()));
+    files.push(("../c/f1".into(), files[1].1.clone(), files[1].2, files[1].3));
+
+    let mut segments = BTreeSet::new();
+    for (name, data, mode, mtime) in &files {
+        let pa = e.a.join("x").join(name);
+        let (len, segment) = e
+            .needle(&pa)
+            .unwrap_or_else(|| panic!("{name}: extracted as chunks, not packed"));
+        assert_eq!(len, data.len() as u64, "{name}: needle length");
+        segments.insert(segment);
+        // What B sees: the bytes, the mode and the mtime tar or cp -p set.
+        let pb = e.b.join("x").join(name);
+        check(&pb, data, 0, name);
+        let m = fs::metadata(&pb).unwrap();
+        assert_eq!(m.mode() & 0o7777, *mode, "{name}: mode");
+        assert_eq!(m.mtime(), *mtime, "{name}: mtime");
+    }
+    // The daemons gained the segments' replicas and nothing else.
+    let new: BTreeSet<u64> = e.chunk_ids().difference(&before).copied().collect();
+    assert!(
+        new.is_subset(&segments),
+        "chunks {new:?} besides the segments {segments:?}"
+    );
 }

@@ -42,6 +42,8 @@ struct Inner {
     gen: u64,
     /// Mutations begun (`before`) and not yet ended (`after`, or dropped).
     in_flight: u64,
+    /// Bumped by every push of another mount's change (and `reset`).
+    pushes: u64,
     live: bool,
     entries: LruCache<(u64, Vec<u8>), u64>,
     attrs: LruCache<u64, Attr>,
@@ -64,6 +66,8 @@ pub struct Started<'a> {
     ticket: MetaTicket,
     /// Other mutations were in flight when this one began.
     overlapped: bool,
+    /// `pushes` when it began.
+    pushes: u64,
     touch: Changes,
     ended: bool,
 }
@@ -73,8 +77,15 @@ impl Drop for Started<'_> {
         if !self.ended {
             self.ended = true;
             let touch = std::mem::replace(&mut self.touch, Changes::Nothing);
-            self.cache
-                .end(self.ticket, self.overlapped, touch, None, None, false);
+            self.cache.end(
+                self.ticket,
+                self.overlapped,
+                self.pushes,
+                touch,
+                None,
+                None,
+                false,
+            );
         }
     }
 }
@@ -102,6 +113,7 @@ impl Default for MetaCache {
             inner: Mutex::new(Inner {
                 gen: 0,
                 in_flight: 0,
+                pushes: 0,
                 live: false,
                 entries: LruCache::new(cap),
                 attrs: LruCache::new(cap),
@@ -113,7 +125,10 @@ impl Default for MetaCache {
 }
 
 impl Inner {
-    fn drop_touched(&mut self, t: &Changes) {
+    /// `xattrs`: the change may give an inode extended attributes (only a
+    /// setxattr or removexattr does: a data commit, chmod or chown before
+    /// tar's next question about security.capability leaves it absent).
+    fn drop_touched(&mut self, t: &Changes, xattrs: bool) {
         self.gen += 1;
         match t {
             Changes::Nothing => {}
@@ -130,7 +145,9 @@ impl Inner {
             } => {
                 for ino in inodes {
                     self.attrs.pop(ino);
-                    self.no_xattr.pop(ino);
+                    if xattrs {
+                        self.no_xattr.pop(ino);
+                    }
                 }
                 for key in removed.iter().chain(created) {
                     match self.entries.pop(key) {
@@ -210,13 +227,14 @@ impl MetaCache {
             return None;
         }
         let mut g = self.inner.lock();
-        g.drop_touched(&touch);
+        g.drop_touched(&touch, matches!(op, Op::Setxattr(_) | Op::Removexattr(_)));
         let overlapped = g.in_flight > 0;
         g.in_flight += 1;
         Some(Started {
             cache: self,
             ticket: MetaTicket(g.gen),
             overlapped,
+            pushes: g.pushes,
             touch,
             ended: false,
         })
@@ -241,6 +259,7 @@ impl MetaCache {
         self.end(
             started.ticket,
             started.overlapped,
+            started.pushes,
             touch,
             reply,
             parent_attr,
@@ -248,10 +267,12 @@ impl MetaCache {
         );
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn end(
         &self,
         ticket: MetaTicket,
         overlapped: bool,
+        pushes: u64,
         touch: Changes,
         reply: Option<&R>,
         parent_attr: Option<&Attr>,
@@ -297,14 +318,21 @@ impl MetaCache {
             g.complete.remove(&names[1].0);
         }
         if let Some((parent, name)) = created {
+            // A new inode carries no security.* names (only ACLs inherit),
+            // and no other call of this mount can have named it yet: only
+            // another mount's change (a push) could have given it one. So
+            // this holds even when other calls overlapped this one (tar's
+            // release of the file before): the kernel's security.capability
+            // question before every first write needs no round trip.
+            if let (true, true, Some(R::Attr(a))) = (g.live, g.pushes == pushes, reply) {
+                if a.nlink <= 1 || mkdir {
+                    g.no_xattr.put(a.ino, vec![b"security.capability".to_vec()]);
+                }
+            }
             match (alone && g.live, reply) {
                 (true, Some(R::Attr(a))) => {
                     g.put_entry(parent, name, a.ino);
                     g.attrs.put(a.ino, *a);
-                    // New inodes carry no security.* names (only ACLs inherit).
-                    if a.nlink <= 1 || mkdir {
-                        g.no_xattr.put(a.ino, vec![b"security.capability".to_vec()]);
-                    }
                     if mkdir {
                         // Empty, and every later change of it is seen.
                         g.complete.insert(a.ino);
@@ -321,6 +349,7 @@ impl MetaCache {
     pub fn invalidate_entry(&self, parent: u64, name: &[u8]) {
         let mut g = self.inner.lock();
         g.gen += 1;
+        g.pushes += 1;
         g.entries.pop(&(parent, name.to_vec()));
         g.complete.remove(&parent);
     }
@@ -329,6 +358,7 @@ impl MetaCache {
     pub fn invalidate_ino(&self, ino: u64) {
         let mut g = self.inner.lock();
         g.gen += 1;
+        g.pushes += 1;
         g.attrs.pop(&ino);
         g.no_xattr.pop(&ino);
     }
@@ -361,6 +391,7 @@ impl MetaCache {
     pub fn reset(&self, live: bool) {
         let mut g = self.inner.lock();
         g.gen += 1;
+        g.pushes += 1;
         g.entries.clear();
         g.attrs.clear();
         g.complete.clear();
@@ -551,6 +582,26 @@ mod tests {
         assert!(!c.xattr_absent(7, b"user.x"), "only security.* is cached");
         c.insert_xattr_absent(c.ticket(), 7, b"user.x");
         assert!(!c.xattr_absent(7, b"user.x"));
+        // tar: the data's commit, then chown, chmod and the times: none
+        // gives the file an extended attribute.
+        for op in [
+            Op::CommitWrite(CommitWriteReq {
+                ino: 7,
+                end: 10,
+                ..Default::default()
+            }),
+            Op::Setattr(SetAttrReq {
+                ino: 7,
+                uid: Some(1000),
+                mode: Some(0o644),
+                ..Default::default()
+            }),
+        ] {
+            let s = c.before(&op);
+            assert!(s.is_some());
+            c.after(s, Some(&R::Attr(attr(7, 10))), None, false);
+            assert!(c.xattr_absent(7, b"security.capability"), "{op:?}");
+        }
         let s = c.before(&Op::Setxattr(SetXattrReq {
             ino: 7,
             name: b"security.capability".to_vec(),
@@ -565,6 +616,33 @@ mod tests {
             !c.xattr_absent(8, b"security.selinux"),
             "another mount changed it"
         );
+    }
+
+    #[test]
+    fn a_created_inode_has_no_security_xattr_though_other_calls_overlapped_unless_a_push_came() {
+        let c = MetaCache::default();
+        c.reset(true);
+        // Another file's chmod is still on its way.
+        let chmod = c.before(&Op::Setattr(SetAttrReq {
+            ino: 6,
+            mode: Some(0o600),
+            ..Default::default()
+        }));
+        assert!(chmod.is_some());
+        let s = c.before(&create(1, "g"));
+        c.after(s, Some(&R::Attr(attr(9, 0))), None, false);
+        assert!(c.xattr_absent(9, b"security.capability"));
+        assert_eq!(
+            found(&c, 1, b"g"),
+            None,
+            "its name waits: a call overlapped"
+        );
+        // A push between the create's start and its answer may concern it.
+        let s = c.before(&create(1, "h"));
+        c.invalidate_ino(10);
+        c.after(s, Some(&R::Attr(attr(10, 0))), None, false);
+        assert!(!c.xattr_absent(10, b"security.capability"));
+        c.after(chmod, Some(&R::Attr(attr(6, 0))), None, false);
     }
 
     #[test]
