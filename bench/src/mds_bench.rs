@@ -33,6 +33,30 @@ struct Args {
     packed: bool,
 }
 
+const USAGE: &str =
+    "usage: mds-bench [--files N] [--ops M] [--clients C] [--dir DIR] [--keep] [--packed]
+  --files N    files for the memory, restart and log-size phases (default 1000000)
+  --ops M      operations per rate phase (default 200000)
+  --clients C  concurrent clients (default 128)
+  --dir DIR    where the MDS's data directory goes (default: a temp dir under /var/tmp)
+  --keep       keep that directory afterwards
+  --packed     the memory phase builds packed 4 KiB files (create, CommitPacked, close)";
+
+/// Prints `why` and the usage, then exits 2 (bad input is no panic).
+fn usage_exit(why: &str) -> ! {
+    eprintln!("mds-bench: {why}\n{USAGE}");
+    std::process::exit(2)
+}
+
+/// The number after `flag`, or the usage.
+fn number(flag: &str, val: Option<&String>) -> u64 {
+    match val.map(|v| v.parse::<u64>()) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => usage_exit(&format!("{flag} takes a number, not {:?}", val.unwrap())),
+        None => usage_exit(&format!("{flag} takes a number")),
+    }
+}
+
 fn args() -> Args {
     let mut a = Args {
         files: 1_000_000,
@@ -45,12 +69,21 @@ fn args() -> Args {
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
-        let val = v.get(i + 1).cloned().unwrap_or_default();
+        let val = v.get(i + 1);
         match v[i].as_str() {
-            "--files" => a.files = val.parse().expect("--files N"),
-            "--ops" => a.ops = val.parse().expect("--ops M"),
-            "--clients" => a.clients = val.parse().expect("--clients C"),
-            "--dir" => a.dir = Some(val),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0)
+            }
+            "--files" => a.files = number("--files", val),
+            "--ops" => a.ops = number("--ops", val),
+            "--clients" => a.clients = number("--clients", val).max(1),
+            "--dir" => {
+                a.dir = Some(
+                    val.cloned()
+                        .unwrap_or_else(|| usage_exit("--dir takes a directory")),
+                )
+            }
             "--keep" => {
                 a.keep = true;
                 i += 1;
@@ -61,7 +94,7 @@ fn args() -> Args {
                 i += 1;
                 continue;
             }
-            other => panic!("unknown argument {other} (see the file's header)"),
+            other => usage_exit(&format!("unknown argument {other}")),
         }
         i += 2;
     }
