@@ -13,7 +13,9 @@
 //!   effort with hard links); `parent == 0` means "unknown".
 
 use super::dir::Dir;
+use super::name::Name;
 use super::pb;
+use super::thin_map::ThinMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -133,7 +135,7 @@ pub fn needle_span(len: u64) -> u64 {
 /// Kind-specific contents.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Body {
-    Dir(Dir),
+    Dir(Box<Dir>),
     /// chunk index (byte offset / chunk size) → chunk; absent indexes are holes.
     File {
         chunks: BTreeMap<u64, ChunkRef>,
@@ -152,7 +154,7 @@ pub enum Body {
         chunk: u64,
         offset: u64,
         len: u64,
-        unpack_to: Option<ChunkRef>,
+        unpack_to: Option<Box<ChunkRef>>,
     },
 }
 
@@ -170,9 +172,9 @@ pub struct Inode {
     pub ctime: Time,
     pub crtime: Time,
     pub rdev: u32,
-    pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+    pub xattrs: ThinMap<Vec<u8>, Vec<u8>>,
     pub parent: u64,
-    pub name: Vec<u8>,
+    pub name: Name,
     pub body: Body,
     /// Chunk index → data bytes its replicas hold on disk, as the
     /// primary last reported (`Record::CommitAlloc`); a chunk absent here is
@@ -180,15 +182,20 @@ pub struct Inode {
     /// before it existed must still load): the snapshot stores it after the
     /// namespace (`snapshot.rs`, format version 2).
     #[serde(skip)]
-    pub alloc: BTreeMap<u64, u64>,
+    pub alloc: ThinMap<u64, u64>,
 }
+
+// What a file costs the MDS is mostly its inode: keep it small (the
+// rarely used parts are boxed: a directory's contents, a begun unpack,
+// extended attributes, allocations).
+const _: () = assert!(std::mem::size_of::<Inode>() <= 192);
 
 impl Inode {
     /// A fresh inode of `kind` with every time set to `now` and no links yet
     /// (the caller sets `nlink`, `parent`, `name`).
     pub fn new(ino: u64, kind: Kind, mode: u32, uid: u32, gid: u32, now: Time) -> Inode {
         let body = match kind {
-            Kind::Directory => Body::Dir(Dir::new()),
+            Kind::Directory => Body::Dir(Box::default()),
             Kind::Regular => Body::File {
                 chunks: BTreeMap::new(),
             },
@@ -208,11 +215,11 @@ impl Inode {
             ctime: now,
             crtime: now,
             rdev: 0,
-            xattrs: BTreeMap::new(),
+            xattrs: ThinMap::new(),
             parent: 0,
-            name: Vec::new(),
+            name: Name::default(),
             body,
-            alloc: BTreeMap::new(),
+            alloc: ThinMap::new(),
         }
     }
 

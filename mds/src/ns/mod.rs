@@ -21,17 +21,21 @@
 mod acl;
 mod dir;
 mod inode;
+mod name;
 mod ops;
 mod perm;
 mod record;
+mod table;
 #[cfg(test)]
 mod tests;
+mod thin_map;
 
 pub use dir::{Entry, FIRST_COOKIE};
 pub use inode::{
     needle_span, Body, ChunkRef, Inode, Kind, Time, MDS_SEGMENT_SESSION, NEEDLE_HEADER,
     SEGMENT_PARENT,
 };
+pub use name::Name;
 pub use ops::compact::{Live, SegmentInfo};
 pub use ops::packed::NeedleAt;
 pub use perm::{may_access, LINK_MAX, MAY_EXEC, MAY_READ, MAY_WRITE, NAME_MAX};
@@ -42,6 +46,7 @@ use pb::meta_reply::Result as ReplyResult;
 use pb::meta_request::Op;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use table::InodeTable;
 
 /// The root directory's inode number.
 pub const ROOT_INO: u64 = 1;
@@ -121,7 +126,7 @@ pub struct Namespace {
     chunk_size: u64,
     next_ino: u64,
     next_chunk: u64,
-    inodes: BTreeMap<u64, Inode>,
+    inodes: InodeTable,
     /// chunk id → (ino, index).
     chunk_owners: BTreeMap<u64, (u64, u64)>,
     dirs: u64,
@@ -148,7 +153,7 @@ struct Stored {
     chunk_size: u64,
     next_ino: u64,
     next_chunk: u64,
-    inodes: BTreeMap<u64, Inode>,
+    inodes: InodeTable,
     chunk_owners: BTreeMap<u64, (u64, u64)>,
     dirs: u64,
     bytes: u64,
@@ -194,7 +199,7 @@ impl Namespace {
         let mut root = Inode::new(ROOT_INO, Kind::Directory, 0o755, 0, 0, Time::default());
         root.nlink = 2;
         root.parent = ROOT_INO;
-        let mut inodes = BTreeMap::new();
+        let mut inodes = InodeTable::new();
         inodes.insert(ROOT_INO, root);
         Namespace {
             chunk_size,
@@ -214,8 +219,7 @@ impl Namespace {
     pub fn allocations(&self) -> impl Iterator<Item = (u64, &BTreeMap<u64, u64>)> {
         self.inodes
             .iter()
-            .filter(|(_, i)| !i.alloc.is_empty())
-            .map(|(&ino, i)| (ino, &i.alloc))
+            .filter_map(|(ino, i)| Some((ino, i.alloc.as_map()?)))
     }
 
     /// Puts back what `allocations` listed (loading a snapshot); entries for
@@ -225,7 +229,7 @@ impl Namespace {
             if let Some(i) = self.inodes.get_mut(&ino) {
                 if let Some(chunks) = i.chunks() {
                     alloc.retain(|index, _| chunks.contains_key(index));
-                    i.alloc = alloc;
+                    i.alloc = alloc.into();
                 }
             }
         }
@@ -427,7 +431,7 @@ impl Namespace {
         let &(ino, index) = self.chunk_owners.get(&chunk_id)?;
         let i = self.inodes.get(&ino)?;
         let c = match (&i.body, index) {
-            (Body::Packed { unpack_to, .. }, 0) => (*unpack_to)?,
+            (Body::Packed { unpack_to, .. }, 0) => *unpack_to.as_deref()?,
             _ => *i.chunks()?.get(&index)?,
         };
         Some((ino, index, c.version))
@@ -445,10 +449,10 @@ impl Namespace {
     /// inodes remain after it (where the next page starts).
     pub fn chunks_after(&self, after: u64, max: usize) -> ChunksPage {
         let mut out = Vec::new();
-        let mut range = self.inodes.range(after.saturating_add(1)..).peekable();
+        let mut range = self.inodes.range_from(after.saturating_add(1)).peekable();
         let mut walked = 0;
         while walked < max {
-            let Some((&ino, i)) = range.next() else { break };
+            let Some((ino, i)) = range.next() else { break };
             walked += 1;
             let chunks = owned_chunks(i);
             out.extend(chunks.map(|(index, c)| (ino, index, c.id, c.version)));
@@ -481,7 +485,7 @@ impl Namespace {
                 .and_then(|p| p.dir())
                 .and_then(|d| d.get(&i.name))
             {
-                Some(e) if e.ino == cur => (i.parent, i.name.as_slice()),
+                Some(e) if e.ino == cur => (i.parent, i.name.as_bytes()),
                 _ => match self.find_link(cur) {
                     Some(link) => link,
                     None => return unknown(),
@@ -754,7 +758,7 @@ impl Namespace {
 /// unpack chunk (at index 0).
 fn owned_chunks(i: &Inode) -> impl Iterator<Item = (u64, ChunkRef)> + '_ {
     let unpack = match &i.body {
-        Body::Packed { unpack_to, .. } => *unpack_to,
+        Body::Packed { unpack_to, .. } => unpack_to.as_deref().copied(),
         _ => None,
     };
     i.chunks()

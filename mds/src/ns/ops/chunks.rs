@@ -202,7 +202,7 @@ impl Namespace {
             // A begun unpack's chunk (a lease on it after an MDS restart).
             Some(Body::Packed {
                 unpack_to: Some(c), ..
-            }) if index == 0 => Some(c),
+            }) if index == 0 => Some(&mut **c),
             Some(Body::File { chunks }) => chunks.get_mut(&index),
             _ => None,
         }

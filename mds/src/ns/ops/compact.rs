@@ -40,7 +40,7 @@ impl Live {
 }
 
 /// The live figure of every segment chunk, by a full scan.
-pub(crate) fn count_live(inodes: &BTreeMap<u64, Inode>) -> BTreeMap<u64, Live> {
+pub(crate) fn count_live(inodes: &super::super::table::InodeTable) -> BTreeMap<u64, Live> {
     let mut live: BTreeMap<u64, Live> = BTreeMap::new();
     for i in inodes.values() {
         if let Body::Packed { chunk, len, .. } = i.body {

@@ -10,7 +10,7 @@ use crate::ns::perm::{
     check_access, check_name, is_dot_or_dotdot, new_owner, LINK_MAX, MAY_EXEC, MAY_WRITE,
     SYMLINK_MAX,
 };
-use crate::ns::{pb, Caller, Ctx, Errno, Namespace, Prepared, Record};
+use crate::ns::{pb, Caller, Ctx, Errno, Name, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
 
 impl Namespace {
@@ -156,7 +156,7 @@ impl Namespace {
         }
         let mut inode = Inode::new(ino, kind, *mode, *uid, *gid, now);
         inode.parent = parent;
-        inode.name = name.clone();
+        inode.name = Name::from(name.as_slice());
         inode.nlink = if kind == Kind::Directory { 2 } else { 1 };
         match kind {
             Kind::CharDevice | Kind::BlockDevice => inode.rdev = *rdev,
@@ -207,7 +207,7 @@ impl Namespace {
         if i.parent == 0 {
             // The remembered link was removed earlier: remember this one.
             i.parent = new_parent;
-            i.name = new_name.to_vec();
+            i.name = Name::from(new_name);
         }
         let attr = i.attr(self.chunk_size);
         Ok(ReplyResult::Attr(attr))

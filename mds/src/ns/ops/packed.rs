@@ -194,8 +194,8 @@ impl Namespace {
 
     /// The chunk a begun unpack of `ino` copies into.
     pub fn unpack_target(&self, ino: u64) -> Option<ChunkRef> {
-        match self.inodes.get(&ino)?.body {
-            Body::Packed { unpack_to, .. } => unpack_to,
+        match &self.inodes.get(&ino)?.body {
+            Body::Packed { unpack_to, .. } => unpack_to.as_deref().copied(),
             _ => None,
         }
     }
@@ -216,10 +216,10 @@ impl Namespace {
         if unpack_to.is_some() {
             return Err(Errno::EIO);
         }
-        *unpack_to = Some(ChunkRef {
+        *unpack_to = Some(Box::new(ChunkRef {
             id: chunk_id,
             version,
-        });
+        }));
         self.chunk_owners.insert(chunk_id, (ino, 0));
         self.next_chunk = self.next_chunk.max(chunk_id.saturating_add(1));
         Ok(ReplyResult::Empty(pb::Empty {}))
@@ -234,12 +234,12 @@ impl Namespace {
         let Some(i) = self.inodes.get_mut(&ino) else {
             return Ok(ReplyResult::Empty(pb::Empty {}));
         };
-        let target = match i.body {
+        let target = match &i.body {
             Body::Packed {
                 unpack_to: Some(c),
                 len,
                 ..
-            } if c.id == chunk_id && len == copied => c,
+            } if c.id == chunk_id && *len == copied => **c,
             // Truncated (or emptied) since the copy began: nothing changes,
             // and the service copies again (an empty reply says so).
             _ => return Ok(ReplyResult::Empty(pb::Empty {})),

@@ -8,7 +8,7 @@
 use super::create::touch_dir;
 use crate::ns::inode::Time;
 use crate::ns::perm::{check_access, check_name, may_delete, MAY_EXEC};
-use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record};
+use crate::ns::{pb, Ctx, Errno, Name, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
 
 impl Namespace {
@@ -92,7 +92,7 @@ impl Namespace {
             if victim.nlink > 0 && victim.parent == parent && victim.name == name {
                 // The remembered link is gone; another one survives somewhere.
                 victim.parent = 0;
-                victim.name.clear();
+                victim.name = Name::default();
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::ns::inode::Kind;
 use crate::ns::perm::{
     check_access, check_name, is_dot_or_dotdot, may_delete, MAY_EXEC, MAY_WRITE,
 };
-use crate::ns::{pb, Ctx, Errno, Namespace, Prepared, Record};
+use crate::ns::{pb, Ctx, Errno, Name, Namespace, Prepared, Record};
 use pb::meta_reply::Result as ReplyResult;
 
 pub const RENAME_NOREPLACE: u32 = 1;
@@ -225,7 +225,7 @@ impl Namespace {
     fn relink(&mut self, ino: u64, parent: u64, name: &[u8], now: crate::ns::Time) {
         let i = self.inodes.get_mut(&ino).expect("inode exists");
         i.parent = parent;
-        i.name = name.to_vec();
+        i.name = Name::from(name);
         i.ctime = now;
     }
 }

@@ -29,7 +29,7 @@ impl Rng {
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "longer-name"];
 
 fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<u64>) {
-    let inos: Vec<u64> = h.ns.inodes.keys().copied().collect();
+    let inos: Vec<u64> = h.ns.inodes.keys().collect();
     let dirs: Vec<u64> =
         h.ns.inodes
             .values()

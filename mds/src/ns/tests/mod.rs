@@ -359,7 +359,7 @@ pub fn check_invariants(ns: &Namespace) {
     let mut bytes = 0;
     let mut owners = BTreeMap::new();
     let mut segments = 0;
-    for (&ino, i) in &ns.inodes {
+    for (ino, i) in ns.inodes.iter() {
         assert_eq!(ino, i.ino);
         assert!(ino < ns.next_ino);
         assert_eq!(i.mode & !0o7777, 0);
@@ -437,7 +437,7 @@ pub fn check_invariants(ns: &Namespace) {
             (b, k) => panic!("kind {k:?} with body {b:?}"),
         }
     }
-    for (&ino, i) in &ns.inodes {
+    for (ino, i) in ns.inodes.iter() {
         let n = links.get(&ino).copied().unwrap_or(0);
         if ino == ROOT_INO {
             assert_eq!(n, 0);
