@@ -8,8 +8,9 @@
 //! and 2, so stored cookies start at 3.
 //!
 //! Layout, for memory (a directory of small files costs about 50 bytes per
-//! entry): the entries live in one vector in cookie order (cookies only grow,
-//! so an insert is a push), each name stored once, in its slot; a hash index
+//! entry): the entries live in slots in cookie order (cookies only grow, so
+//! an insert is a push; `Slots`, blocks of 1,024), each name stored once, in
+//! its slot (inline when short, `name.rs`); a hash index
 //! of slot positions finds a name. A removed entry leaves a tombstone (ino 0,
 //! no inode has it) until tombstones are half the slots, then the vector is
 //! compacted and the index rebuilt. The index's hasher is seeded at random
@@ -50,9 +51,102 @@ struct Slot {
     name: Name,
 }
 
+/// Slots per block of a large directory.
+const BLOCK: usize = 1024;
+
+/// The slots, in blocks of `BLOCK` (the first grows up to that like a
+/// vector, so a small directory stays small): a directory of 80,000 entries
+/// held in one vector would sit at 1.6x its size on average after the
+/// vector's last doubling; in blocks, at most one block is slack. Every block
+/// but the last is full, so position p is in block p / BLOCK.
+#[derive(Clone, Debug, Default)]
+struct Slots {
+    blocks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl Slots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, s: Slot) {
+        match self.blocks.last_mut() {
+            Some(b) if b.len() < BLOCK => {
+                if b.len() == b.capacity() {
+                    b.reserve_exact(b.len().max(4).min(BLOCK - b.len()));
+                }
+                b.push(s)
+            }
+            _ => {
+                let mut b = Vec::with_capacity(if self.blocks.is_empty() { 4 } else { BLOCK });
+                b.push(s);
+                self.blocks.push(b);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> + '_ {
+        self.blocks.iter().flatten()
+    }
+
+    /// The slots from position `start` on.
+    fn iter_from(&self, start: usize) -> impl Iterator<Item = &Slot> + '_ {
+        let (b, i) = (start / BLOCK, start % BLOCK);
+        self.blocks
+            .get(b..)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .flat_map(move |(k, block)| &block[if k == 0 { i.min(block.len()) } else { 0 }..])
+    }
+
+    /// The position of the first slot whose cookie is above `cookie`.
+    fn first_after(&self, cookie: u64) -> usize {
+        let b = self
+            .blocks
+            .partition_point(|block| block.last().is_some_and(|s| s.cookie <= cookie));
+        match self.blocks.get(b) {
+            Some(block) => b * BLOCK + block.partition_point(|s| s.cookie <= cookie),
+            None => self.len,
+        }
+    }
+
+    fn last(&self) -> Option<&Slot> {
+        self.blocks.last()?.last()
+    }
+
+    /// Keeps the live slots only (positions change).
+    fn drop_tombstones(&mut self) {
+        let live: Vec<Slot> = std::mem::take(&mut self.blocks)
+            .into_iter()
+            .flatten()
+            .filter(|s| s.ino != 0)
+            .collect();
+        self.len = 0;
+        for s in live {
+            self.push(s);
+        }
+    }
+}
+
+impl std::ops::Index<usize> for Slots {
+    type Output = Slot;
+    fn index(&self, p: usize) -> &Slot {
+        &self.blocks[p / BLOCK][p % BLOCK]
+    }
+}
+
+impl std::ops::IndexMut<usize> for Slots {
+    fn index_mut(&mut self, p: usize) -> &mut Slot {
+        &mut self.blocks[p / BLOCK][p % BLOCK]
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Dir {
-    slots: Vec<Slot>,
+    slots: Slots,
     /// Positions in `slots` of the live entries, hashed by their names.
     index: HashTable<u32>,
     tombstones: usize,
@@ -85,7 +179,7 @@ impl PartialEq for Dir {
 impl Dir {
     pub fn new() -> Dir {
         Dir {
-            slots: Vec::new(),
+            slots: Slots::default(),
             index: HashTable::new(),
             tombstones: 0,
             next_cookie: FIRST_COOKIE,
@@ -164,9 +258,8 @@ impl Dir {
         if self.tombstones < MIN_TOMBSTONES || self.tombstones * 2 < self.slots.len() {
             return;
         }
-        self.slots.retain(|s| s.ino != 0);
+        self.slots.drop_tombstones();
         self.tombstones = 0;
-        self.slots.shrink_to(self.slots.len() * 5 / 4);
         self.reindex();
     }
 
@@ -227,9 +320,9 @@ impl Dir {
 
     /// Entries whose cookie is greater than `cookie`, in cookie order.
     pub fn after(&self, cookie: u64) -> impl Iterator<Item = (u64, &[u8], u64)> + '_ {
-        let start = self.slots.partition_point(|s| s.cookie <= cookie);
-        self.slots[start..]
-            .iter()
+        let start = self.slots.first_after(cookie);
+        self.slots
+            .iter_from(start)
             .filter(|s| s.ino != 0)
             .map(|s| (s.cookie, s.name.as_bytes(), s.ino))
     }
@@ -249,7 +342,19 @@ impl Dir {
 
     /// Checks the invariants (tests and debug assertions).
     pub fn consistent(&self) -> bool {
-        let ordered = self.slots.windows(2).all(|w| w[0].cookie < w[1].cookie);
+        let ordered = self
+            .slots
+            .iter()
+            .zip(self.slots.iter().skip(1))
+            .all(|(a, b)| a.cookie < b.cookie);
+        let blocks_full = self
+            .slots
+            .blocks
+            .iter()
+            .rev()
+            .skip(1)
+            .all(|b| b.len() == BLOCK)
+            && self.slots.blocks.iter().map(Vec::len).sum::<usize>() == self.slots.len();
         let below = self
             .slots
             .last()
@@ -259,7 +364,12 @@ impl Dir {
             self.position(&s.name)
                 .is_some_and(|p| self.slots[p].cookie == s.cookie)
         });
-        ordered && below && dead == self.tombstones && indexed && self.index.len() == self.len()
+        ordered
+            && blocks_full
+            && below
+            && dead == self.tombstones
+            && indexed
+            && self.index.len() == self.len()
     }
 }
 
@@ -319,7 +429,7 @@ impl<'de> Deserialize<'de> for Dir {
             next_cookie,
         } = Stored::deserialize(d)?;
         let mut dir = Dir {
-            slots: Vec::with_capacity(by_cookie.len()),
+            slots: Slots::default(),
             index: HashTable::with_capacity(by_cookie.len()),
             tombstones: 0,
             next_cookie,
@@ -454,6 +564,40 @@ mod tests {
             d.slots.len() < 2 * MIN_TOMBSTONES,
             "an emptied directory kept its slots"
         );
+    }
+
+    #[test]
+    fn a_large_directory_spans_blocks() {
+        let mut d = Dir::new();
+        let mut m = Model {
+            next_cookie: FIRST_COOKIE,
+            ..Model::default()
+        };
+        let n = 3 * BLOCK as u64 + 17;
+        for k in 0..n {
+            let name = format!("file-{k:06}").into_bytes();
+            assert_eq!(d.insert(&name, k + 10), m.insert(&name, k + 10));
+        }
+        assert_eq!(d.slots.blocks.len(), 4);
+        same(&d, &m);
+        // Every third entry goes: tombstones, then one compaction.
+        for k in (0..n).step_by(3) {
+            let name = format!("file-{k:06}").into_bytes();
+            assert_eq!(d.remove(&name), m.remove(&name));
+        }
+        same(&d, &m);
+        for k in (1..n).step_by(3) {
+            let name = format!("file-{k:06}").into_bytes();
+            assert_eq!(d.remove(&name), m.remove(&name));
+        }
+        same(&d, &m);
+        assert!(d.slots.len() < 2 * d.len() + MIN_TOMBSTONES);
+        // Readdir paging from every cookie in a stretch across a block edge.
+        for c in (BLOCK as u64 - 5)..(BLOCK as u64 + 5) {
+            let got: Vec<u64> = d.after(c).map(|(c, ..)| c).collect();
+            let want: Vec<u64> = m.by_cookie.range(c + 1..).map(|(&c, _)| c).collect();
+            assert_eq!(got, want);
+        }
     }
 
     #[test]
