@@ -472,6 +472,12 @@ mod tests {
     }
 
     impl Model {
+        fn new() -> Model {
+            Model {
+                next_cookie: FIRST_COOKIE,
+                ..Model::default()
+            }
+        }
         fn remove(&mut self, name: &[u8]) -> Option<Entry> {
             let e = self.entries.remove(name)?;
             self.by_cookie.remove(&e.cookie);
@@ -529,10 +535,7 @@ mod tests {
     #[test]
     fn behaves_and_serializes_as_the_two_maps_did() {
         let mut d = Dir::new();
-        let mut m = Model {
-            next_cookie: FIRST_COOKIE,
-            ..Model::default()
-        };
+        let mut m = Model::new();
         // A deterministic mix of inserts, replacing inserts, removes (enough
         // to compact several times) and renames onto free and taken names.
         let mut x: u64 = 12345;
@@ -569,10 +572,7 @@ mod tests {
     #[test]
     fn a_large_directory_spans_blocks() {
         let mut d = Dir::new();
-        let mut m = Model {
-            next_cookie: FIRST_COOKIE,
-            ..Model::default()
-        };
+        let mut m = Model::new();
         let n = 3 * BLOCK as u64 + 17;
         for k in 0..n {
             let name = format!("file-{k:06}").into_bytes();

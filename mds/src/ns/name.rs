@@ -60,21 +60,9 @@ impl From<Vec<u8>> for Name {
     }
 }
 
-impl<const N: usize> From<&[u8; N]> for Name {
-    fn from(b: &[u8; N]) -> Name {
-        Name::from(&b[..])
-    }
-}
-
 impl Deref for Name {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.as_bytes()
-    }
-}
-
-impl AsRef<[u8]> for Name {
-    fn as_ref(&self) -> &[u8] {
         self.as_bytes()
     }
 }
@@ -88,18 +76,6 @@ impl PartialEq<[u8]> for Name {
 impl PartialEq<&[u8]> for Name {
     fn eq(&self, o: &&[u8]) -> bool {
         self.as_bytes() == *o
-    }
-}
-
-impl PartialEq<Vec<u8>> for Name {
-    fn eq(&self, o: &Vec<u8>) -> bool {
-        self.as_bytes() == o.as_slice()
-    }
-}
-
-impl<const N: usize> PartialEq<&[u8; N]> for Name {
-    fn eq(&self, o: &&[u8; N]) -> bool {
-        self.as_bytes() == &o[..]
     }
 }
 
