@@ -439,6 +439,7 @@ fn main() {
                                 offset,
                                 len: 4096,
                                 end: 4096,
+                                then_setattr: Vec::new(),
                             }))
                             .await;
                         ok(&r, "commit_packed");

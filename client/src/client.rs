@@ -292,13 +292,102 @@ impl Weft {
     }
 
     /// Caches `a` and converts it for the kernel, with the local size override.
+    /// Folded setattrs (attr_fold.rs) show in place of the MDS's owner,
+    /// mode and times until their commit.
     pub fn fattr(&self, a: &Attr) -> FileAttr {
-        let mut fa = file_attr(a, self.files.overlay(a.ino));
-        if let Some(t) = self.files.write_time(a.ino) {
-            fa.mtime = fa.mtime.max(t);
+        let Some(st) = self.files.get(a.ino) else {
+            return file_attr(a, None);
+        };
+        let (view, mtime_set) = match st.inner.lock().folded.as_ref() {
+            Some(f) => (Some(f.view), f.mtime_set),
+            None => (None, false),
+        };
+        let mut shown = *a;
+        if let Some(v) = view {
+            (shown.mode, shown.uid, shown.gid) = (v.mode, v.uid, v.gid);
+            (shown.atime, shown.mtime, shown.ctime) = (v.atime, v.mtime, v.ctime);
+        }
+        let mut fa = file_attr(&shown, st.overlay());
+        if let Some(t) = st.write_time() {
+            if !mtime_set {
+                fa.mtime = fa.mtime.max(t);
+            }
             fa.ctime = fa.ctime.max(t);
         }
         fa
+    }
+
+    /// Folds root's chown, chmod or explicit times of a file whose data is
+    /// still buffered into that data's commit (attr_fold.rs); returns the
+    /// attributes they give, or None to send the setattr now.
+    fn fold_setattr(&self, c: &Caller, ino: u64, req: &SetAttrReq) -> Option<Attr> {
+        if !crate::attr_fold::foldable(c.uid, req) {
+            return None;
+        }
+        let st = self.files.get(ino)?;
+        let base = self
+            .mds
+            .meta
+            .getattr(ino)
+            .or_else(|| self.mds.attrs.get(ino));
+        let now = crate::convert::timespec(std::time::SystemTime::now());
+        let mut g = st.inner.lock();
+        // The commit runs as the writer: root's checks only for root's data.
+        if g.dirty.is_empty() || g.writer.uid != 0 {
+            return None;
+        }
+        let from = match &g.folded {
+            Some(f) => f.view,
+            None if base.is_some_and(|b| b.kind == FileKind::Regular as i32) => base?,
+            None => return None,
+        };
+        let view = crate::attr_fold::apply(&from, req, now);
+        let f = g
+            .folded
+            .get_or_insert_with(|| crate::open_files::FoldedAttrs {
+                changes: Vec::new(),
+                view,
+                mtime_set: false,
+                caller: c.clone(),
+            });
+        f.changes.push(*req);
+        f.view = view;
+        f.mtime_set |= req.mtime.is_some();
+        Some(view)
+    }
+
+    /// Sends the setattrs folded for `ino` (with its buffered data) before
+    /// an operation the MDS must decide on the file's current owner, mode
+    /// or times (an open's permission check, an xattr, a link).
+    pub(crate) async fn settle(self: &Arc<Self>, ino: u64) -> Result<(), Errno> {
+        match self.files.get(ino).filter(|st| st.has_folded()) {
+            Some(st) => self.flush_file_as(&st, true).await,
+            None => Ok(()),
+        }
+    }
+
+    /// `settle` for the file `parent`/`name` names, or every file when this
+    /// mount does not know which (an unlink or rename in a sticky directory
+    /// decides on the owner).
+    pub(crate) async fn settle_name(
+        self: &Arc<Self>,
+        parent: u64,
+        name: &[u8],
+    ) -> Result<(), Errno> {
+        let st = self.files.all();
+        if !st.iter().any(|st| st.has_folded()) {
+            return Ok(());
+        }
+        match self.mds.meta.lookup(parent, name) {
+            Some(Found::Attr(a)) => self.settle(a.ino).await,
+            Some(Found::Absent) => Ok(()),
+            None => {
+                for st in st.iter().filter(|st| st.has_folded()) {
+                    self.settle(st.ino).await?;
+                }
+                Ok(())
+            }
+        }
     }
 
     pub async fn lookup(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<FileAttr, Errno> {
@@ -388,7 +477,10 @@ impl Weft {
             atime_update: 0,
         };
         let a = match args.size {
-            Some(size) => self.truncate(c, ino, size, req).await?,
+            Some(size) => {
+                self.settle(ino).await?;
+                self.truncate(c, ino, size, req).await?
+            }
             None if req.mode.is_none()
                 && req.uid.is_none()
                 && req.gid.is_none()
@@ -402,16 +494,16 @@ impl Weft {
                 // Explicit times, modes, owners (cp -p and tar set them
                 // through the open descriptor before close): data written
                 // before them is committed first, or its commit would set
-                // mtime to "now", or drop a setuid bit, after them. That
-                // data is the whole file as a rule (tar, cp -p, rsync set
-                // them last), so a small one is packed as at close: else
-                // every file tar extracts had a chunk of its own.
-                if req.mtime.is_some()
-                    || req.mode.is_some()
-                    || req.uid.is_some()
-                    || req.gid.is_some()
-                {
-                    if let Some(st) = self.files.get(ino).filter(|st| st.has_pending()) {
+                // mtime to "now", or drop a setuid bit, after them. Root's
+                // ride on that commit (attr_fold.rs); others' wait for it.
+                // That data is the whole file as a rule (tar, cp -p, rsync
+                // set them last), so a small one is packed as at close:
+                // else every file tar extracts had a chunk of its own.
+                if let Some(a) = self.fold_setattr(c, ino, &req) {
+                    return Ok(self.fattr(&a));
+                }
+                if let Some(st) = self.files.get(ino) {
+                    if st.has_pending() || st.has_folded() {
                         self.flush_file_as(&st, true).await?;
                     }
                 }
@@ -461,8 +553,14 @@ impl Weft {
         Ok(self.fattr(&a))
     }
 
-    pub async fn unlink(&self, c: &Caller, parent: u64, name: Vec<u8>) -> Result<(), Errno> {
+    pub async fn unlink(
+        self: &Arc<Self>,
+        c: &Caller,
+        parent: u64,
+        name: Vec<u8>,
+    ) -> Result<(), Errno> {
         check_name(&name)?;
+        self.settle_name(parent, &name).await?;
         self.mds
             .empty(c, Op::Unlink(UnlinkReq { parent, name }))
             .await
@@ -500,7 +598,7 @@ impl Weft {
     }
 
     pub async fn rename(
-        &self,
+        self: &Arc<Self>,
         c: &Caller,
         parent: u64,
         name: Vec<u8>,
@@ -510,6 +608,8 @@ impl Weft {
     ) -> Result<(), Errno> {
         check_name(&name)?;
         check_name(&new_name)?;
+        self.settle_name(parent, &name).await?;
+        self.settle_name(new_parent, &new_name).await?;
         let op = Op::Rename(RenameReq {
             parent,
             name,
@@ -521,13 +621,14 @@ impl Weft {
     }
 
     pub async fn link(
-        &self,
+        self: &Arc<Self>,
         c: &Caller,
         ino: u64,
         new_parent: u64,
         new_name: Vec<u8>,
     ) -> Result<FileAttr, Errno> {
         check_name(&new_name)?;
+        self.settle(ino).await?;
         let op = Op::Link(LinkReq {
             ino,
             new_parent,
@@ -542,7 +643,7 @@ impl Weft {
     }
 
     pub async fn setxattr(
-        &self,
+        self: &Arc<Self>,
         c: &Caller,
         ino: u64,
         name: Vec<u8>,
@@ -553,6 +654,7 @@ impl Weft {
         if value.len() > 65536 {
             return Err(Errno::E2BIG);
         }
+        self.settle(ino).await?;
         let op = Op::Setxattr(SetXattrReq {
             ino,
             name,
@@ -565,11 +667,18 @@ impl Weft {
         r
     }
 
-    pub async fn getxattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<Vec<u8>, Errno> {
+    pub async fn getxattr(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        name: Vec<u8>,
+    ) -> Result<Vec<u8>, Errno> {
         check_xattr_name(&name)?;
         if self.kernel.trusted() && self.mds.meta.xattr_absent(ino, &name) {
             return Err(Errno::ENODATA);
         }
+        // A folded chmod rewrites the access ACL.
+        self.settle(ino).await?;
         let t = self.mds.meta.ticket();
         let r = self
             .mds
@@ -588,13 +697,20 @@ impl Weft {
     }
 
     /// The names as listxattr(2) returns them: each followed by a NUL.
-    pub async fn listxattr(&self, c: &Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+    pub async fn listxattr(self: &Arc<Self>, c: &Caller, ino: u64) -> Result<Vec<u8>, Errno> {
+        self.settle(ino).await?;
         let names = self.mds.names(c, ino).await?;
         Ok(join_names(&names))
     }
 
-    pub async fn removexattr(&self, c: &Caller, ino: u64, name: Vec<u8>) -> Result<(), Errno> {
+    pub async fn removexattr(
+        self: &Arc<Self>,
+        c: &Caller,
+        ino: u64,
+        name: Vec<u8>,
+    ) -> Result<(), Errno> {
         check_xattr_name(&name)?;
+        self.settle(ino).await?;
         let r = self
             .mds
             .empty(c, Op::Removexattr(RemoveXattrReq { ino, name }))
@@ -603,7 +719,8 @@ impl Weft {
         r
     }
 
-    pub async fn access(&self, c: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
+    pub async fn access(self: &Arc<Self>, c: &Caller, ino: u64, mask: i32) -> Result<(), Errno> {
+        self.settle(ino).await?;
         let a = self.cached_attr(c, ino).await?;
         if access_ok(&a, c, mask) {
             Ok(())

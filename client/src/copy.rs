@@ -79,6 +79,8 @@ impl Weft {
         if dst_off.checked_add(len).is_none_or(|e| e > i64::MAX as u64) {
             return Err(Errno::EFBIG);
         }
+        // The destination's size and times change after its folded setattrs.
+        self.settle(dst).await?;
         if src != dst {
             if let Some(s) = self.files.get(src) {
                 if s.has_pending() {
@@ -142,6 +144,7 @@ impl Weft {
                             end: dst_off + len,
                             allocs,
                             allocs_only: false,
+                            then_setattr: Vec::new(),
                         }),
                     )
                     .await?;

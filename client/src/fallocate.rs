@@ -70,6 +70,8 @@ impl Weft {
             return Err(Errno::EFBIG);
         }
         let keep = mode & KEEP_SIZE != 0;
+        // Its size and times change after any folded setattr, as they came.
+        self.settle(ino).await?;
         let size = self.visible_size(c, ino).await?;
         if mode & PUNCH_HOLE != 0 {
             // The kernel only passes punch together with keep-size.

@@ -13,7 +13,8 @@
 //! - `chunk_io.rs`: calls to chunk daemons (leases, pipelines, failover).
 //! - `segments.rs`: packed small files (needles appended to this mount's
 //!   segments).
-//! - `open_files.rs`: open files and their dirty state; `locks.rs`: advisory
+//! - `open_files.rs`: open files and their dirty state; `attr_fold.rs`:
+//!   which setattrs ride on the commit of buffered data; `locks.rs`: advisory
 //!   locks and their keepalive; `atime.rs`: the atime policy.
 //! - `cache/`: attributes, names, chunk locations, file data (memory and
 //!   disk), the kernel's TTLs and the MDS's coherence stream.
@@ -21,6 +22,7 @@
 //!   maps, attribute conversion and callers' groups.
 
 pub mod atime;
+pub mod attr_fold;
 pub mod cache;
 pub mod caller;
 pub mod chunk_io;

@@ -24,7 +24,7 @@ use std::time::{Instant, SystemTime};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-use weft_proto::{Caller, ChunkWrite, DirEntry, Errno};
+use weft_proto::{Attr, Caller, ChunkWrite, DirEntry, Errno, SetAttrReq};
 
 use crate::writeback::DirtyBuffer;
 
@@ -62,6 +62,27 @@ pub struct FileInner {
     /// write goes at least, though the kernel's size and the attribute
     /// cache may still lag another mount's close (its push on the way).
     pub open_size: u64,
+    /// Owner, mode and time changes folded into the next commit of the
+    /// buffered data (client.rs `fold_setattr`).
+    pub folded: Option<FoldedAttrs>,
+}
+
+/// setattrs (chown, chmod, explicit times) made while data was buffered and
+/// not sent yet: the commit that stores the data carries them
+/// (`then_setattr`), so tar's fchown, fchmod and futimens before close cost
+/// no round trip each. Until then `view` is what stat shows on this mount;
+/// other mounts see the changes with the data, at close or fsync.
+#[derive(Debug, Clone)]
+pub struct FoldedAttrs {
+    /// Not yet handed to a flush (a flush in progress took the earlier ones).
+    pub changes: Vec<SetAttrReq>,
+    /// The attributes after every folded change, taken or not.
+    pub view: Attr,
+    /// A change set mtime (stat shows it, not the time of the last write).
+    pub mtime_set: bool,
+    /// Who made them (root): who sends them again if the commit's reply
+    /// does not show them.
+    pub caller: Caller,
 }
 
 pub struct FileState {
@@ -91,6 +112,7 @@ impl FileState {
                 packable: false,
                 packed_in: None,
                 open_size: 0,
+                folded: None,
             }),
             flush_lock: tokio::sync::Mutex::new(()),
         }
@@ -100,6 +122,15 @@ impl FileState {
     pub fn has_pending(&self) -> bool {
         let g = self.inner.lock();
         !g.dirty.is_empty() || g.inflight_end > 0
+    }
+
+    /// Whether folded setattrs wait for a flush to carry them.
+    pub fn has_folded(&self) -> bool {
+        self.inner
+            .lock()
+            .folded
+            .as_ref()
+            .is_some_and(|f| !f.changes.is_empty())
     }
 
     /// The size the kernel must see at least, if data is pending.
@@ -339,6 +370,7 @@ impl OpenFiles {
                 && g.unsynced.is_empty()
                 && g.packed_in.is_none()
                 && !g.flush_queued
+                && g.folded.is_none()
         });
         if idle {
             files.remove(&ino);

@@ -27,7 +27,7 @@ use weft_proto::meta_request::Op;
 use weft_proto::*;
 
 use crate::client::Weft;
-use crate::open_files::FileState;
+use crate::open_files::{FileState, FoldedAttrs};
 use crate::writeback::ChunkExtents;
 use weft_proto::contract::limits::{MAX_ALLOCS_PER_COMMIT, MAX_CHUNKS_PER_CALL};
 use weft_proto::contract::{next, status_errno, Call, Next};
@@ -65,6 +65,8 @@ impl Weft {
         if flags & libc::O_TRUNC != 0 && self.files.executing(ino) {
             return Err(Errno(libc::ETXTBSY));
         }
+        // The MDS checks the open against the file's owner and mode.
+        self.settle(ino).await?;
         let req = Op::Open(OpenReq {
             ino,
             flags: flags as u32,
@@ -193,7 +195,9 @@ impl Weft {
             }
             released.await;
         }
-        self.buffer_write(c, ino, offset, data);
+        while !self.buffer_write(c.clone(), ino, offset, data) {
+            self.settle(ino).await?;
+        }
         Ok(data.len() as u32)
     }
 
@@ -248,13 +252,21 @@ impl Weft {
         if self.files.dirty_total() >= TOTAL_DIRTY_LIMIT || self.file_over_limit(ino).is_some() {
             return None;
         }
-        self.buffer_write(c.clone(), ino, offset, data);
+        if !self.buffer_write(c.clone(), ino, offset, data) {
+            return None;
+        }
         Some(Ok(data.len() as u32))
     }
 
-    fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) {
+    /// Buffers the write; false (nothing buffered) while setattrs are folded
+    /// into the buffered data's commit: the write must come after them at
+    /// the MDS too (its mtime, its dropping of setuid), so they go first.
+    fn buffer_write(self: &Arc<Self>, c: Caller, ino: u64, offset: u64, data: &[u8]) -> bool {
         let threshold = self.flush_threshold();
-        let (st, (added, kick)) = self.files.update(ino, |g| {
+        let (st, buffered) = self.files.update(ino, |g| {
+            if g.folded.as_ref().is_some_and(|f| !f.changes.is_empty()) {
+                return None;
+            }
             let added = g.dirty.write(offset, data);
             g.dirty_since.get_or_insert_with(Instant::now);
             g.last_write = Some(std::time::SystemTime::now());
@@ -263,12 +275,16 @@ impl Weft {
             if kick {
                 g.flush_queued = true;
             }
-            (added, kick)
+            Some((added, kick))
         });
+        let Some((added, kick)) = buffered else {
+            return false;
+        };
         self.files.add_dirty(added);
         if kick {
             self.flush_in_background(st);
         }
+        true
     }
 
     fn flush_in_background(self: &Arc<Self>, st: Arc<FileState>) {
@@ -363,27 +379,60 @@ impl Weft {
         st: &Arc<FileState>,
         last: bool,
     ) -> Result<(), Errno> {
-        let (chunks, caller, end, bytes, pack) = {
+        let taken = {
             let mut g = st.inner.lock();
             g.flush_queued = false;
+            // Setattrs folded so far go with this flush's commit.
+            let fold = g
+                .folded
+                .as_mut()
+                .filter(|f| !f.changes.is_empty())
+                .map(|f| {
+                    let taken = f.clone();
+                    f.changes.clear();
+                    taken
+                });
             if g.dirty.is_empty() {
-                return Ok(());
+                Err(fold)
+            } else {
+                let end = g.dirty.end();
+                let bytes = g.dirty.bytes();
+                g.dirty_since = None;
+                g.inflight_end = g.inflight_end.max(end);
+                g.inflight_bytes += bytes;
+                let pack = crate::segments::should_pack(
+                    self.segments.threshold(self.pack_max),
+                    g.packable,
+                    last,
+                    end,
+                );
+                Ok((g.dirty.take(), g.writer.clone(), end, bytes, pack, fold))
             }
-            let end = g.dirty.end();
-            let bytes = g.dirty.bytes();
-            g.dirty_since = None;
-            g.inflight_end = g.inflight_end.max(end);
-            g.inflight_bytes += bytes;
-            let pack = crate::segments::should_pack(
-                self.segments.threshold(self.pack_max),
-                g.packable,
-                last,
-                end,
-            );
-            (g.dirty.take(), g.writer.clone(), end, bytes, pack)
+        };
+        let (chunks, caller, end, bytes, pack, fold) = match taken {
+            Ok(t) => t,
+            Err(fold) => {
+                // No data to carry them (a truncate dropped it).
+                let r = match fold {
+                    Some(f) => self.send_folded(st, &f).await,
+                    None => Ok(()),
+                };
+                self.unfold(st);
+                return r;
+            }
+        };
+        // The commit runs as the writer: it carries root's changes only
+        // for root's data (the writes after a fold wait for it, so the
+        // writer is the one before it).
+        let carried = match &fold {
+            Some(f) if caller.uid == 0 => f.changes.clone(),
+            _ => Vec::new(),
         };
         let packed = match pack {
-            true => self.store_packed(st, &caller, &chunks, end).await,
+            true => {
+                self.store_packed(st, &caller, &chunks, end, carried.clone())
+                    .await
+            }
             false => None,
         };
         let chunks = match packed {
@@ -405,21 +454,40 @@ impl Weft {
             .collect::<Result<Vec<Option<ChunkAlloc>>, Errno>>();
         let result = match (packed, stored) {
             (Some(r), _) => r,
-            (None, Ok(allocs)) => self
-                .mds
-                .attr(
-                    &caller,
-                    Op::CommitWrite(CommitWriteReq {
-                        ino: st.ino,
-                        end,
-                        allocs: allocs.into_iter().flatten().collect(),
-                        allocs_only: false,
-                    }),
-                )
-                .await
-                .map(|_| ()),
+            (None, Ok(allocs)) => {
+                self.mds
+                    .attr(
+                        &caller,
+                        Op::CommitWrite(CommitWriteReq {
+                            ino: st.ino,
+                            end,
+                            allocs: allocs.into_iter().flatten().collect(),
+                            allocs_only: false,
+                            then_setattr: carried.clone(),
+                        }),
+                    )
+                    .await
+            }
             (None, Err(e)) => Err(e),
         };
+        let mut result = result.map(|reply| {
+            // An MDS that ignores `then_setattr`, or a change it refused:
+            // sent again on their own (a refusal then reaches close).
+            fold.as_ref().filter(|f| {
+                carried.is_empty() || !crate::attr_fold::shown(&reply, &f.view, &f.changes)
+            })
+        });
+        if let Ok(Some(f)) = result {
+            if let Err(e) = self.send_folded(st, f).await {
+                result = Err(e);
+            }
+        } else if let (Err(_), Some(f)) = (&result, &fold) {
+            // The data failed (its error is recorded below); the owner and
+            // mode changes still stand on their own.
+            let _ = self.send_folded(st, f).await;
+        }
+        self.unfold(st);
+        let result = result.map(|_| ());
         {
             let mut g = st.inner.lock();
             g.inflight_end = 0;
@@ -444,7 +512,8 @@ impl Weft {
         caller: &Caller,
         chunks: &[ChunkExtents],
         end: u64,
-    ) -> Option<Result<(), Errno>> {
+        then_setattr: Vec<SetAttrReq>,
+    ) -> Option<Result<Attr, Errno>> {
         let data = crate::segments::gather(chunks, end)?;
         // The bytes are still here: any failure to pack stores them as chunks.
         let placed = match self.append_needle(st.ino, &data).await {
@@ -461,17 +530,18 @@ impl Weft {
             offset: placed.offset,
             len: end,
             end,
+            then_setattr,
         });
         let r = self.mds.attr(caller, op).await;
         // Readers must see the needle, not cached locations or blocks.
         self.locs.invalidate_file(st.ino);
         self.data.invalidate_file(st.ino);
         match r {
-            Ok(_) => {
+            Ok(a) => {
                 let mut g = st.inner.lock();
                 g.packable = false;
                 g.packed_in = Some(placed.segment);
-                Some(Ok(()))
+                Some(Ok(a))
             }
             // ENOSYS: an MDS that does not pack.
             Err(e) if e == Errno::EAGAIN || e == Errno(libc::ENOSYS) => {
@@ -487,6 +557,32 @@ impl Weft {
                 None
             }
             Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Sends folded setattrs (attr_fold.rs) as plain SetAttrs, in order,
+    /// as the caller who made them; the first refusal is the file's
+    /// write-back error (close or fsync reports it).
+    async fn send_folded(&self, st: &FileState, f: &FoldedAttrs) -> Result<(), Errno> {
+        let mut first = Ok(());
+        for r in &f.changes {
+            if let Err(e) = self.mds.attr(&f.caller, Op::Setattr(*r)).await {
+                tracing::warn!(ino = st.ino, error = %e, "a folded setattr was refused");
+                first = first.and(Err(e));
+            }
+        }
+        if let Err(e) = first {
+            st.record_error(e);
+        }
+        first
+    }
+
+    /// After a flush sent the folded setattrs: stat shows the MDS's answer
+    /// again, unless more were folded meanwhile.
+    fn unfold(&self, st: &FileState) {
+        let mut g = st.inner.lock();
+        if g.folded.as_ref().is_some_and(|f| f.changes.is_empty()) {
+            g.folded = None;
         }
     }
 
@@ -666,6 +762,7 @@ impl Weft {
                         end: to,
                         allocs,
                         allocs_only: false,
+                        then_setattr: Vec::new(),
                     }),
                 )
                 .await?;
@@ -691,6 +788,7 @@ impl Weft {
                 end: 0,
                 allocs: batch.to_vec(),
                 allocs_only: true,
+                then_setattr: Vec::new(),
             });
             self.mds.attr(c, op).await?;
         }

@@ -470,11 +470,23 @@ pub fn decide_with(
                 }
                 _ => st.ns.prepare(&ctx, &op),
             };
-            let outcome = match prepared {
+            let mut outcome = match prepared {
                 Err(e) => Err(e),
                 Ok(Prepared::Reply(r)) => Ok(r),
                 Ok(Prepared::Record(record)) => Ok(commit(st, session, seq, record)),
             };
+            if outcome.is_ok() {
+                for r in folded_setattrs(&op) {
+                    match st.ns.prepare_setattr(&ctx, r) {
+                        Ok(Prepared::Record(record)) => {
+                            outcome = Ok(commit(st, session, seq, record));
+                        }
+                        Ok(Prepared::Reply(reply)) => outcome = Ok(reply),
+                        // Skipped: the client sees it missing from the reply.
+                        Err(_) => {}
+                    }
+                }
+            }
             if let Ok(pb::meta_reply::Result::Attr(a)) = &outcome {
                 let flags = match &op {
                     pb::meta_request::Op::Open(o) => Some(o.flags),
@@ -578,6 +590,27 @@ pub fn decide_with(
             )
         }
     }
+}
+
+/// The setattrs a data commit carries (`CommitPackedReq.then_setattr`):
+/// only owner, mode and explicit times of the committed inode; anything
+/// else in the list is ignored, so a commit can never truncate or touch
+/// another file through it.
+fn folded_setattrs(op: &pb::meta_request::Op) -> impl Iterator<Item = &pb::SetAttrReq> {
+    use pb::meta_request::Op;
+    let (ino, list) = match op {
+        Op::CommitPacked(r) => (r.ino, &r.then_setattr[..]),
+        Op::CommitWrite(r) if !r.allocs_only => (r.ino, &r.then_setattr[..]),
+        _ => (0, &[][..]),
+    };
+    let explicit = |t: &Option<pb::TimeSet>| t.as_ref().is_none_or(|t| !t.now);
+    list.iter().filter(move |r| {
+        r.ino == ino
+            && r.size.is_none()
+            && r.atime_update == 0
+            && explicit(&r.atime)
+            && explicit(&r.mtime)
+    })
 }
 
 fn commit(
@@ -999,6 +1032,108 @@ mod tests {
         assert_eq!(again[0].outcome, first[0].outcome);
         assert!(entries.is_empty());
         assert_eq!(st.ns.chunk_owner(new), Some((f, 0, 1)));
+    }
+
+    #[test]
+    fn a_commits_folded_setattrs_apply_after_it_each_journaled_and_a_refused_one_is_skipped() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 2, create("g"))]);
+        let other = ino(&a[0].outcome);
+        let set = |ino: u64, f: &dyn Fn(&mut pb::SetAttrReq)| {
+            let mut r = pb::SetAttrReq {
+                ino,
+                ..Default::default()
+            };
+            f(&mut r);
+            r
+        };
+        let when = |sec: i64| pb::TimeSet {
+            now: false,
+            time: Some(pb::Timespec { sec, nsec: 7 }),
+        };
+        let then_setattr = vec![
+            set(f, &|r| r.mode = Some(0o4755)),
+            // chown clears setuid, as on Linux.
+            set(f, &|r| (r.uid, r.gid) = (Some(1000), Some(100))),
+            // A non-owner's chmod would be refused: this one is root's, but
+            // one naming another inode, a size or "now" is never applied.
+            set(other, &|r| r.mode = Some(0o600)),
+            set(f, &|r| r.size = Some(0)),
+            set(f, &|r| {
+                r.mtime = Some(pb::TimeSet {
+                    now: true,
+                    time: None,
+                })
+            }),
+            set(f, &|r| (r.atime, r.mtime) = (Some(when(5)), Some(when(6)))),
+        ];
+        let write = Op::CommitWrite(pb::CommitWriteReq {
+            ino: f,
+            end: 100,
+            then_setattr,
+            ..Default::default()
+        });
+        let (a, entries, _) = batch(&mut st, vec![mutate(7, 3, write.clone())]);
+        let Ok(R::Attr(attr)) = &a[0].outcome else {
+            panic!("a commit answers attributes: {:?}", a[0].outcome)
+        };
+        assert_eq!(
+            (attr.size, attr.mode & 0o7777, attr.uid, attr.gid),
+            (100, 0o755, 1000, 100)
+        );
+        assert_eq!(attr.atime.as_ref().map(|t| (t.sec, t.nsec)), Some((5, 7)));
+        assert_eq!(attr.mtime.as_ref().map(|t| (t.sec, t.nsec)), Some((6, 7)));
+        // The commit and three setattrs, all as (7, 3).
+        let kinds: Vec<_> = entries
+            .iter()
+            .map(|(_, e)| (e.session, e.seq, std::mem::discriminant(&e.record)))
+            .collect();
+        let setattr = std::mem::discriminant(&Record::SetAttr {
+            ino: 0,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: None,
+            atime: None,
+            mtime: None,
+            ctime: Time::default(),
+        });
+        assert_eq!(kinds.len(), 4);
+        assert!(kinds[1..].iter().all(|k| *k == (7, 3, setattr)));
+        assert_eq!(st.ns.getattr(other).unwrap().mode & 0o7777, 0o644);
+        // A retry gets the final attributes and journals nothing.
+        let (again, entries, _) = batch(&mut st, vec![mutate(7, 3, write)]);
+        assert_eq!(again[0].outcome, a[0].outcome);
+        assert!(entries.is_empty());
+        // A caller the checks refuse: the commit stands, the chown does not.
+        let user = Ctx {
+            now: Time { sec: 2000, nsec: 0 },
+            caller: Caller {
+                uid: 1000,
+                gid: 100,
+                groups: vec![],
+            },
+        };
+        let write = Op::CommitWrite(pb::CommitWriteReq {
+            ino: f,
+            end: 200,
+            then_setattr: vec![set(f, &|r| r.uid = Some(0))],
+            ..Default::default()
+        });
+        let req = Request::Mutate {
+            session: 7,
+            seq: 4,
+            ctx: user,
+            op: write,
+        };
+        let (a, entries, _) = batch(&mut st, vec![req]);
+        let Ok(R::Attr(attr)) = &a[0].outcome else {
+            panic!("the commit stands: {:?}", a[0].outcome)
+        };
+        assert_eq!((attr.size, attr.uid), (200, 1000));
+        assert_eq!(entries.len(), 1);
     }
 
     #[test]

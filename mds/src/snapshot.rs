@@ -439,6 +439,7 @@ mod tests {
                     bytes: 4096,
                 }],
                 allocs_only: false,
+                then_setattr: Vec::new(),
             }),
         );
         st.applied_index = 7;
@@ -598,6 +599,7 @@ mod tests {
                 offset: 0,
                 len: 100,
                 end: 100,
+                then_setattr: Vec::new(),
             }),
         );
         assert!(st.ns.needle(small.ino).is_some());

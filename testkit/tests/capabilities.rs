@@ -541,6 +541,7 @@ fn a_needles_capability_reads_its_needle_only() {
                 offset,
                 len: data.len() as u64,
                 end: data.len() as u64,
+                then_setattr: Vec::new(),
             });
             assert!(meta.call(writer, 3 + offset, commit).await.is_ok());
         }

@@ -112,6 +112,7 @@ impl Writer {
             offset,
             len: data.len() as u64,
             end: data.len() as u64,
+            then_setattr: Vec::new(),
         });
         match self.call(commit).await {
             Ok(R::Attr(a)) => assert_eq!(a.size, data.len() as u64),
@@ -212,6 +213,7 @@ fn an_alloc_chunk_unpacks_a_needle_into_the_files_own_chunk() {
             offset: 128 + 5056,
             len: 10,
             end: 10,
+            then_setattr: Vec::new(),
         });
         assert_eq!(w.call(again.clone()).await.err(), Some(libc::EAGAIN));
 

@@ -693,3 +693,168 @@ fn tar_and_cp_p_store_small_files_packed_with_their_modes_and_times() {
         "chunks {new:?} besides the segments {segments:?}"
     );
 }
+
+/// The MDS SetAttr calls weftfs at `http` has made so far.
+fn setattr_calls(http: &str) -> f64 {
+    let (status, body) = weft_testkit::http::get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find(|l| l.starts_with("weft_client_mds_requests_total{op=\"setattr\"} "))
+        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+fn id_of(flag: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .args([flag, "tests"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn set_times(f: &File, atime: (i64, i64), mtime: (i64, i64)) {
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    assert_eq!(unsafe { libc::futimens(f.as_raw_fd(), ts.as_ptr()) }, 0);
+}
+
+fn perm(st: &libc::stat) -> u32 {
+    st.st_mode & 0o7777
+}
+
+/// tar and cp -p, as root, set owner, mode and times through the open
+/// descriptor after writing and before close. weftfs sends them with the
+/// commit of the buffered data (client/src/attr_fold.rs) instead of one
+/// SetAttr each: fstat and stat on the writing mount show them at once, an
+/// open by another user is decided on the new mode, the other mount sees
+/// them with the data after close, and Linux's rules hold (a chown drops
+/// setuid, and setgid with group-exec; a write after futimens sets mtime).
+#[test]
+fn owner_mode_and_times_set_before_close_ride_on_the_commit() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.chunk_size = Some(MIB);
+        s.replicas = Some(2);
+        s.http = true;
+    });
+    let a = tc.mount_with(&["pack_max_kib=64", "allow_other"]);
+    let b = tc.mount_with(&["pack_max_kib=64"]);
+    let http = tc.cluster.mounts[0].proc.http.clone().expect("weftfs http");
+    fs::set_permissions(&a, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (uid, gid) = (id_of("-u"), id_of("-g"));
+
+    // tar's order: write, fchown, fchmod (after the chown, so setuid
+    // stays), futimens.
+    let data = pattern(5000, 1);
+    let p = a.join("f");
+    let calls = setattr_calls(&http);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&p)
+        .unwrap();
+    f.write_all(&data).unwrap();
+    std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).unwrap();
+    let st = fstat(&f).unwrap();
+    assert_eq!((st.st_uid, st.st_gid, st.st_size), (uid, gid, 5000));
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o4755))
+        .unwrap();
+    assert_eq!(perm(&fstat(&f).unwrap()), 0o4755);
+    set_times(&f, (1_000_000_000, 5), (1_000_000_100, 7));
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!(
+        (
+            m.uid(),
+            m.gid(),
+            m.mode() & 0o7777,
+            m.mtime(),
+            m.mtime_nsec()
+        ),
+        (uid, gid, 0o4755, 1_000_000_100, 7)
+    );
+    // Created 0600 root: user `tests` may read it only by the new owner
+    // and mode, which the MDS must know before it decides the open.
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=tests", "--regid=tests", "--clear-groups"])
+        .args([
+            "perl",
+            "-e",
+            "open(F, '<', $ARGV[0]) or die \"$!\\n\"; print 'ok'",
+        ])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok", "{out:?}");
+    drop(f);
+    let mb = fs::metadata(b.join("f")).unwrap();
+    assert_eq!(
+        (mb.uid(), mb.gid(), mb.mode() & 0o7777, mb.len()),
+        (uid, gid, 0o4755, 5000)
+    );
+    assert_eq!((mb.mtime(), mb.mtime_nsec()), (1_000_000_100, 7));
+    assert_eq!((mb.atime(), mb.atime_nsec()), (1_000_000_000, 5));
+    assert_eq!(
+        sha256_hex(&fs::read(b.join("f")).unwrap()),
+        sha256_hex(&data)
+    );
+
+    // chmod, then chown: the chown drops setuid, and setgid (group-exec).
+    let g = a.join("g");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&g)
+        .unwrap();
+    f.write_all(&data[..100]).unwrap();
+    f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o6755))
+        .unwrap();
+    std::os::unix::fs::fchown(&f, Some(uid), None).unwrap();
+    assert_eq!(perm(&fstat(&f).unwrap()), 0o755);
+    drop(f);
+    let mb = fs::metadata(b.join("g")).unwrap();
+    assert_eq!((mb.uid(), mb.mode() & 0o7777, mb.len()), (uid, 0o755, 100));
+    // The owner, mode and time changes above cost no SetAttr of their own
+    // (the open by `tests` sent the first file's three with its data).
+    assert_eq!(
+        setattr_calls(&http) - calls,
+        0.0,
+        "SetAttr calls to the MDS"
+    );
+
+    // A write after futimens: the write's mtime is the one that stays.
+    let h = a.join("h");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&h)
+        .unwrap();
+    f.write_all(&data[..100]).unwrap();
+    set_times(&f, (1_000_000_000, 0), (1_000_000_000, 0));
+    assert_eq!(fstat(&f).unwrap().st_mtime, 1_000_000_000);
+    f.write_all(&data[100..200]).unwrap();
+    let st = fstat(&f).unwrap();
+    assert!(
+        st.st_mtime > 1_700_000_000,
+        "mtime after the write: {}",
+        st.st_mtime
+    );
+    drop(f);
+    let mb = fs::metadata(b.join("h")).unwrap();
+    assert_eq!(mb.len(), 200);
+    assert!(mb.mtime() > 1_700_000_000, "mtime on B: {}", mb.mtime());
+    assert_eq!(
+        sha256_hex(&fs::read(b.join("h")).unwrap()),
+        sha256_hex(&data[..200])
+    );
+}

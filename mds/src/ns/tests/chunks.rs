@@ -247,6 +247,7 @@ fn commit_allocs(
                 end,
                 allocs,
                 allocs_only,
+                then_setattr: Vec::new(),
             }),
         )
         .unwrap(),

@@ -161,6 +161,7 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
                 _ => vec![],
             },
             allocs_only: rng.chance(20),
+            then_setattr: Vec::new(),
         }),
         19 => {
             // The session is the writer's; only the record carries it.
@@ -219,6 +220,7 @@ fn random_op(h: &mut Harness, rng: &mut Rng, callers: &[Caller], open: &mut Vec<
                 offset: rng.below(CHUNK / 64) * 64 + rng.chance(5) as u64,
                 len,
                 end: len + rng.below(3) * rng.below(CHUNK),
+                then_setattr: Vec::new(),
             })
         }
         22 => {

@@ -34,6 +34,7 @@ fn pack(
             offset,
             len,
             end,
+            then_setattr: Vec::new(),
         }),
     )
     .map(attr)
