@@ -228,6 +228,12 @@ impl Weft {
         if total > MAX_IO as u64 {
             return Err(Errno::EIO);
         }
+        // Kept from this mount's write of it or an earlier read.
+        let key = crate::cache::data::needle_key(ino, loc.chunk_id, n.offset);
+        if let Some(d) = self.data.get(&key).filter(|d| d.len() as u64 >= n.len) {
+            return Ok(d.slice(..n.len as usize));
+        }
+        let epoch = self.data.epoch();
         let start = ino as usize;
         let mut failure = Errno::EIO;
         for i in 0..loc.replicas.len() {
@@ -252,7 +258,9 @@ impl Weft {
             match crate::segments::verify(&buf, ino, n.len) {
                 Ok(_) => {
                     let h = crate::segments::HEADER as usize;
-                    return Ok(buf.slice(h..h + n.len as usize));
+                    let data = buf.slice(h..h + n.len as usize);
+                    self.data.put(key, &data, epoch, true);
+                    return Ok(data);
                 }
                 Err(why) => {
                     tracing::error!(ino, chunk = loc.chunk_id, offset = n.offset, %addr, %why, "corrupt needle on a replica; trying the next");

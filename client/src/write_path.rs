@@ -538,6 +538,12 @@ impl Weft {
         self.data.invalidate_file(st.ino);
         match r {
             Ok(a) => {
+                // Read back from here (after a drop_caches, say) without
+                // a daemon's round trip; only into free room, so a stream
+                // of writes evicts nothing read.
+                let key = crate::cache::data::needle_key(st.ino, placed.chunk_id, placed.offset);
+                self.data.put(key, &data, self.data.epoch(), false);
+                self.data.written(st.ino, stamp(&a));
                 let mut g = st.inner.lock();
                 g.packable = false;
                 g.packed_in = Some(placed.segment);

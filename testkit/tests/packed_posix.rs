@@ -858,3 +858,78 @@ fn owner_mode_and_times_set_before_close_ride_on_the_commit() {
         sha256_hex(&data[..200])
     );
 }
+
+/// The chunk-daemon reads weftfs at `http` has made so far.
+fn chunk_reads(http: &str) -> f64 {
+    let (status, body) = weft_testkit::http::get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .find(|l| l.starts_with("weft_client_chunk_requests_total{op=\"read\"} "))
+        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+fn drop_caches() {
+    fs::write("/proc/sys/vm/drop_caches", "3").unwrap();
+}
+
+/// A small file this mount wrote is read back, after the kernel dropped
+/// its caches, from what weftfs kept of the needle (cache/data.rs
+/// `needle_key`): no chunk daemon is asked. What another mount changes
+/// since (a rewrite, a truncate) is what the next open reads.
+#[test]
+fn a_needle_written_here_is_read_back_from_the_mounts_cache_until_another_mount_changes_it() {
+    let mut tc = TestCluster::start_with(3, |s| {
+        s.chunk_size = Some(MIB);
+        s.replicas = Some(2);
+        s.http = true;
+    });
+    let a = tc.mount_with(PACK);
+    let b = tc.mount_with(PACK);
+    let http = tc.cluster.mounts[0].proc.http.clone().expect("weftfs http");
+    let first = pattern(3000, 7);
+    fs::write(a.join("f"), &first).unwrap();
+    drop_caches();
+    let reads = chunk_reads(&http);
+    assert_eq!(
+        sha256_hex(&fs::read(a.join("f")).unwrap()),
+        sha256_hex(&first)
+    );
+    assert_eq!(
+        chunk_reads(&http) - reads,
+        0.0,
+        "chunk reads for a kept needle"
+    );
+
+    // Rewritten through B: A's open sees the new place and reads it.
+    let second = pattern(2000, 8);
+    fs::write(b.join("f"), &second).unwrap();
+    assert_eq!(
+        sha256_hex(&fs::read(a.join("f")).unwrap()),
+        sha256_hex(&second)
+    );
+    drop_caches();
+    assert_eq!(
+        sha256_hex(&fs::read(a.join("f")).unwrap()),
+        sha256_hex(&second)
+    );
+
+    // Cut short through B: A reads the prefix, then zeros past it when B
+    // extends the file again.
+    let f = OpenOptions::new().write(true).open(b.join("f")).unwrap();
+    f.set_len(500).unwrap();
+    drop(f);
+    assert_eq!(
+        sha256_hex(&fs::read(a.join("f")).unwrap()),
+        sha256_hex(&second[..500])
+    );
+    let f = OpenOptions::new().write(true).open(b.join("f")).unwrap();
+    f.set_len(1500).unwrap();
+    drop(f);
+    let mut want = second[..500].to_vec();
+    want.resize(1500, 0);
+    drop_caches();
+    assert_eq!(
+        sha256_hex(&fs::read(a.join("f")).unwrap()),
+        sha256_hex(&want)
+    );
+}

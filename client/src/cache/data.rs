@@ -48,6 +48,24 @@ pub struct BlockKey {
     pub block: u64,
 }
 
+/// The version a needle's key carries (no chunk reaches it).
+const NEEDLE_VERSION: u64 = u64::MAX;
+
+/// The key of the data of file `ino`'s needle at `offset` of segment chunk
+/// `chunk_id`. A needle's bytes never change once committed (a segment is
+/// only appended to; compaction and rewrites put data at a new place, and a
+/// truncate only shortens the length the MDS gives), so the entry needs no
+/// invalidation: a reader that gets the needle's place from the MDS gets
+/// its bytes, or a prefix of them.
+pub fn needle_key(ino: u64, chunk_id: u64, offset: u64) -> BlockKey {
+    BlockKey {
+        ino,
+        chunk_id,
+        version: NEEDLE_VERSION,
+        block: offset,
+    }
+}
+
 /// What a file looked like at open: (size, mtime ns, ctime ns).
 pub type Stamp = (u64, i128, i128);
 
@@ -228,6 +246,13 @@ impl DataCache {
     /// file is unchanged since its previous open on this mount (cached data,
     /// ours and the kernel's, is still right); otherwise drops the file's
     /// blocks and remembers the new stamp.
+    /// This mount stored the whole of `ino`, which the MDS now describes as
+    /// `now`, and kept what it wrote here: the next open finds it unchanged
+    /// (a read after a drop_caches is then served from this cache).
+    pub fn written(&self, ino: u64, now: Stamp) {
+        self.inner.lock().stamps.put(ino, now);
+    }
+
     pub fn open_check(&self, ino: u64, now: Stamp) -> bool {
         let unchanged = {
             let mut g = self.inner.lock();
