@@ -328,8 +328,13 @@ fn main() {
             async move {
                 let ino = inos[(i * per + k) as usize];
                 ok(
-                    &c.mutate(Op::Release(pb::ReleaseReq { ino, write: true }))
-                        .await,
+                    &c.mutate(Op::Release(pb::ReleaseReq {
+                        ino,
+                        write: true,
+                        more: Vec::new(),
+                        held: false,
+                    }))
+                    .await,
                     "release",
                 );
             }
@@ -454,8 +459,13 @@ fn main() {
                         ok(&r, "alloc_chunk");
                     }
                     ok(
-                        &c.mutate(Op::Release(pb::ReleaseReq { ino, write: true }))
-                            .await,
+                        &c.mutate(Op::Release(pb::ReleaseReq {
+                            ino,
+                            write: true,
+                            more: Vec::new(),
+                            held: false,
+                        }))
+                        .await,
                         "release",
                     );
                 }

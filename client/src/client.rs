@@ -48,6 +48,8 @@ pub struct Weft {
     /// Which lock owners hold advisory locks through this mount (locks.rs).
     pub(crate) held_locks: crate::locks::HeldLocks,
     pub(crate) pending_releases: crate::locks::PendingReleases,
+    /// Releases of opens waiting to go to the MDS together (releases.rs).
+    pub(crate) releases: Arc<crate::releases::Releases>,
     /// The mount's atime policy (atime.rs).
     pub(crate) atime: crate::atime::Atime,
     /// `ClientOpts::file_dirty_limit`.
@@ -210,6 +212,7 @@ impl Weft {
             write_retry_budget: opts.mds_timeout.min(Duration::from_secs(30)),
             held_locks: Default::default(),
             pending_releases: Default::default(),
+            releases: Default::default(),
             atime: crate::atime::Atime::new(opts.atime),
             file_dirty_limit: opts.file_dirty_limit,
             pack_max: crate::segments::pack_limit(opts.pack_max, chunk_size),

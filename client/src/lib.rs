@@ -14,7 +14,8 @@
 //! - `segments.rs`: packed small files (needles appended to this mount's
 //!   segments).
 //! - `open_files.rs`: open files and their dirty state; `attr_fold.rs`:
-//!   which setattrs ride on the commit of buffered data; `locks.rs`: advisory
+//!   which setattrs ride on the commit of buffered data; `releases.rs`:
+//!   releases of opens sent to the MDS in batches; `locks.rs`: advisory
 //!   locks and their keepalive; `atime.rs`: the atime policy.
 //! - `cache/`: attributes, names, chunk locations, file data (memory and
 //!   disk), the kernel's TTLs and the MDS's coherence stream.
@@ -37,6 +38,7 @@ pub mod mds_client;
 pub mod metrics;
 pub mod open_files;
 pub mod read_path;
+pub mod releases;
 pub mod seek;
 pub mod segments;
 pub mod write_path;

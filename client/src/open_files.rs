@@ -287,6 +287,11 @@ impl OpenFiles {
         fh
     }
 
+    /// Handles of `ino` open on this mount.
+    pub fn opens(&self, ino: u64) -> u32 {
+        self.get(ino).map_or(0, |st| st.inner.lock().opens)
+    }
+
     /// Whether a program runs from `ino` on this mount (an execve handle is open).
     pub fn executing(&self, ino: u64) -> bool {
         self.get(ino).is_some_and(|st| st.inner.lock().execs > 0)

@@ -355,7 +355,8 @@ impl Weft {
         r
     }
 
-    /// Flushes every file (unmount, destroy). Returns the first error.
+    /// Flushes every file (unmount, destroy), and sends the releases still
+    /// gathering. Returns the first error.
     pub async fn flush_all(self: &Arc<Self>) -> Result<(), Errno> {
         let mut first = Ok(());
         for st in self.files.all() {
@@ -363,6 +364,7 @@ impl Weft {
                 first = first.and(Err(e));
             }
         }
+        self.releases.drain().await;
         first
     }
 
@@ -997,9 +999,9 @@ impl Weft {
             let _ = self.flush_file_as(&st, true).await;
         }
         let write = self.files.close(fh).is_some_and(|h| h.write);
-        self.mds
-            .empty(c, Op::Release(ReleaseReq { ino, write }))
-            .await
+        // Sent with others a moment later (releases.rs).
+        self.releases.push(self, c, ino, write);
+        Ok(())
     }
 
     /// Drops dirty data at or beyond `size` (accounting for the memory).

@@ -374,7 +374,9 @@ pub fn op_inodes(op: &mut Op) -> Vec<(&mut u64, Slot)> {
         Op::Removexattr(r) => vec![(&mut r.ino, Object)],
         Op::Open(r) => vec![(&mut r.ino, Object)],
         Op::Create(r) => vec![(&mut r.parent, Object)],
-        Op::Release(r) => vec![(&mut r.ino, Object)],
+        Op::Release(r) => std::iter::once((&mut r.ino, Object))
+            .chain(r.more.iter_mut().map(|m| (&mut m.ino, Object)))
+            .collect(),
         Op::GetChunks(r) => vec![(&mut r.ino, Object)],
         Op::AllocChunk(r) => vec![(&mut r.ino, Object)],
         Op::CommitWrite(r) => vec![(&mut r.ino, Object)],
@@ -687,6 +689,8 @@ mod tests {
             ok(Op::Release(pb::ReleaseReq {
                 ino: 2,
                 write: false
+                more: Vec::new(),
+                held: false,
             })),
             Ok(())
         );

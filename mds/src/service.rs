@@ -177,14 +177,30 @@ impl Mds {
             (OpKind::Session, op) if self.group.is_some() => self.group_lock_op(session, op).await,
             (OpKind::Session, op) => self.lock_op(session, op),
             (OpKind::Mutation, Op::Release(r)) => {
-                self.committer
-                    .propose(|done| Proposal::Release {
+                let all: Vec<(u64, bool, bool)> = std::iter::once((r.ino, r.write, r.held))
+                    .chain(r.more.iter().map(|m| (m.ino, m.write, m.held)))
+                    .collect();
+                let all: Vec<(u64, bool)> = {
+                    let st = self.state.read().await;
+                    all.into_iter()
+                        .filter(|&(ino, _, held)| !held || st.opens_of(session, ino).total() > 1)
+                        .map(|(ino, write, _)| (ino, write))
+                        .collect()
+                };
+                // Proposed together, so they share the committer's batch.
+                let proposals = all.into_iter().map(|(ino, write)| {
+                    self.committer.propose(move |done| Proposal::Release {
                         session,
-                        ino: r.ino,
-                        write: r.write,
+                        ino,
+                        write,
                         done,
                     })
-                    .await
+                });
+                let outcomes = futures::future::join_all(proposals).await;
+                outcomes
+                    .into_iter()
+                    .find(|o| o.is_err())
+                    .unwrap_or_else(|| Ok(pb::meta_reply::Result::Empty(pb::Empty {})))
             }
             (OpKind::Mutation, Op::Setattr(mut s)) if s.has_fh && s.size.is_some() => {
                 // A truncate through a descriptor skips the write-permission

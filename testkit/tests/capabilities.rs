@@ -347,7 +347,12 @@ fn a_read_only_open_lends_no_write() {
         }
         // ... until it is closed: a read-only open then lends nothing.
         assert!(as_writer(4, open(ino, libc::O_RDONLY)).await.is_ok());
-        let release = pb::meta_request::Op::Release(pb::ReleaseReq { ino, write: true });
+        let release = pb::meta_request::Op::Release(pb::ReleaseReq {
+            ino,
+            write: true,
+            more: Vec::new(),
+            held: false,
+        });
         assert!(as_writer(5, release).await.is_ok());
         assert_eq!(as_writer(6, alloc(ino)).await.err(), Some(libc::EACCES));
         assert_eq!(

@@ -54,6 +54,8 @@ fn checkpoints_bound_the_log_and_survive_kill9() {
                 weft_proto::pb::meta_request::Op::Release(weft_proto::pb::ReleaseReq {
                     ino,
                     write: true,
+                    more: Vec::new(),
+                    held: false,
                 }),
             )
             .await

@@ -65,6 +65,8 @@ fn retries_after_kill9_and_restart_get_the_original_answers() {
             Op::Release(pb::ReleaseReq {
                 ino: f,
                 write: true,
+                more: Vec::new(),
+                held: false,
             }),
         )
         .await
@@ -192,4 +194,67 @@ fn silent_sessions_expire_and_their_open_unlinked_files_go() {
         !out.contains(&format!("expire-session {ALIVE:016x}")),
         "{out}"
     );
+}
+
+/// One Release call carrying several (`ReleaseReq.more`, as weftfs gathers
+/// them) ends each open as if each came alone: every unlinked file whose
+/// last open it ends is purged, and a file still open elsewhere is not.
+#[test]
+fn a_release_carrying_several_ends_each_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mds = MdsProc::start(&tmp.path().join("mds"), &[]);
+    rt().block_on(async {
+        let c = RawMeta::connect(&mds.addr).await;
+        let before = inodes(&c).await;
+        let mut files = Vec::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            files.push(ino_of(
+                &c.call(S, 1 + i as u64, create(1, name, libc::O_EXCL)).await,
+            ));
+        }
+        // c is open in another session too.
+        let open_c = Op::Open(pb::OpenReq {
+            ino: files[2],
+            flags: libc::O_RDONLY as u32,
+        });
+        assert!(c.call(S + 1, 1, open_c).await.is_ok());
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            assert!(c.call(S, 10 + i as u64, unlink(1, name)).await.is_ok());
+        }
+        assert_eq!(inodes(&c).await, before + 3, "unlinked but open: kept");
+        let release = Op::Release(pb::ReleaseReq {
+            ino: files[0],
+            write: true,
+            more: files[1..]
+                .iter()
+                .map(|&ino| pb::ReleaseOne {
+                    ino,
+                    write: true,
+                    held: false,
+                })
+                .collect(),
+            held: false,
+        });
+        assert!(matches!(c.call(S, 20, release).await, Ok(R::Empty(_))));
+        assert_eq!(inodes(&c).await, before + 1, "a and b purged, c still open");
+        // A release that says the mount still holds c open through another
+        // handle, where the MDS knows of one open only (as after a restart
+        // forgot the others): nothing changes.
+        let held_c = Op::Release(pb::ReleaseReq {
+            ino: files[2],
+            write: false,
+            more: Vec::new(),
+            held: true,
+        });
+        assert!(c.call(S + 1, 2, held_c).await.is_ok());
+        assert_eq!(inodes(&c).await, before + 1, "a held release purges nothing");
+        let release_c = Op::Release(pb::ReleaseReq {
+            ino: files[2],
+            write: false,
+            more: Vec::new(),
+            held: false,
+        });
+        assert!(c.call(S + 1, 3, release_c).await.is_ok());
+        assert_eq!(inodes(&c).await, before);
+    });
 }

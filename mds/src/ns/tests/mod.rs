@@ -508,6 +508,8 @@ fn unhandled_ops_are_einval() {
             Op::Release(pb::ReleaseReq {
                 ino: 1,
                 write: false
+                more: Vec::new(),
+                held: false,
             })
         ),
         Err(Errno::EINVAL)
