@@ -247,7 +247,11 @@ fn a_release_carrying_several_ends_each_open() {
             held: true,
         });
         assert!(c.call(S + 1, 2, held_c).await.is_ok());
-        assert_eq!(inodes(&c).await, before + 1, "a held release purges nothing");
+        assert_eq!(
+            inodes(&c).await,
+            before + 1,
+            "a held release purges nothing"
+        );
         let release_c = Op::Release(pb::ReleaseReq {
             ino: files[2],
             write: false,
