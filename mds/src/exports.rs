@@ -688,7 +688,7 @@ mod tests {
         assert_eq!(
             ok(Op::Release(pb::ReleaseReq {
                 ino: 2,
-                write: false
+                write: false,
                 more: Vec::new(),
                 held: false,
             })),

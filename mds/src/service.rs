@@ -200,7 +200,7 @@ impl Mds {
                 outcomes
                     .into_iter()
                     .find(|o| o.is_err())
-                    .unwrap_or_else(|| Ok(pb::meta_reply::Result::Empty(pb::Empty {})))
+                    .unwrap_or(Ok(pb::meta_reply::Result::Empty(pb::Empty {})))
             }
             (OpKind::Mutation, Op::Setattr(mut s)) if s.has_fh && s.size.is_some() => {
                 // A truncate through a descriptor skips the write-permission

@@ -507,7 +507,7 @@ fn unhandled_ops_are_einval() {
             &root(),
             Op::Release(pb::ReleaseReq {
                 ino: 1,
-                write: false
+                write: false,
                 more: Vec::new(),
                 held: false,
             })
