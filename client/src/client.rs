@@ -328,7 +328,7 @@ impl Weft {
             return None;
         }
         let st = self.files.get(ino)?;
-        let base = self
+        let cached = self
             .mds
             .meta
             .getattr(ino)
@@ -339,6 +339,10 @@ impl Weft {
         if g.dirty.is_empty() || g.writer.uid != 0 {
             return None;
         }
+        // The caches' copy is the freshest; this mount's open or last
+        // commit of the file is there when they hold none. Either way the
+        // commit's reply is compared with what is predicted from it.
+        let base = cached.or(g.open_attr);
         let from = match &g.folded {
             Some(f) => f.view,
             None if base.is_some_and(|b| b.kind == FileKind::Regular as i32) => base?,

@@ -62,6 +62,10 @@ pub struct FileInner {
     /// write goes at least, though the kernel's size and the attribute
     /// cache may still lag another mount's close (its push on the way).
     pub open_size: u64,
+    /// The attributes this mount's latest open, create or commit of the
+    /// file was answered with: what a folded setattr is predicted from
+    /// when the caches hold none (the push stream not live yet, say).
+    pub open_attr: Option<Attr>,
     /// Owner, mode and time changes folded into the next commit of the
     /// buffered data (client.rs `fold_setattr`).
     pub folded: Option<FoldedAttrs>,
@@ -112,6 +116,7 @@ impl FileState {
                 packable: false,
                 packed_in: None,
                 open_size: 0,
+                open_attr: None,
                 folded: None,
             }),
             flush_lock: tokio::sync::Mutex::new(()),

@@ -102,7 +102,9 @@ impl Weft {
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = self.files.open(ino, flags & FMODE_EXEC != 0, write);
         if let Some(st) = self.files.get(ino) {
-            st.inner.lock().open_size = a.size;
+            let mut g = st.inner.lock();
+            g.open_size = a.size;
+            g.open_attr = Some(a);
         }
         if a.size == 0 {
             self.files.mark_packable(ino);
@@ -141,6 +143,9 @@ impl Weft {
         let fh = self
             .files
             .open(a.ino, false, flags & libc::O_ACCMODE != libc::O_RDONLY);
+        if let Some(st) = self.files.get(a.ino) {
+            st.inner.lock().open_attr = Some(a);
+        }
         if a.size == 0 {
             self.files.mark_packable(a.ino);
         }
@@ -472,6 +477,9 @@ impl Weft {
             }
             (None, Err(e)) => Err(e),
         };
+        if let Ok(a) = &result {
+            st.inner.lock().open_attr = Some(*a);
+        }
         let mut result = result.map(|reply| {
             // An MDS that ignores `then_setattr`, or a change it refused:
             // sent again on their own (a refusal then reaches close).
