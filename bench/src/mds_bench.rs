@@ -274,6 +274,16 @@ async fn connect_clients(addr: &str, n: u64, salt: u64) -> Vec<Arc<Client>> {
         .collect()
 }
 
+/// The release of one write open of `ino`.
+fn release(ino: u64) -> Op {
+    Op::Release(pb::ReleaseReq {
+        ino,
+        write: true,
+        more: Vec::new(),
+        held: false,
+    })
+}
+
 fn main() {
     let a = args();
     let tmp = tempfile::Builder::new()
@@ -327,16 +337,7 @@ fn main() {
             let inos = inos.clone();
             async move {
                 let ino = inos[(i * per + k) as usize];
-                ok(
-                    &c.mutate(Op::Release(pb::ReleaseReq {
-                        ino,
-                        write: true,
-                        more: Vec::new(),
-                        held: false,
-                    }))
-                    .await,
-                    "release",
-                );
+                ok(&c.mutate(release(ino)).await, "release");
             }
         })
         .await;
@@ -458,16 +459,7 @@ fn main() {
                             .await;
                         ok(&r, "alloc_chunk");
                     }
-                    ok(
-                        &c.mutate(Op::Release(pb::ReleaseReq {
-                            ino,
-                            write: true,
-                            more: Vec::new(),
-                            held: false,
-                        }))
-                        .await,
-                        "release",
-                    );
+                    ok(&c.mutate(release(ino)).await, "release");
                 }
             },
         )

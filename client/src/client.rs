@@ -381,16 +381,16 @@ impl Weft {
         parent: u64,
         name: &[u8],
     ) -> Result<(), Errno> {
-        let st = self.files.all();
-        if !st.iter().any(|st| st.has_folded()) {
+        let folded = self.files.folded();
+        if folded.is_empty() {
             return Ok(());
         }
         match self.mds.meta.lookup(parent, name) {
             Some(Found::Attr(a)) => self.settle(a.ino).await,
             Some(Found::Absent) => Ok(()),
             None => {
-                for st in st.iter().filter(|st| st.has_folded()) {
-                    self.settle(st.ino).await?;
+                for ino in folded {
+                    self.settle(ino).await?;
                 }
                 Ok(())
             }

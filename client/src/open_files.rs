@@ -261,12 +261,15 @@ impl OpenFiles {
         self.get(ino).and_then(|f| f.size_override())
     }
 
-    pub fn write_time(&self, ino: u64) -> Option<SystemTime> {
-        self.get(ino).and_then(|f| f.write_time())
-    }
-
-    pub fn overlay(&self, ino: u64) -> Option<Overlay> {
-        self.get(ino).and_then(|f| f.overlay())
+    /// The inodes with setattrs folded and not yet sent (none, as a rule:
+    /// tar's close sends them right after).
+    pub fn folded(&self) -> Vec<u64> {
+        self.files
+            .lock()
+            .values()
+            .filter(|st| st.has_folded())
+            .map(|st| st.ino)
+            .collect()
     }
 
     /// Registers an open handle of `ino` (`exec`: opened by execve; `write`:
