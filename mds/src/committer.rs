@@ -44,12 +44,13 @@ pub enum Proposal {
         op: pb::meta_request::Op,
         done: oneshot::Sender<Outcome>,
     },
-    /// A client closed a file (`write`: an open for writing): may purge an
-    /// unlinked inode.
+    /// A client closed files (each `(ino, write)`, `write`: an open for
+    /// writing): may purge unlinked inodes. Exactly-once per (session, seq)
+    /// like a mutation: a retried Release must not end an open twice.
     Release {
         session: u64,
-        ino: u64,
-        write: bool,
+        seq: u64,
+        items: Vec<(u64, bool)>,
         done: oneshot::Sender<Outcome>,
     },
     /// A session was silent too long: journal its expiry, release its opens.
@@ -342,8 +343,8 @@ pub enum Request {
     },
     Release {
         session: u64,
-        ino: u64,
-        write: bool,
+        seq: u64,
+        items: Vec<(u64, bool)>,
     },
     Expire {
         session: u64,
@@ -394,14 +395,14 @@ impl Proposal {
             ),
             Proposal::Release {
                 session,
-                ino,
-                write,
+                seq,
+                items,
                 done,
             } => (
                 Request::Release {
                     session,
-                    ino,
-                    write,
+                    seq,
+                    items,
                 },
                 done,
             ),
@@ -501,13 +502,25 @@ pub fn decide_with(
         }
         Request::Release {
             session,
-            ino,
-            write,
+            seq,
+            items,
         } => {
-            if let Some(record) = st.released(session, ino, write) {
-                commit(st, 0, 0, record);
+            // Not journaled itself (opens are not), so remembered here: every
+            // node of a group decides it alike; a single MDS forgets it with
+            // the opens on a restart.
+            if session != 0 && seq != 0 && st.sessions.answered(session, seq).is_some() {
+                return Ok(pb::meta_reply::Result::Empty(pb::Empty {}));
             }
-            Ok(pb::meta_reply::Result::Empty(pb::Empty {}))
+            for (ino, write) in items {
+                if let Some(record) = st.released(session, ino, write) {
+                    commit(st, 0, 0, record);
+                }
+            }
+            let reply = pb::meta_reply::Result::Empty(pb::Empty {});
+            if seq != 0 {
+                st.sessions.remember(session, seq, &reply);
+            }
+            Ok(reply)
         }
         Request::Expire { session } => {
             st.locks.release(session, None, None);
@@ -853,12 +866,12 @@ mod tests {
         let chunk = chunk_id(&c[0].outcome);
         // Open: the unlink keeps the inode.
         assert!(st.ns.get(f).is_some());
-        let release = Request::Release {
+        let release = |seq| Request::Release {
             session: 7,
-            ino: f,
-            write: true,
+            seq,
+            items: vec![(f, true)],
         };
-        let (answers, entries, d) = batch(&mut st, vec![release.clone()]);
+        let (answers, entries, d) = batch(&mut st, vec![release(4)]);
         assert_eq!(answers[0].outcome, empty());
         assert_eq!(entries.len(), 1);
         assert_eq!(
@@ -872,9 +885,43 @@ mod tests {
         assert_eq!(d.freed, vec![chunk]);
         assert!(st.ns.get(f).is_none());
         // A release with no open left answers and journals nothing.
-        let (answers, entries, _) = batch(&mut st, vec![release]);
+        let (answers, entries, _) = batch(&mut st, vec![release(5)]);
         assert_eq!(answers[0].outcome, empty());
         assert!(entries.is_empty());
+    }
+
+    #[test]
+    fn a_retried_release_ends_its_opens_once() {
+        let mut st = State::new(1 << 20);
+        let (a, _, _) = batch(&mut st, vec![mutate(7, 1, create("f"))]);
+        let f = ino(&a[0].outcome);
+        let open = pb::meta_request::Op::Open(pb::OpenReq {
+            ino: f,
+            flags: libc::O_RDONLY as u32,
+        });
+        batch(&mut st, vec![mutate(7, 2, open), mutate(7, 3, unlink("f"))]);
+        assert_eq!(st.opens_of(7, f).total(), 2);
+        let release = Request::Release {
+            session: 7,
+            seq: 4,
+            items: vec![(f, true)],
+        };
+        // The reply was lost and the client sent the same seq again.
+        let (answers, entries, _) = batch(&mut st, vec![release.clone(), release.clone()]);
+        assert_eq!(answers[1].outcome, empty());
+        assert!(entries.is_empty(), "one open is left: no purge");
+        assert_eq!(st.opens_of(7, f).total(), 1);
+        assert!(st.ns.get(f).is_some());
+        let (_, entries, _) = batch(&mut st, vec![release]);
+        assert!(entries.is_empty(), "still the same release");
+        let last = Request::Release {
+            session: 7,
+            seq: 5,
+            items: vec![(f, false)],
+        };
+        let (_, entries, _) = batch(&mut st, vec![last]);
+        assert_eq!(entries.len(), 1, "the last open's release purges");
+        assert!(st.ns.get(f).is_none());
     }
 
     #[test]

@@ -180,27 +180,21 @@ impl Mds {
                 let all: Vec<(u64, bool, bool)> = std::iter::once((r.ino, r.write, r.held))
                     .chain(r.more.iter().map(|m| (m.ino, m.write, m.held)))
                     .collect();
-                let all: Vec<(u64, bool)> = {
+                let items: Vec<(u64, bool)> = {
                     let st = self.state.read().await;
                     all.into_iter()
                         .filter(|&(ino, _, held)| !held || st.opens_of(session, ino).total() > 1)
                         .map(|(ino, write, _)| (ino, write))
                         .collect()
                 };
-                // Proposed together, so they share the committer's batch.
-                let proposals = all.into_iter().map(|(ino, write)| {
-                    self.committer.propose(move |done| Proposal::Release {
+                self.committer
+                    .propose(move |done| Proposal::Release {
                         session,
-                        ino,
-                        write,
+                        seq,
+                        items,
                         done,
                     })
-                });
-                let outcomes = futures::future::join_all(proposals).await;
-                outcomes
-                    .into_iter()
-                    .find(|o| o.is_err())
-                    .unwrap_or(Ok(pb::meta_reply::Result::Empty(pb::Empty {})))
+                    .await
             }
             (OpKind::Mutation, Op::Setattr(mut s)) if s.has_fh && s.size.is_some() => {
                 // A truncate through a descriptor skips the write-permission

@@ -47,7 +47,7 @@ impl Sessions {
         pb::MetaReply::decode(bytes.as_slice()).ok()?.result
     }
 
-    fn remember(&mut self, session: u64, seq: u64, reply: &pb::meta_reply::Result) {
+    pub(crate) fn remember(&mut self, session: u64, seq: u64, reply: &pb::meta_reply::Result) {
         if session == 0 {
             return;
         }

@@ -262,3 +262,48 @@ fn a_release_carrying_several_ends_each_open() {
         assert_eq!(inodes(&c).await, before);
     });
 }
+
+/// A Release retried with the same (session, seq) after its reply was lost
+/// ends each open once: the file the session still holds open through
+/// another descriptor stays, unlinked, until its own release.
+#[test]
+fn a_retried_release_ends_each_open_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mds = MdsProc::start(&tmp.path().join("mds"), &[]);
+    rt().block_on(async {
+        let c = RawMeta::connect(&mds.addr).await;
+        let before = inodes(&c).await;
+        let f = ino_of(&c.call(S, 1, create(1, "f", libc::O_EXCL)).await);
+        let open = Op::Open(pb::OpenReq {
+            ino: f,
+            flags: libc::O_RDONLY as u32,
+        });
+        assert!(c.call(S, 2, open).await.is_ok());
+        assert!(c.call(S, 3, unlink(1, "f")).await.is_ok());
+        let release = |write| {
+            Op::Release(pb::ReleaseReq {
+                ino: f,
+                write,
+                more: Vec::new(),
+                held: false,
+            })
+        };
+        for attempt in 0..3 {
+            assert!(
+                matches!(c.call(S, 4, release(true)).await, Ok(R::Empty(_))),
+                "attempt {attempt}"
+            );
+            assert_eq!(
+                inodes(&c).await,
+                before + 1,
+                "attempt {attempt} of one release: the other open keeps the file"
+            );
+        }
+        assert!(c.call(S, 5, release(false)).await.is_ok());
+        assert_eq!(
+            inodes(&c).await,
+            before,
+            "the last open's release purges it"
+        );
+    });
+}

@@ -92,6 +92,13 @@ pub enum Cmd {
         chunk_id: u64,
         version: u64,
     },
+    /// Releases of several opens (`(ino, write)`), exactly-once per
+    /// (session, seq). Last, so older entries decode unchanged.
+    Releases {
+        session: u64,
+        seq: u64,
+        items: Vec<(u64, bool)>,
+    },
 }
 
 impl From<Request> for Cmd {
@@ -114,14 +121,13 @@ impl From<Request> for Cmd {
             },
             Request::Release {
                 session,
-                ino,
-                write: false,
-            } => Cmd::Release { session, ino },
-            Request::Release {
+                seq,
+                items,
+            } => Cmd::Releases {
                 session,
-                ino,
-                write: true,
-            } => Cmd::ReleaseWrite { session, ino },
+                seq,
+                items,
+            },
             Request::Expire { session } => Cmd::Expire { session },
             Request::Internal { record } => Cmd::Internal { record },
             Request::Lock { session, change } => Cmd::Lock { session, change },
@@ -162,13 +168,22 @@ impl Cmd {
             },
             Cmd::Release { session, ino } => Request::Release {
                 session,
-                ino,
-                write: false,
+                seq: 0,
+                items: vec![(ino, false)],
             },
             Cmd::ReleaseWrite { session, ino } => Request::Release {
                 session,
-                ino,
-                write: true,
+                seq: 0,
+                items: vec![(ino, true)],
+            },
+            Cmd::Releases {
+                session,
+                seq,
+                items,
+            } => Request::Release {
+                session,
+                seq,
+                items,
             },
             Cmd::Expire { session } => Request::Expire { session },
             Cmd::Internal { record } => Request::Internal { record },
