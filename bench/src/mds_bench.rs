@@ -281,6 +281,7 @@ fn release(ino: u64) -> Op {
         write: true,
         more: Vec::new(),
         held: false,
+        atimes: Vec::new(),
     })
 }
 

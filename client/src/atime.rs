@@ -17,8 +17,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use weft_proto::meta_request::Op;
-use weft_proto::{Attr, Caller, SetAttrReq, Timespec};
+use weft_proto::{Attr, Caller, Timespec};
 
 use crate::client::Weft;
 
@@ -78,6 +77,7 @@ impl Weft {
             if !self.atime_in_flight(ino) {
                 return;
             }
+            self.releases.kick();
             done.await;
         }
     }
@@ -119,28 +119,25 @@ impl Weft {
         if !self.atime.in_flight.lock().insert(ino) {
             return;
         }
-        let (w, c) = (self.clone(), c.clone());
-        tokio::spawn(async move {
-            let req = SetAttrReq {
-                ino,
-                atime_update: how,
-                ..Default::default()
-            };
-            // The caches keep the reply only if no other change of the file
-            // overlapped it (cache/attr.rs, cache/meta.rs): an older size
-            // kept would make a read short, which the kernel takes as EOF.
-            match w.mds.attr(&c, Op::Setattr(req)).await {
-                // A directory's next opendir decides by its atime whether the
-                // kernel may list it from cache: it must see this update.
-                Ok(a) if a.kind == weft_proto::FileKind::Directory as i32 => {
-                    w.mds.attrs.invalidate(ino)
-                }
-                Ok(_) => {}
-                Err(e) => tracing::debug!(ino, error = %e, "atime update failed"),
+        // With the file's release, usually (releases.rs). The caches keep
+        // the answer only if no other change of the file overlapped it
+        // (cache/attr.rs, cache/meta.rs): an older size kept would make a
+        // read short, which the kernel takes as EOF.
+        self.releases.push_atime(self, c, ino, how);
+    }
+
+    /// The updates of `inos` were answered (or failed).
+    pub(crate) fn atimes_sent(&self, inos: impl Iterator<Item = u64>) {
+        let mut any = false;
+        {
+            let mut f = self.atime.in_flight.lock();
+            for ino in inos {
+                any |= f.remove(&ino);
             }
-            w.atime.in_flight.lock().remove(&ino);
-            w.atime.done.notify_waiters();
-        });
+        }
+        if any {
+            self.atime.done.notify_waiters();
+        }
     }
 }
 

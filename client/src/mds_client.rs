@@ -185,12 +185,13 @@ impl MdsClient {
                     R::Attr(a) => Some(a),
                     _ => None,
                 };
-                match (change, attr) {
-                    (Some(change), attr) => change.end(attr),
-                    (None, Some(a)) if touch == contract::Changes::Nothing => {
+                match (change, attr, &r) {
+                    (Some(change), _, R::Attrs(list)) => change.end_many(&list.attrs),
+                    (Some(change), attr, _) => change.end(attr),
+                    (None, Some(a), _) if touch == contract::Changes::Nothing => {
                         self.attrs.read_answer(read_ticket, a)
                     }
-                    (None, _) => {}
+                    (None, _, _) => {}
                 }
                 // Directly, not through the notifying thread's queue: a stat
                 // right after close(2) must not be answered from the copy
@@ -437,6 +438,7 @@ fn unexpected(r: &R) -> Errno {
         R::ChunkWrite(_) => "chunk_write",
         R::Empty(_) => "empty",
         R::Lock(_) => "lock",
+        R::Attrs(_) => "attrs",
     };
     tracing::warn!(kind, "MDS reply of an unexpected kind");
     Errno::EIO

@@ -12,6 +12,13 @@
 //! longer to the session that just had it. Each release says whether this
 //! mount still holds the file open (`held`): one that arrives after an MDS
 //! restart forgot the opens then cannot purge a file another handle reads.
+//!
+//! Access-time updates after reads (atime.rs) wait in the same queue: a
+//! small file read whole is opened, read and closed within microseconds, so
+//! its atime update and its release go in the same call, which the MDS
+//! answers with the updated attributes (`Attrs`). Someone who needs an
+//! update now (a stat right after a read, `Weft::wait_atime`) sends the
+//! queue at once (`kick`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -19,8 +26,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
-use weft_proto::{Caller, ReleaseOne, ReleaseReq};
+use weft_proto::{AtimeOne, Caller, FileKind, ReleaseOne, ReleaseReq};
 
 use crate::client::Weft;
 
@@ -29,13 +37,21 @@ const GATHER: Duration = Duration::from_millis(3);
 /// Most releases in one call.
 const MAX_BATCH: usize = 512;
 
+/// What waits in the queue.
+enum Item {
+    Release(ReleaseOne),
+    Atime(AtimeOne),
+}
+
 #[derive(Default)]
 pub struct Releases {
-    queue: Mutex<Vec<(ReleaseOne, Caller)>>,
+    queue: Mutex<Vec<(Item, Caller)>>,
     /// Queued or in a call not answered yet.
     pending: AtomicUsize,
     started: AtomicBool,
     queued: Notify,
+    /// Send what is queued without waiting for company.
+    kicked: Notify,
     drained: Notify,
 }
 
@@ -43,19 +59,31 @@ impl Releases {
     /// Queues the release of one open of `ino` (`write`: it was opened for
     /// writing); `w` sends it.
     pub fn push(self: &Arc<Self>, w: &Arc<Weft>, c: &Caller, ino: u64, write: bool) {
+        let one = ReleaseOne {
+            ino,
+            write,
+            held: false,
+        };
+        self.enqueue(w, c, Item::Release(one));
+    }
+
+    /// Queues an access-time update of `ino` (`how`: SetAttrReq.atime_update).
+    pub fn push_atime(self: &Arc<Self>, w: &Arc<Weft>, c: &Caller, ino: u64, how: u32) {
+        self.enqueue(w, c, Item::Atime(AtimeOne { ino, how }));
+    }
+
+    fn enqueue(self: &Arc<Self>, w: &Arc<Weft>, c: &Caller, item: Item) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        self.queue.lock().push((
-            ReleaseOne {
-                ino,
-                write,
-                held: false,
-            },
-            c.clone(),
-        ));
+        self.queue.lock().push((item, c.clone()));
         if !self.started.swap(true, Ordering::AcqRel) {
             tokio::spawn(send_loop(self.clone(), Arc::downgrade(w)));
         }
         self.queued.notify_one();
+    }
+
+    /// Sends what is queued now rather than after `GATHER`.
+    pub fn kick(&self) {
+        self.kicked.notify_one();
     }
 
     /// Waits until every release queued so far has been answered (unmount).
@@ -69,7 +97,7 @@ impl Releases {
         }
     }
 
-    fn take(&self) -> Vec<(ReleaseOne, Caller)> {
+    fn take(&self) -> Vec<(Item, Caller)> {
         let mut q = self.queue.lock();
         let n = q.len().min(MAX_BATCH);
         q.drain(..n).collect()
@@ -90,9 +118,12 @@ async fn send_loop(r: Arc<Releases>, w: Weak<Weft>) {
             queued.await;
             continue;
         }
-        tokio::time::sleep(GATHER).await;
+        tokio::select! {
+            _ = tokio::time::sleep(GATHER) => {}
+            _ = r.kicked.notified() => {}
+        }
         let batch = r.take();
-        let Some(((first, caller), rest)) = batch.split_first() else {
+        let Some((_, caller)) = batch.first() else {
             continue;
         };
         let Some(weft) = w.upgrade() else {
@@ -100,22 +131,49 @@ async fn send_loop(r: Arc<Releases>, w: Weak<Weft>) {
             return;
         };
         // Whether this mount still holds each file open, as of now.
-        let held = |one: &ReleaseOne| ReleaseOne {
-            held: weft.files.opens(one.ino) > 0,
-            ..*one
+        let mut releases = Vec::new();
+        let mut atimes = Vec::new();
+        for (item, _) in &batch {
+            match item {
+                Item::Release(one) => releases.push(ReleaseOne {
+                    held: weft.files.opens(one.ino) > 0,
+                    ..*one
+                }),
+                Item::Atime(a) => atimes.push(*a),
+            }
+        }
+        let first = if releases.is_empty() {
+            // Ino 0: no release of its own.
+            ReleaseOne::default()
+        } else {
+            releases.remove(0)
         };
-        let first = held(first);
         let req = ReleaseReq {
             ino: first.ino,
             write: first.write,
-            more: rest.iter().map(|(one, _)| held(one)).collect(),
+            more: releases,
             held: first.held,
+            atimes: atimes.clone(),
         };
         // The MDS client retries through an MDS restart; past that the
-        // session's expiry ends these opens anyway.
-        if let Err(e) = weft.mds.empty(caller, Op::Release(req)).await {
-            tracing::warn!(releases = batch.len(), error = %e, "releasing opens failed");
+        // session's expiry ends these opens anyway. The atime updates'
+        // answers are in the caches (mds_client.rs) when this returns.
+        match weft.mds.call(caller, Op::Release(req)).await {
+            Ok(R::Attrs(list)) => {
+                // A directory's next opendir decides by its atime whether
+                // the kernel may list it from cache: it asks the MDS.
+                for a in &list.attrs {
+                    if a.kind == FileKind::Directory as i32 {
+                        weft.mds.attrs.invalidate(a.ino);
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(calls = batch.len(), error = %e, "releasing opens failed")
+            }
         }
+        weft.atimes_sent(atimes.iter().map(|a| a.ino));
         drop(weft);
         r.done(batch.len());
     }

@@ -21,7 +21,7 @@
 //! around it (the lock, the append, the answers). Unit tests below.
 
 use crate::chunkds::Registry;
-use crate::ns::{Ctx, Prepared, Record};
+use crate::ns::{Ctx, Prepared, Record, Time};
 use crate::snapshot::Checkpointer;
 use crate::state::{encode_entry, LogEntry, State};
 use crate::wal::{codec, LogWriter};
@@ -45,11 +45,15 @@ pub enum Proposal {
         done: oneshot::Sender<Outcome>,
     },
     /// A client closed files (each `(ino, write)`, `write`: an open for
-    /// writing): may purge unlinked inodes. Exactly-once per (session, seq)
-    /// like a mutation: a retried Release must not end an open twice.
+    /// writing): may purge unlinked inodes. First the access-time updates
+    /// it carries (`(ino, how)`, as SetAttrReq.atime_update, at `now`).
+    /// Exactly-once per (session, seq) like a mutation: a retried Release
+    /// must not end an open twice.
     Release {
         session: u64,
         seq: u64,
+        now: Time,
+        atimes: Vec<(u64, u32)>,
         items: Vec<(u64, bool)>,
         done: oneshot::Sender<Outcome>,
     },
@@ -344,6 +348,8 @@ pub enum Request {
     Release {
         session: u64,
         seq: u64,
+        now: Time,
+        atimes: Vec<(u64, u32)>,
         items: Vec<(u64, bool)>,
     },
     Expire {
@@ -396,12 +402,16 @@ impl Proposal {
             Proposal::Release {
                 session,
                 seq,
+                now,
+                atimes,
                 items,
                 done,
             } => (
                 Request::Release {
                     session,
                     seq,
+                    now,
+                    atimes,
                     items,
                 },
                 done,
@@ -503,20 +513,50 @@ pub fn decide_with(
         Request::Release {
             session,
             seq,
+            now,
+            atimes,
             items,
         } => {
             // Not journaled itself (opens are not), so remembered here: every
             // node of a group decides it alike; a single MDS forgets it with
             // the opens on a restart.
-            if session != 0 && seq != 0 && st.sessions.answered(session, seq).is_some() {
-                return Ok(pb::meta_reply::Result::Empty(pb::Empty {}));
+            if session != 0 && seq != 0 {
+                if let Some(reply) = st.sessions.answered(session, seq) {
+                    return Ok(reply);
+                }
+            }
+            // The atimes first: a release may purge the file.
+            let ctx = Ctx {
+                now,
+                caller: Default::default(),
+            };
+            let mut attrs = Vec::new();
+            for (ino, how) in &atimes {
+                let req = pb::SetAttrReq {
+                    ino: *ino,
+                    atime_update: *how,
+                    ..Default::default()
+                };
+                let reply = match st.ns.prepare_setattr(&ctx, &req) {
+                    Ok(Prepared::Record(record)) => commit(st, session, seq, record),
+                    Ok(Prepared::Reply(reply)) => reply,
+                    // Gone meanwhile, or no file: nothing to update.
+                    Err(_) => continue,
+                };
+                if let pb::meta_reply::Result::Attr(a) = reply {
+                    attrs.push(a);
+                }
             }
             for (ino, write) in items {
                 if let Some(record) = st.released(session, ino, write) {
                     commit(st, 0, 0, record);
                 }
             }
-            let reply = pb::meta_reply::Result::Empty(pb::Empty {});
+            let reply = if atimes.is_empty() {
+                pb::meta_reply::Result::Empty(pb::Empty {})
+            } else {
+                pb::meta_reply::Result::Attrs(pb::Attrs { attrs })
+            };
             if seq != 0 {
                 st.sessions.remember(session, seq, &reply);
             }
@@ -649,7 +689,7 @@ fn commit(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ns::{Caller, Time, ROOT_INO};
+    use crate::ns::{Caller, ROOT_INO};
     use crate::state::decode_entry;
     use crate::wal::codec::{decode_frame, Decoded};
     use pb::meta_reply::Result as R;
@@ -869,6 +909,8 @@ mod tests {
         let release = |seq| Request::Release {
             session: 7,
             seq,
+            now: Time::default(),
+            atimes: vec![],
             items: vec![(f, true)],
         };
         let (answers, entries, d) = batch(&mut st, vec![release(4)]);
@@ -904,6 +946,8 @@ mod tests {
         let release = Request::Release {
             session: 7,
             seq: 4,
+            now: Time::default(),
+            atimes: vec![],
             items: vec![(f, true)],
         };
         // The reply was lost and the client sent the same seq again.
@@ -917,6 +961,8 @@ mod tests {
         let last = Request::Release {
             session: 7,
             seq: 5,
+            now: Time::default(),
+            atimes: vec![],
             items: vec![(f, false)],
         };
         let (_, entries, _) = batch(&mut st, vec![last]);

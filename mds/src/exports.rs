@@ -374,8 +374,12 @@ pub fn op_inodes(op: &mut Op) -> Vec<(&mut u64, Slot)> {
         Op::Removexattr(r) => vec![(&mut r.ino, Object)],
         Op::Open(r) => vec![(&mut r.ino, Object)],
         Op::Create(r) => vec![(&mut r.parent, Object)],
-        Op::Release(r) => std::iter::once((&mut r.ino, Object))
-            .chain(r.more.iter_mut().map(|m| (&mut m.ino, Object)))
+        // Ino 0: a call of only `more` and `atimes`.
+        Op::Release(r) => std::iter::once(&mut r.ino)
+            .filter(|ino| **ino != 0)
+            .chain(r.more.iter_mut().map(|m| &mut m.ino))
+            .chain(r.atimes.iter_mut().map(|a| &mut a.ino))
+            .map(|ino| (ino, Object))
             .collect(),
         Op::GetChunks(r) => vec![(&mut r.ino, Object)],
         Op::AllocChunk(r) => vec![(&mut r.ino, Object)],
@@ -691,6 +695,7 @@ mod tests {
                 write: false,
                 more: Vec::new(),
                 held: false,
+                atimes: Vec::new(),
             })),
             Ok(())
         );

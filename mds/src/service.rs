@@ -178,6 +178,7 @@ impl Mds {
             (OpKind::Session, op) => self.lock_op(session, op),
             (OpKind::Mutation, Op::Release(r)) => {
                 let all: Vec<(u64, bool, bool)> = std::iter::once((r.ino, r.write, r.held))
+                    .filter(|&(ino, _, _)| ino != 0)
                     .chain(r.more.iter().map(|m| (m.ino, m.write, m.held)))
                     .collect();
                 let items: Vec<(u64, bool)> = {
@@ -187,10 +188,14 @@ impl Mds {
                         .map(|(ino, write, _)| (ino, write))
                         .collect()
                 };
+                let atimes = r.atimes.iter().map(|a| (a.ino, a.how)).collect();
+                let now = weft_proto::now().into();
                 self.committer
                     .propose(move |done| Proposal::Release {
                         session,
                         seq,
+                        now,
+                        atimes,
                         items,
                         done,
                     })
@@ -466,6 +471,11 @@ impl Mds {
                     l.name = b".".to_vec();
                 }
             }
+        }
+        // A read-only export keeps no access times (as `mount -o ro`); the
+        // releases still count.
+        if let (true, Op::Release(r)) = (export.read_only, &mut *op) {
+            r.atimes.clear();
         }
         if let Err(e) = exports::check_op(&export, op, is_dir) {
             let why = format!(

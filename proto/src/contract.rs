@@ -111,8 +111,10 @@ pub fn changes(op: &Op) -> Changes {
         created,
     };
     match op {
-        // Open counts only; a purge leaves no name to find it by.
-        Op::Release(_) => Changes::Nothing,
+        // Open counts, and the atimes it carries; a purge leaves no name
+        // to find it by.
+        Op::Release(r) if r.atimes.is_empty() => Changes::Nothing,
+        Op::Release(r) => some(r.atimes.iter().map(|a| a.ino).collect(), vec![], None),
         _ if kind(op) != OpKind::Mutation => Changes::Nothing,
         Op::Setattr(r) => some(vec![r.ino], vec![], None),
         Op::Setxattr(r) => some(vec![r.ino], vec![], None),
@@ -156,6 +158,7 @@ pub fn changes(op: &Op) -> Changes {
 pub fn durability_inodes(op: &Op) -> Vec<u64> {
     match op {
         Op::Setattr(r) if r.atime_update != 0 => vec![],
+        Op::Release(_) => vec![],
         Op::Open(r) if r.flags & libc::O_TRUNC as u32 == 0 => vec![],
         _ => match changes(op) {
             Changes::Some { inodes, .. } => inodes,
@@ -328,6 +331,20 @@ mod tests {
             changes(&Op::Release(ReleaseReq::default())),
             Changes::Nothing
         );
+        let release_atimes = Op::Release(ReleaseReq {
+            ino: 5,
+            atimes: vec![crate::AtimeOne { ino: 6, how: 1 }],
+            ..Default::default()
+        });
+        assert_eq!(
+            changes(&release_atimes),
+            Changes::Some {
+                inodes: vec![6],
+                removed: vec![],
+                created: None
+            }
+        );
+        assert_eq!(durability_inodes(&release_atimes), Vec::<u64>::new());
     }
 
     #[test]

@@ -352,6 +352,7 @@ fn a_read_only_open_lends_no_write() {
             write: true,
             more: Vec::new(),
             held: false,
+            atimes: Vec::new(),
         });
         assert!(as_writer(5, release).await.is_ok());
         assert_eq!(as_writer(6, alloc(ino)).await.err(), Some(libc::EACCES));

@@ -56,6 +56,7 @@ fn checkpoints_bound_the_log_and_survive_kill9() {
                     write: true,
                     more: Vec::new(),
                     held: false,
+                    atimes: Vec::new(),
                 }),
             )
             .await

@@ -67,6 +67,7 @@ fn retries_after_kill9_and_restart_get_the_original_answers() {
                 write: true,
                 more: Vec::new(),
                 held: false,
+                atimes: Vec::new(),
             }),
         )
         .await
@@ -234,6 +235,7 @@ fn a_release_carrying_several_ends_each_open() {
                 })
                 .collect(),
             held: false,
+            atimes: Vec::new(),
         });
         assert!(matches!(c.call(S, 20, release).await, Ok(R::Empty(_))));
         assert_eq!(inodes(&c).await, before + 1, "a and b purged, c still open");
@@ -245,6 +247,7 @@ fn a_release_carrying_several_ends_each_open() {
             write: false,
             more: Vec::new(),
             held: true,
+            atimes: Vec::new(),
         });
         assert!(c.call(S + 1, 2, held_c).await.is_ok());
         assert_eq!(
@@ -257,6 +260,7 @@ fn a_release_carrying_several_ends_each_open() {
             write: false,
             more: Vec::new(),
             held: false,
+            atimes: Vec::new(),
         });
         assert!(c.call(S + 1, 3, release_c).await.is_ok());
         assert_eq!(inodes(&c).await, before);
@@ -286,6 +290,7 @@ fn a_retried_release_ends_each_open_once() {
                 write,
                 more: Vec::new(),
                 held: false,
+                atimes: Vec::new(),
             })
         };
         for attempt in 0..3 {

@@ -169,3 +169,68 @@ fn times_set_before_close_survive_the_close() {
     let md = fs::metadata(m.join("copied")).unwrap();
     assert_eq!((md.len(), md.mtime()), (200_000, 1_000_000_000));
 }
+
+/// The MDS calls of kind `op` weftfs at `http` has made so far.
+fn mds_calls(http: &str, op: &str) -> f64 {
+    let (status, body) = weft_testkit::http::get(http, "/metrics").expect("GET /metrics");
+    assert_eq!(status, 200, "{body}");
+    let key = format!("weft_client_mds_requests_total{{op=\"{op}\"}} ");
+    body.lines()
+        .find(|l| l.starts_with(&key))
+        .map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Small files read back (relatime: the first read after a write moves the
+/// atime): each update goes to the MDS with the file's release, many in
+/// one call (releases.rs), never as a SetAttr of its own, and both mounts
+/// show every new atime.
+#[test]
+fn atime_updates_go_with_the_releases() {
+    let mut tc = TestCluster::start_with(1, |s| {
+        s.chunk_size = Some(MIB);
+        s.http = true;
+    });
+    // The kernel's attribute timeouts as weft up mounts (with none, the
+    // kernel asks for the size before every read(2), and a stat waits for
+    // the atime update in flight: each goes at once).
+    let a = tc.mount_with(&[]);
+    let b = tc.mount_with(&["attr_timeout=0", "entry_timeout=0"]);
+    let http = tc.cluster.mounts[0].proc.http.clone().expect("weftfs http");
+    const N: usize = 40;
+    let name = |i: usize| format!("f{i}");
+    let mut before = Vec::new();
+    for i in 0..N {
+        let p = a.join(name(i));
+        fs::write(&p, pattern(3000, i as u64)).unwrap();
+        before.push(atime(&p));
+    }
+    // A duration: the reads' atimes must differ from the writes'.
+    std::thread::sleep(Duration::from_millis(20));
+    let (setattrs, releases) = (mds_calls(&http, "setattr"), mds_calls(&http, "release"));
+    for i in 0..N {
+        let mut v = Vec::new();
+        File::open(a.join(name(i)))
+            .unwrap()
+            .read_to_end(&mut v)
+            .unwrap();
+        assert_eq!(v, pattern(3000, i as u64), "{}", name(i));
+    }
+    for (i, t) in before.iter().enumerate() {
+        wait_until(
+            "the other mount shows the read's atime",
+            Duration::from_secs(5),
+            || atime(&b.join(name(i))) > *t,
+        );
+        assert!(atime(&a.join(name(i))) > *t, "{}: this mount", name(i));
+    }
+    assert_eq!(
+        mds_calls(&http, "setattr") - setattrs,
+        0.0,
+        "atime updates sent as SetAttrs of their own"
+    );
+    let calls = mds_calls(&http, "release") - releases;
+    assert!(
+        (1.0..(N / 2) as f64).contains(&calls),
+        "{calls} Release calls for {N} files read and closed"
+    );
+}

@@ -87,7 +87,7 @@ pub struct Change<'a> {
 impl Drop for Change<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.finish(None);
+            self.finish(&[]);
         }
     }
 }
@@ -95,10 +95,16 @@ impl Drop for Change<'_> {
 impl Change<'_> {
     /// The mutation's answer: its attributes, if it succeeded with some.
     pub fn end(mut self, reply: Option<&Attr>) {
-        self.finish(reply);
+        self.finish(reply.map(std::slice::from_ref).unwrap_or_default());
     }
 
-    fn finish(&mut self, reply: Option<&Attr>) {
+    /// The answer of a mutation of several inodes: the attributes of each
+    /// it has them for (a release's atime updates).
+    pub fn end_many(mut self, replies: &[Attr]) {
+        self.finish(replies);
+    }
+
+    fn finish(&mut self, replies: &[Attr]) {
         self.ended = true;
         let mut g = self.cache.inner.lock();
         if self.all {
@@ -106,7 +112,7 @@ impl Change<'_> {
             g.forget_all();
             return;
         }
-        let mut keep = None;
+        let mut keep: Vec<&Attr> = Vec::new();
         for (ino, began) in self.inodes.iter().zip(&self.began) {
             if let Some(n) = g.busy.get_mut(ino) {
                 *n -= 1;
@@ -117,12 +123,12 @@ impl Change<'_> {
             // Alone: no other change of the inode began after this one did
             // (nor was one on its way when it began).
             let alone = began.is_some_and(|t| g.last_change(*ino) == t);
-            if reply.is_some_and(|a| a.ino == *ino) && alone {
-                keep = reply;
+            if alone {
+                keep.extend(replies.iter().filter(|a| a.ino == *ino));
             }
             g.mark(*ino);
         }
-        if let Some(a) = keep {
+        for a in keep {
             g.entries.put(a.ino, (Instant::now(), *a));
         }
     }

@@ -298,6 +298,14 @@ impl MetaCache {
                 g.attrs.put(a.ino, *a);
             }
         }
+        if let (true, true, Changes::Some { inodes, .. }, Some(R::Attrs(list))) =
+            (alone, g.live, &touch, reply)
+        {
+            // A release's atime updates, read the same way.
+            for a in list.attrs.iter().filter(|a| inodes.contains(&a.ino)) {
+                g.attrs.put(a.ino, *a);
+            }
+        }
         let Changes::Some {
             removed: names,
             created,

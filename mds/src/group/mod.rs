@@ -23,7 +23,7 @@ pub mod network;
 pub mod state_machine;
 
 use crate::committer::{Outcome, Request};
-use crate::ns::{Ctx, Record};
+use crate::ns::{Ctx, Record, Time};
 use openraft::{BasicNode, ServerState};
 use parking_lot::Mutex;
 use prost::Message;
@@ -97,6 +97,8 @@ pub enum Cmd {
     Releases {
         session: u64,
         seq: u64,
+        now: Time,
+        atimes: Vec<(u64, u32)>,
         items: Vec<(u64, bool)>,
     },
 }
@@ -122,10 +124,14 @@ impl From<Request> for Cmd {
             Request::Release {
                 session,
                 seq,
+                now,
+                atimes,
                 items,
             } => Cmd::Releases {
                 session,
                 seq,
+                now,
+                atimes,
                 items,
             },
             Request::Expire { session } => Cmd::Expire { session },
@@ -169,20 +175,28 @@ impl Cmd {
             Cmd::Release { session, ino } => Request::Release {
                 session,
                 seq: 0,
+                now: Time::default(),
+                atimes: vec![],
                 items: vec![(ino, false)],
             },
             Cmd::ReleaseWrite { session, ino } => Request::Release {
                 session,
                 seq: 0,
+                now: Time::default(),
+                atimes: vec![],
                 items: vec![(ino, true)],
             },
             Cmd::Releases {
                 session,
                 seq,
+                now,
+                atimes,
                 items,
             } => Request::Release {
                 session,
                 seq,
+                now,
+                atimes,
                 items,
             },
             Cmd::Expire { session } => Request::Expire { session },

@@ -510,6 +510,7 @@ fn unhandled_ops_are_einval() {
                 write: false,
                 more: Vec::new(),
                 held: false,
+                atimes: Vec::new(),
             })
         ),
         Err(Errno::EINVAL)
