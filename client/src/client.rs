@@ -301,17 +301,15 @@ impl Weft {
         let Some(st) = self.files.get(a.ino) else {
             return file_attr(a, None);
         };
-        let (view, mtime_set) = match st.inner.lock().folded.as_ref() {
-            Some(f) => (Some(f.view), f.mtime_set),
-            None => (None, false),
-        };
+        let p = st.pending();
         let mut shown = *a;
-        if let Some(v) = view {
+        if let Some((v, _)) = p.folded {
             (shown.mode, shown.uid, shown.gid) = (v.mode, v.uid, v.gid);
             (shown.atime, shown.mtime, shown.ctime) = (v.atime, v.mtime, v.ctime);
         }
-        let mut fa = file_attr(&shown, st.overlay());
-        if let Some(t) = st.write_time() {
+        let mtime_set = p.folded.is_some_and(|(_, set)| set);
+        let mut fa = file_attr(&shown, p.overlay);
+        if let Some(t) = p.write_time {
             if !mtime_set {
                 fa.mtime = fa.mtime.max(t);
             }

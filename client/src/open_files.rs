@@ -145,23 +145,21 @@ impl FileState {
         (!g.dirty.is_empty() || g.inflight_end > 0).then_some(end)
     }
 
-    /// When the latest pending write happened, if data is pending.
-    pub fn write_time(&self) -> Option<SystemTime> {
+    /// What stat shows beyond the MDS's attributes, read under one lock:
+    /// while data is pending, the size at least and the pending bytes as
+    /// allocated (as a local file system's delayed allocation shows them),
+    /// and the last write's time; the folded setattrs' view.
+    pub fn pending(&self) -> Pending {
         let g = self.inner.lock();
-        (!g.dirty.is_empty() || g.inflight_end > 0)
-            .then_some(g.last_write)
-            .flatten()
-    }
-
-    /// What the kernel must see beyond the MDS's attributes while data is
-    /// pending: the size at least, and the pending bytes as allocated (as a
-    /// local file system's delayed allocation shows them).
-    pub fn overlay(&self) -> Option<Overlay> {
-        let g = self.inner.lock();
-        (!g.dirty.is_empty() || g.inflight_end > 0).then(|| Overlay {
-            size: g.dirty.end().max(g.inflight_end),
-            pending_bytes: g.dirty.bytes() + g.inflight_bytes,
-        })
+        let data = !g.dirty.is_empty() || g.inflight_end > 0;
+        Pending {
+            overlay: data.then(|| Overlay {
+                size: g.dirty.end().max(g.inflight_end),
+                pending_bytes: g.dirty.bytes() + g.inflight_bytes,
+            }),
+            write_time: if data { g.last_write } else { None },
+            folded: g.folded.as_ref().map(|f| (f.view, f.mtime_set)),
+        }
     }
 
     pub fn record_error(&self, e: Errno) {
@@ -171,7 +169,16 @@ impl FileState {
     }
 }
 
-/// See `FileState::overlay`.
+/// See `FileState::pending`.
+pub struct Pending {
+    pub overlay: Option<Overlay>,
+    /// The last write's time, while its data is pending.
+    pub write_time: Option<SystemTime>,
+    /// The folded setattrs' attributes, and whether they set mtime.
+    pub folded: Option<(Attr, bool)>,
+}
+
+/// See `FileState::pending`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overlay {
     pub size: u64,
