@@ -126,13 +126,21 @@ impl Weft {
         self.releases.push_atime(self, c, ino, how);
     }
 
-    /// The updates of `inos` were answered (or failed).
-    pub(crate) fn atimes_sent(&self, inos: impl Iterator<Item = u64>) {
+    /// The updates of `inos` were sent; `answered`: the attributes the MDS
+    /// gave back (the caches kept them, mds_client.rs).
+    pub(crate) fn atimes_sent(&self, inos: &[u64], answered: &[Attr]) {
+        // A directory's next opendir decides by its atime whether the
+        // kernel may list it from cache: it asks the MDS.
+        for a in answered {
+            if a.kind == weft_proto::FileKind::Directory as i32 {
+                self.mds.attrs.invalidate(a.ino);
+            }
+        }
         let mut any = false;
         {
             let mut f = self.atime.in_flight.lock();
             for ino in inos {
-                any |= f.remove(&ino);
+                any |= f.remove(ino);
             }
         }
         if any {

@@ -185,13 +185,12 @@ impl MdsClient {
                     R::Attr(a) => Some(a),
                     _ => None,
                 };
-                match (change, attr, &r) {
-                    (Some(change), _, R::Attrs(list)) => change.end_many(&list.attrs),
-                    (Some(change), attr, _) => change.end(attr),
-                    (None, Some(a), _) if touch == contract::Changes::Nothing => {
+                match (change, attr) {
+                    (Some(change), _) => change.end(answered_attrs(&r)),
+                    (None, Some(a)) if touch == contract::Changes::Nothing => {
                         self.attrs.read_answer(read_ticket, a)
                     }
-                    (None, _, _) => {}
+                    (None, _) => {}
                 }
                 // Directly, not through the notifying thread's queue: a stat
                 // right after close(2) must not be answered from the copy
@@ -425,6 +424,16 @@ fn decode(reply: MetaReply) -> Result<R, CallError> {
         tracing::warn!("MDS reply with errno 0 and no result");
         CallError::Errno(Errno::EIO)
     })
+}
+
+/// The attributes a reply carries: one inode's, or each of a release's
+/// atime updates'.
+pub(crate) fn answered_attrs(r: &R) -> &[Attr] {
+    match r {
+        R::Attr(a) => std::slice::from_ref(a),
+        R::Attrs(list) => &list.attrs,
+        _ => &[],
+    }
 }
 
 fn unexpected(r: &R) -> Errno {

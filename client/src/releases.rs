@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
-use weft_proto::{AtimeOne, Caller, FileKind, ReleaseOne, ReleaseReq};
+use weft_proto::{AtimeOne, Caller, ReleaseOne, ReleaseReq};
 
 use crate::client::Weft;
 
@@ -133,13 +133,17 @@ async fn send_loop(r: Arc<Releases>, w: Weak<Weft>) {
         // Whether this mount still holds each file open, as of now.
         let mut releases = Vec::new();
         let mut atimes = Vec::new();
+        let mut atime_inos = Vec::new();
         for (item, _) in &batch {
             match item {
                 Item::Release(one) => releases.push(ReleaseOne {
                     held: weft.files.opens(one.ino) > 0,
                     ..*one
                 }),
-                Item::Atime(a) => atimes.push(*a),
+                Item::Atime(a) => {
+                    atimes.push(*a);
+                    atime_inos.push(a.ino);
+                }
             }
         }
         let first = if releases.is_empty() {
@@ -153,27 +157,20 @@ async fn send_loop(r: Arc<Releases>, w: Weak<Weft>) {
             write: first.write,
             more: releases,
             held: first.held,
-            atimes: atimes.clone(),
+            atimes,
         };
         // The MDS client retries through an MDS restart; past that the
         // session's expiry ends these opens anyway. The atime updates'
         // answers are in the caches (mds_client.rs) when this returns.
-        match weft.mds.call(caller, Op::Release(req)).await {
-            Ok(R::Attrs(list)) => {
-                // A directory's next opendir decides by its atime whether
-                // the kernel may list it from cache: it asks the MDS.
-                for a in &list.attrs {
-                    if a.kind == FileKind::Directory as i32 {
-                        weft.mds.attrs.invalidate(a.ino);
-                    }
-                }
-            }
-            Ok(_) => {}
+        let answered = match weft.mds.call(caller, Op::Release(req)).await {
+            Ok(R::Attrs(list)) => list.attrs,
+            Ok(_) => Vec::new(),
             Err(e) => {
-                tracing::warn!(calls = batch.len(), error = %e, "releasing opens failed")
+                tracing::warn!(calls = batch.len(), error = %e, "releasing opens failed");
+                Vec::new()
             }
-        }
-        weft.atimes_sent(atimes.iter().map(|a| a.ino));
+        };
+        weft.atimes_sent(&atime_inos, &answered);
         drop(weft);
         r.done(batch.len());
     }

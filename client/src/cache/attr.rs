@@ -93,14 +93,10 @@ impl Drop for Change<'_> {
 }
 
 impl Change<'_> {
-    /// The mutation's answer: its attributes, if it succeeded with some.
-    pub fn end(mut self, reply: Option<&Attr>) {
-        self.finish(reply.map(std::slice::from_ref).unwrap_or_default());
-    }
-
-    /// The answer of a mutation of several inodes: the attributes of each
-    /// it has them for (a release's atime updates).
-    pub fn end_many(mut self, replies: &[Attr]) {
+    /// The mutation's answer: the attributes it gave, of any of its inodes
+    /// (none when it failed or answered none; several for a release's
+    /// atime updates).
+    pub fn end(mut self, replies: &[Attr]) {
         self.finish(replies);
     }
 
@@ -281,7 +277,7 @@ mod tests {
         let c = AttrCache::new(Duration::from_secs(10), 8);
         let t = c.ticket();
         let truncate = c.begin(&touch(7)).unwrap();
-        truncate.end(Some(&attr(7, 900)));
+        truncate.end(&[attr(7, 900)]);
         assert_eq!(c.get(7).unwrap().size, 900);
         c.read_answer(t, &attr(7, 100));
         assert_eq!(c.get(7).unwrap().size, 900);
@@ -302,13 +298,13 @@ mod tests {
         let other = c.begin(&touch(8)).unwrap();
         c.read_answer(t, &attr(7, 100));
         assert_eq!(c.get(7).unwrap().size, 100);
-        other.end(None);
+        other.end(&[]);
         // Nor while a change of everything is on its way, nor from before it.
         let t = c.ticket();
         let all = c.begin(&Changes::All).unwrap();
         c.read_answer(c.ticket(), &attr(7, 1));
         assert!(c.get(7).is_none());
-        all.end(None);
+        all.end(&[]);
         c.read_answer(t, &attr(7, 1));
         assert!(c.get(7).is_none());
     }
@@ -320,12 +316,12 @@ mod tests {
         let c = AttrCache::new(Duration::from_secs(10), 8);
         let truncate = c.begin(&touch(7)).unwrap();
         let atime = c.begin(&touch(7)).unwrap();
-        atime.end(Some(&attr(7, 100)));
+        atime.end(&[attr(7, 100)]);
         assert!(c.get(7).is_none());
-        truncate.end(Some(&attr(7, 900)));
+        truncate.end(&[attr(7, 900)]);
         assert!(c.get(7).is_none());
         let alone = c.begin(&touch(7)).unwrap();
-        alone.end(Some(&attr(7, 900)));
+        alone.end(&[attr(7, 900)]);
         assert_eq!(c.get(7).unwrap().size, 900);
     }
 

@@ -36,6 +36,8 @@ use weft_proto::meta_reply::Result as R;
 use weft_proto::meta_request::Op;
 use weft_proto::Attr;
 
+use crate::mds_client::answered_attrs;
+
 const CAPACITY: usize = 65536;
 
 struct Inner {
@@ -288,21 +290,13 @@ impl MetaCache {
             // Read by the MDS after the change was durable.
             g.attrs.put(p.ino, *p);
         }
-        if let (true, true, Changes::Some { inodes, .. }, Some(R::Attr(a))) =
-            (alone, g.live, &touch, reply)
+        if let (true, true, Changes::Some { inodes, .. }, Some(r)) = (alone, g.live, &touch, reply)
         {
-            // An open, a setattr, a flush's commit: the MDS read the
-            // attributes after the change, and nothing else changed
-            // meanwhile (a lookup of the file then needs no round trip).
-            if inodes.contains(&a.ino) {
-                g.attrs.put(a.ino, *a);
-            }
-        }
-        if let (true, true, Changes::Some { inodes, .. }, Some(R::Attrs(list))) =
-            (alone, g.live, &touch, reply)
-        {
-            // A release's atime updates, read the same way.
-            for a in list.attrs.iter().filter(|a| inodes.contains(&a.ino)) {
+            // An open, a setattr, a flush's commit, a release's atime
+            // updates: the MDS read the attributes after the change, and
+            // nothing else changed meanwhile (a lookup of the file then
+            // needs no round trip).
+            for a in answered_attrs(r).iter().filter(|a| inodes.contains(&a.ino)) {
                 g.attrs.put(a.ino, *a);
             }
         }
